@@ -1,0 +1,213 @@
+"""Building blocks of the decoder: RMSNorm, RoPE, projections with LoRA,
+grouped-query attention with a KV cache, SwiGLU MLP, and the transformer block.
+
+Letters in names: B batch, L new tokens, S key/value slots (cache length),
+D width, H query heads, G query heads per kv head, N kv heads, Dh head width,
+F MLP width, R LoRA rank.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mfjax.model.config import ModelConfig, RopeScaling
+from mfjax.parallel import axes
+
+_NEG = -1e30  # additive-free mask value: scores are replaced, never added to.
+
+
+def _init(cfg: ModelConfig, names: Sequence[str], std: Optional[float] = None):
+  return nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std if std is None else std), tuple(names))
+
+
+class RMSNorm(nn.Module):
+  """x / rms(x) * scale, computed in float32 and cast back (as HF Llama/Qwen)."""
+
+  eps: float
+  param_dtype: jnp.dtype = jnp.float32
+  axis_name: str = axes.NORM
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(x.dtype) * y.astype(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: Optional[RopeScaling]) -> np.ndarray:
+  """Inverse frequencies [Dh/2] (float32), with linear or llama3 scaling."""
+  inv = (1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))).astype(np.float32)
+  if scaling is None or scaling.kind == "default":
+    return inv
+  if scaling.kind == "linear":
+    return (inv / scaling.factor).astype(np.float32)
+  # llama3: long wavelengths divided by factor, short kept, a smooth blend between.
+  old = scaling.original_max_position_embeddings
+  low_wl, high_wl = old / scaling.low_freq_factor, old / scaling.high_freq_factor
+  wavelen = 2 * math.pi / inv
+  scaled = np.where(wavelen > low_wl, inv / scaling.factor, inv)
+  smooth = (old / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+  blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+  medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+  return np.where(medium, blended, scaled).astype(np.float32)
+
+
+def apply_rope(x_BxLxHxDh, positions_BxL, inv_freq):
+  """Rotate-half RoPE (HF convention: first and second halves of Dh pair up)."""
+  angles = positions_BxL.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # B,L,Dh/2
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(angles).astype(x_BxLxHxDh.dtype), jnp.sin(angles).astype(x_BxLxHxDh.dtype)
+  half = x_BxLxHxDh.shape[-1] // 2
+  rotated = jnp.concatenate([-x_BxLxHxDh[..., half:], x_BxLxHxDh[..., :half]], axis=-1)
+  return x_BxLxHxDh * cos + rotated * sin
+
+
+class Proj(nn.Module):
+  """A linear map contracting the last `len(in_names)` input dims into `features`,
+  with optional bias and an optional LoRA adapter in its own `lora` subtree."""
+
+  features: tuple[int, ...]
+  in_names: tuple[str, ...]
+  out_names: tuple[str, ...]
+  cfg: ModelConfig
+  use_bias: bool = False
+  use_lora: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, n_in = self.cfg, len(self.in_names)
+    in_shape = x.shape[-n_in:]
+    kernel = self.param("kernel", _init(cfg, self.in_names + self.out_names), in_shape + self.features,
+                        cfg.weights_dtype)
+    dims = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    dt = cfg.compute_dtype
+    y = jax.lax.dot_general(x.astype(dt), kernel.astype(dt), (dims, ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.out_names),
+                        self.features, cfg.weights_dtype)
+      y = y + bias.astype(dt)
+    if self.use_lora:
+      y = y + LoRA(self.features, self.in_names, self.out_names, cfg, name="lora")(x)
+    return y
+
+
+class LoRA(nn.Module):
+  """(alpha / r) * (x @ A) @ B with A [in..., R] ~ N(0, 1/fan_in), B [R, out...] = 0,
+  so a freshly added adapter leaves the model unchanged."""
+
+  features: tuple[int, ...]
+  in_names: tuple[str, ...]
+  out_names: tuple[str, ...]
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, lora, n_in = self.cfg, self.cfg.lora, len(self.in_names)
+    in_shape = x.shape[-n_in:]
+    a = self.param("a", _init(cfg, self.in_names + (axes.LORA_RANK,), 1.0 / math.sqrt(math.prod(in_shape))),
+                   in_shape + (lora.rank,), cfg.weights_dtype)
+    b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros, (axes.LORA_RANK,) + self.out_names),
+                   (lora.rank,) + self.features, cfg.weights_dtype)
+    dt = cfg.compute_dtype
+    h = jax.lax.dot_general(x.astype(dt), a.astype(dt),
+                            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+    return jnp.tensordot(h, b.astype(dt), axes=1) * jnp.asarray(lora.scale, dt)
+
+
+def _lora_on(cfg: ModelConfig, target: str) -> bool:
+  return cfg.lora is not None and target in cfg.lora.targets
+
+
+class Attention(nn.Module):
+  """Grouped-query attention over a key/value buffer of S slots.
+
+  Without a cache, the buffer is this call's own keys (S = L, slots 0..L-1).
+  With a cache (k, v each [B, S, N, Dh]), this call's keys are written at slots
+  `cache_index .. cache_index + L - 1` and the queries see every earlier slot
+  that `kv_mask` marks valid (causal by slot; Mistral's window by slot too).
+  """
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, positions_BxL, kv_mask_BxS, cache, cache_index):
+    cfg = self.cfg
+    H, N, Dh, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+    E = (axes.EMBED,)
+    q = Proj((H, Dh), E, (axes.HEADS, axes.KV), cfg, cfg.qkv_bias, _lora_on(cfg, "q"), name="q")(x_BxLxD)
+    k = Proj((N, Dh), E, (axes.KV_HEADS, axes.KV), cfg, cfg.qkv_bias, _lora_on(cfg, "k"), name="k")(x_BxLxD)
+    v = Proj((N, Dh), E, (axes.KV_HEADS, axes.KV), cfg, cfg.qkv_bias, _lora_on(cfg, "v"), name="v")(x_BxLxD)
+    if cfg.qk_norm:
+      q = RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, axes.KV, name="q_norm")(q)
+      k = RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, axes.KV, name="k_norm")(k)
+    inv_freq = rope_inv_freq(Dh, cfg.rope_theta, cfg.rope_scaling)
+    q = apply_rope(q, positions_BxL, inv_freq)
+    k = apply_rope(k, positions_BxL, inv_freq)
+
+    L = x_BxLxD.shape[1]
+    if cache is None:
+      keys, values, new_cache = k, v, None
+      q_slot = jnp.arange(L)
+    else:
+      ck, cv = cache
+      idx = (0, cache_index, 0, 0)
+      keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), idx)
+      values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), idx)
+      new_cache = (keys, values)
+      q_slot = cache_index + jnp.arange(L)
+    S = keys.shape[1]
+    k_slot = jnp.arange(S)
+    visible_LxS = k_slot[None, :] <= q_slot[:, None]
+    if cfg.sliding_window is not None:
+      visible_LxS &= (q_slot[:, None] - k_slot[None, :]) < cfg.sliding_window
+    visible_BxLxS = visible_LxS[None] & kv_mask_BxS[:, None, :].astype(bool)
+
+    G = H // N
+    q = q.reshape(q.shape[0], L, N, G, Dh)
+    dt = cfg.compute_dtype
+    scores = jnp.einsum("blngd,bsnd->bngls", q.astype(dt), keys.astype(dt),
+                        preferred_element_type=jnp.float32) / math.sqrt(Dh)
+    scores = jnp.where(visible_BxLxS[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bngls,bsnd->blngd", probs.astype(dt), values.astype(dt)).reshape(q.shape[0], L, H, Dh)
+    y = Proj((D,), (axes.HEADS, axes.KV), E, cfg, cfg.o_bias, _lora_on(cfg, "o"), name="o")(out)
+    return y, new_cache
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.cfg
+    E, M = (axes.EMBED,), (axes.MLP,)
+    F, D = cfg.intermediate_size, cfg.hidden_size
+    gate = Proj((F,), E, M, cfg, use_lora=_lora_on(cfg, "gate"), name="gate")(x_BxLxD)
+    up = Proj((F,), E, M, cfg, use_lora=_lora_on(cfg, "up"), name="up")(x_BxLxD)
+    return Proj((D,), M, E, cfg, use_lora=_lora_on(cfg, "down"), name="down")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer layer. Signature fits `nn.scan`: (carry, xs...) -> (carry, ys)."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, cache, positions_BxL, kv_mask_BxS, cache_index):
+    cfg = self.cfg
+    h, new_cache = Attention(cfg, name="attn")(
+        RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, name="attn_norm")(x_BxLxD),
+        positions_BxL, kv_mask_BxS, cache, cache_index)
+    x_BxLxD = x_BxLxD + h.astype(x_BxLxD.dtype)
+    h = MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, name="mlp_norm")(x_BxLxD))
+    return x_BxLxD + h.astype(x_BxLxD.dtype), new_cache

@@ -1,0 +1,193 @@
+"""The decoder LM: token embedding (+ optional prefix embeddings), a stack of
+blocks (scanned or unrolled, optionally rematerialised), final norm, head.
+
+Two entry points on one parameter tree:
+- `model.apply({"params": p}, tokens, mask)` -> logits [B, L, V] (float32),
+  or (logits, hidden) with `return_hidden=True`; the full-sequence forward used
+  for training and scoring.
+- `model.apply({"params": p}, tokens, kv_mask, positions, cache, cache_index,
+  method="extend")` -> (logits, hidden, cache); appends L tokens to an explicit
+  KV cache (the sampler's prefill and decode steps).
+
+Letters: B batch, L tokens, K prefix vectors, S cache slots, D width, V vocab,
+Y layers.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mfjax.model.config import ModelConfig
+from mfjax.model.layers import Block, RMSNorm, _init
+from mfjax.parallel import axes
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer, stacked: k, v each [Y, B, S, N, Dh]."""
+
+  k: jax.Array
+  v: jax.Array
+
+  @classmethod
+  def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype=None) -> "KVCache":
+    shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    dtype = cfg.compute_dtype if dtype is None else dtype
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def positions_from_mask(mask_BxL):
+  """Position of each token counting only valid tokens before it (left padding
+  gives the first real token position 0); padding positions get 0."""
+  mask = mask_BxL.astype(jnp.int32)
+  return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) * mask
+
+
+def _block_class(cfg: ModelConfig):
+  if cfg.remat_policy in ("none", None):
+    return Block
+  if cfg.remat_policy == "full":
+    policy = jax.checkpoint_policies.nothing_saveable
+  elif cfg.remat_policy == "dots":
+    policy = jax.checkpoint_policies.checkpoint_dots
+  else:
+    policy = getattr(jax.checkpoint_policies, cfg.remat_policy, None)
+    if policy is None:
+      raise ValueError(f"unknown remat_policy {cfg.remat_policy!r}: use 'none', 'full', 'dots' "
+                       "or a name in jax.checkpoint_policies")
+  return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+
+
+class Decoder(nn.Module):
+  """A causal LM of the Qwen2/Qwen3/Llama/Mistral family (see ModelConfig)."""
+
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedder = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
+                             param_dtype=cfg.weights_dtype,
+                             embedding_init=_init(cfg, (axes.VOCAB, axes.EMBED)))
+    block = _block_class(cfg)
+    if cfg.scan_layers:
+      self.layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                            metadata_params={nn.PARTITION_NAME: axes.LAYERS})(cfg)
+    else:
+      self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+    self.final_norm = RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = self.param("lm_head", _init(cfg, (axes.EMBED, axes.VOCAB)),
+                                (cfg.hidden_size, cfg.vocab_size), cfg.weights_dtype)
+
+  def embed(self, tokens_BxL):
+    """Token embeddings [B, L, D] in the compute dtype (for building prefixes)."""
+    return self.embedder(tokens_BxL)
+
+  def _stack(self, x_BxLxD, positions_BxL, kv_mask_BxS, cache: Optional[KVCache], cache_index):
+    cfg = self.cfg
+    if cfg.scan_layers:
+      x_BxLxD, new = self.layers(x_BxLxD, None if cache is None else (cache.k, cache.v),
+                                 positions_BxL, kv_mask_BxS, cache_index)
+    else:
+      new_k, new_v = [], []
+      for i, layer in enumerate(self.layers):
+        c = None if cache is None else (cache.k[i], cache.v[i])
+        x_BxLxD, c = layer(x_BxLxD, c, positions_BxL, kv_mask_BxS, cache_index)
+        if c is not None:
+          new_k.append(c[0])
+          new_v.append(c[1])
+      new = (jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None
+    hidden = self.final_norm(x_BxLxD)
+    return hidden, (None if new is None else KVCache(*new))
+
+  def logits(self, hidden_BxLxD):
+    """Float32 logits [B, L, V] from final hidden states."""
+    if self.cfg.tie_word_embeddings:
+      head = self.embedder.embedding.T
+    else:
+      head = self.lm_head
+    dt = self.cfg.compute_dtype
+    return jnp.einsum("bld,dv->blv", hidden_BxLxD.astype(dt), head.astype(dt), preferred_element_type=jnp.float32)
+
+  def _inputs(self, tokens_BxL, mask_BxL, prefix_embeds_BxKxD):
+    x = self.embedder(tokens_BxL)
+    if prefix_embeds_BxKxD is None:
+      return x, mask_BxL
+    B, K = prefix_embeds_BxKxD.shape[:2]
+    x = jnp.concatenate([prefix_embeds_BxKxD.astype(x.dtype), x], axis=1)
+    return x, jnp.concatenate([jnp.ones((B, K), mask_BxL.dtype), mask_BxL], axis=1)
+
+  def __call__(self, tokens_BxL, mask_BxL=None, *, prefix_embeds_BxKxD=None, positions_BxL=None,
+               return_hidden: bool = False):
+    """Full-sequence forward. `prefix_embeds` [B, K, D] are prepended (always
+    valid, positions 0..K-1, tokens follow); outputs cover the tokens only.
+    Positions default to counting valid tokens (left padding safe)."""
+    if mask_BxL is None:
+      mask_BxL = jnp.ones(tokens_BxL.shape, jnp.int32)
+    x, mask = self._inputs(tokens_BxL, mask_BxL, prefix_embeds_BxKxD)
+    if positions_BxL is None:
+      positions = positions_from_mask(mask)
+    elif prefix_embeds_BxKxD is not None:
+      K = prefix_embeds_BxKxD.shape[1]
+      positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(K), (x.shape[0], K)), positions_BxL + K], axis=1)
+    else:
+      positions = positions_BxL
+    hidden, _ = self._stack(x, positions, mask, None, jnp.int32(0))
+    hidden = hidden[:, x.shape[1] - tokens_BxL.shape[1]:]
+    logits = self.logits(hidden)
+    return (logits, hidden) if return_hidden else logits
+
+  def extend(self, tokens_BxL, kv_mask_BxS, positions_BxL, cache: KVCache, cache_index, *,
+             prefix_embeds_BxKxD=None):
+    """Append tokens (after optional prefix vectors) to `cache` at `cache_index`.
+
+    kv_mask [B, S] marks valid slots of the whole cache (prefix, prompt, and
+    slots to be generated); positions cover prefix + tokens. Returns float32
+    logits and hidden of the tokens, and the updated cache."""
+    x = self.embedder(tokens_BxL)
+    if prefix_embeds_BxKxD is not None:
+      x = jnp.concatenate([prefix_embeds_BxKxD.astype(x.dtype), x], axis=1)
+    hidden, cache = self._stack(x, positions_BxL, kv_mask_BxS, cache, cache_index)
+    hidden = hidden[:, x.shape[1] - tokens_BxL.shape[1]:]
+    return self.logits(hidden), hidden, cache
+
+
+def init_params(model: Decoder, rng, batch: int = 1, length: int = 8):
+  """Parameters (plain arrays, no partitioning boxes) for `model`."""
+  tokens = jnp.zeros((batch, length), jnp.int32)
+  return nn.meta.unbox(model.init(rng, tokens)["params"])
+
+
+def param_specs(model: Decoder):
+  """Logical axis names of every parameter, from `jax.eval_shape` (no memory)."""
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
+  return nn.get_partition_spec(abstract)["params"]
+
+
+def count_params(model: Decoder) -> int:
+  """Number of parameters, by `jax.eval_shape` (nothing is allocated)."""
+  abstract = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), 1, 1))
+  return sum(int(x.size) for x in jax.tree.leaves(abstract))
+
+
+def stack_layers(params, num_layers: int):
+  """Unrolled params (`layers_0`, `layers_1`, ...) -> scanned (`layers`, leading axis)."""
+  params = dict(params)
+  per = [params.pop(f"layers_{i}") for i in range(num_layers)]
+  params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *per)
+  return params
+
+
+def unstack_layers(params, num_layers: int):
+  """Scanned params -> unrolled params."""
+  params = dict(params)
+  stacked = params.pop("layers")
+  for i in range(num_layers):
+    params[f"layers_{i}"] = jax.tree.map(lambda x: x[i], stacked)
+  return params

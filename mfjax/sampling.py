@@ -1,0 +1,141 @@
+"""Batched, jitted sampling with an explicit KV cache.
+
+`generate` prefills the (left-padded) prompts once, then decodes one token per
+iteration of a `lax.while_loop` whose carry (`SamplerState`) holds the KV cache
+and the output buffers; the loop stops early once every row has emitted eos.
+Nothing on the hot path is a Python loop over tokens or rows.
+
+Letters: B batch, P prompt tokens, K prefix vectors, N new tokens,
+S = K + P + N cache slots, V vocab.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mfjax.model.transformer import Decoder, KVCache, positions_from_mask
+
+
+@flax.struct.dataclass
+class SamplerState:
+  """Carry of the decode loop."""
+
+  step: jax.Array  # int32 []: tokens generated so far (the next one is index `step`)
+  cache: KVCache  # keys/values of all S slots
+  kv_mask_BxS: jax.Array  # int32: 1 where a slot holds (or will hold) a real token
+  last_token_B: jax.Array  # int32: the token generated at `step - 1`
+  position_B: jax.Array  # int32: RoPE position of the next token
+  done_B: jax.Array  # bool: the row has emitted eos
+  tokens_BxN: jax.Array  # int32 output buffer (pad after eos)
+  logprobs_BxN: jax.Array  # float32 output buffer (0 after eos)
+  mask_BxN: jax.Array  # bool: token is real (up to and including eos)
+
+
+@flax.struct.dataclass
+class SampleOutput:
+  tokens: jax.Array  # [B, N] int32; after eos, `pad_id`
+  logprobs: jax.Array  # [B, N] float32 log p(token) under the model (temperature 1, unfiltered)
+  mask: jax.Array  # [B, N] bool: True for generated tokens up to and including eos
+
+
+def filter_logits(logits_BxV, *, temperature, top_k: int = 0, top_p: float = 1.0):
+  """Temperature-scaled logits with everything outside top-k / the top-p
+  nucleus set to -inf. `temperature` may be traced; top_k/top_p are static."""
+  x = logits_BxV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+  if top_k and top_k < x.shape[-1]:
+    kth = jax.lax.top_k(x, top_k)[0][..., -1:]
+    x = jnp.where(x < kth, -jnp.inf, x)
+  if top_p < 1.0:
+    sorted_x = jnp.sort(x, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_x, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+    keep = before < top_p  # the first token is always kept
+    cutoff = jnp.min(jnp.where(keep, sorted_x, jnp.inf), axis=-1, keepdims=True)
+    x = jnp.where(x < cutoff, -jnp.inf, x)
+  return x
+
+
+def sample_token(logits_BxV, rng, *, temperature, top_k: int = 0, top_p: float = 1.0):
+  """(token [B], model log-prob of it [B]). temperature == 0 is greedy."""
+  logprobs = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
+  greedy = jnp.argmax(logits_BxV, axis=-1)
+  sampled = jax.random.categorical(rng, filter_logits(logits_BxV, temperature=temperature, top_k=top_k,
+                                                      top_p=top_p), axis=-1)
+  token = jnp.where(temperature == 0, greedy, sampled).astype(jnp.int32)
+  return token, jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p"))
+def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperature, eos_id, pad_id,
+              prefix_BxKxD, *, max_new_tokens: int, top_k: int, top_p: float) -> SampleOutput:
+  B, P = prompt_BxP.shape
+  K = 0 if prefix_BxKxD is None else prefix_BxKxD.shape[1]
+  N = max_new_tokens
+  S = K + P + N
+  head_mask = jnp.concatenate([jnp.ones((B, K), jnp.int32), prompt_mask_BxP.astype(jnp.int32)], axis=1)
+  kv_mask = jnp.concatenate([head_mask, jnp.ones((B, N), jnp.int32)], axis=1)
+  variables = {"params": params}
+  sample = functools.partial(sample_token, temperature=temperature, top_k=top_k, top_p=top_p)
+
+  # Prefill: prefix + prompt in one pass; the last slot is a real token in every
+  # row because prompts are left-padded.
+  logits, _, cache = model.apply(variables, prompt_BxP, kv_mask, positions_from_mask(head_mask),
+                                 KVCache.zeros(model.cfg, B, S), jnp.int32(0), prefix_embeds_BxKxD=prefix_BxKxD,
+                                 method=Decoder.extend)
+  token, logprob = sample(logits[:, -1], jax.random.fold_in(rng, 0))
+  done = token == eos_id
+  state = SamplerState(
+      step=jnp.int32(1), cache=cache, kv_mask_BxS=kv_mask, last_token_B=token,
+      position_B=jnp.sum(head_mask, axis=1), done_B=done,
+      tokens_BxN=jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(token),
+      logprobs_BxN=jnp.zeros((B, N), jnp.float32).at[:, 0].set(logprob),
+      mask_BxN=jnp.zeros((B, N), bool).at[:, 0].set(True))
+
+  def cond(s: SamplerState):
+    return (s.step < N) & ~jnp.all(s.done_B)
+
+  def body(s: SamplerState):
+    logits, _, cache = model.apply(variables, s.last_token_B[:, None], s.kv_mask_BxS, s.position_B[:, None],
+                                   s.cache, K + P + s.step - 1, method=Decoder.extend)
+    token, logprob = sample(logits[:, -1], jax.random.fold_in(rng, s.step))
+    live = ~s.done_B
+    token = jnp.where(live, token, pad_id)
+    col = lambda buf, v: jax.lax.dynamic_update_slice(buf, v[:, None].astype(buf.dtype), (0, s.step))
+    return SamplerState(
+        step=s.step + 1, cache=cache, kv_mask_BxS=s.kv_mask_BxS, last_token_B=token,
+        position_B=s.position_B + 1, done_B=s.done_B | (token == eos_id),
+        tokens_BxN=col(s.tokens_BxN, token), logprobs_BxN=col(s.logprobs_BxN, jnp.where(live, logprob, 0.0)),
+        mask_BxN=col(s.mask_BxN, live))
+
+  state = jax.lax.while_loop(cond, body, state)
+  return SampleOutput(state.tokens_BxN, state.logprobs_BxN, state.mask_BxN)
+
+
+def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_tokens: int,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: Optional[int] = None,
+             pad_id: Optional[int] = None, prefix_embeds=None) -> SampleOutput:
+  """Sample `max_new_tokens` continuations of left-padded prompts.
+
+  prompt_ids, prompt_mask: [B, P] (mask 1 on real tokens; padding on the left).
+  prefix_embeds: optional [B, K, D] vectors placed before the prompt (the mean
+  field enters the policy this way). temperature 0 is greedy; top_k 0 and
+  top_p 1 disable those filters. After a row emits `eos_id` it stops: later
+  tokens are `pad_id` (default: eos_id, else 0) with log-prob 0 and mask False.
+  Jitted once per (model, shapes, max_new_tokens, top_k, top_p).
+  """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+  prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
+  if prompt_ids.shape != prompt_mask.shape:
+    raise ValueError(f"prompt_ids {prompt_ids.shape} and prompt_mask {prompt_mask.shape} differ in shape")
+  eos = -1 if eos_id is None else int(eos_id)
+  pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+  return _generate(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), jnp.int32(eos),
+                   jnp.int32(pad), prefix_embeds, max_new_tokens=int(max_new_tokens), top_k=int(top_k),
+                   top_p=float(top_p))
