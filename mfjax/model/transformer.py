@@ -161,7 +161,7 @@ class Decoder(nn.Module):
 def init_params(model: Decoder, rng, batch: int = 1, length: int = 8):
   """Parameters (plain arrays, no partitioning boxes) for `model`."""
   tokens = jnp.zeros((batch, length), jnp.int32)
-  return nn.meta.unbox(model.init(rng, tokens)["params"])
+  return jax.jit(lambda r: nn.meta.unbox(model.init(r, tokens)["params"]))(rng)
 
 
 def param_specs(model: Decoder):

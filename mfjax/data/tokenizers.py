@@ -1,0 +1,48 @@
+"""Tokenizers: load a model folder's tokenizer, or train a byte-level BPE on
+your own texts (e.g. Chinese Weibo comments) for models trained from scratch.
+
+Both return a `transformers` fast tokenizer; a trained one is saved so that
+`transformers.AutoTokenizer.from_pretrained(path)` loads it unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import tokenizers
+import transformers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str, *, min_frequency: int = 2,
+                    padding_side: str = "left") -> transformers.PreTrainedTokenizerFast:
+  """Train a byte-level BPE (any UTF-8 text round-trips; no unknown tokens)
+  with special tokens <|pad|> (id 0), <|bos|> (1), <|eos|> (2), and save it to `path`."""
+  if vocab_size < 256 + 3:
+    raise ValueError(f"vocab_size must cover the 256 byte symbols and 3 special tokens, got {vocab_size}")
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, BOS, EOS],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  tok.train_from_iterator(texts, trainer=trainer)
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS,
+                                              padding_side=padding_side)
+  os.makedirs(path, exist_ok=True)
+  fast.save_pretrained(path)
+  return fast
+
+
+def load_tokenizer(path: str, padding_side: str = "left"):
+  """The tokenizer saved in a local folder (a model's, or one from
+  `train_tokenizer`), padding on the left as the sampler expects."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"tokenizer folder {path!r} does not exist")
+  tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+  tok.padding_side = padding_side
+  if tok.pad_token is None:
+    tok.pad_token = tok.eos_token
+  return tok

@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny HF reference checkpoints written by transformers."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from hf_reference import FAMILIES, make_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoints(tmp_path_factory):
+  """{family: (path, torch model)} for every supported family, made once."""
+  out = {}
+  for family in FAMILIES:
+    path = str(tmp_path_factory.mktemp(f"hf_{family}"))
+    out[family] = (path, make_checkpoint(family, path))
+  return out
+
+
+def pytest_configure(config):
+  # Tests compile many small, identical XLA programs from different closures;
+  # a per-run persistent cache lets them share compiled executables.
+  import tempfile
+
+  import jax
+  jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="mfjax-xla-cache-"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

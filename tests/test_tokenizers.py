@@ -1,0 +1,38 @@
+"""Byte-level BPE trained on Chinese Weibo-like text, loaded by AutoTokenizer."""
+
+import pytest
+import transformers
+
+from mfjax.data import EOS, PAD, load_tokenizer, train_tokenizer
+
+TEXTS = ["这是谣言吧？[怒]", "转发微博", "真的吗？求真相 [泪]", "太好了[哈哈] 支持！", "是不是PS的？别信谣言",
+         "辟谣：官方已经说明了", "心疼[泪][泪]", "//@某用户: 转发"] * 40
+
+
+def test_trained_tokenizer_round_trips_through_autotokenizer(tmp_path):
+  trained = train_tokenizer(TEXTS, 320, str(tmp_path))
+  loaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  assert len(loaded) == 320
+  assert (loaded.pad_token, loaded.eos_token) == (PAD, EOS)
+  assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (0, 1, 2)
+  for text in TEXTS[:8] + ["没见过的字：龘 and emoji 🙂"]:
+    ids = loaded(text)["input_ids"]
+    assert ids == trained(text)["input_ids"]
+    assert loaded.decode(ids) == text  # byte-level: nothing is unknown
+  # merges learnt something: frequent phrases take fewer tokens than bytes
+  assert len(loaded("谣言")["input_ids"]) < len("谣言".encode())
+
+
+def test_load_tokenizer_pads_on_the_left(tmp_path):
+  train_tokenizer(TEXTS, 300, str(tmp_path))
+  tok = load_tokenizer(str(tmp_path))
+  batch = tok(["转发微博", "真的吗？求真相 [泪]"], padding=True)
+  assert batch["attention_mask"][0][0] == 0 and batch["attention_mask"][0][-1] == 1
+  assert batch["input_ids"][0][0] == tok.pad_token_id
+
+
+def test_bad_tokenizer_arguments(tmp_path):
+  with pytest.raises(ValueError, match="vocab_size"):
+    train_tokenizer(TEXTS, 100, str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    load_tokenizer(str(tmp_path / "nope"))
