@@ -86,7 +86,7 @@ def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperat
   # row because prompts are left-padded.
   logits, _, cache = model.apply(variables, prompt_BxP, kv_mask, positions_from_mask(head_mask),
                                  KVCache.zeros(model.cfg, B, S), jnp.int32(0), prefix_embeds_BxKxD=prefix_BxKxD,
-                                 method=Decoder.extend)
+                                 last_only=True, method=Decoder.extend)
   token, logprob = sample(logits[:, -1], jax.random.fold_in(rng, 0))
   done = token == eos_id
   state = SamplerState(

@@ -144,17 +144,18 @@ class Decoder(nn.Module):
     return (logits, hidden) if return_hidden else logits
 
   def extend(self, tokens_BxL, kv_mask_BxS, positions_BxL, cache: KVCache, cache_index, *,
-             prefix_embeds_BxKxD=None):
+             prefix_embeds_BxKxD=None, last_only: bool = False):
     """Append tokens (after optional prefix vectors) to `cache` at `cache_index`.
 
     kv_mask [B, S] marks valid slots of the whole cache (prefix, prompt, and
     slots to be generated); positions cover prefix + tokens. Returns float32
-    logits and hidden of the tokens, and the updated cache."""
+    logits and hidden of the tokens (of the last token only, [B, 1, ...], with
+    `last_only`: a sampler's prefill needs no other), and the updated cache."""
     x = self.embedder(tokens_BxL)
     if prefix_embeds_BxKxD is not None:
       x = jnp.concatenate([prefix_embeds_BxKxD.astype(x.dtype), x], axis=1)
     hidden, cache = self._stack(x, positions_BxL, kv_mask_BxS, cache, cache_index)
-    hidden = hidden[:, x.shape[1] - tokens_BxL.shape[1]:]
+    hidden = hidden[:, -1:] if last_only else hidden[:, x.shape[1] - tokens_BxL.shape[1]:]
     return self.logits(hidden), hidden, cache
 
 

@@ -1,0 +1,73 @@
+"""Command line: `python -m mfjax <command> --help`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _lm_demo(args) -> None:
+  from mfjax import configs, lm_demo
+  cfg = configs.load_config(args.config, args.set)
+  lm_demo.run(cfg, args.workdir)
+
+
+def _generate(args) -> None:
+  import jax
+
+  from mfjax import sampling
+  from mfjax.data import load_tokenizer
+  from mfjax.model import hf
+  model, params = hf.load_pretrained(args.model, dtype=args.dtype)
+  tok = load_tokenizer(args.tokenizer or args.model)
+  batch = tok(args.prompt, padding=True, return_tensors="np")
+  eos = tok.eos_token_id if tok.eos_token_id is not None else model.cfg.eos_token_id
+  out = sampling.generate(model, params, batch["input_ids"], batch["attention_mask"],
+                          rng=jax.random.PRNGKey(args.seed), max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos)
+  for prompt, row, mask in zip(args.prompt, out.tokens.tolist(), out.mask.tolist()):
+    text = tok.decode([t for t, m in zip(row, mask) if m], skip_special_tokens=True)
+    print(f"{prompt}{text}")
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m mfjax", description=__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("lm-demo", help="train a tiny LM on the built-in corpus and sample from it",
+                     description="Train a tokenizer and a tiny LM from scratch on the built-in Weibo-style "
+                                 "corpus, sample reactions per topic, write results to the workdir. "
+                                 "Rerunning the same command resumes.")
+  p.add_argument("--config", default=os.path.join(_REPO, "experiments", "lm_demo.py"),
+                 help="experiment file[:arg], e.g. experiments/lm_demo.py:smoke (default: %(default)s)")
+  p.add_argument("--workdir", default="runs/lm_demo", help="run folder; reused to resume (default: %(default)s)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config field, e.g. --set train.steps=100 (repeatable)")
+  p.set_defaults(fn=_lm_demo)
+
+  p = sub.add_parser("generate", help="sample continuations from a local Hugging Face model folder")
+  p.add_argument("--model", required=True, help="local HF folder (config.json + *.safetensors)")
+  p.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
+  p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable: one batch)")
+  p.add_argument("--max-new-tokens", type=int, default=32)
+  p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+  p.add_argument("--top-k", type=int, default=0, help="0 = off")
+  p.add_argument("--top-p", type=float, default=0.95, help="1 = off")
+  p.add_argument("--dtype", default="float32", help="compute and parameter dtype (float32, bfloat16)")
+  p.add_argument("--seed", type=int, default=0)
+  p.set_defaults(fn=_generate)
+
+  args = parser.parse_args(argv)
+  from mfjax.configs import ConfigError
+  from mfjax.model.hf import CheckpointError
+  try:
+    args.fn(args)
+  except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  main()

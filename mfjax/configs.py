@@ -1,0 +1,81 @@
+"""Experiment configs: `path/to/experiment.py[:arg]` modules exposing
+`get_config(arg) -> ml_collections.ConfigDict`, plus `--set key=value` overrides.
+
+The ConfigDict is locked before overrides are applied, so a misspelt key is an
+error naming it (with the closest known keys), never a silently new field.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in cfg.items():
+    keys.append(prefix + k)
+    if isinstance(v, ml_collections.ConfigDict):
+      keys += _flat_keys(v, prefix + k + ".")
+  return keys
+
+
+def load_module(path: str):
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"mfjax_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} has no get_config(arg) function")
+  return module
+
+
+def parse_value(text: str):
+  """Python literal if it parses as one (1, 0.1, True, None, [1, 2]), else the string."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_override(cfg: ml_collections.ConfigDict, assignment: str) -> None:
+  key, sep, raw = assignment.partition("=")
+  if not sep:
+    raise ConfigError(f"override {assignment!r} is not of the form key=value")
+  known = _flat_keys(cfg)
+  if key not in known:
+    close = difflib.get_close_matches(key, known, n=3)
+    raise ConfigError(f"unknown config key {key!r}" + (f"; did you mean {close}?" if close else ""))
+  *parents, leaf = key.split(".")
+  node = cfg
+  for p in parents:
+    node = node[p]
+  value = parse_value(raw)
+  old = node[leaf]
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  try:
+    node[leaf] = value
+  except TypeError as e:
+    raise ConfigError(f"config key {key!r}: cannot set {value!r} ({e})") from None
+
+
+def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+  """Config from `file.py[:arg]`, locked, with `key=value` overrides applied."""
+  path, _, arg = spec.partition(":")
+  cfg = load_module(path).get_config(arg)
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
+  cfg.lock()
+  for o in overrides:
+    apply_override(cfg, o)
+  return cfg

@@ -1,0 +1,246 @@
+"""End-to-end job of the foundation: train a tokenizer and a tiny Qwen2-style
+LM from scratch on the built-in Weibo-style corpus, then sample reactions to
+each topic with the jitted KV-cache sampler and compare their doubt rate with
+the corpus. Everything lands in the workdir:
+
+  workdir/config.json     the resolved config (a rerun must match it)
+  workdir/tokenizer/      byte-level BPE (AutoTokenizer loads it)
+  workdir/checkpoints/    orbax: params, optimizer state, step (resume point)
+  workdir/metrics.jsonl   one line per logged step
+  workdir/model/          the final model as a Hugging Face folder
+  workdir/samples.jsonl   generated reactions per topic
+  workdir/results.json    final loss, doubt rate per topic (corpus vs model)
+  workdir/plots/*.png     loss curve, doubt rates
+
+A rerun of the same command resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from mfjax import sampling
+from mfjax.data import builtin, train_tokenizer
+from mfjax.model import Decoder, ModelConfig, hf, init_params
+
+SEP = "："
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def lm_loss(*, model: Decoder, params, tokens_BxL, mask_BxL):
+  """Mean next-token NLL over valid target tokens. Returns (loss, aux)."""
+  logits = model.apply({"params": params}, tokens_BxL, mask_BxL)
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, tokens_BxL[:, 1:, None], axis=-1)[..., 0]
+  weights = (mask_BxL[:, 1:] * mask_BxL[:, :-1]).astype(jnp.float32)  # real input -> real target
+  n = jnp.maximum(weights.sum(), 1.0)
+  loss = (nll * weights).sum() / n
+  return loss, {"nll": loss, "tokens": n}
+
+
+def train_step(state: TrainState, batch, *, model: Decoder, tx: optax.GradientTransformation):
+  """One optimizer step; pure, jitted once per run (static model/tx bound by partial)."""
+  (loss, aux), grads = jax.value_and_grad(
+      lambda p: lm_loss(model=model, params=p, tokens_BxL=batch["tokens"], mask_BxL=batch["mask"]),
+      has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+  return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def encode(tok, texts: list[str], max_len: int, *, add_eos: bool):
+  """Token ids and mask [N, max_len] (left-padded), <bos> text [<eos>]."""
+  ids = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if add_eos else [])
+         for t in texts]
+  too_long = sum(len(x) > max_len for x in ids)
+  if too_long:
+    raise ValueError(f"{too_long} sequences exceed data.max_len={max_len}; raise it")
+  out = np.full((len(ids), max_len), tok.pad_token_id, np.int32)
+  mask = np.zeros((len(ids), max_len), np.int32)
+  for i, x in enumerate(ids):
+    out[i, max_len - len(x):] = x
+    mask[i, max_len - len(x):] = 1
+  return out, mask
+
+
+def batch_at(tokens, mask, *, seed: int, step: int, batch_size: int) -> dict:
+  """The batch of a given step: a pure function of (seed, step), so the data
+  position of a resumed run is its step and no sampler state is checkpointed."""
+  idx = np.random.default_rng([seed, step]).integers(0, len(tokens), batch_size)
+  return {"tokens": jnp.asarray(tokens[idx]), "mask": jnp.asarray(mask[idx])}
+
+
+def _model_config(cfg, vocab_size: int, tok) -> ModelConfig:
+  m = cfg.model
+  return ModelConfig(vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+                     num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
+                     intermediate_size=m.intermediate_size, family=m.family, qkv_bias=m.family == "qwen2",
+                     qk_norm=m.family == "qwen3", tie_word_embeddings=m.tie_word_embeddings,
+                     max_position_embeddings=cfg.data.max_len + cfg.sample.max_new_tokens,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
+def _check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
+  """A workdir belongs to one config: refuse to resume a different one."""
+  path = os.path.join(workdir, "config.json")
+  resolved = json.loads(cfg.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != resolved:
+      def flat(d, p=""):
+        return {k2: v2 for k, v in d.items()
+                for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(p + k, v)])}
+      a, b = flat(saved), flat(resolved)
+      diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+      raise SystemExit(f"error: {workdir} holds a run with a different config (keys {diff}); "
+                       "use another --workdir or remove that folder")
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(resolved, f, indent=2)
+
+
+def _log(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Train (or resume), sample, evaluate, write results. Returns the results dict."""
+  _check_workdir(workdir, cfg)
+  t0 = time.time()
+  data = builtin.corpus(cfg.data.n_per_topic, seed=cfg.seed)
+  texts = [builtin.TOPICS[t][0] + SEP + c for t, c in data]
+  tok_dir = os.path.join(workdir, "tokenizer")
+  if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+    from mfjax.data import load_tokenizer
+    tok = load_tokenizer(tok_dir)
+  else:
+    tok = train_tokenizer(texts, cfg.tokenizer.vocab_size, tok_dir)
+  tokens, mask = encode(tok, texts, cfg.data.max_len, add_eos=True)
+  _log(f"[data] {len(texts)} texts, {int(mask.sum())} tokens, vocab {len(tok)}")
+
+  model = Decoder(_model_config(cfg, len(tok), tok))
+  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.train.lr, cfg.train.warmup, cfg.train.steps)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=cfg.train.weight_decay))
+  rng = jax.random.PRNGKey(cfg.seed)
+  params = init_params(model, rng)
+  state = TrainState(jnp.int32(0), params, tx.init(params))
+
+  ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  if mngr.latest_step() is not None:
+    state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
+    _log(f"[resume] from step {int(state.step)} in {ckpt_dir}")
+
+  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx), donate_argnums=0)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  _log(f"[model] {model.cfg.family} width {model.cfg.hidden_size} x {model.cfg.num_layers} layers, "
+       f"{n_params:,} params; training to step {cfg.train.steps}")
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  B, T = cfg.train.batch_size, cfg.train.steps
+  tick = time.time()
+  while int(state.step) < T:
+    step = int(state.step)
+    state, m = step_fn(state, batch_at(tokens, mask, seed=cfg.seed, step=step, batch_size=B))
+    done = step + 1
+    if done % cfg.train.log_every == 0 or done == T:
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      if not np.isfinite(m["loss"]):
+        raise FloatingPointError(f"loss became {m['loss']} at step {done}; lower train.lr")
+      rate = cfg.train.log_every / max(time.time() - tick, 1e-9)
+      tick = time.time()
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps({"step": done, **m}) + "\n")
+      _log(f"[train] step {done}/{T}  loss {m['loss']:.4f}  grad_norm {m['grad_norm']:.3f}  {rate:.1f} steps/s")
+    if done % cfg.train.ckpt_every == 0 or done == T:
+      mngr.save(done, args=ocp.args.StandardSave(state))
+  mngr.wait_until_finished()
+
+  model_dir = os.path.join(workdir, "model")
+  hf.save_pretrained(model, state.params, model_dir, overwrite=True)
+  tok.save_pretrained(model_dir)
+
+  # Sample reactions to every topic and compare the doubt rate with the corpus.
+  n = cfg.sample.n_per_topic
+  prompts = [builtin.TOPICS[t][0] + SEP for t in range(len(builtin.TOPICS)) for _ in range(n)]
+  p_ids, p_mask = encode(tok, prompts, cfg.data.max_len, add_eos=False)
+  out = sampling.generate(model, state.params, p_ids, p_mask, rng=jax.random.fold_in(rng, 10_000),
+                          max_new_tokens=cfg.sample.max_new_tokens, temperature=cfg.sample.temperature,
+                          top_p=cfg.sample.top_p, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+  gen_tokens, gen_mask = np.asarray(out.tokens), np.asarray(out.mask)
+  generated = [tok.decode(row[m & (row != tok.eos_token_id)], skip_special_tokens=True)
+               for row, m in zip(gen_tokens, gen_mask)]
+  with open(os.path.join(workdir, "samples.jsonl"), "w") as f:
+    for i, text in enumerate(generated):
+      f.write(json.dumps({"topic": i // n, "text": text}, ensure_ascii=False) + "\n")
+  per_topic = []
+  for t, (topic, _) in enumerate(builtin.TOPICS):
+    real = [c for tt, c in data if tt == t]
+    per_topic.append({"topic": topic, "doubt_corpus": builtin.doubt_rate(real),
+                      "doubt_model": builtin.doubt_rate(generated[t * n:(t + 1) * n])})
+  final_loss = None
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      final_loss = json.loads(f.readlines()[-1])["loss"]
+  gap = float(np.mean([abs(r["doubt_corpus"] - r["doubt_model"]) for r in per_topic]))
+  results = {"final_loss": final_loss, "steps": int(state.step), "doubt_rate": per_topic,
+             "doubt_rate_mean_abs_gap": gap, "device": str(jax.devices()[0]), "seconds": time.time() - t0}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2, ensure_ascii=False)
+  _plots(workdir, metrics_path, per_topic)
+
+  _log(f"\n{'topic':<36}{'doubt corpus':>14}{'doubt model':>13}")
+  for r in per_topic:
+    _log(f"{r['topic'][:16]:<36}{r['doubt_corpus']:>14.3f}{r['doubt_model']:>13.3f}")
+  _log(f"\nmean |gap| {gap:.3f}; examples: {generated[:3]}")
+  _log(f"results in {workdir} ({results['seconds']:.0f} s)")
+  return results
+
+
+def _plots(workdir: str, metrics_path: str, per_topic: list[dict]) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+  if os.path.exists(metrics_path):
+    rows = [json.loads(line) for line in open(metrics_path)]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set(xlabel="step", ylabel="next-token NLL", title="training loss")
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "plots", "loss.png"), dpi=120)
+    plt.close(fig)
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  x = np.arange(len(per_topic))
+  ax.bar(x - 0.2, [r["doubt_corpus"] for r in per_topic], 0.4, label="corpus")
+  ax.bar(x + 0.2, [r["doubt_model"] for r in per_topic], 0.4, label="model samples")
+  ax.set(xlabel="topic", ylabel="doubt rate", xticks=x, ylim=(0, 1), title="doubt rate per topic")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "plots", "doubt_rate.png"), dpi=120)
+  plt.close(fig)
+
+
+if __name__ == "__main__":  # pragma: no cover
+  sys.exit("use: python -m mfjax lm-demo --help")

@@ -1,0 +1,77 @@
+"""The foundation's end-to-end job: outputs, resume after a crash, bad input."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mfjax import configs, lm_demo
+from mfjax.__main__ import main
+from mfjax.model import hf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "experiments", "lm_demo.py") + ":smoke"
+OVERRIDES = ["train.steps=40", "train.ckpt_every=20", "train.log_every=10"]
+
+
+def test_run_writes_everything_and_crash_resume_is_exact(tmp_path, monkeypatch):
+  cfg = configs.load_config(SMOKE, OVERRIDES)
+  full = lm_demo.run(cfg, str(tmp_path / "full"))
+  for name in ("config.json", "metrics.jsonl", "results.json", "samples.jsonl", "plots/loss.png",
+               "plots/doubt_rate.png", "model/config.json", "model/model.safetensors", "model/tokenizer.json"):
+    assert os.path.exists(tmp_path / "full" / name), name
+  assert full["steps"] == 40 and np.isfinite(full["final_loss"])
+  assert len(full["doubt_rate"]) == 6
+  lines = [json.loads(x) for x in open(tmp_path / "full" / "metrics.jsonl")]
+  assert [x["step"] for x in lines] == [10, 20, 30, 40]
+
+  # crash at step 30 (after the step-20 checkpoint), then rerun the same command
+  real_batch = lm_demo.batch_at
+  def crashing(*args, step, **kw):
+    if step == 30:
+      raise KeyboardInterrupt("simulated crash")
+    return real_batch(*args, step=step, **kw)
+  monkeypatch.setattr(lm_demo, "batch_at", crashing)
+  with pytest.raises(KeyboardInterrupt):
+    lm_demo.run(cfg, str(tmp_path / "crash"))
+  assert not os.path.exists(tmp_path / "crash" / "results.json")
+  monkeypatch.setattr(lm_demo, "batch_at", real_batch)
+  resumed = lm_demo.run(cfg, str(tmp_path / "crash"))
+  assert resumed["steps"] == 40
+  _, p_full = hf.load_pretrained(str(tmp_path / "full" / "model"))
+  _, p_resumed = hf.load_pretrained(str(tmp_path / "crash" / "model"))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), p_full, p_resumed)
+  assert resumed["doubt_rate"] == full["doubt_rate"]
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+  lm_demo._check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES))
+  before = (tmp_path / "config.json").read_text()
+  with pytest.raises(SystemExit, match=r"different config \(keys \['train.steps'\]\)"):
+    lm_demo._check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES + ["train.steps=41"]))
+  assert (tmp_path / "config.json").read_text() == before
+
+
+def test_config_overrides_and_errors():
+  cfg = configs.load_config(SMOKE, ["train.lr=1", "model.family=llama", "sample.top_p=0.9"])
+  assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float) and cfg.model.family == "llama"
+  with pytest.raises(configs.ConfigError, match=r"unknown config key 'train.stepz'; did you mean \['train.steps'"):
+    configs.load_config(SMOKE, ["train.stepz=3"])
+  with pytest.raises(configs.ConfigError, match="not of the form key=value"):
+    configs.load_config(SMOKE, ["train.steps"])
+  with pytest.raises(configs.ConfigError, match="cannot set"):
+    configs.load_config(SMOKE, ["train.steps=abc"])
+  with pytest.raises(configs.ConfigError, match="does not exist"):
+    configs.load_config("experiments/nope.py")
+
+
+def test_cli_reports_errors_without_traceback(tmp_path, capsys):
+  with pytest.raises(SystemExit, match="unknown config key 'train.stepz'"):
+    main(["lm-demo", "--config", SMOKE, "--workdir", str(tmp_path), "--set", "train.stepz=1"])
+  with pytest.raises(SystemExit, match="no config.json"):
+    main(["generate", "--model", str(tmp_path), "--prompt", "x"])
+  with pytest.raises(SystemExit) as e:
+    main(["lm-demo", "--help"])
+  assert e.value.code == 0 and "--workdir" in capsys.readouterr().out

@@ -1,0 +1,125 @@
+"""Benchmark: tokens/s of `mfjax.sampling.generate` against transformers'
+PyTorch `generate` on the same random Qwen2 model, plus model FLOP utilisation.
+
+Both sides: the same weights (written by transformers, loaded by mfjax), float32,
+greedy, batch 16, prompt 128, 32 new tokens, KV cache, no early stop. MFU counts
+only the FLOPs the math needs (prefill: all linear layers for every prompt token,
+causal attention, the head for the last position only; decode: one token per row
+with attention over its context) and divides by the peak FLOP/s of a large
+`jnp.dot` measured in the same process. Prints one JSON line.
+
+  python tools/bench_generate.py            # the issue's configuration
+  python tools/bench_generate.py --repeats 5 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def peak_flops(n: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of an n x n x n float32 matmul (the best of `repeats`)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  f(a, b).block_until_ready()
+  best = min(_timed(lambda: f(a, b).block_until_ready()) for _ in range(repeats))
+  return 2 * n ** 3 / best
+
+
+def _timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def generate_flops(cfg, B: int, P: int, N: int) -> float:
+  """FLOPs the math of greedy generation needs (multiply-add = 2 FLOPs)."""
+  D, H, Nkv, Dh, F, V, Y = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
+                            cfg.vocab_size, cfg.num_layers)
+  linear_per_token = Y * (D * (H + 2 * Nkv) * Dh + H * Dh * D + 3 * D * F)  # weights used per token
+  attn_per_ctx = Y * 2 * H * Dh  # q.k and p.v per (query, key) pair
+  prefill = 2 * linear_per_token * B * P + 2 * attn_per_ctx * B * P * (P + 1) / 2 + 2 * D * V * B
+  # decode: N-1 steps (the first new token comes from the prefill), context P+1 .. P+N-1
+  decode_ctx = sum(P + i + 1 for i in range(N - 1))
+  decode = (N - 1) * B * 2 * (linear_per_token + D * V) + 2 * attn_per_ctx * B * decode_ctx
+  return prefill + decode
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--prompt", type=int, default=128)
+  ap.add_argument("--new", type=int, default=32)
+  ap.add_argument("--width", type=int, default=512)
+  ap.add_argument("--layers", type=int, default=8)
+  ap.add_argument("--vocab", type=int, default=8192)
+  ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (median is reported)")
+  ap.add_argument("--skip-torch", action="store_true", help="time mfjax only (e.g. where torch is absent)")
+  args = ap.parse_args()
+
+  from mfjax import sampling
+  from mfjax.model import hf
+
+  B, P, N = args.batch, args.prompt, args.new
+  heads = args.width // 64
+  hf_cfg = dict(vocab_size=args.vocab, hidden_size=args.width, intermediate_size=3 * args.width,
+                num_hidden_layers=args.layers, num_attention_heads=heads, num_key_value_heads=max(heads // 4, 1),
+                max_position_embeddings=4096, tie_word_embeddings=False)
+  prompt = np.random.default_rng(0).integers(3, args.vocab, (B, P))
+  mask = np.ones((B, P), np.int64)
+  result = {"bench": "generate", "batch": B, "prompt": P, "new_tokens": N, "width": args.width,
+            "layers": args.layers, "vocab": args.vocab, "device": str(jax.devices()[0].device_kind),
+            "platform": jax.default_backend()}
+
+  with tempfile.TemporaryDirectory() as tmp:
+    torch_s = None
+    if not args.skip_torch:
+      import torch
+      import transformers
+      torch.manual_seed(0)
+      ref = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf_cfg)).eval()
+      ref.save_pretrained(tmp)
+      ids, am = torch.tensor(prompt), torch.tensor(mask)
+      run_torch = lambda: ref.generate(input_ids=ids, attention_mask=am, max_new_tokens=N, min_new_tokens=N,
+                                       do_sample=False, pad_token_id=0, eos_token_id=None)
+      with torch.no_grad():
+        want = run_torch()[:, P:].numpy()
+        torch_s = float(np.median([_timed(run_torch) for _ in range(args.repeats)]))
+      result.update(torch_threads=torch.get_num_threads(), torch_version=torch.__version__)
+    else:
+      import transformers
+      transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf_cfg)).save_pretrained(tmp)
+      want = None
+    model, params = hf.load_pretrained(tmp)
+
+  gen = lambda: sampling.generate(model, params, prompt, mask, rng=jax.random.PRNGKey(0), max_new_tokens=N,
+                                  temperature=0.0).tokens.block_until_ready()
+  t_compile = _timed(gen)
+  got = np.asarray(gen())
+  mfjax_s = float(np.median([_timed(gen) for _ in range(args.repeats)]))
+  flops = generate_flops(model.cfg, B, P, N)
+  peak = peak_flops()
+  result.update(
+      mfjax_s=mfjax_s, mfjax_tokens_per_s=B * N / mfjax_s, compile_s=t_compile - mfjax_s,
+      model_gflops=flops / 1e9, achieved_gflops_per_s=flops / mfjax_s / 1e9, peak_gflops_per_s=peak / 1e9,
+      mfu=flops / mfjax_s / peak)
+  if torch_s is not None:
+    result.update(torch_s=torch_s, torch_tokens_per_s=B * N / torch_s, speedup=torch_s / mfjax_s,
+                  torch_mfu=flops / torch_s / peak, same_tokens_fraction=float((got == want).mean()))
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
