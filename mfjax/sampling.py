@@ -18,7 +18,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from mfjax.model.transformer import Decoder, KVCache, positions_from_mask
+from mfjax.model.transformer import Decoder, KVCache, positions_from_mask, unstack_layers
 
 
 @flax.struct.dataclass
@@ -63,16 +63,23 @@ def filter_logits(logits_BxV, *, temperature, top_k: int = 0, top_p: float = 1.0
 def sample_token(logits_BxV, rng, *, temperature, top_k: int = 0, top_p: float = 1.0):
   """(token [B], model log-prob of it [B]). temperature == 0 is greedy."""
   logprobs = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
-  greedy = jnp.argmax(logits_BxV, axis=-1)
-  sampled = jax.random.categorical(rng, filter_logits(logits_BxV, temperature=temperature, top_k=top_k,
-                                                      top_p=top_p), axis=-1)
-  token = jnp.where(temperature == 0, greedy, sampled).astype(jnp.int32)
+  # lax.cond, not jnp.where: greedy decoding skips the filters and random bits.
+  token = jax.lax.cond(
+      temperature == 0,
+      lambda: jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32),
+      lambda: jax.random.categorical(rng, filter_logits(logits_BxV, temperature=temperature, top_k=top_k,
+                                                        top_p=top_p), axis=-1).astype(jnp.int32))
   return token, jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "unroll"))
 def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperature, eos_id, pad_id,
-              prefix_BxKxD, *, max_new_tokens: int, top_k: int, top_p: float) -> SampleOutput:
+              prefix_BxKxD, *, max_new_tokens: int, top_k: int, top_p: float, unroll: bool) -> SampleOutput:
+  if model.cfg.scan_layers and unroll:
+    # Unrolled layers read each weight in place; a scanned loop slices (copies)
+    # every layer's weights out of the stacked arrays at every decode step.
+    params = unstack_layers(params, model.cfg.num_layers)
+    model = Decoder(model.cfg.replace(scan_layers=False))
   B, P = prompt_BxP.shape
   K = 0 if prefix_BxKxD is None else prefix_BxKxD.shape[1]
   N = max_new_tokens
@@ -118,7 +125,7 @@ def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperat
 
 def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: Optional[int] = None,
-             pad_id: Optional[int] = None, prefix_embeds=None) -> SampleOutput:
+             pad_id: Optional[int] = None, prefix_embeds=None, unroll_layers: bool = True) -> SampleOutput:
   """Sample `max_new_tokens` continuations of left-padded prompts.
 
   prompt_ids, prompt_mask: [B, P] (mask 1 on real tokens; padding on the left).
@@ -126,7 +133,9 @@ def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_to
   field enters the policy this way). temperature 0 is greedy; top_k 0 and
   top_p 1 disable those filters. After a row emits `eos_id` it stops: later
   tokens are `pad_id` (default: eos_id, else 0) with log-prob 0 and mask False.
-  Jitted once per (model, shapes, max_new_tokens, top_k, top_p).
+  `unroll_layers` runs a scanned model's layers unrolled inside the sampler
+  (faster decoding; compile time grows with depth). Jitted once per (model,
+  shapes, max_new_tokens, top_k, top_p, unroll_layers).
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -138,4 +147,4 @@ def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_to
   pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
   return _generate(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), jnp.int32(eos),
                    jnp.int32(pad), prefix_embeds, max_new_tokens=int(max_new_tokens), top_k=int(top_k),
-                   top_p=float(top_p))
+                   top_p=float(top_p), unroll=bool(unroll_layers))

@@ -130,15 +130,18 @@ class Attention(nn.Module):
   """Grouped-query attention over a key/value buffer of S slots.
 
   Without a cache, the buffer is this call's own keys (S = L, slots 0..L-1).
-  With a cache (k, v each [B, S, N, Dh]), this call's keys are written at slots
-  `cache_index .. cache_index + L - 1` and the queries see every earlier slot
-  that `kv_mask` marks valid (causal by slot; Mistral's window by slot too).
+  With a cache (k, v of every layer, each [Y, B, N, S, Dh]), this call's keys
+  are written in place at layer `layer`, slots `cache_index .. cache_index+L-1`,
+  and the queries see every earlier slot that `kv_mask` marks valid (causal by
+  slot; Mistral's window by slot too). The whole stacked cache is passed along
+  (not one layer's slice) so that XLA updates it in place instead of copying
+  it into a new stacked buffer at every layer and every decode step.
   """
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, kv_mask_BxS, cache, cache_index):
+  def __call__(self, x_BxLxD, positions_BxL, kv_mask_BxS, cache, layer, cache_index):
     cfg = self.cfg
     H, N, Dh, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
     E = (axes.EMBED,)
@@ -152,18 +155,25 @@ class Attention(nn.Module):
     q = apply_rope(q, positions_BxL, inv_freq)
     k = apply_rope(k, positions_BxL, inv_freq)
 
-    L = x_BxLxD.shape[1]
+    B, L = x_BxLxD.shape[:2]
+    # Keys/values are kept heads-major, [B, N, S, Dh], so that both attention
+    # contractions are plain batched matmuls over (B, N) with no transposes of
+    # the (possibly long) cache.
+    k = k.transpose(0, 2, 1, 3)
+    v = v.transpose(0, 2, 1, 3)
     if cache is None:
       keys, values, new_cache = k, v, None
       q_slot = jnp.arange(L)
     else:
       ck, cv = cache
-      idx = (0, cache_index, 0, 0)
-      keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), idx)
-      values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), idx)
-      new_cache = (keys, values)
+      idx = (layer, 0, 0, cache_index, 0)
+      ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), idx)
+      cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), idx)
+      keys = jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False)
+      values = jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False)
+      new_cache = (ck, cv)
       q_slot = cache_index + jnp.arange(L)
-    S = keys.shape[1]
+    S = keys.shape[2]
     k_slot = jnp.arange(S)
     visible_LxS = k_slot[None, :] <= q_slot[:, None]
     if cfg.sliding_window is not None:
@@ -171,13 +181,13 @@ class Attention(nn.Module):
     visible_BxLxS = visible_LxS[None] & kv_mask_BxS[:, None, :].astype(bool)
 
     G = H // N
-    q = q.reshape(q.shape[0], L, N, G, Dh)
+    q = q.reshape(B, L, N, G, Dh)
     dt = cfg.compute_dtype
-    scores = jnp.einsum("blngd,bsnd->bngls", q.astype(dt), keys.astype(dt),
+    scores = jnp.einsum("blngd,bnsd->bngls", q.astype(dt), keys.astype(dt),
                         preferred_element_type=jnp.float32) / math.sqrt(Dh)
     scores = jnp.where(visible_BxLxS[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bngls,bsnd->blngd", probs.astype(dt), values.astype(dt)).reshape(q.shape[0], L, H, Dh)
+    out = jnp.einsum("bngls,bnsd->blngd", probs.astype(dt), values.astype(dt)).reshape(B, L, H, Dh)
     y = Proj((D,), (axes.HEADS, axes.KV), E, cfg, cfg.o_bias, _lora_on(cfg, "o"), name="o")(out)
     return y, new_cache
 
@@ -198,16 +208,18 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer layer. Signature fits `nn.scan`: (carry, xs...) -> (carry, ys)."""
+  """Pre-norm transformer layer. Signature fits `nn.scan`: the carry is
+  (hidden [B, L, D], stacked KV cache or None); `layer` is this layer's index."""
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, cache, positions_BxL, kv_mask_BxS, cache_index):
+  def __call__(self, carry, layer, positions_BxL, kv_mask_BxS, cache_index):
     cfg = self.cfg
-    h, new_cache = Attention(cfg, name="attn")(
+    x_BxLxD, cache = carry
+    h, cache = Attention(cfg, name="attn")(
         RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, name="attn_norm")(x_BxLxD),
-        positions_BxL, kv_mask_BxS, cache, cache_index)
+        positions_BxL, kv_mask_BxS, cache, layer, cache_index)
     x_BxLxD = x_BxLxD + h.astype(x_BxLxD.dtype)
     h = MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, name="mlp_norm")(x_BxLxD))
-    return x_BxLxD + h.astype(x_BxLxD.dtype), new_cache
+    return (x_BxLxD + h.astype(x_BxLxD.dtype), cache), None

@@ -29,14 +29,14 @@ from mfjax.parallel import axes
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of every layer, stacked: k, v each [Y, B, S, N, Dh]."""
+  """Keys and values of every layer, stacked: k, v each [Y, B, N, S, Dh]."""
 
   k: jax.Array
   v: jax.Array
 
   @classmethod
   def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype=None) -> "KVCache":
-    shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, slots, cfg.head_dim)
     dtype = cfg.compute_dtype if dtype is None else dtype
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
@@ -90,21 +90,14 @@ class Decoder(nn.Module):
     return self.embedder(tokens_BxL)
 
   def _stack(self, x_BxLxD, positions_BxL, kv_mask_BxS, cache: Optional[KVCache], cache_index):
-    cfg = self.cfg
-    if cfg.scan_layers:
-      x_BxLxD, new = self.layers(x_BxLxD, None if cache is None else (cache.k, cache.v),
-                                 positions_BxL, kv_mask_BxS, cache_index)
+    carry = (x_BxLxD, None if cache is None else (cache.k, cache.v))
+    if self.cfg.scan_layers:
+      carry, _ = self.layers(carry, jnp.arange(self.cfg.num_layers), positions_BxL, kv_mask_BxS, cache_index)
     else:
-      new_k, new_v = [], []
       for i, layer in enumerate(self.layers):
-        c = None if cache is None else (cache.k[i], cache.v[i])
-        x_BxLxD, c = layer(x_BxLxD, c, positions_BxL, kv_mask_BxS, cache_index)
-        if c is not None:
-          new_k.append(c[0])
-          new_v.append(c[1])
-      new = (jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None
-    hidden = self.final_norm(x_BxLxD)
-    return hidden, (None if new is None else KVCache(*new))
+        carry, _ = layer(carry, jnp.int32(i), positions_BxL, kv_mask_BxS, cache_index)
+    x_BxLxD, new = carry
+    return self.final_norm(x_BxLxD), (None if new is None else KVCache(*new))
 
   def logits(self, hidden_BxLxD):
     """Float32 logits [B, L, V] from final hidden states."""
