@@ -6,6 +6,9 @@ import argparse
 import os
 import sys
 
+# transformers is used for tokenizers only here; its "PyTorch was not found" advisory is noise.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

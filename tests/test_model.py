@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -222,3 +223,31 @@ def test_lora_config_is_validated():
   model, lp = lora_lib.add_lora(base, params, LORA, jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="already has LoRA"):
     lora_lib.add_lora(model, lp, LORA, jax.random.PRNGKey(0))
+
+
+def _dot_operand_dtypes(jaxpr):
+  """dtypes of the operands of every dot_general, recursing into sub-jaxprs."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      out.append(tuple(str(v.aval.dtype) for v in eqn.invars) + (str(eqn.outvars[0].aval.dtype),))
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      out += _dot_operand_dtypes(sub)
+  return out
+
+
+def test_dtype_policy_bf16_compute_float32_softmax_and_logits():
+  f32, params = _make("qwen3")
+  bf16 = M.Decoder(f32.cfg.replace(dtype="bfloat16"))
+  tokens = _tokens()
+  dots = _dot_operand_dtypes(jax.make_jaxpr(lambda p: bf16.apply({"params": p}, tokens))(params).jaxpr)
+  # the scanned layer body (traced once): 7 projections + 2 attention contractions; then the head
+  assert len(dots) == 9 + 1
+  assert all(d[:2] == ("bfloat16", "bfloat16") for d in dots)  # params are stored float32, cast for matmuls
+  assert dots[-1][2] == "float32"  # logits accumulate in float32
+  assert sum(d[2] == "float32" for d in dots) == 2  # and the attention scores
+  out = _apply(bf16, params, tokens)
+  assert out.dtype == jnp.float32
+  ref = np.asarray(_apply(f32, params, tokens))
+  # bf16 has 8 mantissa bits: expect ~1% relative error on O(1) logits, not more
+  assert np.abs(np.asarray(out) - ref).max() < 0.05 * np.abs(ref).max()

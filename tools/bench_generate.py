@@ -91,13 +91,15 @@ def main() -> None:
       torch.manual_seed(0)
       ref = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf_cfg)).eval()
       ref.save_pretrained(tmp)
-      ids, am = torch.tensor(prompt), torch.tensor(mask)
+      dev = "cuda" if torch.cuda.is_available() else "cpu"  # same kind of device as JAX's
+      ref.to(dev)
+      ids, am = torch.tensor(prompt, device=dev), torch.tensor(mask, device=dev)
       run_torch = lambda: ref.generate(input_ids=ids, attention_mask=am, max_new_tokens=N, min_new_tokens=N,
-                                       do_sample=False, pad_token_id=0, eos_token_id=None)
+                                       do_sample=False, pad_token_id=0, eos_token_id=None).cpu()
       with torch.no_grad():
         want = run_torch()[:, P:].numpy()
         torch_s = float(np.median([_timed(run_torch) for _ in range(args.repeats)]))
-      result.update(torch_threads=torch.get_num_threads(), torch_version=torch.__version__)
+      result.update(torch_threads=torch.get_num_threads(), torch_version=torch.__version__, torch_device=dev)
     else:
       import transformers
       transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf_cfg)).save_pretrained(tmp)
