@@ -172,8 +172,11 @@ def test_fresh_lora_equals_base_and_merge_folds_adapters(scan_layers):
   base, params = _make("qwen2", scan_layers=scan_layers)
   model, lp = lora_lib.add_lora(base, params, LORA, jax.random.PRNGKey(1))
   tokens = _tokens()
-  np.testing.assert_array_equal(np.asarray(_apply(model, lp, tokens)),
-                                np.asarray(_apply(base, params, tokens)))
+  fresh, plain = np.asarray(_apply(model, lp, tokens)), np.asarray(_apply(base, params, tokens))
+  if jax.default_backend() == "cpu":
+    np.testing.assert_array_equal(fresh, plain)  # xW + 0 is exact when both use the same kernels
+  else:  # a GPU may pick another matmul kernel for the fused graph: float32 rounding only (seen: 4e-6)
+    np.testing.assert_allclose(fresh, plain, atol=1e-5, rtol=0)
   # give B nonzero values, then merging must reproduce the adapted model
   lp = jax.tree_util.tree_map_with_path(
       lambda p, x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(len(str(p))), x.shape)
