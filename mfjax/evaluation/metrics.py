@@ -1,0 +1,131 @@
+"""Population metrics: per-step category distributions, real vs simulated.
+
+All functions are vectorised over leading axes (numpy / jax.numpy):
+distributions are [..., C] (C categories, summing to 1), trajectories
+[..., T, C] (T steps). Divergences use natural logarithms (nats).
+
+- `step_distributions`: category ids [..., T, B] + mask -> proportions [..., T, C]
+- `kl`: KL(p || q) after additive smoothing of both (`eps`)
+- `js`: Jensen-Shannon divergence; `tv`: total variation
+- `w1`: Wasserstein-1 between distributions over ordinal categories 0..C-1
+- `dtw`: dynamic-time-warping distance between trajectories (L1 local cost)
+- `nll_per_token`: mean negative log-likelihood of real tokens
+- `compare`: all of the above per dimension, plus means over dimensions
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mfjax.evaluation.labelers import DIMENSIONS, ORDINAL
+
+DEFAULT_EPS = 1e-3  # additive smoothing: a category never seen gets ~eps mass
+
+
+def step_distributions(ids_TxB, mask_TxB, num_categories: int):
+  """Proportions [..., T, C] of each category among valid agents of each step,
+  and the number of valid agents [..., T] (a step with none gets all zeros)."""
+  ids, mask = jnp.asarray(ids_TxB), jnp.asarray(mask_TxB, jnp.float32)
+  onehot = jax.nn.one_hot(ids, num_categories) * mask[..., None]
+  counts = mask.sum(-1)
+  return onehot.sum(-2) / jnp.maximum(counts, 1.0)[..., None], counts
+
+
+def smooth(p, eps: float = DEFAULT_EPS):
+  p = jnp.asarray(p, jnp.float32)
+  return (p + eps) / (1.0 + eps * p.shape[-1])
+
+
+def kl(p, q, eps: float = DEFAULT_EPS):
+  """KL(p || q) over the last axis, both smoothed by `eps`."""
+  p, q = smooth(p, eps), smooth(q, eps)
+  return jnp.sum(p * (jnp.log(p) - jnp.log(q)), axis=-1)
+
+
+def js(p, q):
+  """Jensen-Shannon divergence (nats; 0 <= js <= log 2)."""
+  p, q = jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)
+  m = 0.5 * (p + q)
+  term = lambda a: jnp.sum(jnp.where(a > 0, a * (jnp.log(jnp.where(a > 0, a, 1.0)) - jnp.log(jnp.where(a > 0, m, 1.0))), 0.0), -1)
+  return 0.5 * term(p) + 0.5 * term(q)
+
+
+def tv(p, q):
+  return 0.5 * jnp.sum(jnp.abs(jnp.asarray(p) - jnp.asarray(q)), axis=-1)
+
+
+def w1(p, q):
+  """Earth mover's distance between distributions on categories 0, 1, ..., C-1."""
+  return jnp.sum(jnp.abs(jnp.cumsum(jnp.asarray(p), -1) - jnp.cumsum(jnp.asarray(q), -1))[..., :-1], axis=-1)
+
+
+def _dtw_single(x_TxC, y_SxC):
+  cost = jnp.sum(jnp.abs(x_TxC[:, None, :] - y_SxC[None, :, :]), -1)  # T, S
+  inf = jnp.float32(jnp.inf)
+
+  def row(prev_S, cost_S):
+    # D[i, j] = c[i, j] + min(D[i-1, j], D[i-1, j-1], D[i, j-1]); the last term
+    # runs along the row, so the row is its own scan.
+    diag = jnp.concatenate([jnp.array([inf]), prev_S[:-1]])
+    best_up = jnp.minimum(prev_S, diag)
+
+    def col(left, inputs):
+      c, up = inputs
+      d = c + jnp.minimum(up, left)
+      return d, d
+
+    _, cur = jax.lax.scan(col, inf, (cost_S, best_up))
+    return cur, None
+
+  first = jnp.cumsum(cost[0])
+  last, _ = jax.lax.scan(row, first, cost[1:])
+  return last[-1]
+
+
+@jax.jit
+def dtw(x_TxC, y_SxC):
+  """DTW distance between two trajectories [..., T, C] and [..., S, C] (L1 cost
+  between step distributions; leading axes are batched)."""
+  x, y = jnp.asarray(x_TxC, jnp.float32), jnp.asarray(y_SxC, jnp.float32)
+  f = _dtw_single
+  for _ in range(x.ndim - 2):
+    f = jax.vmap(f)
+  return f(x, y)
+
+
+def nll_per_token(logprobs, mask):
+  """Mean negative log-likelihood per real token: -sum(logp * mask) / sum(mask)."""
+  logprobs, mask = jnp.asarray(logprobs, jnp.float32), jnp.asarray(mask, jnp.float32)
+  return -jnp.sum(logprobs * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def compare(real: dict, sim: dict, real_mask, sim_mask, *, eps: float = DEFAULT_EPS,
+            step_weights: Optional[np.ndarray] = None) -> dict:
+  """Per-dimension metrics between real and simulated category ids.
+
+  real, sim: {dimension: ids [..., T, B]}; masks [..., T, B]. Step metrics (KL,
+  JS, TV, W1) are averaged over steps that have real actions; DTW compares the
+  whole trajectories. Returns {"kl": {dim: float}, ..., "kl_mean": float, ...}.
+  """
+  out = {k: {} for k in ("kl", "js", "tv", "w1", "dtw")}
+  for d, cats in DIMENSIONS.items():
+    if d not in real:
+      continue
+    p, n_real = step_distributions(real[d], real_mask, len(cats))
+    q, _ = step_distributions(sim[d], sim_mask, len(cats))
+    valid = (n_real > 0).astype(jnp.float32) if step_weights is None else jnp.asarray(step_weights)
+    avg = lambda v: float(jnp.sum(v * valid) / jnp.maximum(jnp.sum(valid), 1.0))
+    out["kl"][d] = avg(kl(p, q, eps))
+    out["js"][d] = avg(js(p, q))
+    out["tv"][d] = avg(tv(p, q))
+    out["dtw"][d] = float(jnp.mean(dtw(p, q)))
+    if d in ORDINAL:
+      out["w1"][d] = avg(w1(p, q))
+  for k in list(out):
+    if out[k]:
+      out[f"{k}_mean"] = float(np.mean(list(out[k].values())))
+  return out

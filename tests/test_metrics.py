@@ -1,0 +1,91 @@
+"""Population metrics against scipy and hand-computed cases."""
+
+import numpy as np
+import pytest
+import scipy.spatial.distance
+import scipy.stats
+
+from mfjax.evaluation import metrics
+
+
+def _dists(seed, n=7, c=3):
+  rng = np.random.default_rng(seed)
+  p = rng.dirichlet(np.ones(c), n)
+  p[0, 0] = 0.0  # a category with zero mass must be handled
+  p[0] /= p[0].sum()
+  return p, rng.dirichlet(np.ones(c), n)
+
+
+def test_kl_matches_scipy_entropy_after_smoothing():
+  p, q = _dists(0)
+  eps = 1e-3
+  ps, qs = (p + eps) / (1 + 3 * eps), (q + eps) / (1 + 3 * eps)
+  want = [scipy.stats.entropy(a, b) for a, b in zip(ps, qs)]
+  np.testing.assert_allclose(np.asarray(metrics.kl(p, q, eps)), want, rtol=1e-5)
+  assert float(metrics.kl(p[1], p[1])) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_js_and_tv_match_scipy():
+  p, q = _dists(1)
+  want = [scipy.spatial.distance.jensenshannon(a, b) ** 2 for a, b in zip(p, q)]  # scipy returns the sqrt
+  np.testing.assert_allclose(np.asarray(metrics.js(p, q)), want, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(metrics.tv(p, q)), 0.5 * np.abs(p - q).sum(-1), rtol=1e-6)
+  assert float(metrics.js([1, 0], [0, 1])) == pytest.approx(np.log(2), rel=1e-6)
+
+
+def test_w1_matches_scipy_wasserstein_on_ordinal_categories():
+  p, q = _dists(2, c=5)
+  cats = np.arange(5)
+  want = [scipy.stats.wasserstein_distance(cats, cats, a, b) for a, b in zip(p, q)]
+  np.testing.assert_allclose(np.asarray(metrics.w1(p, q)), want, rtol=1e-5, atol=1e-7)
+
+
+def _dtw_reference(x, y):
+  """The textbook O(T*S) recursion with Python loops."""
+  T, S = len(x), len(y)
+  D = np.full((T + 1, S + 1), np.inf)
+  D[0, 0] = 0
+  for i in range(1, T + 1):
+    for j in range(1, S + 1):
+      D[i, j] = np.abs(x[i - 1] - y[j - 1]).sum() + min(D[i - 1, j], D[i - 1, j - 1], D[i, j - 1])
+  return D[T, S]
+
+
+def test_dtw_hand_cases_and_reference():
+  one = lambda seq: np.asarray(seq, np.float32)[:, None]
+  assert float(metrics.dtw(one([0, 1, 2]), one([0, 1, 2]))) == 0.0
+  # a time shift costs nothing that warping can absorb: [0,0,1,2] vs [0,1,2,2]
+  assert float(metrics.dtw(one([0, 0, 1, 2]), one([0, 1, 2, 2]))) == 0.0
+  # by hand: [0, 2] vs [1]: |0-1| + |2-1| = 2
+  assert float(metrics.dtw(one([0, 2]), one([1]))) == 2.0
+  # by hand: [1, 2, 3] vs [2, 2, 2, 2]: 1 + 0 + 0 + 0 + 1 = 2
+  assert float(metrics.dtw(one([1, 2, 3]), one([2, 2, 2, 2]))) == 2.0
+  rng = np.random.default_rng(0)
+  x, y = rng.dirichlet(np.ones(3), (4, 9)), rng.dirichlet(np.ones(3), (4, 6))
+  got = np.asarray(metrics.dtw(x, y))  # batched over the leading axis
+  np.testing.assert_allclose(got, [_dtw_reference(a, b) for a, b in zip(x, y)], rtol=1e-5)
+
+
+def test_step_distributions_respect_the_mask():
+  ids = np.array([[0, 1, 1, 2], [2, 2, 0, 0], [1, 1, 1, 1]])
+  mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+  p, n = metrics.step_distributions(ids, mask, 3)
+  np.testing.assert_allclose(np.asarray(p), [[1 / 3, 2 / 3, 0], [0, 0, 1], [0, 0, 0]], rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(n), [3, 2, 0])
+
+
+def test_compare_is_zero_for_identical_populations_and_grows_with_difference():
+  rng = np.random.default_rng(3)
+  real = {"belief": rng.integers(0, 2, (5, 8)), "sentiment": rng.integers(0, 3, (5, 8))}
+  mask = np.ones((5, 8))
+  same = metrics.compare(real, real, mask, mask)
+  assert same["kl_mean"] == pytest.approx(0.0, abs=1e-6) and same["dtw_mean"] == 0.0 and same["w1"]["sentiment"] == 0.0
+  flipped = {"belief": 1 - real["belief"], "sentiment": 2 - real["sentiment"]}
+  far = metrics.compare(real, flipped, mask, mask)
+  assert far["kl"]["belief"] > 0.1 and far["js_mean"] > 0.01 and set(far["kl"]) == {"belief", "sentiment"}
+
+
+def test_nll_per_token():
+  lp = np.log(np.array([[0.5, 0.25, 0.9], [0.1, 1.0, 1.0]]))
+  mask = np.array([[1, 1, 0], [1, 0, 0]])
+  assert float(metrics.nll_per_token(lp, mask)) == pytest.approx(-(np.log(0.5) + np.log(0.25) + np.log(0.1)) / 3, rel=1e-6)
