@@ -29,3 +29,18 @@ def pytest_configure(config):
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="mfjax-xla-cache-"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+CED_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ced"))
+
+
+@pytest.fixture(scope="session")
+def ced_dir():
+  """../shared/data/ced beside the checkout. Absent: skip, unless
+  MFJAX_REQUIRE_DATA is set (CI), where its absence is a failure."""
+  if not os.path.exists(os.path.join(CED_DIR, "val.jsonl.gz")):
+    msg = f"real CED data not found at {CED_DIR} (get it with: python tools/download_data.py)"
+    if os.environ.get("MFJAX_REQUIRE_DATA"):
+      pytest.fail(msg + "; MFJAX_REQUIRE_DATA is set, so this is an error")
+    pytest.skip(msg)
+  return CED_DIR

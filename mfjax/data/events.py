@@ -173,13 +173,24 @@ def event_to_dict(e: Event) -> dict:
           "actions": [dataclasses.asdict(a) for a in e.actions]}
 
 
-def write_jsonl(events: Iterable[Event], path: str) -> int:
-  """Write events as canonical JSON lines (gzip if the path ends in .gz), atomically."""
+def event_to_ced(e: Event) -> dict:
+  """The converted-CED record of an event (`ced` format, as in ../shared/data/ced)."""
+  m = e.meta
+  return {"eid": e.eid, "label": e.label, "topic": e.topic, "time": e.time, "user": m.get("user"),
+          "counts": m.get("counts"), "source": m.get("source"), "has_url": m.get("has_url"),
+          "actions": [{"mid": a.id, "uid": a.agent, "t": a.time, "parent": a.parent, "text": a.text}
+                      for a in e.actions]}
+
+
+def write_jsonl(events: Iterable[Event], path: str, *, as_ced: bool = False) -> int:
+  """Write events as canonical JSON lines (or converted-CED records with
+  `as_ced`), gzip if the path ends in .gz, atomically (a temp file, then rename)."""
   tmp, n = path + ".tmp", 0
+  to_record = event_to_ced if as_ced else event_to_dict
   opener = gzip.open(tmp, "wt", encoding="utf-8") if path.endswith(".gz") else open(tmp, "w", encoding="utf-8")
   with opener as f:
     for e in events:
-      f.write(json.dumps(event_to_dict(e), ensure_ascii=False) + "\n")
+      f.write(json.dumps(to_record(e), ensure_ascii=False) + "\n")
       n += 1
   os.replace(tmp, path)
   return n
@@ -250,6 +261,9 @@ def parse_ced_raw(original: dict, reposts: list, eid: str, label: str, path: str
     actions.append(Action(id=_need(r, "mid", path, None, str, pre), agent=str(_need(r, "uid", path, None, (str, int), pre)),
                           time=t, text=_need(r, "text", path, None, (str, type(None)), pre) or "",
                           parent=_need(r, "parent", path, None, (str, type(None)), pre) or ""))
+  # The raw files list reposts newest first; reversing before the stable sort by
+  # time keeps same-second reposts in the order ../shared/data/ced has them.
+  actions.reverse()
   topic = _need(original, "text", original_path, None, str)
   meta = {"user": original.get("user"), "counts": {k: original.get(k) for k in ("reposts", "comments", "likes", "pics")},
           "source": original.get("source"), "has_url": original.get("has_url")}

@@ -1,0 +1,100 @@
+"""Events -> fixed-shape step tensors [E, T, B, L] with masks.
+
+The first T*B actions of each event (time order) are cut into T steps of B
+consecutive agents. Shapes come from the config, never from the data, so one
+compilation serves a whole run; what did not fit is counted in the report.
+
+Prompts (topic + state, optional population context) are left-padded to
+`prompt_len` (the sampler's layout) and keep their end when too long (the
+state and the "评论：" cue sit there). Actions are right-padded to `action_len`,
+end with <eos>, and keep their beginning. Concatenating a step's prompt and
+action gives one contiguous run of real tokens per agent, which is what
+teacher-forced scoring needs.
+
+Letters: E events, T steps, B agents per step, P prompt tokens, A action tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mfjax.data.events import Event
+from mfjax.data.prompts import UidActivity, action_text, agent_states, policy_prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchConfig:
+  steps: int = 12  # T: steps per event
+  agents_per_step: int = 16  # B: consecutive actions per step
+  prompt_len: int = 96  # P: tokens of topic + state (+ context)
+  action_len: int = 32  # A: tokens of an action, <eos> included
+
+
+@dataclasses.dataclass
+class StepBatch:
+  """Numpy arrays; `agent_mask` is False for steps/agents an event lacks."""
+
+  prompt_ids: np.ndarray  # [E, T, B, P] int32, left-padded
+  prompt_mask: np.ndarray  # [E, T, B, P] int32
+  action_ids: np.ndarray  # [E, T, B, A] int32, right-padded, ends with eos
+  action_mask: np.ndarray  # [E, T, B, A] int32
+  agent_mask: np.ndarray  # [E, T, B] bool
+  eids: list  # [E]
+  texts: list  # [E][T*B] action texts (for labelling; "" past the end)
+  report: dict  # what was truncated or missing
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+  return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = BatchConfig(), *,
+                    activity: Optional[UidActivity] = None, contexts: Optional[Sequence[Sequence[str]]] = None
+                    ) -> StepBatch:
+  """Tokenise and lay out events as fixed-shape step tensors.
+
+  contexts: optional [E][T] population-context strings (one per step, shared by
+  its agents), e.g. from a baseline; omitted = no context slot.
+  """
+  E, T, B, P, A = len(events), config.steps, config.agents_per_step, config.prompt_len, config.action_len
+  pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+  if pad is None or eos is None:
+    raise ValueError("the tokenizer needs pad and eos tokens")
+  prompt_ids = np.full((E, T, B, P), pad, np.int32)
+  prompt_mask = np.zeros((E, T, B, P), np.int32)
+  action_ids = np.full((E, T, B, A), pad, np.int32)
+  action_mask = np.zeros((E, T, B, A), np.int32)
+  agent_mask = np.zeros((E, T, B), bool)
+  report = {"events": E, "actions_used": 0, "actions_dropped": 0, "agent_slots_empty": 0,
+            "prompts_truncated": 0, "actions_truncated": 0}
+  texts_out = []
+  for e, event in enumerate(events):  # Python over events only to build the arrays (data prep, not the hot path)
+    n = min(len(event.actions), T * B)
+    report["actions_used"] += n
+    report["actions_dropped"] += len(event.actions) - n
+    report["agent_slots_empty"] += T * B - n
+    actions = event.actions[:n]
+    states = agent_states(dataclasses.replace(event, actions=actions), activity)
+    ctx = contexts[e] if contexts is not None else None
+    prompts = [policy_prompt(event.topic, s, ctx[i // B] if ctx is not None else "") for i, s in enumerate(states)]
+    texts = [action_text(a) for a in actions]
+    texts_out.append([a.text for a in actions] + [""] * (T * B - n))
+    for i, (p_ids, a_ids) in enumerate(zip(_encode(tokenizer, prompts), _encode(tokenizer, texts))):
+      t, b = divmod(i, B)
+      if len(p_ids) > P:
+        report["prompts_truncated"] += 1
+        p_ids = p_ids[-P:]
+      a_ids = list(a_ids) + [eos]
+      if len(a_ids) > A:
+        report["actions_truncated"] += 1
+        a_ids = a_ids[:A - 1] + [eos]
+      prompt_ids[e, t, b, P - len(p_ids):] = p_ids
+      prompt_mask[e, t, b, P - len(p_ids):] = 1
+      action_ids[e, t, b, :len(a_ids)] = a_ids
+      action_mask[e, t, b, :len(a_ids)] = 1
+      agent_mask[e, t, b] = True
+  return StepBatch(prompt_ids, prompt_mask, action_ids, action_mask, agent_mask, [e.eid for e in events],
+                   texts_out, report)

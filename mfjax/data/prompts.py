@@ -1,0 +1,107 @@
+"""Agent states and policy prompts.
+
+An agent's *state* is what the data holds about it when it acts, rendered as a
+short Chinese line:
+
+- profiles where the source has them (rumdect: gender, followers, friends,
+  verified, description; the synthetic world: the agent's type);
+- for CED, whose reposters have no profile: the cascade depth through parent
+  links, the time since the original post, and how many actions the same uid
+  made in the training events (`UidActivity`, fitted on training events only).
+
+The policy prompt is topic, an optional population-context slot (filled by the
+`recent` / `popular` baselines or a text mean field), and the state; the
+action text follows it. A plain repost (empty text) is written as `SHARE_TEXT`
+so that the policy has something to generate and labelers read it as a share.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Iterable, Optional
+
+from mfjax.data.events import Action, Event
+
+SHARE_TEXT = "转发微博"
+
+DEFAULT_TEMPLATE = "话题：{topic}\n{context}用户：{state}\n评论："
+CONTEXT_TEMPLATE = "群体动态：{context}\n"
+
+
+def action_text(action: Action) -> str:
+  """The text the policy writes for an action (a plain repost is SHARE_TEXT)."""
+  return action.text if action.text.strip() else SHARE_TEXT
+
+
+@dataclasses.dataclass
+class UidActivity:
+  """How many actions each uid made in the events it was fitted on."""
+
+  counts: dict = dataclasses.field(default_factory=dict)
+
+  @classmethod
+  def fit(cls, events: Iterable[Event]) -> "UidActivity":
+    c = collections.Counter()
+    for e in events:
+      c.update(a.agent for a in e.actions)
+    return cls(dict(c))
+
+  def __call__(self, uid: str) -> int:
+    return self.counts.get(uid, 0)
+
+
+def cascade_depths(event: Event) -> list[int]:
+  """Depth of each action in the repost tree (1 = answers the original post; a
+  parent outside the event counts as the original)."""
+  depth: dict[str, int] = {}
+  out = []
+  for a in event.actions:  # time order: a parent comes before its children
+    d = depth.get(a.parent, 0) + 1 if a.parent else 1
+    depth[a.id] = d
+    out.append(d)
+  return out
+
+
+def _hours(seconds: Optional[float]) -> str:
+  if seconds is None:
+    return "未知"
+  h = max(seconds, 0.0) / 3600
+  return f"{h:.1f}小时" if h < 48 else f"{h / 24:.0f}天"
+
+
+def _profile_state(p: dict) -> str:
+  if "type" in p:  # synthetic world
+    return f"性格{p['type']}"
+  parts = []
+  if p.get("gender") in ("m", "f"):
+    parts.append("男" if p["gender"] == "m" else "女")
+  for key, name in (("followers_count", "粉丝"), ("friends_count", "关注"), ("statuses_count", "微博")):
+    if key in p and p[key] is not None:
+      parts.append(f"{name}{p[key]}")
+  if "verified" in p:
+    parts.append("认证用户" if p["verified"] else "普通用户")
+  if p.get("user_description"):
+    parts.append(f"简介：{str(p['user_description'])[:40]}")
+  return "，".join(parts)
+
+
+def agent_states(event: Event, activity: Optional[UidActivity] = None) -> list[str]:
+  """One state line per action of the event."""
+  depths = cascade_depths(event)
+  out = []
+  for a, d in zip(event.actions, depths):
+    if a.profile:
+      out.append(_profile_state(a.profile))
+      continue
+    since = None if (a.time is None or event.time is None) else a.time - event.time
+    parts = [f"转发层级{d}", f"发布后{_hours(since)}"]
+    if activity is not None:
+      parts.append(f"历史活跃{activity(a.agent)}次")
+    out.append("，".join(parts))
+  return out
+
+
+def policy_prompt(topic: str, state: str, context: str = "", template: str = DEFAULT_TEMPLATE) -> str:
+  """The policy's input text; `context` fills the population slot (or is omitted)."""
+  return template.format(topic=topic, state=state, context=CONTEXT_TEMPLATE.format(context=context) if context else "")

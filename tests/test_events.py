@@ -1,0 +1,172 @@
+"""Event loaders on real CED events and on files the tests write in each layout."""
+
+import datetime
+import gzip
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from mfjax.data import events as ev
+from mfjax.data.batching import BatchConfig, make_step_batch
+from mfjax.data.prompts import SHARE_TEXT, UidActivity, agent_states, cascade_depths
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+import download_data  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def val_events(ced_dir):
+  report = ev.LoadReport()
+  events = list(ev.load_events(os.path.join(ced_dir, "val.jsonl.gz"), report=report))
+  return events, report
+
+
+def test_ced_val_loads_completely(val_events):
+  events, report = val_events
+  assert len(events) == 364 and report.loaded == 364 and report.skipped == 0
+  assert sum(e.label == "rumor" for e in events) == 151  # the data README's table
+  assert all(ev.split_of(e.eid) == "val" for e in events)
+  for e in events:
+    times = [a.time for a in e.actions]
+    assert times == sorted(times) and isinstance(e.time, (int, float))
+  shares = np.mean([a.text == "" for e in events for a in e.actions])
+  assert 0.3 < shares < 0.5  # "about 40% of all actions" are plain reposts
+
+
+def test_weibo_date_strings_become_unix_time():
+  record = {"eid": "x", "label": "rumor", "topic": "t", "time": "Wed Aug 08 13:25:02 +0800 2012", "actions": []}
+  assert ev.parse_ced(record).time == datetime.datetime(2012, 8, 8, 5, 25, 2, tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _write_lines(path, lines):
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def test_malformed_lines_name_file_line_and_field(tmp_path, val_events):
+  events, _ = val_events
+  good = [json.dumps(ev.event_to_ced(e), ensure_ascii=False) for e in events[:3]]
+  missing = json.loads(good[2])
+  del missing["actions"][5]["uid"]
+  path = str(tmp_path / "bad.jsonl.gz")
+  _write_lines(path, [good[0], '{"eid": "broken", ', json.dumps(missing, ensure_ascii=False), good[1]])
+  with pytest.raises(ev.EventFormatError, match=r"bad\.jsonl\.gz:2: invalid JSON"):
+    list(ev.load_events(path))
+  path2 = str(tmp_path / "missing.jsonl.gz")
+  _write_lines(path2, [good[0], good[1], json.dumps(missing, ensure_ascii=False)])
+  with pytest.raises(ev.EventFormatError, match=r"missing\.jsonl\.gz:3 field 'actions\[5\]\.uid': missing"):
+    list(ev.load_events(path2))
+  report = ev.LoadReport()
+  kept = list(ev.load_events(path, format="ced", skip_errors=True, report=report))
+  assert [e.eid for e in kept] == [events[0].eid, events[1].eid]
+  assert report.loaded == 2 and report.skipped == 2 and ":3 field 'actions[5].uid'" in report.errors[1]
+
+
+def test_canonical_jsonl_round_trip(tmp_path, val_events):
+  events, _ = val_events
+  path = str(tmp_path / "events.jsonl")
+  assert ev.write_jsonl(events[:5], path) == 5
+  assert ev.detect_format(path) == "jsonl"
+  assert list(ev.load_events(path)) == events[:5]
+
+
+def test_rumdect_folder_with_labels_and_profiles(tmp_path):
+  folder = tmp_path / "Weibo"
+  folder.mkdir()
+  src = {"uid": 1, "text": "网传某地停水", "original_text": "网传某地停水", "t": 1000, "mid": "m0",
+         "followers_count": 10, "verified": False, "gender": "f"}
+  kid = {"uid": 2, "text": "真的吗？", "t": 1060, "mid": "m1", "parent": "m0", "followers_count": 5,
+         "friends_count": 7, "verified": True, "gender": "m", "user_description": "路人"}
+  (folder / "4010.json").write_text(json.dumps([src, kid], ensure_ascii=False))
+  (folder / "4011.json").write_text(json.dumps([src], ensure_ascii=False))
+  (tmp_path / "Weibo.txt").write_text("eid:4010\tlabel:1\t1 2\neid:4011\tlabel:0\t3\n")
+  loaded = list(ev.load_events(str(folder)))
+  assert [(e.eid, e.label, len(e.actions)) for e in loaded] == [("4010", "rumor", 1), ("4011", "non-rumor", 0)]
+  a = loaded[0].actions[0]
+  assert (a.id, a.agent, a.parent, a.profile["followers_count"]) == ("m1", "2", "m0", 5)
+  assert agent_states(loaded[0]) == ["男，粉丝5，关注7，认证用户，简介：路人"]
+  del kid["uid"]
+  (folder / "4010.json").write_text(json.dumps([src, kid], ensure_ascii=False))
+  with pytest.raises(ev.EventFormatError, match=r"4010\.json field '\[1\]\.uid': missing"):
+    list(ev.load_events(str(folder)))
+
+
+def _write_raw_layout(root, events):
+  """Real events written back into the original CED_Dataset layout."""
+  cst = datetime.timezone(datetime.timedelta(hours=8))
+  for sub in download_data.EXPECTED:
+    (root / sub).mkdir(parents=True)
+  for e in events:
+    (root / "original-microblog" / f"{e.eid}.json").write_text(json.dumps(
+        {"text": e.topic, "user": e.meta["user"], "time": e.time, "source": e.meta["source"],
+         "has_url": e.meta["has_url"], **e.meta["counts"]}, ensure_ascii=False))
+    reposts = [{"kids": [], "uid": a.agent, "parent": a.parent, "text": a.text, "mid": a.id,
+                "date": datetime.datetime.fromtimestamp(a.time, cst).strftime("%Y-%m-%d %H:%M:%S")}
+               for a in reversed(e.actions)]  # the raw files list newest first
+    reposts.append({"kids": [], "uid": "u", "parent": "", "text": "x", "mid": "bad", "date": "2013-13-45 99:00:00"})
+    sub = "rumor-repost" if e.label == "rumor" else "non-rumor-repost"
+    (root / sub / f"{e.eid}.json").write_text(json.dumps(reposts, ensure_ascii=False))
+
+
+def test_ced_raw_layout_converts_to_the_shared_files(tmp_path, val_events):
+  events, _ = val_events
+  chosen = [e for e in events if e.label == "rumor"][:3] + [e for e in events if e.label != "rumor"][:2]
+  raw = tmp_path / "CED_Dataset"
+  _write_raw_layout(raw, chosen)
+  assert ev.detect_format(str(raw)) == "ced-raw"
+  out = tmp_path / "out"
+  counts = download_data.convert(str(raw), str(out))
+  assert counts["val"]["events"] == 5 and counts["train"]["events"] == 0 and counts["dropped_actions"] == 5
+  converted = {e.eid: e for e in ev.load_events(str(out / "val.jsonl.gz"), format="ced")}
+  for e in chosen:
+    c = converted[e.eid]
+    assert (c.topic, c.label, c.time, c.meta) == (e.topic, e.label, e.time, e.meta)
+    assert c.actions == e.actions
+  with pytest.raises(SystemExit, match="--force"):
+    download_data.convert(str(raw), str(out))
+
+
+def test_step_batches_of_real_events(val_events):
+  import transformers
+  from mfjax.data import train_tokenizer
+  events, _ = val_events
+  sample = events[:6]
+  texts = [e.topic for e in sample] + [a.text for e in sample for a in e.actions]
+  import tempfile
+  with tempfile.TemporaryDirectory() as d:
+    tok = train_tokenizer(texts, 600, d)
+  cfg = BatchConfig(steps=4, agents_per_step=5, prompt_len=48, action_len=16)
+  batch = make_step_batch(sample, tok, cfg, activity=UidActivity.fit(sample))
+  E, T, B = 6, 4, 5
+  assert batch.prompt_ids.shape == (E, T, B, 48) and batch.action_ids.shape == (E, T, B, 16)
+  assert batch.agent_mask.all()  # every val event has >= 20 actions
+  assert batch.report["actions_used"] == E * T * B
+  assert batch.report["actions_dropped"] == sum(len(e.actions) for e in sample) - E * T * B
+  # left-padded prompts end with the cue; actions start at 0 and end with eos
+  assert (batch.prompt_mask[..., -1] == 1).all() and (batch.action_mask[..., 0] == 1).all()
+  n_act = batch.action_mask.sum(-1)
+  last = np.take_along_axis(batch.action_ids, (n_act - 1)[..., None], -1)[..., 0]
+  assert (last == tok.eos_token_id).all()
+  # masks are one contiguous run of real tokens
+  assert (np.diff(batch.prompt_mask, axis=-1) >= 0).all() and (np.diff(batch.action_mask, axis=-1) <= 0).all()
+  first = sample[0].actions[0]
+  ids = batch.action_ids[0, 0, 0][batch.action_mask[0, 0, 0] == 1][:-1]
+  assert tok.decode(ids) == (first.text or SHARE_TEXT)[:len(tok.decode(ids))]
+  assert tok.decode(batch.prompt_ids[0, 0, 0][batch.prompt_mask[0, 0, 0] == 1]).endswith("评论：")
+  # a short event leaves masked slots, counted in the report
+  short = ev.Event("s", "t", 0.0, None, sample[0].actions[:7])
+  b2 = make_step_batch([short], tok, cfg)
+  assert b2.agent_mask.sum() == 7 and b2.report["agent_slots_empty"] == 13
+  assert not b2.agent_mask[0, 1, 2:].any() and (b2.action_mask[~b2.agent_mask] == 0).all()
+
+
+def test_cascade_depth_follows_parent_links(val_events):
+  act = lambda i, parent: ev.Action(id=i, agent="u" + i, time=float(len(i)), text="", parent=parent)
+  chain = ev.Event("c", "t", 0.0, None, (act("a", ""), act("bb", "a"), act("ccc", "bb"), act("dddd", "zz")))
+  assert cascade_depths(chain) == [1, 2, 3, 1]
+  events, _ = val_events
+  depths = [d for e in events[:50] for d in cascade_depths(e)]
+  assert min(depths) == 1 and max(depths) >= 3  # real cascades are deeper than one hop
