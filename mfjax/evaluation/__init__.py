@@ -2,5 +2,7 @@
 
 from mfjax.evaluation import metrics
 from mfjax.evaluation.labelers import DIMENSIONS, ORDINAL, Labeler, RuleLabeler, category_ids
+from mfjax.evaluation.llm_labeler import LabelerError, OpenAICompatLabeler
 
-__all__ = ["metrics", "DIMENSIONS", "ORDINAL", "Labeler", "RuleLabeler", "category_ids"]
+__all__ = ["metrics", "DIMENSIONS", "ORDINAL", "Labeler", "RuleLabeler", "category_ids", "LabelerError",
+           "OpenAICompatLabeler"]

@@ -1,0 +1,40 @@
+"""RuleLabeler on hand-written Weibo-style cases (each rule, and what it must not fire on)."""
+
+import pytest
+
+from mfjax.evaluation import DIMENSIONS, RuleLabeler, category_ids
+
+CASES = [
+    # text, behaviour, belief, sentiment, intent
+    ("", "share", "believe", "neutral", "promotion"),
+    ("转发微博", "share", "believe", "neutral", "promotion"),
+    ("转发微博。//@某人:真的吗？", "share", "believe", "neutral", "promotion"),  # quoted chain is not the author's
+    ("//@张三: 太可怕了", "share", "believe", "neutral", "promotion"),
+    ("@李四", "share", "believe", "neutral", "promotion"),
+    ("这是谣言吧[怒]", "comment", "doubt", "negative", "opinion"),
+    ("真的吗？求真相", "comment", "doubt", "neutral", "question"),
+    ("是不是PS的？", "comment", "doubt", "neutral", "question"),
+    ("太好了[哈哈]支持！", "comment", "believe", "positive", "opinion"),
+    ("心疼[泪][泪]", "comment", "believe", "negative", "opinion"),
+    ("扩散！大家注意", "comment", "believe", "neutral", "promotion"),
+    ("@王五 你看看", "comment", "believe", "neutral", "promotion"),
+    ("这是哪里发生的？", "comment", "believe", "neutral", "question"),
+    ("回复@赵六:辟谣了", "comment", "doubt", "neutral", "opinion"),
+    ("有点感人什么的呀", "comment", "believe", "positive", "opinion"),
+]
+
+
+@pytest.mark.parametrize("text,behaviour,belief,sentiment,intent", CASES)
+def test_rules(text, behaviour, belief, sentiment, intent):
+  assert RuleLabeler().label_one(text) == {"behaviour": behaviour, "belief": belief, "sentiment": sentiment,
+                                           "intent": intent}
+
+
+def test_batch_interface_and_category_ids():
+  texts = [c[0] for c in CASES]
+  out = RuleLabeler().label(texts)
+  assert set(out) == set(DIMENSIONS) and all(len(v) == len(texts) for v in out.values())
+  ids = category_ids(out)
+  assert ids["sentiment"][5] == 0 and ids["sentiment"][8] == 2  # negative < neutral < positive
+  with pytest.raises(ValueError, match="unknown categories \\['maybe'\\]"):
+    category_ids({"belief": ["maybe"]})
