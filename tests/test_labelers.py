@@ -38,3 +38,16 @@ def test_batch_interface_and_category_ids():
   assert ids["sentiment"][5] == 0 and ids["sentiment"][8] == 2  # negative < neutral < positive
   with pytest.raises(ValueError, match="unknown categories \\['maybe'\\]"):
     category_ids({"belief": ["maybe"]})
+
+
+def test_hand_labelled_ced_val_comments_are_scored(ced_dir):
+  import os
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+  import labeler_quality
+  rows = labeler_quality.read_hand_labels()
+  assert len(rows) == 150 and len({(r["eid"], r["mid"]) for r in rows}) == 150
+  for r in rows:
+    assert all(r[d] in cats for d, cats in DIMENSIONS.items())
+  out = labeler_quality.evaluate(os.path.join(ced_dir, "val.jsonl.gz"))  # every (eid, mid) is found in val
+  assert out["n"] == 150 and all(0.0 <= out[d]["accuracy"] <= 1.0 for d in DIMENSIONS)

@@ -89,3 +89,11 @@ def test_nll_per_token():
   lp = np.log(np.array([[0.5, 0.25, 0.9], [0.1, 1.0, 1.0]]))
   mask = np.array([[1, 1, 0], [1, 0, 0]])
   assert float(metrics.nll_per_token(lp, mask)) == pytest.approx(-(np.log(0.5) + np.log(0.25) + np.log(0.1)) / 3, rel=1e-6)
+
+
+def test_accuracy_and_macro_f1_by_hand():
+  y_true = ["a", "a", "b", "b", "c"]
+  y_pred = ["a", "b", "b", "b", "a"]
+  acc, f1 = metrics.accuracy_macro_f1(y_true, y_pred, ["a", "b", "c", "d"])
+  # a: tp1 fp1 fn1 -> 0.5; b: tp2 fp1 fn0 -> 0.8; c: tp0 fp0 fn1 -> 0; d absent from both: left out
+  assert acc == pytest.approx(0.6) and f1 == pytest.approx((0.5 + 0.8 + 0.0) / 3)

@@ -129,3 +129,18 @@ def compare(real: dict, sim: dict, real_mask, sim_mask, *, eps: float = DEFAULT_
     if out[k]:
       out[f"{k}_mean"] = float(np.mean(list(out[k].values())))
   return out
+
+
+def accuracy_macro_f1(y_true, y_pred, categories) -> tuple[float, float]:
+  """Accuracy and macro-F1 (mean over `categories` of per-category F1; a
+  category absent from both truth and prediction is left out of the mean)."""
+  y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+  f1s = []
+  for c in categories:
+    tp = np.sum((y_pred == c) & (y_true == c))
+    fp = np.sum((y_pred == c) & (y_true != c))
+    fn = np.sum((y_pred != c) & (y_true == c))
+    if tp + fp + fn == 0:
+      continue
+    f1s.append(2 * tp / (2 * tp + fp + fn))
+  return float(np.mean(y_true == y_pred)), float(np.mean(f1s)) if f1s else float("nan")
