@@ -108,12 +108,18 @@ class Decoder(nn.Module):
     dt = self.cfg.compute_dtype
     return jnp.einsum("bld,dv->blv", hidden_BxLxD.astype(dt), head.astype(dt), preferred_element_type=jnp.float32)
 
-  def _inputs(self, tokens_BxL, mask_BxL, prefix_embeds_BxKxD):
+  def _embed_with_prefix(self, tokens_BxL, prefix_embeds_BxKxD):
+    """Token embeddings with the prefix vectors (if any) in front: [B, K + L, D]."""
     x = self.embedder(tokens_BxL)
+    if prefix_embeds_BxKxD is None:
+      return x
+    return jnp.concatenate([prefix_embeds_BxKxD.astype(x.dtype), x], axis=1)
+
+  def _inputs(self, tokens_BxL, mask_BxL, prefix_embeds_BxKxD):
+    x = self._embed_with_prefix(tokens_BxL, prefix_embeds_BxKxD)
     if prefix_embeds_BxKxD is None:
       return x, mask_BxL
     B, K = prefix_embeds_BxKxD.shape[:2]
-    x = jnp.concatenate([prefix_embeds_BxKxD.astype(x.dtype), x], axis=1)
     return x, jnp.concatenate([jnp.ones((B, K), mask_BxL.dtype), mask_BxL], axis=1)
 
   def __call__(self, tokens_BxL, mask_BxL=None, *, prefix_embeds_BxKxD=None, positions_BxL=None,
@@ -144,9 +150,7 @@ class Decoder(nn.Module):
     slots to be generated); positions cover prefix + tokens. Returns float32
     logits and hidden of the tokens (of the last token only, [B, 1, ...], with
     `last_only`: a sampler's prefill needs no other), and the updated cache."""
-    x = self.embedder(tokens_BxL)
-    if prefix_embeds_BxKxD is not None:
-      x = jnp.concatenate([prefix_embeds_BxKxD.astype(x.dtype), x], axis=1)
+    x = self._embed_with_prefix(tokens_BxL, prefix_embeds_BxKxD)
     hidden, cache = self._stack(x, positions_BxL, kv_mask_BxS, cache, cache_index)
     hidden = hidden[:, -1:] if last_only else hidden[:, x.shape[1] - tokens_BxL.shape[1]:]
     return self.logits(hidden), hidden, cache
