@@ -66,23 +66,32 @@ PROMOTION_MARKERS = ("转发", "扩散", "转起", "帮转", "求转", "快转",
                      "看看", "速转", "互相转告", "告诉", "分享")
 
 
+# How labelers read a plain share: it spreads the post without a word against it.
+SHARE_LABELS = {"behaviour": "share", "belief": "believe", "sentiment": "neutral", "intent": "promotion"}
+
+
+def _without_chain(text: str) -> str:
+  """The author's part of a repost: no quoted //@chain, no 回复@x: prefix."""
+  return _REPLY.sub("", _CHAIN.sub("", text))
+
+
 def strip_forwarding(text: str) -> str:
   """The author's own words: without the quoted repost chain, reply prefix,
   @mentions and emoticons."""
-  text = _CHAIN.sub("", text)
-  text = _REPLY.sub("", text)
-  text = _MENTION.sub("", text)
-  return _EMOTICON.sub("", text).strip()
+  return _EMOTICON.sub("", _MENTION.sub("", _without_chain(text))).strip()
 
 
 def is_share(text: str) -> bool:
   """Empty, or only forwarding boilerplate / punctuation once the chain is removed."""
-  own = _PUNCT.sub("", _MENTION.sub("", _REPLY.sub("", _CHAIN.sub("", text))))
-  if not own:
-    return True
+  own = _PUNCT.sub("", _MENTION.sub("", _without_chain(text)))
   for phrase in _SHARE_PHRASES:
     own = own.replace(phrase, "")
   return not own
+
+
+def collate(per_text: Sequence[dict[str, str]]) -> dict[str, list[str]]:
+  """[{dimension: category}] per text -> {dimension: [category per text]}."""
+  return {d: [labels[d] for labels in per_text] for d in DIMENSIONS}
 
 
 class RuleLabeler:
@@ -91,9 +100,9 @@ class RuleLabeler:
   version = "rules-1"
 
   def label_one(self, text: str) -> dict[str, str]:
-    own_full = _REPLY.sub("", _CHAIN.sub("", text or ""))  # the author's words, emoticons kept
+    own_full = _without_chain(text or "")  # the author's words, emoticons kept
     if is_share(text or ""):
-      return {"behaviour": "share", "belief": "believe", "sentiment": "neutral", "intent": "promotion"}
+      return dict(SHARE_LABELS)
     words = strip_forwarding(own_full)
     doubt = any(m in own_full for m in DOUBT_MARKERS)
     score = (sum(own_full.count(e) for e in POSITIVE_EMOTICONS) - sum(own_full.count(e) for e in NEGATIVE_EMOTICONS)
@@ -109,11 +118,7 @@ class RuleLabeler:
             "intent": intent}
 
   def label(self, texts: Sequence[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {d: [] for d in DIMENSIONS}
-    for t in texts:
-      for d, c in self.label_one(t).items():
-        out[d].append(c)
-    return out
+    return collate([self.label_one(t) for t in texts])
 
 
 def category_ids(labels: dict[str, list[str]]) -> dict[str, list[int]]:

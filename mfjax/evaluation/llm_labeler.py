@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Optional, Sequence
 
-from mfjax.evaluation.labelers import DIMENSIONS, is_share
+from mfjax.evaluation.labelers import DIMENSIONS, SHARE_LABELS, collate, is_share
 
 PROMPT_VERSION = "weibo-labels-v1"
 SYSTEM_PROMPT = (
@@ -29,7 +29,6 @@ SYSTEM_PROMPT = (
     '{"labels": [{"i": <number>, "belief": ..., "sentiment": ..., "intent": ...}, ...]} '
     "with one entry per comment."
 )
-_SHARE = {"behaviour": "share", "belief": "believe", "sentiment": "neutral", "intent": "promotion"}
 
 
 class LabelerError(RuntimeError):
@@ -123,9 +122,4 @@ class OpenAICompatLabeler:
       if self.cache_path:
         with open(self.cache_path, "a", encoding="utf-8") as f:
           f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    out: dict[str, list[str]] = {d: [] for d in DIMENSIONS}
-    for t in texts:
-      lab = _SHARE if is_share(t) else self.cache[self._key(t)]
-      for d in DIMENSIONS:
-        out[d].append(lab[d])
-    return out
+    return collate([SHARE_LABELS if is_share(t) else self.cache[self._key(t)] for t in texts])
