@@ -39,7 +39,7 @@ import dataclasses
 import numpy as np
 
 from mfjax.data.events import Action, Event
-from mfjax.evaluation.labelers import DIMENSIONS
+from mfjax.evaluation.labelers import DIMENSIONS, SHARE_LABELS
 
 TYPES = ("轻信", "中立", "多疑")  # credulous, neutral, sceptical: z = -1, 0, +1
 TYPE_Z = np.array([-1.0, 0.0, 1.0])
@@ -107,6 +107,10 @@ class GroundTruth:
   signal: dict  # "share", "doubt", "negative", "positive" -> [E, T] population signal before each step
 
 
+# Category index of a plain share in each dimension (as the labelers read it).
+_SHARE_ID = {d: DIMENSIONS[d].index(c) for d, c in SHARE_LABELS.items()}
+
+
 def _sigmoid(x):
   return 1.0 / (1.0 + np.exp(-x))
 
@@ -168,9 +172,9 @@ def generate(n_events: int, seed: int = 0, config: WorldConfig = WorldConfig()) 
         "behaviour": np.stack([p_share, 1 - p_share], -1),
         "belief": np.stack([1 - pc[..., 0] * p_doubt, pc[..., 0] * p_doubt], -1),
         "sentiment": pc * (p_doubt[..., None] * sent_d + (1 - p_doubt[..., None]) * sent_b)
-        + p_share[..., None] * np.array([0.0, 1.0, 0.0]),
+        + p_share[..., None] * np.eye(3)[_SHARE_ID["sentiment"]],
         "intent": pc * (p_doubt[..., None] * int_d + (1 - p_doubt[..., None]) * int_b)
-        + p_share[..., None] * np.array([0.0, 1.0, 0.0]),
+        + p_share[..., None] * np.eye(3)[_SHARE_ID["intent"]],
     }
     for d in DIMENSIONS:
       probs[d][:, t] = agent[d].mean(1)
@@ -179,9 +183,9 @@ def generate(n_events: int, seed: int = 0, config: WorldConfig = WorldConfig()) 
     doubt = (rng.random((E, B)) < p_doubt) & ~share
     sentiment = np.where(doubt, _categorical(rng, sent_d), _categorical(rng, sent_b))
     intent = np.where(doubt, _categorical(rng, int_d), _categorical(rng, int_b))
-    sentiment = np.where(share, 1, sentiment)
-    intent = np.where(share, 1, intent)
-    attrs["behaviour"][:, t] = np.where(share, 0, 1)
+    sentiment = np.where(share, _SHARE_ID["sentiment"], sentiment)
+    intent = np.where(share, _SHARE_ID["intent"], intent)
+    attrs["behaviour"][:, t] = np.where(share, _SHARE_ID["behaviour"], 1 - _SHARE_ID["behaviour"])
     attrs["belief"][:, t] = doubt.astype(np.int64)
     attrs["sentiment"][:, t] = sentiment
     attrs["intent"][:, t] = intent
