@@ -20,6 +20,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import rel_entr
 
 from mfjax.evaluation.labelers import DIMENSIONS, ORDINAL
 
@@ -42,16 +43,14 @@ def smooth(p, eps: float = DEFAULT_EPS):
 
 def kl(p, q, eps: float = DEFAULT_EPS):
   """KL(p || q) over the last axis, both smoothed by `eps`."""
-  p, q = smooth(p, eps), smooth(q, eps)
-  return jnp.sum(p * (jnp.log(p) - jnp.log(q)), axis=-1)
+  return jnp.sum(rel_entr(smooth(p, eps), smooth(q, eps)), axis=-1)
 
 
 def js(p, q):
   """Jensen-Shannon divergence (nats; 0 <= js <= log 2)."""
   p, q = jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)
-  m = 0.5 * (p + q)
-  term = lambda a: jnp.sum(jnp.where(a > 0, a * (jnp.log(jnp.where(a > 0, a, 1.0)) - jnp.log(jnp.where(a > 0, m, 1.0))), 0.0), -1)
-  return 0.5 * term(p) + 0.5 * term(q)
+  m = 0.5 * (p + q)  # positive wherever p or q is, so rel_entr (0 log 0 = 0) stays finite
+  return 0.5 * jnp.sum(rel_entr(p, m), -1) + 0.5 * jnp.sum(rel_entr(q, m), -1)
 
 
 def tv(p, q):
