@@ -271,20 +271,18 @@ def parse_ced_raw(original: dict, reposts: list, eid: str, label: str, path: str
                actions=_sorted(actions), meta=meta)
 
 
-def _ced_raw_events(folder: str, report: LoadReport, skip: bool) -> Iterator[Event]:
-  orig_dir = os.path.join(folder, "original-microblog")
+def _ced_raw_files(folder: str) -> Iterator[tuple[str, str, str, str]]:
+  """(eid, label, repost file, original-post file) of every event in the layout."""
   for label, sub in (("rumor", "rumor-repost"), ("non-rumor", "non-rumor-repost")):
     for rpath in sorted(glob.glob(os.path.join(folder, sub, "*.json"))):
       eid = os.path.basename(rpath)[:-len(".json")]
-      opath = os.path.join(orig_dir, eid + ".json")
-      try:
-        if not os.path.exists(opath):
-          raise EventFormatError(opath, None, None, f"missing original post for {rpath}")
-        yield parse_ced_raw(_load_json(opath), _load_json(rpath), eid, label, rpath, opath, report)
-      except EventFormatError as e:
-        if not skip:
-          raise
-        report.add_error(e)
+      yield eid, label, rpath, os.path.join(folder, "original-microblog", eid + ".json")
+
+
+def _read_ced_raw(eid: str, label: str, rpath: str, opath: str, report: LoadReport) -> Event:
+  if not os.path.exists(opath):
+    raise EventFormatError(opath, None, None, f"missing original post for {rpath}")
+  return parse_ced_raw(_load_json(opath), _load_json(rpath), eid, label, rpath, opath, report)
 
 
 def _load_json(path: str):
@@ -350,6 +348,5 @@ def load_events(path: str, format: str = "auto", *, skip_errors: bool = False,
       eid = os.path.basename(fpath)[:-len(".json")]
       yield from emit(lambda: parse_rumdect(_load_json(fpath), fpath, labels.get(eid)))
   else:
-    for event in _ced_raw_events(path, report, skip_errors):
-      report.loaded += 1
-      yield event
+    for eid, label, rpath, opath in _ced_raw_files(path):
+      yield from emit(lambda: _read_ced_raw(eid, label, rpath, opath, report))
