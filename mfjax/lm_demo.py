@@ -33,7 +33,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from mfjax import sampling
-from mfjax.data import builtin, train_tokenizer
+from mfjax.data import builtin, load_tokenizer, train_tokenizer
 from mfjax.model import Decoder, ModelConfig, hf, init_params
 
 SEP = "："
@@ -133,7 +133,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   texts = [builtin.TOPICS[t][0] + SEP + c for t, c in data]
   tok_dir = os.path.join(workdir, "tokenizer")
   if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-    from mfjax.data import load_tokenizer
     tok = load_tokenizer(tok_dir)
   else:
     tok = train_tokenizer(texts, cfg.tokenizer.vocab_size, tok_dir)
