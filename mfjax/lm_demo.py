@@ -35,6 +35,7 @@ import orbax.checkpoint as ocp
 from mfjax import sampling
 from mfjax.data import builtin, load_tokenizer, train_tokenizer
 from mfjax.model import Decoder, ModelConfig, hf, init_params
+from mfjax.runs import check_workdir, log as _log
 
 SEP = "："
 
@@ -100,34 +101,9 @@ def _model_config(cfg, vocab_size: int, tok) -> ModelConfig:
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
 
-def _check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
-  """A workdir belongs to one config: refuse to resume a different one."""
-  path = os.path.join(workdir, "config.json")
-  resolved = json.loads(cfg.to_json())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    if saved != resolved:
-      def flat(d, p=""):
-        return {k2: v2 for k, v in d.items()
-                for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(p + k, v)])}
-      a, b = flat(saved), flat(resolved)
-      diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-      raise SystemExit(f"error: {workdir} holds a run with a different config (keys {diff}); "
-                       "use another --workdir or remove that folder")
-  else:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(resolved, f, indent=2)
-
-
-def _log(msg: str) -> None:
-  print(msg, flush=True)
-
-
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train (or resume), sample, evaluate, write results. Returns the results dict."""
-  _check_workdir(workdir, cfg)
+  check_workdir(workdir, cfg)
   t0 = time.time()
   data = builtin.corpus(cfg.data.n_per_topic, seed=cfg.seed)
   texts = [builtin.TOPICS[t][0] + SEP + c for t, c in data]

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mfjax import configs, lm_demo
+from mfjax import configs, lm_demo, runs
 from mfjax.__main__ import main
 from mfjax.model import hf
 
@@ -47,10 +47,10 @@ def test_run_writes_everything_and_crash_resume_is_exact(tmp_path, monkeypatch):
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):
-  lm_demo._check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES))
+  runs.check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES))
   before = (tmp_path / "config.json").read_text()
   with pytest.raises(SystemExit, match=r"different config \(keys \['train.steps'\]\)"):
-    lm_demo._check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES + ["train.steps=41"]))
+    runs.check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES + ["train.steps=41"]))
   assert (tmp_path / "config.json").read_text() == before
 
 

@@ -42,9 +42,14 @@ class StepBatch:
   action_ids: np.ndarray  # [E, T, B, A] int32, right-padded, ends with eos
   action_mask: np.ndarray  # [E, T, B, A] int32
   agent_mask: np.ndarray  # [E, T, B] bool
+  parent: np.ndarray  # [E, T, B] int32: slot t*B+b of the action it reposts, -1 = the original post / outside
   eids: list  # [E]
   texts: list  # [E][T*B] action texts (for labelling; "" past the end)
   report: dict  # what was truncated or missing
+
+  def arrays(self) -> dict:
+    """The numeric fields, as the training and rollout functions take them."""
+    return {k: getattr(self, k) for k in ARRAY_FIELDS}
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -68,6 +73,7 @@ def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = Ba
   action_ids = np.full((E, T, B, A), pad, np.int32)
   action_mask = np.zeros((E, T, B, A), np.int32)
   agent_mask = np.zeros((E, T, B), bool)
+  parent = np.full((E, T, B), -1, np.int32)
   report = {"events": E, "actions_used": 0, "actions_dropped": 0, "agent_slots_empty": 0,
             "prompts_truncated": 0, "actions_truncated": 0}
   texts_out = []
@@ -78,6 +84,8 @@ def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = Ba
     report["agent_slots_empty"] += T * B - n
     actions = event.actions[:n]
     states = agent_states(dataclasses.replace(event, actions=actions), activity)
+    slot = {a.id: i for i, a in enumerate(actions)}
+    parent[e].reshape(-1)[:n] = [slot.get(a.parent, -1) if a.parent else -1 for a in actions]
     ctx = contexts[e] if contexts is not None else None
     prompts = [policy_prompt(event.topic, s, ctx[i // B] if ctx is not None else "") for i, s in enumerate(states)]
     texts = [action_text(a) for a in actions]
@@ -96,5 +104,8 @@ def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = Ba
       action_ids[e, t, b, :len(a_ids)] = a_ids
       action_mask[e, t, b, :len(a_ids)] = 1
       agent_mask[e, t, b] = True
-  return StepBatch(prompt_ids, prompt_mask, action_ids, action_mask, agent_mask, [e.eid for e in events],
+  return StepBatch(prompt_ids, prompt_mask, action_ids, action_mask, agent_mask, parent, [e.eid for e in events],
                    texts_out, report)
+
+
+ARRAY_FIELDS = ("prompt_ids", "prompt_mask", "action_ids", "action_mask", "agent_mask", "parent")
