@@ -1,0 +1,7 @@
+"""The mean-field model: the latent encoder q(m_t | history) that the policy
+reads as K prefix vectors."""
+
+from mfjax.meanfield.encoder import (MeanFieldConfig, MeanFieldEncoder, MFState, Posterior, agent_embeddings,
+                                     init_encoder)
+
+__all__ = ["MeanFieldConfig", "MeanFieldEncoder", "MFState", "Posterior", "agent_embeddings", "init_encoder"]

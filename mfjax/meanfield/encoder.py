@@ -1,0 +1,155 @@
+"""The latent mean-field encoder: q(m_t | history) over K vectors of the LM width.
+
+Per step, each agent's (state, action) is embedded by the LM (hidden states of
+the action tokens, mean-pooled; `agent_embeddings`), projected to a feature,
+and aggregated over the step's valid agents permutation-invariantly: the
+masked mean (the mean field proper) and, optionally, attention pooling with Q
+learned queries. The recurrent state (`MFState`, an explicit pytree carried
+through `lax.scan`) keeps a gated (GRU) summary and the exact running mean of
+every agent feature seen so far; the posterior head maps it to a diagonal
+Gaussian N(mu, diag exp(logvar)) over K x D. The prior is N(0, I).
+
+All methods take arbitrary leading axes (events, ...): feats [..., B, F],
+mask [..., B], state fields [..., H] / [..., F] / [...].
+
+Letters: B agents, F feature width, H recurrent width, K slots, D LM width,
+Q attention-pooling queries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mfjax.model.transformer import Decoder
+
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanFieldConfig:
+  """Shapes of the latent mean field (frozen; built from the `mf` config block)."""
+
+  slots: int = 4  # K: prefix vectors the policy reads; more = more capacity
+  width: int = 64  # D: must equal the LM width (the prefix lives in embedding space)
+  feature_size: int = 64  # F: per-agent feature after projecting the pooled LM hidden state
+  hidden_size: int = 128  # H: the gated recurrent summary
+  attention_queries: int = 0  # Q: attention pooling over agents in addition to the mean (0 = mean only)
+  init_logvar: float = -4.0  # initial posterior log-variance (bias of the logvar head)
+
+
+@flax.struct.dataclass
+class MFState:
+  """Mean-field state after the steps seen so far (the scan carry)."""
+
+  h: jax.Array  # [..., H] gated recurrent summary
+  mean: jax.Array  # [..., F] running mean of every valid agent feature so far
+  count: jax.Array  # [...] float32: agents seen so far
+
+  @classmethod
+  def zeros(cls, cfg: MeanFieldConfig, batch_shape=()) -> "MFState":
+    return cls(jnp.zeros((*batch_shape, cfg.hidden_size), jnp.float32),
+               jnp.zeros((*batch_shape, cfg.feature_size), jnp.float32), jnp.zeros(batch_shape, jnp.float32))
+
+
+@flax.struct.dataclass
+class Posterior:
+  """q(m) = N(mu, diag exp(logvar)) over K x D."""
+
+  mu: jax.Array  # [..., K, D]
+  logvar: jax.Array  # [..., K, D]
+
+  def sample(self, rng):
+    """Reparameterised draw (differentiable in mu and logvar)."""
+    return self.mu + jnp.exp(0.5 * self.logvar) * jax.random.normal(rng, self.mu.shape, self.mu.dtype)
+
+  def kl_to_standard_normal(self):
+    """KL(q || N(0, I)) in nats, summed over K x D: [...]."""
+    return 0.5 * jnp.sum(self.mu ** 2 + jnp.exp(self.logvar) - 1.0 - self.logvar, axis=(-2, -1))
+
+
+def agent_embeddings(model: Decoder, lm_params, prompt_ids, prompt_mask, action_ids, action_mask):
+  """Mean of the LM's final hidden states over each agent's action tokens,
+  reading its prompt (topic + state) first: [..., D] float32 for [..., P] / [..., A]."""
+  lead = prompt_ids.shape[:-1]
+  P, A = prompt_ids.shape[-1], action_ids.shape[-1]
+  tokens = jnp.concatenate([prompt_ids, action_ids], -1).reshape(-1, P + A)
+  mask = jnp.concatenate([prompt_mask, action_mask], -1).reshape(-1, P + A)
+  _, hidden = model.apply({"params": lm_params}, tokens, mask, return_hidden=True)
+  pool = action_mask.reshape(-1, A).astype(jnp.float32)
+  pooled = jnp.einsum("nad,na->nd", hidden[:, P:].astype(jnp.float32), pool) / jnp.maximum(pool.sum(-1), 1.0)[:, None]
+  return pooled.reshape(*lead, -1)
+
+
+class MeanFieldEncoder(nn.Module):
+  """mu: (m_{t-1}, {(s_i, a_i)}) -> m_t as a Gaussian (see module docstring)."""
+
+  cfg: MeanFieldConfig
+
+  def setup(self):
+    c = self.cfg
+    self.feature_in = nn.Dense(c.feature_size, name="feature_in")
+    self.feature_out = nn.Dense(c.feature_size, name="feature_out")
+    if c.attention_queries:
+      self.queries = self.param("queries", nn.initializers.normal(0.02), (c.attention_queries, c.feature_size))
+    self.cell = nn.GRUCell(c.hidden_size, name="cell")
+    self.head = nn.Dense(c.hidden_size, name="head")
+    self.mu_out = nn.Dense(c.slots * c.width, name="mu_out", kernel_init=nn.initializers.normal(0.02))
+    self.logvar_out = nn.Dense(c.slots * c.width, name="logvar_out", kernel_init=nn.initializers.zeros,
+                               bias_init=nn.initializers.constant(c.init_logvar))
+
+  def features(self, pooled_BxD):
+    """Per-agent features [..., B, F] from pooled LM hidden states."""
+    return self.feature_out(nn.gelu(self.feature_in(pooled_BxD)))
+
+  def aggregate(self, feats_BxF, mask_B):
+    """Permutation-invariant summary of one step: masked mean [..., F] (and
+    attention pooling [..., Q * F] when configured), and the agent count [...]."""
+    w = mask_B.astype(jnp.float32)
+    n = w.sum(-1)
+    mean = jnp.einsum("...bf,...b->...f", feats_BxF, w) / jnp.maximum(n, 1.0)[..., None]
+    parts = [mean]
+    if self.cfg.attention_queries:
+      scores = jnp.einsum("qf,...bf->...qb", self.queries, feats_BxF) / jnp.sqrt(self.cfg.feature_size)
+      scores = jnp.where(mask_B[..., None, :] > 0, scores, -1e30)
+      attn = jax.nn.softmax(scores, axis=-1) * (n > 0)[..., None, None]
+      parts.append(jnp.einsum("...qb,...bf->...qf", attn, feats_BxF).reshape(*feats_BxF.shape[:-2], -1))
+    return jnp.concatenate(parts, -1), n
+
+  def update(self, state: MFState, feats_BxF, mask_B) -> MFState:
+    """The state after one more step; a step with no valid agent leaves it unchanged."""
+    summary, n = self.aggregate(feats_BxF, mask_B)
+    total = state.count + n
+    mean = (state.mean * state.count[..., None] + summary[..., :self.cfg.feature_size] * n[..., None]) \
+        / jnp.maximum(total, 1.0)[..., None]
+    h, _ = self.cell(state.h, jnp.concatenate([summary, mean], -1))
+    keep = (n > 0)[..., None]
+    return MFState(h=jnp.where(keep, h, state.h), mean=jnp.where(keep, mean, state.mean), count=total)
+
+  def posterior(self, state: MFState) -> Posterior:
+    """q(m | history summarised by `state`) over K x D."""
+    c = self.cfg
+    x = jnp.concatenate([state.h, state.mean, jnp.log1p(state.count)[..., None]], -1)
+    x = nn.gelu(self.head(x))
+    lead = x.shape[:-1]
+    mu = self.mu_out(x).reshape(*lead, c.slots, c.width)
+    logvar = jnp.clip(self.logvar_out(x).reshape(*lead, c.slots, c.width), LOGVAR_MIN, LOGVAR_MAX)
+    return Posterior(mu=mu, logvar=logvar)
+
+  def __call__(self, pooled_BxD, mask_B):
+    """Init / smoke path: one update from the empty state and its posterior."""
+    state = MFState.zeros(self.cfg, pooled_BxD.shape[:-2])
+    state = self.update(state, self.features(pooled_BxD), mask_B)
+    return self.posterior(state)
+
+
+def init_encoder(encoder: MeanFieldEncoder, rng, lm_width: int):
+  """Encoder parameters (plain arrays)."""
+  if encoder.cfg.width != lm_width:
+    raise ValueError(f"mean-field width {encoder.cfg.width} must equal the LM width {lm_width}")
+  dummy = jnp.zeros((1, 2, lm_width), jnp.float32)
+  return jax.jit(lambda r: encoder.init(r, dummy, jnp.ones((1, 2), bool))["params"])(rng)
