@@ -1,0 +1,158 @@
+"""Training: which parameters train (an Optax mask), the pure jitted step, and
+the resumable loop around it.
+
+Parameters are one tree {"lm": decoder params (LoRA adapters in `.../lora`),
+"mf": mean-field encoder params (when the method has one)}. `trainable`
+chooses the leaves the optimizer moves; the rest get zero updates and no
+optimizer state (`optax.multi_transform` with `set_to_zero`):
+
+  lora+mf  LoRA adapters and the encoder (the default for IB-Tune)
+  lora     LoRA adapters only (the default for sft)
+  full     everything (from-scratch pre-training, full fine-tuning)
+  mf       the encoder only (a frozen policy)
+
+The batch of step s is a pure function of (seed, s), so a checkpoint's step is
+also its data position: a rerun restores params, optimizer state and step from
+the latest orbax checkpoint and continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from mfjax.model.lora import is_lora_path
+
+TRAINABLE = ("lora+mf", "lora", "full", "mf")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 []: optimizer steps taken (= data position)
+  params: Any  # {"lm": ..., "mf": ...}
+  opt_state: Any
+
+
+def trainable_labels(params, trainable: str):
+  """"train" / "frozen" per leaf of `params` (see module docstring)."""
+  if trainable not in TRAINABLE:
+    raise ValueError(f"unknown trainable {trainable!r}; choose from {TRAINABLE}")
+
+  def label(path, _):
+    top = getattr(path[0], "key", None)
+    lora = is_lora_path(path)
+    train = {"full": True, "lora": lora, "mf": top == "mf", "lora+mf": lora or top == "mf"}[trainable]
+    return "train" if train else "frozen"
+
+  labels = jax.tree_util.tree_map_with_path(label, params)
+  if "train" not in jax.tree.leaves(labels):
+    raise ValueError(f"trainable={trainable!r} selects no parameter (no LoRA adapters or no encoder?)")
+  return labels
+
+
+def make_optimizer(params, *, trainable: str, lr: float, steps: int, warmup: int = 0, weight_decay: float = 0.0,
+                   clip: float = 1.0) -> optax.GradientTransformation:
+  """AdamW with warmup + cosine decay and global-norm clipping on the trainable leaves only."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(steps, warmup + 1))
+  train = optax.chain(optax.clip_by_global_norm(clip), optax.adamw(schedule, weight_decay=weight_decay))
+  return optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, trainable_labels(params, trainable))
+
+
+def beta_schedule(beta: float, kind: str = "constant", warmup: int = 0) -> Callable:
+  """beta(step): 'constant', or 'linear' from 0 to beta over `warmup` steps."""
+  if kind == "constant":
+    return lambda step: jnp.float32(beta)
+  if kind == "linear":
+    return lambda step: jnp.float32(beta) * jnp.minimum(1.0, step.astype(jnp.float32) / max(warmup, 1))
+  raise ValueError(f"unknown beta schedule {kind!r}; use 'constant' or 'linear'")
+
+
+def train_step(state: TrainState, batch, rng, *, loss_fn: Callable, tx: optax.GradientTransformation):
+  """One optimizer step; pure. `loss_fn(params=, batch=, rng=, step=) -> (loss, aux)`
+  is bound with functools.partial, as is `tx`."""
+  rng = jax.random.fold_in(rng, state.step)
+  (loss, aux), grads = jax.value_and_grad(
+      lambda p: loss_fn(params=p, batch=batch, rng=rng, step=state.step), has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(state.step + 1, params, opt_state), {**aux, "grad_norm": optax.tree.norm(grads)}
+
+
+def batch_at(data: dict, *, seed: int, step: int, events: int) -> dict:
+  """The batch of step `step`: `events` events drawn by a pure function of (seed, step)."""
+  n = len(next(iter(data.values())))
+  idx = np.random.default_rng([seed, step]).choice(n, size=events, replace=n < events)
+  return {k: jnp.asarray(v[idx]) for k, v in data.items()}
+
+
+def _truncate_jsonl(path: str, last_step: int) -> None:
+  """Drop lines logged after the checkpoint we resume from (a crash between log and save)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= last_step]
+  with open(path, "w") as f:
+    f.writelines(rows)
+
+
+def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: dict, batch_events: int, steps: int,
+        seed: int, log_every: int = 10, ckpt_every: int = 100, eval_every: int = 0,
+        eval_fn: Optional[Callable] = None, log: Callable = print, trained_only: bool = False) -> TrainState:
+  """Run (or resume) a training stage in `workdir` to `steps` optimizer steps.
+
+  step_fn(state, batch, rng) -> (state, metrics) is the jitted `train_step`;
+  eval_fn(params) -> {name: float} runs on validation data every `eval_every`
+  steps and at the end. Writes workdir/metrics.jsonl and workdir/checkpoints.
+  Stops with FloatingPointError naming the step if the loss is not finite.
+  `trained_only` restores a finished stage and refuses to train."""
+  os.makedirs(workdir, exist_ok=True)
+  ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if mngr.latest_step() is not None:
+    state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
+    _truncate_jsonl(metrics_path, int(state.step))
+    if int(state.step) < steps:
+      log(f"[{name}] resuming at step {int(state.step)} from {ckpt_dir}")
+  start = int(state.step)
+  if trained_only and start < steps:
+    raise FileNotFoundError(f"stage {name!r} is not trained ({start}/{steps} steps in {ckpt_dir}); "
+                            "run `python -m mfjax train` with this config and workdir first")
+  if start >= steps:
+    log(f"[{name}] already trained ({start} steps in {ckpt_dir})")
+    return state
+  rng = jax.random.PRNGKey(seed)
+  t0 = time.time()
+  for step in range(start, steps):
+    state, m = step_fn(state, batch_at(data, seed=seed, step=step, events=batch_events), rng)
+    done = step + 1
+    loss = float(m["loss"])
+    if not np.isfinite(loss):
+      raise FloatingPointError(f"[{name}] loss became {loss} at step {done}; lower the learning rate "
+                               f"(last good checkpoint: {mngr.latest_step()})")
+    row = None
+    if done % log_every == 0 or done == steps:
+      row = {"step": done, **{k: float(v) for k, v in jax.device_get(m).items()}}
+      rate = (done - start) / max(time.time() - t0, 1e-9)
+      terms = "  ".join(f"{k} {row[k]:.4f}" for k in ("loss", "relevance", "compression") if k in row)
+      log(f"[{name}] step {done}/{steps}  {terms}  {rate:.2f} steps/s  eta {(steps - done) / max(rate, 1e-9):.0f}s")
+    if eval_fn is not None and ((eval_every and done % eval_every == 0) or done == steps):
+      val = {f"val_{k}": float(v) for k, v in eval_fn(state.params).items()}
+      row = {"step": done, **(row or {}), **val}
+      log(f"[{name}] step {done} validation: " + "  ".join(f"{k} {v:.4f}" for k, v in val.items()))
+    if row is not None:
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if done % ckpt_every == 0 or done == steps:
+      mngr.save(done, args=ocp.args.StandardSave(state))
+  mngr.wait_until_finished()
+  return state

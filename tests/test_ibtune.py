@@ -1,0 +1,165 @@
+"""IB-Tune: the objective's terms and gradients, the Optax mask, the resumable loop."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mf_setup import make_batch, make_model
+from mfjax.ibtune import (TrainState, beta_schedule, fit, ib_tune_loss, make_optimizer, mean_field_path,
+                          policy_loss, train_step, trainable_labels)
+from mfjax.ibtune.objective import subsample_agents
+from mfjax.model.lora import is_lora_path
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model, encoder, params = make_model()
+  batch = {k: jnp.asarray(v) for k, v in make_batch().items()}
+  return model, encoder, params, batch
+
+
+@functools.lru_cache
+def _grad_fn(setup_id, term):
+  model, encoder, params, batch = _SETUPS[setup_id]
+  f = lambda p, beta: ib_tune_loss(model=model, encoder=encoder, params=p, batch=batch, rng=jax.random.PRNGKey(0),
+                                   beta=beta)[1][term]
+  return jax.jit(jax.grad(f))
+
+
+_SETUPS = {}
+
+
+def _grads(setup, beta, term="loss"):
+  _SETUPS[id(setup)] = setup
+  return _grad_fn(id(setup), term)(setup[2], jnp.float32(beta))
+
+
+def test_gradient_reaches_every_encoder_part(setup):
+  g = _grads(setup, 0.01)
+  for name, sub in g["mf"].items():
+    assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(sub))) > 0, f"no gradient reaches mf/{name}"
+  lora = [x for p, x in jax.tree_util.tree_leaves_with_path(g["lm"]) if is_lora_path(p)]
+  assert float(sum(jnp.abs(x).sum() for x in lora)) > 0
+
+
+def test_beta_zero_means_kl_has_no_effect(setup):
+  g0 = _grads(setup, 0.0)
+  g_rel = _grads(setup, 0.0, term="relevance")
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g_rel)):
+    np.testing.assert_array_equal(a, b)
+  g1 = _grads(setup, 1.0)  # with beta > 0 the compression term does move the encoder
+  diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g1["mf"], g0["mf"])
+  assert max(jax.tree.leaves(diff)) > 1e-4
+
+
+def test_terms_and_compression_bits(setup):
+  model, encoder, params, batch = setup
+  loss, aux = jax.jit(lambda p: ib_tune_loss(model=model, encoder=encoder, params=p, batch=batch,
+                                             rng=jax.random.PRNGKey(0), beta=0.25))(params)
+  np.testing.assert_allclose(loss, aux["relevance"] + 0.25 * aux["compression"], rtol=1e-6)
+  np.testing.assert_allclose(aux["compression_bits"], aux["compression"] / np.log(2), rtol=1e-6)
+  assert float(aux["tokens"]) == float((batch["action_mask"] * batch["agent_mask"][..., None]).sum())
+  # relevance is the mean NLL of real action tokens: with a uniform policy it would be log V
+  assert 0 < float(aux["relevance"]) < 2 * np.log(64)
+
+
+def test_mean_field_read_at_step_t_ignores_steps_from_t_on(setup):
+  model, encoder, params, batch = setup
+  f = jax.jit(lambda b: mean_field_path(model=model, encoder=encoder, params=params, batch=b,
+                                        rng=jax.random.PRNGKey(0))[1])
+  ref = f(batch)
+  t = 2
+  changed = dict(batch)
+  changed["action_ids"] = batch["action_ids"].at[:, t:].set(jnp.where(batch["action_mask"][:, t:] > 0, 9,
+                                                                           batch["action_ids"][:, t:]))
+  out = f(changed)
+  np.testing.assert_array_equal(out[:, :t + 1], ref[:, :t + 1])  # read at steps 0..t: history < t
+  assert not np.allclose(out[:, t + 1:], ref[:, t + 1:])
+
+
+def test_subsample_agents_takes_distinct_agents():
+  batch = {k: jnp.asarray(v) for k, v in make_batch(empty_last=False).items()}
+  batch["prompt_ids"] = jnp.broadcast_to(jnp.arange(3)[None, None, :, None], batch["prompt_ids"].shape)
+  sub = subsample_agents(batch, jax.random.PRNGKey(3), 2)
+  assert sub["prompt_ids"].shape[2] == 2 and sub["parent"].shape == batch["parent"].shape
+  picked = np.asarray(sub["prompt_ids"][..., 0])
+  assert (picked[..., 0] != picked[..., 1]).all()
+
+
+def test_optax_mask_freezes_exactly_the_untrained_leaves(setup):
+  model, encoder, params, batch = setup
+  loss = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
+                                                       rng=rng, beta=0.01)
+  tx = make_optimizer(params, trainable="lora+mf", lr=1e-2, steps=10)
+  state = TrainState(jnp.int32(0), params, tx.init(params))
+  step_fn = jax.jit(functools.partial(train_step, loss_fn=loss, tx=tx))
+  new = state
+  for _ in range(3):  # the warmup schedule's learning rate is 0 at step 0
+    new, _ = step_fn(new, batch, jax.random.PRNGKey(0))
+  labels = trainable_labels(params, "lora+mf")
+  for lab, a, b in zip(jax.tree.leaves(labels), jax.tree.leaves(params), jax.tree.leaves(new.params)):
+    if lab == "frozen":
+      np.testing.assert_array_equal(a, b)
+  moved = [float(jnp.abs(a - b).max()) for lab, a, b in
+           zip(jax.tree.leaves(labels), jax.tree.leaves(params), jax.tree.leaves(new.params)) if lab == "train"]
+  assert min(moved) > 0  # every trainable leaf moved (lora b starts at zero and still gets a gradient)
+  assert step_fn._cache_size() == 1  # one compilation for the whole run
+  with pytest.raises(ValueError, match="selects no parameter"):
+    trainable_labels({"lm": params["lm"]}, "mf")
+
+
+def test_beta_schedule():
+  assert float(beta_schedule(0.5)(jnp.int32(0))) == 0.5
+  lin = beta_schedule(0.5, "linear", 10)
+  assert float(lin(jnp.int32(0))) == 0.0 and float(lin(jnp.int32(5))) == 0.25 and float(lin(jnp.int32(50))) == 0.5
+  with pytest.raises(ValueError, match="unknown beta schedule"):
+    beta_schedule(1.0, "cosine")
+
+
+def _fit_setup():
+  model, _, params = make_model(seed=3)
+  params = {"lm": params["lm"]}
+  data = make_batch(seed=4, e=6)
+  loss = lambda params, batch, rng, step: policy_loss(model=model, params=params, batch=batch, rng=rng, agents=2)
+  tx = make_optimizer(params, trainable="full", lr=1e-2, steps=6, warmup=1)
+  step_fn = jax.jit(functools.partial(train_step, loss_fn=loss, tx=tx), donate_argnums=0)
+  fresh = lambda: TrainState(jnp.int32(0), jax.tree.map(jnp.array, params), tx.init(params))
+  return fresh, step_fn, data
+
+
+def test_resume_continues_at_the_right_step_with_identical_params(tmp_path):
+  fresh, step_fn, data = _fit_setup()
+  kw = dict(name="t", step_fn=step_fn, data=data, batch_events=2, seed=0, log_every=1, ckpt_every=3,
+            log=lambda *_: None)
+  straight = fit(workdir=str(tmp_path / "a"), state=fresh(), steps=6, **kw)
+  fit(workdir=str(tmp_path / "b"), state=fresh(), steps=3, **kw)  # "crash" after step 3
+  logs = []
+  resumed = fit(workdir=str(tmp_path / "b"), state=fresh(), steps=6, **{**kw, "log": logs.append})
+  assert "resuming at step 3" in logs[0]
+  assert int(resumed.step) == int(straight.step) == 6
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+  rows = [json.loads(line)["step"] for line in open(tmp_path / "b" / "metrics.jsonl")]
+  assert rows == [1, 2, 3, 4, 5, 6]
+  with pytest.raises(FileNotFoundError, match="not trained"):
+    fit(workdir=str(tmp_path / "c"), state=fresh(), steps=6, trained_only=True, **kw)
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path):
+  fresh, step_fn, data = _fit_setup()
+  calls = []
+
+  def poisoned(state, batch, rng):
+    state, m = step_fn(state, batch, rng)
+    calls.append(1)
+    return state, {**m, "loss": m["loss"] * (np.nan if len(calls) == 3 else 1.0)}
+
+  with pytest.raises(FloatingPointError, match="at step 3"):
+    fit(name="t", workdir=str(tmp_path), state=fresh(), step_fn=poisoned, data=data, batch_events=2, steps=6, seed=0,
+        log=lambda *_: None)
+  assert not os.path.exists(tmp_path / "checkpoints" / "3")
