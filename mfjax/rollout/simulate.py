@@ -1,0 +1,165 @@
+"""Rollouts: one jitted `lax.scan` over the T steps of a batch of events.
+
+The carry (`RolloutState`) holds the mean-field state, the PRNG key and the
+baselines' history buffer (every action so far, its validity and repost
+count). At step t, for every event at once:
+
+  1. the method's input: prompt (topic + state), with the population context
+     quoted from the history (`recent`, `popular`) or the mean field m_{t-1}
+     sampled from q and read as K prefix vectors (`mf`);
+  2. the log-probabilities of the real actions of step t under that input
+     (teacher-forced: the NLL the method assigns to what really happened);
+  3. B actions sampled with the KV-cache sampler from the same input;
+  4. the step's actions enter the history: the real ones during warm-up
+     (t < warmup), the sampled ones after; the mean field is updated from them.
+
+Methods: `state` and `sft` (prompt only: the base and the fine-tuned policy),
+`recent`, `popular` (context), `mf` (latent mean field). `recent`/`popular`
+share one compilation (the kind is traced), as do `state`/`sft`.
+
+Letters: E events, T steps, B agents, P prompt, A action, C context, N = T * B
+history slots, K slots, D width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mfjax import sampling
+from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, MFState, agent_embeddings
+from mfjax.model.transformer import Decoder
+from mfjax.policy import action_logprobs, per_agent, with_context
+from mfjax.rollout.context import KINDS, NONE, ContextSpec, quote_context, repost_counts, selection_scores
+
+METHODS = ("state", "recent", "popular", "sft", "mf")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSpec:
+  """The static part of a rollout (a jit static argument)."""
+
+  use_context: bool  # quote the history in the prompt (recent / popular)
+  use_mf: bool  # read the latent mean field (mf)
+  max_new_tokens: int  # A: sampled action length (<eos> included)
+  top_k: int = 0
+  top_p: float = 1.0
+  context: Optional[ContextSpec] = None
+
+
+@flax.struct.dataclass
+class RolloutState:
+  """Carry of the scan over steps."""
+
+  mf: MFState  # [E, ...] mean-field state after the steps so far (zeros for methods without one)
+  rng: jax.Array  # PRNG key, split at every step
+  hist_ids: jax.Array  # [E, N, A] int32: actions so far (real in warm-up, sampled after)
+  hist_mask: jax.Array  # [E, N, A] int32
+  hist_valid: jax.Array  # [E, N] bool: slot holds an action of an earlier step
+  counts: jax.Array  # [E, N] float32: reposts of each slot (real parent links, warm-up only)
+
+
+@flax.struct.dataclass
+class RolloutOutput:
+  tokens: jax.Array  # [E, T, B, A] int32 sampled actions (pad after eos)
+  mask: jax.Array  # [E, T, B, A] bool: sampled token is real (up to and including eos)
+  real_logprobs: jax.Array  # [E, T, B, A] float32 log-prob of each real action token under the method
+  mf_kl: jax.Array  # [E, T] KL(q(m_{t-1}) || N(0, I)) of the mean field read at step t (0 without one)
+  mf_mu: jax.Array  # [E, T, K, D] its posterior mean ([E, T, 1, 1] zeros without one)
+  mf_logvar: jax.Array  # [E, T, K, D] its posterior log-variance
+
+
+def _t_first(x):
+  return jnp.swapaxes(x, 0, 1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "encoder", "spec"))
+def _simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], params, batch, rng, warmup, context_kind,
+              temperature, *, spec: RolloutSpec) -> RolloutOutput:
+  E, T, B, A = batch["action_ids"].shape
+  if A != spec.max_new_tokens:
+    raise ValueError(f"action length {A} != spec.max_new_tokens {spec.max_new_tokens}")
+  N = T * B
+  lm = params["lm"]
+  cfg = model.cfg
+  enc = lambda method, *a: encoder.apply({"params": params["mf"]}, *a, method=method)
+  mf0 = MFState.zeros(encoder.cfg if spec.use_mf else MeanFieldConfig(feature_size=1, hidden_size=1), (E,))
+  init = RolloutState(mf=mf0, rng=rng, hist_ids=jnp.zeros((E, N, A), jnp.int32),
+                      hist_mask=jnp.zeros((E, N, A), jnp.int32), hist_valid=jnp.zeros((E, N), bool),
+                      counts=jnp.zeros((E, N), jnp.float32))
+  flat = lambda x: x.reshape(E * B, *x.shape[2:])
+
+  def step(carry: RolloutState, xs):
+    t, prompt_ids, prompt_mask, act_ids, act_mask, agent_mask, parent = xs
+    rng, k_m, k_s = jax.random.split(carry.rng, 3)
+    in_ids, in_mask = flat(prompt_ids), flat(prompt_mask)
+    if spec.use_context:
+      scores = jax.vmap(selection_scores, (None, 0))(context_kind, carry.counts)
+      c_ids, c_mask = jax.vmap(functools.partial(quote_context, spec.context))(
+          carry.hist_ids, carry.hist_mask, carry.hist_valid, scores)
+      c_mask = c_mask * (context_kind != NONE)
+      in_ids, in_mask = with_context(per_agent(c_ids, B), per_agent(c_mask, B), in_ids, in_mask)
+    prefix = None
+    stats = (jnp.zeros((E,), jnp.float32), jnp.zeros((E, 1, 1), jnp.float32), jnp.zeros((E, 1, 1), jnp.float32))
+    if spec.use_mf:
+      q = enc(MeanFieldEncoder.posterior, carry.mf)
+      m = q.sample(k_m)
+      prefix = per_agent(m, B)
+      stats = (q.kl_to_standard_normal(), q.mu, q.logvar)
+    real_lp = action_logprobs(model, lm, in_ids, in_mask, flat(act_ids), flat(act_mask), prefix_NxKxD=prefix)
+    out = sampling.generate(model, lm, in_ids, in_mask, rng=k_s, max_new_tokens=A, temperature=temperature,
+                            top_k=spec.top_k, top_p=spec.top_p, eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id,
+                            prefix_embeds=prefix)
+    s_ids, s_mask = out.tokens.reshape(E, B, A), out.mask.reshape(E, B, A)
+    real_step = t < warmup
+    ch_ids = jnp.where(real_step, act_ids, s_ids)
+    ch_mask = jnp.where(real_step, act_mask, s_mask.astype(act_mask.dtype))
+    mf = carry.mf
+    if spec.use_mf:
+      pooled = agent_embeddings(model, lm, prompt_ids, prompt_mask, ch_ids, ch_mask)
+      mf = enc(MeanFieldEncoder.update, carry.mf, enc(MeanFieldEncoder.features, pooled), agent_mask)
+    put = lambda buf, v: jax.lax.dynamic_update_slice_in_dim(buf, v.astype(buf.dtype), t * B, axis=1)
+    counts = carry.counts + jax.vmap(lambda p, v: repost_counts(p, v, N))(parent, agent_mask & real_step)
+    new = RolloutState(mf=mf, rng=rng, hist_ids=put(carry.hist_ids, ch_ids), hist_mask=put(carry.hist_mask, ch_mask),
+                       hist_valid=put(carry.hist_valid, agent_mask), counts=counts)
+    return new, (s_ids, s_mask, real_lp.reshape(E, B, A)) + stats
+
+  xs = (jnp.arange(T), *(_t_first(batch[k]) for k in ("prompt_ids", "prompt_mask", "action_ids", "action_mask",
+                                                       "agent_mask", "parent")))
+  _, ys = jax.lax.scan(step, init, xs)
+  return RolloutOutput(*(_t_first(y) for y in ys))
+
+
+def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSpec] = None, top_k: int = 0,
+                top_p: float = 1.0) -> tuple[RolloutSpec, int]:
+  """(static spec, traced context kind) of a method."""
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+  use_context = method in ("recent", "popular")
+  if use_context and context is None:
+    raise ValueError(f"method {method!r} needs a ContextSpec")
+  spec = RolloutSpec(use_context=use_context, use_mf=method == "mf", max_new_tokens=int(max_new_tokens),
+                     top_k=int(top_k), top_p=float(top_p), context=context if use_context else None)
+  return spec, KINDS.get(method, NONE)
+
+
+def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: int, encoder=None,
+             context: Optional[ContextSpec] = None, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0) -> RolloutOutput:
+  """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
+  `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`).
+  Steps t < warmup take the real actions into the history; later steps their
+  own samples. Jitted once per (model, encoder, shapes, spec)."""
+  spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
+                           top_p=top_p)
+  if spec.use_mf and (encoder is None or "mf" not in params):
+    raise ValueError("method 'mf' needs the encoder and params['mf']")
+  arrays = {k: jnp.asarray(batch[k]) for k in ("prompt_ids", "prompt_mask", "action_ids", "action_mask",
+                                               "agent_mask", "parent")}
+  return _simulate(model, encoder if spec.use_mf else None, {k: v for k, v in params.items() if k != "mf" or spec.use_mf},
+                   arrays, rng, jnp.int32(warmup), jnp.int32(kind), jnp.float32(temperature), spec=spec)
