@@ -18,6 +18,14 @@ def _lm_demo(args) -> None:
   lm_demo.run(cfg, args.workdir)
 
 
+def _pipeline(args) -> None:
+  from mfjax import configs, pipeline
+  cfg = configs.load_config(args.config, args.set)
+  workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config.partition(":")[0]))[0])
+  commands = {"run": ("train", "simulate", "evaluate")}.get(args.command, (args.command,))
+  pipeline.run(cfg, workdir, commands)
+
+
 def _generate(args) -> None:
   import jax
 
@@ -39,6 +47,20 @@ def _generate(args) -> None:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="python -m mfjax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
+
+  quick = os.path.join(_REPO, "experiments", "quickstart.py")
+  for name, text in (
+      ("run", "train, simulate and evaluate (the whole MF-LLM pipeline)"),
+      ("train", "train the stages the config's methods need (base, sft, mf, IB sweep)"),
+      ("simulate", "roll out every method and seed over the evaluation events (needs train)"),
+      ("evaluate", "label the rollouts, compare with the real events, write results.json and plots")):
+    p = sub.add_parser(name, help=text, description=text + ". Rerunning resumes from the workdir.")
+    p.add_argument("--config", default=quick,
+                   help="experiment file[:arg], e.g. experiments/quickstart.py:smoke (default: %(default)s)")
+    p.add_argument("--workdir", default=None, help="run folder, reused to resume (default: runs/<experiment>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set ib.beta=0.01 (repeatable)")
+    p.set_defaults(fn=_pipeline)
 
   p = sub.add_parser("lm-demo", help="train a tiny LM on the built-in corpus and sample from it",
                      description="Train a tokenizer and a tiny LM from scratch on the built-in Weibo-style "
@@ -65,10 +87,11 @@ def main(argv=None) -> None:
 
   args = parser.parse_args(argv)
   from mfjax.configs import ConfigError
+  from mfjax.data import EventFormatError
   from mfjax.model.hf import CheckpointError
   try:
     args.fn(args)
-  except (ConfigError, CheckpointError, FileNotFoundError) as e:
+  except (ConfigError, CheckpointError, FileNotFoundError, EventFormatError) as e:
     sys.exit(f"error: {e}")
 
 

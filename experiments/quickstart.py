@@ -1,0 +1,42 @@
+"""Quickstart: MF-LLM on the synthetic world, where the truth is known.
+
+The world (mfjax.data.synthetic) herds: each event's population drifts to doubt
+or belief by early chance, so a policy that sees only (topic, state) cannot
+follow it, and one that reads the population can. This trains, from scratch on
+2 CPU cores, a tokenizer and a tiny Qwen2-style policy (`base`, which also
+learns the `recent`/`popular` prompt formats), fine-tunes it without (`sft`)
+and with the latent mean field by IB-Tune (`mf`), rolls every method out over
+held-out events (warm-up on the first real steps, then the model alone, 3
+seeds), labels the actions and prints KL(real || simulated) per method.
+
+About 6-9 minutes on 2 CPU cores (`smoke`: about 2 minutes):
+
+  python -m mfjax run --config experiments/quickstart.py --workdir runs/quickstart
+  python -m mfjax run --config experiments/quickstart.py:smoke --set ib.beta=0.01
+
+`train`, `simulate` and `evaluate` run the parts one by one in the same workdir.
+"""
+
+from mfjax.pipeline_config import mf_llm_config
+
+
+def get_config(arg: str = ""):
+  c = mf_llm_config()
+  # A from-scratch policy of 130k parameters: full fine-tuning is cheap here and
+  # learns to read the mean field faster than LoRA (val NLL 0.978 vs 1.028 after
+  # 300 IB-Tune steps in one measured run); sft gets the same for a fair baseline.
+  c.sft.trainable = "full"
+  c.mf_train.trainable = "full"
+  c.mf_train.lr = 4e-3
+  c.mf_train.steps = 500
+  if arg == "smoke":
+    c.data.train_events = 64
+    c.data.val_events = 4
+    c.data.eval_events = 8
+    c.base.steps, c.sft.steps, c.mf_train.steps = 40, 10, 30
+    c.train.log_every, c.train.ckpt_every, c.train.eval_every = 10, 20, 0
+    c.rollout.seeds = 2
+    c.rollout.batch_events = 8
+  elif arg:
+    raise ValueError(f"unknown argument {arg!r} for quickstart (use '' or 'smoke')")
+  return c

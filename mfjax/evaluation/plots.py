@@ -1,0 +1,97 @@
+"""PNG plots of a run (matplotlib, Agg): proportion trajectories real vs
+simulated, KL per step, the IB curve, training losses."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from mfjax.evaluation import metrics
+from mfjax.evaluation.labelers import DIMENSIONS
+
+# The category whose proportion each trajectory plot shows.
+SHOWN = {"behaviour": "share", "belief": "doubt", "sentiment": "negative", "intent": "question"}
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results: dict) -> None:
+  out = os.path.join(workdir, "plots")
+  os.makedirs(out, exist_ok=True)
+  plt = _plt()
+  T = agent_mask.shape[1]
+  warmup = results["data"]["warmup"]
+  props = lambda ids, d: np.asarray(metrics.step_distributions(ids[d], agent_mask, len(DIMENSIONS[d]))[0])
+
+  # mean trajectories over events, and the first events one by one (herding makes them differ)
+  for name, select in (("trajectories_mean", None), ("trajectories_event0", 0), ("trajectories_event1", 1)):
+    if select is not None and select >= agent_mask.shape[0]:
+      continue
+    fig, axes = plt.subplots(1, len(DIMENSIONS), figsize=(4 * len(DIMENSIONS), 3.2), sharex=True)
+    for ax, d in zip(axes, DIMENSIONS):
+      c = DIMENSIONS[d].index(SHOWN[d])
+      for label, ids, style in [("real", real, dict(color="k", lw=2.5))] + [(m, s, {}) for m, s in sims.items()]:
+        p = props(ids, d)[..., c]
+        ax.plot(np.arange(T), p.mean(0) if select is None else p[select], label=label, **style)
+      ax.axvspan(-0.5, warmup - 0.5, color="0.9")
+      ax.set(title=f"{d}: {SHOWN[d]}", xlabel="step", ylim=(0, 1))
+    axes[0].set_ylabel("proportion" + (" (mean over events)" if select is None else f" (event {select})"))
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, f"{name}.png"), dpi=110)
+    plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(5.5, 3.4))
+  for m, s in sims.items():
+    kl = np.mean([np.asarray(metrics.kl(props(real, d), props(s, d))) for d in DIMENSIONS], axis=0)  # [E, T]
+    valid = agent_mask.any(-1)
+    ax.plot(np.arange(T), (kl * valid).sum(0) / np.maximum(valid.sum(0), 1), label=m, marker="o", ms=3)
+  ax.axvspan(-0.5, warmup - 0.5, color="0.9")
+  ax.set(xlabel="step", ylabel="KL(real || sim), mean over dimensions", title="KL per step (seed 0)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "kl_per_step.png"), dpi=110)
+  plt.close(fig)
+
+  if results.get("ib_sweep"):
+    rows = [r for r in results["ib_sweep"] if r["val_relevance"] is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    x = [r["val_compression_bits"] for r in rows]
+    axes[0].plot(x, [r["val_relevance"] for r in rows], marker="o")
+    for r in rows:
+      axes[0].annotate(f"β={r['beta']:g}", (r["val_compression_bits"], r["val_relevance"]), fontsize=7)
+    axes[0].set(xlabel="compression: KL(q || prior) per step (bits)", ylabel="relevance: val NLL per token",
+                title="IB curve")
+    axes[1].errorbar(range(len(rows)), [r["kl_mean"] for r in rows], yerr=[r["kl_mean_std"] for r in rows],
+                     marker="o")
+    axes[1].set(xticks=range(len(rows)), xticklabels=[f"{r['beta']:g}" for r in rows], xlabel="beta",
+                ylabel="rollout KL mean", title="rollout KL vs beta")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "ib_curve.png"), dpi=110)
+    plt.close(fig)
+
+
+def training_curves(workdir: str, stages: list[str]) -> None:
+  """Loss per step of every training stage found in the workdir."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5.5, 3.4))
+  for s in stages:
+    path = os.path.join(workdir, s, "metrics.jsonl")
+    if not os.path.exists(path):
+      continue
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = [r for r in rows if "relevance" in r]
+    ax.plot([r["step"] for r in rows], [r["relevance"] for r in rows], label=s)
+  ax.set(xlabel="step", ylabel="train NLL per action token", title="training")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+  fig.savefig(os.path.join(workdir, "plots", "training.png"), dpi=110)
+  plt.close(fig)

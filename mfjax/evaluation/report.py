@@ -1,0 +1,148 @@
+"""Score rollouts against the real events: decode, label, compare per step,
+aggregate over seeds, write results.json and plots, print the table.
+
+results.json:
+  {"methods": {<method>: {"kl_mean", "kl_mean_std", "kl": {dim}, "js_mean",
+               "tv_mean", "w1_mean", "dtw_mean", "nll", "seeds", "per_seed": [...]}},
+   "ib_sweep": [{"beta", "val_relevance", "val_compression_bits", "kl_mean", ...}]   (with ib.sweep)
+   "reference": {...}, "data": {...}}
+
+KL is KL(real || simulated) per (event, step) over the rollout steps
+(t >= warm-up), averaged; DTW compares whole trajectories; NLL is the mean
+per-token negative log-likelihood of the real actions of the rollout steps
+under the method. Means and standard deviations are over rollout seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+from mfjax.evaluation import metrics
+from mfjax.evaluation.labelers import DIMENSIONS, RuleLabeler, category_ids
+
+
+class CachedLabeler:
+  """Label each distinct text once (rollouts repeat texts often)."""
+
+  def __init__(self, labeler):
+    self.labeler, self.cache = labeler, {}
+
+  def ids(self, texts: list[str]) -> dict:
+    new = sorted({t for t in texts if t not in self.cache})
+    if new:
+      labels = category_ids(self.labeler.label(new))
+      for i, t in enumerate(new):
+        self.cache[t] = {d: labels[d][i] for d in labels}
+    return {d: np.array([self.cache[t][d] for t in texts], np.int64) for d in DIMENSIONS}
+
+
+def make_labeler(name: str):
+  if name == "rules":
+    return RuleLabeler()
+  raise ValueError(f"eval.labeler {name!r} is not known offline; use 'rules' "
+                   "(OpenAICompatLabeler is available from Python: mfjax.evaluation.OpenAICompatLabeler)")
+
+
+def decode_actions(tokenizer, tokens_ExTxBxA, mask_ExTxBxA) -> list[str]:
+  """Texts of sampled actions (flattened E*T*B), without <eos> and padding."""
+  eos = tokenizer.eos_token_id
+  rows = tokens_ExTxBxA.reshape(-1, tokens_ExTxBxA.shape[-1])
+  keep = mask_ExTxBxA.reshape(rows.shape).astype(bool) & (rows != eos)
+  return tokenizer.batch_decode([r[k].tolist() for r, k in zip(rows, keep)], skip_special_tokens=True)
+
+
+def _ids(labeler: CachedLabeler, texts: list[str], shape) -> dict:
+  return {d: v.reshape(shape) for d, v in labeler.ids(texts).items()}
+
+
+def score(real: dict, sim: dict, agent_mask, weights, real_logprobs, action_mask) -> dict:
+  """Metrics of one rollout (dimension ids [E, T, B])."""
+  out = metrics.compare(real, sim, agent_mask, agent_mask, step_weights=weights)
+  w = action_mask.astype(np.float32) * agent_mask[..., None] * weights[..., None, None]
+  out["nll"] = float(-(real_logprobs * w).sum() / max(w.sum(), 1.0))
+  return out
+
+
+def summarise(per_seed: list[dict]) -> dict:
+  """Mean over seeds of every metric, plus kl_mean_std."""
+  out = {"seeds": len(per_seed)}
+  for k, v in per_seed[0].items():
+    if isinstance(v, dict):
+      out[k] = {d: float(np.mean([s[k][d] for s in per_seed])) for d in v}
+    else:
+      out[k] = float(np.mean([s[k] for s in per_seed]))
+  out["kl_mean_std"] = float(np.std([s["kl_mean"] for s in per_seed]))
+  out["per_seed"] = [{"kl_mean": s["kl_mean"], "js_mean": s["js_mean"], "nll": s["nll"]} for s in per_seed]
+  return out
+
+
+def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, str]], seeds: int, warmup: int,
+             labeler_name: str = "rules", truth=None, sweep: Optional[dict] = None, log=print) -> dict:
+  """results.json + plots for rollouts saved under workdir/rollouts (see module docstring).
+  runs: (tag, method, params key) as `mfjax.pipeline.rollout_runs`; sweep: tag -> validation terms."""
+  from mfjax.evaluation import plots
+  labeler = CachedLabeler(make_labeler(labeler_name))
+  E, T, B = eval_batch.agent_mask.shape
+  agent_mask = eval_batch.agent_mask
+  real = _ids(labeler, [t for row in eval_batch.texts for t in row], (E, T, B))
+  weights = (np.arange(T)[None, :] >= warmup) & agent_mask.any(-1)
+  if not weights.any():
+    raise ValueError(f"no rollout step to score: warm-up {warmup} covers all {T} steps or the events are empty")
+  results = {"methods": {}, "data": {"events": E, "steps": T, "agents_per_step": B, "warmup": warmup,
+                                     "scored_steps": int(weights.sum()), "labeler": labeler_name}}
+  sims = {}
+  for tag, method, _ in runs:
+    per_seed = []
+    for seed in range(seeds):
+      path = os.path.join(workdir, "rollouts", f"{tag}_seed{seed}.npz")
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: run `python -m mfjax simulate` with this config first")
+      r = np.load(path)
+      sim = _ids(labeler, decode_actions(tokenizer, r["tokens"], r["mask"]), (E, T, B))
+      per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], eval_batch.action_mask))
+      if seed == 0:
+        sims[tag] = sim
+        if seed == 0 and tag == "mf":
+          results["mf_field"] = {"kl_nats_per_step": [float(x) for x in r["mf_kl"].mean(0)]}
+    results["methods"][tag] = summarise(per_seed)
+  if truth is not None:
+    # The floor set by finite steps: the real B agents of a step against their own exact distribution.
+    floor = [float(np.sum(metrics.kl(metrics.step_distributions(real[d], agent_mask, len(c))[0], truth.probs[d])
+                          * weights) / weights.sum()) for d, c in DIMENSIONS.items()]
+    results["reference"] = {"kl_real_vs_truth_mean": float(np.mean(floor)),
+                            "note": "KL(real step proportions || exact step distribution): sampling noise of B agents"}
+  if sweep:
+    results["ib_sweep"] = [{"beta": v["beta"], "val_relevance": v.get("val_relevance"),
+                            "val_compression_bits": v.get("val_compression_bits"),
+                            **{k: results["methods"][tag][k] for k in ("kl_mean", "kl_mean_std", "js_mean", "nll")}}
+                           for tag, v in sweep.items()]
+  from mfjax.runs import write_json
+  write_json(os.path.join(workdir, "results.json"), results)
+  plots.write_all(workdir, real, sims, agent_mask, weights, results)
+  log(table(results))
+  return results
+
+
+def table(results: dict) -> str:
+  rows = [f"{'method':<14}{'KL mean':>10}{'± std':>8}{'JS':>8}{'DTW':>8}{'NLL':>8}   KL per dimension"]
+  for m, r in results["methods"].items():
+    dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
+    rows.append(f"{m:<14}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}{r['js_mean']:>8.4f}{r['dtw_mean']:>8.3f}"
+                f"{r['nll']:>8.3f}   {dims}")
+  if "reference" in results:
+    rows.append(f"(sampling-noise floor, real vs exact truth: KL {results['reference']['kl_real_vs_truth_mean']:.4f})")
+  if "ib_sweep" in results:
+    rows.append(f"\n{'beta':>8}{'val NLL':>10}{'bits':>10}{'KL mean':>10}")
+    for r in results["ib_sweep"]:
+      rows.append(f"{r['beta']:>8g}{r['val_relevance'] or float('nan'):>10.4f}"
+                  f"{r['val_compression_bits'] or float('nan'):>10.2f}{r['kl_mean']:>10.4f}")
+  return "\n".join(rows)
+
+
+def load_results(workdir: str) -> dict:
+  with open(os.path.join(workdir, "results.json")) as f:
+    return json.load(f)

@@ -1,0 +1,315 @@
+"""The MF-LLM experiment: events -> tokenizer -> step tensors -> training
+stages -> rollouts -> evaluation, every stage resumable from the workdir.
+
+  workdir/config.json           the resolved config (a rerun must match it)
+  workdir/tokenizer/            trained on the training events (or the checkpoint's)
+  workdir/base/                 pre-training from scratch (skipped with model.checkpoint)
+  workdir/sft/, workdir/mf/     fine-tuning stages; mf_beta<b>/ for an IB sweep
+     checkpoints/ metrics.jsonl
+  workdir/rollouts/<method>_seed<s>.npz   sampled actions, real-action log-probs
+  workdir/results.json, workdir/plots/*.png   (mfjax.evaluation.report)
+
+Stages: `base` gives the policy the prompt formats of every method (contexts of
+kind none / recent / popular, drawn per event); `sft` fine-tunes it on
+state-only prompts (no m); `mf` trains it with the mean-field encoder by
+IB-Tune. The baselines `state`, `recent`, `popular` roll out the base policy,
+`sft` and `mf` their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import os
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mfjax.data import (BatchConfig, StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
+                        make_step_batch, policy_prompt, synthetic, train_tokenizer)
+from mfjax.ibtune import (TrainState, beta_schedule, fit, ib_tune_loss, make_optimizer, policy_loss, train_step,
+                          trainable_labels)
+from mfjax.meanfield import MeanFieldConfig, MeanFieldEncoder, init_encoder
+from mfjax.model import Decoder, LoraConfig, ModelConfig, hf, init_params, tiny
+from mfjax.model.lora import add_lora
+from mfjax.rollout import METHODS, ContextSpec, simulate
+from mfjax.rollout.context import CONTEXT_HEADER, CONTEXT_SEP, KINDS
+from mfjax.evaluation import plots
+from mfjax.evaluation.report import evaluate
+from mfjax.runs import check_workdir, log, write_json
+
+
+@dataclasses.dataclass
+class Data:
+  """Everything the stages need, built once per process."""
+
+  tokenizer: object
+  context: ContextSpec
+  train: dict  # arrays [E, T, B, ...]
+  val: dict
+  eval: StepBatch  # the events rollouts are scored on (texts kept for labelling)
+  truth: Optional[object]  # synthetic.GroundTruth of the eval events, else None
+  eval_split: str
+
+
+def methods(cfg) -> list[str]:
+  out = [m.strip() for m in cfg.rollout.methods.split(",") if m.strip()]
+  bad = [m for m in out if m not in METHODS]
+  if bad:
+    raise ValueError(f"rollout.methods: unknown {bad}; choose from {METHODS}")
+  return out
+
+
+def sweep_betas(cfg) -> list[float]:
+  return [float(b) for b in str(cfg.ib.sweep).split(",") if b.strip()]
+
+
+def _events(cfg):
+  """(train, val, eval events, eval truth, eval split name)."""
+  d = cfg.data
+  world = synthetic.WorldConfig(steps=d.steps, agents_per_step=d.agents_per_step, **cfg.world.to_dict())
+  if d.source == "synthetic":
+    train, _ = synthetic.generate(d.train_events, seed=d.seed, config=world)
+    val, _ = synthetic.generate(d.val_events, seed=d.seed + 1, config=world)
+    test, truth = synthetic.generate(d.eval_events, seed=d.seed + 2, config=world)
+    return train, val, test, truth, "synthetic-test"
+  if d.source == "ced":
+    if d.eval_split not in ("val", "holdout"):
+      raise ValueError(f"data.eval_split must be 'val' or 'holdout', got {d.eval_split!r}")
+    files = {s: os.path.join(d.path, f"{s}.jsonl.gz") for s in ("train", "val", d.eval_split)}
+    for s, f in files.items():
+      if not os.path.exists(f):
+        raise FileNotFoundError(f"data.path: {f} not found (get the data with: python tools/download_data.py)")
+    # holdout is read only for the final report, never for training or selection
+    take = lambda split, n: [e for e in itertools.islice(load_events(files[split], "ced"), n)]
+    train = take("train", d.train_events)
+    val = take("val", d.val_events)
+    test = val[:d.eval_events] if d.eval_split == "val" else take("holdout", d.eval_events)
+    return train, val, test, None, d.eval_split
+  raise ValueError(f"data.source must be 'synthetic' or 'ced', got {d.source!r}")
+
+
+def _tokenizer_texts(events, activity) -> list[str]:
+  texts = []
+  for e in events:
+    texts += [policy_prompt(e.topic, s) for s in agent_states(e, activity)]
+    texts += [action_text(a) for a in e.actions] + [CONTEXT_HEADER, CONTEXT_SEP]
+  return texts
+
+
+def prepare(cfg, workdir: str) -> Data:
+  """Events, tokenizer (trained once into workdir/tokenizer) and step tensors."""
+  t0 = time.time()
+  train, val, test, truth, split = _events(cfg)
+  activity = UidActivity.fit(train) if cfg.data.source == "ced" else None
+  tok_dir = os.path.join(workdir, "tokenizer")
+  if cfg.model.checkpoint:
+    tok = load_tokenizer(cfg.model.checkpoint)
+  elif os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+    tok = load_tokenizer(tok_dir)
+  else:
+    tok = train_tokenizer(_tokenizer_texts(train, activity), cfg.tokenizer.vocab_size, tok_dir)
+  bc = BatchConfig(cfg.data.steps, cfg.data.agents_per_step, cfg.data.prompt_len, cfg.data.action_len)
+  batches = {name: make_step_batch(ev, tok, bc, activity=activity) for name, ev in
+             (("train", train), ("val", val), ("eval", test))}
+  for name, b in batches.items():
+    r = b.report
+    log(f"[data] {name}: {r['events']} events, {r['actions_used']} actions in {bc.steps}x{bc.agents_per_step} "
+        f"steps ({r['agent_slots_empty']} empty slots); truncated: {r['prompts_truncated']} prompts, "
+        f"{r['actions_truncated']} actions")
+  ctx = ContextSpec.from_tokenizer(tok, k=cfg.context.k, action_len=cfg.data.action_len)
+  log(f"[data] tokenizer: {len(tok)} tokens; context: {ctx.length} tokens ({time.time() - t0:.1f} s)")
+  return Data(tok, ctx, batches["train"].arrays(), batches["val"].arrays(), batches["eval"], truth, split)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _model_config(cfg, tok, ctx: ContextSpec) -> ModelConfig:
+  m = cfg.model
+  longest = cfg.mf.slots + ctx.length + cfg.data.prompt_len + cfg.data.action_len
+  return tiny(m.family, vocab_size=len(tok), hidden_size=m.hidden_size, num_layers=m.num_layers,
+              num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
+              intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_word_embeddings,
+              max_position_embeddings=max(longest, 64), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+              pad_token_id=tok.pad_token_id, sliding_window=None)
+
+
+def _stage_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, name)
+
+
+def _val_eval(loss_fn, data: dict, events: int, step: int):
+  """params -> token-weighted mean of the loss terms over the validation events (fixed rng)."""
+  n = len(data["agent_mask"]) // events
+  if n == 0:
+    return None
+  chunks = [{k: jnp.asarray(v[i * events:(i + 1) * events]) for k, v in data.items()} for i in range(n)]
+  aux_fn = jax.jit(lambda p, b: loss_fn(params=p, batch=b, rng=jax.random.PRNGKey(0), step=jnp.int32(step))[1])
+
+  def run(params):
+    rows = [jax.device_get(aux_fn(params, c)) for c in chunks]
+    w = np.array([r["tokens"] for r in rows])
+    return {k: float(np.sum([r[k] * wi for r, wi in zip(rows, w)]) / w.sum()) for k in rows[0] if k != "tokens"}
+
+  return run
+
+
+def _train(name: str, stage, *, make_loss, params, trainable: str, cfg, data: Data, workdir: str,
+           trained_only: bool = False):
+  """make_loss(agents) -> loss_fn(params=, batch=, rng=, step=): training scores
+  stage.agents agents per step, validation all of them."""
+  loss_fn = make_loss(stage.agents)
+  tx = make_optimizer(params, trainable=trainable, lr=stage.lr, steps=stage.steps, warmup=stage.warmup,
+                      weight_decay=cfg.train.weight_decay)
+  params = jax.tree.map(jnp.array, params)  # a copy: the step donates its state, other stages share these leaves
+  state = TrainState(jnp.int32(0), params, tx.init(params))
+  step_fn = jax.jit(functools.partial(train_step, loss_fn=loss_fn, tx=tx), donate_argnums=0)
+  labels = jax.tree.leaves(trainable_labels(params, trainable))
+  n_train = sum(int(x.size) for x, lab in zip(jax.tree.leaves(params), labels) if lab == "train")
+  log(f"[{name}] training {n_train:,} parameters ({trainable}) for {stage.steps} steps, "
+      f"{stage.batch_events} events per step")
+  state = fit(name=name, workdir=_stage_dir(workdir, name), state=state, step_fn=step_fn, data=data.train,
+              batch_events=stage.batch_events, steps=stage.steps, seed=cfg.seed, log_every=cfg.train.log_every,
+              ckpt_every=cfg.train.ckpt_every, eval_every=cfg.train.eval_every,
+              eval_fn=_val_eval(make_loss(0), data.val, stage.batch_events, stage.steps), log=log,
+              trained_only=trained_only)
+  return state.params
+
+
+@dataclasses.dataclass
+class Trained:
+  model: Decoder  # with LoRA adapters (fresh ones on the base params)
+  encoder: MeanFieldEncoder
+  params: dict  # method or stage name -> params {"lm": ...} (+ "mf")
+
+
+def train(cfg, workdir: str, data: Data, *, trained_only: bool = False) -> Trained:
+  """Every stage the configured methods need (resuming finished ones instantly;
+  with `trained_only`, an unfinished stage is an error instead)."""
+  rng = jax.random.PRNGKey(cfg.seed)
+  want = methods(cfg)
+  if cfg.model.checkpoint:
+    model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype)
+    log(f"[base] loaded {cfg.model.checkpoint}")
+  else:
+    model = Decoder(_model_config(cfg, data.tokenizer, data.context))
+    lm = init_params(model, jax.random.fold_in(rng, 1))
+    kinds = tuple(KINDS[k] for k in ("none", "recent", "popular"))
+    loss = lambda agents: lambda params, batch, rng, step: policy_loss(
+        model=model, params=params, batch=batch, rng=rng, context=data.context, context_kinds=kinds, agents=agents)
+    lm = _train("base", cfg.base, make_loss=loss, params={"lm": lm}, trainable="full", cfg=cfg, data=data,
+                workdir=workdir, trained_only=trained_only)["lm"]
+  lcfg = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets.split(",")))
+  model, lm = add_lora(model, lm, lcfg, jax.random.fold_in(rng, 2))
+  encoder = MeanFieldEncoder(MeanFieldConfig(
+      slots=cfg.mf.slots, width=model.cfg.hidden_size, feature_size=cfg.mf.feature_size,
+      hidden_size=cfg.mf.hidden_size, attention_queries=cfg.mf.attention_queries, init_logvar=cfg.mf.init_logvar))
+  out = {"base": {"lm": lm}}
+  if "sft" in want:
+    loss = lambda agents: lambda params, batch, rng, step: policy_loss(
+        model=model, params=params, batch=batch, rng=rng, agents=agents)
+    out["sft"] = _train("sft", cfg.sft, make_loss=loss, params={"lm": lm}, trainable=cfg.sft.trainable, cfg=cfg,
+                        data=data, workdir=workdir, trained_only=trained_only)
+  betas = [("mf", cfg.ib.beta)] if "mf" in want else []
+  betas += [(f"mf_beta{b:g}", b) for b in sweep_betas(cfg)]
+  for name, beta in betas:
+    mf = init_encoder(encoder, jax.random.fold_in(rng, 3), model.cfg.hidden_size)
+    beta_fn = beta_schedule(beta, cfg.ib.schedule, cfg.ib.warmup)
+    loss = lambda agents, beta_fn=beta_fn: lambda params, batch, rng, step: ib_tune_loss(
+        model=model, encoder=encoder, params=params, batch=batch, rng=rng, beta=beta_fn(step), remat=cfg.ib.remat,
+        agents=agents, lm_grad=cfg.mf.lm_grad)
+    out[name] = _train(name, cfg.mf_train, make_loss=loss, params={"lm": lm, "mf": mf},
+                       trainable=cfg.mf_train.trainable, cfg=cfg, data=data, workdir=workdir,
+                       trained_only=trained_only)
+  return Trained(model, encoder, out)
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+
+def rollout_runs(cfg) -> list[tuple[str, str, str]]:
+  """(tag, method, params key) of every rollout: the methods, then the sweep."""
+  runs = [(m, m, "base" if m in ("state", "recent", "popular") else m) for m in methods(cfg)]
+  runs += [(f"mf_beta{b:g}", "mf", f"mf_beta{b:g}") for b in sweep_betas(cfg)]
+  return runs
+
+
+def rollout_path(workdir: str, tag: str, seed: int) -> str:
+  return os.path.join(workdir, "rollouts", f"{tag}_seed{seed}.npz")
+
+
+def simulate_all(cfg, workdir: str, data: Data, trained: Trained) -> None:
+  """Roll out every method and seed over the eval events (existing files are kept)."""
+  os.makedirs(os.path.join(workdir, "rollouts"), exist_ok=True)
+  arrays = data.eval.arrays()
+  E = len(arrays["agent_mask"])
+  chunk = min(cfg.rollout.batch_events, E)
+  n_chunks = -(-E // chunk)
+  for tag, method, key in rollout_runs(cfg):
+    for seed in range(cfg.rollout.seeds):
+      path = rollout_path(workdir, tag, seed)
+      if os.path.exists(path):
+        continue
+      t0 = time.time()
+      parts = []
+      for c in range(n_chunks):
+        idx = np.arange(c * chunk, (c + 1) * chunk) % E  # the last chunk wraps around: one static shape
+        batch = {k: v[idx] for k, v in arrays.items()}
+        out = simulate(trained.model, trained.params[key], batch, method=method, encoder=trained.encoder,
+                       context=data.context, rng=jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1000 * (seed + 1)), c),
+                       warmup=cfg.rollout.warmup, temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k,
+                       top_p=cfg.rollout.top_p)
+        parts.append(jax.device_get(out))
+      cat = lambda f: np.concatenate([getattr(p, f) for p in parts])[:E]
+      tmp = path[:-4] + ".tmp.npz"
+      np.savez_compressed(tmp, tokens=cat("tokens"), mask=cat("mask"), real_logprobs=cat("real_logprobs"),
+                          mf_kl=cat("mf_kl"))
+      os.replace(tmp, path)
+      log(f"[simulate] {tag} seed {seed}: {E} events x {cfg.data.steps} steps x {cfg.data.agents_per_step} agents "
+          f"in {time.time() - t0:.1f} s")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _sweep_validation(cfg, workdir: str) -> dict:
+  """tag -> {"beta", "val_relevance", "val_compression_bits"} from each sweep stage's last validation."""
+  out = {}
+  for b in sweep_betas(cfg):
+    tag = f"mf_beta{b:g}"
+    rows = []
+    path = os.path.join(workdir, tag, "metrics.jsonl")
+    if os.path.exists(path):
+      rows = [r for r in map(json.loads, open(path)) if "val_relevance" in r]
+    last = rows[-1] if rows else {}
+    out[tag] = {"beta": b, "val_relevance": last.get("val_relevance"),
+                "val_compression_bits": last.get("val_compression_bits")}
+  return out
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simulate", "evaluate")) -> Optional[dict]:
+  """`python -m mfjax train|simulate|evaluate|run`: the named parts, in order, in one workdir."""
+  check_workdir(workdir, cfg)
+  t0 = time.time()
+  data = prepare(cfg, workdir)
+  if "train" in commands or "simulate" in commands:
+    trained = train(cfg, workdir, data, trained_only="train" not in commands)
+    plots.training_curves(workdir, ["base", "sft", "mf"] + [f"mf_beta{b:g}" for b in sweep_betas(cfg)])
+  if "simulate" in commands:
+    simulate_all(cfg, workdir, data, trained)
+  results = None
+  if "evaluate" in commands:
+    results = evaluate(workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=rollout_runs(cfg),
+                       seeds=cfg.rollout.seeds, warmup=cfg.rollout.warmup, labeler_name=cfg.eval.labeler,
+                       truth=data.truth, sweep=_sweep_validation(cfg, workdir) or None, log=log)
+    results["seconds"] = time.time() - t0
+    write_json(os.path.join(workdir, "results.json"), results)
+  log(f"[done] {', '.join(commands)} in {time.time() - t0:.0f} s; outputs in {workdir}")
+  return results
