@@ -1,0 +1,69 @@
+"""How much a population signal can help in a synthetic world, from its exact truth.
+
+For a WorldConfig, prints (JSON) the mean KL(real || simulated) over the steps
+after warm-up of three ideal simulators that sample B agents per step:
+  floor_real     the real step proportions against their exact distribution (no sampling on the sim side)
+  oracle         samples from the exact per-event distribution given the real history
+  state_oracle   samples from the mean distribution of events with the same label (population-blind)
+A method can only beat `state` by what separates oracle from state_oracle.
+
+  python tools/world_bounds.py                          # the module's defaults
+  python tools/world_bounds.py --herding 10 --mood-herding 6 --share-herding 6   # the quickstart world
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mfjax.data import synthetic  # noqa: E402
+from mfjax.evaluation import metrics  # noqa: E402
+from mfjax.evaluation.labelers import DIMENSIONS  # noqa: E402
+
+
+def bounds(config: synthetic.WorldConfig, events: int, warmup: int, seed: int) -> dict:
+  _, truth = synthetic.generate(events, seed=seed, config=config)
+  rng = np.random.default_rng(seed)
+  E, T, B = events, config.steps, config.agents_per_step
+  mask = np.ones((E, T, B), bool)
+  w = (np.arange(T)[None] >= warmup) * np.ones((E, 1))
+  out = {}
+  for name in ("floor_real", "oracle", "state_oracle"):
+    kls = []
+    for d, cats in DIMENSIONS.items():
+      real = np.asarray(metrics.step_distributions(truth.attributes[d], mask, len(cats))[0])
+      p = truth.probs[d]
+      if name == "state_oracle":
+        p = np.stack([p[truth.rumor == r].mean(0) for r in truth.rumor])
+      if name == "floor_real":
+        q = p
+      else:
+        flat = p.reshape(-1, len(cats))
+        q = np.stack([rng.multinomial(B, x / x.sum()) for x in flat]).reshape(p.shape) / B
+      kls.append(float((np.asarray(metrics.kl(real, q)) * w).sum() / w.sum()))
+    out[name] = float(np.mean(kls))
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--events", type=int, default=400)
+  ap.add_argument("--warmup", type=int, default=3)
+  ap.add_argument("--seed", type=int, default=5)
+  ap.add_argument("--herding", type=float, default=synthetic.WorldConfig.herding)
+  ap.add_argument("--mood-herding", type=float, default=synthetic.WorldConfig.mood_herding)
+  ap.add_argument("--share-herding", type=float, default=synthetic.WorldConfig.share_herding)
+  ap.add_argument("--agents-per-step", type=int, default=synthetic.WorldConfig.agents_per_step)
+  a = ap.parse_args()
+  cfg = synthetic.WorldConfig(herding=a.herding, mood_herding=a.mood_herding, share_herding=a.share_herding,
+                              agents_per_step=a.agents_per_step)
+  print(json.dumps({"world": {"herding": a.herding, "mood_herding": a.mood_herding, "share_herding": a.share_herding,
+                              "agents_per_step": a.agents_per_step}, **bounds(cfg, a.events, a.warmup, a.seed)}))
+
+
+if __name__ == "__main__":
+  main()
