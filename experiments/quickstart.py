@@ -29,6 +29,9 @@ def get_config(arg: str = ""):
   c.mf_train.trainable = "full"
   c.mf_train.lr = 4e-3
   c.mf_train.steps = 500
+  # Selected on validation NLL: 0.938 at beta 1e-4 vs 0.967 at 1e-3 (7.5 bits of
+  # compression squeezed out what the sentiment dynamics need).
+  c.ib.beta = 1e-4
   if arg == "smoke":
     c.data.train_events = 64
     c.data.val_events = 4
