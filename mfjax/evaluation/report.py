@@ -23,6 +23,7 @@ import numpy as np
 
 from mfjax.evaluation import metrics
 from mfjax.evaluation.labelers import DIMENSIONS, RuleLabeler, category_ids
+from mfjax.runs import write_json
 
 
 class CachedLabeler:
@@ -106,7 +107,7 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
       per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], eval_batch.action_mask))
       if seed == 0:
         sims[tag] = sim
-        if seed == 0 and tag == "mf":
+        if tag == "mf":
           results["mf_field"] = {"kl_nats_per_step": [float(x) for x in r["mf_kl"].mean(0)]}
     results["methods"][tag] = summarise(per_seed)
   if truth is not None:
@@ -120,7 +121,6 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
                             "val_compression_bits": v.get("val_compression_bits"),
                             **{k: results["methods"][tag][k] for k in ("kl_mean", "kl_mean_std", "js_mean", "nll")}}
                            for tag, v in sweep.items()]
-  from mfjax.runs import write_json
   write_json(os.path.join(workdir, "results.json"), results)
   plots.write_all(workdir, real, sims, agent_mask, weights, results)
   log(table(results))
