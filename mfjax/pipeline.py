@@ -19,7 +19,6 @@ IB-Tune. The baselines `state`, `recent`, `popular` roll out the base policy,
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -30,18 +29,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mfjax.data import (BatchConfig, StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
                         make_step_batch, policy_prompt, synthetic, train_tokenizer)
-from mfjax.ibtune import (TrainState, beta_schedule, fit, ib_tune_loss, make_optimizer, policy_loss, train_step,
-                          trainable_labels)
+from mfjax.ibtune import (beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss,
+                          sharded_state, trainable_labels)
 from mfjax.meanfield import MeanFieldConfig, MeanFieldEncoder, init_encoder
-from mfjax.model import Decoder, LoraConfig, ModelConfig, hf, init_params, tiny
+from mfjax.model import Decoder, LoraConfig, ModelConfig, hf, tiny
 from mfjax.model.lora import add_lora
 from mfjax.rollout import METHODS, ContextSpec, simulate
 from mfjax.rollout.context import CONTEXT_HEADER, CONTEXT_SEP, KINDS
 from mfjax.evaluation import plots
 from mfjax.evaluation.report import evaluate
+from mfjax.parallel import MeshConfig, ShardingError, distributed, global_batch, init_sharded, make_mesh
+from mfjax.parallel.mesh import batch_shards, process_rows
+from mfjax.parallel.state import policy_shardings, to_host
 from mfjax.runs import check_workdir, log, write_json
 
 
@@ -113,8 +116,13 @@ def prepare(cfg, workdir: str) -> Data:
     tok = load_tokenizer(cfg.model.checkpoint)
   elif os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
     tok = load_tokenizer(tok_dir)
-  else:
+  elif jax.process_count() == 1:
     tok = train_tokenizer(_tokenizer_texts(train, activity), cfg.tokenizer.vocab_size, tok_dir)
+  else:  # process 0 trains and writes it (the workdir is shared), the others read it
+    if distributed.is_main():
+      train_tokenizer(_tokenizer_texts(train, activity), cfg.tokenizer.vocab_size, tok_dir)
+    multihost_utils.sync_global_devices("mfjax tokenizer written")
+    tok = load_tokenizer(tok_dir)
   bc = BatchConfig(cfg.data.steps, cfg.data.agents_per_step, cfg.data.prompt_len, cfg.data.action_len)
   batches = {name: make_step_batch(ev, tok, bc, activity=activity) for name, ev in
              (("train", train), ("val", val), ("eval", test))}
@@ -145,12 +153,13 @@ def _stage_dir(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
 
 
-def _val_eval(loss_fn, data: dict, events: int, step: int):
+def _val_eval(loss_fn, data: dict, events: int, step: int, mesh):
   """params -> token-weighted mean of the loss terms over the validation events (fixed rng)."""
   n = len(data["agent_mask"]) // events
   if n == 0:
     return None
-  chunks = [{k: jnp.asarray(v[i * events:(i + 1) * events]) for k, v in data.items()} for i in range(n)]
+  rows = process_rows(events)
+  chunks = [global_batch({k: v[i * events:(i + 1) * events][rows] for k, v in data.items()}, mesh) for i in range(n)]
   aux_fn = jax.jit(lambda p, b: loss_fn(params=p, batch=b, rng=jax.random.PRNGKey(0), step=jnp.int32(step))[1])
 
   def run(params):
@@ -161,16 +170,18 @@ def _val_eval(loss_fn, data: dict, events: int, step: int):
   return run
 
 
-def _train(name: str, stage, *, make_loss, params, trainable: str, cfg, data: Data, workdir: str,
-           trained_only: bool = False):
+def _train(name: str, stage, *, make_loss, params, trainable: str, cfg, data: Data, workdir: str, mesh,
+           model: Decoder, encoder: Optional[MeanFieldEncoder] = None, trained_only: bool = False):
   """make_loss(agents) -> loss_fn(params=, batch=, rng=, step=): training scores
-  stage.agents agents per step, validation all of them."""
+  stage.agents agents per step, validation all of them. The state lives on
+  `mesh` (parameters by the sharding rules, batches split over events)."""
+  _check_split(f"{name}.batch_events", stage.batch_events, mesh)
   loss_fn = make_loss(stage.agents)
   tx = make_optimizer(params, trainable=trainable, lr=stage.lr, steps=stage.steps, warmup=stage.warmup,
                       weight_decay=cfg.train.weight_decay)
-  params = jax.tree.map(jnp.array, params)  # a copy: the step donates its state, other stages share these leaves
-  state = TrainState(jnp.int32(0), params, tx.init(params))
-  step_fn = jax.jit(functools.partial(train_step, loss_fn=loss_fn, tx=tx), donate_argnums=0)
+  state, shardings = sharded_state(params, tx, mesh=mesh,
+                                   param_shardings=policy_shardings(model, encoder, params, mesh))
+  step_fn = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings)
   labels = jax.tree.leaves(trainable_labels(params, trainable))
   n_train = sum(int(x.size) for x, lab in zip(jax.tree.leaves(params), labels) if lab == "train")
   log(f"[{name}] training {n_train:,} parameters ({trainable}) for {stage.steps} steps, "
@@ -178,8 +189,8 @@ def _train(name: str, stage, *, make_loss, params, trainable: str, cfg, data: Da
   state = fit(name=name, workdir=_stage_dir(workdir, name), state=state, step_fn=step_fn, data=data.train,
               batch_events=stage.batch_events, steps=stage.steps, seed=cfg.seed, log_every=cfg.train.log_every,
               ckpt_every=cfg.train.ckpt_every, eval_every=cfg.train.eval_every,
-              eval_fn=_val_eval(make_loss(0), data.val, stage.batch_events, stage.steps), log=log,
-              trained_only=trained_only)
+              eval_fn=_val_eval(make_loss(0), data.val, stage.batch_events, stage.steps, mesh), log=log,
+              trained_only=trained_only, mesh=mesh)
   return state.params
 
 
@@ -190,9 +201,26 @@ class Trained:
   params: dict  # method or stage name -> params {"lm": ...} (+ "mf")
 
 
-def train(cfg, workdir: str, data: Data, *, trained_only: bool = False) -> Trained:
+def _check_split(what: str, events: int, mesh) -> None:
+  n = batch_shards(mesh)
+  if events % n or events % jax.process_count():
+    raise ShardingError(f"{what}={events} does not split over the mesh's data x fsdp = {n} shards "
+                        f"({jax.process_count()} processes); use a multiple of {n} or set parallel.data / "
+                        "parallel.fsdp")
+
+
+def mesh_from(cfg):
+  """The (data, fsdp, tensor) mesh of `cfg.parallel` over all devices."""
+  mesh = make_mesh(MeshConfig.from_config(cfg.parallel))
+  log(f"[mesh] {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s), "
+      f"{jax.process_count()} process(es)")
+  return mesh
+
+
+def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = False) -> Trained:
   """Every stage the configured methods need (resuming finished ones instantly;
   with `trained_only`, an unfinished stage is an error instead)."""
+  mesh = mesh_from(cfg) if mesh is None else mesh
   rng = jax.random.PRNGKey(cfg.seed)
   want = methods(cfg)
   if cfg.model.checkpoint:
@@ -200,12 +228,13 @@ def train(cfg, workdir: str, data: Data, *, trained_only: bool = False) -> Train
     log(f"[base] loaded {cfg.model.checkpoint}")
   else:
     model = Decoder(_model_config(cfg, data.tokenizer, data.context))
-    lm = init_params(model, jax.random.fold_in(rng, 1))
+    lm, _ = init_sharded(lambda: model.init(jax.random.fold_in(rng, 1), jnp.zeros((1, 8), jnp.int32))["params"],
+                         mesh)
     kinds = tuple(KINDS[k] for k in ("none", "recent", "popular"))
     loss = lambda agents: lambda params, batch, rng, step: policy_loss(
         model=model, params=params, batch=batch, rng=rng, context=data.context, context_kinds=kinds, agents=agents)
     lm = _train("base", cfg.base, make_loss=loss, params={"lm": lm}, trainable="full", cfg=cfg, data=data,
-                workdir=workdir, trained_only=trained_only)["lm"]
+                workdir=workdir, mesh=mesh, model=model, trained_only=trained_only)["lm"]
   lcfg = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets.split(",")))
   model, lm = add_lora(model, lm, lcfg, jax.random.fold_in(rng, 2))
   encoder = MeanFieldEncoder(MeanFieldConfig(
@@ -216,7 +245,7 @@ def train(cfg, workdir: str, data: Data, *, trained_only: bool = False) -> Train
     loss = lambda agents: lambda params, batch, rng, step: policy_loss(
         model=model, params=params, batch=batch, rng=rng, agents=agents)
     out["sft"] = _train("sft", cfg.sft, make_loss=loss, params={"lm": lm}, trainable=cfg.sft.trainable, cfg=cfg,
-                        data=data, workdir=workdir, trained_only=trained_only)
+                        data=data, workdir=workdir, mesh=mesh, model=model, trained_only=trained_only)
   betas = [("mf", cfg.ib.beta)] if "mf" in want else []
   betas += [(f"mf_beta{b:g}", b) for b in sweep_betas(cfg)]
   for name, beta in betas:
@@ -226,8 +255,8 @@ def train(cfg, workdir: str, data: Data, *, trained_only: bool = False) -> Train
         model=model, encoder=encoder, params=params, batch=batch, rng=rng, beta=beta_fn(step), remat=cfg.ib.remat,
         agents=agents, lm_grad=cfg.mf.lm_grad)
     out[name] = _train(name, cfg.mf_train, make_loss=loss, params={"lm": lm, "mf": mf},
-                       trainable=cfg.mf_train.trainable, cfg=cfg, data=data, workdir=workdir,
-                       trained_only=trained_only)
+                       trainable=cfg.mf_train.trainable, cfg=cfg, data=data, workdir=workdir, mesh=mesh,
+                       model=model, encoder=encoder, trained_only=trained_only)
   return Trained(model, encoder, out)
 
 
@@ -245,12 +274,16 @@ def rollout_path(workdir: str, tag: str, seed: int) -> str:
   return os.path.join(workdir, "rollouts", f"{tag}_seed{seed}.npz")
 
 
-def simulate_all(cfg, workdir: str, data: Data, trained: Trained) -> None:
-  """Roll out every method and seed over the eval events (existing files are kept)."""
+def simulate_all(cfg, workdir: str, data: Data, trained: Trained, *, mesh=None) -> None:
+  """Roll out every method and seed over the eval events (existing files are
+  kept), `rollout.batch_events` events per call split over the mesh."""
+  mesh = mesh_from(cfg) if mesh is None else mesh
   os.makedirs(os.path.join(workdir, "rollouts"), exist_ok=True)
   arrays = data.eval.arrays()
   E = len(arrays["agent_mask"])
   chunk = min(cfg.rollout.batch_events, E)
+  _check_split("rollout.batch_events (or the eval events, if fewer)", chunk, mesh)
+  rows = process_rows(chunk)
   n_chunks = -(-E // chunk)
   for tag, method, key in rollout_runs(cfg):
     for seed in range(cfg.rollout.seeds):
@@ -261,12 +294,14 @@ def simulate_all(cfg, workdir: str, data: Data, trained: Trained) -> None:
       parts = []
       for c in range(n_chunks):
         idx = np.arange(c * chunk, (c + 1) * chunk) % E  # the last chunk wraps around: one static shape
-        batch = {k: v[idx] for k, v in arrays.items()}
+        batch = global_batch({k: v[idx][rows] for k, v in arrays.items()}, mesh)
         out = simulate(trained.model, trained.params[key], batch, method=method, encoder=trained.encoder,
                        context=data.context, rng=jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1000 * (seed + 1)), c),
                        warmup=cfg.rollout.warmup, temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k,
-                       top_p=cfg.rollout.top_p)
-        parts.append(jax.device_get(out))
+                       top_p=cfg.rollout.top_p, mesh=mesh)
+        parts.append(to_host(out))
+      if not distributed.is_main():
+        continue
       cat = lambda f: np.concatenate([getattr(p, f) for p in parts])[:E]
       tmp = path[:-4] + ".tmp.npz"
       np.savez_compressed(tmp, tokens=cat("tokens"), mask=cat("mask"), real_logprobs=cat("real_logprobs"),
@@ -296,14 +331,16 @@ def _sweep_validation(cfg, workdir: str) -> dict:
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simulate", "evaluate")) -> Optional[dict]:
   """`python -m mfjax train|simulate|evaluate|run`: the named parts, in order, in one workdir."""
+  distributed.initialize(cfg.parallel.distributed)  # before anything touches a device
   check_workdir(workdir, cfg)
   t0 = time.time()
   data = prepare(cfg, workdir)
   if "train" in commands or "simulate" in commands:
-    trained = train(cfg, workdir, data, trained_only="train" not in commands)
+    mesh = mesh_from(cfg)
+    trained = train(cfg, workdir, data, mesh=mesh, trained_only="train" not in commands)
     plots.training_curves(workdir, ["base", "sft", "mf"] + [f"mf_beta{b:g}" for b in sweep_betas(cfg)])
   if "simulate" in commands:
-    simulate_all(cfg, workdir, data, trained)
+    simulate_all(cfg, workdir, data, trained, mesh=mesh)
   results = None
   if "evaluate" in commands:
     results = evaluate(workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=rollout_runs(cfg),

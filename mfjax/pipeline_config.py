@@ -96,6 +96,12 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.rollout.top_k = 0
   c.rollout.top_p = 1.0
 
+  c.parallel = ml_collections.ConfigDict()  # the device mesh (mfjax.parallel); batches split over data x fsdp
+  c.parallel.data = -1  # replicas; -1 = every device the other axes leave
+  c.parallel.fsdp = 1  # parameters and optimizer state sharded along the model width
+  c.parallel.tensor = 1  # heads, MLP width and vocabulary split
+  c.parallel.distributed = False  # join the hosts of a pod / multi-host GPU job (also: MFJAX_DISTRIBUTED=1)
+
   c.eval = ml_collections.ConfigDict()
   c.eval.labeler = "rules"  # offline RuleLabeler
   return c

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import ml_collections
 
 
@@ -23,6 +24,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
   """Create `workdir` with config.json, or check that it holds the same config."""
   path = os.path.join(workdir, "config.json")
+  if jax.process_index() != 0:  # process 0 checks and writes; the others only read and write checkpoints
+    os.makedirs(workdir, exist_ok=True)
+    return
   resolved = json.loads(cfg.to_json())
   if os.path.exists(path):
     with open(path) as f:
@@ -39,11 +43,15 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
 
 
 def log(msg: str) -> None:
-  print(msg, flush=True)
+  """A progress line (process 0 only: a pod's workers would repeat it)."""
+  if jax.process_index() == 0:
+    print(msg, flush=True)
 
 
 def write_json(path: str, obj) -> None:
-  """Write JSON atomically (a crash never leaves half a file)."""
+  """Write JSON atomically (a crash never leaves half a file); process 0 only."""
+  if jax.process_index() != 0:
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, ensure_ascii=False)

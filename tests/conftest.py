@@ -1,9 +1,15 @@
-"""Shared fixtures: tiny HF reference checkpoints written by transformers."""
+"""Shared fixtures: 8 forced CPU devices, tiny HF reference checkpoints written by
+transformers, the real CED data."""
 
 import os
 import sys
 
-import pytest
+# Sharding tests need several devices: 8 CPU devices, set before JAX starts
+# (single-device code runs on the first and is unaffected).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 

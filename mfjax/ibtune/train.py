@@ -18,6 +18,7 @@ the latest orbax checkpoint and continues where it stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -31,6 +32,8 @@ import optax
 import orbax.checkpoint as ocp
 
 from mfjax.model.lora import is_lora_path
+from mfjax.parallel.mesh import batch_sharding, global_batch, opt_state_shardings, process_rows, replicated
+from mfjax.parallel.state import place
 
 TRAINABLE = ("lora+mf", "lora", "full", "mf")
 
@@ -87,11 +90,38 @@ def train_step(state: TrainState, batch, rng, *, loss_fn: Callable, tx: optax.Gr
   return TrainState(state.step + 1, params, opt_state), {**aux, "grad_norm": optax.tree.norm(grads)}
 
 
-def batch_at(data: dict, *, seed: int, step: int, events: int) -> dict:
-  """The batch of step `step`: `events` events drawn by a pure function of (seed, step)."""
+def sharded_state(params, tx: optax.GradientTransformation, *, mesh, param_shardings):
+  """(TrainState at step 0 with params and optimizer state laid out on `mesh`,
+  the TrainState of their shardings): optimizer leaves shaped like a parameter
+  follow it, the rest (counts) and the step are replicated."""
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  shardings = TrainState(replicated(mesh), param_shardings,
+                         opt_state_shardings(tx, abstract, param_shardings, mesh))
+  # fresh buffers: the step donates its state, and `params` may be shared with other stages
+  params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=param_shardings)(place(params, param_shardings))
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  return TrainState(jax.device_put(jnp.int32(0), shardings.step), params, opt_state), shardings
+
+
+def jit_train_step(*, loss_fn: Callable, tx: optax.GradientTransformation, mesh=None, state_shardings=None):
+  """`train_step` jitted once, donating the state. With a mesh: in/out shardings
+  state -> `state_shardings`, batch -> events over data x fsdp, rng and metrics replicated."""
+  fn = functools.partial(train_step, loss_fn=loss_fn, tx=tx)
+  if mesh is None:
+    return jax.jit(fn, donate_argnums=0)
+  rep = replicated(mesh)
+  return jax.jit(fn, in_shardings=(state_shardings, batch_sharding(mesh), rep), out_shardings=(state_shardings, rep),
+                 donate_argnums=0)
+
+
+def batch_at(data: dict, *, seed: int, step: int, events: int, mesh=None) -> dict:
+  """The batch of step `step`: `events` events drawn by a pure function of (seed, step).
+  With a mesh: a global batch sharded over events, each process supplying its rows."""
   n = len(next(iter(data.values())))
   idx = np.random.default_rng([seed, step]).choice(n, size=events, replace=n < events)
-  return {k: jnp.asarray(v[idx]) for k, v in data.items()}
+  if mesh is None:
+    return {k: jnp.asarray(v[idx]) for k, v in data.items()}
+  return global_batch({k: v[idx[process_rows(events)]] for k, v in data.items()}, mesh)
 
 
 def _truncate_jsonl(path: str, last_step: int) -> None:
@@ -106,21 +136,26 @@ def _truncate_jsonl(path: str, last_step: int) -> None:
 
 def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: dict, batch_events: int, steps: int,
         seed: int, log_every: int = 10, ckpt_every: int = 100, eval_every: int = 0,
-        eval_fn: Optional[Callable] = None, log: Callable = print, trained_only: bool = False) -> TrainState:
+        eval_fn: Optional[Callable] = None, log: Callable = print, trained_only: bool = False,
+        mesh=None) -> TrainState:
   """Run (or resume) a training stage in `workdir` to `steps` optimizer steps.
 
   step_fn(state, batch, rng) -> (state, metrics) is the jitted `train_step`;
   eval_fn(params) -> {name: float} runs on validation data every `eval_every`
   steps and at the end. Writes workdir/metrics.jsonl and workdir/checkpoints.
   Stops with FloatingPointError naming the step if the loss is not finite.
-  `trained_only` restores a finished stage and refuses to train."""
+  `trained_only` restores a finished stage and refuses to train. With a mesh,
+  batches are global arrays sharded over events and a checkpoint restores onto
+  the shardings of `state` (whatever mesh it was saved from); only process 0
+  writes metrics.jsonl (every process takes part in the orbax save)."""
   os.makedirs(workdir, exist_ok=True)
   ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
   mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if mngr.latest_step() is not None:
     state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
-    _truncate_jsonl(metrics_path, int(state.step))
+    if jax.process_index() == 0:
+      _truncate_jsonl(metrics_path, int(state.step))
     if int(state.step) < steps:
       log(f"[{name}] resuming at step {int(state.step)} from {ckpt_dir}")
   start = int(state.step)
@@ -133,7 +168,7 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
   rng = jax.random.PRNGKey(seed)
   t0 = time.time()
   for step in range(start, steps):
-    state, m = step_fn(state, batch_at(data, seed=seed, step=step, events=batch_events), rng)
+    state, m = step_fn(state, batch_at(data, seed=seed, step=step, events=batch_events, mesh=mesh), rng)
     done = step + 1
     loss = float(m["loss"])
     if not np.isfinite(loss):
@@ -149,7 +184,7 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
       val = {f"val_{k}": float(v) for k, v in eval_fn(state.params).items()}
       row = {"step": done, **(row or {}), **val}
       log(f"[{name}] step {done} validation: " + "  ".join(f"{k} {v:.4f}" for k, v in val.items()))
-    if row is not None:
+    if row is not None and jax.process_index() == 0:
       with open(metrics_path, "a") as f:
         f.write(json.dumps(row) + "\n")
     if done % ckpt_every == 0 or done == steps:

@@ -2,6 +2,7 @@
 reads as K prefix vectors."""
 
 from mfjax.meanfield.encoder import (MeanFieldConfig, MeanFieldEncoder, MFState, Posterior, agent_embeddings,
-                                     init_encoder)
+                                     encoder_specs, init_encoder)
 
-__all__ = ["MeanFieldConfig", "MeanFieldEncoder", "MFState", "Posterior", "agent_embeddings", "init_encoder"]
+__all__ = ["MeanFieldConfig", "MeanFieldEncoder", "MFState", "Posterior", "agent_embeddings", "encoder_specs",
+           "init_encoder"]

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from mfjax.model.transformer import Decoder
+from mfjax.parallel import axes
 
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 4.0
 
@@ -85,6 +86,11 @@ def agent_embeddings(model: Decoder, lm_params, prompt_ids, prompt_mask, action_
   return pooled.reshape(*lead, -1)
 
 
+def _named(init, ndim: int):
+  """`init` with the logical name `mf` on every dim (see mfjax.parallel.mesh.RULES)."""
+  return nn.with_logical_partitioning(init, (axes.MF,) * ndim)
+
+
 class MeanFieldEncoder(nn.Module):
   """mu: (m_{t-1}, {(s_i, a_i)}) -> m_t as a Gaussian (see module docstring)."""
 
@@ -92,15 +98,20 @@ class MeanFieldEncoder(nn.Module):
 
   def setup(self):
     c = self.cfg
-    self.feature_in = nn.Dense(c.feature_size, name="feature_in")
-    self.feature_out = nn.Dense(c.feature_size, name="feature_out")
+    dense = lambda features, name, kernel=nn.initializers.lecun_normal(), bias=nn.initializers.zeros: nn.Dense(
+        features, name=name, kernel_init=_named(kernel, 2), bias_init=_named(bias, 1))
+    self.feature_in = dense(c.feature_size, "feature_in")
+    self.feature_out = dense(c.feature_size, "feature_out")
     if c.attention_queries:
-      self.queries = self.param("queries", nn.initializers.normal(0.02), (c.attention_queries, c.feature_size))
-    self.cell = nn.GRUCell(c.hidden_size, name="cell")
-    self.head = nn.Dense(c.hidden_size, name="head")
-    self.mu_out = nn.Dense(c.slots * c.width, name="mu_out", kernel_init=nn.initializers.normal(0.02))
-    self.logvar_out = nn.Dense(c.slots * c.width, name="logvar_out", kernel_init=nn.initializers.zeros,
-                               bias_init=nn.initializers.constant(c.init_logvar))
+      self.queries = self.param("queries", _named(nn.initializers.normal(0.02), 2),
+                                (c.attention_queries, c.feature_size))
+    self.cell = nn.GRUCell(c.hidden_size, name="cell", kernel_init=_named(nn.initializers.lecun_normal(), 2),
+                           recurrent_kernel_init=_named(nn.initializers.orthogonal(), 2),
+                           bias_init=_named(nn.initializers.zeros_init(), 1))
+    self.head = dense(c.hidden_size, "head")
+    self.mu_out = dense(c.slots * c.width, "mu_out", kernel=nn.initializers.normal(0.02))
+    self.logvar_out = dense(c.slots * c.width, "logvar_out", kernel=nn.initializers.zeros,
+                            bias=nn.initializers.constant(c.init_logvar))
 
   def features(self, pooled_BxD):
     """Per-agent features [..., B, F] from pooled LM hidden states."""
@@ -147,9 +158,19 @@ class MeanFieldEncoder(nn.Module):
     return self.posterior(state)
 
 
+def _boxed_init(encoder: MeanFieldEncoder, rng, lm_width: int):
+  dummy = jnp.zeros((1, 2, lm_width), jnp.float32)
+  return encoder.init(rng, dummy, jnp.ones((1, 2), bool))["params"]
+
+
 def init_encoder(encoder: MeanFieldEncoder, rng, lm_width: int):
   """Encoder parameters (plain arrays)."""
   if encoder.cfg.width != lm_width:
     raise ValueError(f"mean-field width {encoder.cfg.width} must equal the LM width {lm_width}")
-  dummy = jnp.zeros((1, 2, lm_width), jnp.float32)
-  return jax.jit(lambda r: encoder.init(r, dummy, jnp.ones((1, 2), bool))["params"])(rng)
+  return jax.jit(lambda r: nn.meta.unbox(_boxed_init(encoder, r, lm_width)))(rng)
+
+
+def encoder_specs(encoder: MeanFieldEncoder):
+  """Logical axis names of every encoder parameter, from `jax.eval_shape` (no memory)."""
+  boxed = jax.eval_shape(lambda: _boxed_init(encoder, jax.random.PRNGKey(0), encoder.cfg.width))
+  return nn.get_partition_spec(boxed)

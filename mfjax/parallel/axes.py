@@ -2,7 +2,7 @@
 
 Every parameter of the mfjax models is created with one logical name per
 dimension (``flax.linen.with_logical_partitioning``). A rules table (see the
-scale issue / ``mfjax.parallel``) maps each name to a mesh axis (``data``,
+``mfjax.parallel.mesh.RULES``) maps each name to a mesh axis (``data``,
 ``fsdp``, ``tensor``) or to ``None`` (replicated). Keep this list small: a name
 that no rule covers is an error, not a silent replication.
 """
@@ -16,5 +16,6 @@ VOCAB = "vocab"  # vocabulary V
 LAYERS = "layers"  # the stacked layer axis when layers are scanned
 NORM = "norm"  # RMSNorm scales (small; normally replicated)
 LORA_RANK = "lora_rank"  # the rank r of LoRA adapters (always replicated)
+MF = "mf"  # every dim of the mean-field encoder (small: replicated by default)
 
-ALL = (EMBED, HEADS, KV_HEADS, KV, MLP, VOCAB, LAYERS, NORM, LORA_RANK)
+ALL = (EMBED, HEADS, KV_HEADS, KV, MLP, VOCAB, LAYERS, NORM, LORA_RANK, MF)

@@ -32,12 +32,15 @@ import jax
 import jax.numpy as jnp
 
 from mfjax import sampling
-from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, MFState, agent_embeddings
-from mfjax.model.transformer import Decoder
+from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, MFState, agent_embeddings, init_encoder
+from mfjax.model.transformer import Decoder, init_params
+from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, shardings_from_specs
+from mfjax.parallel.state import place, policy_specs
 from mfjax.policy import action_logprobs, per_agent, with_context
 from mfjax.rollout.context import KINDS, NONE, ContextSpec, quote_context, repost_counts, selection_scores
 
 METHODS = ("state", "recent", "popular", "sft", "mf")
+BATCH_KEYS = ("prompt_ids", "prompt_mask", "action_ids", "action_mask", "agent_mask", "parent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +81,7 @@ def _t_first(x):
   return jnp.swapaxes(x, 0, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "encoder", "spec"))
-def _simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], params, batch, rng, warmup, context_kind,
+def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, batch, rng, warmup, context_kind,
               temperature, *, spec: RolloutSpec) -> RolloutOutput:
   E, T, B, A = batch["action_ids"].shape
   if A != spec.max_new_tokens:
@@ -135,6 +137,25 @@ def _simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], params, batch
   return RolloutOutput(*(_t_first(y) for y in ys))
 
 
+_simulate = jax.jit(_simulate_impl, static_argnames=("model", "encoder", "spec"))
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec: RolloutSpec, mesh, rules):
+  """(`_simulate` jitted for `mesh` with in/out shardings, param shardings):
+  params by the rules, batch and outputs split over events, scalars replicated."""
+  keys = ("lm", "mf") if spec.use_mf else ("lm",)
+  specs = policy_specs(model, encoder, keys)
+  abstract = {"lm": jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))}
+  if spec.use_mf:
+    abstract["mf"] = jax.eval_shape(lambda: init_encoder(encoder, jax.random.PRNGKey(0), model.cfg.hidden_size))
+  p_sh = shardings_from_specs(specs, abstract, mesh, rules)
+  ev, rep = batch_sharding(mesh), replicated(mesh)
+  fn = jax.jit(functools.partial(_simulate_impl, model, encoder, spec=spec),
+               in_shardings=(p_sh, ev, rep, rep, rep, rep), out_shardings=ev)
+  return fn, p_sh
+
+
 def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSpec] = None, top_k: int = 0,
                 top_p: float = 1.0) -> tuple[RolloutSpec, int]:
   """(static spec, traced context kind) of a method."""
@@ -150,16 +171,29 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
 
 def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: int, encoder=None,
              context: Optional[ContextSpec] = None, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0) -> RolloutOutput:
+             top_p: float = 1.0, mesh=None, rules=RULES) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`).
   Steps t < warmup take the real actions into the history; later steps their
-  own samples. Jitted once per (model, encoder, shapes, spec)."""
+  own samples. Jitted once per (model, encoder, shapes, spec).
+
+  With a mesh, the events split over data x fsdp and the parameters follow
+  `rules`; outputs are global arrays split over events (`mfjax.parallel.state.to_host`).
+  Batch arrays may be host arrays (one process) or global arrays
+  (`mfjax.parallel.global_batch`, any number of processes)."""
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
                            top_p=top_p)
   if spec.use_mf and (encoder is None or "mf" not in params):
     raise ValueError("method 'mf' needs the encoder and params['mf']")
-  arrays = {k: jnp.asarray(batch[k]) for k in ("prompt_ids", "prompt_mask", "action_ids", "action_mask",
-                                               "agent_mask", "parent")}
-  return _simulate(model, encoder if spec.use_mf else None, {k: v for k, v in params.items() if k != "mf" or spec.use_mf},
-                   arrays, rng, jnp.int32(warmup), jnp.int32(kind), jnp.float32(temperature), spec=spec)
+  params = {k: v for k, v in params.items() if k != "mf" or spec.use_mf}
+  encoder = encoder if spec.use_mf else None
+  scalars = (rng, jnp.int32(warmup), jnp.int32(kind), jnp.float32(temperature))
+  if mesh is None:
+    arrays = {k: jnp.asarray(batch[k]) for k in BATCH_KEYS}
+    return _simulate(model, encoder, params, arrays, *scalars, spec=spec)
+  check_events(batch["agent_mask"].shape[0], mesh, "simulate")
+  fn, p_sh = _sharded_simulate(model, encoder, spec, mesh, tuple(rules))
+  ev = batch_sharding(mesh)
+  arrays = {k: batch[k] if isinstance(batch[k], jax.Array) and not batch[k].is_fully_addressable
+            else jax.device_put(batch[k], ev) for k in BATCH_KEYS}
+  return fn(place(params, p_sh), arrays, *scalars)

@@ -1,0 +1,176 @@
+"""Sharding on a (data, fsdp, tensor) mesh of 8 forced CPU devices (conftest
+sets --xla_force_host_platform_device_count=8): the train step and rollouts
+equal the single-device ones, parameters are laid out as the rules say, and a
+checkpoint saved on one mesh restores on another."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import mf_setup
+from mfjax.ibtune import TrainState, fit, ib_tune_loss, jit_train_step, make_optimizer, sharded_state
+from mfjax.model import Decoder, init_params
+from mfjax.parallel import MeshConfig, ShardingError, axes, global_batch, init_sharded, make_mesh
+from mfjax.parallel.mesh import RULES, logical_to_spec, shardings_from_specs
+from mfjax.parallel.mesh import batch_sharding
+from mfjax.parallel.state import place, policy_shardings, to_host
+from mfjax.rollout import simulate
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (conftest forces 8 CPU devices)")
+
+MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model, encoder, params = mf_setup.make_model()
+  batch = mf_setup.make_batch(seed=3, e=8)
+  loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
+                                                          rng=rng, beta=0.01)
+  tx = make_optimizer(params, trainable="lora+mf", lr=1e-2, steps=10, warmup=1)
+  return model, encoder, params, batch, loss_fn, tx
+
+
+def _grads(loss_fn, params, batch, **jit_kw):
+  fn = jax.jit(lambda p, b: jax.grad(lambda q: loss_fn(params=q, batch=b, rng=jax.random.PRNGKey(7), step=0)[0])(p),
+               **jit_kw)
+  return fn(params, batch)
+
+
+def _expected_spec(path: str) -> P:
+  """The layout the rules promise for the tiny model's parameters, written out."""
+  table = {"lm/embedder/embedding": P("tensor", "fsdp"),
+           "lm/layers/attn/q/kernel": P(None, "fsdp", "tensor"),
+           "lm/layers/attn/k/kernel": P(None, "fsdp", "tensor"),
+           "lm/layers/attn/o/kernel": P(None, "tensor", None, "fsdp"),
+           "lm/layers/mlp/up/kernel": P(None, "fsdp", "tensor"),
+           "lm/layers/mlp/down/kernel": P(None, "tensor", "fsdp"),
+           "lm/layers/attn/q/lora/a": P(None, "fsdp"),
+           "lm/layers/attn/q/lora/b": P(None, None, "tensor"),
+           "lm/lm_head": P("fsdp", "tensor")}
+  return table.get(path)
+
+
+def test_mesh_config_fills_and_refuses():
+  assert MeshConfig(-1, 2, 2).resolve(8) == (2, 2, 2)
+  assert MeshConfig(2, -1, 1).resolve(8) == (2, 4, 1)
+  assert dict(make_mesh((2, 2, 2)).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  with pytest.raises(ShardingError, match="needs 4 devices"):
+    MeshConfig(2, 2, 1).resolve(8)
+  with pytest.raises(ShardingError, match="at most one axis"):
+    MeshConfig(-1, -1, 1).resolve(8)
+  with pytest.raises(ShardingError, match="do not divide"):
+    MeshConfig(-1, 3, 1).resolve(8)
+
+
+def test_rules_fail_loudly_and_leave_indivisible_dims_whole():
+  mesh = make_mesh((2, 2, 2))
+  with pytest.raises(ShardingError, match=r"param \['w'\].*'mystery'.*matches no sharding rule"):
+    shardings_from_specs({"w": P("embed", "mystery")}, {"w": jnp.zeros((4, 4))}, mesh)
+  with pytest.raises(ShardingError, match=r"param \['w'\].*no logical axis names"):
+    shardings_from_specs({"w": None}, {"w": jnp.zeros((4, 4))}, mesh)
+  spec, notes = logical_to_spec((axes.EMBED, axes.HEADS), (6, 3), mesh, RULES)  # 3 heads over tensor=2
+  assert spec == P("fsdp") and "not divisible" in notes[0]
+  spec, notes = logical_to_spec((axes.MLP, axes.VOCAB), (4, 4), mesh, RULES)  # both map to tensor
+  assert spec == P("tensor") and "already used" in notes[0]
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_train_step_on_mesh_equals_single_device(setup, shape):
+  model, encoder, params, batch, loss_fn, tx = setup
+  ref_state = TrainState(jnp.int32(0), jax.tree.map(jnp.array, params), tx.init(params))
+  host_batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  ref, ref_m = jit_train_step(loss_fn=loss_fn, tx=tx)(ref_state, host_batch, jax.random.PRNGKey(7))
+
+  mesh = make_mesh(shape)
+  p_sh = policy_shardings(model, encoder, params, mesh)
+  state, shardings = sharded_state(params, tx, mesh=mesh, param_shardings=p_sh)
+  step_fn = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings)
+  sharded_batch = global_batch(batch, mesh)
+  out, m = step_fn(state, sharded_batch, jax.random.PRNGKey(7))
+  assert step_fn._cache_size() == 1
+
+  np.testing.assert_allclose(float(m["loss"]), float(ref_m["loss"]), rtol=1e-6)
+  np.testing.assert_allclose(float(m["grad_norm"]), float(ref_m["grad_norm"]), rtol=1e-5)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref.params)[0], jax.tree.leaves(out.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+  # the gradient itself (Adam's first step only sees its sign): float32 reduction order only
+  g_ref = _grads(loss_fn, params, host_batch)
+  g = _grads(loss_fn, place(params, p_sh), sharded_batch, in_shardings=(p_sh, batch_sharding(mesh)),
+             out_shardings=p_sh)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g_ref)[0], jax.tree.leaves(g)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+
+  # the parameters (and Adam's moments) really are laid out as the rules say
+  flat = {"/".join(str(getattr(k, "key", k)) for k in p): x for p, x in jax.tree_util.tree_flatten_with_path(
+      out.params)[0]}
+  checked = 0
+  for path, x in flat.items():
+    want = _expected_spec(path)
+    if want is None:
+      continue
+    want = [a if a is not None and mesh.shape[a] > 1 else None for a in want]  # size-1 axes are not named
+    while want and want[-1] is None:
+      want.pop()
+    want = P(*want)
+    assert x.sharding.spec == want, (path, x.sharding.spec, want)
+    checked += 1
+  assert checked == 9  # every entry of the table was found
+  assert flat["mf/head/kernel"].sharding.is_fully_replicated
+  mu = [x for p, x in jax.tree_util.tree_flatten_with_path(out.opt_state)[0]
+        if x.shape == flat["lm/layers/attn/q/lora/a"].shape and "lora" in jax.tree_util.keystr(p)]
+  assert mu and all(x.sharding.spec == flat["lm/layers/attn/q/lora/a"].sharding.spec for x in mu)
+
+
+def test_init_sharded_matches_init_params():
+  model, _, _ = mf_setup.make_model()
+  base = Decoder(model.cfg.replace(lora=None))
+  mesh = make_mesh((2, 2, 2))
+  rng = jax.random.PRNGKey(5)
+  params, shardings = init_sharded(lambda: base.init(rng, jnp.zeros((1, 8), jnp.int32))["params"], mesh)
+  ref = init_params(base, rng)
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  emb = params["embedder"]["embedding"]
+  assert emb.sharding.spec == P("tensor", "fsdp")
+  assert {s.data.shape for s in emb.addressable_shards} == {(emb.shape[0] // 2, emb.shape[1] // 2)}
+
+
+@pytest.mark.parametrize("method", ["mf", "popular"])
+def test_sharded_rollout_equals_unsharded(setup, method):
+  model, encoder, params, batch, _, _ = setup
+  kw = dict(method=method, encoder=encoder, context=mf_setup.CONTEXT, rng=jax.random.PRNGKey(11), warmup=2)
+  ref = simulate(model, params, batch, **kw)
+  mesh = make_mesh((2, 2, 2))
+  out = simulate(model, params, batch, mesh=mesh, **kw)
+  assert out.tokens.sharding.spec == P(("data", "fsdp"))
+  ref, out = jax.device_get(ref), to_host(out)
+  np.testing.assert_array_equal(out.tokens, ref.tokens)
+  np.testing.assert_array_equal(out.mask, ref.mask)
+  np.testing.assert_allclose(out.real_logprobs, ref.real_logprobs, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out.mf_kl, ref.mf_kl, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_restores_onto_another_mesh(setup, tmp_path):
+  model, encoder, params, batch, loss_fn, tx = setup
+  data = mf_setup.make_batch(seed=4, e=16)
+
+  def stage(shape, steps):
+    mesh = make_mesh(shape)
+    state, shardings = sharded_state(params, tx, mesh=mesh,
+                                     param_shardings=policy_shardings(model, encoder, params, mesh))
+    step_fn = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings)
+    return fit(name="t", workdir=str(tmp_path), state=state, step_fn=step_fn, data=data, batch_events=8, steps=steps,
+               seed=0, log_every=1, ckpt_every=2, mesh=mesh, log=lambda *_: None)
+
+  saved = stage((8, 1, 1), 2)
+  restored = stage((2, 2, 2), 2)  # finished: restored, not trained
+  assert int(restored.step) == 2
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  q = restored.params["lm"]["layers"]["attn"]["q"]["kernel"]
+  assert q.sharding.mesh.shape["tensor"] == 2 and q.sharding.spec == P(None, "fsdp", "tensor")
+  resumed = stage((2, 4, 1), 4)  # and training goes on from step 2 on a third mesh
+  assert int(resumed.step) == 4
