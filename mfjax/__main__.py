@@ -89,9 +89,10 @@ def main(argv=None) -> None:
   from mfjax.configs import ConfigError
   from mfjax.data import EventFormatError
   from mfjax.model.hf import CheckpointError
+  from mfjax.parallel import ShardingError
   try:
     args.fn(args)
-  except (ConfigError, CheckpointError, FileNotFoundError, EventFormatError) as e:
+  except (ConfigError, CheckpointError, FileNotFoundError, EventFormatError, ShardingError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from mfjax.configs import ConfigError
 from mfjax.data import (BatchConfig, StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
                         make_step_batch, policy_prompt, synthetic, train_tokenizer)
 from mfjax.ibtune import (beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss,
@@ -146,7 +147,7 @@ def _model_config(cfg, tok, ctx: ContextSpec) -> ModelConfig:
               num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
               intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_word_embeddings,
               max_position_embeddings=max(longest, 64), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-              pad_token_id=tok.pad_token_id, sliding_window=None)
+              pad_token_id=tok.pad_token_id, sliding_window=None, remat_policy=m.remat)
 
 
 def _stage_dir(workdir: str, name: str) -> str:
@@ -224,7 +225,7 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
   rng = jax.random.PRNGKey(cfg.seed)
   want = methods(cfg)
   if cfg.model.checkpoint:
-    model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype)
+    model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype, remat_policy=cfg.model.remat)
     log(f"[base] loaded {cfg.model.checkpoint}")
   else:
     model = Decoder(_model_config(cfg, data.tokenizer, data.context))
@@ -331,6 +332,9 @@ def _sweep_validation(cfg, workdir: str) -> dict:
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simulate", "evaluate")) -> Optional[dict]:
   """`python -m mfjax train|simulate|evaluate|run`: the named parts, in order, in one workdir."""
+  if cfg.model.checkpoint_required and not cfg.model.checkpoint:
+    raise ConfigError("model.checkpoint is required by this experiment: --set model.checkpoint=/path/to/hf-folder "
+                      "(a local Hugging Face folder with config.json, safetensors and the tokenizer)")
   distributed.initialize(cfg.parallel.distributed)  # before anything touches a device
   check_workdir(workdir, cfg)
   t0 = time.time()

@@ -34,7 +34,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.checkpoint = ""  # local HF folder to start from (skips the `base` stage), e.g. Qwen2-1.5B
+  c.model.checkpoint_required = False  # True: an empty model.checkpoint is an error (no silent from-scratch model)
   c.model.dtype = "float32"  # compute dtype with a checkpoint (bfloat16 on accelerators)
+  c.model.remat = "none"  # LM activation rematerialisation: none | full | dots (memory for compute; tools/aot_memory.py)
   c.model.family = "qwen2"  # from scratch: qwen2 | qwen3 | llama | mistral
   c.model.hidden_size = 64  # D (also the mean-field width)
   c.model.num_layers = 2
@@ -97,7 +99,7 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.rollout.top_p = 1.0
 
   c.parallel = ml_collections.ConfigDict()  # the device mesh (mfjax.parallel); batches split over data x fsdp
-  c.parallel.data = -1  # replicas; -1 = every device the other axes leave
+  c.parallel.data = 1  # replicas; -1 = every device the other axes leave (batch_events must divide by data x fsdp)
   c.parallel.fsdp = 1  # parameters and optimizer state sharded along the model width
   c.parallel.tensor = 1  # heads, MLP width and vocabulary split
   c.parallel.distributed = False  # join the hosts of a pod / multi-host GPU job (also: MFJAX_DISTRIBUTED=1)

@@ -57,8 +57,10 @@ def test_mesh_config_fills_and_refuses():
   assert MeshConfig(-1, 2, 2).resolve(8) == (2, 2, 2)
   assert MeshConfig(2, -1, 1).resolve(8) == (2, 4, 1)
   assert dict(make_mesh((2, 2, 2)).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
-  with pytest.raises(ShardingError, match="needs 4 devices"):
-    MeshConfig(2, 2, 1).resolve(8)
+  assert MeshConfig(2, 2, 1).resolve(8) == (2, 2, 1)  # the first 4 devices
+  assert make_mesh((1, 1, 1)).devices.size == 1
+  with pytest.raises(ShardingError, match="needs 16 devices"):
+    MeshConfig(2, 4, 2).resolve(8)
   with pytest.raises(ShardingError, match="at most one axis"):
     MeshConfig(-1, -1, 1).resolve(8)
   with pytest.raises(ShardingError, match="do not divide"):

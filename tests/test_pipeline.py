@@ -1,5 +1,6 @@
 """The MF-LLM pipeline end to end through the CLI (smoke sizes): outputs,
-results.json schema, resume, refusals; the same on real CED events."""
+results.json schema, resume, refusals; the same on real CED events, sharded
+over a mesh of 8 CPU devices."""
 
 import json
 import os
@@ -64,9 +65,12 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
     _cli("simulate", tmp_path / "fresh")
 
 
-def test_ced_smoke_on_real_events(ced_dir, tmp_path):
+def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
+  # on a (2, 2, 2) mesh of the 8 forced CPU devices: every stage and rollout sharded
   cfg = os.path.join(ROOT, "experiments", "ced_weibo.py") + ":smoke"
-  _cli("run", tmp_path / "ced", config=cfg, extra=[f"data.path={ced_dir}"])
+  _cli("run", tmp_path / "ced", config=cfg, extra=[f"data.path={ced_dir}", "parallel.data=2", "parallel.fsdp=2",
+                                                   "parallel.tensor=2"])
+  assert "[mesh] {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu device(s)" in capsys.readouterr().out
   results = _check_results(tmp_path / "ced", seeds=2)
   assert results["data"]["events"] == 4 and "reference" not in results
 

@@ -8,7 +8,8 @@ Mesh axes (always these three, in this order):
   tensor  attention heads, MLP width and vocabulary split (Megatron-style)
 
 `MeshConfig(data=-1, fsdp=1, tensor=1)` fills the -1 axis with the devices
-left over. `RULES` maps each logical axis name of `mfjax.parallel.axes` to a
+left over; a mesh without -1 may use fewer devices than there are (the first
+ones; one process only). `RULES` maps each logical axis name of `mfjax.parallel.axes` to a
 mesh axis (or None: replicated). Resolving a parameter's names against the
 rules is strict: a parameter without names, or with a name no rule covers,
 is an error naming the parameter path (nothing is silently replicated). A
@@ -79,7 +80,7 @@ class MeshConfig:
       if n_devices % known:
         raise ShardingError(f"mesh {tuple(shape)}: {n_devices} devices do not divide by {known}")
       shape[shape.index(-1)] = n_devices // known
-    if math.prod(shape) != n_devices:
+    if math.prod(shape) > n_devices:
       raise ShardingError(f"mesh {tuple(shape)} needs {math.prod(shape)} devices, there are {n_devices} "
                           "(use -1 on one axis to fill)")
     return tuple(shape)
@@ -92,6 +93,11 @@ def make_mesh(config: MeshConfig | Sequence[int] = MeshConfig(), devices: Option
   if not isinstance(config, MeshConfig):
     config = MeshConfig(*config)
   shape = config.resolve(len(devices))
+  if math.prod(shape) < len(devices):  # a smaller mesh uses the first devices (one process only)
+    if jax.process_count() > 1:
+      raise ShardingError(f"mesh {shape} covers {math.prod(shape)} of {len(devices)} devices; a multi-process "
+                          "mesh must cover them all (use -1 on one axis)")
+    devices = devices[:math.prod(shape)]
   auto = (jax.sharding.AxisType.Auto,) * len(AXES)
   return jax.make_mesh(shape, AXES, axis_types=auto, devices=devices)
 

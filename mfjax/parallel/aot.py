@@ -1,0 +1,122 @@
+"""Ahead-of-time compile checks: per-device memory of the IB-Tune train step
+and of a rollout on a given mesh, from abstract shapes only.
+
+Nothing is allocated: parameters, optimizer state and batches are
+`jax.ShapeDtypeStruct`s with their shardings, and
+`jax.jit(...).lower(...).compile().memory_analysis()` reports what XLA
+assigned to each device. Run it before booking hardware (`tools/aot_memory.py`):
+on a CPU host the mesh is made of forced host devices, so the numbers are
+XLA's CPU buffer assignment (arguments and outputs are exact; temporaries are
+an estimate of the accelerator's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from mfjax.ibtune.objective import ib_tune_loss
+from mfjax.ibtune.train import TrainState, jit_train_step, make_optimizer
+from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, init_encoder
+from mfjax.model.config import LoraConfig, ModelConfig
+from mfjax.model.transformer import Decoder, init_params
+from mfjax.parallel.mesh import RULES, batch_sharding, check_events, opt_state_shardings, replicated
+from mfjax.parallel.state import policy_shardings
+from mfjax.rollout.simulate import BATCH_KEYS, _sharded_simulate, method_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+  """Batch shapes of one step: E events of T steps x B agents, P prompt and A action tokens."""
+
+  events: int = 8
+  steps: int = 12
+  agents: int = 16
+  prompt: int = 128
+  action: int = 32
+  scored_agents: int = 0  # agents per step in the NLL (0 = all)
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def abstract_batch(shapes: Shapes, mesh: Mesh) -> dict:
+  s = batch_sharding(mesh)
+  E, T, B, P, A = shapes.events, shapes.steps, shapes.agents, shapes.prompt, shapes.action
+  dims = {"prompt_ids": (P, jnp.int32), "prompt_mask": (P, jnp.int32), "action_ids": (A, jnp.int32),
+          "action_mask": (A, jnp.int32), "agent_mask": (None, jnp.bool_), "parent": (None, jnp.int32)}
+  return {k: jax.ShapeDtypeStruct((E, T, B) + ((d,) if d else ()), dt, sharding=s) for k, (d, dt) in dims.items()
+          if k in BATCH_KEYS}
+
+
+def _stats(compiled) -> dict:
+  m = compiled.memory_analysis()
+  get = lambda name: int(getattr(m, name, 0) or 0)
+  out = {"argument_bytes": get("argument_size_in_bytes"), "output_bytes": get("output_size_in_bytes"),
+         "temp_bytes": get("temp_size_in_bytes"), "alias_bytes": get("alias_size_in_bytes"),
+         "code_bytes": get("generated_code_size_in_bytes")}
+  out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
+  return out
+
+
+def shard_bytes(abstract_tree) -> int:
+  """Bytes of the largest device's share of `abstract_tree` (ShapeDtypeStructs with shardings)."""
+  per_device: dict = {}
+  for x in jax.tree.leaves(abstract_tree):
+    shard = x.sharding.shard_shape(x.shape)
+    n = jnp.dtype(x.dtype).itemsize * math.prod(shard)
+    for d in x.sharding.device_set:
+      per_device[d] = per_device.get(d, 0) + n
+  return max(per_device.values()) if per_device else 0
+
+
+def policy(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, lora: Optional[LoraConfig]):
+  """(model, encoder, abstract params {"lm", "mf"}) without allocating anything."""
+  model = Decoder(model_cfg.replace(lora=lora))
+  encoder = MeanFieldEncoder(mf_cfg)
+  params = {"lm": jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0))),
+            "mf": jax.eval_shape(lambda: init_encoder(encoder, jax.random.PRNGKey(0), model_cfg.hidden_size))}
+  return model, encoder, params
+
+
+def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, shapes: Shapes, *,
+                      lora: Optional[LoraConfig] = None, trainable: str = "lora+mf", lm_grad: bool = False,
+                      remat: bool = False) -> dict:
+  """Compile the IB-Tune train step for `mesh` against abstract shapes; per-device bytes."""
+  check_events(shapes.events, mesh, "events")
+  model, encoder, params = policy(model_cfg, mf_cfg, lora)
+  p_sh = policy_shardings(model, encoder, params, mesh)
+  tx = make_optimizer(params, trainable=trainable, lr=1e-4, steps=1000, warmup=10)
+  state_sh = TrainState(replicated(mesh), p_sh, opt_state_shardings(tx, params, p_sh, mesh))
+  state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=state_sh.step), _abstract(params, p_sh),
+                     _abstract(jax.eval_shape(tx.init, params), state_sh.opt_state))
+  loss_fn = lambda params, batch, rng, step: ib_tune_loss(
+      model=model, encoder=encoder, params=params, batch=batch, rng=rng, beta=1e-3, remat=remat,
+      agents=shapes.scored_agents, lm_grad=lm_grad)
+  step = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=state_sh)
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(mesh))
+  compiled = step.lower(state, abstract_batch(shapes, mesh), rng).compile()
+  return {"what": "train_step", **_stats(compiled), "state_bytes": shard_bytes(state),
+          "param_bytes": shard_bytes(state.params)}
+
+
+def rollout_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, shapes: Shapes, *,
+                   lora: Optional[LoraConfig] = None, method: str = "mf") -> dict:
+  """Compile `simulate` (one method) for `mesh` against abstract shapes; per-device bytes."""
+  check_events(shapes.events, mesh, "events")
+  model, encoder, params = policy(model_cfg, mf_cfg, lora)
+  spec, _ = method_spec(method, max_new_tokens=shapes.action)
+  if not spec.use_mf:
+    params = {"lm": params["lm"]}
+  fn, p_sh = _sharded_simulate(model, encoder if spec.use_mf else None, spec, mesh, tuple(RULES))
+  rep = replicated(mesh)
+  scalars = (jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep), jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+             jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), jax.ShapeDtypeStruct((), jnp.float32, sharding=rep))
+  compiled = fn.lower(_abstract(params, p_sh), abstract_batch(shapes, mesh), *scalars).compile()
+  return {"what": f"simulate[{method}]", **_stats(compiled), "param_bytes": shard_bytes(_abstract(params, p_sh))}

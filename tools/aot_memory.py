@@ -1,0 +1,96 @@
+"""Per-device memory of an experiment on a mesh, before any hardware is booked.
+
+Compiles the IB-Tune train step and the `mf` rollout ahead of time against
+abstract shapes (nothing is allocated) for the given mesh, and prints one JSON
+line each with XLA's per-device bytes: arguments (parameters, optimizer
+state, batch shard), outputs, temporaries and their sum (`peak_bytes`).
+On a host without that many accelerators the mesh is made of forced CPU
+devices, so arguments and outputs are exact and temporaries are XLA's CPU
+estimate.
+
+  python tools/aot_memory.py --config experiments/qwen2_lora.py --mesh 1,4,2
+  python tools/aot_memory.py --config experiments/qwen2_lora.py --preset qwen2-1.5b --mesh 2,4,1 --events 8
+  python tools/aot_memory.py --config experiments/quickstart.py --mesh 2,2,2
+
+The model comes from the config (`model.checkpoint`'s config.json, or the
+from-scratch sizes), or from `--preset` (no checkpoint needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", required=True, help="experiment file[:arg], e.g. experiments/qwen2_lora.py")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+  p.add_argument("--mesh", default=None, help="data,fsdp,tensor (default: the config's parallel block)")
+  p.add_argument("--preset", default=None, help="model preset instead of the config's model, e.g. qwen2-1.5b")
+  p.add_argument("--events", type=int, default=None, help="events per train step (default: mf_train.batch_events)")
+  p.add_argument("--rollout-events", type=int, default=None, help="events per rollout call (default: rollout.batch_events)")
+  p.add_argument("--what", default="train,rollout", help="comma-separated: train, rollout")
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  mesh_shape = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
+  if mesh_shape and -1 not in mesh_shape and "JAX_PLATFORMS" not in os.environ:
+    # enough host devices for the mesh when no accelerator provides them (set before JAX starts)
+    flag = f"--xla_force_host_platform_device_count={math.prod(mesh_shape)}"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+  import jax
+
+  from mfjax import configs
+  from mfjax.meanfield import MeanFieldConfig
+  from mfjax.model import LoraConfig, hf, tiny
+  from mfjax.model.config import PRESETS
+  from mfjax.parallel import MeshConfig, make_mesh
+  from mfjax.parallel.aot import Shapes, rollout_memory, train_step_memory
+
+  cfg = configs.load_config(args.config, args.set)
+  dtype = cfg.model.dtype
+  if args.preset:
+    if args.preset not in PRESETS:
+      sys.exit(f"error: unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
+    model_cfg = PRESETS[args.preset](dtype=dtype, param_dtype=dtype, remat_policy=cfg.model.remat)
+  elif cfg.model.checkpoint:
+    model_cfg = hf.load_config(cfg.model.checkpoint, dtype=dtype, param_dtype=dtype, remat_policy=cfg.model.remat)
+  else:
+    m = cfg.model
+    model_cfg = tiny(m.family, vocab_size=cfg.tokenizer.vocab_size, hidden_size=m.hidden_size,
+                     num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
+                     head_dim=m.hidden_size // m.num_heads, intermediate_size=m.intermediate_size,
+                     tie_word_embeddings=m.tie_word_embeddings, remat_policy=cfg.model.remat)
+  mf_cfg = MeanFieldConfig(slots=cfg.mf.slots, width=model_cfg.hidden_size, feature_size=cfg.mf.feature_size,
+                           hidden_size=cfg.mf.hidden_size, attention_queries=cfg.mf.attention_queries)
+  lora = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets.split(",")))
+  mesh = make_mesh(MeshConfig(*mesh_shape) if mesh_shape else MeshConfig.from_config(cfg.parallel))
+  d = cfg.data
+  common = {"model": args.preset or cfg.model.checkpoint or "from-scratch", "dtype": dtype,
+            "mesh": dict(mesh.shape), "device": jax.devices()[0].device_kind}
+  for what in args.what.split(","):
+    if what == "train":
+      shapes = Shapes(args.events or cfg.mf_train.batch_events, d.steps, d.agents_per_step, d.prompt_len,
+                      d.action_len, cfg.mf_train.agents)
+      r = train_step_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, trainable=cfg.mf_train.trainable,
+                            lm_grad=cfg.mf.lm_grad, remat=cfg.ib.remat)
+    elif what == "rollout":
+      shapes = Shapes(args.rollout_events or cfg.rollout.batch_events, d.steps, d.agents_per_step, d.prompt_len,
+                      d.action_len)
+      r = rollout_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, method="mf")
+    else:
+      sys.exit(f"error: --what: unknown {what!r} (train, rollout)")
+    r.update(common, events=shapes.events, peak_gib=round(r["peak_bytes"] / 2 ** 30, 3))
+    print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+  main()
