@@ -176,3 +176,45 @@ def test_checkpoint_restores_onto_another_mesh(setup, tmp_path):
   assert q.sharding.mesh.shape["tensor"] == 2 and q.sharding.spec == P(None, "fsdp", "tensor")
   resumed = stage((2, 4, 1), 4)  # and training goes on from step 2 on a third mesh
   assert int(resumed.step) == 4
+
+
+def _tool(name):
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", name)
+  spec = importlib.util.spec_from_file_location(name[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_aot_memory_report_shrinks_with_sharding(capsys):
+  import json
+  import os
+  tool = _tool("aot_memory.py")
+  quick = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "quickstart.py")
+  rows = {}
+  for mesh in ("8,1,1", "2,2,2"):
+    small_encoder = ["--set", "mf.slots=1", "--set", "mf.feature_size=8", "--set", "mf.hidden_size=8"]  # LM dominates
+    tool.main(["--config", quick, "--mesh", mesh, "--what", "train", "--events", "8", *small_encoder])
+    rows[mesh] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  for r in rows.values():
+    assert r["what"] == "train_step" and r["peak_bytes"] >= r["argument_bytes"] > r["state_bytes"] > r["param_bytes"] > 0
+  assert rows["2,2,2"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+  # replicated on (8,1,1); embed over fsdp=2 and heads/mlp/vocab over tensor=2 on (2,2,2)
+  assert rows["2,2,2"]["param_bytes"] <= 0.3 * rows["8,1,1"]["param_bytes"]
+
+
+def test_pod_launcher_runs_the_command_on_every_worker(capsys):
+  tool = _tool("tpu_pod.py")
+  tool.main(["--name", "pod", "--zone", "us-central2-b", "--dry-run", "run", "--", "python", "-m", "mfjax", "run",
+             "--config", "experiments/qwen2_lora.py", "--set", "model.checkpoint=/mnt/q"])
+  out = capsys.readouterr().out.strip().splitlines()
+  assert len(out) == 1
+  assert out[0].startswith("gcloud compute tpus tpu-vm ssh pod --worker=all ") and "--zone=us-central2-b" in out[0]
+  assert "MFJAX_DISTRIBUTED=1 .venv/bin/python -m mfjax run --config experiments/qwen2_lora.py" in out[0]
+  tool.main(["--name", "pod", "--zone", "z", "--project", "p", "--dry-run", "setup"])
+  setup = capsys.readouterr().out
+  assert "git -C" in setup and "scp" in setup and "--worker=all" in setup and "jax[tpu]" in setup
+  with pytest.raises(SystemExit, match="needs a command"):
+    tool.main(["--name", "pod", "--zone", "z", "--dry-run", "run"])
