@@ -342,11 +342,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   if "train" in commands or "simulate" in commands:
     mesh = mesh_from(cfg)
     trained = train(cfg, workdir, data, mesh=mesh, trained_only="train" not in commands)
-    plots.training_curves(workdir, ["base", "sft", "mf"] + [f"mf_beta{b:g}" for b in sweep_betas(cfg)])
+    if distributed.is_main():
+      plots.training_curves(workdir, ["base", "sft", "mf"] + [f"mf_beta{b:g}" for b in sweep_betas(cfg)])
   if "simulate" in commands:
     simulate_all(cfg, workdir, data, trained, mesh=mesh)
   results = None
-  if "evaluate" in commands:
+  if "evaluate" in commands and distributed.is_main():  # host-side work on the saved rollouts: process 0 only
     results = evaluate(workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=rollout_runs(cfg),
                        seeds=cfg.rollout.seeds, warmup=cfg.rollout.warmup, labeler_name=cfg.eval.labeler,
                        truth=data.truth, sweep=_sweep_validation(cfg, workdir) or None, log=log)

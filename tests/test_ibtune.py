@@ -68,6 +68,18 @@ def test_terms_and_compression_bits(setup):
   assert 0 < float(aux["relevance"]) < 2 * np.log(64)
 
 
+def test_sample_false_reads_the_posterior_mean(setup):
+  model, encoder, params, batch = setup
+  path = lambda rng, sample: mean_field_path(model=model, encoder=encoder, params=params, batch=batch, rng=rng,
+                                             sample=sample)
+  m0, mu, _ = path(jax.random.PRNGKey(0), False)
+  m1, _, _ = path(jax.random.PRNGKey(1), False)
+  np.testing.assert_array_equal(m0, mu)
+  np.testing.assert_array_equal(m0, m1)
+  drawn, _, _ = path(jax.random.PRNGKey(0), True)
+  assert float(jnp.abs(drawn - mu).max()) > 1e-3  # init_logvar -3: the draw is visibly noisy
+
+
 def test_mean_field_read_at_step_t_ignores_steps_from_t_on(setup):
   model, encoder, params, batch = setup
   f = jax.jit(lambda b: mean_field_path(model=model, encoder=encoder, params=params, batch=b,

@@ -1,5 +1,6 @@
 """Benchmark: tokens/s of `mfjax.sampling.generate` against transformers'
-PyTorch `generate` on the same random Qwen2 model, plus model FLOP utilisation.
+PyTorch `generate` on the same random Qwen2 model, plus model FLOP utilisation
+(the whole-simulation benchmarks are in tools/bench.py).
 
 Both sides: the same weights (written by transformers, loaded by mfjax), float32,
 greedy, batch 16, prompt 128, 32 new tokens, KV cache, no early stop. MFU counts
@@ -19,42 +20,14 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def peak_flops(n: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of an n x n x n float32 matmul (the best of `repeats`)."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.dot)
-  f(a, b).block_until_ready()
-  best = min(_timed(lambda: f(a, b).block_until_ready()) for _ in range(repeats))
-  return 2 * n ** 3 / best
-
-
-def _timed(fn) -> float:
-  t = time.perf_counter()
-  fn()
-  return time.perf_counter() - t
-
-
-def generate_flops(cfg, B: int, P: int, N: int) -> float:
-  """FLOPs the math of greedy generation needs (multiply-add = 2 FLOPs)."""
-  D, H, Nkv, Dh, F, V, Y = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
-                            cfg.vocab_size, cfg.num_layers)
-  linear_per_token = Y * (D * (H + 2 * Nkv) * Dh + H * Dh * D + 3 * D * F)  # weights used per token
-  attn_per_ctx = Y * 2 * H * Dh  # q.k and p.v per (query, key) pair
-  prefill = 2 * linear_per_token * B * P + 2 * attn_per_ctx * B * P * (P + 1) / 2 + 2 * D * V * B
-  # decode: N-1 steps (the first new token comes from the prefill), context P+1 .. P+N-1
-  decode_ctx = sum(P + i + 1 for i in range(N - 1))
-  decode = (N - 1) * B * 2 * (linear_per_token + D * V) + 2 * attn_per_ctx * B * decode_ctx
-  return prefill + decode
+from bench import generate_flops, peak_flops  # noqa: E402  (tools/bench.py: the shared FLOP counts)
+from bench import timed as _timed  # noqa: E402
 
 
 def main() -> None:

@@ -61,13 +61,14 @@ def _flat(x, trailing: int):
 
 
 def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, remat: bool = False,
-                    lm_grad: bool = True):
+                    lm_grad: bool = True, sample: bool = True):
   """Teacher-forced mean field of each step: a reparameterised sample m and the
   posteriors (mu, logvar) read at steps 0..T-1, each [E, T, K, D].
 
   lm_grad=False treats the LM's agent embeddings as fixed inputs of the
   encoder (no backward pass through that LM forward: about a third cheaper;
-  the LM still trains through the policy term)."""
+  the LM still trains through the policy term). sample=False reads the
+  posterior mean instead of a draw (deterministic evaluation)."""
   E, T = batch["agent_mask"].shape[:2]
   pooled = agent_embeddings(model, params["lm"], batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"],
                             batch["action_mask"])  # [E, T, B, D]
@@ -79,7 +80,7 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
   def step(state, xs):
     feats_ExBxF, mask_ExB, key = xs
     q = enc(MeanFieldEncoder.posterior, state)
-    m = q.sample(key)
+    m = q.sample(key) if sample else q.mu
     return enc(MeanFieldEncoder.update, state, feats_ExBxF, mask_ExB), (m, q.mu, q.logvar)
 
   if remat:
@@ -90,13 +91,13 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
 
 
 def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, beta, remat: bool = False,
-                 agents: int = 0, lm_grad: bool = True):
+                 agents: int = 0, lm_grad: bool = True, sample: bool = True):
   """IB-Tune loss (module docstring). params = {"lm": ..., "mf": ...}; beta may
   be traced; `agents` > 0 scores that many random agents per step (the mean
-  field still reads all of them); `lm_grad` as in `mean_field_path`."""
+  field still reads all of them); `lm_grad` and `sample` as in `mean_field_path`."""
   k_m, k_a = jax.random.split(rng)
   m, mu, logvar = mean_field_path(model=model, encoder=encoder, params=params, batch=batch, rng=k_m, remat=remat,
-                                  lm_grad=lm_grad)
+                                  lm_grad=lm_grad, sample=sample)
   scored = subsample_agents(batch, k_a, agents)
   E, T, B = scored["agent_mask"].shape
   prefix = jnp.broadcast_to(m[:, :, None], (E, T, B) + m.shape[2:]).reshape(E * T * B, *m.shape[2:])

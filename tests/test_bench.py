@@ -1,0 +1,53 @@
+"""tools/bench.py at a tiny size: every case prints its JSON line with the
+fields the README's tables use, and the PyTorch reference of the train bench
+computes the same IB-Tune loss as mfjax (same weights, m = the posterior mean)."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the benchmark's reference side needs PyTorch (requirements-test.txt)")
+
+TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "bench.py")
+TINY = ["--width", "64", "--layers", "2", "--vocab", "256", "--agents", "4", "--prompt", "8", "--action", "4",
+        "--summary", "6", "--steps", "2", "--train-steps", "2", "--mfu-events", "2", "--repeats", "1"]
+
+
+def _bench():
+  spec = importlib.util.spec_from_file_location("bench", TOOL)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_bench_prints_every_case_and_the_same_loss(capsys):
+  bench = _bench()
+  bench.main(["all", *TINY])
+  rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  seen = {(r["bench"], r["case"], r["impl"]) for r in rows}
+  for case in ("policy_1event", "policy_8events", "mf_step"):
+    assert {("rollout", case, "mfjax"), ("rollout", case, "reference")} <= seen
+  assert {("train", "ib_tune", "mfjax"), ("train", "ib_tune", "reference"), ("mfu", "train_step", "mfjax"),
+          ("mfu", "simulate", "mfjax")} <= seen
+  for r in rows:
+    assert r["device"] and r["tokens_per_s"] > 0 and r["actions_per_s"] > 0
+    if r["impl"] == "mfjax" and r["bench"] != "mfu":
+      assert r["speedup"] > 0 and r["target"] > 0
+    if r["bench"] == "mfu":
+      assert 0 < r["mfu"] and r["model_gflops"] > 0
+  train = {r["impl"]: r for r in rows if r["bench"] == "train"}
+  # same weights, batch and m (the posterior mean): float32 differences between two frameworks only
+  assert abs(train["mfjax"]["loss_step0"] - train["reference"]["loss_step0"]) < 1e-5 * train["reference"]["loss_step0"]
+
+
+def test_flop_counts_match_a_hand_count():
+  bench = _bench()
+
+  class Cfg:
+    hidden_size, num_heads, num_kv_heads, head_dim, intermediate_size, num_layers, vocab_size = 4, 2, 1, 2, 8, 1, 10
+  # per token: q 4x4 + k,v 2 x 4x2 + o 4x4 + mlp 3 x 4x8 = 16 + 16 + 16 + 96 = 144 MACs; attention 2 x 2 x 2 = 8 per pair
+  assert bench._per_token(Cfg) == (144, 8)
+  # one row of 3 tokens, logits at 1: 2*144*3 + 2*8*6 + 2*4*10
+  assert bench.forward_flops(Cfg, 1, 3, 1) == 2 * 144 * 3 + 2 * 8 * 6 + 2 * 4 * 10

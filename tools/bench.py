@@ -1,0 +1,437 @@
+"""Throughput benchmarks of mfjax against what the MF-LLM paper's code does.
+
+  python tools/bench.py rollout   # simulate vs HF generate in a Python loop (+ text mean field)
+  python tools/bench.py train     # IB-Tune train step vs the same loss in PyTorch/transformers
+  python tools/bench.py mfu       # model FLOP/s of the train step and simulate / peak jnp.dot FLOP/s
+  python tools/bench.py all
+
+Both sides use the same random Qwen2 (width 512, 8 layers, vocab 8192; the
+weights are written by transformers and loaded by mfjax), float32, B=16 agents
+per step, prompts of 128 and actions of 32 tokens, one process on the same
+device (a GPU when JAX and torch both see one). Prints one JSON object per
+line: bench, case, impl (mfjax | reference), actions_per_s, tokens_per_s,
+seconds, mfu where measured, device; the mfjax line of a case carries
+`speedup` (its throughput over the reference's) and the issue's `target`.
+
+The reference (the paper's way): per step, transformers `generate` for the B
+agents of one event (sampling: top-k 50, top-p 0.95, repetition penalty 1.1),
+then, with the text mean field, one more `generate` of a 200-token summary of
+the step's actions and the previous summary; a Python loop over steps, one
+event after another. mfjax: `simulate`, one jitted `lax.scan` over steps for
+all events at once (top-k 50, top-p 0.95; no repetition penalty), the latent
+mean field updated in the same scan.
+
+Training: the IB-Tune loss (teacher-forced mean field over T steps, every agent
+scored, beta 1e-3, the LM fully trained, encoder embeddings without LM
+gradient) and an AdamW step; the reference computes the same loss with
+transformers and a PyTorch copy of the encoder (same weights: the losses at
+the initial weights with m = the posterior mean are printed side by side). Tokens/s count the scored action tokens.
+
+MFU counts only the FLOPs the math needs (matmuls of every linear layer,
+causal attention, the LM head where logits are used; backward = 2x forward)
+and divides by the peak FLOP/s of a large float32 `jnp.dot` in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+TARGETS = {("rollout", "policy_1event"): 1.2, ("rollout", "policy_8events"): 3.0, ("rollout", "mf_step"): 10.0,
+           ("train", "ib_tune"): 2.0, ("mfu", "train_step"): 0.5, ("mfu", "simulate"): 0.5}
+SAMPLING = dict(top_k=50, top_p=0.95)
+
+
+# ----------------------------------------------------------------------------- timing and FLOPs
+
+
+def timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def peak_flops(n: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of an n x n x n float32 matmul (the best of `repeats`)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  f(a, b).block_until_ready()
+  return 2 * n ** 3 / min(timed(lambda: f(a, b).block_until_ready()) for _ in range(repeats))
+
+
+def _per_token(cfg) -> tuple[int, int]:
+  """(multiply-adds of the linear layers per token, of attention per (query, key) pair)."""
+  D, H, Nkv, Dh, F, Y = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
+                         cfg.num_layers)
+  return Y * (D * (H + 2 * Nkv) * Dh + H * Dh * D + 3 * D * F), Y * 2 * H * Dh
+
+
+def forward_flops(cfg, rows: int, length: int, head_positions: int) -> float:
+  """A causal forward of `rows` sequences of `length` positions, logits at `head_positions` of each."""
+  linear, attn = _per_token(cfg)
+  return rows * (2 * linear * length + 2 * attn * length * (length + 1) / 2
+                 + 2 * cfg.hidden_size * cfg.vocab_size * head_positions)
+
+
+def generate_flops(cfg, rows: int, prompt: int, new: int) -> float:
+  """Prefill of `prompt` positions (logits of the last) and new-1 cached decode steps."""
+  linear, attn = _per_token(cfg)
+  prefill = forward_flops(cfg, rows, prompt, 1)
+  ctx = sum(prompt + i + 1 for i in range(new - 1))
+  decode = rows * ((new - 1) * 2 * (linear + cfg.hidden_size * cfg.vocab_size) + 2 * attn * ctx)
+  return prefill + decode
+
+
+def train_step_flops(cfg, E, T, B, P, A, K) -> float:
+  """IB-Tune step: agent embeddings (forward, no head, no backward) + the policy
+  on every agent with K prefix vectors (forward + backward = 3x forward)."""
+  return forward_flops(cfg, E * T * B, P + A, 0) + 3 * forward_flops(cfg, E * T * B, K + P + A, A)
+
+
+def simulate_flops(cfg, E, T, B, P, A, K, mf: bool) -> float:
+  """Per step: log-probs of the real actions, sampling A tokens, and (mf) the agent embeddings."""
+  k = K if mf else 0
+  per_step = forward_flops(cfg, E * B, k + P + A, A) + generate_flops(cfg, E * B, k + P, A)
+  if mf:
+    per_step += forward_flops(cfg, E * B, P + A, 0)
+  return T * per_step
+
+
+# ----------------------------------------------------------------------------- models and data
+
+
+def hf_config(args):
+  import transformers
+  heads = args.width // 64
+  return transformers.Qwen2Config(vocab_size=args.vocab, hidden_size=args.width, intermediate_size=3 * args.width,
+                                  num_hidden_layers=args.layers, num_attention_heads=heads,
+                                  num_key_value_heads=max(heads // 4, 1), max_position_embeddings=4096,
+                                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=None, pad_token_id=0)
+
+
+def build(args):
+  """(torch model on its device, mfjax model, mfjax params, torch device) with the same weights."""
+  import torch
+  import transformers
+
+  from mfjax.model import hf
+  torch.manual_seed(0)
+  ref = transformers.Qwen2ForCausalLM(hf_config(args)).eval()
+  with tempfile.TemporaryDirectory() as tmp:
+    ref.save_pretrained(tmp)
+    model, params = hf.load_pretrained(tmp)
+  dev = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+  return ref.to(dev), model, params, dev
+
+
+def make_encoder(model, K: int, init_logvar: float = -4.0):
+  from mfjax.meanfield import MeanFieldConfig, MeanFieldEncoder, init_encoder
+  D = model.cfg.hidden_size
+  encoder = MeanFieldEncoder(MeanFieldConfig(slots=K, width=D, feature_size=256, hidden_size=512,
+                                             init_logvar=init_logvar))
+  return encoder, init_encoder(encoder, jax.random.PRNGKey(1), D)
+
+
+def events(args, E: int, T: int, seed: int = 0) -> dict:
+  """E events of T steps x B agents, every prompt and action full length (no padding)."""
+  rng = np.random.default_rng(seed)
+  B, P, A, V = args.agents, args.prompt, args.action, args.vocab
+  return {"prompt_ids": rng.integers(3, V, (E, T, B, P)).astype(np.int32),
+          "prompt_mask": np.ones((E, T, B, P), np.int32),
+          "action_ids": rng.integers(3, V, (E, T, B, A)).astype(np.int32),
+          "action_mask": np.ones((E, T, B, A), np.int32), "agent_mask": np.ones((E, T, B), bool),
+          "parent": -np.ones((E, T, B), np.int32)}
+
+
+def _device_kind() -> str:
+  return str(jax.devices()[0].device_kind)
+
+
+def emit(row: dict) -> None:
+  print(json.dumps(row), flush=True)
+
+
+# ----------------------------------------------------------------------------- rollout
+
+
+def reference_rollout(ref, dev, batch, args, *, text_mf: bool) -> float:
+  """Seconds for the paper's loop over `batch`'s events and steps (see module docstring)."""
+  import torch
+  E, T = batch["agent_mask"].shape[:2]
+  A, S = args.action, args.summary
+  gen = dict(do_sample=True, repetition_penalty=1.1, pad_token_id=0, eos_token_id=None, **SAMPLING)
+  t0 = time.perf_counter()
+  with torch.no_grad():
+    for e in range(E):
+      summary = torch.zeros((1, 0), dtype=torch.long, device=dev)
+      for t in range(T):
+        ids = torch.as_tensor(batch["prompt_ids"][e, t], dtype=torch.long, device=dev)
+        out = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=A, min_new_tokens=A,
+                           **gen)
+        if text_mf:
+          ctx = torch.cat([summary, out[:, ids.shape[1]:].reshape(1, -1)], 1)
+          s = ref.generate(input_ids=ctx, attention_mask=torch.ones_like(ctx), max_new_tokens=S, min_new_tokens=S,
+                           **gen)
+          summary = s[:, ctx.shape[1]:]
+  return time.perf_counter() - t0
+
+
+def mfjax_rollout(model, params, batch, *, method, encoder, repeats: int) -> tuple[float, float]:
+  """(median seconds of `simulate` over `batch`, compile seconds)."""
+  from mfjax.rollout import simulate
+  run = lambda: simulate(model, params, batch, method=method, encoder=encoder, rng=jax.random.PRNGKey(0), warmup=0,
+                         temperature=1.0, **SAMPLING).tokens.block_until_ready()
+  first = timed(run)
+  secs = float(np.median([timed(run) for _ in range(repeats)]))
+  return secs, first - secs
+
+
+def bench_rollout(args, built, peak=None) -> None:
+  ref, model, params, dev = built
+  encoder, mf = make_encoder(model, args.slots)
+  T, B, A = args.steps, args.agents, args.action
+  cases = [("policy_1event", 1, "state", False), ("policy_8events", 8, "state", False), ("mf_step", 1, "mf", True)]
+  for case, E, method, text_mf in cases:
+    if args.cases and case not in args.cases.split(","):
+      continue
+    batch = events(args, E, T)
+    p = {"lm": params, "mf": mf} if method == "mf" else {"lm": params}
+    secs, compile_s = mfjax_rollout(model, p, batch, method=method, encoder=encoder, repeats=args.repeats)
+    ref_s = reference_rollout(ref, dev, batch, args, text_mf=text_mf)
+    n = E * T * B
+    common = {"bench": "rollout", "case": case, "events": E, "steps": T, "agents": B, "device": _device_kind()}
+    emit({**common, "impl": "reference", "seconds": ref_s, "actions_per_s": n / ref_s, "tokens_per_s": n * A / ref_s,
+          "text_mf_summary_tokens": args.summary if text_mf else 0, "torch_device": dev})
+    row = {**common, "impl": "mfjax", "method": method, "seconds": secs, "compile_s": compile_s,
+           "actions_per_s": n / secs, "tokens_per_s": n * A / secs, "speedup": ref_s / secs,
+           "target": TARGETS[("rollout", case)]}
+    if peak:
+      flops = simulate_flops(model.cfg, E, T, B, args.prompt, A, args.slots, method == "mf")
+      row.update(mfu=flops / secs / peak, model_gflops=flops / 1e9)
+    emit(row)
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def torch_encoder(mf_params, dev):
+  """The mean-field encoder (MeanFieldEncoder, mean aggregation) in PyTorch with the same weights."""
+  import torch
+  import torch.nn.functional as Fn
+
+  W = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(mf_params)[0]:
+    W["/".join(str(getattr(k, "key", k)) for k in path)] = torch.tensor(np.asarray(x), device=dev,
+                                                                         requires_grad=True)
+  dense = lambda name, x: x @ W[f"{name}/kernel"] + W[f"{name}/bias"] if f"{name}/bias" in W else x @ W[
+      f"{name}/kernel"]
+  gelu = lambda x: Fn.gelu(x, approximate="tanh")
+
+  def features(pooled):
+    return dense("feature_out", gelu(dense("feature_in", pooled)))
+
+  def gru(h, x):
+    r = torch.sigmoid(dense("cell/ir", x) + dense("cell/hr", h))
+    z = torch.sigmoid(dense("cell/iz", x) + dense("cell/hz", h))
+    n = torch.tanh(dense("cell/in", x) + r * dense("cell/hn", h))
+    return (1 - z) * n + z * h
+
+  def update(state, feats, mask):
+    h, mean, count = state
+    w = mask.float()
+    n = w.sum(-1)
+    summary = (feats * w[..., None]).sum(-2) / n.clamp(min=1)[..., None]
+    total = count + n
+    mean_new = (mean * count[..., None] + summary * n[..., None]) / total.clamp(min=1)[..., None]
+    h_new = gru(h, torch.cat([summary, mean_new], -1))
+    keep = (n > 0)[..., None]
+    return torch.where(keep, h_new, h), torch.where(keep, mean_new, mean), total
+
+  def posterior(state, K, D):
+    h, mean, count = state
+    x = gelu(dense("head", torch.cat([h, mean, torch.log1p(count)[..., None]], -1)))
+    mu = dense("mu_out", x).reshape(*x.shape[:-1], K, D)
+    logvar = dense("logvar_out", x).reshape(*x.shape[:-1], K, D).clamp(-12.0, 4.0)
+    return mu, logvar
+
+  return W, features, update, posterior
+
+
+def reference_ib_loss(ref, enc, batch, *, K, beta, hidden_size, feature_size, state_size, noise: bool = True):
+  """IB-Tune loss with transformers + the PyTorch encoder (same math as mfjax.ibtune.ib_tune_loss)."""
+  import torch
+  _, features, update, posterior = enc
+  dev = next(ref.parameters()).device
+  b = {k: torch.as_tensor(v, device=dev) for k, v in batch.items()}
+  E, T, B, P = b["prompt_ids"].shape
+  A = b["action_ids"].shape[-1]
+  ids = torch.cat([b["prompt_ids"], b["action_ids"]], -1).reshape(-1, P + A).long()
+  mask = torch.cat([b["prompt_mask"], b["action_mask"]], -1).reshape(-1, P + A)
+  with torch.no_grad():  # agent embeddings: no LM gradient (mf.lm_grad=False)
+    hidden = ref.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, P:]
+    am = b["action_mask"].reshape(-1, A).float()
+    pooled = ((hidden * am[..., None]).sum(1) / am.sum(1).clamp(min=1)[:, None]).reshape(E, T, B, -1)
+  feats = features(pooled)
+  state = (torch.zeros(E, state_size, device=dev), torch.zeros(E, feature_size, device=dev),
+           torch.zeros(E, device=dev))
+  ms, kls = [], []
+  for t in range(T):
+    mu, logvar = posterior(state, K, hidden_size)
+    m = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if noise else mu
+    ms.append(m)
+    kls.append(0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum((-2, -1)))
+    state = update(state, feats[:, t], b["agent_mask"][:, t])
+  m = torch.stack(ms, 1)  # E, T, K, D
+  prefix = m[:, :, None].expand(E, T, B, K, hidden_size).reshape(-1, K, hidden_size)
+  embeds = torch.cat([prefix, ref.model.embed_tokens(ids)], 1)
+  attn = torch.cat([torch.ones(ids.shape[0], K, device=dev, dtype=mask.dtype), mask], 1)
+  h = ref.model(inputs_embeds=embeds, attention_mask=attn).last_hidden_state[:, K + P - 1:-1]
+  logp = torch.log_softmax(ref.lm_head(h).float(), -1)
+  tok = torch.gather(logp, -1, b["action_ids"].reshape(-1, A, 1).long())[..., 0]
+  w = b["action_mask"].reshape(-1, A).float() * b["agent_mask"].reshape(-1, 1).float()
+  relevance = -(tok * w).sum() / w.sum().clamp(min=1)
+  valid = b["agent_mask"].any(-1).float()
+  compression = (torch.stack(kls, 1) * valid).sum() / valid.sum().clamp(min=1)
+  return relevance + beta * compression
+
+
+def bench_train(args, built, peak=None) -> None:
+  import torch
+
+  from mfjax.ibtune import TrainState, ib_tune_loss, jit_train_step, make_optimizer
+  ref, model, params, dev = built
+  E, T, B, A, K = args.train_events, args.train_steps, args.agents, args.action, args.slots
+  encoder, mf = make_encoder(model, K)
+  batch = events(args, E, T, seed=1)
+  beta = 1e-3
+  ps = {"lm": params, "mf": mf}
+  loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
+                                                          rng=rng, beta=beta, lm_grad=False)
+  tx = make_optimizer(ps, trainable="full", lr=1e-5, steps=1000, warmup=1)
+  step = jit_train_step(loss_fn=loss_fn, tx=tx)
+  jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
+  state = TrainState(jnp.int32(0), jax.tree.map(jnp.array, ps), tx.init(ps))
+  loss0 = float(jax.jit(lambda p, b: ib_tune_loss(model=model, encoder=encoder, params=p, batch=b, beta=beta,
+                                                  rng=jax.random.PRNGKey(0), lm_grad=False, sample=False)[0])(ps, jbatch))
+  state, _ = step(state, jbatch, jax.random.PRNGKey(0))
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    state, m = step(state, jbatch, jax.random.PRNGKey(0))
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  secs = float(np.median(times))
+
+  enc = torch_encoder(mf, dev)
+  ref.train()
+  opt = torch.optim.AdamW(list(ref.parameters()) + list(enc[0].values()), lr=1e-5, weight_decay=0.0)
+  kw = dict(K=K, beta=beta, hidden_size=model.cfg.hidden_size, feature_size=256, state_size=512)
+  with torch.no_grad():
+    ref_loss0 = float(reference_ib_loss(ref, enc, batch, noise=False, **kw))
+  ref_times = []
+  for i in range(args.repeats + 1):
+    t0 = time.perf_counter()
+    opt.zero_grad()
+    reference_ib_loss(ref, enc, batch, **kw).backward()
+    opt.step()
+    if dev == "cuda":
+      torch.cuda.synchronize()
+    if i:
+      ref_times.append(time.perf_counter() - t0)
+  ref.eval()
+  ref_s = float(np.median(ref_times))
+  tokens = E * T * B * A
+  common = {"bench": "train", "case": "ib_tune", "events": E, "steps": T, "agents": B, "device": _device_kind()}
+  emit({**common, "impl": "reference", "seconds": ref_s, "tokens_per_s": tokens / ref_s,
+        "actions_per_s": E * T * B / ref_s, "loss_step0": ref_loss0, "torch_device": dev})
+  row = {**common, "impl": "mfjax", "seconds": secs, "tokens_per_s": tokens / secs, "actions_per_s": E * T * B / secs,
+         "loss_step0": loss0, "speedup": ref_s / secs, "target": TARGETS[("train", "ib_tune")]}
+  if peak:
+    flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
+    row.update(mfu=flops / secs / peak, model_gflops=flops / 1e9)
+  emit(row)
+
+
+def bench_mfu(args, built) -> None:
+  """MFU of the train step and of `simulate` (mf), each its own line."""
+  _, model, params, _ = built
+  peak = peak_flops()
+  from mfjax.ibtune import TrainState, ib_tune_loss, jit_train_step, make_optimizer
+  E, T, B, A, K = args.train_events, args.train_steps, args.agents, args.action, args.slots
+  encoder, mf = make_encoder(model, K)
+  ps = {"lm": params, "mf": mf}
+  loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
+                                                          rng=rng, beta=1e-3, lm_grad=False)
+  tx = make_optimizer(ps, trainable="full", lr=1e-5, steps=1000, warmup=1)
+  step = jit_train_step(loss_fn=loss_fn, tx=tx)
+  jbatch = {k: jnp.asarray(v) for k, v in events(args, E, T, seed=1).items()}
+  state = TrainState(jnp.int32(0), jax.tree.map(jnp.array, ps), tx.init(ps))
+  state, _ = step(state, jbatch, jax.random.PRNGKey(0))
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    state, m = step(state, jbatch, jax.random.PRNGKey(0))
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  secs = float(np.median(times))
+  flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
+  base = {"bench": "mfu", "impl": "mfjax", "device": _device_kind(), "peak_gflops_per_s": peak / 1e9}
+  emit({**base, "case": "train_step", "seconds": secs, "model_gflops": flops / 1e9, "mfu": flops / secs / peak,
+        "tokens_per_s": E * T * B * A / secs, "actions_per_s": E * T * B / secs, "target": TARGETS[("mfu", "train_step")]})
+  Er = args.mfu_events
+  batch = events(args, Er, args.steps)
+  secs, _ = mfjax_rollout(model, ps, batch, method="mf", encoder=encoder, repeats=args.repeats)
+  flops = simulate_flops(model.cfg, Er, args.steps, B, args.prompt, A, K, True)
+  n = Er * args.steps * B
+  emit({**base, "case": "simulate", "events": Er, "seconds": secs, "model_gflops": flops / 1e9,
+        "mfu": flops / secs / peak, "actions_per_s": n / secs, "tokens_per_s": n * A / secs,
+        "target": TARGETS[("mfu", "simulate")]})
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("bench", choices=["rollout", "train", "mfu", "all"])
+  p.add_argument("--width", type=int, default=512)
+  p.add_argument("--layers", type=int, default=8)
+  p.add_argument("--vocab", type=int, default=8192)
+  p.add_argument("--agents", type=int, default=16, help="B: agents per step")
+  p.add_argument("--prompt", type=int, default=128)
+  p.add_argument("--action", type=int, default=32)
+  p.add_argument("--summary", type=int, default=200, help="tokens of the reference's text mean-field summary")
+  p.add_argument("--slots", type=int, default=4, help="K: latent mean-field prefix vectors")
+  p.add_argument("--steps", type=int, default=4, help="T of the rollout cases")
+  p.add_argument("--cases", default="", help="rollout: comma-separated subset of policy_1event,policy_8events,mf_step")
+  p.add_argument("--train-events", type=int, default=1)
+  p.add_argument("--train-steps", type=int, default=2, help="T of a training batch")
+  p.add_argument("--mfu-events", type=int, default=8, help="events of the simulate MFU case")
+  p.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  built = build(args)
+  if args.bench in ("rollout", "all"):
+    bench_rollout(args, built)
+  if args.bench in ("train", "all"):
+    bench_train(args, built)
+  if args.bench in ("mfu", "all"):
+    bench_mfu(args, built)
+
+
+if __name__ == "__main__":
+  main()
