@@ -47,11 +47,15 @@ def filter_logits(logits_BxV, *, temperature, top_k: int = 0, top_p: float = 1.0
   """Temperature-scaled logits with everything outside top-k / the top-p
   nucleus set to -inf. `temperature` may be traced; top_k/top_p are static."""
   x = logits_BxV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+  sorted_x = None
   if top_k and top_k < x.shape[-1]:
-    kth = jax.lax.top_k(x, top_k)[0][..., -1:]
-    x = jnp.where(x < kth, -jnp.inf, x)
+    # descending; the barrier keeps XLA from rewriting top_k + a slice of it into a full
+    # sort of the vocabulary (on CPU: 19 ms instead of 0.4 ms for 16 x 8192 logits)
+    sorted_x = jax.lax.optimization_barrier(jax.lax.top_k(x, top_k)[0])
+    x = jnp.where(x < sorted_x[..., -1:], -jnp.inf, x)
   if top_p < 1.0:
-    sorted_x = jnp.sort(x, axis=-1)[..., ::-1]
+    # the nucleus of what top-k kept lies within its k values: no sort of the whole vocabulary
+    sorted_x = jnp.sort(x, axis=-1)[..., ::-1] if sorted_x is None else sorted_x
     probs = jax.nn.softmax(sorted_x, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
     keep = before < top_p  # the first token is always kept

@@ -19,7 +19,8 @@ then, with the text mean field, one more `generate` of a 200-token summary of
 the step's actions and the previous summary; a Python loop over steps, one
 event after another. mfjax: `simulate`, one jitted `lax.scan` over steps for
 all events at once (top-k 50, top-p 0.95; no repetition penalty), the latent
-mean field updated in the same scan.
+mean field updated in the same scan; `score_real=False`, since the reference
+does not score the real actions either.
 
 Training: the IB-Tune loss (teacher-forced mean field over T steps, every agent
 scored, beta 1e-3, the LM fully trained, encoder embeddings without LM
@@ -101,9 +102,9 @@ def train_step_flops(cfg, E, T, B, P, A, K) -> float:
 
 
 def simulate_flops(cfg, E, T, B, P, A, K, mf: bool) -> float:
-  """Per step: log-probs of the real actions, sampling A tokens, and (mf) the agent embeddings."""
+  """Per step: sampling A tokens and (mf) the agent embeddings (the real actions are not scored)."""
   k = K if mf else 0
-  per_step = forward_flops(cfg, E * B, k + P + A, A) + generate_flops(cfg, E * B, k + P, A)
+  per_step = generate_flops(cfg, E * B, k + P, A)
   if mf:
     per_step += forward_flops(cfg, E * B, P + A, 0)
   return T * per_step
@@ -192,7 +193,7 @@ def mfjax_rollout(model, params, batch, *, method, encoder, repeats: int) -> tup
   """(median seconds of `simulate` over `batch`, compile seconds)."""
   from mfjax.rollout import simulate
   run = lambda: simulate(model, params, batch, method=method, encoder=encoder, rng=jax.random.PRNGKey(0), warmup=0,
-                         temperature=1.0, **SAMPLING).tokens.block_until_ready()
+                         temperature=1.0, score_real=False, **SAMPLING).tokens.block_until_ready()
   first = timed(run)
   secs = float(np.median([timed(run) for _ in range(repeats)]))
   return secs, first - secs

@@ -53,6 +53,7 @@ class RolloutSpec:
   top_k: int = 0
   top_p: float = 1.0
   context: Optional[ContextSpec] = None
+  score_real: bool = True  # compute the real actions' log-probs (the NLL column); False leaves zeros
 
 
 @flax.struct.dataclass
@@ -71,7 +72,7 @@ class RolloutState:
 class RolloutOutput:
   tokens: jax.Array  # [E, T, B, A] int32 sampled actions (pad after eos)
   mask: jax.Array  # [E, T, B, A] bool: sampled token is real (up to and including eos)
-  real_logprobs: jax.Array  # [E, T, B, A] float32 log-prob of each real action token under the method
+  real_logprobs: jax.Array  # [E, T, B, A] float32 log-prob of each real action token under the method (0 without score_real)
   mf_kl: jax.Array  # [E, T] KL(q(m_{t-1}) || N(0, I)) of the mean field read at step t (0 without one)
   mf_mu: jax.Array  # [E, T, K, D] its posterior mean ([E, T, 1, 1] zeros without one)
   mf_logvar: jax.Array  # [E, T, K, D] its posterior log-variance
@@ -113,7 +114,10 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
       m = q.sample(k_m)
       prefix = per_agent(m, B)
       stats = (q.kl_to_standard_normal(), q.mu, q.logvar)
-    real_lp = action_logprobs(model, lm, in_ids, in_mask, flat(act_ids), flat(act_mask), prefix_NxKxD=prefix)
+    if spec.score_real:
+      real_lp = action_logprobs(model, lm, in_ids, in_mask, flat(act_ids), flat(act_mask), prefix_NxKxD=prefix)
+    else:
+      real_lp = jnp.zeros(act_ids.shape, jnp.float32)
     out = sampling.generate(model, lm, in_ids, in_mask, rng=k_s, max_new_tokens=A, temperature=temperature,
                             top_k=spec.top_k, top_p=spec.top_p, eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id,
                             prefix_embeds=prefix)
@@ -157,7 +161,7 @@ def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec:
 
 
 def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSpec] = None, top_k: int = 0,
-                top_p: float = 1.0) -> tuple[RolloutSpec, int]:
+                top_p: float = 1.0, score_real: bool = True) -> tuple[RolloutSpec, int]:
   """(static spec, traced context kind) of a method."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -165,24 +169,26 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
   if use_context and context is None:
     raise ValueError(f"method {method!r} needs a ContextSpec")
   spec = RolloutSpec(use_context=use_context, use_mf=method == "mf", max_new_tokens=int(max_new_tokens),
-                     top_k=int(top_k), top_p=float(top_p), context=context if use_context else None)
+                     top_k=int(top_k), top_p=float(top_p), context=context if use_context else None,
+                     score_real=bool(score_real))
   return spec, KINDS.get(method, NONE)
 
 
 def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: int, encoder=None,
              context: Optional[ContextSpec] = None, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, mesh=None, rules=RULES) -> RolloutOutput:
+             top_p: float = 1.0, score_real: bool = True, mesh=None, rules=RULES) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`).
   Steps t < warmup take the real actions into the history; later steps their
-  own samples. Jitted once per (model, encoder, shapes, spec).
+  own samples. Jitted once per (model, encoder, shapes, spec). score_real=False
+  skips scoring the real actions (pure simulation; real_logprobs are zeros).
 
   With a mesh, the events split over data x fsdp and the parameters follow
   `rules`; outputs are global arrays split over events (`mfjax.parallel.state.to_host`).
   Batch arrays may be host arrays (one process) or global arrays
   (`mfjax.parallel.global_batch`, any number of processes)."""
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
-                           top_p=top_p)
+                           top_p=top_p, score_real=score_real)
   if spec.use_mf and (encoder is None or "mf" not in params):
     raise ValueError("method 'mf' needs the encoder and params['mf']")
   params = {k: v for k, v in params.items() if k != "mf" or spec.use_mf}
