@@ -41,21 +41,27 @@ def only_lora(tx: optax.GradientTransformation) -> optax.GradientTransformation:
 
 def add_lora(model: Decoder, params, lora: LoraConfig, rng) -> tuple[Decoder, dict]:
   """A model with `lora` adapters and its params: the base leaves of `params`,
-  fresh adapters (A random, B zero) from `rng`."""
+  fresh adapters (A random, B zero) from `rng`. Only the adapters are
+  initialised (the rest of the fresh init is dead code under jit), so a large
+  model is never allocated twice; the base leaves are `params`' own arrays."""
   if model.cfg.lora is not None:
     raise ValueError("model already has LoRA adapters; merge_lora first")
   new_model = Decoder(model.cfg.replace(lora=lora))
-  fresh = init_params(new_model, rng)
+  shapes = jax.eval_shape(lambda: init_params(new_model, rng))
+  adapter_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(shapes)[0] if is_lora_path(p)]
+  adapters = jax.jit(lambda r: [leaf for p, leaf in jax.tree_util.tree_flatten_with_path(
+      init_params(new_model, r))[0] if is_lora_path(p)])(rng)
+  fresh = dict(zip(map(jax.tree_util.keystr, adapter_paths), adapters))
 
-  def pick(path, new_leaf):
+  def pick(path, _):
     if is_lora_path(path):
-      return new_leaf
+      return fresh[jax.tree_util.keystr(path)]
     node = params
     for k in _path_keys(path):
       node = node[k]
     return node
 
-  return new_model, jax.tree_util.tree_map_with_path(pick, fresh)
+  return new_model, jax.tree_util.tree_map_with_path(pick, shapes)
 
 
 def merge_lora(model: Decoder, params) -> tuple[Decoder, dict]:
