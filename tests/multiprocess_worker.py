@@ -1,0 +1,47 @@
+"""One process of tests/test_multiprocess.py: joins the others through
+mfjax.parallel.distributed (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID), builds a (2, 2, 2) mesh over every process's CPU devices,
+supplies only its own rows of the batch, takes one sharded train step and one
+sharded rollout, and (process 0) writes the loss and the gathered tokens to $OUT."""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
+
+from mfjax.parallel import distributed  # noqa: E402
+
+distributed.initialize(True)
+
+import numpy as np  # noqa: E402
+
+import mf_setup  # noqa: E402
+from mfjax.ibtune import ib_tune_loss, jit_train_step, make_optimizer, sharded_state  # noqa: E402
+from mfjax.parallel import global_batch, make_mesh  # noqa: E402
+from mfjax.parallel.mesh import process_rows  # noqa: E402
+from mfjax.parallel.state import policy_shardings, to_host  # noqa: E402
+from mfjax.rollout import simulate  # noqa: E402
+
+model, encoder, params = mf_setup.make_model()
+batch = mf_setup.make_batch(seed=3, e=8)
+loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
+                                                        rng=rng, beta=0.01)
+tx = make_optimizer(params, trainable="lora+mf", lr=1e-2, steps=10, warmup=1)
+mesh = make_mesh((2, 2, 2))
+state, shardings = sharded_state(params, tx, mesh=mesh, param_shardings=policy_shardings(model, encoder, params, mesh))
+step = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings)
+local = {k: v[process_rows(8)] for k, v in batch.items()}  # this process's events only
+gb = global_batch(local, mesh)
+_, metrics = step(state, gb, jax.random.PRNGKey(7))
+out = to_host(simulate(model, params, gb, method="mf", encoder=encoder, context=mf_setup.CONTEXT,
+                       rng=jax.random.PRNGKey(11), warmup=2, mesh=mesh))
+if distributed.is_main():
+  with open(os.environ["OUT"], "w") as f:
+    json.dump({"loss": float(metrics["loss"]), "tokens": np.asarray(out.tokens).tolist(),
+               "processes": jax.process_count(), "devices": jax.device_count(),
+               "local_rows": int(len(local["agent_mask"]))}, f)
