@@ -45,7 +45,7 @@ from mfjax.evaluation import plots
 from mfjax.evaluation.report import evaluate
 from mfjax.parallel import MeshConfig, ShardingError, distributed, global_batch, init_sharded, make_mesh
 from mfjax.parallel.mesh import batch_shards, process_rows
-from mfjax.parallel.state import policy_shardings, to_host
+from mfjax.parallel.state import place, policy_shardings, to_host
 from mfjax.runs import check_workdir, log, write_json
 
 
@@ -225,7 +225,10 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
   rng = jax.random.PRNGKey(cfg.seed)
   want = methods(cfg)
   if cfg.model.checkpoint:
-    model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype, remat_policy=cfg.model.remat)
+    # read on the host and cut per device: no device holds the whole model
+    model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype, remat_policy=cfg.model.remat,
+                                   host=True)
+    lm = place({"lm": lm}, policy_shardings(model, None, {"lm": lm}, mesh))["lm"]
     log(f"[base] loaded {cfg.model.checkpoint}")
   else:
     model = Decoder(_model_config(cfg, data.tokenizer, data.context))

@@ -218,3 +218,20 @@ def test_pod_launcher_runs_the_command_on_every_worker(capsys):
   assert "git -C" in setup and "scp" in setup and "--worker=all" in setup and "jax[tpu]" in setup
   with pytest.raises(SystemExit, match="needs a command"):
     tool.main(["--name", "pod", "--zone", "z", "--dry-run", "run"])
+
+
+def test_checkpoint_loads_on_the_host_and_is_cut_per_device(hf_checkpoints):
+  from test_hf_parity import TOL, _batch, _max_diff, _torch_logits
+
+  from mfjax.model import hf
+  path, ref = hf_checkpoints["qwen2"]
+  model, host = hf.load_pretrained(path, host=True)
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(host))
+  mesh = make_mesh((2, 2, 2))
+  params = place({"lm": host}, policy_shardings(model, None, {"lm": host}, mesh))["lm"]
+  q = params["layers"]["attn"]["q"]["kernel"]
+  assert q.sharding.spec == P(None, "fsdp", "tensor")
+  assert {s.data.shape for s in q.addressable_shards} == {(q.shape[0], q.shape[1] // 2, q.shape[2] // 2, q.shape[3])}
+  tokens, mask = _batch()
+  logits = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m))(params, jnp.asarray(tokens), jnp.asarray(mask))
+  assert _max_diff(logits, _torch_logits(ref, tokens, mask), mask) <= TOL

@@ -192,8 +192,11 @@ def _expected_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]
   return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
-def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], source: str = "checkpoint"):
-  """Our (unrolled or scanned, per cfg) param tree from HF-named tensors."""
+def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], source: str = "checkpoint", *,
+                   host: bool = False):
+  """Our (unrolled or scanned, per cfg) param tree from HF-named tensors: device
+  arrays, or with `host` numpy arrays (to be cut per device by
+  `mfjax.parallel.state.place`, so that no device ever holds the whole model)."""
   shapes = _expected_shapes(cfg)
   dtype = cfg.weights_dtype
   params: dict = {}
@@ -208,7 +211,8 @@ def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], source: str
       raise CheckpointError(f"{source}: tensor {hf_name!r} has shape {tuple(tensors[hf_name].shape)}, "
                             f"which does not fit the config (expected {want} after conversion)")
     used.add(hf_name)
-    _set(params, path, jnp.asarray(np.asarray(value), dtype=dtype))
+    value = np.asarray(value).astype(jnp.dtype(dtype))
+    _set(params, path, value if host else jnp.asarray(value))
 
   for hf_name, path, to_ours, _ in _global_map(cfg):
     take(hf_name, path, to_ours)
@@ -279,13 +283,14 @@ def load_config(path: str, **overrides) -> ModelConfig:
 
 
 def load_pretrained(path: str, dtype="float32", *, param_dtype=None, scan_layers: bool = True,
-                    remat_policy: str = "none") -> tuple[Decoder, dict]:
+                    remat_policy: str = "none", host: bool = False) -> tuple[Decoder, dict]:
   """(model, params) from a local HF folder. `dtype` is the compute dtype,
-  `param_dtype` (default: `dtype`) the storage dtype of the parameters."""
+  `param_dtype` (default: `dtype`) the storage dtype of the parameters;
+  `host` keeps them as numpy arrays (see `params_from_hf`)."""
   dtype = jnp.dtype(dtype).name
   cfg = load_config(path, dtype=dtype, param_dtype=jnp.dtype(param_dtype or dtype).name,
                     scan_layers=scan_layers, remat_policy=remat_policy)
-  params = params_from_hf(cfg, read_tensors(path), source=path)
+  params = params_from_hf(cfg, read_tensors(path), source=path, host=host)
   return Decoder(cfg), params
 
 

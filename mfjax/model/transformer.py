@@ -21,6 +21,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mfjax.model.config import ModelConfig
 from mfjax.model.layers import Block, RMSNorm, _init
@@ -178,7 +179,8 @@ def stack_layers(params, num_layers: int):
   """Unrolled params (`layers_0`, `layers_1`, ...) -> scanned (`layers`, leading axis)."""
   params = dict(params)
   per = [params.pop(f"layers_{i}") for i in range(num_layers)]
-  params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *per)
+  stack = lambda *xs: np.stack(xs) if all(isinstance(x, np.ndarray) for x in xs) else jnp.stack(xs)  # host stays host
+  params["layers"] = jax.tree.map(stack, *per)
   return params
 
 
