@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -199,7 +198,7 @@ def mfjax_rollout(model, params, batch, *, method, encoder, repeats: int) -> tup
   return secs, first - secs
 
 
-def bench_rollout(args, built, peak=None) -> None:
+def bench_rollout(args, built) -> None:
   ref, model, params, dev = built
   encoder, mf = make_encoder(model, args.slots)
   T, B, A = args.steps, args.agents, args.action
@@ -218,9 +217,6 @@ def bench_rollout(args, built, peak=None) -> None:
     row = {**common, "impl": "mfjax", "method": method, "seconds": secs, "compile_s": compile_s,
            "actions_per_s": n / secs, "tokens_per_s": n * A / secs, "speedup": ref_s / secs,
            "target": TARGETS[("rollout", case)]}
-    if peak:
-      flops = simulate_flops(model.cfg, E, T, B, args.prompt, A, args.slots, method == "mf")
-      row.update(mfu=flops / secs / peak, model_gflops=flops / 1e9)
     emit(row)
 
 
@@ -308,33 +304,40 @@ def reference_ib_loss(ref, enc, batch, *, K, beta, hidden_size, feature_size, st
   return relevance + beta * compression
 
 
-def bench_train(args, built, peak=None) -> None:
-  import torch
-
+def mfjax_train_seconds(model, encoder, ps, batch, *, beta: float, repeats: int) -> float:
+  """Median seconds of the jitted IB-Tune train step (full fine-tuning, AdamW) after its compile."""
   from mfjax.ibtune import TrainState, ib_tune_loss, jit_train_step, make_optimizer
-  ref, model, params, dev = built
-  E, T, B, A, K = args.train_events, args.train_steps, args.agents, args.action, args.slots
-  encoder, mf = make_encoder(model, K)
-  batch = events(args, E, T, seed=1)
-  beta = 1e-3
-  ps = {"lm": params, "mf": mf}
   loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
                                                           rng=rng, beta=beta, lm_grad=False)
   tx = make_optimizer(ps, trainable="full", lr=1e-5, steps=1000, warmup=1)
   step = jit_train_step(loss_fn=loss_fn, tx=tx)
   jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
   state = TrainState(jnp.int32(0), jax.tree.map(jnp.array, ps), tx.init(ps))
-  loss0 = float(jax.jit(lambda p, b: ib_tune_loss(model=model, encoder=encoder, params=p, batch=b, beta=beta,
-                                                  rng=jax.random.PRNGKey(0), lm_grad=False, sample=False)[0])(ps, jbatch))
   state, _ = step(state, jbatch, jax.random.PRNGKey(0))
   jax.block_until_ready(state)
   times = []
-  for _ in range(args.repeats):
+  for _ in range(repeats):
     t0 = time.perf_counter()
     state, m = step(state, jbatch, jax.random.PRNGKey(0))
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
-  secs = float(np.median(times))
+  return float(np.median(times))
+
+
+def bench_train(args, built) -> None:
+  import torch
+
+  from mfjax.ibtune import ib_tune_loss
+  ref, model, params, dev = built
+  E, T, B, A, K = args.train_events, args.train_steps, args.agents, args.action, args.slots
+  encoder, mf = make_encoder(model, K)
+  batch = events(args, E, T, seed=1)
+  beta = 1e-3
+  ps = {"lm": params, "mf": mf}
+  jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
+  loss0 = float(jax.jit(lambda p, b: ib_tune_loss(model=model, encoder=encoder, params=p, batch=b, beta=beta,
+                                                  rng=jax.random.PRNGKey(0), lm_grad=False, sample=False)[0])(ps, jbatch))
+  secs = mfjax_train_seconds(model, encoder, ps, batch, beta=beta, repeats=args.repeats)
 
   enc = torch_encoder(mf, dev)
   ref.train()
@@ -360,9 +363,6 @@ def bench_train(args, built, peak=None) -> None:
         "actions_per_s": E * T * B / ref_s, "loss_step0": ref_loss0, "torch_device": dev})
   row = {**common, "impl": "mfjax", "seconds": secs, "tokens_per_s": tokens / secs, "actions_per_s": E * T * B / secs,
          "loss_step0": loss0, "speedup": ref_s / secs, "target": TARGETS[("train", "ib_tune")]}
-  if peak:
-    flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
-    row.update(mfu=flops / secs / peak, model_gflops=flops / 1e9)
   emit(row)
 
 
@@ -370,25 +370,10 @@ def bench_mfu(args, built) -> None:
   """MFU of the train step and of `simulate` (mf), each its own line."""
   _, model, params, _ = built
   peak = peak_flops()
-  from mfjax.ibtune import TrainState, ib_tune_loss, jit_train_step, make_optimizer
   E, T, B, A, K = args.train_events, args.train_steps, args.agents, args.action, args.slots
   encoder, mf = make_encoder(model, K)
   ps = {"lm": params, "mf": mf}
-  loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
-                                                          rng=rng, beta=1e-3, lm_grad=False)
-  tx = make_optimizer(ps, trainable="full", lr=1e-5, steps=1000, warmup=1)
-  step = jit_train_step(loss_fn=loss_fn, tx=tx)
-  jbatch = {k: jnp.asarray(v) for k, v in events(args, E, T, seed=1).items()}
-  state = TrainState(jnp.int32(0), jax.tree.map(jnp.array, ps), tx.init(ps))
-  state, _ = step(state, jbatch, jax.random.PRNGKey(0))
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(args.repeats):
-    t0 = time.perf_counter()
-    state, m = step(state, jbatch, jax.random.PRNGKey(0))
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
-  secs = float(np.median(times))
+  secs = mfjax_train_seconds(model, encoder, ps, events(args, E, T, seed=1), beta=1e-3, repeats=args.repeats)
   flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
   base = {"bench": "mfu", "impl": "mfjax", "device": _device_kind(), "peak_gflops_per_s": peak / 1e9}
   emit({**base, "case": "train_step", "seconds": secs, "model_gflops": flops / 1e9, "mfu": flops / secs / peak,
