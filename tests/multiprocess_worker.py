@@ -2,7 +2,9 @@
 mfjax.parallel.distributed (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
 JAX_PROCESS_ID), builds a (2, 2, 2) mesh over every process's CPU devices,
 supplies only its own rows of the batch, takes one sharded train step and one
-sharded rollout, and (process 0) writes the loss and the gathered tokens to $OUT."""
+sharded rollout, and (process 0) writes the loss and the gathered tokens to $OUT.
+Then `run_fit` trains 2 steps with orbax checkpoints in $WORKDIR (every process
+saves its shards) and resumes to 4 on a (4, 2, 1) mesh."""
 
 import json
 import os
@@ -16,12 +18,12 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process
 
 from mfjax.parallel import distributed  # noqa: E402
 
-distributed.initialize(True)
+distributed.initialize("JAX_COORDINATOR_ADDRESS" in os.environ)  # else: one process (the comparison run)
 
 import numpy as np  # noqa: E402
 
 import mf_setup  # noqa: E402
-from mfjax.ibtune import ib_tune_loss, jit_train_step, make_optimizer, sharded_state  # noqa: E402
+from mfjax.ibtune import fit, ib_tune_loss, jit_train_step, make_optimizer, sharded_state  # noqa: E402
 from mfjax.parallel import global_batch, make_mesh  # noqa: E402
 from mfjax.parallel.mesh import process_rows  # noqa: E402
 from mfjax.parallel.state import policy_shardings, to_host  # noqa: E402
@@ -40,8 +42,24 @@ gb = global_batch(local, mesh)
 _, metrics = step(state, gb, jax.random.PRNGKey(7))
 out = to_host(simulate(model, params, gb, method="mf", encoder=encoder, context=mf_setup.CONTEXT,
                        rng=jax.random.PRNGKey(11), warmup=2, mesh=mesh))
+
+
+def run_fit(workdir: str, log=print):
+  """2 steps on a (2, 2, 2) mesh, then a resume to 4 on a (4, 2, 1) mesh, in `workdir`."""
+  data = mf_setup.make_batch(seed=4, e=16)
+  for shape, steps in (((2, 2, 2), 2), ((4, 2, 1), 4)):
+    mesh = make_mesh(shape)
+    state, shardings = sharded_state(params, tx, mesh=mesh,
+                                     param_shardings=policy_shardings(model, encoder, params, mesh))
+    step_fn = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings)
+    state = fit(name="t", workdir=workdir, state=state, step_fn=step_fn, data=data, batch_events=8, steps=steps,
+                seed=0, log_every=1, ckpt_every=2, mesh=mesh, log=log)
+  return state
+
+
 if distributed.is_main():
   with open(os.environ["OUT"], "w") as f:
     json.dump({"loss": float(metrics["loss"]), "tokens": np.asarray(out.tokens).tolist(),
                "processes": jax.process_count(), "devices": jax.device_count(),
                "local_rows": int(len(local["agent_mask"]))}, f)
+run_fit(os.environ["WORKDIR"], log=lambda *_: None)
