@@ -11,8 +11,9 @@ Qwen2-1.5B instead). Rollouts are scored on val (model selection); holdout is
 for final reports only (`--set data.eval_split=holdout`) and never used for
 training or selection.
 
-About 15 minutes on 2 CPU cores with the defaults (`smoke`, which CI runs:
-about 2 minutes):
+Over half an hour on 2 CPU cores with the defaults: the base stage alone ran
+at 0.22 steps/s, 30 minutes for its 400 steps; a full run has not been timed
+yet. `smoke`, which CI runs, takes about 2 minutes:
 
   python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced --workdir runs/ced_weibo
   python -m mfjax run --config experiments/ced_weibo.py:smoke --set data.path=../shared/data/ced
