@@ -43,8 +43,8 @@ from mfjax.rollout import METHODS, ContextSpec, simulate
 from mfjax.rollout.context import CONTEXT_HEADER, CONTEXT_SEP, KINDS
 from mfjax.evaluation import plots
 from mfjax.evaluation.report import evaluate
-from mfjax.parallel import MeshConfig, ShardingError, distributed, global_batch, init_sharded, make_mesh
-from mfjax.parallel.mesh import batch_shards, process_rows
+from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, make_mesh
+from mfjax.parallel.mesh import check_events, process_rows
 from mfjax.parallel.state import place, policy_shardings, to_host
 from mfjax.runs import check_workdir, log, write_json
 
@@ -164,9 +164,9 @@ def _val_eval(loss_fn, data: dict, events: int, step: int, mesh):
   aux_fn = jax.jit(lambda p, b: loss_fn(params=p, batch=b, rng=jax.random.PRNGKey(0), step=jnp.int32(step))[1])
 
   def run(params):
-    rows = [jax.device_get(aux_fn(params, c)) for c in chunks]
-    w = np.array([r["tokens"] for r in rows])
-    return {k: float(np.sum([r[k] * wi for r, wi in zip(rows, w)]) / w.sum()) for k in rows[0] if k != "tokens"}
+    terms = [jax.device_get(aux_fn(params, c)) for c in chunks]
+    w = np.array([t["tokens"] for t in terms])
+    return {k: float(np.sum([t[k] * wi for t, wi in zip(terms, w)]) / w.sum()) for k in terms[0] if k != "tokens"}
 
   return run
 
@@ -176,7 +176,7 @@ def _train(name: str, stage, *, make_loss, params, trainable: str, cfg, data: Da
   """make_loss(agents) -> loss_fn(params=, batch=, rng=, step=): training scores
   stage.agents agents per step, validation all of them. The state lives on
   `mesh` (parameters by the sharding rules, batches split over events)."""
-  _check_split(f"{name}.batch_events", stage.batch_events, mesh)
+  check_events(stage.batch_events, mesh, f"{name}.batch_events")
   loss_fn = make_loss(stage.agents)
   tx = make_optimizer(params, trainable=trainable, lr=stage.lr, steps=stage.steps, warmup=stage.warmup,
                       weight_decay=cfg.train.weight_decay)
@@ -200,14 +200,6 @@ class Trained:
   model: Decoder  # with LoRA adapters (fresh ones on the base params)
   encoder: MeanFieldEncoder
   params: dict  # method or stage name -> params {"lm": ...} (+ "mf")
-
-
-def _check_split(what: str, events: int, mesh) -> None:
-  n = batch_shards(mesh)
-  if events % n or events % jax.process_count():
-    raise ShardingError(f"{what}={events} does not split over the mesh's data x fsdp = {n} shards "
-                        f"({jax.process_count()} processes); use a multiple of {n} or set parallel.data / "
-                        "parallel.fsdp")
 
 
 def mesh_from(cfg):
@@ -286,7 +278,7 @@ def simulate_all(cfg, workdir: str, data: Data, trained: Trained, *, mesh=None) 
   arrays = data.eval.arrays()
   E = len(arrays["agent_mask"])
   chunk = min(cfg.rollout.batch_events, E)
-  _check_split("rollout.batch_events (or the eval events, if fewer)", chunk, mesh)
+  check_events(chunk, mesh, "rollout.batch_events (or the eval events, if fewer)")
   rows = process_rows(chunk)
   n_chunks = -(-E // chunk)
   for tag, method, key in rollout_runs(cfg):

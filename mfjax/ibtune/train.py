@@ -90,13 +90,18 @@ def train_step(state: TrainState, batch, rng, *, loss_fn: Callable, tx: optax.Gr
   return TrainState(state.step + 1, params, opt_state), {**aux, "grad_norm": optax.tree.norm(grads)}
 
 
+def state_shardings(params, tx: optax.GradientTransformation, *, mesh, param_shardings) -> TrainState:
+  """The TrainState of shardings for `params` (arrays or ShapeDtypeStructs):
+  optimizer leaves shaped like a parameter follow it, the rest (counts) and the
+  step are replicated."""
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  return TrainState(replicated(mesh), param_shardings, opt_state_shardings(tx, abstract, param_shardings, mesh))
+
+
 def sharded_state(params, tx: optax.GradientTransformation, *, mesh, param_shardings):
   """(TrainState at step 0 with params and optimizer state laid out on `mesh`,
-  the TrainState of their shardings): optimizer leaves shaped like a parameter
-  follow it, the rest (counts) and the step are replicated."""
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  shardings = TrainState(replicated(mesh), param_shardings,
-                         opt_state_shardings(tx, abstract, param_shardings, mesh))
+  the TrainState of their shardings; see `state_shardings`)."""
+  shardings = state_shardings(params, tx, mesh=mesh, param_shardings=param_shardings)
   # fresh buffers: the step donates its state, and `params` may be shared with other stages
   params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=param_shardings)(place(params, param_shardings))
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)

@@ -21,12 +21,12 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from mfjax.ibtune.objective import ib_tune_loss
-from mfjax.ibtune.train import TrainState, jit_train_step, make_optimizer
-from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, init_encoder
+from mfjax.ibtune.train import TrainState, jit_train_step, make_optimizer, state_shardings
+from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder
 from mfjax.model.config import LoraConfig, ModelConfig
-from mfjax.model.transformer import Decoder, init_params
-from mfjax.parallel.mesh import RULES, batch_sharding, check_events, opt_state_shardings, replicated
-from mfjax.parallel.state import policy_shardings
+from mfjax.model.transformer import Decoder
+from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated
+from mfjax.parallel.state import abstract_policy, policy_shardings
 from mfjax.rollout.simulate import BATCH_KEYS, _sharded_simulate, method_spec
 
 
@@ -80,9 +80,7 @@ def policy(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, lora: Optional[LoraC
   """(model, encoder, abstract params {"lm", "mf"}) without allocating anything."""
   model = Decoder(model_cfg.replace(lora=lora))
   encoder = MeanFieldEncoder(mf_cfg)
-  params = {"lm": jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0))),
-            "mf": jax.eval_shape(lambda: init_encoder(encoder, jax.random.PRNGKey(0), model_cfg.hidden_size))}
-  return model, encoder, params
+  return model, encoder, abstract_policy(model, encoder)
 
 
 def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, shapes: Shapes, *,
@@ -93,7 +91,7 @@ def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mes
   model, encoder, params = policy(model_cfg, mf_cfg, lora)
   p_sh = policy_shardings(model, encoder, params, mesh)
   tx = make_optimizer(params, trainable=trainable, lr=1e-4, steps=1000, warmup=10)
-  state_sh = TrainState(replicated(mesh), p_sh, opt_state_shardings(tx, params, p_sh, mesh))
+  state_sh = state_shardings(params, tx, mesh=mesh, param_shardings=p_sh)
   state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=state_sh.step), _abstract(params, p_sh),
                      _abstract(jax.eval_shape(tx.init, params), state_sh.opt_state))
   loss_fn = lambda params, batch, rng, step: ib_tune_loss(
@@ -114,7 +112,7 @@ def rollout_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, 
   spec, _ = method_spec(method, max_new_tokens=shapes.action)
   if not spec.use_mf:
     params = {"lm": params["lm"]}
-  fn, p_sh = _sharded_simulate(model, encoder if spec.use_mf else None, spec, mesh, tuple(RULES))
+  fn, p_sh = _sharded_simulate(model, encoder if spec.use_mf else None, spec, mesh, RULES)
   rep = replicated(mesh)
   scalars = (jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep), jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
              jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), jax.ShapeDtypeStruct((), jnp.float32, sharding=rep))

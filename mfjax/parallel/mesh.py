@@ -14,7 +14,8 @@ mesh axis (or None: replicated). Resolving a parameter's names against the
 rules is strict: a parameter without names, or with a name no rule covers,
 is an error naming the parameter path (nothing is silently replicated). A
 dimension the mesh axis does not divide, or a mesh axis already used by an
-earlier dimension of the same array, stays unsplit (reported by `describe`).
+earlier dimension of the same array, stays unsplit (listed in the `notes` of
+`logical_to_spec` / `shardings_from_specs`).
 
 Parameters are created already sharded (`init_sharded`): the init runs under
 `jax.jit` with out_shardings computed from `jax.eval_shape`, so no device (and
@@ -191,10 +192,12 @@ def batch_shards(mesh: Mesh) -> int:
 
 
 def check_events(events: int, mesh: Mesh, what: str = "batch") -> None:
+  """`events` must split evenly over the mesh's data x fsdp shards and over the processes."""
   n = batch_shards(mesh)
-  if events % n:
-    raise ShardingError(f"{what}: {events} events do not split over data x fsdp = {n} shards; "
-                        f"use a multiple of {n}")
+  if events % n or events % jax.process_count():
+    raise ShardingError(f"{what}={events} events do not split over the mesh's data x fsdp = {n} shards "
+                        f"({jax.process_count()} processes); use a multiple of {n} or set parallel.data / "
+                        "parallel.fsdp")
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, params_abstract, param_shardings, mesh: Mesh):
@@ -238,8 +241,3 @@ def process_rows(events: int) -> slice:
   per = events // n
   return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
 
-
-def describe(shardings) -> list[str]:
-  """One line per parameter: path and PartitionSpec (for logs and the AOT report)."""
-  leaves = jax.tree_util.tree_flatten_with_path(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0]
-  return [f"{jax.tree_util.keystr(p)} {s.spec}" for p, s in leaves]

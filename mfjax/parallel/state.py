@@ -14,8 +14,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mfjax.meanfield.encoder import MeanFieldEncoder, encoder_specs
-from mfjax.model.transformer import Decoder, param_specs
+from mfjax.meanfield.encoder import MeanFieldEncoder, encoder_specs, init_encoder
+from mfjax.model.transformer import Decoder, init_params, param_specs
 from mfjax.parallel.mesh import RULES, shardings_from_specs
 
 
@@ -27,6 +27,16 @@ def policy_specs(model: Decoder, encoder: Optional[MeanFieldEncoder] = None, key
       raise ValueError("params have an 'mf' subtree but no encoder was given")
     out["mf"] = encoder_specs(encoder)
   return {k: out[k] for k in keys}
+
+
+def abstract_policy(model: Decoder, encoder: Optional[MeanFieldEncoder] = None, keys=("lm", "mf")) -> dict:
+  """ShapeDtypeStructs of a {"lm", "mf"} parameter tree (only `keys`), by `jax.eval_shape`."""
+  out = {"lm": jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))}
+  if "mf" in keys:
+    if encoder is None:
+      raise ValueError("params have an 'mf' subtree but no encoder was given")
+    out["mf"] = jax.eval_shape(lambda: init_encoder(encoder, jax.random.PRNGKey(0), model.cfg.hidden_size))
+  return out
 
 
 def policy_shardings(model: Decoder, encoder: Optional[MeanFieldEncoder], params, mesh: Mesh, rules=RULES, *,

@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 
 from mfjax import sampling
-from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, MFState, agent_embeddings, init_encoder
-from mfjax.model.transformer import Decoder, init_params
-from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, shardings_from_specs
-from mfjax.parallel.state import place, policy_specs
+from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, MFState, agent_embeddings
+from mfjax.model.transformer import Decoder
+from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated
+from mfjax.parallel.state import abstract_policy, place, policy_shardings
 from mfjax.policy import action_logprobs, per_agent, with_context
 from mfjax.rollout.context import KINDS, NONE, ContextSpec, quote_context, repost_counts, selection_scores
 
@@ -149,11 +149,7 @@ def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec:
   """(`_simulate` jitted for `mesh` with in/out shardings, param shardings):
   params by the rules, batch and outputs split over events, scalars replicated."""
   keys = ("lm", "mf") if spec.use_mf else ("lm",)
-  specs = policy_specs(model, encoder, keys)
-  abstract = {"lm": jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))}
-  if spec.use_mf:
-    abstract["mf"] = jax.eval_shape(lambda: init_encoder(encoder, jax.random.PRNGKey(0), model.cfg.hidden_size))
-  p_sh = shardings_from_specs(specs, abstract, mesh, rules)
+  p_sh = policy_shardings(model, encoder, abstract_policy(model, encoder, keys), mesh, rules)
   ev, rep = batch_sharding(mesh), replicated(mesh)
   fn = jax.jit(functools.partial(_simulate_impl, model, encoder, spec=spec),
                in_shardings=(p_sh, ev, rep, rep, rep, rep), out_shardings=ev)
