@@ -6,7 +6,9 @@ line each with XLA's per-device bytes: arguments (parameters, optimizer
 state, batch shard), outputs, temporaries and their sum (`peak_bytes`).
 On a host without that many accelerators the mesh is made of forced CPU
 devices, so arguments and outputs are exact and temporaries are XLA's CPU
-estimate.
+estimate. On the hardware itself, `--execute` also runs each compiled step
+once on arrays of those shapes (zeros) and prints the allocator's measured peak
+beside XLA's figure.
 
   python tools/aot_memory.py --config experiments/qwen2_lora.py --mesh 1,4,2
   python tools/aot_memory.py --config experiments/qwen2_lora.py --preset qwen2-1.5b --mesh 2,4,1 --events 8
@@ -36,6 +38,8 @@ def parse_args(argv=None):
   p.add_argument("--events", type=int, default=None, help="events per train step (default: mf_train.batch_events)")
   p.add_argument("--rollout-events", type=int, default=None, help="events per rollout call (default: rollout.batch_events)")
   p.add_argument("--what", default="train,rollout", help="comma-separated: train, rollout")
+  p.add_argument("--execute", action="store_true",
+                 help="also run each compiled step once (allocates for real) and measure the device's peak bytes")
   return p.parse_args(argv)
 
 
@@ -81,14 +85,16 @@ def main(argv=None):
       shapes = Shapes(args.events or cfg.mf_train.batch_events, d.steps, d.agents_per_step, d.prompt_len,
                       d.action_len, cfg.mf_train.agents)
       r = train_step_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, trainable=cfg.mf_train.trainable,
-                            lm_grad=cfg.mf.lm_grad, remat=cfg.ib.remat)
+                            lm_grad=cfg.mf.lm_grad, remat=cfg.ib.remat, execute=args.execute)
     elif what == "rollout":
       shapes = Shapes(args.rollout_events or cfg.rollout.batch_events, d.steps, d.agents_per_step, d.prompt_len,
                       d.action_len)
-      r = rollout_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, method="mf")
+      r = rollout_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, method="mf", execute=args.execute)
     else:
       sys.exit(f"error: --what: unknown {what!r} (train, rollout)")
     r.update(common, events=shapes.events, peak_gib=round(r["peak_bytes"] / 2 ** 30, 3))
+    if r.get("measured_peak_bytes"):
+      r["measured_peak_gib"] = round(r["measured_peak_bytes"] / 2 ** 30, 3)
     print(json.dumps(r), flush=True)
 
 

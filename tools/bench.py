@@ -6,9 +6,12 @@
   python tools/bench.py all
 
 Both sides use the same random Qwen2 (width 512, 8 layers, vocab 8192; the
-weights are written by transformers and loaded by mfjax), float32, B=16 agents
-per step, prompts of 128 and actions of 32 tokens, one process on the same
-device (a GPU when JAX and torch both see one). Prints one JSON object per
+weights are written by transformers and loaded by mfjax), B=16 agents per
+step, prompts of 128 and actions of 32 tokens, one process on the same device
+(a GPU when JAX and torch both see one), in the same numerics (`--dtype`):
+float32 (the default; on a GPU both sides at full float32 matmul precision,
+no TF32), or bfloat16 (rollouts: bfloat16 weights on both sides; training:
+float32 weights with bfloat16 matmuls, `torch.autocast` on the reference). Prints one JSON object per
 line: bench, case, impl (mfjax | reference), actions_per_s, tokens_per_s,
 seconds, mfu where measured, device; the mfjax line of a case carries
 `speedup` (its throughput over the reference's) and the issue's `target`.
@@ -30,12 +33,17 @@ the initial weights with m = the posterior mean are printed side by side). Token
 
 MFU counts only the FLOPs the math needs (matmuls of every linear layer,
 causal attention, the LM head where logits are used; backward = 2x forward)
-and divides by the peak FLOP/s of a large float32 `jnp.dot` in the same process.
+and divides by the peak FLOP/s of a large `jnp.dot` in the same process and
+dtype (2048^3 on a CPU, 8192^3 on an accelerator).
+
+For an accelerator's numbers in one run: `tools/gpu_bench.sh OUT_DIR`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import os
 import sys
@@ -62,10 +70,12 @@ def timed(fn) -> float:
   return time.perf_counter() - t
 
 
-def peak_flops(n: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of an n x n x n float32 matmul (the best of `repeats`)."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+def peak_flops(n: int = 0, repeats: int = 10, dtype: str = "float32") -> float:
+  """FLOP/s of an n x n x n matmul in `dtype` (the best of `repeats`; n=0: 2048
+  on a CPU, 8192 on an accelerator, which 2048 does not fill)."""
+  n = n or (2048 if jax.default_backend() == "cpu" else 8192)
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
   f = jax.jit(jnp.dot)
   f(a, b).block_until_ready()
   return 2 * n ** 3 / min(timed(lambda: f(a, b).block_until_ready()) for _ in range(repeats))
@@ -122,18 +132,43 @@ def hf_config(args):
 
 
 def build(args):
-  """(torch model on its device, mfjax model, mfjax params, torch device) with the same weights."""
+  """(torch model on its device, mfjax model, mfjax params, torch device) with the
+  same weights, stored in float32; the model computes in `args.dtype`."""
   import torch
   import transformers
 
   from mfjax.model import hf
+  dev = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+  if args.dtype == "float32" and jax.default_backend() != "cpu":
+    # the same math on both sides: torch's float32 matmuls are full precision (no TF32) by default
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
   torch.manual_seed(0)
   ref = transformers.Qwen2ForCausalLM(hf_config(args)).eval()
   with tempfile.TemporaryDirectory() as tmp:
     ref.save_pretrained(tmp)
-    model, params = hf.load_pretrained(tmp)
-  dev = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+    model, params = hf.load_pretrained(tmp, dtype=args.dtype, param_dtype="float32")
   return ref.to(dev), model, params, dev
+
+
+def cast(params, dtype: str):
+  """mfjax's sampling weights: `dtype` copies (float32: the originals)."""
+  return params if dtype == "float32" else jax.tree.map(lambda x: x.astype(dtype), params)
+
+
+def rollout_weights(ref, params, dtype: str):
+  """The weights both sides sample with: `dtype` copies (float32: the originals)."""
+  import torch
+  if dtype == "float32":
+    return ref, params
+  return copy.deepcopy(ref).to(getattr(torch, dtype)), cast(params, dtype)
+
+
+def autocast(dev: str, dtype: str):
+  """The reference's mixed precision for training (float32: none)."""
+  import torch
+  return contextlib.nullcontext() if dtype == "float32" else torch.autocast(dev, dtype=getattr(torch, dtype))
 
 
 def make_encoder(model, K: int, init_logvar: float = -4.0):
@@ -157,6 +192,10 @@ def events(args, E: int, T: int, seed: int = 0) -> dict:
 
 def _device_kind() -> str:
   return str(jax.devices()[0].device_kind)
+
+
+def _common(args, bench: str, case: str, **extra) -> dict:
+  return {"bench": bench, "case": case, **extra, "dtype": args.dtype, "device": _device_kind()}
 
 
 def emit(row: dict) -> None:
@@ -200,6 +239,7 @@ def mfjax_rollout(model, params, batch, *, method, encoder, repeats: int) -> tup
 
 def bench_rollout(args, built) -> None:
   ref, model, params, dev = built
+  ref, params = rollout_weights(ref, params, args.dtype)
   encoder, mf = make_encoder(model, args.slots)
   T, B, A = args.steps, args.agents, args.action
   cases = [("policy_1event", 1, "state", False), ("policy_8events", 8, "state", False), ("mf_step", 1, "mf", True)]
@@ -211,7 +251,7 @@ def bench_rollout(args, built) -> None:
     secs, compile_s = mfjax_rollout(model, p, batch, method=method, encoder=encoder, repeats=args.repeats)
     ref_s = reference_rollout(ref, dev, batch, args, text_mf=text_mf)
     n = E * T * B
-    common = {"bench": "rollout", "case": case, "events": E, "steps": T, "agents": B, "device": _device_kind()}
+    common = _common(args, "rollout", case, events=E, steps=T, agents=B)
     emit({**common, "impl": "reference", "seconds": ref_s, "actions_per_s": n / ref_s, "tokens_per_s": n * A / ref_s,
           "text_mf_summary_tokens": args.summary if text_mf else 0, "torch_device": dev})
     row = {**common, "impl": "mfjax", "method": method, "seconds": secs, "compile_s": compile_s,
@@ -349,7 +389,9 @@ def bench_train(args, built) -> None:
   for i in range(args.repeats + 1):
     t0 = time.perf_counter()
     opt.zero_grad()
-    reference_ib_loss(ref, enc, batch, **kw).backward()
+    with autocast(dev, args.dtype):
+      loss = reference_ib_loss(ref, enc, batch, **kw)
+    loss.backward()
     opt.step()
     if dev == "cuda":
       torch.cuda.synchronize()
@@ -358,7 +400,7 @@ def bench_train(args, built) -> None:
   ref.eval()
   ref_s = float(np.median(ref_times))
   tokens = E * T * B * A
-  common = {"bench": "train", "case": "ib_tune", "events": E, "steps": T, "agents": B, "device": _device_kind()}
+  common = _common(args, "train", "ib_tune", events=E, steps=T, agents=B)
   emit({**common, "impl": "reference", "seconds": ref_s, "tokens_per_s": tokens / ref_s,
         "actions_per_s": E * T * B / ref_s, "loss_step0": ref_loss0, "torch_device": dev})
   row = {**common, "impl": "mfjax", "seconds": secs, "tokens_per_s": tokens / secs, "actions_per_s": E * T * B / secs,
@@ -369,21 +411,21 @@ def bench_train(args, built) -> None:
 def bench_mfu(args, built) -> None:
   """MFU of the train step and of `simulate` (mf), each its own line."""
   _, model, params, _ = built
-  peak = peak_flops()
+  peak = peak_flops(dtype=args.dtype)
   E, T, B, A, K = args.train_events, args.train_steps, args.agents, args.action, args.slots
   encoder, mf = make_encoder(model, K)
   ps = {"lm": params, "mf": mf}
   secs = mfjax_train_seconds(model, encoder, ps, events(args, E, T, seed=1), beta=1e-3, repeats=args.repeats)
   flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
-  base = {"bench": "mfu", "impl": "mfjax", "device": _device_kind(), "peak_gflops_per_s": peak / 1e9}
-  emit({**base, "case": "train_step", "seconds": secs, "model_gflops": flops / 1e9, "mfu": flops / secs / peak,
-        "tokens_per_s": E * T * B * A / secs, "actions_per_s": E * T * B / secs, "target": TARGETS[("mfu", "train_step")]})
+  base = {"impl": "mfjax", "peak_gflops_per_s": peak / 1e9}
+  emit({**_common(args, "mfu", "train_step"), **base, "seconds": secs, "model_gflops": flops / 1e9,
+        "mfu": flops / secs / peak, "tokens_per_s": E * T * B * A / secs, "actions_per_s": E * T * B / secs, "target": TARGETS[("mfu", "train_step")]})
   Er = args.mfu_events
   batch = events(args, Er, args.steps)
-  secs, _ = mfjax_rollout(model, ps, batch, method="mf", encoder=encoder, repeats=args.repeats)
+  secs, _ = mfjax_rollout(model, {"lm": cast(params, args.dtype), "mf": mf}, batch, method="mf", encoder=encoder, repeats=args.repeats)
   flops = simulate_flops(model.cfg, Er, args.steps, B, args.prompt, A, K, True)
   n = Er * args.steps * B
-  emit({**base, "case": "simulate", "events": Er, "seconds": secs, "model_gflops": flops / 1e9,
+  emit({**_common(args, "mfu", "simulate", events=Er), **base, "seconds": secs, "model_gflops": flops / 1e9,
         "mfu": flops / secs / peak, "actions_per_s": n / secs, "tokens_per_s": n * A / secs,
         "target": TARGETS[("mfu", "simulate")]})
 
@@ -405,6 +447,8 @@ def parse_args(argv=None):
   p.add_argument("--train-steps", type=int, default=2, help="T of a training batch")
   p.add_argument("--mfu-events", type=int, default=8, help="events of the simulate MFU case")
   p.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                 help="numerics of both sides (see above); the MFU peak is measured in it")
   return p.parse_args(argv)
 
 

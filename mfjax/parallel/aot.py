@@ -8,6 +8,11 @@ assigned to each device. Run it before booking hardware (`tools/aot_memory.py`):
 on a CPU host the mesh is made of forced host devices, so the numbers are
 XLA's CPU buffer assignment (arguments and outputs are exact; temporaries are
 an estimate of the accelerator's).
+
+With `execute=True` (on the hardware itself) the compiled step also runs once
+on real arrays of those shapes, and the device allocator's peak is reported
+beside XLA's figure (`measured_peak_bytes`, where the backend keeps memory
+statistics: GPUs and TPUs do, the CPU does not).
 """
 
 from __future__ import annotations
@@ -65,6 +70,28 @@ def _stats(compiled) -> dict:
   return out
 
 
+def _materialize(tree):
+  """Real arrays laid out as `tree`'s ShapeDtypeStructs: floats 0 (weights, moments),
+  integers and booleans 1 (token ids, masks, parents, step counters)."""
+  def fill(x):
+    return jnp.zeros(x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.ones(x.shape, x.dtype)
+  return jax.jit(lambda: jax.tree.map(fill, tree), out_shardings=jax.tree.map(lambda x: x.sharding, tree))()
+
+
+def _run_measured(compiled, *abstract_args) -> dict:
+  """Run `compiled` once on materialized arguments; the allocator's peak bytes
+  (largest device) after it, and what was resident before it ran."""
+  args = _materialize(abstract_args)
+  devices = {d for x in jax.tree.leaves(abstract_args) for d in x.sharding.device_set}
+  stats = lambda: [d.memory_stats() or {} for d in devices]
+  before = max(s.get("bytes_in_use", 0) for s in stats())
+  jax.block_until_ready(compiled(*args))
+  peak = max(s.get("peak_bytes_in_use", 0) for s in stats())
+  if not peak:
+    return {"measured_peak_bytes": None, "measured_note": f"{jax.default_backend()} keeps no memory statistics"}
+  return {"measured_peak_bytes": int(peak), "resident_before_bytes": int(before)}
+
+
 def shard_bytes(abstract_tree) -> int:
   """Bytes of the largest device's share of `abstract_tree` (ShapeDtypeStructs with shardings)."""
   per_device: dict = {}
@@ -85,8 +112,9 @@ def policy(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, lora: Optional[LoraC
 
 def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, shapes: Shapes, *,
                       lora: Optional[LoraConfig] = None, trainable: str = "lora+mf", lm_grad: bool = False,
-                      remat: bool = False) -> dict:
-  """Compile the IB-Tune train step for `mesh` against abstract shapes; per-device bytes."""
+                      remat: bool = False, execute: bool = False) -> dict:
+  """Compile the IB-Tune train step for `mesh` against abstract shapes; per-device
+  bytes (`execute`: also run it once and measure, see the module docstring)."""
   check_events(shapes.events, mesh, "events")
   model, encoder, params = policy(model_cfg, mf_cfg, lora)
   p_sh = policy_shardings(model, encoder, params, mesh)
@@ -99,14 +127,17 @@ def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mes
       agents=shapes.scored_agents, lm_grad=lm_grad)
   step = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=state_sh)
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(mesh))
-  compiled = step.lower(state, abstract_batch(shapes, mesh), rng).compile()
-  return {"what": "train_step", **_stats(compiled), "state_bytes": shard_bytes(state),
-          "param_bytes": shard_bytes(state.params)}
+  batch = abstract_batch(shapes, mesh)
+  compiled = step.lower(state, batch, rng).compile()
+  out = {"what": "train_step", **_stats(compiled), "state_bytes": shard_bytes(state),
+         "param_bytes": shard_bytes(state.params)}
+  return {**out, **_run_measured(compiled, state, batch, rng)} if execute else out
 
 
 def rollout_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, shapes: Shapes, *,
-                   lora: Optional[LoraConfig] = None, method: str = "mf") -> dict:
-  """Compile `simulate` (one method) for `mesh` against abstract shapes; per-device bytes."""
+                   lora: Optional[LoraConfig] = None, method: str = "mf", execute: bool = False) -> dict:
+  """Compile `simulate` (one method) for `mesh` against abstract shapes; per-device
+  bytes (`execute`: also run it once and measure)."""
   check_events(shapes.events, mesh, "events")
   model, encoder, params = policy(model_cfg, mf_cfg, lora)
   spec, _ = method_spec(method, max_new_tokens=shapes.action)
@@ -116,5 +147,7 @@ def rollout_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, 
   rep = replicated(mesh)
   scalars = (jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep), jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
              jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), jax.ShapeDtypeStruct((), jnp.float32, sharding=rep))
-  compiled = fn.lower(_abstract(params, p_sh), abstract_batch(shapes, mesh), *scalars).compile()
-  return {"what": f"simulate[{method}]", **_stats(compiled), "param_bytes": shard_bytes(_abstract(params, p_sh))}
+  args = (_abstract(params, p_sh), abstract_batch(shapes, mesh), *scalars)
+  compiled = fn.lower(*args).compile()
+  out = {"what": f"simulate[{method}]", **_stats(compiled), "param_bytes": shard_bytes(args[0])}
+  return {**out, **_run_measured(compiled, *args)} if execute else out
