@@ -42,6 +42,20 @@ def test_bench_prints_every_case_and_the_same_loss(capsys):
   assert abs(train["mfjax"]["loss_step0"] - train["reference"]["loss_step0"]) < 1e-5 * train["reference"]["loss_step0"]
 
 
+def test_bench_bfloat16_runs_both_sides_in_bfloat16(capsys):
+  """--dtype bfloat16: mfjax computes in bfloat16 and the reference under torch.autocast,
+  so the two losses at the initial weights agree to bfloat16 rounding, not float32's."""
+  bench = _bench()
+  bench.main(["train", *TINY, "--dtype", "bfloat16"])
+  rows = {r["impl"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+  assert {r["dtype"] for r in rows.values()} == {"bfloat16"}
+  ref, ours = rows["reference"]["loss_step0"], rows["mfjax"]["loss_step0"]
+  assert abs(ours - ref) < 2e-2 * ref  # bfloat16 has 8 bits of mantissa
+  bench.main(["train", *TINY])
+  f32 = {r["impl"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+  assert ours != f32["mfjax"]["loss_step0"]  # the dtype really changed the computation
+
+
 def test_flop_counts_match_a_hand_count():
   bench = _bench()
 

@@ -20,7 +20,8 @@ The reference (the paper's way): per step, transformers `generate` for the B
 agents of one event (sampling: top-k 50, top-p 0.95, repetition penalty 1.1),
 then, with the text mean field, one more `generate` of a 200-token summary of
 the step's actions and the previous summary; a Python loop over steps, one
-event after another. mfjax: `simulate`, one jitted `lax.scan` over steps for
+event after another (timed after one 2-token warm-up `generate`, as mfjax is
+timed after its compile). mfjax: `simulate`, one jitted `lax.scan` over steps for
 all events at once (top-k 50, top-p 0.95; no repetition penalty), the latent
 mean field updated in the same scan; `score_real=False`, since the reference
 does not score the real actions either.
@@ -36,7 +37,7 @@ causal attention, the LM head where logits are used; backward = 2x forward)
 and divides by the peak FLOP/s of a large `jnp.dot` in the same process and
 dtype (2048^3 on a CPU, 8192^3 on an accelerator).
 
-For an accelerator's numbers in one run: `tools/gpu_bench.sh OUT_DIR`.
+For an accelerator's numbers in one run: `tools/gpu_check.sh` (README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -211,6 +212,9 @@ def reference_rollout(ref, dev, batch, args, *, text_mf: bool) -> float:
   E, T = batch["agent_mask"].shape[:2]
   A, S = args.action, args.summary
   gen = dict(do_sample=True, repetition_penalty=1.1, pad_token_id=0, eos_token_id=None, **SAMPLING)
+  with torch.no_grad():  # warm-up outside the timing (library loading, kernel selection), as mfjax's compile is
+    ids = torch.as_tensor(batch["prompt_ids"][0, 0], dtype=torch.long, device=dev)
+    ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, min_new_tokens=2, **gen)
   t0 = time.perf_counter()
   with torch.no_grad():
     for e in range(E):
@@ -383,7 +387,7 @@ def bench_train(args, built) -> None:
   ref.train()
   opt = torch.optim.AdamW(list(ref.parameters()) + list(enc[0].values()), lr=1e-5, weight_decay=0.0)
   kw = dict(K=K, beta=beta, hidden_size=model.cfg.hidden_size, feature_size=256, state_size=512)
-  with torch.no_grad():
+  with torch.no_grad(), autocast(dev, args.dtype):
     ref_loss0 = float(reference_ib_loss(ref, enc, batch, noise=False, **kw))
   ref_times = []
   for i in range(args.repeats + 1):
@@ -408,10 +412,13 @@ def bench_train(args, built) -> None:
   emit(row)
 
 
-def bench_mfu(args, built) -> None:
-  """MFU of the train step and of `simulate` (mf), each its own line."""
+def bench_mfu(args, built, peak_at_start: float = 0.0) -> None:
+  """MFU of the train step and of `simulate` (mf), each its own line. The peak is
+  the larger of `peak_at_start` (measured before any other work) and one measured
+  now: on a shared 2-core VM the in-process figure after the other benchmarks was
+  seen at half the fresh one, which would inflate MFU past 100%."""
   _, model, params, _ = built
-  peak = peak_flops(dtype=args.dtype)
+  peak = max(peak_at_start, peak_flops(dtype=args.dtype))
   E, T, B, A, K = args.train_events, args.train_steps, args.agents, args.action, args.slots
   encoder, mf = make_encoder(model, K)
   ps = {"lm": params, "mf": mf}
@@ -455,12 +462,13 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
   args = parse_args(argv)
   built = build(args)
+  peak = peak_flops(dtype=args.dtype) if args.bench in ("mfu", "all") else 0.0
   if args.bench in ("rollout", "all"):
     bench_rollout(args, built)
   if args.bench in ("train", "all"):
     bench_train(args, built)
   if args.bench in ("mfu", "all"):
-    bench_mfu(args, built)
+    bench_mfu(args, built, peak)
 
 
 if __name__ == "__main__":

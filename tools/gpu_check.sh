@@ -1,18 +1,88 @@
 #!/usr/bin/env bash
-# One short accelerator check (run on a lent GPU machine from the repo root):
-# versions, the test suite on the GPU, and the generate benchmark. Float32
-# matmuls are kept at full precision (no TF32) so that parity tolerances and
-# the PyTorch comparison mean the same as on CPU, and XLA's GPU reductions are
-# made deterministic so that a resumed run is bit-identical (as on CPU).
-# `tools/gpu_check.sh tests` runs the tests only. Writes logs to ${OUT:-/tmp}.
-set -uo pipefail
-OUT=${OUT:-/tmp}
-export PYTHONUNBUFFERED=1 JAX_DEFAULT_MATMUL_PRECISION=highest TRANSFORMERS_VERBOSITY=error
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import jax, flax, optax, transformers, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
-if [ "${1:-}" != tests ]; then
-python3 tools/bench_generate.py --repeats 5 2>&1 | grep '^{' | tee "$OUT/bench_generate.jsonl"
-python3 tools/bench_generate.py --repeats 5 --batch 64 --width 1024 --layers 16 2>&1 | grep '^{' | tee -a "$OUT/bench_generate.jsonl"
-fi
-python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest.log" | tail -15
+# An accelerator's numbers and checks in one run (from the repo root of a machine
+# with a GPU), most important first, each step under its own time limit so that
+# one failure or overrun leaves the others' results:
+#
+#   tools/gpu_check.sh [STEP...]      STEP: bench aot mfu generate tests (default: all, in this order)
+#
+#   env.txt            the device, driver and package versions (always)
+#   bench.jsonl        bench:    tools/bench.py all --dtype bfloat16 (the issue's sizes), then
+#                                tools/bench.py all --dtype float32 (full-precision matmuls on both sides)
+#   aot.jsonl          aot:      tools/aot_memory.py --execute: Qwen2-1.5B + LoRA (experiments/qwen2_lora.py)
+#                                on one device, XLA's compiled figure beside the allocator's measured peak
+#   mfu.jsonl          mfu:      tools/bench.py mfu --dtype bfloat16 at a batch that fills the chip better
+#   generate.jsonl     generate: tools/bench_generate.py at the issue's size and at a larger one
+#   pytest.log         tests:    the test suite on the GPU
+#   log.txt            every step's stderr and exit status
+#
+# OUT (default /tmp/gpu_check) is where the files go; PYTHON chooses the interpreter;
+# BENCH_ARGS adds tools/bench.py flags (e.g. smaller sizes to try the script on a CPU);
+# LIMIT_BENCH, LIMIT_AOT, LIMIT_MFU, LIMIT_GENERATE, LIMIT_TESTS (seconds) the limits.
+#
+# Float32 matmuls run at full precision (no TF32) in the float32 bench, generate and
+# tests, so that parity tolerances and the PyTorch comparison mean the same as on
+# CPU; the tests also make XLA's GPU reductions deterministic, so that a resumed run
+# is bit-identical (as on CPU).
+set -u
+out=${OUT:-/tmp/gpu_check}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
+steps=${*:-bench aot mfu generate tests}
+export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
+# JAX and PyTorch share the device in the benchmarks: JAX takes half, not its default 75%
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}
+log="$out/log.txt"
+bench_args=${BENCH_ARGS:-}
+
+step() {  # step NAME LIMIT_S FILE CMD...: run CMD, stdout appended to FILE, stderr to log.txt
+  local name=$1 limit=$2 file=$3
+  shift 3
+  local t0=$SECONDS
+  echo "== $name (limit ${limit}s): $*" | tee -a "$log"
+  timeout "$limit" "$@" >>"$out/$file" 2>>"$log"
+  local rc=$?
+  echo "== $name: rc $rc in $((SECONDS - t0))s" | tee -a "$log"
+  grep -h '^{' "$out/$file" 2>/dev/null | tail -n 12
+}
+
+for s in $steps; do
+  case $s in bench | aot | mfu | generate | tests) ;; *) echo "unknown step $s (bench aot mfu generate tests)" >&2; exit 2 ;; esac
+done
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1
+  "$py" -c 'import sys, jax, jaxlib, flax, optax, orbax.checkpoint as ocp, transformers, torch
+print(sys.version.split()[0], "jax", jax.__version__, "jaxlib", jaxlib.__version__, "flax", flax.__version__,
+      "optax", optax.__version__, "orbax", ocp.__version__, "transformers", transformers.__version__,
+      "torch", torch.__version__)
+print("jax devices:", jax.devices(), "torch cuda:", torch.cuda.is_available())' 2>&1
+} >"$out/env.txt"
+cat "$out/env.txt"
+
+for s in $steps; do
+  case $s in
+    bench)
+      step bench_bf16 "${LIMIT_BENCH:-200}" bench.jsonl "$py" tools/bench.py all --dtype bfloat16 $bench_args
+      step bench_f32 "${LIMIT_BENCH:-200}" bench.jsonl "$py" tools/bench.py all --dtype float32 $bench_args ;;
+    aot)
+      # no PyTorch here: JAX may take 90% of the device. Events per device as a (1, 4, 2)
+      # mesh gives each device: 8 / 4 in training, 16 / 4 in rollouts
+      aot=(env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 "$py" tools/aot_memory.py --config experiments/qwen2_lora.py
+           --preset qwen2-1.5b --mesh 1,1,1 --execute)
+      step aot_train "${LIMIT_AOT:-110}" aot.jsonl "${aot[@]}" --what train --events 2
+      step aot_rollout "${LIMIT_AOT:-110}" aot.jsonl "${aot[@]}" --what rollout --rollout-events 4 ;;
+    mfu)
+      step mfu_big "${LIMIT_MFU:-90}" mfu.jsonl "$py" tools/bench.py mfu --dtype bfloat16 --train-events 8 \
+        --mfu-events 64 $bench_args ;;
+    generate)
+      gen=(env JAX_DEFAULT_MATMUL_PRECISION=highest "$py" tools/bench_generate.py --repeats 5)
+      step generate "${LIMIT_GENERATE:-300}" generate.jsonl "${gen[@]}"
+      step generate_big "${LIMIT_GENERATE:-300}" generate.jsonl "${gen[@]}" --batch 64 --width 1024 --layers 16 ;;
+    tests)
+      step tests "${LIMIT_TESTS:-1500}" pytest.log env JAX_DEFAULT_MATMUL_PRECISION=highest \
+        XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" "$py" -m pytest -q -p no:cacheprovider tests
+      tail -n 15 "$out/pytest.log" ;;
+  esac
+done
