@@ -294,7 +294,7 @@ def simulate_all(cfg, workdir: str, data: Data, trained: Trained, *, mesh=None) 
         out = simulate(trained.model, trained.params[key], batch, method=method, encoder=trained.encoder,
                        context=data.context, rng=jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1000 * (seed + 1)), c),
                        warmup=cfg.rollout.warmup, temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k,
-                       top_p=cfg.rollout.top_p, mesh=mesh)
+                       top_p=cfg.rollout.top_p, mesh=mesh, donate_batch=True)  # a fresh batch each call
         parts.append(to_host(out))
       if not distributed.is_main():
         continue

@@ -155,6 +155,26 @@ def test_sharded_rollout_equals_unsharded(setup, method):
   np.testing.assert_allclose(out.mf_kl, ref.mf_kl, rtol=1e-5, atol=1e-5)
 
 
+def test_sharded_rollout_can_donate_the_real_actions(setup):
+  """donate_batch: the same tokens; the action ids' buffer is consumed (reused for the
+  sampled tokens), the rest of the batch is left alone, and no donation goes unused."""
+  import warnings
+
+  from mfjax.parallel import global_batch
+  model, encoder, params, batch, _, _ = setup
+  kw = dict(method="mf", encoder=encoder, rng=jax.random.PRNGKey(11), warmup=2)
+  mesh = make_mesh((2, 2, 2))
+  ref = to_host(simulate(model, params, batch, mesh=mesh, **kw))
+  fresh = global_batch({k: np.asarray(v) for k, v in batch.items()}, mesh)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # "Some donated buffers were not usable" would fail here
+    out = to_host(simulate(model, params, fresh, mesh=mesh, donate_batch=True, **kw))
+  np.testing.assert_array_equal(out.tokens, ref.tokens)
+  np.testing.assert_allclose(out.real_logprobs, ref.real_logprobs, rtol=1e-6, atol=1e-6)
+  assert fresh["action_ids"].is_deleted()
+  assert not any(fresh[k].is_deleted() for k in fresh if k != "action_ids")
+
+
 def test_checkpoint_restores_onto_another_mesh(setup, tmp_path):
   model, encoder, params, batch, loss_fn, tx = setup
   data = mf_setup.make_batch(seed=4, e=16)

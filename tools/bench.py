@@ -426,10 +426,12 @@ def bench_mfu(args, built, peak_at_start: float = 0.0) -> None:
   flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
   base = {"impl": "mfjax", "peak_gflops_per_s": peak / 1e9}
   emit({**_common(args, "mfu", "train_step"), **base, "seconds": secs, "model_gflops": flops / 1e9,
-        "mfu": flops / secs / peak, "tokens_per_s": E * T * B * A / secs, "actions_per_s": E * T * B / secs, "target": TARGETS[("mfu", "train_step")]})
+        "mfu": flops / secs / peak, "tokens_per_s": E * T * B * A / secs, "actions_per_s": E * T * B / secs,
+        "target": TARGETS[("mfu", "train_step")]})
   Er = args.mfu_events
   batch = events(args, Er, args.steps)
-  secs, _ = mfjax_rollout(model, {"lm": cast(params, args.dtype), "mf": mf}, batch, method="mf", encoder=encoder, repeats=args.repeats)
+  secs, _ = mfjax_rollout(model, {"lm": cast(params, args.dtype), "mf": mf}, batch, method="mf", encoder=encoder,
+                          repeats=args.repeats)
   flops = simulate_flops(model.cfg, Er, args.steps, B, args.prompt, A, K, True)
   n = Er * args.steps * B
   emit({**_common(args, "mfu", "simulate", events=Er), **base, "seconds": secs, "model_gflops": flops / 1e9,

@@ -144,15 +144,28 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
 _simulate = jax.jit(_simulate_impl, static_argnames=("model", "encoder", "spec"))
 
 
+def _donating_impl(model, encoder, params, action_ids, rest, *scalars, spec: RolloutSpec) -> RolloutOutput:
+  """`_simulate_impl` with the real actions as their own (donated) argument: the
+  only batch array an output can reuse (same shape and dtype as `tokens`)."""
+  return _simulate_impl(model, encoder, params, {**rest, "action_ids": action_ids}, *scalars, spec=spec)
+
+
 @functools.lru_cache(maxsize=32)
-def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec: RolloutSpec, mesh, rules):
+def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec: RolloutSpec, mesh, rules,
+                      donate: bool = False):
   """(`_simulate` jitted for `mesh` with in/out shardings, param shardings):
-  params by the rules, batch and outputs split over events, scalars replicated."""
+  params by the rules, batch and outputs split over events, scalars replicated.
+  donate: called as fn(params, action_ids, rest_of_batch, *scalars), with the
+  action ids' buffer donated to the sampled tokens."""
   keys = ("lm", "mf") if spec.use_mf else ("lm",)
   p_sh = policy_shardings(model, encoder, abstract_policy(model, encoder, keys), mesh, rules)
   ev, rep = batch_sharding(mesh), replicated(mesh)
-  fn = jax.jit(functools.partial(_simulate_impl, model, encoder, spec=spec),
-               in_shardings=(p_sh, ev, rep, rep, rep, rep), out_shardings=ev)
+  if donate:
+    fn = jax.jit(functools.partial(_donating_impl, model, encoder, spec=spec),
+                 in_shardings=(p_sh, ev, ev, rep, rep, rep, rep), out_shardings=ev, donate_argnums=(1,))
+  else:
+    fn = jax.jit(functools.partial(_simulate_impl, model, encoder, spec=spec),
+                 in_shardings=(p_sh, ev, rep, rep, rep, rep), out_shardings=ev)
   return fn, p_sh
 
 
@@ -172,7 +185,8 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
 
 def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: int, encoder=None,
              context: Optional[ContextSpec] = None, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, score_real: bool = True, mesh=None, rules=RULES) -> RolloutOutput:
+             top_p: float = 1.0, score_real: bool = True, mesh=None, rules=RULES,
+             donate_batch: bool = False) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`).
   Steps t < warmup take the real actions into the history; later steps their
@@ -182,7 +196,9 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   With a mesh, the events split over data x fsdp and the parameters follow
   `rules`; outputs are global arrays split over events (`mfjax.parallel.state.to_host`).
   Batch arrays may be host arrays (one process) or global arrays
-  (`mfjax.parallel.global_batch`, any number of processes)."""
+  (`mfjax.parallel.global_batch`, any number of processes). donate_batch (with a
+  mesh): the batch's `action_ids` buffer is donated to the sampled tokens; the
+  caller must not use that array again (the pipeline builds each batch afresh)."""
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
                            top_p=top_p, score_real=score_real)
   if spec.use_mf and (encoder is None or "mf" not in params):
@@ -194,8 +210,10 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
     arrays = {k: jnp.asarray(batch[k]) for k in BATCH_KEYS}
     return _simulate(model, encoder, params, arrays, *scalars, spec=spec)
   check_events(batch["agent_mask"].shape[0], mesh, "simulate")
-  fn, p_sh = _sharded_simulate(model, encoder, spec, mesh, tuple(rules))
+  fn, p_sh = _sharded_simulate(model, encoder, spec, mesh, tuple(rules), bool(donate_batch))
   ev = batch_sharding(mesh)
   arrays = {k: batch[k] if isinstance(batch[k], jax.Array) and not batch[k].is_fully_addressable
             else jax.device_put(batch[k], ev) for k in BATCH_KEYS}
+  if donate_batch:
+    return fn(place(params, p_sh), arrays.pop("action_ids"), arrays, *scalars)
   return fn(place(params, p_sh), arrays, *scalars)
