@@ -50,6 +50,7 @@ import os
 import sys
 import tempfile
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -368,7 +369,7 @@ def mfjax_train_seconds(model, encoder, ps, batch, *, beta: float, repeats: int)
   return float(np.median(times))
 
 
-def bench_train(args, built) -> None:
+def bench_train(args, built) -> float:
   import torch
 
   from mfjax.ibtune import ib_tune_loss
@@ -410,19 +411,22 @@ def bench_train(args, built) -> None:
   row = {**common, "impl": "mfjax", "seconds": secs, "tokens_per_s": tokens / secs, "actions_per_s": E * T * B / secs,
          "loss_step0": loss0, "speedup": ref_s / secs, "target": TARGETS[("train", "ib_tune")]}
   emit(row)
+  return secs
 
 
-def bench_mfu(args, built, peak_at_start: float = 0.0) -> None:
+def bench_mfu(args, built, peak_at_start: float = 0.0, train_seconds: Optional[float] = None) -> None:
   """MFU of the train step and of `simulate` (mf), each its own line. The peak is
   the larger of `peak_at_start` (measured before any other work) and one measured
   now: on a shared 2-core VM the in-process figure after the other benchmarks was
-  seen at half the fresh one, which would inflate MFU past 100%."""
+  seen at half the fresh one, which would inflate MFU past 100%. `train_seconds`:
+  the same train step already timed by `bench_train` (not compiled and timed again)."""
   _, model, params, _ = built
   peak = max(peak_at_start, peak_flops(dtype=args.dtype))
   E, T, B, A, K = args.train_events, args.train_steps, args.agents, args.action, args.slots
   encoder, mf = make_encoder(model, K)
   ps = {"lm": params, "mf": mf}
-  secs = mfjax_train_seconds(model, encoder, ps, events(args, E, T, seed=1), beta=1e-3, repeats=args.repeats)
+  secs = train_seconds or mfjax_train_seconds(model, encoder, ps, events(args, E, T, seed=1), beta=1e-3,
+                                              repeats=args.repeats)
   flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
   base = {"impl": "mfjax", "peak_gflops_per_s": peak / 1e9}
   emit({**_common(args, "mfu", "train_step"), **base, "seconds": secs, "model_gflops": flops / 1e9,
@@ -467,10 +471,9 @@ def main(argv=None) -> None:
   peak = peak_flops(dtype=args.dtype) if args.bench in ("mfu", "all") else 0.0
   if args.bench in ("rollout", "all"):
     bench_rollout(args, built)
-  if args.bench in ("train", "all"):
-    bench_train(args, built)
+  train_seconds = bench_train(args, built) if args.bench in ("train", "all") else None
   if args.bench in ("mfu", "all"):
-    bench_mfu(args, built, peak)
+    bench_mfu(args, built, peak, train_seconds)
 
 
 if __name__ == "__main__":
