@@ -46,7 +46,7 @@ from mfjax.evaluation.report import evaluate
 from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, make_mesh
 from mfjax.parallel.mesh import check_events, process_rows
 from mfjax.parallel.state import place, policy_shardings, to_host
-from mfjax.runs import check_workdir, log, write_json
+from mfjax.runs import check_workdir, log
 
 
 @dataclasses.dataclass
@@ -345,8 +345,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   if "evaluate" in commands and distributed.is_main():  # host-side work on the saved rollouts: process 0 only
     results = evaluate(workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=rollout_runs(cfg),
                        seeds=cfg.rollout.seeds, warmup=cfg.rollout.warmup, labeler_name=cfg.eval.labeler,
-                       truth=data.truth, sweep=_sweep_validation(cfg, workdir) or None, log=log)
-    results["seconds"] = time.time() - t0
-    write_json(os.path.join(workdir, "results.json"), results)
+                       truth=data.truth, sweep=_sweep_validation(cfg, workdir) or None, started=t0, log=log)
   log(f"[done] {', '.join(commands)} in {time.time() - t0:.0f} s; outputs in {workdir}")
   return results

@@ -47,6 +47,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   results = _check_results(wd, seeds=2)
   assert "method" in out and "KL mean" in out  # the table is printed
   assert "reference" in results  # synthetic: the sampling-noise floor against the exact truth
+  assert results["seconds"] > 0  # the whole job's wall time, in the one write of results.json
   for stage in ("base", "sft", "mf"):
     assert os.path.exists(wd / stage / "metrics.jsonl")
   stamp = os.path.getmtime(rollout_path(str(wd), "mf", 0))

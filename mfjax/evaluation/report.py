@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Optional
 
 import numpy as np
@@ -82,9 +83,11 @@ def summarise(per_seed: list[dict]) -> dict:
 
 
 def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, str]], seeds: int, warmup: int,
-             labeler_name: str = "rules", truth=None, sweep: Optional[dict] = None, log=print) -> dict:
+             labeler_name: str = "rules", truth=None, sweep: Optional[dict] = None, started: Optional[float] = None,
+             log=print) -> dict:
   """results.json + plots for rollouts saved under workdir/rollouts (see module docstring).
-  runs: (tag, method, params key) as `mfjax.pipeline.rollout_runs`; sweep: tag -> validation terms."""
+  runs: (tag, method, params key) as `mfjax.pipeline.rollout_runs`; sweep: tag -> validation terms;
+  started: the `time.time()` the whole job began at (results.json then records its `seconds`)."""
   from mfjax.evaluation import plots
   labeler = CachedLabeler(make_labeler(labeler_name))
   E, T, B = eval_batch.agent_mask.shape
@@ -121,6 +124,8 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
                             "val_compression_bits": v.get("val_compression_bits"),
                             **{k: results["methods"][tag][k] for k in ("kl_mean", "kl_mean_std", "js_mean", "nll")}}
                            for tag, v in sweep.items()]
+  if started is not None:
+    results["seconds"] = time.time() - started
   write_json(os.path.join(workdir, "results.json"), results)
   plots.write_all(workdir, real, sims, agent_mask, weights, results)
   log(table(results))
