@@ -107,7 +107,10 @@ class Decoder(nn.Module):
     else:
       head = self.lm_head
     dt = self.cfg.compute_dtype
-    return jnp.einsum("bld,dv->blv", hidden_BxLxD.astype(dt), head.astype(dt), preferred_element_type=jnp.float32)
+    lead = hidden_BxLxD.shape[:-1]  # one 2-D matmul, as `layers.Proj` (its head gradient needs no transposing copy)
+    logits = jnp.dot(hidden_BxLxD.reshape(-1, hidden_BxLxD.shape[-1]).astype(dt), head.astype(dt),
+                     preferred_element_type=jnp.float32)
+    return logits.reshape(*lead, -1)
 
   def _embed_with_prefix(self, tokens_BxL, prefix_embeds_BxKxD):
     """Token embeddings with the prefix vectors (if any) in front: [B, K + L, D]."""
