@@ -3,7 +3,7 @@
 # with a GPU), most important first, each step under its own time limit so that
 # one failure or overrun leaves the others' results:
 #
-#   tools/gpu_check.sh [STEP...]      STEP: bench aot mfu generate tests (default: all, in this order)
+#   tools/gpu_check.sh [STEP...]      STEP: bench aot mfu profile generate tests (default: all, in this order)
 #
 #   env.txt            the device, driver and package versions (always)
 #   bench.jsonl        bench:    tools/bench.py all --dtype bfloat16 (the issue's sizes), then
@@ -11,13 +11,16 @@
 #   aot.jsonl          aot:      tools/aot_memory.py --execute: Qwen2-1.5B + LoRA (experiments/qwen2_lora.py)
 #                                on one device, XLA's compiled figure beside the allocator's measured peak
 #   mfu.jsonl          mfu:      tools/bench.py mfu --dtype bfloat16 at a batch that fills the chip better
+#   profile.jsonl      profile:  tools/profile_step.py train and simulate in bfloat16 at the mfu step's sizes:
+#                                the GPU kernels' time per XLA op (where bfloat16 MFU is lost)
 #   generate.jsonl     generate: tools/bench_generate.py at the issue's size and at a larger one
 #   pytest.log         tests:    the test suite on the GPU
 #   log.txt            every step's stderr and exit status
 #
 # OUT (default /tmp/gpu_check) is where the files go; PYTHON chooses the interpreter;
-# BENCH_ARGS adds tools/bench.py flags (e.g. smaller sizes to try the script on a CPU);
-# LIMIT_BENCH, LIMIT_AOT, LIMIT_MFU, LIMIT_GENERATE, LIMIT_TESTS (seconds) the limits.
+# BENCH_ARGS adds tools/bench.py flags (e.g. smaller sizes to try the script on a CPU), PROFILE_ARGS
+# tools/profile_step.py flags;
+# LIMIT_BENCH, LIMIT_AOT, LIMIT_MFU, LIMIT_PROFILE, LIMIT_GENERATE, LIMIT_TESTS (seconds) the limits.
 #
 # Float32 matmuls run at full precision (no TF32) in the float32 bench, generate and
 # tests, so that parity tolerances and the PyTorch comparison mean the same as on
@@ -28,12 +31,13 @@ out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-steps=${*:-bench aot mfu generate tests}
+steps=${*:-bench aot mfu profile generate tests}
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 # JAX and PyTorch share the device in the benchmarks: JAX takes half, not its default 75%
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}
 log="$out/log.txt"
 bench_args=${BENCH_ARGS:-}
+profile_args=${PROFILE_ARGS:-}
 
 step() {  # step NAME LIMIT_S FILE CMD...: run CMD, stdout appended to FILE, stderr to log.txt
   local name=$1 limit=$2 file=$3
@@ -47,7 +51,7 @@ step() {  # step NAME LIMIT_S FILE CMD...: run CMD, stdout appended to FILE, std
 }
 
 for s in $steps; do
-  case $s in bench | aot | mfu | generate | tests) ;; *) echo "unknown step $s (bench aot mfu generate tests)" >&2; exit 2 ;; esac
+  case $s in bench | aot | mfu | profile | generate | tests) ;; *) echo "unknown step $s (bench aot mfu profile generate tests)" >&2; exit 2 ;; esac
 done
 
 {
@@ -76,6 +80,11 @@ for s in $steps; do
     mfu)
       step mfu_big "${LIMIT_MFU:-90}" mfu.jsonl "$py" tools/bench.py mfu --dtype bfloat16 --train-events 8 \
         --mfu-events 64 $bench_args ;;
+    profile)
+      step profile_train "${LIMIT_PROFILE:-120}" profile.jsonl "$py" tools/profile_step.py train --dtype bfloat16 \
+        --events 8 $profile_args
+      step profile_simulate "${LIMIT_PROFILE:-120}" profile.jsonl "$py" tools/profile_step.py simulate \
+        --dtype bfloat16 --events 64 $profile_args ;;
     generate)
       gen=(env JAX_DEFAULT_MATMUL_PRECISION=highest "$py" tools/bench_generate.py --repeats 5)
       step generate "${LIMIT_GENERATE:-300}" generate.jsonl "${gen[@]}"

@@ -1,0 +1,224 @@
+"""Where the time of a jitted step goes: the benchmark's IB-Tune train step or
+`simulate`, traced with `jax.profiler` and summed per XLA op.
+
+  python tools/profile_step.py train                 # 1 event x 2 steps x 16 agents (tools/bench.py's train case)
+  python tools/profile_step.py simulate              # mean field, 8 events x 4 steps (bench.py's MFU case)
+  python tools/profile_step.py train --dtype bfloat16 --events 8 --trace-dir runs/trace
+
+The model is tools/bench.py's random Qwen2 (width 512, 8 layers, vocab 8192;
+no PyTorch needed), B agents of prompts P and actions A. After one compiled
+run, `--runs` runs are traced; the trace is read back with
+`jax.profiler.ProfileData` and every XLA op's time is summed.
+
+Prints JSON lines: first {"what", "device", "plane", "seconds_per_run",
+"op_ms_per_run", ...}, then the `--top` ops, most expensive first:
+{"op", "ms_per_run" (self time: less the ops nested in it, such as a `while`'s
+body), "share" (of op time), "calls_per_run", "root"} where
+`root` is the op's defining HLO instruction (for a fusion: its fused
+computation's root), read from the compiled program, so that a name such as
+`copy_bitcast_fusion.7` shows what it computes.
+
+Where the times come from: on a GPU or TPU, the device plane's kernels (the
+"XLA Ops" line where there is one). On a CPU, the XLA thread pools' op events.
+XLA:CPU hands some ops to other libraries (a plain `dot` to Eigen), whose work
+runs outside those events: such ops show their dispatch time only, so CPU op
+time is a lower bound of what each op costs. Ops of different threads overlap,
+so op time can exceed wall time.
+
+`--trace-dir` keeps the trace (for TensorBoard's profile plugin or Perfetto);
+by default it goes to a temporary folder that is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+# Host-side events that are not XLA ops (the runtime's own bookkeeping).
+RUNTIME = ("ThunkExecutor", "SlinkyThreadPool", "PjitFunction", "$")
+# Device-plane lines that summarise rather than time kernels (their times would count twice).
+SUMMARY_LINES = {"XLA Modules", "Steps", "XLA TraceMe", "Framework Name Scope", "Framework Ops", "Source code",
+                 "Launch Stats", "TensorFlow Name Scope", "TensorFlow Ops"}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("what", choices=["train", "simulate"])
+  p.add_argument("--width", type=int, default=512)
+  p.add_argument("--layers", type=int, default=8)
+  p.add_argument("--vocab", type=int, default=8192)
+  p.add_argument("--agents", type=int, default=16, help="B: agents per step")
+  p.add_argument("--prompt", type=int, default=128)
+  p.add_argument("--action", type=int, default=32)
+  p.add_argument("--slots", type=int, default=4, help="K: latent mean-field prefix vectors")
+  p.add_argument("--events", type=int, default=0, help="E (default: 1 for train, 8 for simulate)")
+  p.add_argument("--steps", type=int, default=0, help="T (default: 2 for train, 4 for simulate)")
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                 help="compute dtype (train: float32 weights, as bench.py; simulate: weights in it)")
+  p.add_argument("--runs", type=int, default=2, help="traced runs after the compiled one")
+  p.add_argument("--top", type=int, default=30, help="ops printed")
+  p.add_argument("--trace-dir", default="", help="keep the trace here (default: a temporary folder, removed)")
+  args = p.parse_args(argv)
+  args.events = args.events or (1 if args.what == "train" else 8)
+  args.steps = args.steps or (2 if args.what == "train" else 4)
+  return args
+
+
+def build(args):
+  """(model, params {"lm", "mf"}, encoder, batch): bench.py's model with random weights."""
+  import bench
+
+  from mfjax.model import Decoder, init_params, tiny
+  heads = args.width // 64
+  cfg = tiny("qwen2", vocab_size=args.vocab, hidden_size=args.width, num_layers=args.layers, num_heads=heads,
+             num_kv_heads=max(heads // 4, 1), head_dim=64, intermediate_size=3 * args.width, init_std=0.02,
+             dtype=args.dtype, param_dtype="float32")
+  model = Decoder(cfg)
+  lm = init_params(model, jax.random.PRNGKey(0))
+  encoder, mf = bench.make_encoder(model, args.slots)
+  batch = bench.events(argparse.Namespace(agents=args.agents, prompt=args.prompt, action=args.action,
+                                          vocab=args.vocab), args.events, args.steps)
+  return model, {"lm": lm, "mf": mf}, encoder, {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def step_fn(args, model, params, encoder, batch):
+  """(a function of no arguments that runs the step once and blocks, its compiled HLO text)."""
+  import bench
+
+  if args.what == "train":
+    from mfjax.ibtune import TrainState, ib_tune_loss, jit_train_step, make_optimizer
+    loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
+                                                            rng=rng, beta=1e-3, lm_grad=False)
+    tx = make_optimizer(params, trainable="full", lr=1e-5, steps=1000, warmup=1)
+    step = jit_train_step(loss_fn=loss_fn, tx=tx)
+    box = [TrainState(jnp.int32(0), params, tx.init(params))]
+    hlo = step.lower(box[0], batch, jax.random.PRNGKey(0)).compile().as_text()
+
+    def run():
+      box[0], m = step(box[0], batch, jax.random.PRNGKey(0))
+      jax.block_until_ready(m)
+    return run, hlo
+
+  from mfjax.rollout import simulate
+  p = {"lm": bench.cast(params["lm"], args.dtype), "mf": params["mf"]}
+  kw = dict(method="mf", encoder=encoder, warmup=0, temperature=1.0, score_real=False, **bench.SAMPLING)
+  # simulate's own jitted scan, inlined into one jit so that its compiled HLO can be read
+  fn = jax.jit(lambda p, b, rng: simulate(model, p, b, rng=rng, **kw).tokens)
+  rng = jax.random.PRNGKey(0)
+  hlo = fn.lower(p, batch, rng).compile().as_text()
+  return lambda: fn(p, batch, rng).block_until_ready(), hlo
+
+
+def roots(hlo: str) -> dict:
+  """op name -> its defining instruction (a fusion's: its fused computation's root)."""
+  comp_root, defs, calls, current = {}, {}, {}, None
+  for line in hlo.splitlines():
+    head = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{\s*$", line)
+    if head and not line.startswith(" "):
+      current = head.group(1)
+      continue
+    inst = re.match(r"\s*(ROOT )?%([\w.\-]+) = (.*)$", line)
+    if not inst:
+      continue
+    text = inst.group(3).split(", metadata=")[0]
+    defs[inst.group(2)] = text
+    if inst.group(1) and current:
+      comp_root[current] = text
+    called = re.search(r"calls=%([\w.\-]+)", text)
+    if called:
+      calls[inst.group(2)] = called.group(1)
+  return {name: comp_root.get(calls[name], text) if name in calls else text for name, text in defs.items()}
+
+
+def _self_times(events, total, calls) -> None:
+  """Add each event's self time (its duration less that of the events nested in it on
+  the same line: a `while` or fusion call's body ops) to `total`, and count it."""
+  stack = []  # [end_ns, name, self_ns] of the open events
+  def close(upto):
+    while stack and stack[-1][0] <= upto:
+      end, name, own = stack.pop()
+      total[name] += own
+  for ev in sorted(events, key=lambda e: (e.start_ns, -e.duration_ns)):
+    close(ev.start_ns)
+    if stack:
+      stack[-1][2] -= min(ev.duration_ns, stack[-1][0] - ev.start_ns)
+    stack.append([ev.start_ns + ev.duration_ns, ev.name, ev.duration_ns])
+    calls[ev.name] += 1
+  close(float("inf"))
+
+
+def op_times(path: str) -> tuple[str, dict, dict]:
+  """(plane read, op -> total self ns, op -> calls) from a trace file (see the module docstring)."""
+  data = jax.profiler.ProfileData.from_file(path)
+  planes = list(data.planes)
+  device = [p for p in planes if p.name.startswith("/device:") and any(True for _ in p.lines)]
+  total, calls = collections.Counter(), collections.Counter()
+  if device:
+    for plane in device:
+      lines = list(plane.lines)
+      ops = [ln for ln in lines if ln.name == "XLA Ops"] or [ln for ln in lines if ln.name not in SUMMARY_LINES]
+      for line in ops:
+        _self_times(list(line.events), total, calls)
+    return ", ".join(p.name for p in device), total, calls
+  for plane in planes:
+    if not plane.name.startswith("/host:"):
+      continue
+    for line in plane.lines:
+      if line.name.startswith("tf_XLA"):
+        _self_times([ev for ev in line.events if not ev.name.startswith(RUNTIME)], total, calls)
+  return "/host:CPU (XLA thread pools)", total, calls
+
+
+def main(argv=None) -> list[dict]:
+  args = parse_args(argv)
+  model, params, encoder, batch = build(args)
+  run, hlo = step_fn(args, model, params, encoder, batch)
+  t0 = time.perf_counter()
+  run()  # compiles
+  compile_s = time.perf_counter() - t0
+  keep = bool(args.trace_dir)
+  trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="mfjax_trace_")
+  try:
+    jax.profiler.start_trace(trace_dir)
+    t0 = time.perf_counter()
+    for _ in range(args.runs):
+      run()
+    seconds = (time.perf_counter() - t0) / args.runs
+    jax.profiler.stop_trace()
+    files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+    if not files:
+      raise SystemExit(f"profile_step: jax.profiler wrote no *.xplane.pb under {trace_dir}")
+    plane, total, calls = op_times(files[-1])
+  finally:
+    if not keep:
+      shutil.rmtree(trace_dir, ignore_errors=True)
+  op_ns = sum(total.values())
+  rows = [{"what": args.what, "device": str(jax.devices()[0].device_kind), "dtype": args.dtype,
+           "events": args.events, "steps": args.steps, "agents": args.agents, "plane": plane, "runs": args.runs,
+           "compile_and_first_run_s": compile_s, "seconds_per_run": seconds, "op_ms_per_run": op_ns / 1e6 / args.runs,
+           "ops": len(total), "trace_dir": trace_dir if keep else None}]
+  text = roots(hlo) if hlo else {}
+  for name, ns in total.most_common(args.top):
+    rows.append({"op": name, "ms_per_run": ns / 1e6 / args.runs, "share": ns / op_ns if op_ns else 0.0,
+                 "calls_per_run": calls[name] / args.runs, "root": text.get(name, "")[:240]})
+  for row in rows:
+    print(json.dumps(row), flush=True)
+  return rows
+
+
+if __name__ == "__main__":
+  main()
