@@ -443,17 +443,22 @@ def bench_mfu(args, built, peak_at_start: float = 0.0, train_seconds: Optional[f
         "target": TARGETS[("mfu", "simulate")]})
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("bench", choices=["rollout", "train", "mfu", "all"])
+def add_model_args(p: argparse.ArgumentParser) -> None:
+  """The benchmark model's and batch's sizes (shared with tools/profile_step.py)."""
   p.add_argument("--width", type=int, default=512)
   p.add_argument("--layers", type=int, default=8)
   p.add_argument("--vocab", type=int, default=8192)
   p.add_argument("--agents", type=int, default=16, help="B: agents per step")
   p.add_argument("--prompt", type=int, default=128)
   p.add_argument("--action", type=int, default=32)
-  p.add_argument("--summary", type=int, default=200, help="tokens of the reference's text mean-field summary")
   p.add_argument("--slots", type=int, default=4, help="K: latent mean-field prefix vectors")
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("bench", choices=["rollout", "train", "mfu", "all"])
+  add_model_args(p)
+  p.add_argument("--summary", type=int, default=200, help="tokens of the reference's text mean-field summary")
   p.add_argument("--steps", type=int, default=4, help="T of the rollout cases")
   p.add_argument("--cases", default="", help="rollout: comma-separated subset of policy_1event,policy_8events,mf_step")
   p.add_argument("--train-events", type=int, default=1)

@@ -45,6 +45,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -58,13 +59,7 @@ SUMMARY_LINES = {"XLA Modules", "Steps", "XLA TraceMe", "Framework Name Scope", 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("what", choices=["train", "simulate"])
-  p.add_argument("--width", type=int, default=512)
-  p.add_argument("--layers", type=int, default=8)
-  p.add_argument("--vocab", type=int, default=8192)
-  p.add_argument("--agents", type=int, default=16, help="B: agents per step")
-  p.add_argument("--prompt", type=int, default=128)
-  p.add_argument("--action", type=int, default=32)
-  p.add_argument("--slots", type=int, default=4, help="K: latent mean-field prefix vectors")
+  bench.add_model_args(p)
   p.add_argument("--events", type=int, default=0, help="E (default: 1 for train, 8 for simulate)")
   p.add_argument("--steps", type=int, default=0, help="T (default: 2 for train, 4 for simulate)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
@@ -80,8 +75,6 @@ def parse_args(argv=None):
 
 def build(args):
   """(model, params {"lm", "mf"}, encoder, batch): bench.py's model with random weights."""
-  import bench
-
   from mfjax.model import Decoder, init_params, tiny
   heads = args.width // 64
   cfg = tiny("qwen2", vocab_size=args.vocab, hidden_size=args.width, num_layers=args.layers, num_heads=heads,
@@ -97,8 +90,6 @@ def build(args):
 
 def step_fn(args, model, params, encoder, batch):
   """(a function of no arguments that runs the step once and blocks, its compiled HLO text)."""
-  import bench
-
   if args.what == "train":
     from mfjax.ibtune import TrainState, ib_tune_loss, jit_train_step, make_optimizer
     loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
