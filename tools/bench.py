@@ -349,15 +349,20 @@ def reference_ib_loss(ref, enc, batch, *, K, beta, hidden_size, feature_size, st
   return relevance + beta * compression
 
 
-def mfjax_train_seconds(model, encoder, ps, batch, *, beta: float, repeats: int) -> float:
-  """Median seconds of the jitted IB-Tune train step (full fine-tuning, AdamW) after its compile."""
+def train_step_and_state(model, encoder, ps, *, beta: float):
+  """(the jitted IB-Tune train step, full fine-tuning with AdamW; its initial state,
+  on a copy of `ps`, since the step donates its state)."""
   from mfjax.ibtune import TrainState, ib_tune_loss, jit_train_step, make_optimizer
   loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
                                                           rng=rng, beta=beta, lm_grad=False)
   tx = make_optimizer(ps, trainable="full", lr=1e-5, steps=1000, warmup=1)
-  step = jit_train_step(loss_fn=loss_fn, tx=tx)
+  return jit_train_step(loss_fn=loss_fn, tx=tx), TrainState(jnp.int32(0), jax.tree.map(jnp.array, ps), tx.init(ps))
+
+
+def mfjax_train_seconds(model, encoder, ps, batch, *, beta: float, repeats: int) -> float:
+  """Median seconds of the jitted IB-Tune train step (`train_step_and_state`) after its compile."""
+  step, state = train_step_and_state(model, encoder, ps, beta=beta)
   jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
-  state = TrainState(jnp.int32(0), jax.tree.map(jnp.array, ps), tx.init(ps))
   state, _ = step(state, jbatch, jax.random.PRNGKey(0))
   jax.block_until_ready(state)
   times = []

@@ -75,12 +75,9 @@ def parse_args(argv=None):
 
 def build(args):
   """(model, params {"lm", "mf"}, encoder, batch): bench.py's model with random weights."""
-  from mfjax.model import Decoder, init_params, tiny
-  heads = args.width // 64
-  cfg = tiny("qwen2", vocab_size=args.vocab, hidden_size=args.width, num_layers=args.layers, num_heads=heads,
-             num_kv_heads=max(heads // 4, 1), head_dim=64, intermediate_size=3 * args.width, init_std=0.02,
-             dtype=args.dtype, param_dtype="float32")
-  model = Decoder(cfg)
+  from mfjax.model import Decoder, hf, init_params
+  model = Decoder(hf.config_from_hf(bench.hf_config(args).to_dict(), "bench.hf_config", dtype=args.dtype,
+                                    param_dtype="float32"))
   lm = init_params(model, jax.random.PRNGKey(0))
   encoder, mf = bench.make_encoder(model, args.slots)
   batch = bench.events(argparse.Namespace(agents=args.agents, prompt=args.prompt, action=args.action,
@@ -91,13 +88,9 @@ def build(args):
 def step_fn(args, model, params, encoder, batch):
   """(a function of no arguments that runs the step once and blocks, its compiled HLO text)."""
   if args.what == "train":
-    from mfjax.ibtune import TrainState, ib_tune_loss, jit_train_step, make_optimizer
-    loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
-                                                            rng=rng, beta=1e-3, lm_grad=False)
-    tx = make_optimizer(params, trainable="full", lr=1e-5, steps=1000, warmup=1)
-    step = jit_train_step(loss_fn=loss_fn, tx=tx)
-    box = [TrainState(jnp.int32(0), params, tx.init(params))]
-    hlo = step.lower(box[0], batch, jax.random.PRNGKey(0)).compile().as_text()
+    step, state = bench.train_step_and_state(model, encoder, params, beta=1e-3)
+    box = [state]
+    hlo = step.lower(state, batch, jax.random.PRNGKey(0)).compile().as_text()
 
     def run():
       box[0], m = step(box[0], batch, jax.random.PRNGKey(0))

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mfjax.model.config import ModelConfig
-from mfjax.model.layers import Block, RMSNorm, _init
+from mfjax.model.layers import Block, RMSNorm, _init, flat_matmul
 from mfjax.parallel import axes
 
 
@@ -107,10 +107,7 @@ class Decoder(nn.Module):
     else:
       head = self.lm_head
     dt = self.cfg.compute_dtype
-    lead = hidden_BxLxD.shape[:-1]  # one 2-D matmul, as `layers.Proj` (its head gradient needs no transposing copy)
-    logits = jnp.dot(hidden_BxLxD.reshape(-1, hidden_BxLxD.shape[-1]).astype(dt), head.astype(dt),
-                     preferred_element_type=jnp.float32)
-    return logits.reshape(*lead, -1)
+    return flat_matmul(hidden_BxLxD.astype(dt), head.astype(dt), 1, preferred_element_type=jnp.float32)
 
   def _embed_with_prefix(self, tokens_BxL, prefix_embeds_BxKxD):
     """Token embeddings with the prefix vectors (if any) in front: [B, K + L, D]."""
