@@ -72,7 +72,11 @@ def apply_override(cfg: ml_collections.ConfigDict, assignment: str) -> None:
 def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
   """Config from `file.py[:arg]`, locked, with `key=value` overrides applied."""
   path, _, arg = spec.partition(":")
-  cfg = load_module(path).get_config(arg)
+  module = load_module(path)
+  try:
+    cfg = module.get_config(arg)
+  except ValueError as e:  # an experiment file's way to refuse an argument it does not know
+    raise ConfigError(f"{spec}: {e}") from None
   if not isinstance(cfg, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
   cfg.lock()

@@ -65,6 +65,8 @@ def test_config_overrides_and_errors():
     configs.load_config(SMOKE, ["train.steps=abc"])
   with pytest.raises(configs.ConfigError, match="does not exist"):
     configs.load_config("experiments/nope.py")
+  with pytest.raises(configs.ConfigError, match=r"lm_demo.py:smok: unknown argument 'smok' for lm_demo"):
+    configs.load_config(SMOKE[:-1])
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
