@@ -43,6 +43,14 @@ class SampleOutput:
   mask: jax.Array  # [B, N] bool: True for generated tokens up to and including eos
 
 
+def _nucleus_cutoff(sorted_x, top_p: float):
+  """The smallest logit of the top-p nucleus of descending `sorted_x` [..., k]: [..., 1]."""
+  probs = jax.nn.softmax(sorted_x, axis=-1)
+  before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+  keep = before < top_p  # the first token is always kept
+  return jnp.min(jnp.where(keep, sorted_x, jnp.inf), axis=-1, keepdims=True)
+
+
 def filter_logits(logits_BxV, *, temperature, top_k: int = 0, top_p: float = 1.0):
   """Temperature-scaled logits with everything outside top-k / the top-p
   nucleus set to -inf. `temperature` may be traced; top_k/top_p are static."""
@@ -56,12 +64,25 @@ def filter_logits(logits_BxV, *, temperature, top_k: int = 0, top_p: float = 1.0
   if top_p < 1.0:
     # the nucleus of what top-k kept lies within its k values: no sort of the whole vocabulary
     sorted_x = jnp.sort(x, axis=-1)[..., ::-1] if sorted_x is None else sorted_x
-    probs = jax.nn.softmax(sorted_x, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
-    keep = before < top_p  # the first token is always kept
-    cutoff = jnp.min(jnp.where(keep, sorted_x, jnp.inf), axis=-1, keepdims=True)
-    x = jnp.where(x < cutoff, -jnp.inf, x)
+    x = jnp.where(x < _nucleus_cutoff(sorted_x, top_p), -jnp.inf, x)
   return x
+
+
+def _sample_filtered(logits_BxV, rng, *, temperature, top_k: int, top_p: float):
+  """A token [B] drawn from softmax(filter_logits(...)). With top-k, the draw is
+  among the k candidates only: k random numbers per row instead of V (on CPU,
+  the vocabulary-wide Gumbel noise was ~3 ms of a 23 ms decode step at V 8192).
+  Same distribution as drawing over the filtered vocabulary, except that of
+  tokens tied at the k-th logit exactly k are candidates (`lax.top_k` keeps the
+  lowest ids), where `filter_logits` keeps every tied one."""
+  if not (top_k and top_k < logits_BxV.shape[-1]):
+    return jax.random.categorical(rng, filter_logits(logits_BxV, temperature=temperature, top_p=top_p), axis=-1)
+  x = logits_BxV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+  vals, ids = jax.lax.top_k(x, top_k)  # descending
+  if top_p < 1.0:
+    vals = jnp.where(vals < _nucleus_cutoff(vals, top_p), -jnp.inf, vals)
+  pick = jax.random.categorical(rng, vals, axis=-1)
+  return jnp.take_along_axis(ids, pick[:, None], axis=-1)[:, 0]
 
 
 def sample_token(logits_BxV, rng, *, temperature, top_k: int = 0, top_p: float = 1.0):
@@ -71,8 +92,7 @@ def sample_token(logits_BxV, rng, *, temperature, top_k: int = 0, top_p: float =
   token = jax.lax.cond(
       temperature == 0,
       lambda: jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32),
-      lambda: jax.random.categorical(rng, filter_logits(logits_BxV, temperature=temperature, top_k=top_k,
-                                                        top_p=top_p), axis=-1).astype(jnp.int32))
+      lambda: _sample_filtered(logits_BxV, rng, temperature=temperature, top_k=top_k, top_p=top_p).astype(jnp.int32))
   return token, jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
 
 
