@@ -36,13 +36,15 @@ def _tokens(B=3, L=9, seed=0, vocab=256):
   return jnp.asarray(np.random.default_rng(seed).integers(3, vocab, (B, L)), jnp.int32)
 
 
-@pytest.mark.parametrize("family", M.FAMILIES)
-def test_kv_cache_decode_equals_full_recomputation(family):
+@pytest.mark.parametrize("family,unroll", [(f, True) for f in M.FAMILIES] + [("qwen3", False)])
+def test_kv_cache_decode_equals_full_recomputation(family, unroll):
+  """Decoding through the cache (per-layer buffers when unrolled, stacked when
+  scanned) gives the log-probs of a full forward over the same tokens."""
   model, params = _make(family)
   prompt = _tokens(B=2, L=5)
   mask = jnp.array([[1] * 5, [0, 0, 1, 1, 1]], jnp.int32)
   out = sampling.generate(model, params, prompt, mask, rng=jax.random.PRNGKey(1), max_new_tokens=12,
-                          temperature=1.0)
+                          temperature=1.0, unroll_layers=unroll)
   full = jnp.concatenate([prompt, out.tokens], axis=1)
   full_mask = jnp.concatenate([mask, jnp.ones_like(out.tokens)], axis=1)
   logp = jax.nn.log_softmax(_apply(model, params, full, full_mask), axis=-1)
@@ -62,6 +64,36 @@ def test_scanned_equals_unrolled(family):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
   restacked = M.stack_layers(flat, scanned.cfg.num_layers)
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), params, restacked)
+
+
+def test_kv_cache_forms_agree():
+  """One prefill + one decode step: a scanned stack with a stacked cache, an
+  unrolled one with per-layer buffers (`KVCache.zeros` of its config) and an
+  unrolled one with a stacked cache give the same logits and cache contents;
+  a scanned stack refuses per-layer buffers."""
+  scanned, params = _make("qwen2", scan_layers=True)
+  unrolled = M.Decoder(scanned.cfg.replace(scan_layers=False))
+  flat = M.unstack_layers(params, scanned.cfg.num_layers)
+  B, P, S = 2, 5, 8
+  prompt, mask = _tokens(B=B, L=P), jnp.ones((B, S), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(S), (B, S))
+
+  def run(model, p, cache):
+    extend = lambda tok, pos, c, i: _apply(model, p, tok, mask, pos, c, jnp.int32(i), method=M.Decoder.extend)
+    logits0, _, cache = extend(prompt, positions[:, :P], cache, 0)
+    logits1, _, cache = extend(prompt[:, -1:], positions[:, P:P + 1], cache, P)
+    stacked = lambda x: np.asarray(jnp.stack(x) if isinstance(x, tuple) else x)
+    return np.asarray(logits0), np.asarray(logits1), stacked(cache.k), stacked(cache.v)
+
+  per_layer = M.KVCache.zeros(unrolled.cfg, B, S)
+  assert isinstance(per_layer.k, tuple) and len(per_layer.k) == scanned.cfg.num_layers
+  want = run(scanned, params, M.KVCache.zeros(scanned.cfg, B, S))
+  assert np.abs(want[2][:, :, :, :P + 1]).min() > 0 and not want[2][:, :, :, P + 1:].any()  # slots 0..P written
+  for got in (run(unrolled, flat, per_layer), run(unrolled, flat, M.KVCache.zeros(scanned.cfg, B, S))):
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match="stacked KVCache"):
+    run(scanned, params, per_layer)
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])

@@ -156,7 +156,9 @@ class Attention(nn.Module):
   and the queries see every earlier slot that `kv_mask` marks valid (causal by
   slot; Mistral's window by slot too). The whole stacked cache is passed along
   (not one layer's slice) so that XLA updates it in place instead of copying
-  it into a new stacked buffer at every layer and every decode step.
+  it into a new stacked buffer at every layer and every decode step. With
+  `layer` None, the cache is this layer's own k, v [B, N, S, Dh] (an unrolled
+  stack's, see `KVCache`).
   """
 
   cfg: ModelConfig
@@ -187,11 +189,16 @@ class Attention(nn.Module):
       q_slot = jnp.arange(L)
     else:
       ck, cv = cache
-      idx = (layer, 0, 0, cache_index, 0)
-      ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), idx)
-      cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), idx)
-      keys = jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False)
-      values = jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False)
+      if layer is None:
+        idx = (0, 0, cache_index, 0)
+        keys = ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), idx)
+        values = cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), idx)
+      else:
+        idx = (layer, 0, 0, cache_index, 0)
+        ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), idx)
+        cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), idx)
+        keys = jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False)
+        values = jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False)
       new_cache = (ck, cv)
       q_slot = cache_index + jnp.arange(L)
     S = keys.shape[2]
