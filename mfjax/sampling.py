@@ -114,10 +114,12 @@ def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperat
   sample = functools.partial(sample_token, temperature=temperature, top_k=top_k, top_p=top_p)
 
   # Prefill: prefix + prompt in one pass; the last slot is a real token in every
-  # row because prompts are left-padded.
-  logits, _, cache = model.apply(variables, prompt_BxP, kv_mask, positions_from_mask(head_mask),
-                                 KVCache.zeros(model.cfg, B, S), jnp.int32(0), prefix_embeds_BxKxD=prefix_BxKxD,
+  # row because prompts are left-padded. Its attention covers the K + P slots it
+  # fills, not the N empty ones after them, which are padded on afterwards.
+  logits, _, cache = model.apply(variables, prompt_BxP, head_mask, positions_from_mask(head_mask),
+                                 KVCache.zeros(model.cfg, B, K + P), jnp.int32(0), prefix_embeds_BxKxD=prefix_BxKxD,
                                  last_only=True, method=Decoder.extend)
+  cache = jax.tree.map(lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, N), (0, 0)]), cache)
   token, logprob = sample(logits[:, -1], jax.random.fold_in(rng, 0))
   done = token == eos_id
   state = SamplerState(
