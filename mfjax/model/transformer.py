@@ -33,8 +33,11 @@ class KVCache:
   """Keys and values of every layer: k, v each stacked, [Y, B, N, S, Dh], for a
   scanned stack of layers; for an unrolled stack (`scan_layers=False`), tuples
   of Y per-layer buffers [B, N, S, Dh], so that each layer's attention reads its
-  own buffer (a layer's slice of a stacked cache is copied out at every decode
-  step: ~3.5 ms of a 19 ms step of the benchmark's model on CPU)."""
+  own buffer. (A layer's slice of a stacked cache is copied out at every decode
+  step: 3.5 ms of op time per step of the benchmark's model on 2 CPU cores, where
+  those copies overlapped other ops and the step's wall time, bound by reading
+  the weights, changed within noise; on an accelerator each is a kernel moving
+  the layer's whole cache.)"""
 
   k: Union[jax.Array, tuple]
   v: Union[jax.Array, tuple]
