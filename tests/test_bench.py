@@ -42,6 +42,18 @@ def test_bench_prints_every_case_and_the_same_loss(capsys):
   assert abs(train["mfjax"]["loss_step0"] - train["reference"]["loss_step0"]) < 1e-5 * train["reference"]["loss_step0"]
 
 
+def test_mfjax_only_times_mfjax_alone(capsys, monkeypatch):
+  bench = _bench()
+  refuse = lambda *a, **k: pytest.fail("a reference ran under --mfjax-only")
+  monkeypatch.setattr(bench, "reference_rollout", refuse)
+  monkeypatch.setattr(bench, "reference_ib_loss", refuse)
+  bench.main(["all", *TINY, "--mfjax-only", "--cases", "policy_1event"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  assert [(r["bench"], r["case"]) for r in rows] == [("rollout", "policy_1event"), ("train", "ib_tune"),
+                                                     ("mfu", "train_step"), ("mfu", "simulate")]
+  assert all(r["impl"] == "mfjax" and r["seconds"] > 0 and "speedup" not in r for r in rows)
+
+
 def test_bench_bfloat16_runs_both_sides_in_bfloat16(capsys):
   """--dtype bfloat16: mfjax computes in bfloat16 and the reference under torch.autocast,
   so the two losses at the initial weights agree to bfloat16 rounding, not float32's."""

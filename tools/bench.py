@@ -4,6 +4,7 @@
   python tools/bench.py train     # IB-Tune train step vs the same loss in PyTorch/transformers
   python tools/bench.py mfu       # model FLOP/s of the train step and simulate / peak jnp.dot FLOP/s
   python tools/bench.py all
+  python tools/bench.py rollout --mfjax-only    # mfjax alone, no reference (to compare two commits)
 
 Both sides use the same random Qwen2 (width 512, 8 layers, vocab 8192; the
 weights are written by transformers and loaded by mfjax), B=16 agents per
@@ -254,15 +255,17 @@ def bench_rollout(args, built) -> None:
     batch = events(args, E, T)
     p = {"lm": params, "mf": mf} if method == "mf" else {"lm": params}
     secs, compile_s = mfjax_rollout(model, p, batch, method=method, encoder=encoder, repeats=args.repeats)
-    ref_s = reference_rollout(ref, dev, batch, args, text_mf=text_mf)
     n = E * T * B
     common = _common(args, "rollout", case, events=E, steps=T, agents=B)
+    row = {**common, "impl": "mfjax", "method": method, "seconds": secs, "compile_s": compile_s,
+           "actions_per_s": n / secs, "tokens_per_s": n * A / secs}
+    if args.mfjax_only:
+      emit(row)
+      continue
+    ref_s = reference_rollout(ref, dev, batch, args, text_mf=text_mf)
     emit({**common, "impl": "reference", "seconds": ref_s, "actions_per_s": n / ref_s, "tokens_per_s": n * A / ref_s,
           "text_mf_summary_tokens": args.summary if text_mf else 0, "torch_device": dev})
-    row = {**common, "impl": "mfjax", "method": method, "seconds": secs, "compile_s": compile_s,
-           "actions_per_s": n / secs, "tokens_per_s": n * A / secs, "speedup": ref_s / secs,
-           "target": TARGETS[("rollout", case)]}
-    emit(row)
+    emit({**row, "speedup": ref_s / secs, "target": TARGETS[("rollout", case)]})
 
 
 # ----------------------------------------------------------------------------- train
@@ -388,6 +391,13 @@ def bench_train(args, built) -> float:
   loss0 = float(jax.jit(lambda p, b: ib_tune_loss(model=model, encoder=encoder, params=p, batch=b, beta=beta,
                                                   rng=jax.random.PRNGKey(0), lm_grad=False, sample=False)[0])(ps, jbatch))
   secs = mfjax_train_seconds(model, encoder, ps, batch, beta=beta, repeats=args.repeats)
+  tokens = E * T * B * A
+  common = _common(args, "train", "ib_tune", events=E, steps=T, agents=B)
+  row = {**common, "impl": "mfjax", "seconds": secs, "tokens_per_s": tokens / secs, "actions_per_s": E * T * B / secs,
+         "loss_step0": loss0}
+  if args.mfjax_only:
+    emit(row)
+    return secs
 
   enc = torch_encoder(mf, dev)
   ref.train()
@@ -409,13 +419,9 @@ def bench_train(args, built) -> float:
       ref_times.append(time.perf_counter() - t0)
   ref.eval()
   ref_s = float(np.median(ref_times))
-  tokens = E * T * B * A
-  common = _common(args, "train", "ib_tune", events=E, steps=T, agents=B)
   emit({**common, "impl": "reference", "seconds": ref_s, "tokens_per_s": tokens / ref_s,
         "actions_per_s": E * T * B / ref_s, "loss_step0": ref_loss0, "torch_device": dev})
-  row = {**common, "impl": "mfjax", "seconds": secs, "tokens_per_s": tokens / secs, "actions_per_s": E * T * B / secs,
-         "loss_step0": loss0, "speedup": ref_s / secs, "target": TARGETS[("train", "ib_tune")]}
-  emit(row)
+  emit({**row, "speedup": ref_s / secs, "target": TARGETS[("train", "ib_tune")]})
   return secs
 
 
@@ -470,6 +476,8 @@ def parse_args(argv=None):
   p.add_argument("--train-steps", type=int, default=2, help="T of a training batch")
   p.add_argument("--mfu-events", type=int, default=8, help="events of the simulate MFU case")
   p.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+  p.add_argument("--mfjax-only", action="store_true",
+                 help="time mfjax alone, no reference runs (no speedup): to compare two commits of mfjax")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                  help="numerics of both sides (see above); the MFU peak is measured in it")
   return p.parse_args(argv)
