@@ -71,7 +71,8 @@ def filter_logits(logits_BxV, *, temperature, top_k: int = 0, top_p: float = 1.0
 def _sample_filtered(logits_BxV, rng, *, temperature, top_k: int, top_p: float):
   """A token [B] drawn from softmax(filter_logits(...)). With top-k, the draw is
   among the k candidates only: k random numbers per row instead of V (on CPU,
-  the vocabulary-wide Gumbel noise was ~3 ms of a 23 ms decode step at V 8192).
+  the vocabulary-wide Gumbel noise was about 3 ms of op time per decode step of
+  the benchmark's model, V 8192).
   Same distribution as drawing over the filtered vocabulary, except that of
   tokens tied at the k-th logit exactly k are candidates (`lax.top_k` keeps the
   lowest ids), where `filter_logits` keeps every tied one."""
