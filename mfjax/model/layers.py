@@ -118,11 +118,14 @@ class LoRA(nn.Module):
 
   Still contracted in 3-D, unlike `Proj`. `flat_matmul` here made a LoRA gradient
   of the benchmark's model (rank 16 on all seven projections, 32 x 160 tokens,
-  CPU) 1.3x faster (8.0 to 5.8 and 7.8 to 6.2 s, best of 5). It also changes the
-  float32 summation order of B's gradient: one element of 128 in
-  `test_parallel`'s 8-device gradient check then differed by 1.9e-5 relative,
-  over the test's 1e-5. That tolerance stays, so this change waits for a
-  decision on the check (see the issue notes)."""
+  CPU) 1.3x faster (8.0 to 5.8 and 7.8 to 6.2 s, best of 5). The gain is all in
+  the second product, h @ B: flattening it alone took another such gradient
+  from 8.7 to 6.1 s, x @ A alone from 8.7 to 8.5 s. That second product's
+  gradient is B's, whose float32 summation order then changes: one element of
+  128 in `test_parallel`'s 8-device gradient check (-0.01212 in a tensor up to
+  0.25) then differed by 2.3e-7, 1.9e-5 relative, over the test's 1e-5. That
+  tolerance stays, so this change waits for a decision on the check (see the
+  issue notes)."""
 
   features: tuple[int, ...]
   in_names: tuple[str, ...]
