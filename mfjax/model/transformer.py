@@ -103,25 +103,23 @@ class Decoder(nn.Module):
 
   def _stack(self, x_BxLxD, positions_BxL, kv_mask_BxS, cache: Optional[KVCache], cache_index):
     per_layer = cache is not None and isinstance(cache.k, tuple)
-    if self.cfg.scan_layers:
-      if per_layer:
-        raise ValueError("a scanned stack of layers needs a stacked KVCache (KVCache.zeros of its config)")
-      carry = (x_BxLxD, None if cache is None else (cache.k, cache.v))
-      (x_BxLxD, new), _ = self.layers(carry, jnp.arange(self.cfg.num_layers), positions_BxL, kv_mask_BxS,
-                                      cache_index)
-    elif per_layer:
+    if per_layer and self.cfg.scan_layers:
+      raise ValueError("a scanned stack of layers needs a stacked KVCache (KVCache.zeros of its config)")
+    if per_layer:
       new_k, new_v = [], []
       for i, layer in enumerate(self.layers):  # layer None: the cache given is this layer's own
         (x_BxLxD, (k, v)), _ = layer((x_BxLxD, (cache.k[i], cache.v[i])), None, positions_BxL, kv_mask_BxS,
                                      cache_index)
         new_k.append(k)
         new_v.append(v)
-      new = (tuple(new_k), tuple(new_v))
+      return self.final_norm(x_BxLxD), KVCache(tuple(new_k), tuple(new_v))
+    carry = (x_BxLxD, None if cache is None else (cache.k, cache.v))
+    if self.cfg.scan_layers:
+      carry, _ = self.layers(carry, jnp.arange(self.cfg.num_layers), positions_BxL, kv_mask_BxS, cache_index)
     else:
-      carry = (x_BxLxD, None if cache is None else (cache.k, cache.v))
       for i, layer in enumerate(self.layers):
         carry, _ = layer(carry, jnp.int32(i), positions_BxL, kv_mask_BxS, cache_index)
-      x_BxLxD, new = carry
+    x_BxLxD, new = carry
     return self.final_norm(x_BxLxD), (None if new is None else KVCache(*new))
 
   def logits(self, hidden_BxLxD):
