@@ -51,10 +51,15 @@ def _nucleus_cutoff(sorted_x, top_p: float):
   return jnp.min(jnp.where(keep, sorted_x, jnp.inf), axis=-1, keepdims=True)
 
 
+def _scaled(logits_BxV, temperature):
+  """Float32 logits / temperature (temperature may be traced; 0 is clamped)."""
+  return logits_BxV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+
+
 def filter_logits(logits_BxV, *, temperature, top_k: int = 0, top_p: float = 1.0):
   """Temperature-scaled logits with everything outside top-k / the top-p
   nucleus set to -inf. `temperature` may be traced; top_k/top_p are static."""
-  x = logits_BxV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+  x = _scaled(logits_BxV, temperature)
   sorted_x = None
   if top_k and top_k < x.shape[-1]:
     # descending; the barrier keeps XLA from rewriting top_k + a slice of it into a full
@@ -78,8 +83,7 @@ def _sample_filtered(logits_BxV, rng, *, temperature, top_k: int, top_p: float):
   lowest ids), where `filter_logits` keeps every tied one."""
   if not (top_k and top_k < logits_BxV.shape[-1]):
     return jax.random.categorical(rng, filter_logits(logits_BxV, temperature=temperature, top_p=top_p), axis=-1)
-  x = logits_BxV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
-  vals, ids = jax.lax.top_k(x, top_k)  # descending
+  vals, ids = jax.lax.top_k(_scaled(logits_BxV, temperature), top_k)  # descending
   if top_p < 1.0:
     vals = jnp.where(vals < _nucleus_cutoff(vals, top_p), -jnp.inf, vals)
   pick = jax.random.categorical(rng, vals, axis=-1)
