@@ -12,10 +12,10 @@ K prefix vectors, D width, V vocab.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from mfjax.model.transformer import Decoder
+from mfjax.sampling import token_logprobs
 
 
 def with_context(ctx_ids_NxC, ctx_mask_NxC, prompt_ids_NxP, prompt_mask_NxP):
@@ -37,9 +37,7 @@ def action_logprobs(model: Decoder, params, prompt_ids_NxP, prompt_mask_NxP, act
   variables = {"params": params}
   _, hidden = model.apply(variables, tokens, mask, prefix_embeds_BxKxD=prefix_NxKxD, return_hidden=True)
   logits = model.apply(variables, hidden[:, P - 1:-1], method=Decoder.logits)  # only the positions that predict
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  out = jnp.take_along_axis(logp, action_ids_NxA[..., None], axis=-1)[..., 0]
-  return out * action_mask_NxA.astype(jnp.float32)
+  return token_logprobs(logits, action_ids_NxA, action_mask_NxA)
 
 
 def per_agent(x_ExK, agents: int):

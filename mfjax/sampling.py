@@ -4,9 +4,11 @@
 iteration of a `lax.while_loop` whose carry (`SamplerState`) holds the KV cache
 and the output buffers; the loop stops early once every row has emitted eos.
 Nothing on the hot path is a Python loop over tokens or rows.
+`score_and_generate` also scores given continuations of the prompts
+(teacher-forced) in the pass that fills the prompts' cache.
 
-Letters: B batch, P prompt tokens, K prefix vectors, N new tokens,
-S = K + P + N cache slots, V vocab.
+Letters: B batch, P prompt tokens, K prefix vectors, N new tokens, A scored
+tokens, S = K + P + max(N, A) cache slots, V vocab.
 """
 
 from __future__ import annotations
@@ -101,9 +103,16 @@ def sample_token(logits_BxV, rng, *, temperature, top_k: int = 0, top_p: float =
   return token, jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
 
 
+def token_logprobs(logits_BxAxV, ids_BxA, mask_BxA):
+  """log softmax(logits) of each token of `ids` [B, A] (float32; 0 where `mask` is 0)."""
+  logp = jax.nn.log_softmax(logits_BxAxV.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp, ids_BxA[..., None], axis=-1)[..., 0] * mask_BxA.astype(jnp.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "unroll"))
 def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperature, eos_id, pad_id,
-              prefix_BxKxD, *, max_new_tokens: int, top_k: int, top_p: float, unroll: bool) -> SampleOutput:
+              prefix_BxKxD, score_BxA, score_mask_BxA, *, max_new_tokens: int, top_k: int, top_p: float,
+              unroll: bool) -> tuple[SampleOutput, Optional[jax.Array]]:
   if model.cfg.scan_layers and unroll:
     # Unrolled layers read each weight in place; a scanned loop slices (copies)
     # every layer's weights out of the stacked arrays at every decode step.
@@ -112,24 +121,40 @@ def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperat
   B, P = prompt_BxP.shape
   K = 0 if prefix_BxKxD is None else prefix_BxKxD.shape[1]
   N = max_new_tokens
-  S = K + P + N
   head_mask = jnp.concatenate([jnp.ones((B, K), jnp.int32), prompt_mask_BxP.astype(jnp.int32)], axis=1)
-  kv_mask = jnp.concatenate([head_mask, jnp.ones((B, N), jnp.int32)], axis=1)
   variables = {"params": params}
   sample = functools.partial(sample_token, temperature=temperature, top_k=top_k, top_p=top_p)
+  extend = functools.partial(model.apply, variables, prefix_embeds_BxKxD=prefix_BxKxD, method=Decoder.extend)
 
-  # Prefill: prefix + prompt in one pass; the last slot is a real token in every
-  # row because prompts are left-padded. Its attention covers the K + P slots it
-  # fills, not the N empty ones after them, which are padded on afterwards.
-  logits, _, cache = model.apply(variables, prompt_BxP, head_mask, positions_from_mask(head_mask),
-                                 KVCache.zeros(model.cfg, B, K + P), jnp.int32(0), prefix_embeds_BxKxD=prefix_BxKxD,
-                                 last_only=True, method=Decoder.extend)
-  cache = jax.tree.map(lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, N), (0, 0)]), cache)
-  token, logprob = sample(logits[:, -1], jax.random.fold_in(rng, 0))
+  if score_BxA is None:
+    # Prefill: prefix + prompt in one pass; the last slot is a real token in every
+    # row because prompts are left-padded. Its attention covers the K + P slots it
+    # fills, not the N empty ones after them, which are padded on afterwards.
+    scored, A = None, 0
+    logits, _, cache = extend(prompt_BxP, head_mask, positions_from_mask(head_mask), KVCache.zeros(model.cfg, B, K + P),
+                              jnp.int32(0), last_only=True)
+    first_logits = logits[:, -1]
+  else:
+    # The given continuations, teacher-forced, in the same pass as the prefill:
+    # the prompt's keys and values do not depend on what follows them (causal),
+    # and the prompt's last position predicts both the first scored token and
+    # the first sampled one. The scored tokens' slots are overwritten by the
+    # sampled ones before any query can see them (causal by slot).
+    A = score_BxA.shape[1]
+    forced_mask = jnp.concatenate([head_mask, score_mask_BxA.astype(jnp.int32)], axis=1)
+    _, hidden, cache = extend(jnp.concatenate([prompt_BxP, score_BxA.astype(jnp.int32)], axis=1), forced_mask,
+                              positions_from_mask(forced_mask), KVCache.zeros(model.cfg, B, K + P + A), jnp.int32(0),
+                              return_logits=False)
+    logits = model.apply(variables, hidden[:, P - 1:P + A - 1], method=Decoder.logits)  # the predicting positions
+    scored = token_logprobs(logits, score_BxA, score_mask_BxA)
+    first_logits = logits[:, 0]
+  G = max(N, A)  # generation slots
+  cache = jax.tree.map(lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, G - A), (0, 0)]), cache)
+  token, logprob = sample(first_logits, jax.random.fold_in(rng, 0))
   done = token == eos_id
   state = SamplerState(
-      step=jnp.int32(1), cache=cache, kv_mask_BxS=kv_mask, last_token_B=token,
-      position_B=jnp.sum(head_mask, axis=1), done_B=done,
+      step=jnp.int32(1), cache=cache, kv_mask_BxS=jnp.concatenate([head_mask, jnp.ones((B, G), jnp.int32)], axis=1),
+      last_token_B=token, position_B=jnp.sum(head_mask, axis=1), done_B=done,
       tokens_BxN=jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(token),
       logprobs_BxN=jnp.zeros((B, N), jnp.float32).at[:, 0].set(logprob),
       mask_BxN=jnp.zeros((B, N), bool).at[:, 0].set(True))
@@ -138,8 +163,8 @@ def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperat
     return (s.step < N) & ~jnp.all(s.done_B)
 
   def body(s: SamplerState):
-    logits, _, cache = model.apply(variables, s.last_token_B[:, None], s.kv_mask_BxS, s.position_B[:, None],
-                                   s.cache, K + P + s.step - 1, method=Decoder.extend)
+    logits, _, cache = extend(s.last_token_B[:, None], s.kv_mask_BxS, s.position_B[:, None], s.cache,
+                              K + P + s.step - 1, prefix_embeds_BxKxD=None)
     token, logprob = sample(logits[:, -1], jax.random.fold_in(rng, s.step))
     live = ~s.done_B
     token = jnp.where(live, token, pad_id)
@@ -151,7 +176,20 @@ def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperat
         mask_BxN=col(s.mask_BxN, live))
 
   state = jax.lax.while_loop(cond, body, state)
-  return SampleOutput(state.tokens_BxN, state.logprobs_BxN, state.mask_BxN)
+  return SampleOutput(state.tokens_BxN, state.logprobs_BxN, state.mask_BxN), scored
+
+
+def _arguments(prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id):
+  """Checked prompt arrays and the eos / pad scalars of a sampling call."""
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+  prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
+  if prompt_ids.shape != prompt_mask.shape:
+    raise ValueError(f"prompt_ids {prompt_ids.shape} and prompt_mask {prompt_mask.shape} differ in shape")
+  eos = -1 if eos_id is None else int(eos_id)
+  pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+  return prompt_ids, prompt_mask, jnp.int32(eos), jnp.int32(pad)
 
 
 def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_tokens: int,
@@ -168,14 +206,32 @@ def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_to
   (faster decoding; compile time grows with depth). Jitted once per (model,
   shapes, max_new_tokens, top_k, top_p, unroll_layers).
   """
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
-  prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
-  if prompt_ids.shape != prompt_mask.shape:
-    raise ValueError(f"prompt_ids {prompt_ids.shape} and prompt_mask {prompt_mask.shape} differ in shape")
-  eos = -1 if eos_id is None else int(eos_id)
-  pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
-  return _generate(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), jnp.int32(eos),
-                   jnp.int32(pad), prefix_embeds, max_new_tokens=int(max_new_tokens), top_k=int(top_k),
-                   top_p=float(top_p), unroll=bool(unroll_layers))
+  prompt_ids, prompt_mask, eos, pad = _arguments(prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id)
+  out, _ = _generate(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad, prefix_embeds,
+                     None, None, max_new_tokens=int(max_new_tokens), top_k=int(top_k), top_p=float(top_p),
+                     unroll=bool(unroll_layers))
+  return out
+
+
+def score_and_generate(model: Decoder, params, prompt_ids, prompt_mask, score_ids, score_mask, *, rng,
+                       max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                       eos_id: Optional[int] = None, pad_id: Optional[int] = None, prefix_embeds=None,
+                       unroll_layers: bool = True) -> tuple[jax.Array, SampleOutput]:
+  """(log p(score_ids | prompt) [B, A], `generate`'s samples) from one pass over the prompts.
+
+  score_ids, score_mask: [B, A] given continuations of the prompts, scored
+  teacher-forced (float32 log-probs, 0 where the mask is 0), as
+  `mfjax.policy.action_logprobs` does. Their forward pass also fills the
+  prompts' keys and values for the sampler, which a separate `generate` would
+  compute again: the pass over the prompts is shared. Other arguments and the
+  samples' distribution are `generate`'s.
+  """
+  prompt_ids, prompt_mask, eos, pad = _arguments(prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id)
+  score_ids, score_mask = jnp.asarray(score_ids, jnp.int32), jnp.asarray(score_mask, jnp.int32)
+  if score_ids.shape != score_mask.shape or score_ids.shape[0] != prompt_ids.shape[0]:
+    raise ValueError(f"score_ids {score_ids.shape} and score_mask {score_mask.shape} must be equal and have the "
+                     f"prompts' {prompt_ids.shape[0]} rows")
+  out, scored = _generate(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad,
+                          prefix_embeds, score_ids, score_mask, max_new_tokens=int(max_new_tokens), top_k=int(top_k),
+                          top_p=float(top_p), unroll=bool(unroll_layers))
+  return scored, out

@@ -119,6 +119,35 @@ def test_first_token_frequencies_follow_the_model(tiny, top_k, top_p):
                              np.asarray(jax.nn.log_softmax(logits))[np.asarray(out.tokens[:, 0])], atol=1e-5)
 
 
+@pytest.mark.parametrize("scan_layers,unroll,scored,new", [(True, True, 5, 5), (True, False, 3, 6),
+                                                           (False, True, 6, 3)])
+def test_score_and_generate_equals_scoring_then_generating(scan_layers, unroll, scored, new):
+  """One pass scoring given continuations and filling the sampler's cache gives
+  `action_logprobs`' scores and `generate`'s samples (same rng), with a prefix,
+  left-padded prompts, padded continuations, and more or fewer new tokens than
+  scored ones."""
+  from mfjax.policy import action_logprobs
+  model = M.Decoder(M.tiny("qwen2", init_std=0.2, scan_layers=scan_layers))
+  params = M.init_params(model, jax.random.PRNGKey(0))
+  tokens, mask = _prompts()
+  rng = np.random.default_rng(3)
+  score_mask = (np.arange(scored)[None] < np.array([[scored], [2], [1]])).astype(np.int32)
+  score_ids = np.where(score_mask == 1, rng.integers(3, 256, score_mask.shape), 0)
+  prefix = jax.random.normal(jax.random.PRNGKey(4), (3, 2, model.cfg.hidden_size))
+  kw = dict(rng=jax.random.PRNGKey(5), max_new_tokens=new, temperature=1.0, top_k=20, top_p=0.9, eos_id=7,
+            prefix_embeds=prefix, unroll_layers=unroll)
+  lp, out = sampling.score_and_generate(model, params, tokens, mask, score_ids, score_mask, **kw)
+  want = action_logprobs(model, params, tokens, mask, score_ids, score_mask, prefix_NxKxD=prefix)
+  assert lp.shape == (3, scored) and (np.asarray(lp)[score_mask == 0] == 0).all()
+  np.testing.assert_allclose(lp, want, rtol=1e-6, atol=1e-5)
+  ref = sampling.generate(model, params, tokens, mask, **kw)
+  np.testing.assert_array_equal(out.tokens, ref.tokens)
+  np.testing.assert_array_equal(out.mask, ref.mask)
+  np.testing.assert_allclose(out.logprobs, ref.logprobs, rtol=1e-6, atol=1e-5)
+  with pytest.raises(ValueError, match="score_ids"):
+    sampling.score_and_generate(model, params, tokens, mask, score_ids[:2], score_mask[:2], **kw)
+
+
 def test_bad_arguments_are_errors(tiny):
   model, params = tiny
   tokens, mask = _prompts()

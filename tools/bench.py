@@ -5,6 +5,7 @@
   python tools/bench.py mfu       # model FLOP/s of the train step and simulate / peak jnp.dot FLOP/s
   python tools/bench.py all
   python tools/bench.py rollout --mfjax-only    # mfjax alone, no reference (to compare two commits)
+  python tools/bench.py rollout --mfjax-only --score-real   # as the pipeline's rollouts: real actions scored too
 
 Both sides use the same random Qwen2 (width 512, 8 layers, vocab 8192; the
 weights are written by transformers and loaded by mfjax), B=16 agents per
@@ -233,11 +234,12 @@ def reference_rollout(ref, dev, batch, args, *, text_mf: bool) -> float:
   return time.perf_counter() - t0
 
 
-def mfjax_rollout(model, params, batch, *, method, encoder, repeats: int) -> tuple[float, float]:
+def mfjax_rollout(model, params, batch, *, method, encoder, repeats: int, score_real: bool = False
+                  ) -> tuple[float, float]:
   """(median seconds of `simulate` over `batch`, compile seconds)."""
   from mfjax.rollout import simulate
   run = lambda: simulate(model, params, batch, method=method, encoder=encoder, rng=jax.random.PRNGKey(0), warmup=0,
-                         temperature=1.0, score_real=False, **SAMPLING).tokens.block_until_ready()
+                         temperature=1.0, score_real=score_real, **SAMPLING).tokens.block_until_ready()
   first = timed(run)
   secs = float(np.median([timed(run) for _ in range(repeats)]))
   return secs, first - secs
@@ -254,11 +256,12 @@ def bench_rollout(args, built) -> None:
       continue
     batch = events(args, E, T)
     p = {"lm": params, "mf": mf} if method == "mf" else {"lm": params}
-    secs, compile_s = mfjax_rollout(model, p, batch, method=method, encoder=encoder, repeats=args.repeats)
+    secs, compile_s = mfjax_rollout(model, p, batch, method=method, encoder=encoder, repeats=args.repeats,
+                                    score_real=args.score_real)
     n = E * T * B
     common = _common(args, "rollout", case, events=E, steps=T, agents=B)
     row = {**common, "impl": "mfjax", "method": method, "seconds": secs, "compile_s": compile_s,
-           "actions_per_s": n / secs, "tokens_per_s": n * A / secs}
+           "actions_per_s": n / secs, "tokens_per_s": n * A / secs, "score_real": args.score_real}
     if args.mfjax_only:
       emit(row)
       continue
@@ -478,9 +481,15 @@ def parse_args(argv=None):
   p.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
   p.add_argument("--mfjax-only", action="store_true",
                  help="time mfjax alone, no reference runs (no speedup): to compare two commits of mfjax")
+  p.add_argument("--score-real", action="store_true",
+                 help="rollout, with --mfjax-only: simulate also scores the real actions, as the pipeline's "
+                      "rollouts do (its NLL column); the reference has no such step, so no speedup is printed")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                  help="numerics of both sides (see above); the MFU peak is measured in it")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.score_real and not args.mfjax_only:
+    p.error("--score-real times work the reference does not do: use it with --mfjax-only")
+  return args
 
 
 def main(argv=None) -> None:

@@ -9,7 +9,8 @@ count). At step t, for every event at once:
      sampled from q and read as K prefix vectors (`mf`);
   2. the log-probabilities of the real actions of step t under that input
      (teacher-forced: the NLL the method assigns to what really happened);
-  3. B actions sampled with the KV-cache sampler from the same input;
+  3. B actions sampled with the KV-cache sampler from the same input (2 and 3
+     share one pass over the input: `sampling.score_and_generate`);
   4. the step's actions enter the history: the real ones during warm-up
      (t < warmup), the sampled ones after; the mean field is updated from them.
 
@@ -36,7 +37,7 @@ from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, MFState, 
 from mfjax.model.transformer import Decoder
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated
 from mfjax.parallel.state import abstract_policy, place, policy_shardings
-from mfjax.policy import action_logprobs, per_agent, with_context
+from mfjax.policy import per_agent, with_context
 from mfjax.rollout.context import KINDS, NONE, ContextSpec, quote_context, repost_counts, selection_scores
 
 METHODS = ("state", "recent", "popular", "sft", "mf")
@@ -114,13 +115,12 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
       m = q.sample(k_m)
       prefix = per_agent(m, B)
       stats = (q.kl_to_standard_normal(), q.mu, q.logvar)
-    if spec.score_real:
-      real_lp = action_logprobs(model, lm, in_ids, in_mask, flat(act_ids), flat(act_mask), prefix_NxKxD=prefix)
+    sample = dict(rng=k_s, max_new_tokens=A, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p,
+                  eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, prefix_embeds=prefix)
+    if spec.score_real:  # one pass over the input scores the real actions and fills the sampler's cache
+      real_lp, out = sampling.score_and_generate(model, lm, in_ids, in_mask, flat(act_ids), flat(act_mask), **sample)
     else:
-      real_lp = jnp.zeros(act_ids.shape, jnp.float32)
-    out = sampling.generate(model, lm, in_ids, in_mask, rng=k_s, max_new_tokens=A, temperature=temperature,
-                            top_k=spec.top_k, top_p=spec.top_p, eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id,
-                            prefix_embeds=prefix)
+      real_lp, out = jnp.zeros((E * B, A), jnp.float32), sampling.generate(model, lm, in_ids, in_mask, **sample)
     s_ids, s_mask = out.tokens.reshape(E, B, A), out.mask.reshape(E, B, A)
     real_step = t < warmup
     ch_ids = jnp.where(real_step, act_ids, s_ids)
