@@ -140,14 +140,31 @@ def prepare(cfg, workdir: str) -> Data:
 # ----------------------------------------------------------------------------- models
 
 
-def _model_config(cfg, tok, ctx: ContextSpec) -> ModelConfig:
+def scratch_model_config(cfg, vocab_size: int, **extra) -> ModelConfig:
+  """The LM that `cfg.model` trains from scratch (no checkpoint); `extra`:
+  further ModelConfig fields (token ids, max_position_embeddings)."""
   m = cfg.model
-  longest = cfg.mf.slots + ctx.length + cfg.data.prompt_len + cfg.data.action_len
-  return tiny(m.family, vocab_size=len(tok), hidden_size=m.hidden_size, num_layers=m.num_layers,
+  return tiny(m.family, vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
               num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
-              intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_word_embeddings,
-              max_position_embeddings=max(longest, 64), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-              pad_token_id=tok.pad_token_id, sliding_window=None, remat_policy=m.remat)
+              intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_word_embeddings, sliding_window=None,
+              remat_policy=m.remat, **extra)
+
+
+def lora_config(cfg) -> LoraConfig:
+  return LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets.split(",")))
+
+
+def mf_config(cfg, width: int) -> MeanFieldConfig:
+  """The mean-field encoder of `cfg.mf` for an LM of hidden size `width`."""
+  return MeanFieldConfig(slots=cfg.mf.slots, width=width, feature_size=cfg.mf.feature_size,
+                         hidden_size=cfg.mf.hidden_size, attention_queries=cfg.mf.attention_queries,
+                         init_logvar=cfg.mf.init_logvar)
+
+
+def _model_config(cfg, tok, ctx: ContextSpec) -> ModelConfig:
+  longest = cfg.mf.slots + ctx.length + cfg.data.prompt_len + cfg.data.action_len
+  return scratch_model_config(cfg, len(tok), max_position_embeddings=max(longest, 64), bos_token_id=tok.bos_token_id,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
 
 def _stage_dir(workdir: str, name: str) -> str:
@@ -231,11 +248,8 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
         model=model, params=params, batch=batch, rng=rng, context=data.context, context_kinds=kinds, agents=agents)
     lm = _train("base", cfg.base, make_loss=loss, params={"lm": lm}, trainable="full", cfg=cfg, data=data,
                 workdir=workdir, mesh=mesh, model=model, trained_only=trained_only)["lm"]
-  lcfg = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets.split(",")))
-  model, lm = add_lora(model, lm, lcfg, jax.random.fold_in(rng, 2))
-  encoder = MeanFieldEncoder(MeanFieldConfig(
-      slots=cfg.mf.slots, width=model.cfg.hidden_size, feature_size=cfg.mf.feature_size,
-      hidden_size=cfg.mf.hidden_size, attention_queries=cfg.mf.attention_queries, init_logvar=cfg.mf.init_logvar))
+  model, lm = add_lora(model, lm, lora_config(cfg), jax.random.fold_in(rng, 2))
+  encoder = MeanFieldEncoder(mf_config(cfg, model.cfg.hidden_size))
   out = {"base": {"lm": lm}}
   if "sft" in want:
     loss = lambda agents: lambda params, batch, rng, step: policy_loss(

@@ -54,6 +54,20 @@ def test_mfjax_only_times_mfjax_alone(capsys, monkeypatch):
   assert all(r["impl"] == "mfjax" and r["seconds"] > 0 and "speedup" not in r for r in rows)
 
 
+def test_score_real_times_the_pipelines_rollout(capsys, monkeypatch):
+  """--score-real: simulate also scores the real actions (as the pipeline's
+  rollouts do); only with --mfjax-only, since the reference does no such step."""
+  import mfjax.rollout
+  bench, calls, simulate = _bench(), [], mfjax.rollout.simulate
+  monkeypatch.setattr(mfjax.rollout, "simulate", lambda *a, **k: calls.append(k["score_real"]) or simulate(*a, **k))
+  bench.main(["rollout", *TINY, "--mfjax-only", "--score-real", "--cases", "policy_1event"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  assert [(r["case"], r["score_real"]) for r in rows] == [("policy_1event", True)] and set(calls) == {True}
+  with pytest.raises(SystemExit):
+    bench.parse_args(["rollout", "--score-real"])
+  assert "--mfjax-only" in capsys.readouterr().err
+
+
 def test_bench_bfloat16_runs_both_sides_in_bfloat16(capsys):
   """--dtype bfloat16: mfjax computes in bfloat16 and the reference under torch.autocast,
   so the two losses at the initial weights agree to bfloat16 rounding, not float32's."""

@@ -53,11 +53,11 @@ def main(argv=None):
   import jax
 
   from mfjax import configs
-  from mfjax.meanfield import MeanFieldConfig
-  from mfjax.model import LoraConfig, hf, tiny
+  from mfjax.model import hf
   from mfjax.model.config import PRESETS
   from mfjax.parallel import MeshConfig, make_mesh
   from mfjax.parallel.aot import Shapes, rollout_memory, train_step_memory
+  from mfjax.pipeline import lora_config, mf_config, scratch_model_config
 
   cfg = configs.load_config(args.config, args.set)
   dtype = cfg.model.dtype
@@ -68,14 +68,8 @@ def main(argv=None):
   elif cfg.model.checkpoint:
     model_cfg = hf.load_config(cfg.model.checkpoint, dtype=dtype, param_dtype=dtype, remat_policy=cfg.model.remat)
   else:
-    m = cfg.model
-    model_cfg = tiny(m.family, vocab_size=cfg.tokenizer.vocab_size, hidden_size=m.hidden_size,
-                     num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
-                     head_dim=m.hidden_size // m.num_heads, intermediate_size=m.intermediate_size,
-                     tie_word_embeddings=m.tie_word_embeddings, remat_policy=cfg.model.remat)
-  mf_cfg = MeanFieldConfig(slots=cfg.mf.slots, width=model_cfg.hidden_size, feature_size=cfg.mf.feature_size,
-                           hidden_size=cfg.mf.hidden_size, attention_queries=cfg.mf.attention_queries)
-  lora = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets.split(",")))
+    model_cfg = scratch_model_config(cfg, cfg.tokenizer.vocab_size)
+  mf_cfg, lora = mf_config(cfg, model_cfg.hidden_size), lora_config(cfg)
   mesh = make_mesh(MeshConfig(*mesh_shape) if mesh_shape else MeshConfig.from_config(cfg.parallel))
   d = cfg.data
   common = {"model": args.preset or cfg.model.checkpoint or "from-scratch", "dtype": dtype,
