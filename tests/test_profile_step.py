@@ -32,10 +32,11 @@ def test_self_time_subtracts_nested_events_only():
 def test_profile_rows_name_compiled_ops(capsys):
   tool = _tool()
   printed_rows = 0
-  for what, extra in (("train", []), ("simulate", []), ("simulate", ["--method", "state"])):
+  for what, extra in (("train", []), ("simulate", []), ("simulate", ["--method", "state", "--score-real"])):
     rows = tool.main([what, *TINY, "--events", "2", "--steps", "2", *extra])
     head, ops = rows[0], rows[1:]
     assert head.get("method") == (None if what == "train" else (extra or [None, "mf"])[1])
+    assert head.get("score_real") == (None if what == "train" else "--score-real" in extra)
     assert head["what"] == what and head["seconds_per_run"] > 0 and head["op_ms_per_run"] > 0 and head["ops"] > 0
     assert head["trace_dir"] is None
     assert 0 < len(ops) <= 8

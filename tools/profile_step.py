@@ -4,6 +4,7 @@
   python tools/profile_step.py train                 # 1 event x 2 steps x 16 agents (tools/bench.py's train case)
   python tools/profile_step.py simulate              # mean field, 8 events x 4 steps (bench.py's MFU case)
   python tools/profile_step.py simulate --method state --events 1   # policy only (bench.py's policy_1event)
+  python tools/profile_step.py simulate --score-real # also scoring the real actions, as the pipeline's rollouts
   python tools/profile_step.py train --dtype bfloat16 --events 8 --trace-dir runs/trace
 
 The model is tools/bench.py's random Qwen2 (width 512, 8 layers, vocab 8192;
@@ -68,6 +69,8 @@ def parse_args(argv=None):
   p.add_argument("--method", choices=["mf", "state"], default="mf",
                  help="simulate: with the latent mean field (bench.py's mf_step and MFU cases) or policy only "
                       "(its policy_* cases)")
+  p.add_argument("--score-real", action="store_true",
+                 help="simulate: also score the real actions, as the pipeline's rollouts do (bench.py --score-real)")
   p.add_argument("--runs", type=int, default=2, help="traced runs after the compiled one")
   p.add_argument("--top", type=int, default=30, help="ops printed")
   p.add_argument("--trace-dir", default="", help="keep the trace here (default: a temporary folder, removed)")
@@ -107,10 +110,13 @@ def step_fn(args, model, params, encoder, batch):
   p = {"lm": bench.cast(params["lm"], args.dtype)}
   if args.method == "mf":
     p["mf"] = params["mf"]
-  kw = dict(method=args.method, encoder=encoder, warmup=0, temperature=1.0, score_real=False, **bench.SAMPLING)
-  # simulate's own jitted scan, inlined into one jit so that its compiled HLO can be read
-  compiled = jax.jit(lambda p, b, rng: simulate(model, p, b, rng=rng, **kw).tokens).lower(p, batch, rng).compile()
-  return lambda: compiled(p, batch, rng).block_until_ready(), compiled.as_text()
+  kw = dict(method=args.method, encoder=encoder, warmup=0, temperature=1.0, score_real=args.score_real,
+            **bench.SAMPLING)
+  # simulate's own jitted scan, inlined into one jit so that its compiled HLO can be read (the scores
+  # are returned too: otherwise XLA drops their computation)
+  outputs = lambda p, b, rng: (lambda o: (o.tokens, o.real_logprobs))(simulate(model, p, b, rng=rng, **kw))
+  compiled = jax.jit(outputs).lower(p, batch, rng).compile()
+  return lambda: jax.block_until_ready(compiled(p, batch, rng)), compiled.as_text()
 
 
 def roots(hlo: str) -> dict:
@@ -197,7 +203,8 @@ def main(argv=None) -> list[dict]:
     if not keep:
       shutil.rmtree(trace_dir, ignore_errors=True)
   op_ns = sum(total.values())
-  rows = [{"what": args.what, **({"method": args.method} if args.what == "simulate" else {}), "device": str(jax.devices()[0].device_kind), "dtype": args.dtype,
+  rollout = {"method": args.method, "score_real": args.score_real} if args.what == "simulate" else {}
+  rows = [{"what": args.what, **rollout, "device": str(jax.devices()[0].device_kind), "dtype": args.dtype,
            "events": args.events, "steps": args.steps, "agents": args.agents, "plane": plane, "runs": args.runs,
            "compile_and_first_run_s": compile_s, "seconds_per_run": seconds, "op_ms_per_run": op_ns / 1e6 / args.runs,
            "ops": len(total), "trace_dir": trace_dir if keep else None}]
