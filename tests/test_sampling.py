@@ -7,6 +7,7 @@ import pytest
 
 from mfjax import model as M
 from mfjax import sampling
+from mfjax.policy import action_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,6 @@ def test_score_and_generate_equals_scoring_then_generating(scan_layers, unroll, 
   `action_logprobs`' scores and `generate`'s samples (same rng), with a prefix,
   left-padded prompts, padded continuations, and more or fewer new tokens than
   scored ones."""
-  from mfjax.policy import action_logprobs
   model = M.Decoder(M.tiny("qwen2", init_std=0.2, scan_layers=scan_layers))
   params = M.init_params(model, jax.random.PRNGKey(0))
   tokens, mask = _prompts()
