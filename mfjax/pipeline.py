@@ -147,7 +147,7 @@ def scratch_model_config(cfg, vocab_size: int, **extra) -> ModelConfig:
   return tiny(m.family, vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
               num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
               intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_word_embeddings, sliding_window=None,
-              remat_policy=m.remat, **extra)
+              remat_policy=m.remat, scan_layers=m.scan_layers, **extra)
 
 
 def lora_config(cfg) -> LoraConfig:
@@ -236,7 +236,7 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
   if cfg.model.checkpoint:
     # read on the host and cut per device: no device holds the whole model
     model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype, remat_policy=cfg.model.remat,
-                                   host=True)
+                                   scan_layers=cfg.model.scan_layers, host=True)
     lm = place({"lm": lm}, policy_shardings(model, None, {"lm": lm}, mesh))["lm"]
     log(f"[base] loaded {cfg.model.checkpoint}")
   else:

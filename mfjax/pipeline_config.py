@@ -37,6 +37,7 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.model.checkpoint_required = False  # True: an empty model.checkpoint is an error (no silent from-scratch model)
   c.model.dtype = "float32"  # compute dtype with a checkpoint (bfloat16 on accelerators)
   c.model.remat = "none"  # LM activation rematerialisation: none | full | dots (memory for compute; tools/aot_memory.py)
+  c.model.scan_layers = True  # one lax.scan over the layers (compile time flat in depth); False unrolls them
   c.model.family = "qwen2"  # from scratch: qwen2 | qwen3 | llama | mistral
   c.model.hidden_size = 64  # D (also the mean-field width)
   c.model.num_layers = 2

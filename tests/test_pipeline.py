@@ -8,7 +8,8 @@ import os
 import pytest
 
 from mfjax.__main__ import main
-from mfjax.pipeline import rollout_path
+from mfjax import configs
+from mfjax.pipeline import rollout_path, scratch_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(ROOT, "experiments", "quickstart.py") + ":smoke"
@@ -74,6 +75,14 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   assert "[mesh] {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu device(s)" in capsys.readouterr().out
   results = _check_results(tmp_path / "ced", seeds=2)
   assert results["data"]["events"] == 4 and "reference" not in results
+
+
+def test_model_scan_layers_reaches_the_model():
+  """`model.scan_layers` decides the LM's form (the CED experiment unrolls its two layers)."""
+  ced = configs.load_config(os.path.join(ROOT, "experiments", "ced_weibo.py"), [])
+  quick = configs.load_config(QUICK, [])
+  assert not scratch_model_config(ced, 64).scan_layers and scratch_model_config(quick, 64).scan_layers
+  assert scratch_model_config(configs.load_config(QUICK, ["model.scan_layers=False"]), 64).scan_layers is False
 
 
 def test_ced_missing_path_is_a_clear_error(tmp_path):

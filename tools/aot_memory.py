@@ -64,9 +64,11 @@ def main(argv=None):
   if args.preset:
     if args.preset not in PRESETS:
       sys.exit(f"error: unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
-    model_cfg = PRESETS[args.preset](dtype=dtype, param_dtype=dtype, remat_policy=cfg.model.remat)
+    model_cfg = PRESETS[args.preset](dtype=dtype, param_dtype=dtype, remat_policy=cfg.model.remat,
+                                     scan_layers=cfg.model.scan_layers)
   elif cfg.model.checkpoint:
-    model_cfg = hf.load_config(cfg.model.checkpoint, dtype=dtype, param_dtype=dtype, remat_policy=cfg.model.remat)
+    model_cfg = hf.load_config(cfg.model.checkpoint, dtype=dtype, param_dtype=dtype, remat_policy=cfg.model.remat,
+                               scan_layers=cfg.model.scan_layers)
   else:
     model_cfg = scratch_model_config(cfg, cfg.tokenizer.vocab_size)
   mf_cfg, lora = mf_config(cfg, model_cfg.hidden_size), lora_config(cfg)
