@@ -124,30 +124,26 @@ def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperat
   head_mask = jnp.concatenate([jnp.ones((B, K), jnp.int32), prompt_mask_BxP.astype(jnp.int32)], axis=1)
   variables = {"params": params}
   sample = functools.partial(sample_token, temperature=temperature, top_k=top_k, top_p=top_p)
-  extend = functools.partial(model.apply, variables, prefix_embeds_BxKxD=prefix_BxKxD, method=Decoder.extend)
+  extend = functools.partial(model.apply, variables, method=Decoder.extend)
 
-  if score_BxA is None:
-    # Prefill: prefix + prompt in one pass; the last slot is a real token in every
-    # row because prompts are left-padded. Its attention covers the K + P slots it
-    # fills, not the N empty ones after them, which are padded on afterwards.
-    scored, A = None, 0
-    logits, _, cache = extend(prompt_BxP, head_mask, positions_from_mask(head_mask), KVCache.zeros(model.cfg, B, K + P),
-                              jnp.int32(0), last_only=True)
-    first_logits = logits[:, -1]
-  else:
-    # The given continuations, teacher-forced, in the same pass as the prefill:
-    # the prompt's keys and values do not depend on what follows them (causal),
-    # and the prompt's last position predicts both the first scored token and
-    # the first sampled one. The scored tokens' slots are overwritten by the
-    # sampled ones before any query can see them (causal by slot).
-    A = score_BxA.shape[1]
-    forced_mask = jnp.concatenate([head_mask, score_mask_BxA.astype(jnp.int32)], axis=1)
-    _, hidden, cache = extend(jnp.concatenate([prompt_BxP, score_BxA.astype(jnp.int32)], axis=1), forced_mask,
-                              positions_from_mask(forced_mask), KVCache.zeros(model.cfg, B, K + P + A), jnp.int32(0),
-                              return_logits=False)
-    logits = model.apply(variables, hidden[:, P - 1:P + A - 1], method=Decoder.logits)  # the predicting positions
-    scored = token_logprobs(logits, score_BxA, score_mask_BxA)
-    first_logits = logits[:, 0]
+  # Prefill: prefix + prompt (+ the continuations to score, teacher-forced) in one
+  # pass; the prompt's last slot is a real token in every row because prompts are
+  # left-padded, and it predicts the first sampled token (and the first scored
+  # one). The prompt's keys and values do not depend on what follows them
+  # (causal); the scored tokens' slots are overwritten by the sampled ones before
+  # any query can see them (causal by slot). The pass's attention covers the slots
+  # it fills, not the generation slots after them, which are padded on afterwards.
+  scoring = score_BxA is not None
+  A = score_BxA.shape[1] if scoring else 0
+  tokens, mask = prompt_BxP, head_mask
+  if scoring:
+    tokens = jnp.concatenate([prompt_BxP, score_BxA.astype(jnp.int32)], axis=1)
+    mask = jnp.concatenate([head_mask, score_mask_BxA.astype(jnp.int32)], axis=1)
+  _, hidden, cache = extend(tokens, mask, positions_from_mask(mask), KVCache.zeros(model.cfg, B, K + P + A),
+                            jnp.int32(0), prefix_embeds_BxKxD=prefix_BxKxD, return_logits=False)
+  logits = model.apply(variables, hidden[:, P - 1:P - 1 + max(A, 1)], method=Decoder.logits)  # predicting positions
+  scored = token_logprobs(logits[:, :A], score_BxA, score_mask_BxA) if scoring else None
+  first_logits = logits[:, 0]
   G = max(N, A)  # generation slots
   cache = jax.tree.map(lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, G - A), (0, 0)]), cache)
   token, logprob = sample(first_logits, jax.random.fold_in(rng, 0))
@@ -164,7 +160,7 @@ def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperat
 
   def body(s: SamplerState):
     logits, _, cache = extend(s.last_token_B[:, None], s.kv_mask_BxS, s.position_B[:, None], s.cache,
-                              K + P + s.step - 1, prefix_embeds_BxKxD=None)
+                              K + P + s.step - 1)
     token, logprob = sample(logits[:, -1], jax.random.fold_in(rng, s.step))
     live = ~s.done_B
     token = jnp.where(live, token, pad_id)

@@ -112,9 +112,13 @@ def step_fn(args, model, params, encoder, batch):
     p["mf"] = params["mf"]
   kw = dict(method=args.method, encoder=encoder, warmup=0, temperature=1.0, score_real=args.score_real,
             **bench.SAMPLING)
-  # simulate's own jitted scan, inlined into one jit so that its compiled HLO can be read (the scores
-  # are returned too: otherwise XLA drops their computation)
-  outputs = lambda p, b, rng: (lambda o: (o.tokens, o.real_logprobs))(simulate(model, p, b, rng=rng, **kw))
+
+  def outputs(p, b, rng):
+    # simulate's own jitted scan, inlined into one jit so that its compiled HLO can be read (the
+    # scores are returned too: otherwise XLA drops their computation)
+    out = simulate(model, p, b, rng=rng, **kw)
+    return out.tokens, out.real_logprobs
+
   compiled = jax.jit(outputs).lower(p, batch, rng).compile()
   return lambda: jax.block_until_ready(compiled(p, batch, rng)), compiled.as_text()
 

@@ -166,18 +166,17 @@ class Decoder(nn.Module):
     return (logits, hidden) if return_hidden else logits
 
   def extend(self, tokens_BxL, kv_mask_BxS, positions_BxL, cache: KVCache, cache_index, *,
-             prefix_embeds_BxKxD=None, last_only: bool = False, return_logits: bool = True):
+             prefix_embeds_BxKxD=None, return_logits: bool = True):
     """Append tokens (after optional prefix vectors) to `cache` at `cache_index`.
 
     kv_mask [B, S] marks valid slots of the whole cache (prefix, prompt, and
     slots to be generated); positions cover prefix + tokens. Returns float32
-    logits and hidden of the tokens (of the last token only, [B, 1, ...], with
-    `last_only`: a sampler's prefill needs no other), and the updated cache.
-    `return_logits` False skips the LM head (logits None), for callers that
-    need the logits of a few positions only (`Decoder.logits` of a slice)."""
+    logits and hidden of the tokens, and the updated cache. `return_logits`
+    False skips the LM head (logits None), for callers that need the logits of
+    a few positions only (`Decoder.logits` of a slice: a sampler's prefill)."""
     x = self._embed_with_prefix(tokens_BxL, prefix_embeds_BxKxD)
     hidden, cache = self._stack(x, positions_BxL, kv_mask_BxS, cache, cache_index)
-    hidden = hidden[:, -1:] if last_only else hidden[:, x.shape[1] - tokens_BxL.shape[1]:]
+    hidden = hidden[:, x.shape[1] - tokens_BxL.shape[1]:]
     return (self.logits(hidden) if return_logits else None), hidden, cache
 
 
