@@ -35,8 +35,11 @@ def action_logprobs(model: Decoder, params, prompt_ids_NxP, prompt_mask_NxP, act
   tokens = jnp.concatenate([prompt_ids_NxP, action_ids_NxA], -1)
   mask = jnp.concatenate([prompt_mask_NxP, action_mask_NxA.astype(prompt_mask_NxP.dtype)], -1)
   variables = {"params": params}
-  _, hidden = model.apply(variables, tokens, mask, prefix_embeds_BxKxD=prefix_NxKxD, return_hidden=True)
-  logits = model.apply(variables, hidden[:, P - 1:-1], method=Decoder.logits)  # only the positions that predict
+  # Only positions P-1.. predict action tokens: the last layer's queries and MLP
+  # run for those alone (queries_from), and the LM head for all but the last.
+  _, hidden = model.apply(variables, tokens, mask, prefix_embeds_BxKxD=prefix_NxKxD, return_hidden=True,
+                          queries_from=P - 1)
+  logits = model.apply(variables, hidden[:, :-1], method=Decoder.logits)
   return token_logprobs(logits, action_ids_NxA, action_mask_NxA)
 
 

@@ -139,9 +139,12 @@ def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperat
   if scoring:
     tokens = jnp.concatenate([prompt_BxP, score_BxA.astype(jnp.int32)], axis=1)
     mask = jnp.concatenate([head_mask, score_mask_BxA.astype(jnp.int32)], axis=1)
+  # Only positions P-1.. predict (the first sampled token, and the scored ones):
+  # the last layer's queries and MLP run for those alone.
   _, hidden, cache = extend(tokens, mask, positions_from_mask(mask), KVCache.zeros(model.cfg, B, K + P + A),
-                            jnp.int32(0), prefix_embeds_BxKxD=prefix_BxKxD, return_logits=False)
-  logits = model.apply(variables, hidden[:, P - 1:P - 1 + max(A, 1)], method=Decoder.logits)  # predicting positions
+                            jnp.int32(0), prefix_embeds_BxKxD=prefix_BxKxD, return_logits=False,
+                            queries_from=P - 1)
+  logits = model.apply(variables, hidden[:, :max(A, 1)], method=Decoder.logits)
   scored = token_logprobs(logits[:, :A], score_BxA, score_mask_BxA) if scoring else None
   first_logits = logits[:, 0]
   G = max(N, A)  # generation slots

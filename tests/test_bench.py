@@ -87,7 +87,12 @@ def test_flop_counts_match_a_hand_count():
 
   class Cfg:
     hidden_size, num_heads, num_kv_heads, head_dim, intermediate_size, num_layers, vocab_size = 4, 2, 1, 2, 8, 1, 10
-  # per token: q 4x4 + k,v 2 x 4x2 + o 4x4 + mlp 3 x 4x8 = 16 + 16 + 16 + 96 = 144 MACs; attention 2 x 2 x 2 = 8 per pair
-  assert bench._per_token(Cfg) == (144, 8)
+  # per token: k,v 2 x 4x2 = 16 MACs; q 4x4 + o 4x4 + mlp 3 x 4x8 = 16 + 16 + 96 = 128; attention 2 x 2 x 2 = 8 per pair
+  assert bench._per_token(Cfg) == (16, 128, 8)
   # one row of 3 tokens, logits at 1: 2*144*3 + 2*8*6 + 2*4*10
   assert bench.forward_flops(Cfg, 1, 3, 1) == 2 * 144 * 3 + 2 * 8 * 6 + 2 * 4 * 10
+  # outputs at the last 2 only: k,v for 3 tokens, the rest for 2, query pairs 2 + 3
+  assert bench.forward_flops(Cfg, 1, 3, 1, outputs=2) == 2 * (16 * 3 + 128 * 2) + 2 * 8 * 5 + 2 * 4 * 10
+  # two layers: the first in full, the last's queries for 1 output
+  Cfg.num_layers = 2
+  assert bench.forward_flops(Cfg, 1, 3, 0, outputs=1) == 2 * 144 * 3 + 2 * 8 * 6 + 2 * (16 * 3 + 128) + 2 * 8 * 3

@@ -113,6 +113,61 @@ def test_remat_equals_plain(scan_layers, policy):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5), g1, g2)
 
 
+@pytest.mark.parametrize("family,scan_layers,remat", [("qwen2", True, "none"), ("qwen2", False, "none"),
+                                                      ("mistral", True, "full"), ("llama", False, "dots")])
+def test_queries_from_equals_the_tail_of_a_full_forward(family, scan_layers, remat):
+  """`queries_from` q: outputs, gradients and cache equal those of a full
+  forward's tokens q.. (with prefix vectors and left padding; mistral's sliding
+  window; remat), and the last layer really runs on fewer positions."""
+  model, params = _make(family, scan_layers=scan_layers, remat_policy=remat)
+  B, L, K = 3, 9, 2
+  tokens = _tokens(B=B, L=L, seed=4)
+  mask = jnp.ones((B, L), jnp.int32).at[1, :3].set(0)
+  prefix = _apply(model, params, _tokens(B=B, L=K, seed=5), method=M.Decoder.embed)
+  fwd = jax.jit(model.apply, static_argnames=("return_hidden", "queries_from"))
+  full_logits, full_hidden = fwd({"params": params}, tokens, mask, prefix_embeds_BxKxD=prefix, return_hidden=True)
+
+  def nll(p, q):
+    logits = fwd({"params": p}, tokens, mask, prefix_embeds_BxKxD=prefix, queries_from=q)
+    logits = logits if q else logits[:, 5:]
+    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 6:, None], axis=-1))
+
+  for q in (1, 5, L - 1):
+    logits, hidden = fwd({"params": params}, tokens, mask, prefix_embeds_BxKxD=prefix, return_hidden=True,
+                         queries_from=q)
+    assert logits.shape == (B, L - q, model.cfg.vocab_size) and hidden.shape == (B, L - q, model.cfg.hidden_size)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(full_logits[:, q:]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(hidden), np.asarray(full_hidden[:, q:]), atol=1e-5, rtol=0)
+  l1, g1 = jax.jit(jax.value_and_grad(nll), static_argnums=1)(params, 0)
+  l2, g2 = jax.jit(jax.value_and_grad(nll), static_argnums=1)(params, 5)
+  np.testing.assert_allclose(float(l2), float(l1), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5), g1, g2)
+
+  # extend: the cache gets every position's keys and values either way
+  slots = K + L + 2
+  kv_mask = jnp.concatenate([jnp.ones((B, K), jnp.int32), mask, jnp.ones((B, 2), jnp.int32)], axis=1)
+  positions = M.positions_from_mask(kv_mask[:, :K + L])
+  ext = jax.jit(functools.partial(model.apply, method=M.Decoder.extend), static_argnames=("queries_from",))
+  cache = M.KVCache.zeros(model.cfg, B, slots)
+  want_logits, _, want_cache = ext({"params": params}, tokens, kv_mask, positions, cache, jnp.int32(0),
+                                   prefix_embeds_BxKxD=prefix)
+  logits, _, got_cache = ext({"params": params}, tokens, kv_mask, positions, cache, jnp.int32(0),
+                             prefix_embeds_BxKxD=prefix, queries_from=L - 1)
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(want_logits[:, -1:]), atol=1e-5, rtol=0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0),
+               want_cache, got_cache)
+
+  # fewer FLOPs (read unrolled: XLA's cost analysis counts a loop's body once)
+  flat = params if not scan_layers else M.unstack_layers(params, model.cfg.num_layers)
+  unrolled = M.Decoder(model.cfg.replace(scan_layers=False))
+  flops = lambda q: jax.jit(unrolled.apply, static_argnames="queries_from").lower(
+      {"params": flat}, tokens, mask, prefix_embeds_BxKxD=prefix, queries_from=q).compile().cost_analysis()["flops"]
+  assert flops(L - 1) < 0.8 * flops(0)
+  with pytest.raises(ValueError, match="queries_from"):
+    fwd({"params": params}, tokens, mask, queries_from=L)
+
+
 def test_unknown_remat_policy_is_an_error():
   with pytest.raises(ValueError, match="remat_policy"):
     _make(remat_policy="sometimes")

@@ -35,7 +35,8 @@ transformers and a PyTorch copy of the encoder (same weights: the losses at
 the initial weights with m = the posterior mean are printed side by side). Tokens/s count the scored action tokens.
 
 MFU counts only the FLOPs the math needs (matmuls of every linear layer,
-causal attention, the LM head where logits are used; backward = 2x forward)
+causal attention, the LM head where logits are used, the last layer's
+queries and MLP where its outputs are used; backward = 2x forward)
 and divides by the peak FLOP/s of a large `jnp.dot` in the same process and
 dtype (2048^3 on a CPU, 8192^3 on an accelerator).
 
@@ -85,33 +86,43 @@ def peak_flops(n: int = 0, repeats: int = 10, dtype: str = "float32") -> float:
   return 2 * n ** 3 / min(timed(lambda: f(a, b).block_until_ready()) for _ in range(repeats))
 
 
-def _per_token(cfg) -> tuple[int, int]:
-  """(multiply-adds of the linear layers per token, of attention per (query, key) pair)."""
-  D, H, Nkv, Dh, F, Y = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
-                         cfg.num_layers)
-  return Y * (D * (H + 2 * Nkv) * Dh + H * Dh * D + 3 * D * F), Y * 2 * H * Dh
+def _per_token(cfg) -> tuple[int, int, int]:
+  """Multiply-adds of one layer: (of its key and value projections per token,
+  of its other linear maps per token: q, o and the MLP, of attention per
+  (query, key) pair)."""
+  D, H, Nkv, Dh, F = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+  return D * 2 * Nkv * Dh, D * H * Dh + H * Dh * D + 3 * D * F, 2 * H * Dh
 
 
-def forward_flops(cfg, rows: int, length: int, head_positions: int) -> float:
-  """A causal forward of `rows` sequences of `length` positions, logits at `head_positions` of each."""
-  linear, attn = _per_token(cfg)
-  return rows * (2 * linear * length + 2 * attn * length * (length + 1) / 2
-                 + 2 * cfg.hidden_size * cfg.vocab_size * head_positions)
+def forward_flops(cfg, rows: int, length: int, head_positions: int, outputs: Optional[int] = None) -> float:
+  """A causal forward of `rows` sequences of `length` positions, logits at
+  `head_positions` of each. Only the last `outputs` positions' final hidden
+  states are used (default: all): the last layer needs the keys and values of
+  every position, but its queries, output projection and MLP for those alone."""
+  kv, rest, attn = _per_token(cfg)
+  Y, n = cfg.num_layers, length if outputs is None else outputs
+  pairs = lambda q: q * length - q * (q - 1) / 2  # causal (query, key) pairs of the last q queries
+  macs = Y * kv * length + (Y - 1) * (rest * length + attn * pairs(length)) + rest * n + attn * pairs(n)
+  return rows * 2 * (macs + cfg.hidden_size * cfg.vocab_size * head_positions)
 
 
 def generate_flops(cfg, rows: int, prompt: int, new: int) -> float:
   """Prefill of `prompt` positions (logits of the last) and new-1 cached decode steps."""
-  linear, attn = _per_token(cfg)
-  prefill = forward_flops(cfg, rows, prompt, 1)
+  kv, rest, attn = _per_token(cfg)
+  Y = cfg.num_layers
+  prefill = forward_flops(cfg, rows, prompt, 1, outputs=1)
   ctx = sum(prompt + i + 1 for i in range(new - 1))
-  decode = rows * ((new - 1) * 2 * (linear + cfg.hidden_size * cfg.vocab_size) + 2 * attn * ctx)
+  decode = rows * ((new - 1) * 2 * (Y * (kv + rest) + cfg.hidden_size * cfg.vocab_size) + 2 * Y * attn * ctx)
   return prefill + decode
 
 
 def train_step_flops(cfg, E, T, B, P, A, K) -> float:
-  """IB-Tune step: agent embeddings (forward, no head, no backward) + the policy
-  on every agent with K prefix vectors (forward + backward = 3x forward)."""
-  return forward_flops(cfg, E * T * B, P + A, 0) + 3 * forward_flops(cfg, E * T * B, K + P + A, A)
+  """IB-Tune step: agent embeddings (forward, no head, no backward; outputs at
+  the A action positions) + the policy on every agent with K prefix vectors
+  (forward + backward = 3x forward; outputs at the A positions that predict an
+  action token)."""
+  N = E * T * B
+  return forward_flops(cfg, N, P + A, 0, outputs=A) + 3 * forward_flops(cfg, N, K + P + A, A, outputs=A)
 
 
 def simulate_flops(cfg, E, T, B, P, A, K, mf: bool) -> float:
@@ -119,7 +130,7 @@ def simulate_flops(cfg, E, T, B, P, A, K, mf: bool) -> float:
   k = K if mf else 0
   per_step = generate_flops(cfg, E * B, k + P, A)
   if mf:
-    per_step += forward_flops(cfg, E * B, P + A, 0)
+    per_step += forward_flops(cfg, E * B, P + A, 0, outputs=A)
   return T * per_step
 
 

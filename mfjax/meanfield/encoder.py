@@ -80,9 +80,10 @@ def agent_embeddings(model: Decoder, lm_params, prompt_ids, prompt_mask, action_
   P, A = prompt_ids.shape[-1], action_ids.shape[-1]
   tokens = jnp.concatenate([prompt_ids, action_ids], -1).reshape(-1, P + A)
   mask = jnp.concatenate([prompt_mask, action_mask], -1).reshape(-1, P + A)
-  _, hidden = model.apply({"params": lm_params}, tokens, mask, return_hidden=True)
+  # The last layer's queries and MLP run for the action positions only (queries_from).
+  _, hidden = model.apply({"params": lm_params}, tokens, mask, return_hidden=True, queries_from=P)
   pool = action_mask.reshape(-1, A).astype(jnp.float32)
-  pooled = jnp.einsum("nad,na->nd", hidden[:, P:].astype(jnp.float32), pool) / jnp.maximum(pool.sum(-1), 1.0)[:, None]
+  pooled = jnp.einsum("nad,na->nd", hidden.astype(jnp.float32), pool) / jnp.maximum(pool.sum(-1), 1.0)[:, None]
   return pooled.reshape(*lead, -1)
 
 

@@ -162,26 +162,31 @@ class Attention(nn.Module):
   it into a new stacked buffer at every layer and every decode step. With
   `layer` None, the cache is this layer's own k, v [B, N, S, Dh] (an unrolled
   stack's, see `KVCache`).
+
+  `queries_from` t > 0: keys and values of all L positions, queries (and the
+  output) of positions t.. only, [B, L - t, D]: a last layer whose earlier
+  positions' outputs nobody reads.
   """
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, kv_mask_BxS, cache, layer, cache_index):
+  def __call__(self, x_BxLxD, positions_BxL, kv_mask_BxS, cache, layer, cache_index, queries_from: int = 0):
     cfg = self.cfg
     H, N, Dh, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
     E = (axes.EMBED,)
-    q = Proj((H, Dh), E, (axes.HEADS, axes.KV), cfg, cfg.qkv_bias, _lora_on(cfg, "q"), name="q")(x_BxLxD)
+    t = queries_from
+    q = Proj((H, Dh), E, (axes.HEADS, axes.KV), cfg, cfg.qkv_bias, _lora_on(cfg, "q"), name="q")(x_BxLxD[:, t:])
     k = Proj((N, Dh), E, (axes.KV_HEADS, axes.KV), cfg, cfg.qkv_bias, _lora_on(cfg, "k"), name="k")(x_BxLxD)
     v = Proj((N, Dh), E, (axes.KV_HEADS, axes.KV), cfg, cfg.qkv_bias, _lora_on(cfg, "v"), name="v")(x_BxLxD)
     if cfg.qk_norm:
       q = RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, axes.KV, name="q_norm")(q)
       k = RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, axes.KV, name="k_norm")(k)
     inv_freq = rope_inv_freq(Dh, cfg.rope_theta, cfg.rope_scaling)
-    q = apply_rope(q, positions_BxL, inv_freq)
+    q = apply_rope(q, positions_BxL[:, t:], inv_freq)
     k = apply_rope(k, positions_BxL, inv_freq)
 
-    B, L = x_BxLxD.shape[:2]
+    B, L = q.shape[:2]  # L: the query positions
     # Keys/values are kept heads-major, [B, N, S, Dh], so that both attention
     # contractions are plain batched matmuls over (B, N) with no transposes of
     # the (possibly long) cache.
@@ -189,7 +194,7 @@ class Attention(nn.Module):
     v = v.transpose(0, 2, 1, 3)
     if cache is None:
       keys, values, new_cache = k, v, None
-      q_slot = jnp.arange(L)
+      q_slot = t + jnp.arange(L)
     else:
       ck, cv = cache
       if layer is None:
@@ -203,7 +208,7 @@ class Attention(nn.Module):
         keys = jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False)
         values = jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False)
       new_cache = (ck, cv)
-      q_slot = cache_index + jnp.arange(L)
+      q_slot = cache_index + t + jnp.arange(L)
     S = keys.shape[2]
     k_slot = jnp.arange(S)
     visible_LxS = k_slot[None, :] <= q_slot[:, None]
@@ -250,17 +255,22 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
   """Pre-norm transformer layer. Signature fits `nn.scan`: the carry is
-  (hidden [B, L, D], stacked KV cache or None); `layer` is this layer's index."""
+  (hidden [B, L, D], stacked KV cache or None); `layer` is this layer's index.
+  With `queries_from` t > 0 the hidden carried out covers positions t.. only,
+  [B, L - t, D]: attention reads (and caches) the keys and values of all L
+  positions, while its queries and the MLP cover the tail (`Decoder`'s
+  `queries_from`)."""
 
   cfg: ModelConfig
+  queries_from: int = 0
 
   @nn.compact
   def __call__(self, carry, layer, positions_BxL, kv_mask_BxS, cache_index):
-    cfg = self.cfg
+    cfg, t = self.cfg, self.queries_from
     x_BxLxD, cache = carry
     h, cache = Attention(cfg, name="attn")(
         RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, name="attn_norm")(x_BxLxD),
-        positions_BxL, kv_mask_BxS, cache, layer, cache_index)
-    x_BxLxD = x_BxLxD + h.astype(x_BxLxD.dtype)
+        positions_BxL, kv_mask_BxS, cache, layer, cache_index, queries_from=t)
+    x_BxLxD = x_BxLxD[:, t:] + h.astype(x_BxLxD.dtype)
     h = MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, name="mlp_norm")(x_BxLxD))
     return (x_BxLxD + h.astype(x_BxLxD.dtype), cache), None

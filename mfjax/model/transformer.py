@@ -15,6 +15,7 @@ Y layers.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Union
 
 import flax.linen as nn
@@ -60,7 +61,7 @@ def positions_from_mask(mask_BxL):
   return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) * mask
 
 
-def _block_class(cfg: ModelConfig):
+def _block_class(cfg: ModelConfig, in_scan: bool):
   if cfg.remat_policy in ("none", None):
     return Block
   if cfg.remat_policy == "full":
@@ -72,7 +73,14 @@ def _block_class(cfg: ModelConfig):
     if policy is None:
       raise ValueError(f"unknown remat_policy {cfg.remat_policy!r}: use 'none', 'full', 'dots' "
                        "or a name in jax.checkpoint_policies")
-  return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+  return nn.remat(Block, policy=policy, prevent_cse=not in_scan)
+
+
+def _scanned(block, length: int):
+  """`block` scanned over `length` layers, its parameters stacked on a leading axis."""
+  return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=length,
+                 metadata_params={nn.PARTITION_NAME: axes.LAYERS})
 
 
 class Decoder(nn.Module):
@@ -85,11 +93,9 @@ class Decoder(nn.Module):
     self.embedder = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
                              param_dtype=cfg.weights_dtype,
                              embedding_init=_init(cfg, (axes.VOCAB, axes.EMBED)))
-    block = _block_class(cfg)
+    block = _block_class(cfg, cfg.scan_layers)
     if cfg.scan_layers:
-      self.layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                            metadata_params={nn.PARTITION_NAME: axes.LAYERS})(cfg)
+      self.layers = _scanned(block, cfg.num_layers)(cfg)
     else:
       self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
     self.final_norm = RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype)
@@ -101,23 +107,45 @@ class Decoder(nn.Module):
     """Token embeddings [B, L, D] in the compute dtype (for building prefixes)."""
     return self.embedder(tokens_BxL)
 
-  def _stack(self, x_BxLxD, positions_BxL, kv_mask_BxS, cache: Optional[KVCache], cache_index):
+  def _stack(self, x_BxLxD, positions_BxL, kv_mask_BxS, cache: Optional[KVCache], cache_index,
+             queries_from: int = 0):
+    """Final hidden states [B, L - queries_from, D] and the updated cache."""
+    cfg, Y = self.cfg, self.cfg.num_layers
     per_layer = cache is not None and isinstance(cache.k, tuple)
-    if per_layer and self.cfg.scan_layers:
+    if per_layer and cfg.scan_layers:
       raise ValueError("a scanned stack of layers needs a stacked KVCache (KVCache.zeros of its config)")
+    layers = None if cfg.scan_layers else list(self.layers)
+    if queries_from:
+      # The last layer runs apart, its queries and MLP on positions queries_from.. only,
+      # on its own slice of the parameters (functionally: it is a different module).
+      params = self.variables["params"]
+      if cfg.scan_layers:
+        last = jax.tree.map(lambda a: a[Y - 1], params["layers"])
+      else:
+        last = params[f"layers_{Y - 1}"]
+      tail = _block_class(cfg, False)(cfg, queries_from=queries_from, parent=None)
+      tail = functools.partial(tail.apply, {"params": last})
+      if layers is not None:
+        layers[-1] = tail
     if per_layer:
       new_k, new_v = [], []
-      for i, layer in enumerate(self.layers):  # layer None: the cache given is this layer's own
+      for i, layer in enumerate(layers):  # layer None: the cache given is this layer's own
         (x_BxLxD, (k, v)), _ = layer((x_BxLxD, (cache.k[i], cache.v[i])), None, positions_BxL, kv_mask_BxS,
                                      cache_index)
         new_k.append(k)
         new_v.append(v)
       return self.final_norm(x_BxLxD), KVCache(tuple(new_k), tuple(new_v))
     carry = (x_BxLxD, None if cache is None else (cache.k, cache.v))
-    if self.cfg.scan_layers:
-      carry, _ = self.layers(carry, jnp.arange(self.cfg.num_layers), positions_BxL, kv_mask_BxS, cache_index)
+    if cfg.scan_layers and not queries_from:
+      carry, _ = self.layers(carry, jnp.arange(Y), positions_BxL, kv_mask_BxS, cache_index)
+    elif cfg.scan_layers:
+      if Y > 1:
+        front = jax.tree.map(lambda a: a[:Y - 1], self.variables["params"]["layers"])
+        scan = _scanned(_block_class(cfg, True), Y - 1)(cfg, parent=None)
+        carry, _ = scan.apply({"params": front}, carry, jnp.arange(Y - 1), positions_BxL, kv_mask_BxS, cache_index)
+      carry, _ = tail(carry, jnp.int32(Y - 1), positions_BxL, kv_mask_BxS, cache_index)
     else:
-      for i, layer in enumerate(self.layers):
+      for i, layer in enumerate(layers):
         carry, _ = layer(carry, jnp.int32(i), positions_BxL, kv_mask_BxS, cache_index)
     x_BxLxD, new = carry
     return self.final_norm(x_BxLxD), (None if new is None else KVCache(*new))
@@ -146,10 +174,15 @@ class Decoder(nn.Module):
     return x, jnp.concatenate([jnp.ones((B, K), mask_BxL.dtype), mask_BxL], axis=1)
 
   def __call__(self, tokens_BxL, mask_BxL=None, *, prefix_embeds_BxKxD=None, positions_BxL=None,
-               return_hidden: bool = False):
+               return_hidden: bool = False, queries_from: int = 0):
     """Full-sequence forward. `prefix_embeds` [B, K, D] are prepended (always
     valid, positions 0..K-1, tokens follow); outputs cover the tokens only.
-    Positions default to counting valid tokens (left padding safe)."""
+    Positions default to counting valid tokens (left padding safe).
+
+    `queries_from` q > 0: outputs cover tokens q.. only ([B, L - q, ...]), and
+    the last layer computes its queries and MLP for those positions alone (its
+    keys and values still cover all of them). The outputs equal the same slice
+    of a full forward's."""
     if mask_BxL is None:
       mask_BxL = jnp.ones(tokens_BxL.shape, jnp.int32)
     x, mask = self._inputs(tokens_BxL, mask_BxL, prefix_embeds_BxKxD)
@@ -160,24 +193,37 @@ class Decoder(nn.Module):
       positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(K), (x.shape[0], K)), positions_BxL + K], axis=1)
     else:
       positions = positions_BxL
-    hidden, _ = self._stack(x, positions, mask, None, jnp.int32(0))
-    hidden = hidden[:, x.shape[1] - tokens_BxL.shape[1]:]
+    hidden, _ = self._stack(x, positions, mask, None, jnp.int32(0), self._queries_from(x, tokens_BxL, queries_from))
+    if not queries_from:
+      hidden = hidden[:, x.shape[1] - tokens_BxL.shape[1]:]
     logits = self.logits(hidden)
     return (logits, hidden) if return_hidden else logits
 
   def extend(self, tokens_BxL, kv_mask_BxS, positions_BxL, cache: KVCache, cache_index, *,
-             prefix_embeds_BxKxD=None, return_logits: bool = True):
+             prefix_embeds_BxKxD=None, return_logits: bool = True, queries_from: int = 0):
     """Append tokens (after optional prefix vectors) to `cache` at `cache_index`.
 
     kv_mask [B, S] marks valid slots of the whole cache (prefix, prompt, and
     slots to be generated); positions cover prefix + tokens. Returns float32
     logits and hidden of the tokens, and the updated cache. `return_logits`
     False skips the LM head (logits None), for callers that need the logits of
-    a few positions only (`Decoder.logits` of a slice: a sampler's prefill)."""
+    a few positions only (`Decoder.logits` of a slice: a sampler's prefill).
+    `queries_from` as in `__call__` (the cache gets every position's keys and
+    values all the same)."""
     x = self._embed_with_prefix(tokens_BxL, prefix_embeds_BxKxD)
-    hidden, cache = self._stack(x, positions_BxL, kv_mask_BxS, cache, cache_index)
-    hidden = hidden[:, x.shape[1] - tokens_BxL.shape[1]:]
+    hidden, cache = self._stack(x, positions_BxL, kv_mask_BxS, cache, cache_index,
+                                self._queries_from(x, tokens_BxL, queries_from))
+    if not queries_from:
+      hidden = hidden[:, x.shape[1] - tokens_BxL.shape[1]:]
     return (self.logits(hidden) if return_logits else None), hidden, cache
+
+  @staticmethod
+  def _queries_from(x_BxLxD, tokens_BxL, queries_from: int) -> int:
+    """`queries_from` counted in tokens -> in the stack's positions (prefix first)."""
+    L = tokens_BxL.shape[1]
+    if not isinstance(queries_from, int) or not 0 <= queries_from < L:
+      raise ValueError(f"queries_from must be a Python int in [0, {L}) for {L} tokens, got {queries_from!r}")
+    return x_BxLxD.shape[1] - L + queries_from if queries_from else 0
 
 
 def init_params(model: Decoder, rng, batch: int = 1, length: int = 8):
