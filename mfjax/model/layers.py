@@ -116,16 +116,11 @@ class LoRA(nn.Module):
   """(alpha / r) * (x @ A) @ B with A [in..., R] ~ N(0, 1/fan_in), B [R, out...] = 0,
   so a freshly added adapter leaves the model unchanged.
 
-  Still contracted in 3-D, unlike `Proj`. `flat_matmul` here made a LoRA gradient
+  Both products are 2-D matmuls (`flat_matmul`), as in `Proj`: a LoRA gradient
   of the benchmark's model (rank 16 on all seven projections, 32 x 160 tokens,
-  CPU) 1.3x faster (8.0 to 5.8 and 7.8 to 6.2 s, best of 5). The gain is all in
-  the second product, h @ B: flattening it alone took another such gradient
-  from 8.7 to 6.1 s, x @ A alone from 8.7 to 8.5 s. That second product's
-  gradient is B's, whose float32 summation order then changes: one element of
-  128 in `test_parallel`'s 8-device gradient check (-0.01212 in a tensor up to
-  0.25) then differed by 2.3e-7, 1.9e-5 relative, over the test's 1e-5. That
-  tolerance stays, so this change waits for a decision on the check (see the
-  issue notes)."""
+  2 CPU cores, best of 5, alternated runs) took 6.5 and 6.7 s against 8.8 and
+  8.2 s contracted in 3-D; nearly all of the gain is h @ B's, whose weight
+  gradient XLA:CPU otherwise starts with a transposing copy of h."""
 
   features: tuple[int, ...]
   in_names: tuple[str, ...]
@@ -141,9 +136,8 @@ class LoRA(nn.Module):
     b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros, (axes.LORA_RANK,) + self.out_names),
                    (lora.rank,) + self.features, cfg.weights_dtype)
     dt = cfg.compute_dtype
-    h = jax.lax.dot_general(x.astype(dt), a.astype(dt),
-                            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
-    return jnp.tensordot(h, b.astype(dt), axes=1) * jnp.asarray(lora.scale, dt)
+    h = flat_matmul(x.astype(dt), a.astype(dt), n_in)
+    return flat_matmul(h, b.astype(dt), 1) * jnp.asarray(lora.scale, dt)
 
 
 def _lora_on(cfg: ModelConfig, target: str) -> bool:
