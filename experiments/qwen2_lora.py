@@ -26,9 +26,13 @@ def get_config(arg: str = ""):
   c = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ced_weibo.py")).get_config("")
   c.model.checkpoint_required = True  # --set model.checkpoint=/path/to/Qwen2-1.5B
   c.model.dtype = "bfloat16"
-  # train step: 28.0 GiB per device on a (1, 4, 2) mesh by the CPU estimate (tools/aot_memory.py --preset
-  # qwen2-1.5b); the same events per device measured 16.15 GiB on one H200 (README, Scale)
+  # train step: 25.1 GiB per device on a (1, 4, 2) mesh by the CPU estimate (tools/aot_memory.py --preset
+  # qwen2-1.5b); 28.0 GiB by an earlier commit's estimate, whose events per device measured 16.15 GiB on
+  # one H200 (README, Scale)
   c.model.remat = "full"
+  # 28 layers in one lax.scan (ced_weibo.py unrolls its two): unrolled, the same
+  # train step took 131.5 GiB per device by the same estimate, remat or not
+  c.model.scan_layers = True
   c.data.train_events = 2000
   c.data.prompt_len = 128
   c.data.action_len = 32

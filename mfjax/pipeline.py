@@ -199,9 +199,9 @@ def _train(name: str, stage, *, make_loss, params, trainable: str, cfg, data: Da
                       weight_decay=cfg.train.weight_decay)
   state, shardings = sharded_state(params, tx, mesh=mesh,
                                    param_shardings=policy_shardings(model, encoder, params, mesh))
-  step_fn = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings)
-  labels = jax.tree.leaves(trainable_labels(params, trainable))
-  n_train = sum(int(x.size) for x, lab in zip(jax.tree.leaves(params), labels) if lab == "train")
+  labels = trainable_labels(params, trainable)
+  step_fn = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings, labels=labels)
+  n_train = sum(int(x.size) for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if lab == "train")
   log(f"[{name}] training {n_train:,} parameters ({trainable}) for {stage.steps} steps, "
       f"{stage.batch_events} events per step")
   state = fit(name=name, workdir=_stage_dir(workdir, name), state=state, step_fn=step_fn, data=data.train,

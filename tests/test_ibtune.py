@@ -7,12 +7,14 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mf_setup import make_batch, make_model
 from mfjax.ibtune import (TrainState, beta_schedule, fit, ib_tune_loss, make_optimizer, mean_field_path,
                           policy_loss, train_step, trainable_labels)
 from mfjax.ibtune.objective import subsample_agents
+from mfjax.model import Decoder, unstack_layers
 from mfjax.model.lora import is_lora_path
 
 
@@ -123,6 +125,34 @@ def test_optax_mask_freezes_exactly_the_untrained_leaves(setup):
   assert step_fn._cache_size() == 1  # one compilation for the whole run
   with pytest.raises(ValueError, match="selects no parameter"):
     trainable_labels({"lm": params["lm"]}, "mf")
+
+
+def test_labels_limit_grad_norm_to_trained_leaves_and_skip_frozen_gradients(setup):
+  """With `labels`, the step moves the parameters exactly as without, its
+  grad_norm is the trained leaves' gradient norm, and XLA drops the frozen
+  leaves' gradient matmuls (fewer FLOPs in the compiled step)."""
+  model, encoder, params, batch = setup
+  # unrolled layers: XLA's cost analysis counts a loop's body once
+  params = {**params, "lm": unstack_layers(params["lm"], model.cfg.num_layers)}
+  model = Decoder(model.cfg.replace(scan_layers=False))
+  loss = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
+                                                       rng=rng, beta=0.01)
+  tx = make_optimizer(params, trainable="lora+mf", lr=1e-2, steps=10, warmup=1)
+  labels = trainable_labels(params, "lora+mf")
+  state = TrainState(jnp.int32(1), params, tx.init(params))
+  plain = jax.jit(functools.partial(train_step, loss_fn=loss, tx=tx))
+  pruned = jax.jit(functools.partial(train_step, loss_fn=loss, tx=tx, labels=labels))
+  rng = jax.random.PRNGKey(0)
+  (a, ma), (b, mb) = plain(state, batch, rng), pruned(state, batch, rng)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-6, atol=1e-7),
+               a.params, b.params)
+  grads = jax.grad(lambda p: loss(params=p, batch=batch, rng=jax.random.fold_in(rng, 1), step=1)[0])(params)
+  trained = [g for g, lab in zip(jax.tree.leaves(grads), jax.tree.leaves(labels)) if lab == "train"]
+  np.testing.assert_allclose(float(mb["grad_norm"]), float(optax.tree.norm(trained)), rtol=1e-5)
+  np.testing.assert_allclose(float(ma["grad_norm"]), float(optax.tree.norm(grads)), rtol=1e-5)
+  assert float(mb["grad_norm"]) < float(ma["grad_norm"])
+  flops = lambda fn: fn.lower(state, batch, rng).compile().cost_analysis()["flops"]
+  assert flops(pruned) < 0.95 * flops(plain)
 
 
 def test_beta_schedule():

@@ -78,10 +78,13 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
 
 
 def test_model_scan_layers_reaches_the_model():
-  """`model.scan_layers` decides the LM's form (the CED experiment unrolls its two layers)."""
+  """`model.scan_layers` decides the LM's form (the CED experiment unrolls its two
+  layers; the Qwen2-1.5B one, built on it, scans its 28 again: unrolled, its
+  train step's memory estimate went from 25.6 to 131.5 GiB per device)."""
   ced = configs.load_config(os.path.join(ROOT, "experiments", "ced_weibo.py"), [])
   quick = configs.load_config(QUICK, [])
   assert not scratch_model_config(ced, 64).scan_layers and scratch_model_config(quick, 64).scan_layers
+  assert configs.load_config(os.path.join(ROOT, "experiments", "qwen2_lora.py"), []).model.scan_layers
   assert scratch_model_config(configs.load_config(QUICK, ["model.scan_layers=False"]), 64).scan_layers is False
 
 

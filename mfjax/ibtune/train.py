@@ -79,14 +79,21 @@ def beta_schedule(beta: float, kind: str = "constant", warmup: int = 0) -> Calla
   raise ValueError(f"unknown beta schedule {kind!r}; use 'constant' or 'linear'")
 
 
-def train_step(state: TrainState, batch, rng, *, loss_fn: Callable, tx: optax.GradientTransformation):
+def train_step(state: TrainState, batch, rng, *, loss_fn: Callable, tx: optax.GradientTransformation,
+               labels=None):
   """One optimizer step; pure. `loss_fn(params=, batch=, rng=, step=) -> (loss, aux)`
-  is bound with functools.partial, as is `tx`."""
+  is bound with functools.partial, as are `tx` and `labels` (`trainable_labels`
+  of the params, as given to `make_optimizer`). With labels, the `grad_norm`
+  metric covers the trained leaves only, and then nothing reads the frozen
+  leaves' gradients (the optimizer zeroes their updates by shape), so XLA never
+  computes them: for LoRA, the base weights' gradient matmuls."""
   rng = jax.random.fold_in(rng, state.step)
   (loss, aux), grads = jax.value_and_grad(
       lambda p: loss_fn(params=p, batch=batch, rng=rng, step=state.step), has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if labels is not None:
+    grads = jax.tree.map(lambda g, label: g if label == "train" else None, grads, labels)
   return TrainState(state.step + 1, params, opt_state), {**aux, "grad_norm": optax.tree.norm(grads)}
 
 
@@ -108,10 +115,11 @@ def sharded_state(params, tx: optax.GradientTransformation, *, mesh, param_shard
   return TrainState(jax.device_put(jnp.int32(0), shardings.step), params, opt_state), shardings
 
 
-def jit_train_step(*, loss_fn: Callable, tx: optax.GradientTransformation, mesh=None, state_shardings=None):
-  """`train_step` jitted once, donating the state. With a mesh: in/out shardings
+def jit_train_step(*, loss_fn: Callable, tx: optax.GradientTransformation, mesh=None, state_shardings=None,
+                   labels=None):
+  """`train_step` jitted once, donating the state (`labels` as there). With a mesh: in/out shardings
   state -> `state_shardings`, batch -> events over data x fsdp, rng and metrics replicated."""
-  fn = functools.partial(train_step, loss_fn=loss_fn, tx=tx)
+  fn = functools.partial(train_step, loss_fn=loss_fn, tx=tx, labels=labels)
   if mesh is None:
     return jax.jit(fn, donate_argnums=0)
   rep = replicated(mesh)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from mfjax.ibtune.objective import ib_tune_loss
-from mfjax.ibtune.train import TrainState, jit_train_step, make_optimizer, state_shardings
+from mfjax.ibtune.train import TrainState, jit_train_step, make_optimizer, state_shardings, trainable_labels
 from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder
 from mfjax.model.config import LoraConfig, ModelConfig
 from mfjax.model.transformer import Decoder
@@ -125,7 +125,8 @@ def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mes
   loss_fn = lambda params, batch, rng, step: ib_tune_loss(
       model=model, encoder=encoder, params=params, batch=batch, rng=rng, beta=1e-3, remat=remat,
       agents=shapes.scored_agents, lm_grad=lm_grad)
-  step = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=state_sh)
+  step = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=state_sh,
+                        labels=trainable_labels(params, trainable))
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(mesh))
   batch = abstract_batch(shapes, mesh)
   compiled = step.lower(state, batch, rng).compile()
