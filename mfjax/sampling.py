@@ -20,7 +20,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from mfjax.model.transformer import Decoder, KVCache, positions_from_mask, unstack_layers
+from mfjax.model.transformer import Decoder, KVCache, positions_from_mask, unrolled
 
 
 @flax.struct.dataclass
@@ -113,11 +113,8 @@ def token_logprobs(logits_BxAxV, ids_BxA, mask_BxA):
 def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperature, eos_id, pad_id,
               prefix_BxKxD, score_BxA, score_mask_BxA, *, max_new_tokens: int, top_k: int, top_p: float,
               unroll: bool) -> tuple[SampleOutput, Optional[jax.Array]]:
-  if model.cfg.scan_layers and unroll:
-    # Unrolled layers read each weight in place; a scanned loop slices (copies)
-    # every layer's weights out of the stacked arrays at every decode step.
-    params = unstack_layers(params, model.cfg.num_layers)
-    model = Decoder(model.cfg.replace(scan_layers=False))
+  if unroll:  # a scanned loop would copy every layer's weights at every decode step
+    model, params = unrolled(model, params)
   B, P = prompt_BxP.shape
   K = 0 if prefix_BxKxD is None else prefix_BxKxD.shape[1]
   N = max_new_tokens

@@ -14,7 +14,7 @@ from mf_setup import make_batch, make_model
 from mfjax.ibtune import (TrainState, beta_schedule, fit, ib_tune_loss, make_optimizer, mean_field_path,
                           policy_loss, train_step, trainable_labels)
 from mfjax.ibtune.objective import subsample_agents
-from mfjax.model import Decoder, unstack_layers
+from mfjax.model import unrolled
 from mfjax.model.lora import is_lora_path
 
 
@@ -133,8 +133,8 @@ def test_labels_limit_grad_norm_to_trained_leaves_and_skip_frozen_gradients(setu
   leaves' gradient matmuls (fewer FLOPs in the compiled step)."""
   model, encoder, params, batch = setup
   # unrolled layers: XLA's cost analysis counts a loop's body once
-  params = {**params, "lm": unstack_layers(params["lm"], model.cfg.num_layers)}
-  model = Decoder(model.cfg.replace(scan_layers=False))
+  model, lm = unrolled(model, params["lm"])
+  params = {**params, "lm": lm}
   loss = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
                                                        rng=rng, beta=0.01)
   tx = make_optimizer(params, trainable="lora+mf", lr=1e-2, steps=10, warmup=1)

@@ -159,8 +159,7 @@ def test_queries_from_equals_the_tail_of_a_full_forward(family, scan_layers, rem
                want_cache, got_cache)
 
   # fewer FLOPs (read unrolled: XLA's cost analysis counts a loop's body once)
-  flat = params if not scan_layers else M.unstack_layers(params, model.cfg.num_layers)
-  unrolled = M.Decoder(model.cfg.replace(scan_layers=False))
+  unrolled, flat = M.unrolled(model, params)
   flops = lambda q: jax.jit(unrolled.apply, static_argnames="queries_from").lower(
       {"params": flat}, tokens, mask, prefix_embeds_BxKxD=prefix, queries_from=q).compile().cost_analysis()["flops"]
   assert flops(L - 1) < 0.8 * flops(0)

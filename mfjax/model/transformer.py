@@ -118,7 +118,7 @@ class Decoder(nn.Module):
     if queries_from:
       # The last layer runs apart, its queries and MLP on positions queries_from.. only,
       # on its own slice of the parameters (functionally: it is a different module).
-      params = self.variables["params"]
+      params = self.variables["params"]  # plain arrays here (apply), sliced below
       if cfg.scan_layers:
         last = jax.tree.map(lambda a: a[Y - 1], params["layers"])
       else:
@@ -140,7 +140,7 @@ class Decoder(nn.Module):
       carry, _ = self.layers(carry, jnp.arange(Y), positions_BxL, kv_mask_BxS, cache_index)
     elif cfg.scan_layers:
       if Y > 1:
-        front = jax.tree.map(lambda a: a[:Y - 1], self.variables["params"]["layers"])
+        front = jax.tree.map(lambda a: a[:Y - 1], params["layers"])
         scan = _scanned(_block_class(cfg, True), Y - 1)(cfg, parent=None)
         carry, _ = scan.apply({"params": front}, carry, jnp.arange(Y - 1), positions_BxL, kv_mask_BxS, cache_index)
       carry, _ = tail(carry, jnp.int32(Y - 1), positions_BxL, kv_mask_BxS, cache_index)
@@ -260,3 +260,12 @@ def unstack_layers(params, num_layers: int):
   for i in range(num_layers):
     params[f"layers_{i}"] = jax.tree.map(lambda x: x[i], stacked)
   return params
+
+
+def unrolled(model: Decoder, params) -> tuple[Decoder, dict]:
+  """(model, params) with the layers unrolled; as given if they already are.
+  Unrolled layers read each weight in place, where a scanned loop slices
+  (copies) every layer's weights out of the stacked arrays at each call."""
+  if not model.cfg.scan_layers:
+    return model, params
+  return Decoder(model.cfg.replace(scan_layers=False)), unstack_layers(params, model.cfg.num_layers)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from mfjax import sampling
 from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, MFState, agent_embeddings
-from mfjax.model.transformer import Decoder, unstack_layers
+from mfjax.model.transformer import Decoder, unrolled
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated
 from mfjax.parallel.state import abstract_policy, place, policy_shardings
 from mfjax.policy import per_agent, with_context
@@ -89,12 +89,8 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
   if A != spec.max_new_tokens:
     raise ValueError(f"action length {A} != spec.max_new_tokens {spec.max_new_tokens}")
   N = T * B
-  lm = params["lm"]
-  if model.cfg.scan_layers:
-    # Unrolled layers read each weight in place; scanned ones slice (copy) the
-    # stacked weights, which inside the scan over steps would happen at every step.
-    lm = unstack_layers(lm, model.cfg.num_layers)
-    model = Decoder(model.cfg.replace(scan_layers=False))
+  # unrolled once here, not inside the scan over steps (at every step)
+  model, lm = unrolled(model, params["lm"])
   cfg = model.cfg
   enc = lambda method, *a: encoder.apply({"params": params["mf"]}, *a, method=method)
   mf0 = MFState.zeros(encoder.cfg if spec.use_mf else MeanFieldConfig(feature_size=1, hidden_size=1), (E,))
