@@ -95,6 +95,42 @@ def test_filter_logits_matches_a_numpy_reference():
       np.testing.assert_allclose(got[row][keep], x[row][keep], rtol=1e-6)
 
 
+def test_top_k_in_rounds_equals_lax_top_k():
+  """The GPU's top-k (rounds of a small k, each masking what the last found) gives
+  lax.top_k's values and, on XLA:CPU (lowest ids first among ties), its ids: on
+  random rows, on rows of many ties, and on a row with fewer finite values than k
+  (whose -inf tail may repeat ids)."""
+  rng = np.random.default_rng(0)
+  noise = rng.normal(size=(4, 1100)).astype(np.float32)
+  ties = rng.integers(0, 6, size=(3, 1100)).astype(np.float32)
+  sparse = np.full((1, 1100), -np.inf, np.float32)
+  sparse[0, rng.choice(1100, 20, replace=False)] = rng.normal(size=20)
+  x = jnp.asarray(np.concatenate([noise, ties, sparse]))
+  for k, step in [(50, 16), (17, 16), (33, 7), (16, 16)]:
+    want_v, want_i = jax.lax.top_k(x, k)
+    got_v, got_i = jax.jit(sampling.top_k_in_rounds, static_argnames=("k", "step"))(x, k=k, step=step)
+    np.testing.assert_array_equal(got_v, want_v)
+    finite = np.isfinite(np.asarray(want_v))
+    assert finite[:7].all() and finite[7].sum() == min(20, k)
+    np.testing.assert_array_equal(np.asarray(got_i)[finite], np.asarray(want_i)[finite])
+
+
+def test_gpu_programs_take_top_k_in_rounds_of_16(tiny):
+  """XLA's GPU top-k kernel takes k <= 16 and sorts each whole row for a larger k: the
+  sampler lowered for CUDA holds top-k's of at most 16 (50 in all per draw), the CPU
+  program one top-k of 50."""
+  import re
+  model, params = tiny
+  tokens, mask = _prompts()
+  args = (model, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.PRNGKey(0), jnp.float32(1.0),
+          jnp.int32(-1), jnp.int32(0), None, None, None)
+  traced = sampling._generate.trace(*args, max_new_tokens=3, top_k=50, top_p=0.9, unroll=True)
+  ks = {platform: [int(k) for k in re.findall(r"top_k\(.*k = (\d+)\)", traced.lower(
+      lowering_platforms=(platform,)).as_text())] for platform in ("cuda", "cpu")}
+  assert ks["cpu"] and set(ks["cpu"]) == {50}, ks
+  assert len(ks["cuda"]) == 4 * len(ks["cpu"]) and max(ks["cuda"]) == 16 and sum(ks["cuda"]) == sum(ks["cpu"]), ks
+
+
 @pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (12, 0.9)])
 def test_first_token_frequencies_follow_the_model(tiny, top_k, top_p):
   """16384 samples of one prompt: each token's frequency is within 4.5 standard
