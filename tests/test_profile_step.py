@@ -29,6 +29,36 @@ def test_self_time_subtracts_nested_events_only():
   assert dict(calls) == {"while": 2, "a": 2, "b": 1, "c": 1}
 
 
+def test_gpu_kernel_names_find_their_hlo():
+  """GPU kernels are named after their op with `.` as `_` (`__N` for a further kernel of
+  one op); a library kernel (cuBLAS's nvjet_...) is found by its `hlo_op` stat, which an
+  event inside a command buffer does not give."""
+  tool = _tool()
+  hlo = "\n".join([
+      "%fused_add.3 (p0: f32[4]) -> f32[4] {",
+      "  ROOT %add.1 = f32[4]{0} add(f32[4]{0} %p0, f32[4]{0} %p0)",
+      "}", "",
+      "ENTRY %main.9 (x: f32[4]) -> f32[4] {",
+      "  %loop_add_fusion.17 = f32[4]{0} fusion(f32[4]{0} %x), kind=kLoop, calls=%fused_add.3",
+      "  %sort.6.1 = f32[4]{0} sort(f32[4]{0} %x), dimensions={0}",
+      "  %custom-call.2 = (f32[4,4]{1,0}, s8[0]{0}) custom-call(f32[4]{0} %x), custom_call_target=\"__cublas$gemm\"",
+      "  ROOT %r = f32[4]{0} add(f32[4]{0} %x, f32[4]{0} %x)",
+      "}"])
+  text = tool._mangled(tool.roots(hlo))
+  assert tool.hlo_of(text, "loop_add_fusion_17").startswith("f32[4]{0} add(")  # the fused computation's root
+  assert tool.hlo_of(text, "sort_6_1").startswith("f32[4]{0} sort(")
+  assert tool.hlo_of(text, "sort_6_1__2").startswith("f32[4]{0} sort(")
+  assert "__cublas$gemm" in tool.hlo_of(text, "nvjet_sm90_tst_128x160", "custom-call.2")
+  assert tool.hlo_of(text, "nvjet_sm90_tst_128x160", "") == ""
+  assert tool.hlo_of(text, "r") == "f32[4]{0} add(f32[4]{0} %x, f32[4]{0} %x)"
+  ev = lambda name, start, op: SimpleNamespace(name=name, start_ns=start, duration_ns=5,
+                                               stats=[("hlo_op", op), ("correlation_id", 1)])
+  total, calls, ops = collections.Counter(), collections.Counter(), {}
+  tool._self_times([ev("nvjet_a", 0, "command_buffer_3"), ev("nvjet_a", 10, "custom-call.2"),
+                    ev("sort_6_1", 20, "command_buffer_3")], total, calls, ops)
+  assert ops == {"nvjet_a": "custom-call.2"} and dict(calls) == {"nvjet_a": 2, "sort_6_1": 1}
+
+
 def test_profile_rows_name_compiled_ops(capsys):
   tool = _tool()
   printed_rows = 0

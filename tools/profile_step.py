@@ -15,7 +15,8 @@ run, `--runs` runs are traced; the trace is read back with
 Prints JSON lines: first {"what", "device", "plane", "seconds_per_run",
 "op_ms_per_run", ...}, then the `--top` ops, most expensive first:
 {"op", "ms_per_run" (self time: less the ops nested in it, such as a `while`'s
-body), "share" (of op time), "calls_per_run", "root"} where
+body), "share" (of op time), "calls_per_run", "hlo_op" (the trace's name of the
+op a GPU kernel ran, where it gives one), "root"} where
 `root` is the op's defining HLO instruction (for a fusion: its fused
 computation's root), read from the compiled program, so that a name such as
 `copy_bitcast_fusion.7` shows what it computes.
@@ -26,6 +27,14 @@ XLA:CPU hands some ops to other libraries (a plain `dot` to Eigen), whose work
 runs outside those events: such ops show their dispatch time only, so CPU op
 time is a lower bound of what each op costs. Ops of different threads overlap,
 so op time can exceed wall time.
+
+On a GPU, kernels that run inside one of XLA's command buffers (CUDA graphs) name
+the buffer, not their HLO op, in the trace; a library kernel's name (cuBLAS's
+`nvjet_...`) then says nothing of which dot it ran. So this tool turns command
+buffers off (`--xla_gpu_enable_command_buffer=` in XLA_FLAGS, unless XLA_FLAGS
+already sets that flag): every kernel's row then carries its `hlo_op` and root,
+and the step pays the kernel launches that the graphs would have saved. Kernel
+names are HLO names with `.` as `_` (and `__N` for a second kernel of one op).
 
 `--trace-dir` keeps the trace (for TensorBoard's profile plugin or Perfetto);
 by default it goes to a temporary folder that is removed.
@@ -44,6 +53,8 @@ import sys
 import tempfile
 import time
 
+if __name__ == "__main__" and "xla_gpu_enable_command_buffer" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer=").strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,9 +155,30 @@ def roots(hlo: str) -> dict:
   return {name: comp_root.get(calls[name], text) if name in calls else text for name, text in defs.items()}
 
 
-def _self_times(events, total, calls) -> None:
+def hlo_of(text: dict, name: str, hlo_op: str = "") -> str:
+  """The HLO of a trace event named `name` (an op, or a GPU kernel: the op's name with `.`
+  as `_`, `__N` for its N-th further kernel) whose `hlo_op` stat (if any) names its op."""
+  for candidate in (hlo_op, name, re.sub(r"__\d+$", "", name)):
+    if candidate and candidate in text:
+      return text[candidate]
+    mangled = re.sub(r"\W", "_", candidate or "")
+    if mangled and mangled in text:
+      return text[mangled]
+  return ""
+
+
+def _mangled(text: dict) -> dict:
+  """`text` with each name also under its GPU kernel spelling (`.` and `-` as `_`)."""
+  out = {re.sub(r"\W", "_", name): t for name, t in text.items()}
+  out.update(text)
+  return out
+
+
+def _self_times(events, total, calls, hlo_ops=None) -> None:
   """Add each event's self time (its duration less that of the events nested in it on
-  the same line: a `while` or fusion call's body ops) to `total`, and count it."""
+  the same line: a `while` or fusion call's body ops) to `total`, and count it; where
+  `hlo_ops` is given, record the first `hlo_op` stat seen of each name (not a command
+  buffer's) in it."""
   stack = []  # [end_ns, name, self_ns] of the open events
   def close(upto):
     while stack and stack[-1][0] <= upto:
@@ -158,29 +190,34 @@ def _self_times(events, total, calls) -> None:
       stack[-1][2] -= min(ev.duration_ns, stack[-1][0] - ev.start_ns)
     stack.append([ev.start_ns + ev.duration_ns, ev.name, ev.duration_ns])
     calls[ev.name] += 1
+    if hlo_ops is not None and ev.name not in hlo_ops:
+      op = dict(getattr(ev, "stats", ())).get("hlo_op")
+      if op and not str(op).startswith("command_buffer"):
+        hlo_ops[ev.name] = str(op)
   close(float("inf"))
 
 
-def op_times(path: str) -> tuple[str, dict, dict]:
-  """(plane read, op -> total self ns, op -> calls) from a trace file (see the module docstring)."""
+def op_times(path: str) -> tuple[str, dict, dict, dict]:
+  """(plane read, op -> total self ns, op -> calls, op -> its `hlo_op` stat where the trace
+  gives one) from a trace file (see the module docstring)."""
   data = jax.profiler.ProfileData.from_file(path)
   planes = list(data.planes)
   device = [p for p in planes if p.name.startswith("/device:") and any(True for _ in p.lines)]
-  total, calls = collections.Counter(), collections.Counter()
+  total, calls, hlo_ops = collections.Counter(), collections.Counter(), {}
   if device:
     for plane in device:
       lines = list(plane.lines)
       ops = [ln for ln in lines if ln.name == "XLA Ops"] or [ln for ln in lines if ln.name not in SUMMARY_LINES]
       for line in ops:
-        _self_times(list(line.events), total, calls)
-    return ", ".join(p.name for p in device), total, calls
+        _self_times(list(line.events), total, calls, hlo_ops)
+    return ", ".join(p.name for p in device), total, calls, hlo_ops
   for plane in planes:
     if not plane.name.startswith("/host:"):
       continue
     for line in plane.lines:
       if line.name.startswith("tf_XLA"):
-        _self_times([ev for ev in line.events if not ev.name.startswith(RUNTIME)], total, calls)
-  return "/host:CPU (XLA thread pools)", total, calls
+        _self_times([ev for ev in line.events if not ev.name.startswith(RUNTIME)], total, calls, hlo_ops)
+  return "/host:CPU (XLA thread pools)", total, calls, hlo_ops
 
 
 def main(argv=None) -> list[dict]:
@@ -202,7 +239,7 @@ def main(argv=None) -> list[dict]:
     files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
     if not files:
       raise SystemExit(f"profile_step: jax.profiler wrote no *.xplane.pb under {trace_dir}")
-    plane, total, calls = op_times(files[-1])
+    plane, total, calls, hlo_ops = op_times(files[-1])
   finally:
     if not keep:
       shutil.rmtree(trace_dir, ignore_errors=True)
@@ -212,10 +249,11 @@ def main(argv=None) -> list[dict]:
            "events": args.events, "steps": args.steps, "agents": args.agents, "plane": plane, "runs": args.runs,
            "compile_and_first_run_s": compile_s, "seconds_per_run": seconds, "op_ms_per_run": op_ns / 1e6 / args.runs,
            "ops": len(total), "trace_dir": trace_dir if keep else None}]
-  text = roots(hlo) if hlo else {}
+  text = _mangled(roots(hlo)) if hlo else {}
   for name, ns in total.most_common(args.top):
     rows.append({"op": name, "ms_per_run": ns / 1e6 / args.runs, "share": ns / op_ns if op_ns else 0.0,
-                 "calls_per_run": calls[name] / args.runs, "root": text.get(name, "")[:240]})
+                 "calls_per_run": calls[name] / args.runs, "hlo_op": hlo_ops.get(name, ""),
+                 "root": hlo_of(text, name, hlo_ops.get(name, ""))[:240]})
   for row in rows:
     print(json.dumps(row), flush=True)
   return rows
