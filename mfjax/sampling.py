@@ -76,8 +76,8 @@ def filter_logits(logits_BxV, *, temperature, top_k: int = 0, top_p: float = 1.0
 
 
 # XLA's GPU top-k kernel takes k <= 16 (and rows of at least 1024); a larger k is lowered
-# to a sort of each whole row (XLA's TopkSpecializer). On an H100 that sort was 19% of
-# the bfloat16 `simulate` profile (0.66 ms per decode step for 1024 rows of 8192 logits).
+# to a sort of each whole row (XLA's TopkSpecializer). On an H100 that sort was 20% of
+# the bfloat16 `simulate` profile (0.68 ms per sampled token for 1024 rows of 8192 logits).
 GPU_TOP_K_ROUND = 16
 
 

@@ -3,16 +3,21 @@
 # with a GPU), most important first, each step under its own time limit so that
 # one failure or overrun leaves the others' results:
 #
-#   tools/gpu_check.sh [STEP...]      STEP: bench aot mfu profile generate tests (default: all, in this order)
+#   tools/gpu_check.sh [STEP...]      STEP: profile mfu bench aot generate tests (default: all, in this order)
+#
+# Times of each step on one H100 (2026-11-26, most of it compiling): profile 72 s, mfu 67 s,
+# bench's float32 train 125 s and float32 mfu 200 s; the whole default run takes longer than a
+# 15-minute device lease, so name the steps a run needs.
 #
 #   env.txt            the device, driver and package versions (always)
-#   bench.jsonl        bench:    tools/bench.py all --dtype bfloat16 (the issue's sizes), then
-#                                tools/bench.py all --dtype float32 (full-precision matmuls on both sides)
-#   aot.jsonl          aot:      tools/aot_memory.py --execute: Qwen2-1.5B + LoRA (experiments/qwen2_lora.py)
-#                                on one device, XLA's compiled figure beside the allocator's measured peak
-#   mfu.jsonl          mfu:      tools/bench.py mfu --dtype bfloat16 at a batch that fills the chip better
 #   profile.jsonl      profile:  tools/profile_step.py train and simulate in bfloat16 at the mfu step's sizes:
 #                                the GPU kernels' time per XLA op (where bfloat16 MFU is lost)
+#   mfu.jsonl          mfu:      tools/bench.py mfu --dtype bfloat16 at a batch that fills the chip better
+#   bench.jsonl        bench:    tools/bench.py all --dtype bfloat16 (the issue's sizes), then
+#                                tools/bench.py train, mfu and rollout --dtype float32 (full-precision
+#                                matmuls on both sides), one process each
+#   aot.jsonl          aot:      tools/aot_memory.py --execute: Qwen2-1.5B + LoRA (experiments/qwen2_lora.py)
+#                                on one device, XLA's compiled figure beside the allocator's measured peak
 #   generate.jsonl     generate: tools/bench_generate.py at the issue's size and at a larger one
 #   pytest.log         tests:    the test suite on the GPU
 #   log.txt            every step's stderr and exit status
@@ -20,7 +25,7 @@
 # OUT (default /tmp/gpu_check) is where the files go; PYTHON chooses the interpreter;
 # BENCH_ARGS adds tools/bench.py flags (e.g. smaller sizes to try the script on a CPU), PROFILE_ARGS
 # tools/profile_step.py flags;
-# LIMIT_BENCH, LIMIT_AOT, LIMIT_MFU, LIMIT_PROFILE, LIMIT_GENERATE, LIMIT_TESTS (seconds) the limits.
+# LIMIT_BENCH (each bench process; the float32 ones get 1.5x it), LIMIT_AOT, LIMIT_MFU, LIMIT_PROFILE, LIMIT_GENERATE, LIMIT_TESTS (seconds) the limits.
 #
 # Float32 matmuls run at full precision (no TF32) in the float32 bench, generate and
 # tests, so that parity tolerances and the PyTorch comparison mean the same as on
@@ -31,7 +36,7 @@ out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-steps=${*:-bench aot mfu profile generate tests}
+steps=${*:-profile mfu bench aot generate tests}
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 # JAX and PyTorch share the device in the benchmarks: JAX takes half, not its default 75%
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}
@@ -51,7 +56,7 @@ step() {  # step NAME LIMIT_S FILE CMD...: run CMD, stdout appended to FILE, std
 }
 
 for s in $steps; do
-  case $s in bench | aot | mfu | profile | generate | tests) ;; *) echo "unknown step $s (bench aot mfu profile generate tests)" >&2; exit 2 ;; esac
+  case $s in bench | aot | mfu | profile | generate | tests) ;; *) echo "unknown step $s (profile mfu bench aot generate tests)" >&2; exit 2 ;; esac
 done
 
 {
@@ -69,7 +74,10 @@ for s in $steps; do
   case $s in
     bench)
       step bench_bf16 "${LIMIT_BENCH:-200}" bench.jsonl "$py" tools/bench.py all --dtype bfloat16 $bench_args
-      step bench_f32 "${LIMIT_BENCH:-200}" bench.jsonl "$py" tools/bench.py all --dtype float32 $bench_args ;;
+      f32_limit=$(( ${LIMIT_BENCH:-200} * 3 / 2 ))  # float32 compiles took 125 and 200 s of these on an H100
+      for b in train mfu rollout; do
+        step "bench_f32_$b" "$f32_limit" bench.jsonl "$py" tools/bench.py "$b" --dtype float32 $bench_args
+      done ;;
     aot)
       # no PyTorch here: JAX may take 90% of the device. Events per device as a (1, 4, 2)
       # mesh gives each device: 8 / 4 in training, 16 / 4 in rollouts
