@@ -86,15 +86,17 @@ def top_k_in_rounds(x_BxV, k: int, step: int = GPU_TOP_K_ROUND):
   rounds before found to -inf: the same values, descending, and (where the backend's
   top-k keeps the lowest ids among ties, as XLA:CPU's does) the same ids. Where fewer
   than k values of a row are finite, the -inf tail may repeat ids; sampling gives those
-  no weight."""
-  rows = jnp.arange(x_BxV.shape[0])[:, None]
+  no weight. The mask is elementwise per row (no scatter), so rows sharded over devices
+  stay where they are."""
+  vocab = jnp.arange(x_BxV.shape[-1], dtype=jnp.int32)
   vals, ids = [], []
   for start in range(0, k, step):  # static: ceil(k / step) rounds
     v, i = jax.lax.top_k(x_BxV, min(step, k - start))
     vals.append(v)
     ids.append(i)
     if start + step < k:
-      x_BxV = x_BxV.at[rows, i].set(-jnp.inf)
+      found = (i[..., :, None] == vocab).any(axis=-2)  # [B, V]
+      x_BxV = jnp.where(found, -jnp.inf, x_BxV)
   return jnp.concatenate(vals, axis=-1), jnp.concatenate(ids, axis=-1)
 
 
