@@ -157,13 +157,11 @@ def roots(hlo: str) -> dict:
 
 def hlo_of(text: dict, name: str, hlo_op: str = "") -> str:
   """The HLO of a trace event named `name` (an op, or a GPU kernel: the op's name with `.`
-  as `_`, `__N` for its N-th further kernel) whose `hlo_op` stat (if any) names its op."""
+  as `_`, `__N` for its N-th further kernel) whose `hlo_op` stat (if any) names its op;
+  `text` is `_mangled(roots(...))`, which holds both spellings."""
   for candidate in (hlo_op, name, re.sub(r"__\d+$", "", name)):
     if candidate and candidate in text:
       return text[candidate]
-    mangled = re.sub(r"\W", "_", candidate or "")
-    if mangled and mangled in text:
-      return text[mangled]
   return ""
 
 
