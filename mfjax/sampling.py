@@ -76,39 +76,48 @@ def filter_logits(logits_BxV, *, temperature, top_k: int = 0, top_p: float = 1.0
 
 
 # XLA's GPU top-k kernel takes k <= 16 (and rows of at least 1024); a larger k is lowered
-# to a sort of each whole row (XLA's TopkSpecializer). On an H100 that sort was 20% of
-# the bfloat16 `simulate` profile (0.68 ms per sampled token for 1024 rows of 8192 logits).
-GPU_TOP_K_ROUND = 16
+# to a sort of each whole row (XLA's TopkSpecializer). On an H100, for 1024 rows of 8192
+# float32 logits and k 50 (tools/gpu_results/2026-11-26b_h100): that sort took 0.69 ms; the
+# top-16 kernel 0.64 ms a call (so rounds of it, tried, were slower still); top-k in rows of
+# 512, then over the 800 candidates, 0.40 ms (rows of 256: 0.41, 1024: 0.44, 2048: 0.50).
+# On a CPU whole rows are fastest (0.33 ms for 16 rows, 2.2 ms in rows of 512):
+# tools/bench_top_k.py.
+GPU_TOP_K_KERNEL_MAX = 16
+GPU_TOP_K_CHUNK = 512
 
 
-def top_k_in_rounds(x_BxV, k: int, step: int = GPU_TOP_K_ROUND):
-  """`lax.top_k(x, k)` as ceil(k / step) top-`step` rounds, each after setting what the
-  rounds before found to -inf: the same values, descending, and (where the backend's
-  top-k keeps the lowest ids among ties, as XLA:CPU's does) the same ids. Where fewer
-  than k values of a row are finite, the -inf tail may repeat ids; sampling gives those
-  no weight. The mask is elementwise per row (no scatter), so rows sharded over devices
-  stay where they are."""
-  vocab = jnp.arange(x_BxV.shape[-1], dtype=jnp.int32)
-  vals, ids = [], []
-  for start in range(0, k, step):  # static: ceil(k / step) rounds
-    v, i = jax.lax.top_k(x_BxV, min(step, k - start))
-    vals.append(v)
-    ids.append(i)
-    if start + step < k:
-      found = (i[..., :, None] == vocab).any(axis=-2)  # [B, V]
-      x_BxV = jnp.where(found, -jnp.inf, x_BxV)
-  return jnp.concatenate(vals, axis=-1), jnp.concatenate(ids, axis=-1)
+def top_k_chunked(x_BxV, k: int, chunk: int = GPU_TOP_K_CHUNK):
+  """`lax.top_k(x, k)` in stages: while a row is longer than 4 chunks, keep the top k of
+  each `chunk` consecutive values (the last chunk padded with -inf), then one top k of
+  what is left. A row's k largest are among its chunks' k largest, and the candidates keep
+  the row's order among equal values (chunk by chunk, lowest id first within one), so the
+  values and, where the backend's top-k keeps the lowest ids among ties (XLA's does), the
+  ids are `lax.top_k`'s, ties at -inf included. For 8192 logits and chunk 512: 16 top-k's
+  of 512, then one of 800. `lax.top_k` itself where chunk < k."""
+  B = x_BxV.shape[0]
+  ids = None  # [B, n]: the row's id of each value left (None: the identity)
+  while chunk >= k and x_BxV.shape[-1] > 4 * chunk:  # static: a few stages at most
+    n = x_BxV.shape[-1]
+    c = -(-n // chunk)
+    if c * chunk > n:  # padding sorts after every real value, -inf ones included
+      x_BxV = jnp.pad(x_BxV, ((0, 0), (0, c * chunk - n)), constant_values=-jnp.inf)
+      ids = None if ids is None else jnp.pad(ids, ((0, 0), (0, c * chunk - n)))
+    v, i = jax.lax.top_k(x_BxV.reshape(B, c, chunk), k)  # [B, c, k]
+    i = (i + (jnp.arange(c, dtype=jnp.int32) * chunk)[:, None]).reshape(B, c * k)
+    ids = i if ids is None else jnp.take_along_axis(ids, i, axis=-1)
+    x_BxV = v.reshape(B, c * k)
+  v, i = jax.lax.top_k(x_BxV, k)
+  return v, (i if ids is None else jnp.take_along_axis(ids, i, axis=-1))
 
 
 def select_top_k(x_BxV, k: int):
   """(values, ids) of the k largest of each row, descending: `lax.top_k`, except on GPUs
-  with k > 16, where rounds of 16 (`top_k_in_rounds`) use XLA's top-k kernel instead of a
-  sort of every row. On a CPU the rounds are 2-3x slower than `lax.top_k` (0.6 against
-  1.3 ms for 16 x 8192, k 50), so each platform lowers its own."""
-  if k <= GPU_TOP_K_ROUND:
+  with k > 16, where `top_k_chunked` sorts rows of `GPU_TOP_K_CHUNK` instead of whole
+  rows. Other platforms keep `lax.top_k` (on a CPU its program is unchanged)."""
+  if k <= GPU_TOP_K_KERNEL_MAX:
     return jax.lax.top_k(x_BxV, k)
-  rounds = functools.partial(top_k_in_rounds, k=k)
-  return jax.lax.platform_dependent(x_BxV, cuda=rounds, rocm=rounds, default=lambda x: tuple(jax.lax.top_k(x, k)))
+  gpu = functools.partial(top_k_chunked, k=k, chunk=GPU_TOP_K_CHUNK)
+  return jax.lax.platform_dependent(x_BxV, cuda=gpu, rocm=gpu, default=lambda x: tuple(jax.lax.top_k(x, k)))
 
 
 def _sample_filtered(logits_BxV, rng, *, temperature, top_k: int, top_p: float):

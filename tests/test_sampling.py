@@ -95,40 +95,43 @@ def test_filter_logits_matches_a_numpy_reference():
       np.testing.assert_allclose(got[row][keep], x[row][keep], rtol=1e-6)
 
 
-def test_top_k_in_rounds_equals_lax_top_k():
-  """The GPU's top-k (rounds of a small k, each masking what the last found) gives
-  lax.top_k's values and, on XLA:CPU (lowest ids first among ties), its ids: on
-  random rows, on rows of many ties, and on a row with fewer finite values than k
-  (whose -inf tail may repeat ids)."""
-  rng = np.random.default_rng(0)
-  noise = rng.normal(size=(4, 1100)).astype(np.float32)
-  ties = rng.integers(0, 6, size=(3, 1100)).astype(np.float32)
-  sparse = np.full((1, 1100), -np.inf, np.float32)
-  sparse[0, rng.choice(1100, 20, replace=False)] = rng.normal(size=20)
+@pytest.mark.parametrize("V,k,chunk", [(8192, 50, 512), (1100, 17, 32), (2048, 50, 128), (300, 20, 64), (256, 20, 32)])
+def test_top_k_chunked_equals_lax_top_k(V, k, chunk):
+  """The GPU's top-k (the top k of each chunk of a row, in stages, then of what is left)
+  gives lax.top_k's values and ids exactly: on random rows, rows full of ties, a row of
+  5 finite values and one whose only finite values are its last 3 (so that the -inf ids
+  lax.top_k picks, the lowest, come from the first chunk). 1100 and 300 are not
+  multiples of the chunk (padded); 1100/32 runs four stages, 300/64 (<= 4 chunks) none."""
+  rng = np.random.default_rng(V + k)
+  noise = rng.normal(size=(3, V)).astype(np.float32)
+  ties = rng.integers(0, 6, size=(3, V)).astype(np.float32)
+  sparse = np.full((2, V), -np.inf, np.float32)
+  sparse[0, rng.choice(V, 5, replace=False)] = 1.0
+  sparse[1, V - 3:] = rng.normal(size=3)
   x = jnp.asarray(np.concatenate([noise, ties, sparse]))
-  for k, step in [(50, 16), (17, 16), (33, 7), (16, 16)]:
-    want_v, want_i = jax.lax.top_k(x, k)
-    got_v, got_i = jax.jit(sampling.top_k_in_rounds, static_argnames=("k", "step"))(x, k=k, step=step)
-    np.testing.assert_array_equal(got_v, want_v)
-    finite = np.isfinite(np.asarray(want_v))
-    assert finite[:7].all() and finite[7].sum() == min(20, k)
-    np.testing.assert_array_equal(np.asarray(got_i)[finite], np.asarray(want_i)[finite])
+  want_v, want_i = jax.lax.top_k(x, k)
+  got_v, got_i = jax.jit(sampling.top_k_chunked, static_argnames=("k", "chunk"))(x, k=k, chunk=chunk)
+  np.testing.assert_array_equal(got_v, want_v)
+  np.testing.assert_array_equal(got_i, want_i)
+  assert np.isneginf(np.asarray(want_v)[-1, 3:]).all()  # the -inf tail's ids were checked too
 
 
-def test_gpu_programs_take_top_k_in_rounds_of_16(tiny):
+def test_gpu_programs_take_top_k_in_chunks(tiny, monkeypatch):
   """XLA's GPU top-k kernel takes k <= 16 and sorts each whole row for a larger k: the
-  sampler lowered for CUDA holds top-k's of at most 16 (50 in all per draw), the CPU
-  program one top-k of 50."""
+  sampler lowered for CUDA takes its top-k 20 over rows of the chunk (here 32 of the tiny
+  model's 256 logits) and then over the 100 candidates left, never over a whole row of
+  logits; the CPU program keeps one top-k over the vocabulary."""
   import re
+  monkeypatch.setattr(sampling, "GPU_TOP_K_CHUNK", 32)
   model, params = tiny
   tokens, mask = _prompts()
   args = (model, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.PRNGKey(0), jnp.float32(1.0),
           jnp.int32(-1), jnp.int32(0), None, None, None)
-  traced = sampling._generate.trace(*args, max_new_tokens=3, top_k=50, top_p=0.9, unroll=True)
-  ks = {platform: [int(k) for k in re.findall(r"top_k\(.*k = (\d+)\)", traced.lower(
-      lowering_platforms=(platform,)).as_text())] for platform in ("cuda", "cpu")}
-  assert ks["cpu"] and set(ks["cpu"]) == {50}, ks
-  assert len(ks["cuda"]) == 4 * len(ks["cpu"]) and max(ks["cuda"]) == 16 and sum(ks["cuda"]) == sum(ks["cpu"]), ks
+  traced = sampling._generate.trace(*args, max_new_tokens=3, top_k=20, top_p=0.9, unroll=True)
+  rows = {platform: set(re.findall(r"top_k\(.*k = 20\) : tensor<([0-9x]+)xf32>", traced.lower(
+      lowering_platforms=(platform,)).as_text())) for platform in ("cuda", "cpu")}
+  assert rows["cpu"] == {"3x256"}, rows
+  assert rows["cuda"] == {"3x8x32", "3x5x32", "3x100"}, rows
 
 
 @pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (12, 0.9)])
