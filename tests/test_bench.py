@@ -82,6 +82,23 @@ def test_bench_bfloat16_runs_both_sides_in_bfloat16(capsys):
   assert ours != f32["mfjax"]["loss_step0"]  # the dtype really changed the computation
 
 
+def test_unroll_layers_trains_the_same_model_unrolled(capsys, monkeypatch):
+  """--unroll-layers: the train step's LM runs its layers as a Python loop (no stacked
+  weights), from the same weights: the same loss at step 0, to float32 rounding."""
+  bench, built = _bench(), []
+  build = bench.build
+  monkeypatch.setattr(bench, "build", lambda args: built.append(build(args)) or built[-1])
+  losses = {}
+  for flag in ([], ["--unroll-layers"]):
+    bench.main(["train", *TINY, "--mfjax-only", *flag])
+    (row,) = map(json.loads, capsys.readouterr().out.strip().splitlines())
+    assert row["unroll_layers"] == bool(flag)
+    losses[bool(flag)] = row["loss_step0"]
+  assert [b[1].cfg.scan_layers for b in built] == [True, False]
+  assert "layers" in built[0][2] and "layers_0" in built[1][2] and "layers" not in built[1][2]
+  assert abs(losses[True] - losses[False]) < 1e-6 * losses[False], losses
+
+
 def test_flop_counts_match_a_hand_count():
   bench = _bench()
 

@@ -62,9 +62,11 @@ def test_gpu_kernel_names_find_their_hlo():
 def test_profile_rows_name_compiled_ops(capsys):
   tool = _tool()
   printed_rows = 0
-  for what, extra in (("train", []), ("simulate", []), ("simulate", ["--method", "state", "--score-real"])):
+  for what, extra in (("train", ["--unroll-layers"]), ("simulate", []),
+                      ("simulate", ["--method", "state", "--score-real"])):
     rows = tool.main([what, *TINY, "--events", "2", "--steps", "2", *extra])
     head, ops = rows[0], rows[1:]
+    assert head.get("unroll_layers") == (True if what == "train" else None)
     assert head.get("method") == (None if what == "train" else (extra or [None, "mf"])[1])
     assert head.get("score_real") == (None if what == "train" else "--score-real" in extra)
     assert head["what"] == what and head["seconds_per_run"] > 0 and head["op_ms_per_run"] > 0 and head["ops"] > 0

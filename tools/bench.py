@@ -152,7 +152,7 @@ def build(args):
   import torch
   import transformers
 
-  from mfjax.model import hf
+  from mfjax.model import hf, unrolled
   dev = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
   if args.dtype == "float32" and jax.default_backend() != "cpu":
     # the same math on both sides: torch's float32 matmuls are full precision (no TF32) by default
@@ -164,6 +164,8 @@ def build(args):
   with tempfile.TemporaryDirectory() as tmp:
     ref.save_pretrained(tmp)
     model, params = hf.load_pretrained(tmp, dtype=args.dtype, param_dtype="float32")
+  if args.unroll_layers:
+    model, params = unrolled(model, params)
   return ref.to(dev), model, params, dev
 
 
@@ -408,7 +410,7 @@ def bench_train(args, built) -> float:
   tokens = E * T * B * A
   common = _common(args, "train", "ib_tune", events=E, steps=T, agents=B)
   row = {**common, "impl": "mfjax", "seconds": secs, "tokens_per_s": tokens / secs, "actions_per_s": E * T * B / secs,
-         "loss_step0": loss0}
+         "loss_step0": loss0, "unroll_layers": args.unroll_layers}
   if args.mfjax_only:
     emit(row)
     return secs
@@ -454,7 +456,8 @@ def bench_mfu(args, built, peak_at_start: float = 0.0, train_seconds: Optional[f
                                               repeats=args.repeats)
   flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
   base = {"impl": "mfjax", "peak_gflops_per_s": peak / 1e9}
-  emit({**_common(args, "mfu", "train_step"), **base, "seconds": secs, "model_gflops": flops / 1e9,
+  emit({**_common(args, "mfu", "train_step"), **base, "unroll_layers": args.unroll_layers, "seconds": secs,
+        "model_gflops": flops / 1e9,
         "mfu": flops / secs / peak, "tokens_per_s": E * T * B * A / secs, "actions_per_s": E * T * B / secs,
         "target": TARGETS[("mfu", "train_step")]})
   Er = args.mfu_events
@@ -477,6 +480,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--prompt", type=int, default=128)
   p.add_argument("--action", type=int, default=32)
   p.add_argument("--slots", type=int, default=4, help="K: latent mean-field prefix vectors")
+  p.add_argument("--unroll-layers", action="store_true",
+                 help="train: run the LM's layers as a Python loop, not a lax.scan over stacked weights "
+                      "(model.scan_layers=False; rollouts unroll them either way)")
 
 
 def parse_args(argv=None):

@@ -3,16 +3,21 @@
 # with a GPU), most important first, each step under its own time limit so that
 # one failure or overrun leaves the others' results:
 #
-#   tools/gpu_check.sh [STEP...]      STEP: profile mfu bench aot generate tests (default: all, in this order)
+#   tools/gpu_check.sh [STEP...]      STEP: profile mfu topk unroll bench aot generate tests
+#                                     (default: all, in this order)
 #
-# Times of each step on one H100 (2026-11-26, most of it compiling): profile 72 s, mfu 67 s,
-# bench's float32 train 125 s and float32 mfu 200 s; the whole default run takes longer than a
-# 15-minute device lease, so name the steps a run needs.
+# Times of each step on one H100 (2026-11-26, most of it compiling): profile 70-90 s, mfu 62-80 s,
+# topk 30 s (its first version), unroll not yet run on a GPU, bench's bfloat16 rollout 115 s, float32 train 125 s and float32
+# mfu 200 s; the whole default run takes longer than a 15-minute device lease, so name the
+# steps a run needs.
 #
 #   env.txt            the device, driver and package versions (always)
 #   profile.jsonl      profile:  tools/profile_step.py train and simulate in bfloat16 at the mfu step's sizes:
 #                                the GPU kernels' time per XLA op (where bfloat16 MFU is lost)
 #   mfu.jsonl          mfu:      tools/bench.py mfu --dtype bfloat16 at a batch that fills the chip better
+#   topk.jsonl         topk:     tools/bench_top_k.py: the sampler's top-k against the other ways to take it
+#   profile.jsonl      unroll:   the bfloat16 train step's profile again with --unroll-layers (no lax.scan over
+#                                stacked layers): its seconds_per_run against the profile step's
 #   bench.jsonl        bench:    tools/bench.py all --dtype bfloat16 (the issue's sizes), then
 #                                tools/bench.py train, mfu and rollout --dtype float32 (full-precision
 #                                matmuls on both sides), one process each
@@ -25,7 +30,8 @@
 # OUT (default /tmp/gpu_check) is where the files go; PYTHON chooses the interpreter;
 # BENCH_ARGS adds tools/bench.py flags (e.g. smaller sizes to try the script on a CPU), PROFILE_ARGS
 # tools/profile_step.py flags;
-# LIMIT_BENCH (each bench process; the float32 ones get 1.5x it), LIMIT_AOT, LIMIT_MFU, LIMIT_PROFILE, LIMIT_GENERATE, LIMIT_TESTS (seconds) the limits.
+# LIMIT_BENCH (each bench process; the float32 ones get 1.5x it), LIMIT_AOT, LIMIT_MFU, LIMIT_PROFILE, LIMIT_TOPK,
+# LIMIT_GENERATE, LIMIT_TESTS (seconds) the limits.
 #
 # Float32 matmuls run at full precision (no TF32) in the float32 bench, generate and
 # tests, so that parity tolerances and the PyTorch comparison mean the same as on
@@ -36,7 +42,7 @@ out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-steps=${*:-profile mfu bench aot generate tests}
+steps=${*:-profile mfu topk unroll bench aot generate tests}
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 # JAX and PyTorch share the device in the benchmarks: JAX takes half, not its default 75%
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}
@@ -56,7 +62,10 @@ step() {  # step NAME LIMIT_S FILE CMD...: run CMD, stdout appended to FILE, std
 }
 
 for s in $steps; do
-  case $s in bench | aot | mfu | profile | generate | tests) ;; *) echo "unknown step $s (profile mfu bench aot generate tests)" >&2; exit 2 ;; esac
+  case $s in
+    bench | aot | mfu | profile | topk | unroll | generate | tests) ;;
+    *) echo "unknown step $s (profile mfu topk unroll bench aot generate tests)" >&2; exit 2 ;;
+  esac
 done
 
 {
@@ -93,6 +102,11 @@ for s in $steps; do
         --events 8 $profile_args
       step profile_simulate "${LIMIT_PROFILE:-120}" profile.jsonl "$py" tools/profile_step.py simulate \
         --dtype bfloat16 --events 64 $profile_args ;;
+    topk)
+      step topk "${LIMIT_TOPK:-90}" topk.jsonl "$py" tools/bench_top_k.py ;;
+    unroll)
+      step profile_train_unrolled "${LIMIT_PROFILE:-120}" profile.jsonl "$py" tools/profile_step.py train \
+        --dtype bfloat16 --events 8 --unroll-layers $profile_args ;;
     generate)
       gen=(env JAX_DEFAULT_MATMUL_PRECISION=highest "$py" tools/bench_generate.py --repeats 5)
       step generate "${LIMIT_GENERATE:-300}" generate.jsonl "${gen[@]}"
