@@ -82,21 +82,28 @@ def test_bench_bfloat16_runs_both_sides_in_bfloat16(capsys):
   assert ours != f32["mfjax"]["loss_step0"]  # the dtype really changed the computation
 
 
-def test_unroll_layers_trains_the_same_model_unrolled(capsys, monkeypatch):
-  """--unroll-layers: the train step's LM runs its layers as a Python loop (no stacked
-  weights), from the same weights: the same loss at step 0, to float32 rounding."""
+def test_layer_flags_train_the_same_model_another_way(capsys, monkeypatch):
+  """--unroll-layers runs the train step's layers as a Python loop (no stacked weights);
+  --remat-policy recomputes what the policy does not save in the backward pass. From the
+  same weights: the same loss at step 0, to float32 rounding; an unknown policy is refused."""
   bench, built = _bench(), []
   build = bench.build
   monkeypatch.setattr(bench, "build", lambda args: built.append(build(args)) or built[-1])
-  losses = {}
-  for flag in ([], ["--unroll-layers"]):
+  losses = []
+  flags = ([], ["--unroll-layers"], ["--remat-policy", "dots_with_no_batch_dims_saveable"])
+  for flag in flags:
     bench.main(["train", *TINY, "--mfjax-only", *flag])
     (row,) = map(json.loads, capsys.readouterr().out.strip().splitlines())
-    assert row["unroll_layers"] == bool(flag)
-    losses[bool(flag)] = row["loss_step0"]
-  assert [b[1].cfg.scan_layers for b in built] == [True, False]
+    assert (row["unroll_layers"], row["remat_policy"]) == (flag == flags[1], flag[1] if flag == flags[2] else "none")
+    assert row["seconds"] > 0
+    losses.append(row["loss_step0"])
+  assert [(b[1].cfg.scan_layers, b[1].cfg.remat_policy) for b in built] == [
+      (True, "none"), (False, "none"), (True, "dots_with_no_batch_dims_saveable")]
   assert "layers" in built[0][2] and "layers_0" in built[1][2] and "layers" not in built[1][2]
-  assert abs(losses[True] - losses[False]) < 1e-6 * losses[False], losses
+  assert max(losses) - min(losses) < 1e-6 * losses[0], losses
+  with pytest.raises(SystemExit):
+    bench.parse_args(["train", "--remat-policy", "dots_everywhere"])
+  assert "unknown remat policy 'dots_everywhere'" in capsys.readouterr().err
 
 
 def test_flop_counts_match_a_hand_count():

@@ -152,7 +152,7 @@ def build(args):
   import torch
   import transformers
 
-  from mfjax.model import hf, unrolled
+  from mfjax.model import hf
   dev = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
   if args.dtype == "float32" and jax.default_backend() != "cpu":
     # the same math on both sides: torch's float32 matmuls are full precision (no TF32) by default
@@ -164,9 +164,15 @@ def build(args):
   with tempfile.TemporaryDirectory() as tmp:
     ref.save_pretrained(tmp)
     model, params = hf.load_pretrained(tmp, dtype=args.dtype, param_dtype="float32")
-  if args.unroll_layers:
-    model, params = unrolled(model, params)
+  model, params = layered(model, params, args)
   return ref.to(dev), model, params, dev
+
+
+def layered(model, params, args):
+  """(model, params) as `--unroll-layers` and `--remat-policy` ask (the same weights)."""
+  from mfjax.model import Decoder, unrolled
+  model = Decoder(model.cfg.replace(remat_policy=args.remat_policy))
+  return unrolled(model, params) if args.unroll_layers else (model, params)
 
 
 def cast(params, dtype: str):
@@ -410,7 +416,7 @@ def bench_train(args, built) -> float:
   tokens = E * T * B * A
   common = _common(args, "train", "ib_tune", events=E, steps=T, agents=B)
   row = {**common, "impl": "mfjax", "seconds": secs, "tokens_per_s": tokens / secs, "actions_per_s": E * T * B / secs,
-         "loss_step0": loss0, "unroll_layers": args.unroll_layers}
+         "loss_step0": loss0, "unroll_layers": args.unroll_layers, "remat_policy": args.remat_policy}
   if args.mfjax_only:
     emit(row)
     return secs
@@ -456,8 +462,8 @@ def bench_mfu(args, built, peak_at_start: float = 0.0, train_seconds: Optional[f
                                               repeats=args.repeats)
   flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
   base = {"impl": "mfjax", "peak_gflops_per_s": peak / 1e9}
-  emit({**_common(args, "mfu", "train_step"), **base, "unroll_layers": args.unroll_layers, "seconds": secs,
-        "model_gflops": flops / 1e9,
+  emit({**_common(args, "mfu", "train_step"), **base, "unroll_layers": args.unroll_layers,
+        "remat_policy": args.remat_policy, "seconds": secs, "model_gflops": flops / 1e9,
         "mfu": flops / secs / peak, "tokens_per_s": E * T * B * A / secs, "actions_per_s": E * T * B / secs,
         "target": TARGETS[("mfu", "train_step")]})
   Er = args.mfu_events
@@ -469,6 +475,13 @@ def bench_mfu(args, built, peak_at_start: float = 0.0, train_seconds: Optional[f
   emit({**_common(args, "mfu", "simulate", events=Er), **base, "seconds": secs, "model_gflops": flops / 1e9,
         "mfu": flops / secs / peak, "actions_per_s": n / secs, "tokens_per_s": n * A / secs,
         "target": TARGETS[("mfu", "simulate")]})
+
+
+def _remat_policy(name: str) -> str:
+  if name in ("none", "full", "dots") or callable(getattr(jax.checkpoint_policies, name, None)):
+    return name
+  raise argparse.ArgumentTypeError(f"unknown remat policy {name!r}: none, full, dots or a name in "
+                                   "jax.checkpoint_policies")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -483,6 +496,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--unroll-layers", action="store_true",
                  help="train: run the LM's layers as a Python loop, not a lax.scan over stacked weights "
                       "(model.scan_layers=False; rollouts unroll them either way)")
+  p.add_argument("--remat-policy", default="none", type=_remat_policy,
+                 help="train: rematerialise each layer in the backward pass by this policy (model.remat_policy: "
+                      "none, full, dots, or a jax.checkpoint_policies name such as "
+                      "dots_with_no_batch_dims_saveable, which saves the projections but not attention's scores)")
 
 
 def parse_args(argv=None):

@@ -3,21 +3,22 @@
 # with a GPU), most important first, each step under its own time limit so that
 # one failure or overrun leaves the others' results:
 #
-#   tools/gpu_check.sh [STEP...]      STEP: profile mfu topk unroll bench aot generate tests
+#   tools/gpu_check.sh [STEP...]      STEP: profile mfu topk layers bench aot generate tests
 #                                     (default: all, in this order)
 #
 # Times of each step on one H100 (2026-11-26, most of it compiling): profile 70-90 s, mfu 62-80 s,
-# topk 30 s (its first version), unroll not yet run on a GPU, bench's bfloat16 rollout 115 s, float32 train 125 s and float32
-# mfu 200 s; the whole default run takes longer than a 15-minute device lease, so name the
-# steps a run needs.
+# topk 30 s (its first version), layers not yet run on a GPU, bench's bfloat16 rollout 115 s,
+# float32 train 125 s and float32 mfu 200 s; the whole default run takes longer than a
+# 15-minute device lease, so name the steps a run needs.
 #
 #   env.txt            the device, driver and package versions (always)
 #   profile.jsonl      profile:  tools/profile_step.py train and simulate in bfloat16 at the mfu step's sizes:
 #                                the GPU kernels' time per XLA op (where bfloat16 MFU is lost)
 #   mfu.jsonl          mfu:      tools/bench.py mfu --dtype bfloat16 at a batch that fills the chip better
 #   topk.jsonl         topk:     tools/bench_top_k.py: the sampler's top-k against the other ways to take it
-#   profile.jsonl      unroll:   the bfloat16 train step's profile again with --unroll-layers (no lax.scan over
-#                                stacked layers): its seconds_per_run against the profile step's
+#   profile.jsonl      layers:   the bfloat16 train step's profile again with --unroll-layers (no lax.scan over
+#                                stacked layers), then with --remat-policy dots_with_no_batch_dims_saveable
+#                                (attention recomputed, not saved): their seconds_per_run against the profile step's
 #   bench.jsonl        bench:    tools/bench.py all --dtype bfloat16 (the issue's sizes), then
 #                                tools/bench.py train, mfu and rollout --dtype float32 (full-precision
 #                                matmuls on both sides), one process each
@@ -42,7 +43,7 @@ out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-steps=${*:-profile mfu topk unroll bench aot generate tests}
+steps=${*:-profile mfu topk layers bench aot generate tests}
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 # JAX and PyTorch share the device in the benchmarks: JAX takes half, not its default 75%
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}
@@ -63,8 +64,8 @@ step() {  # step NAME LIMIT_S FILE CMD...: run CMD, stdout appended to FILE, std
 
 for s in $steps; do
   case $s in
-    bench | aot | mfu | profile | topk | unroll | generate | tests) ;;
-    *) echo "unknown step $s (profile mfu topk unroll bench aot generate tests)" >&2; exit 2 ;;
+    bench | aot | mfu | profile | topk | layers | generate | tests) ;;
+    *) echo "unknown step $s (profile mfu topk layers bench aot generate tests)" >&2; exit 2 ;;
   esac
 done
 
@@ -104,9 +105,11 @@ for s in $steps; do
         --dtype bfloat16 --events 64 $profile_args ;;
     topk)
       step topk "${LIMIT_TOPK:-90}" topk.jsonl "$py" tools/bench_top_k.py ;;
-    unroll)
-      step profile_train_unrolled "${LIMIT_PROFILE:-120}" profile.jsonl "$py" tools/profile_step.py train \
-        --dtype bfloat16 --events 8 --unroll-layers $profile_args ;;
+    layers)
+      for flags in "--unroll-layers" "--remat-policy dots_with_no_batch_dims_saveable"; do
+        step "profile_train $flags" "${LIMIT_PROFILE:-120}" profile.jsonl "$py" tools/profile_step.py train \
+          --dtype bfloat16 --events 8 $flags $profile_args
+      done ;;
     generate)
       gen=(env JAX_DEFAULT_MATMUL_PRECISION=highest "$py" tools/bench_generate.py --repeats 5)
       step generate "${LIMIT_GENERATE:-300}" generate.jsonl "${gen[@]}"

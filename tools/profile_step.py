@@ -93,12 +93,10 @@ def parse_args(argv=None):
 
 def build(args):
   """(model, params {"lm", "mf"}, encoder, batch): bench.py's model with random weights."""
-  from mfjax.model import Decoder, hf, init_params, unrolled
+  from mfjax.model import Decoder, hf, init_params
   model = Decoder(hf.config_from_hf(bench.hf_config(args).to_dict(), "bench.hf_config", dtype=args.dtype,
                                     param_dtype="float32"))
-  lm = init_params(model, jax.random.PRNGKey(0))
-  if args.unroll_layers:
-    model, lm = unrolled(model, lm)
+  model, lm = bench.layered(model, init_params(model, jax.random.PRNGKey(0)), args)
   encoder, mf = bench.make_encoder(model, args.slots)
   batch = bench.events(argparse.Namespace(agents=args.agents, prompt=args.prompt, action=args.action,
                                           vocab=args.vocab), args.events, args.steps)
@@ -245,7 +243,7 @@ def main(argv=None) -> list[dict]:
       shutil.rmtree(trace_dir, ignore_errors=True)
   op_ns = sum(total.values())
   rollout = ({"method": args.method, "score_real": args.score_real} if args.what == "simulate"
-             else {"unroll_layers": args.unroll_layers})
+             else {"unroll_layers": args.unroll_layers, "remat_policy": args.remat_policy})
   rows = [{"what": args.what, **rollout, "device": str(jax.devices()[0].device_kind), "dtype": args.dtype,
            "events": args.events, "steps": args.steps, "agents": args.agents, "plane": plane, "runs": args.runs,
            "compile_and_first_run_s": compile_s, "seconds_per_run": seconds, "op_ms_per_run": op_ns / 1e6 / args.runs,
