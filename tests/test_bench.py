@@ -103,7 +103,7 @@ def test_layer_flags_train_the_same_model_another_way(capsys, monkeypatch):
   assert max(losses) - min(losses) < 1e-6 * losses[0], losses
   with pytest.raises(SystemExit):
     bench.parse_args(["train", "--remat-policy", "dots_everywhere"])
-  assert "unknown remat policy 'dots_everywhere'" in capsys.readouterr().err
+  assert "unknown remat_policy 'dots_everywhere'" in capsys.readouterr().err
 
 
 def test_flop_counts_match_a_hand_count():

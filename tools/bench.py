@@ -478,10 +478,13 @@ def bench_mfu(args, built, peak_at_start: float = 0.0, train_seconds: Optional[f
 
 
 def _remat_policy(name: str) -> str:
-  if name in ("none", "full", "dots") or callable(getattr(jax.checkpoint_policies, name, None)):
-    return name
-  raise argparse.ArgumentTypeError(f"unknown remat policy {name!r}: none, full, dots or a name in "
-                                   "jax.checkpoint_policies")
+  """`--remat-policy`'s name, checked as the model will read it."""
+  from mfjax.model.transformer import checkpoint_policy
+  try:
+    checkpoint_policy(name)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+  return name
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -61,18 +61,26 @@ def positions_from_mask(mask_BxL):
   return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) * mask
 
 
+def checkpoint_policy(remat_policy: Optional[str]):
+  """The `jax.checkpoint` policy a `ModelConfig.remat_policy` names (None for 'none');
+  ValueError for a name that is none of 'none', 'full', 'dots' or jax.checkpoint_policies'."""
+  if remat_policy in ("none", None):
+    return None
+  if remat_policy == "full":
+    return jax.checkpoint_policies.nothing_saveable
+  if remat_policy == "dots":
+    return jax.checkpoint_policies.checkpoint_dots
+  policy = getattr(jax.checkpoint_policies, remat_policy, None)
+  if policy is None:
+    raise ValueError(f"unknown remat_policy {remat_policy!r}: use 'none', 'full', 'dots' "
+                     "or a name in jax.checkpoint_policies")
+  return policy
+
+
 def _block_class(cfg: ModelConfig, in_scan: bool):
-  if cfg.remat_policy in ("none", None):
+  policy = checkpoint_policy(cfg.remat_policy)
+  if policy is None:
     return Block
-  if cfg.remat_policy == "full":
-    policy = jax.checkpoint_policies.nothing_saveable
-  elif cfg.remat_policy == "dots":
-    policy = jax.checkpoint_policies.checkpoint_dots
-  else:
-    policy = getattr(jax.checkpoint_policies, cfg.remat_policy, None)
-    if policy is None:
-      raise ValueError(f"unknown remat_policy {cfg.remat_policy!r}: use 'none', 'full', 'dots' "
-                       "or a name in jax.checkpoint_policies")
   return nn.remat(Block, policy=policy, prevent_cse=not in_scan)
 
 
