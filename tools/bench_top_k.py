@@ -22,13 +22,14 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from bench import timed  # noqa: E402
 from mfjax import sampling  # noqa: E402
 
 
@@ -48,15 +49,10 @@ def time_per_call(f, x, calls: int, repeats: int) -> tuple[float, float]:
       return acc + v.sum(-1) + i.sum(-1).astype(x.dtype)
     return jax.lax.fori_loop(0, calls, body, jnp.zeros(x.shape[0], x.dtype))
 
-  t0 = time.perf_counter()
-  loop(x).block_until_ready()
-  compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    loop(x).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  return sorted(times)[len(times) // 2] / calls * 1e3, compile_s
+  run = lambda: loop(x).block_until_ready()
+  compile_s = timed(run)
+  times = sorted(timed(run) for _ in range(repeats))
+  return times[len(times) // 2] / calls * 1e3, compile_s
 
 
 def main(argv=None) -> None:
