@@ -7,8 +7,9 @@
 #                                     (default: all, in this order)
 #
 # Times of each step on one H100 (2026-11-26, most of it compiling): profile 70-90 s, mfu 62-80 s,
-# topk 30 s (its first version), layers not yet run on a GPU, bench's bfloat16 rollout 115 s,
-# float32 train 125 s and float32 mfu 200 s; the whole default run takes longer than a
+# topk 30 s (its first version), layers 50-58 s a variant (200-230 s in all), bench's bfloat16
+# rollout 115 s, float32 train 125 s and float32 mfu 200 s (a float32 train step alone at full
+# precision did not compile within 70-80 s); the whole default run takes longer than a
 # 15-minute device lease, so name the steps a run needs.
 #
 #   env.txt            the device, driver and package versions (always)
@@ -16,9 +17,10 @@
 #                                the GPU kernels' time per XLA op (where bfloat16 MFU is lost)
 #   mfu.jsonl          mfu:      tools/bench.py mfu --dtype bfloat16 at a batch that fills the chip better
 #   topk.jsonl         topk:     tools/bench_top_k.py: the sampler's top-k against the other ways to take it
-#   profile.jsonl      layers:   the bfloat16 train step's profile again with --unroll-layers (no lax.scan over
-#                                stacked layers), then with --remat-policy dots_with_no_batch_dims_saveable
-#                                (attention recomputed, not saved): their seconds_per_run against the profile step's
+#   layers.jsonl       layers:   the bfloat16 train step's profile (the profile step's size) four ways, in one
+#                                process each: scanned layers (the default), --unroll-layers (no lax.scan over
+#                                stacked layers), --remat-policy dots_with_no_batch_dims_saveable (attention
+#                                recomputed, not saved), and both: compare their op_ms_per_run (kernel time)
 #   bench.jsonl        bench:    tools/bench.py all --dtype bfloat16 (the issue's sizes), then
 #                                tools/bench.py train, mfu and rollout --dtype float32 (full-precision
 #                                matmuls on both sides), one process each
@@ -106,8 +108,9 @@ for s in $steps; do
     topk)
       step topk "${LIMIT_TOPK:-90}" topk.jsonl "$py" tools/bench_top_k.py ;;
     layers)
-      for flags in "--unroll-layers" "--remat-policy dots_with_no_batch_dims_saveable"; do
-        step "profile_train $flags" "${LIMIT_PROFILE:-120}" profile.jsonl "$py" tools/profile_step.py train \
+      remat="--remat-policy dots_with_no_batch_dims_saveable"
+      for flags in "" "--unroll-layers" "$remat" "--unroll-layers $remat"; do
+        step "layers_train ${flags:-scanned}" "${LIMIT_PROFILE:-120}" layers.jsonl "$py" tools/profile_step.py train \
           --dtype bfloat16 --events 8 $flags $profile_args
       done ;;
     generate)
