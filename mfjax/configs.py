@@ -19,12 +19,13 @@ class ConfigError(ValueError):
   pass
 
 
-def _flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every key of `cfg`, nested ones dotted ('model.remat')."""
   keys = []
   for k, v in cfg.items():
     keys.append(prefix + k)
     if isinstance(v, ml_collections.ConfigDict):
-      keys += _flat_keys(v, prefix + k + ".")
+      keys += flat_keys(v, prefix + k + ".")
   return keys
 
 
@@ -51,7 +52,7 @@ def apply_override(cfg: ml_collections.ConfigDict, assignment: str) -> None:
   key, sep, raw = assignment.partition("=")
   if not sep:
     raise ConfigError(f"override {assignment!r} is not of the form key=value")
-  known = _flat_keys(cfg)
+  known = flat_keys(cfg)
   if key not in known:
     close = difflib.get_close_matches(key, known, n=3)
     raise ConfigError(f"unknown config key {key!r}" + (f"; did you mean {close}?" if close else ""))

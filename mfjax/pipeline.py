@@ -31,21 +31,23 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mfjax.configs import ConfigError
+from mfjax.configs import ConfigError, flat_keys
 from mfjax.data import (BatchConfig, StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
                         make_step_batch, policy_prompt, synthetic, train_tokenizer)
-from mfjax.ibtune import (beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss,
+from mfjax.ibtune import (TRAINABLE, beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss,
                           sharded_state, trainable_labels)
 from mfjax.meanfield import MeanFieldConfig, MeanFieldEncoder, init_encoder
 from mfjax.model import Decoder, LoraConfig, ModelConfig, hf, tiny
 from mfjax.model.lora import add_lora
+from mfjax.model.transformer import checkpoint_policy
 from mfjax.rollout import METHODS, ContextSpec, simulate
 from mfjax.rollout.context import CONTEXT_HEADER, CONTEXT_SEP, KINDS
 from mfjax.evaluation import plots
-from mfjax.evaluation.report import evaluate
+from mfjax.evaluation.report import evaluate, make_labeler
 from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, make_mesh
 from mfjax.parallel.mesh import check_events, process_rows
 from mfjax.parallel.state import place, policy_shardings, to_host
+from mfjax.pipeline_config import mf_llm_config
 from mfjax.runs import check_workdir, log
 
 
@@ -60,6 +62,77 @@ class Data:
   eval: StepBatch  # the events rollouts are scored on (texts kept for labelling)
   truth: Optional[object]  # synthetic.GroundTruth of the eval events, else None
   eval_split: str
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def check_config(cfg) -> None:
+  """Every value `run` reads that has a fixed set of choices or a range, checked
+  before anything runs or is written: a ConfigError naming the key. Without it
+  a wrong `sft.trainable` failed after the whole `base` stage, and a wrong
+  `model.dtype` was ignored until a checkpoint was loaded."""
+
+  def check(key, ok_or_fn, message=""):
+    if callable(ok_or_fn):  # a library constructor or parser: its ValueError, named by the key
+      try:
+        ok_or_fn()
+      except (ValueError, TypeError) as e:
+        text = str(e)
+        raise ConfigError(text if text.startswith(key) else f"{key}: {text}") from None
+    elif not ok_or_fn:
+      raise ConfigError(f"{key}: {message}")
+
+  def at_least(key, low):
+    value = _get(cfg, key)
+    check(key, value >= low, f"must be >= {low}, got {value!r}")
+
+  missing = sorted(set(flat_keys(mf_llm_config())) - set(flat_keys(cfg)))
+  if missing:
+    raise ConfigError(f"config lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}: a pipeline experiment's "
+                      "get_config starts from mfjax.pipeline_config.mf_llm_config()")
+  d, m, r = cfg.data, cfg.model, cfg.rollout
+  check("data.source", d.source in ("synthetic", "ced"), f"must be 'synthetic' or 'ced', got {d.source!r}")
+  check("data.eval_split", d.eval_split in ("val", "holdout"), f"must be 'val' or 'holdout', got {d.eval_split!r}")
+  for key in ("data.train_events", "data.val_events", "data.eval_events", "data.steps", "data.agents_per_step",
+              "data.prompt_len", "data.action_len", "rollout.seeds", "rollout.batch_events", "train.log_every",
+              "train.ckpt_every"):
+    at_least(key, 1)
+  for key in ("train.eval_every", "ib.beta", "ib.warmup", "rollout.warmup", "rollout.temperature", "rollout.top_k"):
+    at_least(key, 0)
+  check("rollout.warmup", r.warmup < d.steps,
+        f"{r.warmup} warm-up steps leave no step of data.steps={d.steps} to simulate and score")
+  check("rollout.top_p", 0 < r.top_p <= 1, f"must be in (0, 1], got {r.top_p!r}")
+  check("rollout.methods", lambda: methods(cfg))
+  check("eval.labeler", lambda: make_labeler(cfg.eval.labeler))
+  check("ib.schedule", lambda: beta_schedule(cfg.ib.beta, cfg.ib.schedule, cfg.ib.warmup))
+  check("ib.sweep", lambda: sweep_betas(cfg))
+  check("model.dtype", lambda: _float_dtype(m.dtype))
+  check("model.remat", lambda: checkpoint_policy(m.remat))
+  if not m.checkpoint:
+    check("model", lambda: scratch_model_config(cfg, cfg.tokenizer.vocab_size))
+  check("lora", lambda: lora_config(cfg))
+  for name in ("base", "sft", "mf_train"):
+    stage = cfg[name]
+    at_least(f"{name}.steps", 0)
+    at_least(f"{name}.batch_events", 1)
+    check(f"{name}.lr", stage.lr > 0, f"must be > 0, got {stage.lr!r}")
+    at_least(f"{name}.agents", 0)  # 0 (or B and more): every agent
+    if "trainable" in stage:
+      check(f"{name}.trainable", stage.trainable in TRAINABLE, f"{stage.trainable!r} is none of {TRAINABLE}")
+
+
+def _get(cfg, key: str):
+  for part in key.split("."):
+    cfg = cfg[part]
+  return cfg
+
+
+def _float_dtype(name: str):
+  dtype = jnp.dtype(name)  # TypeError for a name that is no dtype
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{name!r} is not a floating-point dtype (float32, bfloat16, float16)")
+  return dtype
 
 
 def methods(cfg) -> list[str]:
@@ -341,6 +414,7 @@ def _sweep_validation(cfg, workdir: str) -> dict:
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simulate", "evaluate")) -> Optional[dict]:
   """`python -m mfjax train|simulate|evaluate|run`: the named parts, in order, in one workdir."""
+  check_config(cfg)
   if cfg.model.checkpoint_required and not cfg.model.checkpoint:
     raise ConfigError("model.checkpoint is required by this experiment: --set model.checkpoint=/path/to/hf-folder "
                       "(a local Hugging Face folder with config.json, safetensors and the tokenizer)")

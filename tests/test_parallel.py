@@ -234,6 +234,16 @@ def test_aot_memory_report_shrinks_with_sharding(capsys):
   assert rows["2,2,2"]["param_bytes"] <= 0.3 * rows["8,1,1"]["param_bytes"]
 
 
+def test_aot_memory_refuses_a_bad_config_by_key():
+  import os
+  tool = _tool("aot_memory.py")
+  quick = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "quickstart.py")
+  with pytest.raises(SystemExit, match="error: model.remat: unknown remat_policy 'dotz'"):
+    tool.main(["--config", quick, "--set", "model.remat=dotz"])
+  with pytest.raises(SystemExit, match="error: unknown config key 'model.rmat'"):
+    tool.main(["--config", quick, "--set", "model.rmat=full"])
+
+
 def test_aot_memory_execute_runs_the_compiled_steps_on_the_mesh(capsys):
   """--execute feeds each compiled executable real arrays laid out as its inputs
   (a layout mismatch would raise); the CPU has no allocator statistics, which

@@ -9,7 +9,8 @@ import pytest
 
 from mfjax.__main__ import main
 from mfjax import configs
-from mfjax.pipeline import rollout_path, scratch_model_config
+from mfjax.configs import ConfigError
+from mfjax.pipeline import check_config, rollout_path, scratch_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(ROOT, "experiments", "quickstart.py") + ":smoke"
@@ -92,3 +93,51 @@ def test_ced_missing_path_is_a_clear_error(tmp_path):
   cfg = os.path.join(ROOT, "experiments", "ced_weibo.py") + ":smoke"
   with pytest.raises(SystemExit, match="train.jsonl.gz not found"):
     _cli("train", tmp_path / "x", config=cfg, extra=[f"data.path={tmp_path / 'nowhere'}"])
+
+
+EXPERIMENTS = ["quickstart.py", "quickstart.py:smoke", "ced_weibo.py", "ced_weibo.py:smoke", "ib_beta_sweep.py",
+               "ib_beta_sweep.py:smoke", "qwen2_lora.py"]
+
+
+@pytest.mark.parametrize("spec", EXPERIMENTS)
+def test_every_pipeline_experiment_passes_the_config_check(spec):
+  check_config(configs.load_config(os.path.join(ROOT, "experiments", spec), []))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("sft.trainable=foo", "sft.trainable: 'foo' is none of"),
+    ("mf_train.trainable=lora+", r"mf_train.trainable: 'lora\+'"),
+    ("model.family=gpt", "model: family 'gpt' is not supported"),
+    ("model.num_heads=3", "model: num_heads=3 is not a multiple"),
+    ("model.dtype=float7", "model.dtype: data type 'float7'"),
+    ("model.dtype=int32", "model.dtype: 'int32' is not a floating-point dtype"),
+    ("model.remat=dotz", "model.remat: unknown remat_policy 'dotz'"),
+    ("rollout.methods=state,foo", r"rollout.methods: unknown \['foo'\]"),
+    ("rollout.warmup=12", "rollout.warmup: 12 warm-up steps leave no step of data.steps=12"),
+    ("rollout.top_p=0", r"rollout.top_p: must be in \(0, 1\]"),
+    ("rollout.top_k=-1", "rollout.top_k: must be >= 0"),
+    ("ib.schedule=cosine", "ib.schedule: unknown beta schedule 'cosine'"),
+    ("ib.sweep=1e-3,x", "ib.sweep: could not convert"),
+    ("ib.beta=-1.0", "ib.beta: must be >= 0"),
+    ("lora.targets=q,w", r"lora: unknown LoRA target\(s\) \['w'\]"),
+    ("data.source=weibo", "data.source: must be 'synthetic' or 'ced'"),
+    ("data.eval_split=test", "data.eval_split: must be 'val' or 'holdout'"),
+    ("data.steps=0", "data.steps: must be >= 1"),
+    ("eval.labeler=gpt4", "eval.labeler 'gpt4' is not known"),
+    ("base.lr=0.0", "base.lr: must be > 0"),
+    ("sft.batch_events=0", "sft.batch_events: must be >= 1"),
+])
+def test_a_bad_config_value_is_an_error_naming_its_key(override, message):
+  with pytest.raises(ConfigError, match=message):
+    check_config(configs.load_config(QUICK, [override]))
+
+
+def test_bad_values_stop_the_cli_before_anything_is_written(tmp_path):
+  """A value the stages would reject after minutes of training (a wrong `sft.trainable`
+  used to fail after the whole base stage) stops the run first, its workdir not made;
+  so does a config that is not a pipeline experiment's."""
+  with pytest.raises(SystemExit, match="error: sft.trainable: 'foo'"):
+    _cli("run", tmp_path / "run", extra=["sft.trainable=foo"])
+  with pytest.raises(SystemExit, match="error: config lacks .*mf_llm_config"):
+    _cli("run", tmp_path / "demo", config=os.path.join(ROOT, "experiments", "lm_demo.py"))
+  assert os.listdir(tmp_path) == []

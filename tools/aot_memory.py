@@ -57,9 +57,13 @@ def main(argv=None):
   from mfjax.model.config import PRESETS
   from mfjax.parallel import MeshConfig, make_mesh
   from mfjax.parallel.aot import Shapes, rollout_memory, train_step_memory
-  from mfjax.pipeline import lora_config, mf_config, scratch_model_config
+  from mfjax.pipeline import check_config, lora_config, mf_config, scratch_model_config
 
-  cfg = configs.load_config(args.config, args.set)
+  try:
+    cfg = configs.load_config(args.config, args.set)
+    check_config(cfg)
+  except configs.ConfigError as e:
+    sys.exit(f"error: {e}")
   dtype = cfg.model.dtype
   if args.preset:
     if args.preset not in PRESETS:
