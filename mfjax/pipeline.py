@@ -43,7 +43,7 @@ from mfjax.model.transformer import checkpoint_policy
 from mfjax.rollout import METHODS, ContextSpec, simulate
 from mfjax.rollout.context import CONTEXT_HEADER, CONTEXT_SEP, KINDS
 from mfjax.evaluation import plots
-from mfjax.evaluation.report import evaluate, make_labeler
+from mfjax.evaluation.report import check_rollouts, evaluate, make_labeler, rollout_path
 from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, make_mesh
 from mfjax.parallel.mesh import check_events, process_rows
 from mfjax.parallel.state import place, policy_shardings, to_host
@@ -353,10 +353,6 @@ def rollout_runs(cfg) -> list[tuple[str, str, str]]:
   return runs
 
 
-def rollout_path(workdir: str, tag: str, seed: int) -> str:
-  return os.path.join(workdir, "rollouts", f"{tag}_seed{seed}.npz")
-
-
 def simulate_all(cfg, workdir: str, data: Data, trained: Trained, *, mesh=None) -> None:
   """Roll out every method and seed over the eval events (existing files are
   kept), `rollout.batch_events` events per call split over the mesh."""
@@ -419,7 +415,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
     raise ConfigError("model.checkpoint is required by this experiment: --set model.checkpoint=/path/to/hf-folder "
                       "(a local Hugging Face folder with config.json, safetensors and the tokenizer)")
   distributed.initialize(cfg.parallel.distributed)  # before anything touches a device
+  if "train" not in commands and not os.path.exists(os.path.join(workdir, "config.json")):
+    raise FileNotFoundError(f"{workdir} holds no run to {commands[0]}: run `python -m mfjax run` (or train) "
+                            "with this config and --workdir first")
   check_workdir(workdir, cfg)
+  if "evaluate" in commands and "simulate" not in commands:  # nothing here makes the rollouts: they must be there
+    check_rollouts(workdir, rollout_runs(cfg), cfg.rollout.seeds)
   t0 = time.time()
   data = prepare(cfg, workdir)
   if "train" in commands or "simulate" in commands:

@@ -24,6 +24,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
   """Create `workdir` with config.json, or check that it holds the same config."""
   path = os.path.join(workdir, "config.json")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise SystemExit(f"error: the workdir {workdir} is a file, not a folder; use another --workdir")
   if jax.process_index() != 0:  # process 0 checks and writes; the others only read and write checkpoints
     os.makedirs(workdir, exist_ok=True)
     return

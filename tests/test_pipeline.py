@@ -4,6 +4,7 @@ over a mesh of 8 CPU devices."""
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -64,8 +65,21 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
     _cli("run", wd, extra=["ib.beta=0.5"])
   with pytest.raises(SystemExit, match="unknown config key 'ib.bta'"):
     _cli("run", tmp_path / "other", extra=["ib.bta=0.5"])
+  # simulate or evaluate alone need a run: a fresh workdir is refused before anything is written in it
+  for command in ("simulate", "evaluate"):
+    with pytest.raises(SystemExit, match=f"fresh holds no run to {command}"):
+      _cli(command, tmp_path / "fresh")
+  assert not os.path.exists(tmp_path / "fresh")
+  # a run with the same config but nothing trained or simulated yet
+  os.makedirs(tmp_path / "half")
+  shutil.copy(wd / "config.json", tmp_path / "half" / "config.json")
+  with pytest.raises(SystemExit, match="state_seed0.npz is missing"):
+    _cli("evaluate", tmp_path / "half")
   with pytest.raises(SystemExit, match="not trained"):
-    _cli("simulate", tmp_path / "fresh")
+    _cli("simulate", tmp_path / "half")
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(SystemExit, match="a_file is a file, not a folder"):
+    _cli("run", tmp_path / "a_file")
 
 
 def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):

@@ -82,6 +82,20 @@ def summarise(per_seed: list[dict]) -> dict:
   return out
 
 
+def rollout_path(workdir: str, tag: str, seed: int) -> str:
+  """Where `mfjax.pipeline.simulate_all` saves one method's rollout of one seed."""
+  return os.path.join(workdir, "rollouts", f"{tag}_seed{seed}.npz")
+
+
+def check_rollouts(workdir: str, runs: list[tuple[str, str, str]], seeds: int) -> None:
+  """FileNotFoundError naming the first rollout `evaluate` would need and not find."""
+  for tag, _, _ in runs:
+    for seed in range(seeds):
+      path = rollout_path(workdir, tag, seed)
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: run `python -m mfjax simulate` with this config first")
+
+
 def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, str]], seeds: int, warmup: int,
              labeler_name: str = "rules", truth=None, sweep: Optional[dict] = None, started: Optional[float] = None,
              log=print) -> dict:
@@ -89,6 +103,7 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
   runs: (tag, method, params key) as `mfjax.pipeline.rollout_runs`; sweep: tag -> validation terms;
   started: the `time.time()` the whole job began at (results.json then records its `seconds`)."""
   from mfjax.evaluation import plots
+  check_rollouts(workdir, runs, seeds)
   labeler = CachedLabeler(make_labeler(labeler_name))
   E, T, B = eval_batch.agent_mask.shape
   agent_mask = eval_batch.agent_mask
@@ -102,9 +117,7 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
   for tag, method, _ in runs:
     per_seed = []
     for seed in range(seeds):
-      path = os.path.join(workdir, "rollouts", f"{tag}_seed{seed}.npz")
-      if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: run `python -m mfjax simulate` with this config first")
+      path = rollout_path(workdir, tag, seed)
       r = np.load(path)
       sim = _ids(labeler, decode_actions(tokenizer, r["tokens"], r["mask"]), (E, T, B))
       per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], eval_batch.action_mask))
