@@ -14,13 +14,17 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _lm_demo(args) -> None:
   from mfjax import configs, lm_demo
+  from mfjax.runs import use_compile_cache
   cfg = configs.load_config(args.config, args.set)
+  use_compile_cache()  # before anything compiles
   lm_demo.run(cfg, args.workdir)
 
 
 def _pipeline(args) -> None:
   from mfjax import configs, pipeline
+  from mfjax.runs import use_compile_cache
   cfg = configs.load_config(args.config, args.set)
+  use_compile_cache()  # before anything compiles
   workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config.partition(":")[0]))[0])
   commands = {"run": ("train", "simulate", "evaluate")}.get(args.command, (args.command,))
   pipeline.run(cfg, workdir, commands)
@@ -32,6 +36,8 @@ def _generate(args) -> None:
   from mfjax import sampling
   from mfjax.data import load_tokenizer
   from mfjax.model import hf
+  from mfjax.runs import use_compile_cache
+  use_compile_cache()
   model, params = hf.load_pretrained(args.model, dtype=args.dtype)
   tok = load_tokenizer(args.tokenizer or args.model)
   batch = tok(args.prompt, padding=True, return_tensors="np")

@@ -48,7 +48,7 @@ from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, 
 from mfjax.parallel.mesh import check_events, process_rows
 from mfjax.parallel.state import place, policy_shardings, to_host
 from mfjax.pipeline_config import mf_llm_config
-from mfjax.runs import check_workdir, log
+from mfjax.runs import COMPILE_CACHE_ENV, check_workdir, log
 
 
 @dataclasses.dataclass
@@ -415,6 +415,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
     raise ConfigError("model.checkpoint is required by this experiment: --set model.checkpoint=/path/to/hf-folder "
                       "(a local Hugging Face folder with config.json, safetensors and the tokenizer)")
   distributed.initialize(cfg.parallel.distributed)  # before anything touches a device
+  cache = jax.config.jax_compilation_cache_dir
+  log(f"[cache] compiled programs kept for later runs in {cache} ({COMPILE_CACHE_ENV}=off: not kept)" if cache
+      else f"[cache] compiled programs not kept ({COMPILE_CACHE_ENV}=DIR keeps them)")
   if "train" not in commands and not os.path.exists(os.path.join(workdir, "config.json")):
     raise FileNotFoundError(f"{workdir} holds no run to {commands[0]}: run `python -m mfjax run` (or train) "
                             "with this config and --workdir first")

