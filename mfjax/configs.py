@@ -19,6 +19,11 @@ class ConfigError(ValueError):
   pass
 
 
+# The from-scratch model's sizes in the pipeline's and the LM demo's configs (each at least 1)
+MODEL_SIZES = ("model.hidden_size", "model.num_layers", "model.num_heads", "model.num_kv_heads",
+               "model.intermediate_size")
+
+
 def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   """Every key of `cfg`, nested ones dotted ('model.remat')."""
   keys = []
@@ -84,3 +89,31 @@ def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDi
   for o in overrides:
     apply_override(cfg, o)
   return cfg
+
+
+def get(cfg: ml_collections.ConfigDict, key: str):
+  """The value of a dotted key ('model.remat')."""
+  for part in key.split("."):
+    cfg = cfg[part]
+  return cfg
+
+
+def check(key: str, ok_or_fn, message: str = "") -> None:
+  """ConfigError naming `key` when `ok_or_fn` is false, or, for a callable (a
+  library constructor or parser that validates), when it raises ValueError or
+  TypeError (its message, prefixed by the key unless it already starts with it)."""
+  if callable(ok_or_fn):
+    try:
+      ok_or_fn()
+    except (ValueError, TypeError) as e:
+      text = str(e)
+      raise ConfigError(text if text.startswith(key) else f"{key}: {text}") from None
+  elif not ok_or_fn:
+    raise ConfigError(f"{key}: {message}")
+
+
+def check_at_least(cfg: ml_collections.ConfigDict, low, *keys: str) -> None:
+  """ConfigError naming the first of `keys` whose value is below `low`."""
+  for key in keys:
+    value = get(cfg, key)
+    check(key, value >= low, f"must be >= {low}, got {value!r}")

@@ -33,7 +33,9 @@ import optax
 import orbax.checkpoint as ocp
 
 from mfjax import sampling
+from mfjax.configs import MODEL_SIZES, check, check_at_least
 from mfjax.data import builtin, load_tokenizer, train_tokenizer
+from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.model import Decoder, ModelConfig, hf, init_params
 from mfjax.runs import check_workdir, log as _log
 
@@ -98,11 +100,27 @@ def _model_config(cfg, vocab_size: int, tok) -> ModelConfig:
                      intermediate_size=m.intermediate_size, family=m.family, qkv_bias=m.family == "qwen2",
                      qk_norm=m.family == "qwen3", tie_word_embeddings=m.tie_word_embeddings,
                      max_position_embeddings=cfg.data.max_len + cfg.sample.max_new_tokens,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                     **({} if tok is None else dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                                    pad_token_id=tok.pad_token_id)))
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """The demo's values, checked before anything runs or is written (ConfigError naming the key)."""
+  check_at_least(cfg, 1, "data.n_per_topic", "data.max_len", "train.steps", "train.batch_size", "train.log_every",
+                 "train.ckpt_every", "sample.n_per_topic", "sample.max_new_tokens")
+  check_at_least(cfg, 0, "train.warmup", "train.weight_decay", "sample.temperature")
+  check_at_least(cfg, MIN_VOCAB, "tokenizer.vocab_size")
+  check("train.lr", cfg.train.lr > 0, f"must be > 0, got {cfg.train.lr!r}")
+  check("train.steps", cfg.train.steps > cfg.train.warmup,
+        f"must exceed train.warmup={cfg.train.warmup} (the cosine decay follows it), got {cfg.train.steps}")
+  check_at_least(cfg, 1, *MODEL_SIZES)
+  check("sample.top_p", 0 < cfg.sample.top_p <= 1, f"must be in (0, 1], got {cfg.sample.top_p!r}")
+  check("model", lambda: _model_config(cfg, cfg.tokenizer.vocab_size, None))
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train (or resume), sample, evaluate, write results. Returns the results dict."""
+  check_config(cfg)
   check_workdir(workdir, cfg)
   t0 = time.time()
   data = builtin.corpus(cfg.data.n_per_topic, seed=cfg.seed)

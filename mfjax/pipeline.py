@@ -31,9 +31,10 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mfjax.configs import ConfigError, flat_keys
+from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least, flat_keys
 from mfjax.data import (BatchConfig, StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
                         make_step_batch, policy_prompt, synthetic, train_tokenizer)
+from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.ibtune import (TRAINABLE, beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss,
                           sharded_state, trainable_labels)
 from mfjax.meanfield import MeanFieldConfig, MeanFieldEncoder, init_encoder
@@ -72,21 +73,6 @@ def check_config(cfg) -> None:
   before anything runs or is written: a ConfigError naming the key. Without it
   a wrong `sft.trainable` failed after the whole `base` stage, and a wrong
   `model.dtype` was ignored until a checkpoint was loaded."""
-
-  def check(key, ok_or_fn, message=""):
-    if callable(ok_or_fn):  # a library constructor or parser: its ValueError, named by the key
-      try:
-        ok_or_fn()
-      except (ValueError, TypeError) as e:
-        text = str(e)
-        raise ConfigError(text if text.startswith(key) else f"{key}: {text}") from None
-    elif not ok_or_fn:
-      raise ConfigError(f"{key}: {message}")
-
-  def at_least(key, low):
-    value = _get(cfg, key)
-    check(key, value >= low, f"must be >= {low}, got {value!r}")
-
   missing = sorted(set(flat_keys(mf_llm_config())) - set(flat_keys(cfg)))
   if missing:
     raise ConfigError(f"config lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}: a pipeline experiment's "
@@ -94,12 +80,12 @@ def check_config(cfg) -> None:
   d, m, r = cfg.data, cfg.model, cfg.rollout
   check("data.source", d.source in ("synthetic", "ced"), f"must be 'synthetic' or 'ced', got {d.source!r}")
   check("data.eval_split", d.eval_split in ("val", "holdout"), f"must be 'val' or 'holdout', got {d.eval_split!r}")
-  for key in ("data.train_events", "data.val_events", "data.eval_events", "data.steps", "data.agents_per_step",
-              "data.prompt_len", "data.action_len", "rollout.seeds", "rollout.batch_events", "train.log_every",
-              "train.ckpt_every"):
-    at_least(key, 1)
-  for key in ("train.eval_every", "ib.beta", "ib.warmup", "rollout.warmup", "rollout.temperature", "rollout.top_k"):
-    at_least(key, 0)
+  check_at_least(cfg, 1, "data.train_events", "data.val_events", "data.eval_events", "data.steps",
+                 "data.agents_per_step", "data.prompt_len", "data.action_len", "rollout.seeds", "rollout.batch_events",
+                 "train.log_every", "train.ckpt_every")
+  check_at_least(cfg, 0, "train.eval_every", "ib.beta", "ib.warmup", "rollout.warmup", "rollout.temperature",
+                 "rollout.top_k", "mf.attention_queries")
+  check_at_least(cfg, 1, "mf.slots", "mf.feature_size", "mf.hidden_size")
   check("rollout.warmup", r.warmup < d.steps,
         f"{r.warmup} warm-up steps leave no step of data.steps={d.steps} to simulate and score")
   check("rollout.top_p", 0 < r.top_p <= 1, f"must be in (0, 1], got {r.top_p!r}")
@@ -109,23 +95,18 @@ def check_config(cfg) -> None:
   check("ib.sweep", lambda: sweep_betas(cfg))
   check("model.dtype", lambda: _float_dtype(m.dtype))
   check("model.remat", lambda: checkpoint_policy(m.remat))
-  if not m.checkpoint:
+  if not m.checkpoint:  # a model and tokenizer from scratch
+    check_at_least(cfg, MIN_VOCAB, "tokenizer.vocab_size")
+    check_at_least(cfg, 1, *MODEL_SIZES)
     check("model", lambda: scratch_model_config(cfg, cfg.tokenizer.vocab_size))
   check("lora", lambda: lora_config(cfg))
   for name in ("base", "sft", "mf_train"):
     stage = cfg[name]
-    at_least(f"{name}.steps", 0)
-    at_least(f"{name}.batch_events", 1)
+    check_at_least(cfg, 0, f"{name}.steps", f"{name}.agents")  # agents 0 (or B and more): every agent
+    check_at_least(cfg, 1, f"{name}.batch_events")
     check(f"{name}.lr", stage.lr > 0, f"must be > 0, got {stage.lr!r}")
-    at_least(f"{name}.agents", 0)  # 0 (or B and more): every agent
     if "trainable" in stage:
       check(f"{name}.trainable", stage.trainable in TRAINABLE, f"{stage.trainable!r} is none of {TRAINABLE}")
-
-
-def _get(cfg, key: str):
-  for part in key.split("."):
-    cfg = cfg[part]
-  return cfg
 
 
 def _float_dtype(name: str):

@@ -69,6 +69,23 @@ def test_config_overrides_and_errors():
     configs.load_config(SMOKE[:-1])
 
 
+@pytest.mark.parametrize("override,message", [
+    ("train.steps=10", r"train.steps: must exceed train.warmup=20"),
+    ("train.lr=0.0", "train.lr: must be > 0"),
+    ("model.num_heads=0", "model.num_heads: must be >= 1"),
+    ("model.num_heads=3", "model: num_heads=3 is not a multiple of num_kv_heads=2"),
+    ("model.family=gpt", "model: family 'gpt' is not supported"),
+    ("sample.top_p=2.0", r"sample.top_p: must be in \(0, 1\]"),
+    ("tokenizer.vocab_size=100", "tokenizer.vocab_size: must be >= 259"),
+])
+def test_bad_values_are_errors_naming_the_key_before_anything_is_written(tmp_path, override, message):
+  lm_demo.check_config(configs.load_config(SMOKE[:-len(":smoke")], []))  # the demo's own configs pass
+  lm_demo.check_config(configs.load_config(SMOKE, []))
+  with pytest.raises(SystemExit, match="error: " + message):
+    main(["lm-demo", "--config", SMOKE, "--workdir", str(tmp_path / "w"), "--set", override])
+  assert not os.path.exists(tmp_path / "w")
+
+
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
   with pytest.raises(SystemExit, match="unknown config key 'train.stepz'"):
     main(["lm-demo", "--config", SMOKE, "--workdir", str(tmp_path), "--set", "train.stepz=1"])

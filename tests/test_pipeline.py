@@ -140,6 +140,9 @@ def test_every_pipeline_experiment_passes_the_config_check(spec):
     ("eval.labeler=gpt4", "eval.labeler 'gpt4' is not known"),
     ("base.lr=0.0", "base.lr: must be > 0"),
     ("sft.batch_events=0", "sft.batch_events: must be >= 1"),
+    ("model.num_heads=0", "model.num_heads: must be >= 1"),
+    ("tokenizer.vocab_size=100", "tokenizer.vocab_size: must be >= 259"),
+    ("mf.slots=0", "mf.slots: must be >= 1"),
 ])
 def test_a_bad_config_value_is_an_error_naming_its_key(override, message):
   with pytest.raises(ConfigError, match=message):

@@ -15,13 +15,14 @@ import transformers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
+MIN_VOCAB = 256 + 3  # the byte symbols and the special tokens
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str, *, min_frequency: int = 2,
                     padding_side: str = "left") -> transformers.PreTrainedTokenizerFast:
   """Train a byte-level BPE (any UTF-8 text round-trips; no unknown tokens)
   with special tokens <|pad|> (id 0), <|bos|> (1), <|eos|> (2), and save it to `path`."""
-  if vocab_size < 256 + 3:
+  if vocab_size < MIN_VOCAB:
     raise ValueError(f"vocab_size must cover the 256 byte symbols and 3 special tokens, got {vocab_size}")
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
