@@ -40,6 +40,7 @@ def _generate(args) -> None:
   use_compile_cache()
   model, params = hf.load_pretrained(args.model, dtype=args.dtype)
   tok = load_tokenizer(args.tokenizer or args.model)
+  hf.check_tokenizer(tok, model.cfg, args.tokenizer or args.model, args.model)
   batch = tok(args.prompt, padding=True, return_tensors="np")
   eos = tok.eos_token_id if tok.eos_token_id is not None else model.cfg.eos_token_id
   out = sampling.generate(model, params, batch["input_ids"], batch["attention_mask"],

@@ -46,6 +46,26 @@ def test_run_writes_everything_and_crash_resume_is_exact(tmp_path, monkeypatch):
   assert resumed["doubt_rate"] == full["doubt_rate"]
 
 
+def test_generate_samples_from_an_exported_folder_and_refuses_one_without_a_tokenizer(tmp_path, capsys):
+  """The demo's export (weights, config and tokenizer in one folder) is what `generate`
+  reads. transformers loads that tokenizer as Qwen2's class, with one added token past
+  the model's vocabulary that text never produces: it must still be accepted. Weights
+  without a tokenizer are refused (transformers would build an empty tokenizer)."""
+  cfg = configs.load_config(SMOKE, ["train.steps=21", "train.ckpt_every=21", "train.log_every=21",
+                                    "sample.n_per_topic=2"])
+  lm_demo.run(cfg, str(tmp_path / "demo"))
+  capsys.readouterr()
+  prompts = ["某地发生地震", "网传明天停课"]
+  main(["generate", "--model", str(tmp_path / "demo" / "model"), "--max-new-tokens", "4",
+        *[x for p in prompts for x in ("--prompt", p)]])
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2 and all(line.startswith(p) for line, p in zip(lines, prompts))
+  model, params = hf.load_pretrained(str(tmp_path / "demo" / "model"))
+  hf.save_pretrained(model, params, str(tmp_path / "weights_only"))
+  with pytest.raises(SystemExit, match="weights_only: no tokenizer files"):
+    main(["generate", "--model", str(tmp_path / "weights_only"), "--prompt", "x"])
+
+
 def test_workdir_of_another_config_is_refused(tmp_path):
   runs.check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES))
   before = (tmp_path / "config.json").read_text()

@@ -158,3 +158,36 @@ def test_bad_values_stop_the_cli_before_anything_is_written(tmp_path):
   with pytest.raises(SystemExit, match="error: config lacks .*mf_llm_config"):
     _cli("run", tmp_path / "demo", config=os.path.join(ROOT, "experiments", "lm_demo.py"))
   assert os.listdir(tmp_path) == []
+
+
+def _hf_folder(path, texts, vocab_size=None):
+  """A local HF folder as a user brings one: a tokenizer and a tiny random Qwen2
+  whose vocabulary fits it (or `vocab_size`), written by mfjax's own exporter."""
+  import jax
+
+  from mfjax.data import train_tokenizer
+  from mfjax.model import Decoder, hf, init_params, tiny
+  tok = train_tokenizer(texts, 300, str(path))
+  cfg = tiny("qwen2", vocab_size=vocab_size or len(tok), hidden_size=32, intermediate_size=64, num_heads=4,
+             num_kv_heads=2, head_dim=8, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+  model = Decoder(cfg)
+  hf.save_pretrained(model, init_params(model, jax.random.PRNGKey(0)), str(path))
+
+
+def test_a_run_from_a_local_checkpoint_and_another_models_tokenizer(tmp_path, capsys):
+  """model.checkpoint: the LM and its tokenizer come from a local HF folder (no
+  `base` stage), then sft and IB-Tune fine-tune it and every method rolls out.
+  A folder whose tokenizer has ids past the model's vocabulary is refused."""
+  texts = ["转发微博", "真的吗？求真相 [泪]", "辟谣：此消息不实", "支持！", "太可怕了"] * 40
+  _hf_folder(tmp_path / "ckpt", texts)
+  _cli("run", tmp_path / "run", extra=[f"model.checkpoint={tmp_path / 'ckpt'}"])
+  out = capsys.readouterr().out
+  assert f"[base] loaded {tmp_path / 'ckpt'}" in out
+  _check_results(tmp_path / "run", seeds=2)
+  assert not os.path.exists(tmp_path / "run" / "base")  # nothing trained from scratch
+
+  _hf_folder(tmp_path / "other", texts, vocab_size=128)
+  with pytest.raises(SystemExit, match=r"does not fit the model in .*other: its base vocabulary needs 300 ids, "
+                                       r"the model has 128; it belongs to another model"):
+    _cli("train", tmp_path / "run2", extra=[f"model.checkpoint={tmp_path / 'other'}"])

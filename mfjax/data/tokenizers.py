@@ -16,6 +16,8 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 MIN_VOCAB = 256 + 3  # the byte symbols and the special tokens
+# a folder with none of these holds no tokenizer (fast, SentencePiece, BPE or WordPiece files)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str, *, min_frequency: int = 2,
@@ -42,7 +44,13 @@ def load_tokenizer(path: str, padding_side: str = "left"):
   `train_tokenizer`), padding on the left as the sampler expects."""
   if not os.path.isdir(path):
     raise FileNotFoundError(f"tokenizer folder {path!r} does not exist")
+  if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+    # transformers would build an empty tokenizer here, which encodes every text to no tokens
+    raise FileNotFoundError(f"{path}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+                            "give the folder of the model's tokenizer")
   tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+  if not tok("a")["input_ids"]:
+    raise FileNotFoundError(f"{path}: the tokenizer there encodes text to no tokens (incomplete tokenizer files?)")
   tok.padding_side = padding_side
   if tok.pad_token is None:
     tok.pad_token = tok.eos_token

@@ -294,6 +294,24 @@ def load_pretrained(path: str, dtype="float32", *, param_dtype=None, scan_layers
   return Decoder(cfg), params
 
 
+def check_tokenizer(tokenizer, cfg: ModelConfig, tokenizer_path: str, model_path: str) -> None:
+  """CheckpointError when ids the tokenizer produces do not fit the model's
+  vocabulary: its base vocabulary or its bos/eos/pad id past the embedding
+  table (another model's tokenizer, whose ids would be clamped silently into
+  wrong tokens). Added tokens past it that text does not produce are allowed,
+  such as the unk token transformers' Qwen2 tokenizer class adds to a
+  byte-level BPE saved beside a Qwen2 config (mfjax's own exports)."""
+  needs = {"base vocabulary": tokenizer.vocab_size}
+  for name in ("bos", "eos", "pad"):
+    token_id = getattr(tokenizer, f"{name}_token_id")
+    if token_id is not None:
+      needs[f"{name} token (id {token_id})"] = token_id + 1
+  for what, size in needs.items():
+    if size > cfg.vocab_size:
+      raise CheckpointError(f"the tokenizer in {tokenizer_path} does not fit the model in {model_path}: its {what} "
+                            f"needs {size:,} ids, the model has {cfg.vocab_size:,}; it belongs to another model")
+
+
 def save_pretrained(model: Decoder, params, path: str, *, overwrite: bool = False) -> None:
   """Write an HF folder (config.json + model.safetensors) that `transformers`
   and `load_pretrained` read. LoRA adapters are merged into the weights."""
