@@ -36,3 +36,8 @@ def test_bad_tokenizer_arguments(tmp_path):
     train_tokenizer(TEXTS, 100, str(tmp_path))
   with pytest.raises(FileNotFoundError, match="does not exist"):
     load_tokenizer(str(tmp_path / "nope"))
+  # a model folder without tokenizer files: transformers would build an empty tokenizer
+  (tmp_path / "model").mkdir()
+  (tmp_path / "model" / "config.json").write_text('{"model_type": "qwen2"}')
+  with pytest.raises(FileNotFoundError, match="model: no tokenizer files"):
+    load_tokenizer(str(tmp_path / "model"))
