@@ -38,9 +38,10 @@ def _generate(args) -> None:
   from mfjax.model import hf
   from mfjax.runs import use_compile_cache
   use_compile_cache()
-  model, params = hf.load_pretrained(args.model, dtype=args.dtype)
+  model_cfg = hf.load_config(args.model)
   tok = load_tokenizer(args.tokenizer or args.model)
-  hf.check_tokenizer(tok, model.cfg, args.tokenizer or args.model, args.model)
+  hf.check_tokenizer(tok, model_cfg, args.tokenizer or args.model, args.model)  # before the weights are read
+  model, params = hf.load_pretrained(args.model, dtype=args.dtype)
   batch = tok(args.prompt, padding=True, return_tensors="np")
   eos = tok.eos_token_id if tok.eos_token_id is not None else model.cfg.eos_token_id
   out = sampling.generate(model, params, batch["input_ids"], batch["attention_mask"],

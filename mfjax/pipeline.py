@@ -289,9 +289,11 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
   want = methods(cfg)
   if cfg.model.checkpoint:
     # read on the host and cut per device: no device holds the whole model
+    # another model's tokenizer is refused before the weights are read
+    hf.check_tokenizer(data.tokenizer, hf.load_config(cfg.model.checkpoint), cfg.model.checkpoint,
+                       cfg.model.checkpoint)
     model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype, remat_policy=cfg.model.remat,
                                    scan_layers=cfg.model.scan_layers, host=True)
-    hf.check_tokenizer(data.tokenizer, model.cfg, cfg.model.checkpoint, cfg.model.checkpoint)
     lm = place({"lm": lm}, policy_shardings(model, None, {"lm": lm}, mesh))["lm"]
     log(f"[base] loaded {cfg.model.checkpoint}")
   else:
