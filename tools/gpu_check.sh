@@ -47,6 +47,9 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 steps=${*:-profile mfu topk layers bench aot generate tests}
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
+# Compiled programs (and the GPU autotuning) kept on the machine's disk, so that a second call on
+# the same warm machine skips the compiles that take most of each step's time
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/mfjax-xla-cache}
 # JAX and PyTorch share the device in the benchmarks: JAX takes half, not its default 75%
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}
 log="$out/log.txt"
