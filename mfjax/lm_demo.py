@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+import types
 from typing import Any
 
 import flax.struct
@@ -100,8 +101,7 @@ def _model_config(cfg, vocab_size: int, tok) -> ModelConfig:
                      intermediate_size=m.intermediate_size, family=m.family, qkv_bias=m.family == "qwen2",
                      qk_norm=m.family == "qwen3", tie_word_embeddings=m.tie_word_embeddings,
                      max_position_embeddings=cfg.data.max_len + cfg.sample.max_new_tokens,
-                     **({} if tok is None else dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                                    pad_token_id=tok.pad_token_id)))
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
@@ -115,7 +115,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         f"must exceed train.warmup={cfg.train.warmup} (the cosine decay follows it), got {cfg.train.steps}")
   check_at_least(cfg, 1, *MODEL_SIZES)
   check("sample.top_p", 0 < cfg.sample.top_p <= 1, f"must be in (0, 1], got {cfg.sample.top_p!r}")
-  check("model", lambda: _model_config(cfg, cfg.tokenizer.vocab_size, None))
+  no_tokenizer = types.SimpleNamespace(bos_token_id=None, eos_token_id=None, pad_token_id=None)  # not trained yet
+  check("model", lambda: _model_config(cfg, cfg.tokenizer.vocab_size, no_tokenizer))
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -78,8 +78,7 @@ def check_config(cfg) -> None:
     raise ConfigError(f"config lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}: a pipeline experiment's "
                       "get_config starts from mfjax.pipeline_config.mf_llm_config()")
   d, m, r = cfg.data, cfg.model, cfg.rollout
-  check("data.source", d.source in ("synthetic", "ced"), f"must be 'synthetic' or 'ced', got {d.source!r}")
-  check("data.eval_split", d.eval_split in ("val", "holdout"), f"must be 'val' or 'holdout', got {d.eval_split!r}")
+  check("data", lambda: _check_data_choices(d))
   check_at_least(cfg, 1, "data.train_events", "data.val_events", "data.eval_events", "data.steps",
                  "data.agents_per_step", "data.prompt_len", "data.action_len", "rollout.seeds", "rollout.batch_events",
                  "train.log_every", "train.ckpt_every")
@@ -128,29 +127,35 @@ def sweep_betas(cfg) -> list[float]:
   return [float(b) for b in str(cfg.ib.sweep).split(",") if b.strip()]
 
 
+def _check_data_choices(d) -> None:
+  """ValueError unless data.source and data.eval_split are ones `_events` reads."""
+  if d.source not in ("synthetic", "ced"):
+    raise ValueError(f"data.source: must be 'synthetic' or 'ced', got {d.source!r}")
+  if d.eval_split not in ("val", "holdout"):
+    raise ValueError(f"data.eval_split: must be 'val' or 'holdout', got {d.eval_split!r}")
+
+
 def _events(cfg):
   """(train, val, eval events, eval truth, eval split name)."""
   d = cfg.data
+  _check_data_choices(d)
   world = synthetic.WorldConfig(steps=d.steps, agents_per_step=d.agents_per_step, **cfg.world.to_dict())
   if d.source == "synthetic":
     train, _ = synthetic.generate(d.train_events, seed=d.seed, config=world)
     val, _ = synthetic.generate(d.val_events, seed=d.seed + 1, config=world)
     test, truth = synthetic.generate(d.eval_events, seed=d.seed + 2, config=world)
     return train, val, test, truth, "synthetic-test"
-  if d.source == "ced":
-    if d.eval_split not in ("val", "holdout"):
-      raise ValueError(f"data.eval_split must be 'val' or 'holdout', got {d.eval_split!r}")
-    files = {s: os.path.join(d.path, f"{s}.jsonl.gz") for s in ("train", "val", d.eval_split)}
-    for s, f in files.items():
-      if not os.path.exists(f):
-        raise FileNotFoundError(f"data.path: {f} not found (get the data with: python tools/download_data.py)")
-    # holdout is read only for the final report, never for training or selection
-    take = lambda split, n: [e for e in itertools.islice(load_events(files[split], "ced"), n)]
-    train = take("train", d.train_events)
-    val = take("val", d.val_events)
-    test = val[:d.eval_events] if d.eval_split == "val" else take("holdout", d.eval_events)
-    return train, val, test, None, d.eval_split
-  raise ValueError(f"data.source must be 'synthetic' or 'ced', got {d.source!r}")
+  # ced
+  files = {s: os.path.join(d.path, f"{s}.jsonl.gz") for s in ("train", "val", d.eval_split)}
+  for s, f in files.items():
+    if not os.path.exists(f):
+      raise FileNotFoundError(f"data.path: {f} not found (get the data with: python tools/download_data.py)")
+  # holdout is read only for the final report, never for training or selection
+  take = lambda split, n: [e for e in itertools.islice(load_events(files[split], "ced"), n)]
+  train = take("train", d.train_events)
+  val = take("val", d.val_events)
+  test = val[:d.eval_events] if d.eval_split == "val" else take("holdout", d.eval_events)
+  return train, val, test, None, d.eval_split
 
 
 def _tokenizer_texts(events, activity) -> list[str]:

@@ -89,6 +89,11 @@ def test_config_overrides_and_errors():
     configs.load_config(SMOKE[:-1])
 
 
+def test_the_demos_own_configs_pass_the_check():
+  lm_demo.check_config(configs.load_config(SMOKE[:-len(":smoke")], []))
+  lm_demo.check_config(configs.load_config(SMOKE, []))
+
+
 @pytest.mark.parametrize("override,message", [
     ("train.steps=10", r"train.steps: must exceed train.warmup=20"),
     ("train.lr=0.0", "train.lr: must be > 0"),
@@ -99,8 +104,6 @@ def test_config_overrides_and_errors():
     ("tokenizer.vocab_size=100", "tokenizer.vocab_size: must be >= 259"),
 ])
 def test_bad_values_are_errors_naming_the_key_before_anything_is_written(tmp_path, override, message):
-  lm_demo.check_config(configs.load_config(SMOKE[:-len(":smoke")], []))  # the demo's own configs pass
-  lm_demo.check_config(configs.load_config(SMOKE, []))
   with pytest.raises(SystemExit, match="error: " + message):
     main(["lm-demo", "--config", SMOKE, "--workdir", str(tmp_path / "w"), "--set", override])
   assert not os.path.exists(tmp_path / "w")
