@@ -3,8 +3,8 @@
 # with a GPU), most important first, each step under its own time limit so that
 # one failure or overrun leaves the others' results:
 #
-#   tools/gpu_check.sh [STEP...]      STEP: profile mfu topk layers bench aot generate tests
-#                                     (default: all, in this order)
+#   tools/gpu_check.sh [STEP...]      STEP: profile mfu topk layers rollout bench aot generate tests
+#                                     (default: all but rollout, which bench includes, in this order)
 #
 # Times of each step on one H100 (2026-11-26, most of it compiling): profile 70-90 s, mfu 62-80 s,
 # topk 30 s (its first version), layers 50-58 s a variant (200-230 s in all), bench's bfloat16
@@ -21,6 +21,8 @@
 #                                process each: scanned layers (the default), --unroll-layers (no lax.scan over
 #                                stacked layers), --remat-policy dots_with_no_batch_dims_saveable (attention
 #                                recomputed, not saved), and both: compare their op_ms_per_run (kernel time)
+#   rollout.jsonl      rollout:  tools/bench.py rollout --dtype bfloat16 alone (bench's first part, 115 s on an
+#                                H100), for a lease too short for the whole bench step
 #   bench.jsonl        bench:    tools/bench.py all --dtype bfloat16 (the issue's sizes), then
 #                                tools/bench.py train, mfu and rollout --dtype float32 (full-precision
 #                                matmuls on both sides), one process each
@@ -69,8 +71,8 @@ step() {  # step NAME LIMIT_S FILE CMD...: run CMD, stdout appended to FILE, std
 
 for s in $steps; do
   case $s in
-    bench | aot | mfu | profile | topk | layers | generate | tests) ;;
-    *) echo "unknown step $s (profile mfu topk layers bench aot generate tests)" >&2; exit 2 ;;
+    bench | aot | mfu | profile | topk | layers | rollout | generate | tests) ;;
+    *) echo "unknown step $s (profile mfu topk layers rollout bench aot generate tests)" >&2; exit 2 ;;
   esac
 done
 
@@ -93,6 +95,8 @@ for s in $steps; do
       for b in train mfu rollout; do
         step "bench_f32_$b" "$f32_limit" bench.jsonl "$py" tools/bench.py "$b" --dtype float32 $bench_args
       done ;;
+    rollout)
+      step rollout_bf16 "${LIMIT_BENCH:-200}" rollout.jsonl "$py" tools/bench.py rollout --dtype bfloat16 $bench_args ;;
     aot)
       # no PyTorch here: JAX may take 90% of the device. Events per device as a (1, 4, 2)
       # mesh gives each device: 8 / 4 in training, 16 / 4 in rollouts
