@@ -11,9 +11,10 @@ Qwen2-1.5B instead). Rollouts are scored on val (model selection); holdout is
 for final reports only (`--set data.eval_split=holdout`) and never used for
 training or selection.
 
-Over half an hour on 2 CPU cores with the defaults: the base stage alone ran
-at 0.22 steps/s, 30 minutes for its 400 steps, before its layers were unrolled
-(below); a full run has not been timed yet. `smoke`, which CI runs, takes about 2 minutes:
+36 minutes on 2 CPU cores with the defaults (the first command below at commit
+49a6c1f: 2138 s for the run, 4.1 GB peak memory; its table is in the README).
+The five methods tie there, within a seed's standard deviation. `smoke`, which
+CI runs, takes about 2 minutes:
 
   python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced --workdir runs/ced_weibo
   python -m mfjax run --config experiments/ced_weibo.py:smoke --set data.path=../shared/data/ced
