@@ -27,7 +27,7 @@ def _pipeline(args) -> None:
   use_compile_cache()  # before anything compiles
   workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config.partition(":")[0]))[0])
   commands = {"run": ("train", "simulate", "evaluate")}.get(args.command, (args.command,))
-  pipeline.run(cfg, workdir, commands)
+  pipeline.run(cfg, workdir, commands, trained_from=getattr(args, "trained_from", None))
 
 
 def _generate(args) -> None:
@@ -68,6 +68,12 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", default=None, help="run folder, reused to resume (default: runs/<experiment>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set ib.beta=0.01 (repeatable)")
+    if name != "train":
+      p.add_argument("--trained-from", metavar="DIR", default=None,
+                     help="roll out and score the trained stages of the run in DIR (read only, no training), "
+                          "whose config may differ only in data.eval_split, data.eval_events, rollout.*, eval.* "
+                          "and parallel.*: e.g. --set data.eval_split=holdout for the final report of a run "
+                          "selected on val")
     p.set_defaults(fn=_pipeline)
 
   p = sub.add_parser("lm-demo", help="train a tiny LM on the built-in corpus and sample from it",

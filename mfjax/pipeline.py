@@ -49,7 +49,7 @@ from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, 
 from mfjax.parallel.mesh import check_events, process_rows
 from mfjax.parallel.state import place, policy_shardings, to_host
 from mfjax.pipeline_config import mf_llm_config
-from mfjax.runs import COMPILE_CACHE_ENV, check_workdir, log
+from mfjax.runs import COMPILE_CACHE_ENV, bind_trained_from, check_trained_from, check_workdir, log
 
 
 @dataclasses.dataclass
@@ -66,6 +66,11 @@ class Data:
 
 
 # ----------------------------------------------------------------------------- config
+
+# The config keys (prefixes) that change only what is rolled out and how it is scored, never a
+# trained stage: a run with --trained-from may differ from the run it reads in these alone
+# (e.g. data.eval_split=holdout for the final report of a run selected on val).
+EVAL_ONLY_KEYS = ("data.eval_split", "data.eval_events", "rollout.", "eval.", "parallel.")
 
 
 def check_config(cfg) -> None:
@@ -397,9 +402,15 @@ def _sweep_validation(cfg, workdir: str) -> dict:
   return out
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simulate", "evaluate")) -> Optional[dict]:
-  """`python -m mfjax train|simulate|evaluate|run`: the named parts, in order, in one workdir."""
+def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simulate", "evaluate"),
+        trained_from: Optional[str] = None) -> Optional[dict]:
+  """`python -m mfjax train|simulate|evaluate|run`: the named parts, in order, in one workdir.
+  trained_from: another run's workdir whose trained stages (and tokenizer) the rollouts use,
+  read only; its config must equal `cfg` but for EVAL_ONLY_KEYS. `train` is then skipped."""
   check_config(cfg)
+  if trained_from and commands == ("train",):
+    raise ConfigError("train with --trained-from: the stages are that run's; use run, simulate or evaluate")
+  commands = tuple(c for c in commands if not (trained_from and c == "train"))
   if cfg.model.checkpoint_required and not cfg.model.checkpoint:
     raise ConfigError("model.checkpoint is required by this experiment: --set model.checkpoint=/path/to/hf-folder "
                       "(a local Hugging Face folder with config.json, safetensors and the tokenizer)")
@@ -407,25 +418,37 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   cache = jax.config.jax_compilation_cache_dir
   log(f"[cache] compiled programs kept for later runs in {cache} ({COMPILE_CACHE_ENV}=off: not kept)" if cache
       else f"[cache] compiled programs not kept ({COMPILE_CACHE_ENV}=DIR keeps them)")
-  if "train" not in commands and not os.path.exists(os.path.join(workdir, "config.json")):
+  creates = "train" in commands or (trained_from and "simulate" in commands)  # may start in a fresh workdir
+  if not creates and not os.path.exists(os.path.join(workdir, "config.json")):
     raise FileNotFoundError(f"{workdir} holds no run to {commands[0]}: run `python -m mfjax run` (or train) "
                             "with this config and --workdir first")
+  if trained_from:
+    check_trained_from(trained_from, workdir, cfg, EVAL_ONLY_KEYS)
+  fresh = not os.path.exists(os.path.join(workdir, "config.json"))
   check_workdir(workdir, cfg)
+  bind_trained_from(workdir, trained_from, fresh)
+  stages = trained_from or workdir  # where the trained stages and the tokenizer are
+  if trained_from:
+    if not cfg.model.checkpoint and not os.path.exists(os.path.join(trained_from, "tokenizer", "tokenizer.json")):
+      raise FileNotFoundError(f"{trained_from} has no trained tokenizer (tokenizer/tokenizer.json): "
+                              "train that run first")
+    log(f"[train] the trained stages of {trained_from} (read only)")
   if "evaluate" in commands and "simulate" not in commands:  # nothing here makes the rollouts: they must be there
     check_rollouts(workdir, rollout_runs(cfg), cfg.rollout.seeds)
   t0 = time.time()
-  data = prepare(cfg, workdir)
+  data = prepare(cfg, stages)
   if "train" in commands or "simulate" in commands:
     mesh = mesh_from(cfg)
-    trained = train(cfg, workdir, data, mesh=mesh, trained_only="train" not in commands)
+    trained = train(cfg, stages, data, mesh=mesh, trained_only="train" not in commands)
     if distributed.is_main():
-      plots.training_curves(workdir, ["base", "sft", "mf"] + [f"mf_beta{b:g}" for b in sweep_betas(cfg)])
+      plots.training_curves(workdir, ["base", "sft", "mf"] + [f"mf_beta{b:g}" for b in sweep_betas(cfg)],
+                            stages_dir=stages)
   if "simulate" in commands:
     simulate_all(cfg, workdir, data, trained, mesh=mesh)
   results = None
   if "evaluate" in commands and distributed.is_main():  # host-side work on the saved rollouts: process 0 only
     results = evaluate(workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=rollout_runs(cfg),
                        seeds=cfg.rollout.seeds, warmup=cfg.rollout.warmup, labeler_name=cfg.eval.labeler,
-                       truth=data.truth, sweep=_sweep_validation(cfg, workdir) or None, started=t0, log=log)
+                       truth=data.truth, sweep=_sweep_validation(cfg, stages) or None, started=t0, log=log)
   log(f"[done] {', '.join(commands)} in {time.time() - t0:.0f} s; outputs in {workdir}")
   return results

@@ -3,7 +3,9 @@ compiled programs kept between runs.
 
 A workdir belongs to the config that created it (saved as config.json); a
 rerun with the same config resumes, a different one is refused with the keys
-that differ, so nothing already written is overwritten silently.
+that differ, so nothing already written is overwritten silently. A workdir may
+instead roll out and score the trained stages of another run (`--trained-from`,
+e.g. a final report on holdout of a run selected on val), which it only reads.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import ml_collections
 COMPILE_CACHE_ENV = "MFJAX_COMPILE_CACHE"
 COMPILE_CACHE_DEFAULT = os.path.join("~", ".cache", "mfjax", "xla")
 COMPILE_CACHE_MAX_BYTES = 4 << 30
+# A workdir whose rollouts use another run's trained stages names that run here
+TRAINED_FROM_FILE = "trained_from.json"
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -26,6 +30,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
   for k, v in d.items():
     out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
   return out
+
+
+def differing_keys(a: dict, b: dict) -> list[str]:
+  """The dotted keys whose values differ between two resolved configs (as JSON)."""
+  fa, fb = _flat(a), _flat(b)
+  return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 
 def check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
@@ -41,14 +51,54 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
     with open(path) as f:
       saved = json.load(f)
     if saved != resolved:
-      a, b = _flat(saved), _flat(resolved)
-      diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+      diff = differing_keys(saved, resolved)
       raise SystemExit(f"error: {workdir} holds a run with a different config (keys {diff}); "
                        "use another --workdir or remove that folder")
   else:
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:
       json.dump(resolved, f, indent=2)
+
+
+def check_trained_from(trained_from: str, workdir: str, cfg: ml_collections.ConfigDict,
+                       may_differ: tuple[str, ...]) -> None:
+  """Refuse to read the trained stages of the run in `trained_from` unless its
+  config equals `cfg` on every key that does not start with one of `may_differ`
+  (what changes only the rollouts and their scoring). Call before `check_workdir`."""
+  path = os.path.join(trained_from, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--trained-from {trained_from} holds no run (no config.json there)")
+  if os.path.realpath(trained_from) == os.path.realpath(workdir):
+    raise SystemExit(f"error: --trained-from names the workdir itself ({workdir}); leave it out to resume that run")
+  with open(path) as f:
+    saved = json.load(f)
+  diff = [k for k in differing_keys(saved, json.loads(cfg.to_json())) if not k.startswith(may_differ)]
+  if diff:
+    keys = ", ".join(k + "*" if k.endswith(".") else k for k in may_differ)
+    raise SystemExit(f"error: {trained_from} was trained with other values of {diff}; only {keys} may differ "
+                     "from the run whose stages are read")
+
+
+def bind_trained_from(workdir: str, trained_from: Optional[str], fresh: bool) -> None:
+  """Record in a new workdir where its trained stages come from (trained_from.json),
+  or check that a rerun names the same run: a workdir's rollouts never mix stages
+  of two runs. `fresh`: the workdir held no config.json before this command."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, TRAINED_FROM_FILE)
+  saved = None
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)["trained_from"]
+  given = os.path.abspath(trained_from) if trained_from else None
+  if saved == given:
+    return
+  if saved is not None:
+    raise SystemExit(f"error: {workdir} reads its trained stages from {saved}: pass --trained-from {saved}")
+  if not fresh:
+    raise SystemExit(f"error: {workdir} holds a run with its own trained stages; use another --workdir "
+                     "to read those of --trained-from")
+  write_json(path, {"trained_from": given})
 
 
 def log(msg: str) -> None:

@@ -23,11 +23,17 @@ TINY = ["data.train_events=8", "data.eval_events=4", "data.val_events=2", "data.
 SCHEMA = {"kl_mean", "kl_mean_std", "kl", "js_mean", "dtw_mean", "nll", "seeds"}
 
 
-def _cli(command, workdir, config=QUICK, extra=()):
+def _cli(command, workdir, config=QUICK, extra=(), trained_from=None):
   args = [command, "--config", config, "--workdir", str(workdir)]
   for s in list(TINY if config == QUICK else []) + list(extra):
     args += ["--set", s]
-  main(args)
+  main(args + (["--trained-from", str(trained_from)] if trained_from else []))
+
+
+def _snapshot(folder):
+  """path -> (size, mtime) of every file below `folder`."""
+  return {os.path.join(d, f): (os.path.getsize(os.path.join(d, f)), os.path.getmtime(os.path.join(d, f)))
+          for d, _, files in os.walk(folder) for f in files}
 
 
 def _check_results(workdir, seeds):
@@ -60,6 +66,26 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   assert "already trained" in out and "[simulate]" not in out
   assert os.path.getmtime(rollout_path(str(wd), "mf", 0)) == stamp
   assert json.load(open(wd / "results.json"))["methods"]["mf"]["kl_mean"] == results["methods"]["mf"]["kl_mean"]
+
+  # another workdir rolls out wd's trained stages with other rollout settings, reading wd only
+  before = _snapshot(wd)
+  again = tmp_path / "again"
+  _cli("run", again, extra=["rollout.warmup=2"], trained_from=wd)
+  assert f"[train] the trained stages of {wd} (read only)" in capsys.readouterr().out
+  assert _snapshot(wd) == before
+  assert not any(os.path.exists(again / stage) for stage in ("base", "sft", "mf", "tokenizer"))
+  moved = _check_results(again, seeds=2)
+  assert moved["data"]["warmup"] == 2 and results["data"]["warmup"] == 1
+  assert moved["methods"]["mf"]["kl_mean"] != results["methods"]["mf"]["kl_mean"]
+  assert json.load(open(again / "trained_from.json")) == {"trained_from": os.path.abspath(wd)}
+  with pytest.raises(SystemExit, match=r"other values of \['ib.beta'\]; only data.eval_split, .*, rollout\.\*, "):
+    _cli("run", tmp_path / "other_beta", extra=["ib.beta=0.5"], trained_from=wd)
+  assert not os.path.exists(tmp_path / "other_beta")
+  with pytest.raises(SystemExit, match="reads its trained stages from"):
+    _cli("run", again, extra=["rollout.warmup=2"])  # its rollouts are wd's stages': never mixed with its own
+  with pytest.raises(SystemExit, match="holds a run with its own trained stages"):
+    _cli("simulate", wd, trained_from=again)
+  assert _snapshot(wd) == before
 
   with pytest.raises(SystemExit, match="different config"):
     _cli("run", wd, extra=["ib.beta=0.5"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -78,12 +79,13 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
     plt.close(fig)
 
 
-def training_curves(workdir: str, stages: list[str]) -> None:
-  """Loss per step of every training stage found in the workdir."""
+def training_curves(workdir: str, stages: list[str], stages_dir: Optional[str] = None) -> None:
+  """Loss per step of every training stage found in `stages_dir` (default: the
+  workdir), plotted into the workdir's plots/."""
   plt = _plt()
   fig, ax = plt.subplots(figsize=(5.5, 3.4))
   for s in stages:
-    path = os.path.join(workdir, s, "metrics.jsonl")
+    path = os.path.join(stages_dir or workdir, s, "metrics.jsonl")
     if not os.path.exists(path):
       continue
     rows = [json.loads(line) for line in open(path) if line.strip()]

@@ -142,9 +142,11 @@ def _truncate_jsonl(path: str, last_step: int) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= last_step]
-  with open(path, "w") as f:
-    f.writelines(rows)
+    lines = f.readlines()
+  rows = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= last_step]
+  if rows != lines:  # a finished stage's file is left as it is (another run may be reading its stages)
+    with open(path, "w") as f:
+      f.writelines(rows)
 
 
 def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: dict, batch_events: int, steps: int,
@@ -157,12 +159,16 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
   eval_fn(params) -> {name: float} runs on validation data every `eval_every`
   steps and at the end. Writes workdir/metrics.jsonl and workdir/checkpoints.
   Stops with FloatingPointError naming the step if the loss is not finite.
-  `trained_only` restores a finished stage and refuses to train. With a mesh,
+  `trained_only` restores a finished stage and refuses to train, writing
+  nothing (the stage may be another run's, read with --trained-from). With a mesh,
   batches are global arrays sharded over events and a checkpoint restores onto
   the shardings of `state` (whatever mesh it was saved from); only process 0
   writes metrics.jsonl (every process takes part in the orbax save)."""
-  os.makedirs(workdir, exist_ok=True)
   ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if trained_only and not os.path.isdir(ckpt_dir):  # nothing created where nothing is trained
+    raise FileNotFoundError(f"stage {name!r} is not trained (no {ckpt_dir}); "
+                            "run `python -m mfjax train` with this config and workdir first")
+  os.makedirs(workdir, exist_ok=True)
   mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if mngr.latest_step() is not None:
