@@ -1,4 +1,4 @@
-"""MF-LLM on real Weibo events (CED): the quickstart pipeline on the events in
+r"""MF-LLM on real Weibo events (CED): the quickstart pipeline on the events in
 `data.path` (train.jsonl.gz / val.jsonl.gz, as written by
 `python tools/download_data.py --out <folder>`).
 
@@ -8,8 +8,8 @@ original post and their activity in the training events. The tokenizer and a
 tiny policy are trained from scratch on the training events (set
 `model.checkpoint` to start from a local Hugging Face checkpoint such as
 Qwen2-1.5B instead). Rollouts are scored on val (model selection); holdout is
-for final reports only (`--set data.eval_split=holdout`) and never used for
-training or selection.
+for final reports only and never used for training or selection: the second
+command below rolls out the first one's trained stages on holdout, read only.
 
 36 minutes on 2 CPU cores with the defaults (the first command below at commit
 49a6c1f: 2138 s for the run, 4.1 GB peak memory; its table is in the README).
@@ -17,6 +17,8 @@ The five methods tie there, within a seed's standard deviation. `smoke`, which
 CI runs, takes about 2 minutes:
 
   python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced --workdir runs/ced_weibo
+  python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced --set data.eval_split=holdout \
+    --trained-from runs/ced_weibo --workdir runs/ced_weibo_holdout
   python -m mfjax run --config experiments/ced_weibo.py:smoke --set data.path=../shared/data/ced
 """
 
