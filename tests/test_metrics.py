@@ -97,3 +97,13 @@ def test_accuracy_and_macro_f1_by_hand():
   acc, f1 = metrics.accuracy_macro_f1(y_true, y_pred, ["a", "b", "c", "d"])
   # a: tp1 fp1 fn1 -> 0.5; b: tp2 fp1 fn0 -> 0.8; c: tp0 fp0 fn1 -> 0; d absent from both: left out
   assert acc == pytest.approx(0.6) and f1 == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_plotted_event_mean_leaves_out_steps_an_event_lacks():
+  from mfjax.evaluation.plots import event_mean
+
+  # event 1 ends after step 0: its later steps have no agents, so no proportions
+  ids = np.array([[[0, 1], [0, 0], [1, 1]], [[0, 0], [0, 0], [0, 0]]])
+  mask = np.array([[[1, 1], [1, 1], [1, 1]], [[1, 1], [0, 0], [0, 0]]], bool)
+  share = np.asarray(metrics.step_distributions(ids, mask, 2)[0])[..., 0]  # [E, T]
+  np.testing.assert_allclose(event_mean(share, mask.any(-1)), [0.75, 1.0, 0.0])

@@ -23,6 +23,12 @@ def _plt():
   return plt
 
 
+def event_mean(x_ExT, valid_ExT):
+  """[T]: the mean of x over the events that have each step (a step an event
+  lacks has no proportions: it is left out, not counted as 0)."""
+  return (np.asarray(x_ExT) * valid_ExT).sum(0) / np.maximum(np.asarray(valid_ExT).sum(0), 1)
+
+
 def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results: dict) -> None:
   out = os.path.join(workdir, "plots")
   os.makedirs(out, exist_ok=True)
@@ -30,6 +36,8 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
   T = agent_mask.shape[1]
   warmup = results["data"]["warmup"]
   props = lambda ids, d: np.asarray(metrics.step_distributions(ids[d], agent_mask, len(DIMENSIONS[d]))[0])
+  valid = np.asarray(agent_mask).any(-1)  # [E, T]: the event has agents at that step
+  mean_over_events = lambda x: event_mean(x, valid)
 
   # mean trajectories over events, and the first events one by one (herding makes them differ)
   for name, select in (("trajectories_mean", None), ("trajectories_event0", 0), ("trajectories_event1", 1)):
@@ -40,7 +48,8 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
       c = DIMENSIONS[d].index(SHOWN[d])
       for label, ids, style in [("real", real, dict(color="k", lw=2.5))] + [(m, s, {}) for m, s in sims.items()]:
         p = props(ids, d)[..., c]
-        ax.plot(np.arange(T), p.mean(0) if select is None else p[select], label=label, **style)
+        y = mean_over_events(p) if select is None else np.where(valid[select], p[select], np.nan)  # a gap
+        ax.plot(np.arange(T), y, label=label, **style)
       ax.axvspan(-0.5, warmup - 0.5, color="0.9")
       ax.set(title=f"{d}: {SHOWN[d]}", xlabel="step", ylim=(0, 1))
     axes[0].set_ylabel("proportion" + (" (mean over events)" if select is None else f" (event {select})"))
@@ -52,8 +61,7 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
   fig, ax = plt.subplots(figsize=(5.5, 3.4))
   for m, s in sims.items():
     kl = np.mean([np.asarray(metrics.kl(props(real, d), props(s, d))) for d in DIMENSIONS], axis=0)  # [E, T]
-    valid = agent_mask.any(-1)
-    ax.plot(np.arange(T), (kl * valid).sum(0) / np.maximum(valid.sum(0), 1), label=m, marker="o", ms=3)
+    ax.plot(np.arange(T), mean_over_events(kl), label=m, marker="o", ms=3)
   ax.axvspan(-0.5, warmup - 0.5, color="0.9")
   ax.set(xlabel="step", ylabel="KL(real || sim), mean over dimensions", title="KL per step (seed 0)")
   ax.legend(fontsize=7)
