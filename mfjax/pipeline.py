@@ -418,13 +418,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   cache = jax.config.jax_compilation_cache_dir
   log(f"[cache] compiled programs kept for later runs in {cache} ({COMPILE_CACHE_ENV}=off: not kept)" if cache
       else f"[cache] compiled programs not kept ({COMPILE_CACHE_ENV}=DIR keeps them)")
+  fresh = not os.path.exists(os.path.join(workdir, "config.json"))
   creates = "train" in commands or (trained_from and "simulate" in commands)  # may start in a fresh workdir
-  if not creates and not os.path.exists(os.path.join(workdir, "config.json")):
+  if fresh and not creates:
     raise FileNotFoundError(f"{workdir} holds no run to {commands[0]}: run `python -m mfjax run` (or train) "
                             "with this config and --workdir first")
   if trained_from:
     check_trained_from(trained_from, workdir, cfg, EVAL_ONLY_KEYS)
-  fresh = not os.path.exists(os.path.join(workdir, "config.json"))
   check_workdir(workdir, cfg)
   bind_trained_from(workdir, trained_from, fresh)
   stages = trained_from or workdir  # where the trained stages and the tokenizer are
