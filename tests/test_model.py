@@ -66,6 +66,46 @@ def test_scanned_equals_unrolled(family):
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), params, restacked)
 
 
+@pytest.mark.parametrize("family,remat", [("qwen2", "none"), ("mistral", "full"), ("qwen3", "dots_with_no_batch_dims_saveable")])
+def test_unroll_stacked_equals_the_scan(family, remat):
+  """`unroll_stacked` runs the stacked parameters layer by layer: the same
+  logits, the same loss and gradients (in the same stacked layout), with and
+  without `queries_from` and prefix vectors, and the same KV cache; and the
+  program holds no loop over the layers."""
+  scanned, params = _make(family, scan_layers=True, remat_policy=remat)
+  loop = M.Decoder(scanned.cfg.replace(unroll_stacked=True))
+  B, L, K, q = 3, 9, 2, 5
+  tokens = _tokens(B=B, L=L, seed=7)
+  mask = jnp.ones((B, L), jnp.int32).at[2, :4].set(0)
+  prefix = _apply(scanned, params, _tokens(B=B, L=K, seed=8), method=M.Decoder.embed)
+  fwd = jax.jit(lambda m, p, qf: m.apply({"params": p}, tokens, mask, prefix_embeds_BxKxD=prefix, queries_from=qf),
+                static_argnums=(0, 2))
+
+  def nll(p, m, qf):
+    logp = jax.nn.log_softmax(fwd(m, p, qf)[:, q - qf:-1], axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, tokens[:, q + 1:, None], axis=-1))
+
+  for qf in (0, q):
+    np.testing.assert_allclose(np.asarray(fwd(loop, params, qf)), np.asarray(fwd(scanned, params, qf)),
+                               atol=1e-5, rtol=0)
+    grad = jax.jit(jax.value_and_grad(nll), static_argnums=(1, 2))
+    (l1, g1), (l2, g2) = grad(params, scanned, qf), grad(params, loop, qf)
+    np.testing.assert_allclose(float(l2), float(l1), rtol=1e-6)
+    assert jax.tree.structure(g1) == jax.tree.structure(g2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5), g1, g2)
+  hlo = jax.jit(jax.grad(nll), static_argnums=(1, 2)).lower(params, loop, q).as_text()
+  assert "stablehlo.while" not in hlo
+  assert "stablehlo.while" in jax.jit(jax.grad(nll), static_argnums=(1, 2)).lower(params, scanned, q).as_text()
+
+  S = K + L + 1
+  kv_mask = jnp.concatenate([jnp.ones((B, K), jnp.int32), mask, jnp.ones((B, 1), jnp.int32)], axis=1)
+  positions = M.positions_from_mask(kv_mask[:, :K + L])
+  ext = lambda m: _apply(m, params, tokens, kv_mask, positions, M.KVCache.zeros(m.cfg, B, S), jnp.int32(0),
+                         prefix_embeds_BxKxD=prefix, method=M.Decoder.extend)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0),
+               ext(scanned), ext(loop))
+
+
 def test_kv_cache_forms_agree():
   """One prefill + one decode step: a scanned stack with a stacked cache, an
   unrolled one with per-layer buffers (`KVCache.zeros` of its config) and an

@@ -144,7 +144,15 @@ class Decoder(nn.Module):
         new_v.append(v)
       return self.final_norm(x_BxLxD), KVCache(tuple(new_k), tuple(new_v))
     carry = (x_BxLxD, None if cache is None else (cache.k, cache.v))
-    if cfg.scan_layers and not queries_from:
+    if cfg.scan_layers and cfg.unroll_stacked and not self.is_initializing():
+      # the stacked weights cut into per-layer slices by one `lax.split` (whose
+      # gradient is one concatenate of the layers' gradients), run in turn
+      parts = jax.tree.map(lambda a: jax.lax.split(a, [1] * Y), self.variables["params"]["layers"])
+      for i in range(Y):
+        block = _block_class(cfg, False)(cfg, queries_from=queries_from if i == Y - 1 else 0, parent=None)
+        layer = jax.tree.map(lambda p: p[i][0], parts, is_leaf=lambda a: isinstance(a, list))
+        carry, _ = block.apply({"params": layer}, carry, jnp.int32(i), positions_BxL, kv_mask_BxS, cache_index)
+    elif cfg.scan_layers and not queries_from:
       carry, _ = self.layers(carry, jnp.arange(Y), positions_BxL, kv_mask_BxS, cache_index)
     elif cfg.scan_layers:
       if Y > 1:
