@@ -99,6 +99,7 @@ def check_config(cfg) -> None:
   check("ib.sweep", lambda: sweep_betas(cfg))
   check("model.dtype", lambda: _float_dtype(m.dtype))
   check("model.remat", lambda: checkpoint_policy(m.remat))
+  check("model.layer_loop", m.layer_loop in LAYER_LOOPS, f"{m.layer_loop!r} is none of {LAYER_LOOPS}")
   if not m.checkpoint:  # a model and tokenizer from scratch
     check_at_least(cfg, MIN_VOCAB, "tokenizer.vocab_size")
     check_at_least(cfg, 1, *MODEL_SIZES)
@@ -204,6 +205,19 @@ def prepare(cfg, workdir: str) -> Data:
 # ----------------------------------------------------------------------------- models
 
 
+LAYER_LOOPS = ("auto", "scan", "unroll")
+
+
+def layer_fields(cfg, backend: Optional[str] = None) -> dict:
+  """The ModelConfig fields of how `cfg.model`'s layers are stored and run:
+  remat_policy, scan_layers, and unroll_stacked, which `model.layer_loop`
+  'auto' sets on GPUs (`backend`, default: JAX's) when no remat policy is set."""
+  m = cfg.model
+  backend = backend or jax.default_backend()
+  unroll = m.layer_loop == "unroll" or (m.layer_loop == "auto" and backend == "gpu" and m.remat == "none")
+  return {"remat_policy": m.remat, "scan_layers": m.scan_layers, "unroll_stacked": unroll}
+
+
 def scratch_model_config(cfg, vocab_size: int, **extra) -> ModelConfig:
   """The LM that `cfg.model` trains from scratch (no checkpoint); `extra`:
   further ModelConfig fields (token ids, max_position_embeddings)."""
@@ -211,7 +225,7 @@ def scratch_model_config(cfg, vocab_size: int, **extra) -> ModelConfig:
   return tiny(m.family, vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
               num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
               intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_word_embeddings, sliding_window=None,
-              remat_policy=m.remat, scan_layers=m.scan_layers, **extra)
+              **layer_fields(cfg), **extra)
 
 
 def lora_config(cfg) -> LoraConfig:
@@ -302,8 +316,7 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
     # another model's tokenizer is refused before the weights are read
     hf.check_tokenizer(data.tokenizer, hf.load_config(cfg.model.checkpoint), cfg.model.checkpoint,
                        cfg.model.checkpoint)
-    model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype, remat_policy=cfg.model.remat,
-                                   scan_layers=cfg.model.scan_layers, host=True)
+    model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype, host=True, **layer_fields(cfg))
     lm = place({"lm": lm}, policy_shardings(model, None, {"lm": lm}, mesh))["lm"]
     log(f"[base] loaded {cfg.model.checkpoint}")
   else:

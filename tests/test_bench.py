@@ -83,23 +83,27 @@ def test_bench_bfloat16_runs_both_sides_in_bfloat16(capsys):
 
 
 def test_layer_flags_train_the_same_model_another_way(capsys, monkeypatch):
-  """--unroll-layers runs the train step's layers as a Python loop (no stacked weights);
+  """--unroll-layers runs the train step's layers as a Python loop (no stacked weights),
+  --unroll-stacked as a loop over the stacked weights' slices;
   --remat-policy recomputes what the policy does not save in the backward pass. From the
   same weights: the same loss at step 0, to float32 rounding; an unknown policy is refused."""
   bench, built = _bench(), []
   build = bench.build
   monkeypatch.setattr(bench, "build", lambda args: built.append(build(args)) or built[-1])
   losses = []
-  flags = ([], ["--unroll-layers"], ["--remat-policy", "dots_with_no_batch_dims_saveable"])
+  flags = ([], ["--unroll-layers"], ["--remat-policy", "dots_with_no_batch_dims_saveable"], ["--unroll-stacked"])
   for flag in flags:
     bench.main(["train", *TINY, "--mfjax-only", *flag])
     (row,) = map(json.loads, capsys.readouterr().out.strip().splitlines())
-    assert (row["unroll_layers"], row["remat_policy"]) == (flag == flags[1], flag[1] if flag == flags[2] else "none")
+    assert (row["unroll_layers"], row["unroll_stacked"], row["remat_policy"]) == (
+        flag == flags[1], flag == flags[3], flag[1] if flag == flags[2] else "none")
     assert row["seconds"] > 0
     losses.append(row["loss_step0"])
-  assert [(b[1].cfg.scan_layers, b[1].cfg.remat_policy) for b in built] == [
-      (True, "none"), (False, "none"), (True, "dots_with_no_batch_dims_saveable")]
+  assert [(b[1].cfg.scan_layers, b[1].cfg.unroll_stacked, b[1].cfg.remat_policy) for b in built] == [
+      (True, False, "none"), (False, False, "none"), (True, False, "dots_with_no_batch_dims_saveable"),
+      (True, True, "none")]
   assert "layers" in built[0][2] and "layers_0" in built[1][2] and "layers" not in built[1][2]
+  assert "layers" in built[3][2]
   assert max(losses) - min(losses) < 1e-6 * losses[0], losses
   with pytest.raises(SystemExit):
     bench.parse_args(["train", "--remat-policy", "dots_everywhere"])

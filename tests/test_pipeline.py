@@ -11,7 +11,7 @@ import pytest
 from mfjax.__main__ import main
 from mfjax import configs
 from mfjax.configs import ConfigError
-from mfjax.pipeline import check_config, rollout_path, scratch_model_config
+from mfjax.pipeline import check_config, layer_fields, rollout_path, scratch_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(ROOT, "experiments", "quickstart.py") + ":smoke"
@@ -129,6 +129,22 @@ def test_model_scan_layers_reaches_the_model():
   assert scratch_model_config(configs.load_config(QUICK, ["model.scan_layers=False"]), 64).scan_layers is False
 
 
+def test_model_layer_loop_reaches_the_model():
+  """`model.layer_loop`: auto runs the stacked layers as a loop on GPUs unless a remat
+  policy asks for memory over speed, scans elsewhere; unroll and scan hold on any
+  backend; the model built from a config gets the choice."""
+  def unroll(backend, *sets):
+    return layer_fields(configs.load_config(QUICK, list(sets)), backend)["unroll_stacked"]
+
+  assert configs.load_config(QUICK, []).model.layer_loop == "auto"
+  assert unroll("gpu") and not unroll("cpu") and not unroll("tpu")
+  assert not unroll("gpu", "model.remat=full") and not unroll("gpu", "model.layer_loop=scan")
+  assert unroll("cpu", "model.layer_loop=unroll") and unroll("gpu", "model.layer_loop=unroll", "model.remat=full")
+  cfg = configs.load_config(QUICK, ["model.layer_loop=unroll", "model.remat=dots"])
+  m = scratch_model_config(cfg, 64)
+  assert (m.unroll_stacked, m.scan_layers, m.remat_policy) == (True, True, "dots")
+
+
 def test_ced_missing_path_is_a_clear_error(tmp_path):
   cfg = os.path.join(ROOT, "experiments", "ced_weibo.py") + ":smoke"
   with pytest.raises(SystemExit, match="train.jsonl.gz not found"):
@@ -181,6 +197,8 @@ def test_bad_values_stop_the_cli_before_anything_is_written(tmp_path):
   so does a config that is not a pipeline experiment's."""
   with pytest.raises(SystemExit, match="error: sft.trainable: 'foo'"):
     _cli("run", tmp_path / "run", extra=["sft.trainable=foo"])
+  with pytest.raises(SystemExit, match="error: model.layer_loop: 'loop' is none of"):
+    _cli("run", tmp_path / "run", extra=["model.layer_loop=loop"])
   with pytest.raises(SystemExit, match="error: config lacks .*mf_llm_config"):
     _cli("run", tmp_path / "demo", config=os.path.join(ROOT, "experiments", "lm_demo.py"))
   assert os.listdir(tmp_path) == []

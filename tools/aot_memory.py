@@ -57,7 +57,7 @@ def main(argv=None):
   from mfjax.model.config import PRESETS
   from mfjax.parallel import MeshConfig, make_mesh
   from mfjax.parallel.aot import Shapes, rollout_memory, train_step_memory
-  from mfjax.pipeline import check_config, lora_config, mf_config, scratch_model_config
+  from mfjax.pipeline import check_config, layer_fields, lora_config, mf_config, scratch_model_config
 
   try:
     cfg = configs.load_config(args.config, args.set)
@@ -68,18 +68,17 @@ def main(argv=None):
   if args.preset:
     if args.preset not in PRESETS:
       sys.exit(f"error: unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
-    model_cfg = PRESETS[args.preset](dtype=dtype, param_dtype=dtype, remat_policy=cfg.model.remat,
-                                     scan_layers=cfg.model.scan_layers)
+    model_cfg = PRESETS[args.preset](dtype=dtype, param_dtype=dtype, **layer_fields(cfg))
   elif cfg.model.checkpoint:
-    model_cfg = hf.load_config(cfg.model.checkpoint, dtype=dtype, param_dtype=dtype, remat_policy=cfg.model.remat,
-                               scan_layers=cfg.model.scan_layers)
+    model_cfg = hf.load_config(cfg.model.checkpoint, dtype=dtype, param_dtype=dtype, **layer_fields(cfg))
   else:
     model_cfg = scratch_model_config(cfg, cfg.tokenizer.vocab_size)
   mf_cfg, lora = mf_config(cfg, model_cfg.hidden_size), lora_config(cfg)
   mesh = make_mesh(MeshConfig(*mesh_shape) if mesh_shape else MeshConfig.from_config(cfg.parallel))
   d = cfg.data
   common = {"model": args.preset or cfg.model.checkpoint or "from-scratch", "dtype": dtype,
-            "mesh": dict(mesh.shape), "device": jax.devices()[0].device_kind}
+            "mesh": dict(mesh.shape), "device": jax.devices()[0].device_kind, "remat": model_cfg.remat_policy,
+            "scan_layers": model_cfg.scan_layers, "unroll_stacked": model_cfg.unroll_stacked}
   for what in args.what.split(","):
     if what == "train":
       shapes = Shapes(args.events or cfg.mf_train.batch_events, d.steps, d.agents_per_step, d.prompt_len,

@@ -169,9 +169,9 @@ def build(args):
 
 
 def layered(model, params, args):
-  """(model, params) as `--unroll-layers` and `--remat-policy` ask (the same weights)."""
+  """(model, params) as `--unroll-layers`, `--unroll-stacked` and `--remat-policy` ask (the same weights)."""
   from mfjax.model import Decoder, unrolled
-  model = Decoder(model.cfg.replace(remat_policy=args.remat_policy))
+  model = Decoder(model.cfg.replace(remat_policy=args.remat_policy, unroll_stacked=args.unroll_stacked))
   return unrolled(model, params) if args.unroll_layers else (model, params)
 
 
@@ -416,7 +416,8 @@ def bench_train(args, built) -> float:
   tokens = E * T * B * A
   common = _common(args, "train", "ib_tune", events=E, steps=T, agents=B)
   row = {**common, "impl": "mfjax", "seconds": secs, "tokens_per_s": tokens / secs, "actions_per_s": E * T * B / secs,
-         "loss_step0": loss0, "unroll_layers": args.unroll_layers, "remat_policy": args.remat_policy}
+         "loss_step0": loss0, "unroll_layers": args.unroll_layers, "unroll_stacked": args.unroll_stacked,
+         "remat_policy": args.remat_policy}
   if args.mfjax_only:
     emit(row)
     return secs
@@ -463,7 +464,7 @@ def bench_mfu(args, built, peak_at_start: float = 0.0, train_seconds: Optional[f
   flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
   base = {"impl": "mfjax", "peak_gflops_per_s": peak / 1e9}
   emit({**_common(args, "mfu", "train_step"), **base, "unroll_layers": args.unroll_layers,
-        "remat_policy": args.remat_policy, "seconds": secs, "model_gflops": flops / 1e9,
+        "unroll_stacked": args.unroll_stacked, "remat_policy": args.remat_policy, "seconds": secs, "model_gflops": flops / 1e9,
         "mfu": flops / secs / peak, "tokens_per_s": E * T * B * A / secs, "actions_per_s": E * T * B / secs,
         "target": TARGETS[("mfu", "train_step")]})
   Er = args.mfu_events
@@ -499,6 +500,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--unroll-layers", action="store_true",
                  help="train: run the LM's layers as a Python loop, not a lax.scan over stacked weights "
                       "(model.scan_layers=False; rollouts unroll them either way)")
+  p.add_argument("--unroll-stacked", action="store_true",
+                 help="train: run the stacked layers as a Python loop over their slices, the weights kept stacked "
+                      "(model.layer_loop=unroll)")
   p.add_argument("--remat-policy", default="none", type=_remat_policy,
                  help="train: rematerialise each layer in the backward pass by this policy (model.remat_policy: "
                       "none, full, dots, or a jax.checkpoint_policies name such as "

@@ -243,7 +243,8 @@ def main(argv=None) -> list[dict]:
       shutil.rmtree(trace_dir, ignore_errors=True)
   op_ns = sum(total.values())
   variant = ({"method": args.method, "score_real": args.score_real} if args.what == "simulate"
-             else {"unroll_layers": args.unroll_layers, "remat_policy": args.remat_policy})
+             else {"unroll_layers": args.unroll_layers, "unroll_stacked": args.unroll_stacked,
+                   "remat_policy": args.remat_policy})
   rows = [{"what": args.what, **variant, "device": str(jax.devices()[0].device_kind), "dtype": args.dtype,
            "events": args.events, "steps": args.steps, "agents": args.agents, "plane": plane, "runs": args.runs,
            "compile_and_first_run_s": compile_s, "seconds_per_run": seconds, "op_ms_per_run": op_ns / 1e6 / args.runs,

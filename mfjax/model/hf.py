@@ -283,13 +283,14 @@ def load_config(path: str, **overrides) -> ModelConfig:
 
 
 def load_pretrained(path: str, dtype="float32", *, param_dtype=None, scan_layers: bool = True,
-                    remat_policy: str = "none", host: bool = False) -> tuple[Decoder, dict]:
+                    remat_policy: str = "none", unroll_stacked: bool = False,
+                    host: bool = False) -> tuple[Decoder, dict]:
   """(model, params) from a local HF folder. `dtype` is the compute dtype,
   `param_dtype` (default: `dtype`) the storage dtype of the parameters;
   `host` keeps them as numpy arrays (see `params_from_hf`)."""
   dtype = jnp.dtype(dtype).name
   cfg = load_config(path, dtype=dtype, param_dtype=jnp.dtype(param_dtype or dtype).name,
-                    scan_layers=scan_layers, remat_policy=remat_policy)
+                    scan_layers=scan_layers, remat_policy=remat_policy, unroll_stacked=unroll_stacked)
   params = params_from_hf(cfg, read_tensors(path), source=path, host=host)
   return Decoder(cfg), params
 
