@@ -69,9 +69,9 @@ def test_scanned_equals_unrolled(family):
 @pytest.mark.parametrize("family,remat", [("qwen2", "none"), ("mistral", "full"), ("qwen3", "dots_with_no_batch_dims_saveable")])
 def test_unroll_stacked_equals_the_scan(family, remat):
   """`unroll_stacked` runs the stacked parameters layer by layer: the same
-  logits, the same loss and gradients (in the same stacked layout), with and
-  without `queries_from` and prefix vectors, and the same KV cache; and the
-  program holds no loop over the layers."""
+  logits (prefix vectors, left padding, with and without `queries_from`), the
+  same loss and gradients (in the same stacked layout), the same KV cache; and
+  its program holds no loop over the layers."""
   scanned, params = _make(family, scan_layers=True, remat_policy=remat)
   loop = M.Decoder(scanned.cfg.replace(unroll_stacked=True))
   B, L, K, q = 3, 9, 2, 5
@@ -88,14 +88,14 @@ def test_unroll_stacked_equals_the_scan(family, remat):
   for qf in (0, q):
     np.testing.assert_allclose(np.asarray(fwd(loop, params, qf)), np.asarray(fwd(scanned, params, qf)),
                                atol=1e-5, rtol=0)
-    grad = jax.jit(jax.value_and_grad(nll), static_argnums=(1, 2))
-    (l1, g1), (l2, g2) = grad(params, scanned, qf), grad(params, loop, qf)
-    np.testing.assert_allclose(float(l2), float(l1), rtol=1e-6)
-    assert jax.tree.structure(g1) == jax.tree.structure(g2)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5), g1, g2)
-  hlo = jax.jit(jax.grad(nll), static_argnums=(1, 2)).lower(params, loop, q).as_text()
-  assert "stablehlo.while" not in hlo
-  assert "stablehlo.while" in jax.jit(jax.grad(nll), static_argnums=(1, 2)).lower(params, scanned, q).as_text()
+  # the gradient through the last layer's own path (queries_from) and the others' loop
+  grad = jax.jit(jax.value_and_grad(nll), static_argnums=(1, 2))
+  (l1, g1), (l2, g2) = grad(params, scanned, q), grad(params, loop, q)
+  np.testing.assert_allclose(float(l2), float(l1), rtol=1e-6)
+  assert jax.tree.structure(g1) == jax.tree.structure(g2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5), g1, g2)
+  assert "stablehlo.while" not in grad.lower(params, loop, q).as_text()
+  assert "stablehlo.while" in grad.lower(params, scanned, q).as_text()
 
   S = K + L + 1
   kv_mask = jnp.concatenate([jnp.ones((B, K), jnp.int32), mask, jnp.ones((B, 1), jnp.int32)], axis=1)

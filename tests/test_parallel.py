@@ -23,14 +23,17 @@ pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 
 
+def _loss_fn(model, encoder):
+  return lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
+                                                       rng=rng, beta=0.01)
+
+
 @pytest.fixture(scope="module")
 def setup():
   model, encoder, params = mf_setup.make_model()
   batch = mf_setup.make_batch(seed=3, e=8)
-  loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
-                                                          rng=rng, beta=0.01)
   tx = make_optimizer(params, trainable="lora+mf", lr=1e-2, steps=10, warmup=1)
-  return model, encoder, params, batch, loss_fn, tx
+  return model, encoder, params, batch, _loss_fn(model, encoder), tx
 
 
 def _grads(loss_fn, params, batch, **jit_kw):
@@ -79,12 +82,20 @@ def test_rules_fail_loudly_and_leave_indivisible_dims_whole():
   assert spec == P("tensor") and "already used" in notes[0]
 
 
-@pytest.mark.parametrize("shape", MESHES)
-def test_train_step_on_mesh_equals_single_device(setup, shape):
+@pytest.mark.parametrize("shape,loop", [(m, False) for m in MESHES] + [((2, 2, 2), True)])
+def test_train_step_on_mesh_equals_single_device(setup, shape, loop):
+  """On each mesh, the sharded step equals the single-device one; `loop`: the mesh
+  runs the stacked layers as a loop (model.layer_loop=unroll, as GPU runs do), the
+  reference scans them."""
   model, encoder, params, batch, loss_fn, tx = setup
   ref_state = TrainState(jnp.int32(0), jax.tree.map(jnp.array, params), tx.init(params))
   host_batch = {k: jnp.asarray(v) for k, v in batch.items()}
   ref, ref_m = jit_train_step(loss_fn=loss_fn, tx=tx)(ref_state, host_batch, jax.random.PRNGKey(7))
+  g_ref = _grads(loss_fn, params, host_batch)
+  if loop:
+    assert model.cfg.scan_layers
+    model = Decoder(model.cfg.replace(unroll_stacked=True))
+    loss_fn = _loss_fn(model, encoder)
 
   mesh = make_mesh(shape)
   p_sh = policy_shardings(model, encoder, params, mesh)
@@ -107,7 +118,6 @@ def test_train_step_on_mesh_equals_single_device(setup, shape):
   # their own size). A per-element atol of 1e-7 alone was at the noise floor:
   # commit 14c645f passed it at 0.87 to 0.97 of the tolerance on the three
   # meshes, and any change of float32 order in the model failed it.
-  g_ref = _grads(loss_fn, params, host_batch)
   g = _grads(loss_fn, place(params, p_sh), sharded_batch, in_shardings=(p_sh, batch_sharding(mesh)),
              out_shardings=p_sh)
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g_ref)[0], jax.tree.leaves(g)):
