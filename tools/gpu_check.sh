@@ -6,28 +6,31 @@
 #   tools/gpu_check.sh [STEP...]      STEP: profile mfu topk layers rollout bench aot generate tests
 #                                     (default: all but rollout, which bench includes, in this order)
 #
-# Times of each step on one H100 (2026-11-26, most of it compiling): profile 70-90 s, mfu 62-80 s,
-# topk 30 s (its first version), layers 50-58 s a variant (200-230 s in all), bench's bfloat16
-# rollout 115 s, float32 train 125 s and float32 mfu 200 s (a float32 train step alone at full
-# precision did not compile within 70-80 s); the whole default run takes longer than a
-# 15-minute device lease, so name the steps a run needs.
+# Times of each step on one H100 (2026-11-26/27, most of it compiling): profile 70-90 s, mfu 62-80 s,
+# topk 30 s (its first version), layers 27-61 s a variant (156 s for four on 2026-11-27), rollout
+# (bench's bfloat16 rollout) 115-117 s, float32 train 125 s and float32 mfu 200 s (a float32 train
+# step alone at full precision did not compile within 70-80 s); aot's Qwen2-1.5B train step with
+# the layers looped (model.layer_loop=unroll) did not finish within 100 s. The whole default run
+# takes longer than a 15-minute device lease, so name the steps a run needs.
 #
 #   env.txt            the device, driver and package versions (always)
 #   profile.jsonl      profile:  tools/profile_step.py train and simulate in bfloat16 at the mfu step's sizes:
 #                                the GPU kernels' time per XLA op (where bfloat16 MFU is lost)
 #   mfu.jsonl          mfu:      tools/bench.py mfu --dtype bfloat16 at a batch that fills the chip better
 #   topk.jsonl         topk:     tools/bench_top_k.py: the sampler's top-k against the other ways to take it
-#   layers.jsonl       layers:   the bfloat16 train step's profile (the profile step's size) four ways, in one
-#                                process each: scanned layers (the default), --unroll-layers (no lax.scan over
-#                                stacked layers), --remat-policy dots_with_no_batch_dims_saveable (attention
-#                                recomputed, not saved), and both: compare their op_ms_per_run (kernel time)
+#   layers.jsonl       layers:   the bfloat16 train step's profile (the profile step's size) five ways, in one
+#                                process each: scanned layers, --unroll-stacked (a loop over the stacked weights'
+#                                slices: a GPU run's default, model.layer_loop=auto), --unroll-layers (unstacked
+#                                weights), --remat-policy dots_with_no_batch_dims_saveable (attention recomputed,
+#                                not saved), and the loop with it: compare their op_ms_per_run (kernel time)
 #   rollout.jsonl      rollout:  tools/bench.py rollout --dtype bfloat16 alone (bench's first part, 115 s on an
 #                                H100), for a lease too short for the whole bench step
 #   bench.jsonl        bench:    tools/bench.py all --dtype bfloat16 (the issue's sizes), then
 #                                tools/bench.py train, mfu and rollout --dtype float32 (full-precision
 #                                matmuls on both sides), one process each
 #   aot.jsonl          aot:      tools/aot_memory.py --execute: Qwen2-1.5B + LoRA (experiments/qwen2_lora.py)
-#                                on one device, XLA's compiled figure beside the allocator's measured peak
+#                                on one device, XLA's compiled figure beside the allocator's measured peak; then
+#                                its train step with the layers looped (model.layer_loop=unroll) and remat full
 #   generate.jsonl     generate: tools/bench_generate.py at the issue's size and at a larger one
 #   pytest.log         tests:    the test suite on the GPU
 #   log.txt            every step's stderr and exit status
@@ -103,7 +106,9 @@ for s in $steps; do
       aot=(env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 "$py" tools/aot_memory.py --config experiments/qwen2_lora.py
            --preset qwen2-1.5b --mesh 1,1,1 --execute)
       step aot_train "${LIMIT_AOT:-110}" aot.jsonl "${aot[@]}" --what train --events 2
-      step aot_rollout "${LIMIT_AOT:-110}" aot.jsonl "${aot[@]}" --what rollout --rollout-events 4 ;;
+      step aot_rollout "${LIMIT_AOT:-110}" aot.jsonl "${aot[@]}" --what rollout --rollout-events 4
+      step aot_train_loop $(( ${LIMIT_AOT:-110} * 2 )) aot.jsonl "${aot[@]}" --what train --events 2 \
+        --set model.layer_loop=unroll ;;
     mfu)
       step mfu_big "${LIMIT_MFU:-90}" mfu.jsonl "$py" tools/bench.py mfu --dtype bfloat16 --train-events 8 \
         --mfu-events 64 $bench_args ;;
@@ -116,7 +121,7 @@ for s in $steps; do
       step topk "${LIMIT_TOPK:-90}" topk.jsonl "$py" tools/bench_top_k.py ;;
     layers)
       remat="--remat-policy dots_with_no_batch_dims_saveable"
-      for flags in "" "--unroll-layers" "$remat" "--unroll-layers $remat"; do
+      for flags in "" "--unroll-stacked" "--unroll-layers" "$remat" "--unroll-stacked $remat"; do
         step "layers_train ${flags:-scanned}" "${LIMIT_PROFILE:-120}" layers.jsonl "$py" tools/profile_step.py train \
           --dtype bfloat16 --events 8 $flags $profile_args
       done ;;
