@@ -49,7 +49,8 @@ from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, 
 from mfjax.parallel.mesh import check_events, process_rows
 from mfjax.parallel.state import place, policy_shardings, to_host
 from mfjax.pipeline_config import mf_llm_config
-from mfjax.runs import COMPILE_CACHE_ENV, bind_trained_from, check_trained_from, check_workdir, log
+from mfjax.runs import (COMPILE_CACHE_ENV, check_bound_to, check_trained_from, check_workdir, log,
+                        record_trained_from)
 
 
 @dataclasses.dataclass
@@ -280,13 +281,12 @@ def _train(name: str, stage, *, make_loss, params, trainable: str, cfg, data: Da
   labels = trainable_labels(params, trainable)
   step_fn = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings, labels=labels)
   n_train = sum(int(x.size) for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if lab == "train")
-  log(f"[{name}] training {n_train:,} parameters ({trainable}) for {stage.steps} steps, "
-      f"{stage.batch_events} events per step")
+  about = f"training {n_train:,} parameters ({trainable}) for {stage.steps} steps, {stage.batch_events} events per step"
   state = fit(name=name, workdir=_stage_dir(workdir, name), state=state, step_fn=step_fn, data=data.train,
               batch_events=stage.batch_events, steps=stage.steps, seed=cfg.seed, log_every=cfg.train.log_every,
               ckpt_every=cfg.train.ckpt_every, eval_every=cfg.train.eval_every,
               eval_fn=_val_eval(make_loss(0), data.val, stage.batch_events, stage.steps, mesh), log=log,
-              trained_only=trained_only, mesh=mesh)
+              trained_only=trained_only, mesh=mesh, about=about)
   return state.params
 
 
@@ -436,15 +436,19 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   if fresh and not creates:
     raise FileNotFoundError(f"{workdir} holds no run to {commands[0]}: run `python -m mfjax run` (or train) "
                             "with this config and --workdir first")
+  # every refusal before the first write: a refused command leaves a fresh workdir unmade
   if trained_from:
     check_trained_from(trained_from, workdir, cfg, EVAL_ONLY_KEYS)
+  record = check_bound_to(workdir, trained_from, fresh)
+  if trained_from and not cfg.model.checkpoint and not os.path.exists(
+      os.path.join(trained_from, "tokenizer", "tokenizer.json")):
+    raise FileNotFoundError(f"{trained_from} has no trained tokenizer (tokenizer/tokenizer.json): "
+                            "train that run first")
   check_workdir(workdir, cfg)
-  bind_trained_from(workdir, trained_from, fresh)
+  if record:
+    record_trained_from(workdir, trained_from)
   stages = trained_from or workdir  # where the trained stages and the tokenizer are
   if trained_from:
-    if not cfg.model.checkpoint and not os.path.exists(os.path.join(trained_from, "tokenizer", "tokenizer.json")):
-      raise FileNotFoundError(f"{trained_from} has no trained tokenizer (tokenizer/tokenizer.json): "
-                              "train that run first")
     log(f"[train] the trained stages of {trained_from} (read only)")
   if "evaluate" in commands and "simulate" not in commands:  # nothing here makes the rollouts: they must be there
     check_rollouts(workdir, rollout_runs(cfg), cfg.rollout.seeds)

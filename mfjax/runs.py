@@ -79,12 +79,14 @@ def check_trained_from(trained_from: str, workdir: str, cfg: ml_collections.Conf
                      "from the run whose stages are read")
 
 
-def bind_trained_from(workdir: str, trained_from: Optional[str], fresh: bool) -> None:
-  """Record in a new workdir where its trained stages come from (trained_from.json),
-  or check that a rerun names the same run: a workdir's rollouts never mix stages
-  of two runs. `fresh`: the workdir held no config.json before this command."""
+def check_bound_to(workdir: str, trained_from: Optional[str], fresh: bool) -> bool:
+  """Check that a rerun names the run its workdir reads its trained stages from
+  (trained_from.json), or none if it trained its own: a workdir's rollouts never
+  mix stages of two runs. True: a fresh workdir (no config.json before this
+  command) that is to record `trained_from` (`record_trained_from`, once the
+  workdir is made). Writes nothing."""
   if jax.process_index() != 0:
-    return
+    return False
   path = os.path.join(workdir, TRAINED_FROM_FILE)
   saved = None
   if os.path.exists(path):
@@ -92,13 +94,18 @@ def bind_trained_from(workdir: str, trained_from: Optional[str], fresh: bool) ->
       saved = json.load(f)["trained_from"]
   given = os.path.abspath(trained_from) if trained_from else None
   if saved == given:
-    return
+    return False
   if saved is not None:
     raise SystemExit(f"error: {workdir} reads its trained stages from {saved}: pass --trained-from {saved}")
   if not fresh:
     raise SystemExit(f"error: {workdir} holds a run with its own trained stages; use another --workdir "
                      "to read those of --trained-from")
-  write_json(path, {"trained_from": given})
+  return True
+
+
+def record_trained_from(workdir: str, trained_from: str) -> None:
+  """Record in a new workdir where its trained stages come from (see `check_bound_to`)."""
+  write_json(os.path.join(workdir, TRAINED_FROM_FILE), {"trained_from": os.path.abspath(trained_from)})
 
 
 def log(msg: str) -> None:

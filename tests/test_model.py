@@ -66,7 +66,8 @@ def test_scanned_equals_unrolled(family):
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), params, restacked)
 
 
-@pytest.mark.parametrize("family,remat", [("qwen2", "none"), ("mistral", "full"), ("qwen3", "dots_with_no_batch_dims_saveable")])
+@pytest.mark.parametrize("family,remat", [("qwen2", "none"), ("mistral", "full"),
+                                          ("qwen3", "dots_with_no_batch_dims_saveable")])
 def test_unroll_stacked_equals_the_scan(family, remat):
   """`unroll_stacked` runs the stacked parameters layer by layer: the same
   logits (prefix vectors, left padding, with and without `queries_from`), the

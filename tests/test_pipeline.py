@@ -55,6 +55,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   out = capsys.readouterr().out
   results = _check_results(wd, seeds=2)
   assert "method" in out and "KL mean" in out  # the table is printed
+  assert "[base] training " in out and "[mf] training " in out  # what each stage trains, when it trains
   assert "reference" in results  # synthetic: the sampling-noise floor against the exact truth
   assert results["seconds"] > 0  # the whole job's wall time, in the one write of results.json
   for stage in ("base", "sft", "mf"):
@@ -63,7 +64,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
 
   _cli("run", wd)  # a rerun resumes: nothing retrained or re-simulated
   out = capsys.readouterr().out
-  assert "already trained" in out and "[simulate]" not in out
+  assert "already trained" in out and "[simulate]" not in out and "] training " not in out
   assert os.path.getmtime(rollout_path(str(wd), "mf", 0)) == stamp
   assert json.load(open(wd / "results.json"))["methods"]["mf"]["kl_mean"] == results["methods"]["mf"]["kl_mean"]
 
@@ -86,6 +87,9 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   with pytest.raises(SystemExit, match="holds a run with its own trained stages"):
     _cli("simulate", wd, trained_from=again)
   assert _snapshot(wd) == before
+  with pytest.raises(SystemExit, match=f"{again} has no trained tokenizer"):  # again holds no stages of its own
+    _cli("run", tmp_path / "chained", trained_from=again)
+  assert not os.path.exists(tmp_path / "chained")
 
   with pytest.raises(SystemExit, match="different config"):
     _cli("run", wd, extra=["ib.beta=0.5"])

@@ -464,7 +464,8 @@ def bench_mfu(args, built, peak_at_start: float = 0.0, train_seconds: Optional[f
   flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
   base = {"impl": "mfjax", "peak_gflops_per_s": peak / 1e9}
   emit({**_common(args, "mfu", "train_step"), **base, "unroll_layers": args.unroll_layers,
-        "unroll_stacked": args.unroll_stacked, "remat_policy": args.remat_policy, "seconds": secs, "model_gflops": flops / 1e9,
+        "unroll_stacked": args.unroll_stacked, "remat_policy": args.remat_policy, "seconds": secs,
+        "model_gflops": flops / 1e9,
         "mfu": flops / secs / peak, "tokens_per_s": E * T * B * A / secs, "actions_per_s": E * T * B / secs,
         "target": TARGETS[("mfu", "train_step")]})
   Er = args.mfu_events

@@ -152,7 +152,7 @@ def _truncate_jsonl(path: str, last_step: int) -> None:
 def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: dict, batch_events: int, steps: int,
         seed: int, log_every: int = 10, ckpt_every: int = 100, eval_every: int = 0,
         eval_fn: Optional[Callable] = None, log: Callable = print, trained_only: bool = False,
-        mesh=None) -> TrainState:
+        mesh=None, about: str = "") -> TrainState:
   """Run (or resume) a training stage in `workdir` to `steps` optimizer steps.
 
   step_fn(state, batch, rng) -> (state, metrics) is the jitted `train_step`;
@@ -163,11 +163,12 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
   nothing (the stage may be another run's, read with --trained-from). With a mesh,
   batches are global arrays sharded over events and a checkpoint restores onto
   the shardings of `state` (whatever mesh it was saved from); only process 0
-  writes metrics.jsonl (every process takes part in the orbax save)."""
+  writes metrics.jsonl (every process takes part in the orbax save). `about` is
+  logged when steps are left to train (what is trained, on what)."""
   ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  untrained = f"stage {name!r} is not trained ({{}}); run `python -m mfjax train` with this config and workdir first"
   if trained_only and not os.path.isdir(ckpt_dir):  # nothing created where nothing is trained
-    raise FileNotFoundError(f"stage {name!r} is not trained (no {ckpt_dir}); "
-                            "run `python -m mfjax train` with this config and workdir first")
+    raise FileNotFoundError(untrained.format(f"no {ckpt_dir}"))
   os.makedirs(workdir, exist_ok=True)
   mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -179,11 +180,12 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
       log(f"[{name}] resuming at step {int(state.step)} from {ckpt_dir}")
   start = int(state.step)
   if trained_only and start < steps:
-    raise FileNotFoundError(f"stage {name!r} is not trained ({start}/{steps} steps in {ckpt_dir}); "
-                            "run `python -m mfjax train` with this config and workdir first")
+    raise FileNotFoundError(untrained.format(f"{start}/{steps} steps in {ckpt_dir}"))
   if start >= steps:
     log(f"[{name}] already trained ({start} steps in {ckpt_dir})")
     return state
+  if about:
+    log(f"[{name}] {about}")
   rng = jax.random.PRNGKey(seed)
   t0 = time.time()
   for step in range(start, steps):
