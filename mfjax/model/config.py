@@ -105,8 +105,9 @@ class ModelConfig:
   # With scan_layers: run the stacked layers as a Python loop over their slices
   # instead of a lax.scan. The parameters (and checkpoints) stay stacked; the
   # backward pass keeps no stacked residual buffers (their zero fills, dynamic
-  # update slices and copies), at one compile per layer. The benchmark's
-  # bfloat16 train step took 30% less kernel time so on an H100 (README).
+  # update slices and copies); the program holds every layer, so its compile
+  # time grows with depth. The benchmark's bfloat16 train step took 30% less
+  # kernel time so on an H100 (README). pipeline: model.layer_loop.
   unroll_stacked: bool = False
   remat_policy: str = "none"
   # LoRA adapters (None = none). Adapter params live under `.../lora/{a,b}`.
