@@ -122,12 +122,23 @@ class Decoder(nn.Module):
     per_layer = cache is not None and isinstance(cache.k, tuple)
     if per_layer and cfg.scan_layers:
       raise ValueError("a scanned stack of layers needs a stacked KVCache (KVCache.zeros of its config)")
-    layers = None if cfg.scan_layers else list(self.layers)
+    # unroll_stacked: a loop over the stacked weights' per-layer slices, cut by one
+    # `lax.split` each (whose gradient is one concatenate of the layers' gradients)
+    loop = cfg.scan_layers and cfg.unroll_stacked and not self.is_initializing()
+    if loop:
+      parts = jax.tree.map(lambda a: jax.lax.split(a, [1] * Y), self.variables["params"]["layers"])
+      slices = [jax.tree.map(lambda p: p[i][0], parts, is_leaf=lambda a: isinstance(a, list)) for i in range(Y)]
+      block = _block_class(cfg, False)(cfg, parent=None)
+      layers = [functools.partial(block.apply, {"params": p}) for p in slices]
+    else:
+      layers = None if cfg.scan_layers else list(self.layers)
     if queries_from:
       # The last layer runs apart, its queries and MLP on positions queries_from.. only,
       # on its own slice of the parameters (functionally: it is a different module).
       params = self.variables["params"]  # plain arrays here (apply), sliced below
-      if cfg.scan_layers:
+      if loop:
+        last = slices[Y - 1]
+      elif cfg.scan_layers:
         last = jax.tree.map(lambda a: a[Y - 1], params["layers"])
       else:
         last = params[f"layers_{Y - 1}"]
@@ -144,17 +155,9 @@ class Decoder(nn.Module):
         new_v.append(v)
       return self.final_norm(x_BxLxD), KVCache(tuple(new_k), tuple(new_v))
     carry = (x_BxLxD, None if cache is None else (cache.k, cache.v))
-    if cfg.scan_layers and cfg.unroll_stacked and not self.is_initializing():
-      # the stacked weights cut into per-layer slices by one `lax.split` (whose
-      # gradient is one concatenate of the layers' gradients), run in turn
-      parts = jax.tree.map(lambda a: jax.lax.split(a, [1] * Y), self.variables["params"]["layers"])
-      for i in range(Y):
-        block = _block_class(cfg, False)(cfg, queries_from=queries_from if i == Y - 1 else 0, parent=None)
-        layer = jax.tree.map(lambda p: p[i][0], parts, is_leaf=lambda a: isinstance(a, list))
-        carry, _ = block.apply({"params": layer}, carry, jnp.int32(i), positions_BxL, kv_mask_BxS, cache_index)
-    elif cfg.scan_layers and not queries_from:
+    if layers is None and not queries_from:  # a lax.scan over the stacked layers
       carry, _ = self.layers(carry, jnp.arange(Y), positions_BxL, kv_mask_BxS, cache_index)
-    elif cfg.scan_layers:
+    elif layers is None:
       if Y > 1:
         front = jax.tree.map(lambda a: a[:Y - 1], params["layers"])
         scan = _scanned(_block_class(cfg, True), Y - 1)(cfg, parent=None)
