@@ -67,6 +67,8 @@ def apply_override(cfg: ml_collections.ConfigDict, assignment: str) -> None:
     node = node[p]
   value = parse_value(raw)
   old = node[leaf]
+  if isinstance(old, bool) and raw.strip().lower() in ("true", "false"):  # a shell-style true/false too
+    value = raw.strip().lower() == "true"
   if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   try:

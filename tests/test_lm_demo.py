@@ -83,6 +83,10 @@ def test_config_overrides_and_errors():
     configs.load_config(SMOKE, ["train.steps"])
   with pytest.raises(configs.ConfigError, match="cannot set"):
     configs.load_config(SMOKE, ["train.steps=abc"])
+  for raw, want in (("false", False), ("TRUE", True), ("False", False)):  # shell-style or Python booleans
+    assert configs.load_config(SMOKE, [f"model.tie_word_embeddings={raw}"]).model.tie_word_embeddings is want
+  with pytest.raises(configs.ConfigError, match="cannot set"):
+    configs.load_config(SMOKE, ["model.tie_word_embeddings=yes"])
   with pytest.raises(configs.ConfigError, match="does not exist"):
     configs.load_config("experiments/nope.py")
   with pytest.raises(configs.ConfigError, match=r"lm_demo.py:smok: unknown argument 'smok' for lm_demo"):
