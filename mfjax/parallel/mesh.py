@@ -10,7 +10,7 @@ Mesh axes (always these three, in this order):
 `MeshConfig(data=-1, fsdp=1, tensor=1)` fills the -1 axis with the devices
 left over; a mesh without -1 may use fewer devices than there are (the first
 ones; one process only). `RULES` maps each logical axis name of `mfjax.parallel.axes` to a
-mesh axis (or None: replicated). Resolving a parameter's names against the
+mesh axis, a tuple of mesh axes (split over their product), or None (replicated). Resolving a parameter's names against the
 rules is strict: a parameter without names, or with a name no rule covers,
 is an error naming the parameter path (nothing is silently replicated). A
 dimension the mesh axis does not divide, or a mesh axis already used by an
@@ -20,10 +20,18 @@ earlier dimension of the same array, stays unsplit (listed in the `notes` of
 Parameters are created already sharded (`init_sharded`): the init runs under
 `jax.jit` with out_shardings computed from `jax.eval_shape`, so no device (and
 no host) ever holds a whole copy.
+
+Activations are pinned by the same rules: a jitted step traced under
+`activation_sharding(mesh)` makes the model's `constrain(x, names)` calls
+`with_sharding_constraint`s (rows over data x fsdp, heads / MLP width /
+vocabulary over tensor), so that the partitioner does not choose for itself
+between the parameters' layout and the batch's. Outside it they do nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from typing import Any, Callable, Optional, Sequence
@@ -39,7 +47,7 @@ from mfjax.parallel import axes
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the leading (events) axis of every batch array
 
-RULES: tuple[tuple[str, Optional[str]], ...] = (
+RULES: tuple[tuple[str, Optional[str | tuple[str, ...]]], ...] = (
     (axes.EMBED, "fsdp"),
     (axes.HEADS, "tensor"),
     (axes.KV_HEADS, "tensor"),
@@ -50,6 +58,14 @@ RULES: tuple[tuple[str, Optional[str]], ...] = (
     (axes.NORM, None),
     (axes.LORA_RANK, None),
     (axes.MF, None),
+    (axes.ACT_BATCH, BATCH_AXES),
+    (axes.ACT_LENGTH, None),
+    (axes.ACT_EMBED, None),
+    (axes.ACT_HEADS, "tensor"),
+    (axes.ACT_KV_HEADS, "tensor"),
+    (axes.ACT_KV, None),
+    (axes.ACT_MLP, "tensor"),
+    (axes.ACT_VOCAB, "tensor"),
 )
 
 
@@ -103,11 +119,12 @@ def make_mesh(config: MeshConfig | Sequence[int] = MeshConfig(), devices: Option
   return jax.make_mesh(shape, AXES, axis_types=auto, devices=devices)
 
 
-def _rule_table(rules) -> dict[str, Optional[str]]:
-  table = dict(rules)
-  bad = {k: v for k, v in table.items() if v is not None and v not in AXES}
+def _rule_table(rules) -> dict[str, tuple[str, ...]]:
+  """name -> the mesh axes it splits over (a possibly empty tuple)."""
+  table = {k: (() if v is None else (v,) if isinstance(v, str) else tuple(v)) for k, v in dict(rules).items()}
+  bad = {k: v for k, v in table.items() if any(a not in AXES for a in v) or len(set(v)) < len(v)}
   if bad:
-    raise ShardingError(f"rules map to unknown mesh axes {bad}; mesh axes are {AXES}")
+    raise ShardingError(f"rules map to unknown or repeated mesh axes {bad}; mesh axes are {AXES}")
   return table
 
 
@@ -123,18 +140,18 @@ def logical_to_spec(names: Sequence[Optional[str]], shape: Sequence[int], mesh: 
     if name not in table:
       raise ShardingError(f"{where}: logical axis {name!r} (dim {dim} of {tuple(names)}) matches no sharding rule; "
                           f"rules cover {sorted(table)}")
-    axis = table[name]
-    if axis is None or mesh.shape[axis] == 1:
-      out.append(None)
-    elif axis in used:
-      out.append(None)
-      notes.append(f"{where}: dim {dim} ({name}) unsplit, mesh axis {axis!r} already used")
-    elif size % mesh.shape[axis]:
-      out.append(None)
-      notes.append(f"{where}: dim {dim} ({name}, size {size}) unsplit, not divisible by {axis}={mesh.shape[axis]}")
-    else:
-      out.append(axis)
-      used.add(axis)
+    split = [a for a in table[name] if mesh.shape[a] > 1]
+    taken = [a for a in split if a in used]
+    if taken:
+      notes.append(f"{where}: dim {dim} ({name}) unsplit, mesh axis {taken[0]!r} already used")
+      split = []
+    n = math.prod(mesh.shape[a] for a in split)
+    if split and size % n:
+      notes.append(f"{where}: dim {dim} ({name}, size {size}) unsplit, not divisible by "
+                   f"{'x'.join(split)}={n}")
+      split = []
+    used.update(split)
+    out.append(None if not split else split[0] if len(split) == 1 else tuple(split))
   while out and out[-1] is None:
     out.pop()
   return P(*out), notes
@@ -176,6 +193,54 @@ def init_sharded(init_fn: Callable[[], Any], mesh: Mesh, rules=RULES):
   shardings = shardings_from_specs(specs, abstract, mesh, rules)
   params = jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)()
   return params, shardings
+
+
+_ACTIVATION_MESH = contextvars.ContextVar("mfjax_activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Optional[Mesh], rules=RULES):
+  """While tracing within, `constrain` pins activations to `mesh` by `rules`
+  (None: no constraints). Trace-time only: enter it inside the jitted function.
+
+  A function jitted on its own and called inside caches its trace by its
+  arguments alone, so its first trace, pinned or not, would serve every later
+  call: it must run its plain implementation while `pinning()` (as
+  `mfjax.sampling` does)."""
+  token = _ACTIVATION_MESH.set(None if mesh is None else (mesh, rules))
+  try:
+    yield
+  finally:
+    _ACTIVATION_MESH.reset(token)
+
+
+def pinning() -> bool:
+  """Whether `constrain` pins here (inside an `activation_sharding` with a mesh)."""
+  return _ACTIVATION_MESH.get() is not None
+
+
+def with_activation_sharding(fn: Callable, mesh: Optional[Mesh], rules=RULES) -> Callable:
+  """`fn` run under `activation_sharding(mesh, rules)` (wrap it before `jax.jit`)."""
+  def wrapped(*args, **kwargs):
+    with activation_sharding(mesh, rules):
+      return fn(*args, **kwargs)
+  # named as `fn` (a partial: its function), so that jit names the program (profiles, dumps) as before
+  wrapped.__name__ = wrapped.__qualname__ = getattr(fn, "__name__", getattr(getattr(fn, "func", None), "__name__",
+                                                                          "wrapped"))
+  wrapped.__doc__ = fn.__doc__
+  return wrapped
+
+
+def constrain(x: jax.Array, names: Sequence[str]) -> jax.Array:
+  """`x` with a sharding constraint from its logical `names` (one per dim) on the
+  mesh of the enclosing `activation_sharding`; `x` itself outside one. A dim that
+  its mesh axes do not divide stays unsplit (as for parameters)."""
+  active = _ACTIVATION_MESH.get()
+  if active is None:
+    return x
+  mesh, rules = active
+  spec, _ = logical_to_spec(tuple(names), x.shape, mesh, rules, where="activation")
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
