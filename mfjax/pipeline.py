@@ -46,7 +46,7 @@ from mfjax.rollout.context import CONTEXT_HEADER, CONTEXT_SEP, KINDS
 from mfjax.evaluation import plots
 from mfjax.evaluation.report import check_rollouts, evaluate, make_labeler, rollout_path
 from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, make_mesh
-from mfjax.parallel.mesh import check_events, process_rows
+from mfjax.parallel.mesh import check_events, process_rows, with_activation_sharding
 from mfjax.parallel.state import place, policy_shardings, to_host
 from mfjax.pipeline_config import mf_llm_config
 from mfjax.runs import (COMPILE_CACHE_ENV, check_bound_to, check_trained_from, check_workdir, log,
@@ -250,14 +250,17 @@ def _stage_dir(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
 
 
-def _val_eval(loss_fn, data: dict, events: int, step: int, mesh):
-  """params -> token-weighted mean of the loss terms over the validation events (fixed rng)."""
+def _val_eval(loss_fn, data: dict, events: int, step: int, mesh, pin_activations: bool = True):
+  """params -> token-weighted mean of the loss terms over the validation events (fixed rng),
+  the LM's activations pinned on `mesh` as in training (`pin_activations`)."""
   n = len(data["agent_mask"]) // events
   if n == 0:
     return None
   rows = process_rows(events)
   chunks = [global_batch({k: v[i * events:(i + 1) * events][rows] for k, v in data.items()}, mesh) for i in range(n)]
-  aux_fn = jax.jit(lambda p, b: loss_fn(params=p, batch=b, rng=jax.random.PRNGKey(0), step=jnp.int32(step))[1])
+  aux_fn = jax.jit(with_activation_sharding(
+      lambda p, b: loss_fn(params=p, batch=b, rng=jax.random.PRNGKey(0), step=jnp.int32(step))[1],
+      mesh if pin_activations else None))
 
   def run(params):
     terms = [jax.device_get(aux_fn(params, c)) for c in chunks]
@@ -279,13 +282,15 @@ def _train(name: str, stage, *, make_loss, params, trainable: str, cfg, data: Da
   state, shardings = sharded_state(params, tx, mesh=mesh,
                                    param_shardings=policy_shardings(model, encoder, params, mesh))
   labels = trainable_labels(params, trainable)
-  step_fn = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings, labels=labels)
+  pin = cfg.parallel.pin_activations
+  step_fn = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings, labels=labels,
+                           pin_activations=pin)
   n_train = sum(int(x.size) for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if lab == "train")
   about = f"training {n_train:,} parameters ({trainable}) for {stage.steps} steps, {stage.batch_events} events per step"
   state = fit(name=name, workdir=_stage_dir(workdir, name), state=state, step_fn=step_fn, data=data.train,
               batch_events=stage.batch_events, steps=stage.steps, seed=cfg.seed, log_every=cfg.train.log_every,
               ckpt_every=cfg.train.ckpt_every, eval_every=cfg.train.eval_every,
-              eval_fn=_val_eval(make_loss(0), data.val, stage.batch_events, stage.steps, mesh), log=log,
+              eval_fn=_val_eval(make_loss(0), data.val, stage.batch_events, stage.steps, mesh, pin), log=log,
               trained_only=trained_only, mesh=mesh, about=about)
   return state.params
 
@@ -384,7 +389,8 @@ def simulate_all(cfg, workdir: str, data: Data, trained: Trained, *, mesh=None) 
         out = simulate(trained.model, trained.params[key], batch, method=method, encoder=trained.encoder,
                        context=data.context, rng=jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1000 * (seed + 1)), c),
                        warmup=cfg.rollout.warmup, temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k,
-                       top_p=cfg.rollout.top_p, mesh=mesh, donate_batch=True)  # a fresh batch each call
+                       top_p=cfg.rollout.top_p, mesh=mesh, donate_batch=True,  # a fresh batch each call
+                       pin_activations=cfg.parallel.pin_activations)
         parts.append(to_host(out))
       if not distributed.is_main():
         continue

@@ -115,6 +115,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.parallel.data = 1  # replicas; -1 = every device the other axes leave (batch_events must divide by data x fsdp)
   c.parallel.fsdp = 1  # parameters and optimizer state sharded along the model width
   c.parallel.tensor = 1  # heads, MLP width and vocabulary split
+  # pin the LM's activations by the sharding rules (rows over data x fsdp; heads, MLP width and
+  # vocabulary over tensor) rather than leave their layout to XLA's partitioner
+  c.parallel.pin_activations = True
   c.parallel.distributed = False  # join the hosts of a pod / multi-host GPU job (also: MFJAX_DISTRIBUTED=1)
 
   c.eval = ml_collections.ConfigDict()

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from mfjax.model.transformer import Decoder, KVCache, positions_from_mask, unrolled
+from mfjax.parallel.mesh import pinning
 
 
 @flax.struct.dataclass
@@ -154,8 +155,7 @@ def token_logprobs(logits_BxAxV, ids_BxA, mask_BxA):
   return jnp.take_along_axis(logp, ids_BxA[..., None], axis=-1)[..., 0] * mask_BxA.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "unroll"))
-def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperature, eos_id, pad_id,
+def _generate_impl(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperature, eos_id, pad_id,
               prefix_BxKxD, score_BxA, score_mask_BxA, *, max_new_tokens: int, top_k: int, top_p: float,
               unroll: bool) -> tuple[SampleOutput, Optional[jax.Array]]:
   if unroll:  # a scanned loop would copy every layer's weights at every decode step
@@ -220,6 +220,16 @@ def _generate(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperat
   return SampleOutput(state.tokens_BxN, state.logprobs_BxN, state.mask_BxN), scored
 
 
+_generate = jax.jit(_generate_impl, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "unroll"))
+
+
+def _sampler():
+  """The sampler, jitted; its plain implementation inside a step that pins
+  activations (whose trace must not be cached for, or taken from, other calls:
+  `mfjax.parallel.mesh.activation_sharding`)."""
+  return _generate_impl if pinning() else _generate
+
+
 def _arguments(prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id):
   """Checked prompt arrays and the eos / pad scalars of a sampling call."""
   if max_new_tokens < 1:
@@ -248,7 +258,7 @@ def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_to
   shapes, max_new_tokens, top_k, top_p, unroll_layers).
   """
   prompt_ids, prompt_mask, eos, pad = _arguments(prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id)
-  out, _ = _generate(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad, prefix_embeds,
+  out, _ = _sampler()(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad, prefix_embeds,
                      None, None, max_new_tokens=int(max_new_tokens), top_k=int(top_k), top_p=float(top_p),
                      unroll=bool(unroll_layers))
   return out
@@ -272,7 +282,7 @@ def score_and_generate(model: Decoder, params, prompt_ids, prompt_mask, score_id
   if score_ids.shape != score_mask.shape or score_ids.shape[0] != prompt_ids.shape[0]:
     raise ValueError(f"score_ids {score_ids.shape} and score_mask {score_mask.shape} must be equal and have the "
                      f"prompts' {prompt_ids.shape[0]} rows")
-  out, scored = _generate(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad,
+  out, scored = _sampler()(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad,
                           prefix_embeds, score_ids, score_mask, max_new_tokens=int(max_new_tokens), top_k=int(top_k),
                           top_p=float(top_p), unroll=bool(unroll_layers))
   return scored, out

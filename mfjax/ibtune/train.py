@@ -32,7 +32,8 @@ import optax
 import orbax.checkpoint as ocp
 
 from mfjax.model.lora import is_lora_path
-from mfjax.parallel.mesh import batch_sharding, global_batch, opt_state_shardings, process_rows, replicated
+from mfjax.parallel.mesh import (batch_sharding, global_batch, opt_state_shardings, process_rows, replicated,
+                                 with_activation_sharding)
 from mfjax.parallel.state import place
 
 TRAINABLE = ("lora+mf", "lora", "full", "mf")
@@ -116,12 +117,14 @@ def sharded_state(params, tx: optax.GradientTransformation, *, mesh, param_shard
 
 
 def jit_train_step(*, loss_fn: Callable, tx: optax.GradientTransformation, mesh=None, state_shardings=None,
-                   labels=None):
+                   labels=None, pin_activations: bool = True):
   """`train_step` jitted once, donating the state (`labels` as there). With a mesh: in/out shardings
-  state -> `state_shardings`, batch -> events over data x fsdp, rng and metrics replicated."""
+  state -> `state_shardings`, batch -> events over data x fsdp, rng and metrics replicated, and
+  (`pin_activations`) the model's activations pinned by the rules (`activation_sharding`)."""
   fn = functools.partial(train_step, loss_fn=loss_fn, tx=tx, labels=labels)
   if mesh is None:
     return jax.jit(fn, donate_argnums=0)
+  fn = with_activation_sharding(fn, mesh if pin_activations else None)
   rep = replicated(mesh)
   return jax.jit(fn, in_shardings=(state_shardings, batch_sharding(mesh), rep), out_shardings=(state_shardings, rep),
                  donate_argnums=0)

@@ -18,8 +18,13 @@ import numpy as np
 
 from mfjax.model.config import ModelConfig, RopeScaling
 from mfjax.parallel import axes
+from mfjax.parallel.mesh import constrain
 
 _NEG = -1e30  # additive-free mask value: scores are replaced, never added to.
+
+# Logical names of the activations this module pins (`constrain`; a no-op
+# outside a jitted step traced under `mfjax.parallel.mesh.activation_sharding`).
+HIDDEN = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
 
 
 def _init(cfg: ModelConfig, names: Sequence[str], std: Optional[float] = None):
@@ -102,6 +107,7 @@ class Proj(nn.Module):
     kernel = self.param("kernel", _init(cfg, self.in_names + self.out_names), in_shape + self.features,
                         cfg.weights_dtype)
     dt = cfg.compute_dtype
+    kernel = constrain(kernel, tuple(axes.AT_USE[n] for n in self.in_names + self.out_names))
     y = flat_matmul(x.astype(dt), kernel.astype(dt), n_in)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.out_names),
@@ -170,9 +176,12 @@ class Attention(nn.Module):
     H, N, Dh, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
     E = (axes.EMBED,)
     t = queries_from
+    by_heads = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV)
+    by_kv_heads = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_KV_HEADS, axes.ACT_KV)
     q = Proj((H, Dh), E, (axes.HEADS, axes.KV), cfg, cfg.qkv_bias, _lora_on(cfg, "q"), name="q")(x_BxLxD[:, t:])
     k = Proj((N, Dh), E, (axes.KV_HEADS, axes.KV), cfg, cfg.qkv_bias, _lora_on(cfg, "k"), name="k")(x_BxLxD)
     v = Proj((N, Dh), E, (axes.KV_HEADS, axes.KV), cfg, cfg.qkv_bias, _lora_on(cfg, "v"), name="v")(x_BxLxD)
+    q, k, v = constrain(q, by_heads), constrain(k, by_kv_heads), constrain(v, by_kv_heads)
     if cfg.qk_norm:
       q = RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, axes.KV, name="q_norm")(q)
       k = RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, axes.KV, name="k_norm")(k)
@@ -221,7 +230,7 @@ class Attention(nn.Module):
     # token, 34 vs 13 ms for 8 layers of 128 rows; a training forward of 32 x 164
     # tokens, 52 vs 42 ms).
     out = jnp.einsum("bnsd,bngls->blngd", values.astype(dt), probs.astype(dt))
-    out = out.reshape(B, L, H, Dh)
+    out = constrain(out.reshape(B, L, H, Dh), by_heads)
     y = Proj((D,), (axes.HEADS, axes.KV), E, cfg, cfg.o_bias, _lora_on(cfg, "o"), name="o")(out)
     return y, new_cache
 
@@ -236,9 +245,11 @@ class MLP(nn.Module):
     cfg = self.cfg
     E, M = (axes.EMBED,), (axes.MLP,)
     F, D = cfg.intermediate_size, cfg.hidden_size
+    by_mlp = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP)
     gate = Proj((F,), E, M, cfg, use_lora=_lora_on(cfg, "gate"), name="gate")(x_BxLxD)
     up = Proj((F,), E, M, cfg, use_lora=_lora_on(cfg, "up"), name="up")(x_BxLxD)
-    return Proj((D,), M, E, cfg, use_lora=_lora_on(cfg, "down"), name="down")(nn.silu(gate) * up)
+    h = constrain(nn.silu(constrain(gate, by_mlp)) * constrain(up, by_mlp), by_mlp)
+    return Proj((D,), M, E, cfg, use_lora=_lora_on(cfg, "down"), name="down")(h)
 
 
 class Block(nn.Module):
@@ -256,9 +267,10 @@ class Block(nn.Module):
   def __call__(self, carry, layer, positions_BxL, kv_mask_BxS, cache_index):
     cfg, t = self.cfg, self.queries_from
     x_BxLxD, cache = carry
+    x_BxLxD = constrain(x_BxLxD, HIDDEN)
     h, cache = Attention(cfg, name="attn")(
         RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, name="attn_norm")(x_BxLxD),
         positions_BxL, kv_mask_BxS, cache, layer, cache_index, queries_from=t)
     x_BxLxD = x_BxLxD[:, t:] + h.astype(x_BxLxD.dtype)
     h = MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, cfg.weights_dtype, name="mlp_norm")(x_BxLxD))
-    return (x_BxLxD + h.astype(x_BxLxD.dtype), cache), None
+    return (constrain(x_BxLxD + h.astype(x_BxLxD.dtype), HIDDEN), cache), None

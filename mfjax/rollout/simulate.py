@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from mfjax import sampling
 from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, MFState, agent_embeddings
 from mfjax.model.transformer import Decoder, unrolled
-from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated
+from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, with_activation_sharding
 from mfjax.parallel.state import abstract_policy, place, policy_shardings
 from mfjax.policy import per_agent, with_context
 from mfjax.rollout.context import KINDS, NONE, ContextSpec, quote_context, repost_counts, selection_scores
@@ -153,20 +153,21 @@ def _donating_impl(model, encoder, params, action_ids, rest, *scalars, spec: Rol
 
 @functools.lru_cache(maxsize=32)
 def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec: RolloutSpec, mesh, rules,
-                      donate: bool = False):
+                      donate: bool = False, pin_activations: bool = True):
   """(`_simulate` jitted for `mesh` with in/out shardings, param shardings):
-  params by the rules, batch and outputs split over events, scalars replicated.
+  params by the rules, batch and outputs split over events, scalars replicated,
+  the LM's activations pinned by the rules (`pin_activations`).
   donate: called as fn(params, action_ids, rest_of_batch, *scalars), with the
   action ids' buffer donated to the sampled tokens."""
   keys = ("lm", "mf") if spec.use_mf else ("lm",)
   p_sh = policy_shardings(model, encoder, abstract_policy(model, encoder, keys), mesh, rules)
   ev, rep = batch_sharding(mesh), replicated(mesh)
+  impl = functools.partial(_donating_impl if donate else _simulate_impl, model, encoder, spec=spec)
+  fn = with_activation_sharding(impl, mesh if pin_activations else None, rules)
   if donate:
-    fn = jax.jit(functools.partial(_donating_impl, model, encoder, spec=spec),
-                 in_shardings=(p_sh, ev, ev, rep, rep, rep, rep), out_shardings=ev, donate_argnums=(1,))
+    fn = jax.jit(fn, in_shardings=(p_sh, ev, ev, rep, rep, rep, rep), out_shardings=ev, donate_argnums=(1,))
   else:
-    fn = jax.jit(functools.partial(_simulate_impl, model, encoder, spec=spec),
-                 in_shardings=(p_sh, ev, rep, rep, rep, rep), out_shardings=ev)
+    fn = jax.jit(fn, in_shardings=(p_sh, ev, rep, rep, rep, rep), out_shardings=ev)
   return fn, p_sh
 
 
@@ -187,15 +188,15 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
 def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: int, encoder=None,
              context: Optional[ContextSpec] = None, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, score_real: bool = True, mesh=None, rules=RULES,
-             donate_batch: bool = False) -> RolloutOutput:
+             donate_batch: bool = False, pin_activations: bool = True) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`).
   Steps t < warmup take the real actions into the history; later steps their
   own samples. Jitted once per (model, encoder, shapes, spec). score_real=False
   skips scoring the real actions (pure simulation; real_logprobs are zeros).
 
-  With a mesh, the events split over data x fsdp and the parameters follow
-  `rules`; outputs are global arrays split over events (`mfjax.parallel.state.to_host`).
+  With a mesh, the events split over data x fsdp and the parameters (and, with
+  `pin_activations`, the LM's activations) follow `rules`; outputs are global arrays split over events (`mfjax.parallel.state.to_host`).
   Batch arrays may be host arrays (one process) or global arrays
   (`mfjax.parallel.global_batch`, any number of processes). donate_batch (with a
   mesh): the batch's `action_ids` buffer is donated to the sampled tokens; the
@@ -211,7 +212,7 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
     arrays = {k: jnp.asarray(batch[k]) for k in BATCH_KEYS}
     return _simulate(model, encoder, params, arrays, *scalars, spec=spec)
   check_events(batch["agent_mask"].shape[0], mesh, "simulate")
-  fn, p_sh = _sharded_simulate(model, encoder, spec, mesh, tuple(rules), bool(donate_batch))
+  fn, p_sh = _sharded_simulate(model, encoder, spec, mesh, tuple(rules), bool(donate_batch), bool(pin_activations))
   ev = batch_sharding(mesh)
   arrays = {k: batch[k] if isinstance(batch[k], jax.Array) and not batch[k].is_fully_addressable
             else jax.device_put(batch[k], ev) for k in BATCH_KEYS}
