@@ -14,7 +14,7 @@ from mfjax.ibtune import TrainState, fit, ib_tune_loss, jit_train_step, make_opt
 from mfjax.model import Decoder, init_params
 from mfjax.parallel import MeshConfig, ShardingError, axes, global_batch, init_sharded, make_mesh
 from mfjax.parallel.mesh import RULES, logical_to_spec, shardings_from_specs
-from mfjax.parallel.mesh import batch_sharding
+from mfjax.parallel.mesh import activation_sharding, batch_sharding, constrain, with_activation_sharding
 from mfjax.parallel.state import place, policy_shardings, to_host
 from mfjax.rollout import simulate
 
@@ -80,6 +80,57 @@ def test_rules_fail_loudly_and_leave_indivisible_dims_whole():
   assert spec == P("fsdp") and "not divisible" in notes[0]
   spec, notes = logical_to_spec((axes.MLP, axes.VOCAB), (4, 4), mesh, RULES)  # both map to tensor
   assert spec == P("tensor") and "already used" in notes[0]
+  with pytest.raises(ShardingError, match="unknown or repeated mesh axes"):
+    logical_to_spec((axes.EMBED,), (4,), mesh, ((axes.EMBED, ("fsdp", "fsdp")),))
+  with pytest.raises(ShardingError, match="unknown or repeated mesh axes"):
+    logical_to_spec((axes.EMBED,), (4,), mesh, ((axes.EMBED, "model"),))
+
+
+def test_activation_rules_split_rows_over_data_and_fsdp():
+  """An activation's rows split over the product of data and fsdp (size-1 axes
+  left out), its MLP width over tensor; rows the product does not divide stay whole."""
+  names = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP)
+  assert logical_to_spec(names, (8, 3, 4), make_mesh((2, 2, 2)))[0] == P(("data", "fsdp"), None, "tensor")
+  assert logical_to_spec(names, (8, 3, 4), make_mesh((8, 1, 1)))[0] == P("data")
+  assert logical_to_spec(names, (8, 3, 4), make_mesh((1, 4, 2)))[0] == P("fsdp", None, "tensor")
+  spec, notes = logical_to_spec(names, (6, 3, 4), make_mesh((2, 2, 2)), where="activation")
+  assert spec == P(None, None, "tensor") and notes == [
+      "activation: dim 0 (act_batch, size 6) unsplit, not divisible by dataxfsdp=4"]
+
+
+def test_constrain_pins_only_inside_activation_sharding():
+  mesh = make_mesh((2, 2, 2))
+  x = jnp.arange(8 * 3 * 4, dtype=jnp.float32).reshape(8, 3, 4)
+  names = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP)
+  assert constrain(x, names) is x  # nothing to pin to: the array itself
+  with activation_sharding(None):
+    assert constrain(x, names) is x
+  pinned = jax.jit(with_activation_sharding(lambda a: constrain(a * 2, names), mesh))(x)
+  assert pinned.sharding.spec == P(("data", "fsdp"), None, "tensor")
+  np.testing.assert_array_equal(np.asarray(pinned), 2 * np.asarray(x))
+  free = jax.jit(with_activation_sharding(lambda a: constrain(a * 2, names), None))(x)
+  assert free.sharding.is_fully_replicated
+
+
+def test_model_activations_follow_the_rules_on_a_mesh(setup):
+  """Under `activation_sharding`, the LM's logits come out rows over data x fsdp and
+  vocabulary over tensor, its hidden states rows over data x fsdp (whole width),
+  with the values of the unsharded forward."""
+  model, _, params, batch, _, _ = setup
+  mesh = make_mesh((2, 2, 2))
+  lm = params["lm"]
+  rows = lambda x: jnp.asarray(x).reshape(-1, x.shape[-1])[:16]
+  tokens, mask = rows(batch["prompt_ids"]), rows(batch["prompt_mask"])
+  forward = lambda p, t, m: model.apply({"params": p}, t, m, return_hidden=True)
+  ref_logits, ref_hidden = jax.jit(forward)(lm, tokens, mask)
+  p_sh = policy_shardings(model, None, {"lm": lm}, mesh)["lm"]
+  logits, hidden = jax.jit(with_activation_sharding(forward, mesh), in_shardings=(p_sh, batch_sharding(mesh),
+                                                                                  batch_sharding(mesh)))(
+      place(lm, p_sh), tokens, mask)
+  assert logits.sharding.spec == P(("data", "fsdp"), None, "tensor")
+  assert hidden.sharding.spec == P(("data", "fsdp"))
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(hidden), np.asarray(ref_hidden), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape,loop", [(m, False) for m in MESHES] + [((2, 2, 2), True)])
@@ -244,6 +295,44 @@ def test_aot_memory_report_shrinks_with_sharding(capsys):
   assert rows["2,2,2"]["param_bytes"] <= 0.3 * rows["8,1,1"]["param_bytes"]
 
 
+def test_pinned_activations_cut_the_collectives_of_an_fsdp_step(capsys):
+  """Without pinned activations XLA's partitioner ran the (2, 4, 1) train step and
+  rollout with their rows replicated over fsdp, all-reducing whole activations
+  (33x and 9x the collective bytes of the quickstart's default sizes: `python
+  tools/aot_memory.py --config experiments/quickstart.py --mesh 2,4,1 --events 8
+  --rollout-events 8`, and `--set parallel.pin_activations=false`). Unpinned,
+  pinned, unpinned in one process: the sampler jitted inside the rollout must not
+  serve one's trace to the other."""
+  import json
+  import os
+  tool = _tool("aot_memory.py")
+  quick = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "quickstart.py")
+  runs = []
+  for pin, what in (("false", "train,rollout"), ("true", "train,rollout"), ("false", "rollout")):
+    tool.main(["--config", quick + ":smoke", "--mesh", "2,4,1", "--events", "8", "--rollout-events", "8",
+               "--set", f"parallel.pin_activations={pin}", "--what", what])
+    runs.append({r["what"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())})
+  free, pinned, again = runs
+  assert again["simulate[mf]"]["collectives"] == free["simulate[mf]"]["collectives"]
+  for what in ("train_step", "simulate[mf]"):
+    assert pinned[what]["pin_activations"] is True and free[what]["pin_activations"] is False
+    assert free[what]["collective_bytes"] > 0
+    assert pinned[what]["collective_bytes"] < free[what]["collective_bytes"] / 4, (
+        what, pinned[what]["collectives"], free[what]["collectives"])
+
+
+def test_collective_bytes_reads_each_op_once_and_async_pairs_at_their_end():
+  from mfjax.parallel.aot import collective_bytes
+  hlo = """
+  %all-reduce.1 = f32[8,4]{1,0} all-reduce(f32[8,4]{1,0} %x), replica_groups={}, to_apply=%add
+  %ags = (bf16[2,3]{1,0}, bf16[4,3]{1,0}) all-gather-start(bf16[2,3]{1,0} %a), dimensions={0}
+  ROOT %agd = bf16[4,3]{1,0} all-gather-done((bf16[2,3]{1,0}, bf16[4,3]{1,0}) %ags)
+  %rs = (pred[5]{0}, s32[2]{0}) reduce-scatter(pred[10]{0} %p, s32[4]{0} %q), dimensions={0}
+  %fusion = f32[8,4]{1,0} fusion(f32[8,4]{1,0} %all-reduce.1), kind=kLoop, calls=%fused
+  """
+  assert collective_bytes(hlo) == {"all-reduce": 8 * 4 * 4, "all-gather": 4 * 3 * 2, "reduce-scatter": 5 + 2 * 4}
+
+
 def test_aot_memory_refuses_a_bad_config_by_key():
   import os
   tool = _tool("aot_memory.py")
@@ -262,11 +351,14 @@ def test_aot_memory_execute_runs_the_compiled_steps_on_the_mesh(capsys):
   import os
   tool = _tool("aot_memory.py")
   quick = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "quickstart.py")
-  tool.main(["--config", quick + ":smoke", "--mesh", "2,2,2", "--execute"])
+  tool.main(["--config", quick + ":smoke", "--mesh", "2,2,2", "--execute", "--repeats", "2"])
   rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
   assert [r["what"] for r in rows] == ["train_step", "simulate[mf]"]
   for r in rows:
     assert r["measured_peak_bytes"] is None and "no memory statistics" in r["measured_note"]
+    assert r["repeats"] == 2 and r["seconds"] > 0  # timed after the measured run (the train step donates its state)
+  with pytest.raises(SystemExit, match="--repeats needs --execute"):
+    tool.main(["--config", quick + ":smoke", "--mesh", "2,2,2", "--repeats", "2"])
 
 
 def test_pod_launcher_runs_the_command_on_every_worker(capsys):

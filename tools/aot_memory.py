@@ -8,11 +8,18 @@ On a host without that many accelerators the mesh is made of forced CPU
 devices, so arguments and outputs are exact and temporaries are XLA's CPU
 estimate. On the hardware itself, `--execute` also runs each compiled step
 once on arrays of those shapes (zeros) and prints the allocator's measured peak
-beside XLA's figure.
+beside XLA's figure; `--repeats N` then times N more runs (`seconds`, the best).
+
+Each line also carries `collective_bytes`: what the program's collectives
+(all-reduce, all-gather, ...) produce on a device, each op counted once (ops in
+a loop run per iteration), to compare two layouts of the same step, e.g.
+`--set parallel.pin_activations=false` against the default.
 
   python tools/aot_memory.py --config experiments/qwen2_lora.py --mesh 1,4,2
   python tools/aot_memory.py --config experiments/qwen2_lora.py --preset qwen2-1.5b --mesh 2,4,1 --events 8
   python tools/aot_memory.py --config experiments/quickstart.py --mesh 2,2,2
+  python tools/aot_memory.py --config experiments/quickstart.py --mesh 2,4,1 --events 8 --rollout-events 8 \
+      --execute --repeats 3 --set parallel.pin_activations=false
 
 The model comes from the config (`model.checkpoint`'s config.json, or the
 from-scratch sizes), or from `--preset` (no checkpoint needed).
@@ -40,11 +47,15 @@ def parse_args(argv=None):
   p.add_argument("--what", default="train,rollout", help="comma-separated: train, rollout")
   p.add_argument("--execute", action="store_true",
                  help="also run each compiled step once (allocates for real) and measure the device's peak bytes")
+  p.add_argument("--repeats", type=int, default=0,
+                 help="with --execute: time this many more runs of each step (prints the best as seconds)")
   return p.parse_args(argv)
 
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.repeats < 0 or (args.repeats and not args.execute):
+    sys.exit("error: --repeats needs --execute and a count >= 0")
   mesh_shape = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
   if mesh_shape and -1 not in mesh_shape and "JAX_PLATFORMS" not in os.environ:
     # enough host devices for the mesh when no accelerator provides them (set before JAX starts)
@@ -78,17 +89,19 @@ def main(argv=None):
   d = cfg.data
   common = {"model": args.preset or cfg.model.checkpoint or "from-scratch", "dtype": dtype,
             "mesh": dict(mesh.shape), "device": jax.devices()[0].device_kind, "remat": model_cfg.remat_policy,
-            "scan_layers": model_cfg.scan_layers, "unroll_stacked": model_cfg.unroll_stacked}
+            "scan_layers": model_cfg.scan_layers, "unroll_stacked": model_cfg.unroll_stacked,
+            "pin_activations": bool(cfg.parallel.pin_activations)}
+  run = dict(execute=args.execute, repeats=args.repeats, pin_activations=bool(cfg.parallel.pin_activations))
   for what in args.what.split(","):
     if what == "train":
       shapes = Shapes(args.events or cfg.mf_train.batch_events, d.steps, d.agents_per_step, d.prompt_len,
                       d.action_len, cfg.mf_train.agents)
       r = train_step_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, trainable=cfg.mf_train.trainable,
-                            lm_grad=cfg.mf.lm_grad, remat=cfg.ib.remat, execute=args.execute)
+                            lm_grad=cfg.mf.lm_grad, remat=cfg.ib.remat, **run)
     elif what == "rollout":
       shapes = Shapes(args.rollout_events or cfg.rollout.batch_events, d.steps, d.agents_per_step, d.prompt_len,
                       d.action_len)
-      r = rollout_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, method="mf", execute=args.execute)
+      r = rollout_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, method="mf", **run)
     else:
       sys.exit(f"error: --what: unknown {what!r} (train, rollout)")
     r.update(common, events=shapes.events, peak_gib=round(r["peak_bytes"] / 2 ** 30, 3))

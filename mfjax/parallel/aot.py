@@ -12,13 +12,24 @@ an estimate of the accelerator's).
 With `execute=True` (on the hardware itself) the compiled step also runs once
 on real arrays of those shapes, and the device allocator's peak is reported
 beside XLA's figure (`measured_peak_bytes`, where the backend keeps memory
-statistics: GPUs and TPUs do, the CPU does not).
+statistics: GPUs and TPUs do, the CPU does not); `repeats` > 0 times that many
+more runs (`seconds`: the best).
+
+Each report also sums the bytes that the compiled program's collectives
+(all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute)
+produce on a device, each op counted once: an op inside a loop (the layer scan,
+the decode loop, the scan over steps) runs once per iteration, so this is a
+static figure, for comparing two programs of the same loops (say, with and
+without `pin_activations`), not a transfer volume.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import re
+import time
 from typing import Optional
 
 import jax
@@ -60,6 +71,26 @@ def abstract_batch(shapes: Shapes, mesh: Mesh) -> dict:
           if k in BATCH_KEYS}
 
 
+# an op's result type and kind; an asynchronous pair counts at its -done (whose
+# result is the collective's alone: an all-gather-start's holds its operand too)
+_COLLECTIVE = re.compile(r"=\s*(.*?)\s(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+                         r"(?:-done)?\(")
+
+
+def collective_bytes(hlo_text: str) -> dict:
+  """{kind: bytes} of the results of the collective ops in optimized HLO text
+  (one device's program), each op counted once (see the module docstring)."""
+  out = collections.Counter()
+  for line in hlo_text.splitlines():
+    m = _COLLECTIVE.search(line)
+    if not m:
+      continue
+    for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", m.group(1)):
+      bits = int(re.sub(r"^[a-z]+", "", dtype) or 8)  # f32 -> 32, bf16 -> 16, pred -> 8
+      out[m.group(2)] += math.ceil(bits * math.prod(int(d) for d in dims.split(",") if d) / 8)
+  return dict(out)
+
+
 def _stats(compiled) -> dict:
   m = compiled.memory_analysis()
   get = lambda name: int(getattr(m, name, 0) or 0)
@@ -67,6 +98,9 @@ def _stats(compiled) -> dict:
          "temp_bytes": get("temp_size_in_bytes"), "alias_bytes": get("alias_size_in_bytes"),
          "code_bytes": get("generated_code_size_in_bytes")}
   out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
+  by_kind = collective_bytes(compiled.as_text())
+  out["collective_bytes"] = sum(by_kind.values())
+  out["collectives"] = by_kind
   return out
 
 
@@ -78,9 +112,10 @@ def _materialize(tree):
   return jax.jit(lambda: jax.tree.map(fill, tree), out_shardings=jax.tree.map(lambda x: x.sharding, tree))()
 
 
-def _run_measured(compiled, *abstract_args) -> dict:
+def _run_measured(compiled, *abstract_args, repeats: int = 0) -> dict:
   """Run `compiled` once on materialized arguments; the allocator's peak bytes
-  (largest device) after it, and what was resident before it ran."""
+  (largest device) after it, and what was resident before it ran. `repeats`:
+  then time that many more runs on fresh arguments (donated ones are consumed)."""
   args = _materialize(abstract_args)
   devices = {d for x in jax.tree.leaves(abstract_args) for d in x.sharding.device_set}
   stats = lambda: [d.memory_stats() or {} for d in devices]
@@ -88,8 +123,18 @@ def _run_measured(compiled, *abstract_args) -> dict:
   jax.block_until_ready(compiled(*args))
   peak = max(s.get("peak_bytes_in_use", 0) for s in stats())
   if not peak:
-    return {"measured_peak_bytes": None, "measured_note": f"{jax.default_backend()} keeps no memory statistics"}
-  return {"measured_peak_bytes": int(peak), "resident_before_bytes": int(before)}
+    out = {"measured_peak_bytes": None, "measured_note": f"{jax.default_backend()} keeps no memory statistics"}
+  else:
+    out = {"measured_peak_bytes": int(peak), "resident_before_bytes": int(before)}
+  times = []
+  for _ in range(repeats):
+    args = jax.block_until_ready(_materialize(abstract_args))
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+  if times:
+    out.update(seconds=min(times), repeats=repeats)
+  return out
 
 
 def shard_bytes(abstract_tree) -> int:
@@ -112,9 +157,11 @@ def policy(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, lora: Optional[LoraC
 
 def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, shapes: Shapes, *,
                       lora: Optional[LoraConfig] = None, trainable: str = "lora+mf", lm_grad: bool = False,
-                      remat: bool = False, execute: bool = False) -> dict:
+                      remat: bool = False, execute: bool = False, repeats: int = 0,
+                      pin_activations: bool = True) -> dict:
   """Compile the IB-Tune train step for `mesh` against abstract shapes; per-device
-  bytes (`execute`: also run it once and measure, see the module docstring)."""
+  bytes (`execute`: also run it once and measure, `repeats` more times timed,
+  see the module docstring)."""
   check_events(shapes.events, mesh, "events")
   model, encoder, params = policy(model_cfg, mf_cfg, lora)
   p_sh = policy_shardings(model, encoder, params, mesh)
@@ -126,29 +173,31 @@ def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mes
       model=model, encoder=encoder, params=params, batch=batch, rng=rng, beta=1e-3, remat=remat,
       agents=shapes.scored_agents, lm_grad=lm_grad)
   step = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=state_sh,
-                        labels=trainable_labels(params, trainable))
+                        labels=trainable_labels(params, trainable), pin_activations=pin_activations)
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(mesh))
   batch = abstract_batch(shapes, mesh)
   compiled = step.lower(state, batch, rng).compile()
   out = {"what": "train_step", **_stats(compiled), "state_bytes": shard_bytes(state),
          "param_bytes": shard_bytes(state.params)}
-  return {**out, **_run_measured(compiled, state, batch, rng)} if execute else out
+  return {**out, **_run_measured(compiled, state, batch, rng, repeats=repeats)} if execute else out
 
 
 def rollout_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, shapes: Shapes, *,
-                   lora: Optional[LoraConfig] = None, method: str = "mf", execute: bool = False) -> dict:
+                   lora: Optional[LoraConfig] = None, method: str = "mf", execute: bool = False,
+                   repeats: int = 0, pin_activations: bool = True) -> dict:
   """Compile `simulate` (one method) for `mesh` against abstract shapes; per-device
-  bytes (`execute`: also run it once and measure)."""
+  bytes (`execute`: also run it once and measure, `repeats` more times timed)."""
   check_events(shapes.events, mesh, "events")
   model, encoder, params = policy(model_cfg, mf_cfg, lora)
   spec, _ = method_spec(method, max_new_tokens=shapes.action)
   if not spec.use_mf:
     params = {"lm": params["lm"]}
-  fn, p_sh = _sharded_simulate(model, encoder if spec.use_mf else None, spec, mesh, RULES)
+  fn, p_sh = _sharded_simulate(model, encoder if spec.use_mf else None, spec, mesh, RULES,
+                               pin_activations=pin_activations)
   rep = replicated(mesh)
   scalars = (jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep), jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
              jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), jax.ShapeDtypeStruct((), jnp.float32, sharding=rep))
   args = (_abstract(params, p_sh), abstract_batch(shapes, mesh), *scalars)
   compiled = fn.lower(*args).compile()
   out = {"what": f"simulate[{method}]", **_stats(compiled), "param_bytes": shard_bytes(args[0])}
-  return {**out, **_run_measured(compiled, *args)} if execute else out
+  return {**out, **_run_measured(compiled, *args, repeats=repeats)} if execute else out
