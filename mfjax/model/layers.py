@@ -142,6 +142,8 @@ class LoRA(nn.Module):
     b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros, (axes.LORA_RANK,) + self.out_names),
                    (lora.rank,) + self.features, cfg.weights_dtype)
     dt = cfg.compute_dtype
+    a = constrain(a, tuple(axes.AT_USE[n] for n in self.in_names + (axes.LORA_RANK,)))
+    b = constrain(b, tuple(axes.AT_USE[n] for n in (axes.LORA_RANK,) + self.out_names))
     h = flat_matmul(x.astype(dt), a.astype(dt), n_in)
     return flat_matmul(h, b.astype(dt), 1) * jnp.asarray(lora.scale, dt)
 

@@ -184,6 +184,7 @@ class Decoder(nn.Module):
     else:
       head = self.lm_head
     dt = self.cfg.compute_dtype
+    head = constrain(head, (axes.AT_USE[axes.EMBED], axes.AT_USE[axes.VOCAB]))
     logits = flat_matmul(hidden_BxLxD.astype(dt), head.astype(dt), 1, preferred_element_type=jnp.float32)
     names = (axes.ACT_BATCH,) + (axes.ACT_LENGTH,) * (logits.ndim - 2) + (axes.ACT_VOCAB,)
     return constrain(logits, names)

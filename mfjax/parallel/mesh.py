@@ -236,7 +236,7 @@ def constrain(x: jax.Array, names: Sequence[str]) -> jax.Array:
   mesh of the enclosing `activation_sharding`; `x` itself outside one. A dim that
   its mesh axes do not divide stays unsplit (as for parameters)."""
   active = _ACTIVATION_MESH.get()
-  if active is None:
+  if active is None or active[0].size == 1:  # one device: nothing to place
     return x
   mesh, rules = active
   spec, _ = logical_to_spec(tuple(names), x.shape, mesh, rules, where="activation")
