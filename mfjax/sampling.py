@@ -156,8 +156,8 @@ def token_logprobs(logits_BxAxV, ids_BxA, mask_BxA):
 
 
 def _generate_impl(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperature, eos_id, pad_id,
-              prefix_BxKxD, score_BxA, score_mask_BxA, *, max_new_tokens: int, top_k: int, top_p: float,
-              unroll: bool) -> tuple[SampleOutput, Optional[jax.Array]]:
+                   prefix_BxKxD, score_BxA, score_mask_BxA, *, max_new_tokens: int, top_k: int, top_p: float,
+                   unroll: bool) -> tuple[SampleOutput, Optional[jax.Array]]:
   if unroll:  # a scanned loop would copy every layer's weights at every decode step
     model, params = unrolled(model, params)
   B, P = prompt_BxP.shape
@@ -258,9 +258,9 @@ def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_to
   shapes, max_new_tokens, top_k, top_p, unroll_layers).
   """
   prompt_ids, prompt_mask, eos, pad = _arguments(prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id)
-  out, _ = _sampler()(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad, prefix_embeds,
-                     None, None, max_new_tokens=int(max_new_tokens), top_k=int(top_k), top_p=float(top_p),
-                     unroll=bool(unroll_layers))
+  out, _ = _sampler()(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad,
+                      prefix_embeds, None, None, max_new_tokens=int(max_new_tokens), top_k=int(top_k),
+                      top_p=float(top_p), unroll=bool(unroll_layers))
   return out
 
 
@@ -283,6 +283,6 @@ def score_and_generate(model: Decoder, params, prompt_ids, prompt_mask, score_id
     raise ValueError(f"score_ids {score_ids.shape} and score_mask {score_mask.shape} must be equal and have the "
                      f"prompts' {prompt_ids.shape[0]} rows")
   out, scored = _sampler()(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad,
-                          prefix_embeds, score_ids, score_mask, max_new_tokens=int(max_new_tokens), top_k=int(top_k),
-                          top_p=float(top_p), unroll=bool(unroll_layers))
+                           prefix_embeds, score_ids, score_mask, max_new_tokens=int(max_new_tokens),
+                           top_k=int(top_k), top_p=float(top_p), unroll=bool(unroll_layers))
   return scored, out

@@ -298,7 +298,7 @@ def test_aot_memory_report_shrinks_with_sharding(capsys):
 def test_pinned_activations_cut_the_collectives_of_an_fsdp_step(capsys):
   """Without pinned activations XLA's partitioner ran the (2, 4, 1) train step and
   rollout with their rows replicated over fsdp, all-reducing whole activations
-  (33x and 9x the collective bytes of the quickstart's default sizes: `python
+  (36x and 15x the collective bytes of the quickstart's default sizes: `python
   tools/aot_memory.py --config experiments/quickstart.py --mesh 2,4,1 --events 8
   --rollout-events 8`, and `--set parallel.pin_activations=false`). Unpinned,
   pinned, unpinned in one process: the sampler jitted inside the rollout must not

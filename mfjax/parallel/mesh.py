@@ -9,8 +9,9 @@ Mesh axes (always these three, in this order):
 
 `MeshConfig(data=-1, fsdp=1, tensor=1)` fills the -1 axis with the devices
 left over; a mesh without -1 may use fewer devices than there are (the first
-ones; one process only). `RULES` maps each logical axis name of `mfjax.parallel.axes` to a
-mesh axis, a tuple of mesh axes (split over their product), or None (replicated). Resolving a parameter's names against the
+ones; one process only). `RULES` maps each logical axis name of
+`mfjax.parallel.axes` to a mesh axis, a tuple of mesh axes (split over their
+product), or None (replicated). Resolving a parameter's names against the
 rules is strict: a parameter without names, or with a name no rule covers,
 is an error naming the parameter path (nothing is silently replicated). A
 dimension the mesh axis does not divide, or a mesh axis already used by an
@@ -225,8 +226,7 @@ def with_activation_sharding(fn: Callable, mesh: Optional[Mesh], rules=RULES) ->
     with activation_sharding(mesh, rules):
       return fn(*args, **kwargs)
   # named as `fn` (a partial: its function), so that jit names the program (profiles, dumps) as before
-  wrapped.__name__ = wrapped.__qualname__ = getattr(fn, "__name__", getattr(getattr(fn, "func", None), "__name__",
-                                                                          "wrapped"))
+  wrapped.__name__ = wrapped.__qualname__ = getattr(getattr(fn, "func", fn), "__name__", "wrapped")
   wrapped.__doc__ = fn.__doc__
   return wrapped
 

@@ -196,7 +196,8 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   skips scoring the real actions (pure simulation; real_logprobs are zeros).
 
   With a mesh, the events split over data x fsdp and the parameters (and, with
-  `pin_activations`, the LM's activations) follow `rules`; outputs are global arrays split over events (`mfjax.parallel.state.to_host`).
+  `pin_activations`, the LM's activations) follow `rules`; outputs are global
+  arrays split over events (`mfjax.parallel.state.to_host`).
   Batch arrays may be host arrays (one process) or global arrays
   (`mfjax.parallel.global_batch`, any number of processes). donate_batch (with a
   mesh): the batch's `action_ids` buffer is donated to the sampled tokens; the
