@@ -47,8 +47,8 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # How scanned (stacked) layers run in training and scoring: scan (one lax.scan), unroll (a Python loop over the
   # stacked weights' slices; parameters and checkpoints stay stacked), or auto: unroll on GPUs when model.remat is
   # none, scan elsewhere. The loop cut an H100's bfloat16 train step's kernel time by 30%; with a remat policy (set
-  # to save memory) auto scans: looped, Qwen2-1.5B's train step with remat full took 118.6 GiB per device by XLA's
-  # CPU estimate against 25.1 GiB scanned (unmeasured on a GPU; README, Benchmarks)
+  # to save memory) auto scans: looped, Qwen2-1.5B's train step with remat full took 84.0 GiB per device by XLA's
+  # CPU estimate against 12.9 GiB scanned on a (1,4,2) mesh (unmeasured on a GPU; README, Benchmarks)
   c.model.layer_loop = "auto"
   c.model.family = "qwen2"  # from scratch: qwen2 | qwen3 | llama | mistral
   c.model.hidden_size = 64  # D (also the mean-field width)

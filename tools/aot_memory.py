@@ -89,9 +89,9 @@ def main(argv=None):
   d = cfg.data
   common = {"model": args.preset or cfg.model.checkpoint or "from-scratch", "dtype": dtype,
             "mesh": dict(mesh.shape), "device": jax.devices()[0].device_kind, "remat": model_cfg.remat_policy,
-            "scan_layers": model_cfg.scan_layers, "unroll_stacked": model_cfg.unroll_stacked,
-            "pin_activations": bool(cfg.parallel.pin_activations)}
+            "scan_layers": model_cfg.scan_layers, "unroll_stacked": model_cfg.unroll_stacked}
   run = dict(execute=args.execute, repeats=args.repeats, pin_activations=bool(cfg.parallel.pin_activations))
+  common["pin_activations"] = run["pin_activations"]
   for what in args.what.split(","):
     if what == "train":
       shapes = Shapes(args.events or cfg.mf_train.batch_events, d.steps, d.agents_per_step, d.prompt_len,

@@ -27,6 +27,12 @@ _NEG = -1e30  # additive-free mask value: scores are replaced, never added to.
 HIDDEN = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
 
 
+def at_use(weight, names: Sequence[str]):
+  """`weight` (parameter logical `names`) pinned in the layout its matmul reads:
+  FSDP's gathered one (`axes.AT_USE`; a no-op outside a pinned step)."""
+  return constrain(weight, tuple(axes.AT_USE[n] for n in names))
+
+
 def _init(cfg: ModelConfig, names: Sequence[str], std: Optional[float] = None):
   return nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std if std is None else std), tuple(names))
 
@@ -107,7 +113,7 @@ class Proj(nn.Module):
     kernel = self.param("kernel", _init(cfg, self.in_names + self.out_names), in_shape + self.features,
                         cfg.weights_dtype)
     dt = cfg.compute_dtype
-    kernel = constrain(kernel, tuple(axes.AT_USE[n] for n in self.in_names + self.out_names))
+    kernel = at_use(kernel, self.in_names + self.out_names)
     y = flat_matmul(x.astype(dt), kernel.astype(dt), n_in)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.out_names),
@@ -142,8 +148,8 @@ class LoRA(nn.Module):
     b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros, (axes.LORA_RANK,) + self.out_names),
                    (lora.rank,) + self.features, cfg.weights_dtype)
     dt = cfg.compute_dtype
-    a = constrain(a, tuple(axes.AT_USE[n] for n in self.in_names + (axes.LORA_RANK,)))
-    b = constrain(b, tuple(axes.AT_USE[n] for n in (axes.LORA_RANK,) + self.out_names))
+    a = at_use(a, self.in_names + (axes.LORA_RANK,))
+    b = at_use(b, (axes.LORA_RANK,) + self.out_names)
     h = flat_matmul(x.astype(dt), a.astype(dt), n_in)
     return flat_matmul(h, b.astype(dt), 1) * jnp.asarray(lora.scale, dt)
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mfjax.model.config import ModelConfig
-from mfjax.model.layers import HIDDEN, Block, RMSNorm, _init, flat_matmul
+from mfjax.model.layers import HIDDEN, Block, RMSNorm, _init, at_use, flat_matmul
 from mfjax.parallel import axes
 from mfjax.parallel.mesh import constrain
 
@@ -115,12 +115,12 @@ class Decoder(nn.Module):
   def embed(self, tokens_BxL):
     """Token embeddings [B, L, D] in the compute dtype (for building prefixes).
 
-    The table is read whole along its width (`constrain`: FSDP gathers it before
+    The table is read whole along its width (`at_use`: FSDP gathers it before
     the lookup, as it gathers every other weight before its matmul), so that the
     rows come out split like the tokens; a lookup into the width-split table
     gives width-split rows, which XLA cannot reshard to row-split ones but by
     replicating them (and their gradient) first."""
-    table = constrain(self.embedder.embedding, (axes.ACT_VOCAB, axes.ACT_EMBED))
+    table = at_use(self.embedder.embedding, (axes.VOCAB, axes.EMBED))
     return constrain(jnp.take(table.astype(self.cfg.compute_dtype), tokens_BxL, axis=0), HIDDEN)
 
   def _stack(self, x_BxLxD, positions_BxL, kv_mask_BxS, cache: Optional[KVCache], cache_index,
@@ -184,17 +184,17 @@ class Decoder(nn.Module):
     else:
       head = self.lm_head
     dt = self.cfg.compute_dtype
-    head = constrain(head, (axes.AT_USE[axes.EMBED], axes.AT_USE[axes.VOCAB]))
+    head = at_use(head, (axes.EMBED, axes.VOCAB))
     logits = flat_matmul(hidden_BxLxD.astype(dt), head.astype(dt), 1, preferred_element_type=jnp.float32)
     names = (axes.ACT_BATCH,) + (axes.ACT_LENGTH,) * (logits.ndim - 2) + (axes.ACT_VOCAB,)
     return constrain(logits, names)
 
   def _embed_with_prefix(self, tokens_BxL, prefix_embeds_BxKxD):
     """Token embeddings with the prefix vectors (if any) in front: [B, K + L, D]."""
-    x = self.embed(tokens_BxL)
-    if prefix_embeds_BxKxD is not None:
-      x = jnp.concatenate([prefix_embeds_BxKxD.astype(x.dtype), x], axis=1)
-    return constrain(x, HIDDEN)
+    x = self.embed(tokens_BxL)  # pinned as HIDDEN already
+    if prefix_embeds_BxKxD is None:
+      return x
+    return constrain(jnp.concatenate([prefix_embeds_BxKxD.astype(x.dtype), x], axis=1), HIDDEN)
 
   def _inputs(self, tokens_BxL, mask_BxL, prefix_embeds_BxKxD):
     x = self._embed_with_prefix(tokens_BxL, prefix_embeds_BxKxD)
