@@ -319,6 +319,13 @@ def test_pinned_activations_cut_the_collectives_of_an_fsdp_step(capsys):
     assert free[what]["collective_bytes"] > 0
     assert pinned[what]["collective_bytes"] < free[what]["collective_bytes"] / 4, (
         what, pinned[what]["collectives"], free[what]["collectives"])
+    assert pinned[what]["traffic_bytes"] < free[what]["traffic_bytes"] / 4, (
+        what, pinned[what]["traffic"], free[what]["traffic"])
+    for r in (pinned[what], free[what]):  # loops run their ops more than once
+      assert r["traffic_bytes"] > r["collective_bytes"] and set(r["traffic"]) == set(r["collectives"])
+  # the train step's loops are scans (known trip counts); the rollout's decode loop counts at its bound
+  assert pinned["train_step"]["loops_at_bound"] == 0
+  assert pinned["simulate[mf]"]["loops_at_bound"] == 1 and pinned["simulate[mf]"]["loop_bound"] == 8
 
 
 def test_collective_bytes_reads_each_op_once_and_async_pairs_at_their_end():
@@ -331,6 +338,27 @@ def test_collective_bytes_reads_each_op_once_and_async_pairs_at_their_end():
   %fusion = f32[8,4]{1,0} fusion(f32[8,4]{1,0} %all-reduce.1), kind=kLoop, calls=%fused
   """
   assert collective_bytes(hlo) == {"all-reduce": 8 * 4 * 4, "all-gather": 4 * 3 * 2, "reduce-scatter": 5 + 2 * 4}
+
+
+def test_collective_traffic_weights_each_op_by_the_loops_around_it():
+  """A 16-byte psum inside a scan of 5 inside a scan of 3, and one in a while loop
+  whose trip count is traced (counted at the bound given): 15 + 4 runs of it."""
+  from mfjax.parallel.aot import collective_bytes, collective_traffic
+  mesh = jax.make_mesh((8,), ("x",))
+  mix = jax.shard_map(lambda v: v * jax.lax.psum(v.sum(0), "x"), mesh=mesh, in_specs=P("x"), out_specs=P("x"))
+
+  def f(x, n):
+    inner = lambda c, _: (jax.lax.scan(lambda c, _: (mix(c), None), c, None, length=5)[0], None)
+    x, _ = jax.lax.scan(inner, x, None, length=3)
+    return jax.lax.while_loop(lambda s: s[0] < n, lambda s: (s[0] + 1, mix(s[1])), (0, x))[1]
+
+  x = jax.ShapeDtypeStruct((16, 4), jnp.float32, sharding=jax.sharding.NamedSharding(mesh, P("x")))
+  hlo = jax.jit(f).lower(x, jax.ShapeDtypeStruct((), jnp.int32)).compile().as_text()
+  assert collective_bytes(hlo) == {"all-reduce": 2 * 4 * 4}
+  assert collective_traffic(hlo, 4) == ({"all-reduce": (3 * 5 + 4) * 4 * 4}, 1)
+  assert collective_traffic(hlo, 1) == ({"all-reduce": (3 * 5 + 1) * 4 * 4}, 1)
+  with pytest.raises(ValueError, match="without an ENTRY"):
+    collective_traffic("%add (a: f32[]) -> f32[] {\n}\n", 1)
 
 
 def test_aot_memory_refuses_a_bad_config_by_key():

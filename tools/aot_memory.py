@@ -10,10 +10,12 @@ estimate. On the hardware itself, `--execute` also runs each compiled step
 once on arrays of those shapes (zeros) and prints the allocator's measured peak
 beside XLA's figure; `--repeats N` then times N more runs (`seconds`, the best).
 
-Each line also carries `collective_bytes`: what the program's collectives
-(all-reduce, all-gather, ...) produce on a device, each op counted once (ops in
-a loop run per iteration), to compare two layouts of the same step, e.g.
-`--set parallel.pin_activations=false` against the default.
+Each line also carries what the program's collectives (all-reduce,
+all-gather, ...) produce on a device: `collective_bytes` counts each op once;
+`traffic_bytes` (and `traffic`, per kind) multiplies each by the iterations of
+the loops around it, the decode loop at its bound (`loop_bound`, the action
+length), so it is what one run moves at most. Compare meshes, or
+`--set parallel.pin_activations=false` against the default, by it.
 
   python tools/aot_memory.py --config experiments/qwen2_lora.py --mesh 1,4,2
   python tools/aot_memory.py --config experiments/qwen2_lora.py --preset qwen2-1.5b --mesh 2,4,1 --events 8

@@ -17,10 +17,14 @@ more runs (`seconds`: the best).
 
 Each report also sums the bytes that the compiled program's collectives
 (all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute)
-produce on a device, each op counted once: an op inside a loop (the layer scan,
-the decode loop, the scan over steps) runs once per iteration, so this is a
-static figure, for comparing two programs of the same loops (say, with and
-without `pin_activations`), not a transfer volume.
+produce on a device, two ways:
+  collective_bytes  each op counted once, a static figure of the program;
+  traffic_bytes     each op times the iterations of the loops around it (the
+                    scan over steps, the layer scan: XLA's known trip counts;
+                    the decode loop, which may stop early at eos: its bound,
+                    the action length, `loop_bound`): what one run produces,
+                    at most; the volume to compare meshes by. (Result bytes:
+                    a ring all-reduce sends about twice its result.)
 """
 
 from __future__ import annotations
@@ -91,16 +95,82 @@ def collective_bytes(hlo_text: str) -> dict:
   return dict(out)
 
 
-def _stats(compiled) -> dict:
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$")
+_CALLED = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)"
+                     r"|\b(?:branch|called)_computations=\{([^}]*)\}")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+
+
+def collective_traffic(hlo_text: str, unknown_trips: int) -> tuple[dict, int]:
+  """({kind: bytes}, loops of unknown trip count) of the collective ops in optimized
+  HLO text: each op's result bytes times the iterations of the loops around it, a
+  while loop's `known_trip_count` where XLA knows it (scans), else `unknown_trips`
+  (a bound the caller gives: the decode loop stops early once every row has emitted
+  eos). Both branches of a conditional count. So this is (a bound on) what one run
+  of the program makes its collectives produce on a device."""
+  bodies: dict[str, list[str]] = {}
+  entry, name = None, None
+  for line in hlo_text.splitlines():
+    m = _COMPUTATION.match(line)
+    if m:
+      name = m.group(1)
+      bodies[name] = []
+      entry = name if line.startswith("ENTRY") else entry
+    elif name is not None and line.startswith("}"):
+      name = None
+    elif name is not None:
+      bodies[name].append(line)
+  if entry is None:
+    raise ValueError("HLO text without an ENTRY computation")
+  weight = collections.Counter({entry: 1})
+  # computations form a DAG: visit each once all its callers have been (Kahn's order)
+  callers = collections.Counter()
+  calls, unknown = {}, 0
+  for comp, lines in bodies.items():
+    out = []
+    for line in lines:
+      trips = _TRIP_COUNT.search(line)
+      for kind, callee, branches in _CALLED.findall(line):
+        targets = [b.strip().lstrip("%") for b in branches.split(",")] if branches else [callee]
+        n = 1
+        if kind in ("body", "condition"):
+          n = int(trips.group(1)) if trips else unknown_trips
+          unknown += not trips and kind == "body"
+        out += [(t, n) for t in targets if t in bodies]
+    calls[comp] = out
+    for t, _ in out:
+      callers[t] += 1
+  ready = [c for c in bodies if not callers[c]]
+  while ready:
+    comp = ready.pop()
+    for t, n in calls[comp]:
+      weight[t] += weight[comp] * n
+      callers[t] -= 1
+      if not callers[t]:
+        ready.append(t)
+  out = collections.Counter()
+  for comp, lines in bodies.items():
+    if weight[comp]:
+      for kind, n in collective_bytes("\n".join(lines)).items():
+        out[kind] += n * weight[comp]
+  return dict(out), unknown
+
+
+def _stats(compiled, loop_bound: int = 1) -> dict:
+  """Per-device memory and collectives of `compiled`; a loop of unknown trip
+  count (the decode loop) counts `loop_bound` iterations in the traffic."""
   m = compiled.memory_analysis()
   get = lambda name: int(getattr(m, name, 0) or 0)
   out = {"argument_bytes": get("argument_size_in_bytes"), "output_bytes": get("output_size_in_bytes"),
          "temp_bytes": get("temp_size_in_bytes"), "alias_bytes": get("alias_size_in_bytes"),
          "code_bytes": get("generated_code_size_in_bytes")}
   out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
-  by_kind = collective_bytes(compiled.as_text())
+  hlo = compiled.as_text()
+  by_kind = collective_bytes(hlo)
   out["collective_bytes"] = sum(by_kind.values())
   out["collectives"] = by_kind
+  traffic, at_bound = collective_traffic(hlo, loop_bound)
+  out.update(traffic_bytes=sum(traffic.values()), traffic=traffic, loops_at_bound=at_bound, loop_bound=loop_bound)
   return out
 
 
@@ -199,5 +269,6 @@ def rollout_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, 
              jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), jax.ShapeDtypeStruct((), jnp.float32, sharding=rep))
   args = (_abstract(params, p_sh), abstract_batch(shapes, mesh), *scalars)
   compiled = fn.lower(*args).compile()
-  out = {"what": f"simulate[{method}]", **_stats(compiled), "param_bytes": shard_bytes(args[0])}
+  # the decode loop stops once every row has emitted eos: at most `action` iterations
+  out = {"what": f"simulate[{method}]", **_stats(compiled, shapes.action), "param_bytes": shard_bytes(args[0])}
   return {**out, **_run_measured(compiled, *args, repeats=repeats)} if execute else out
