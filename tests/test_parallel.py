@@ -364,6 +364,30 @@ def test_collective_traffic_weights_each_op_by_the_loops_around_it():
     collective_traffic("%add (a: f32[]) -> f32[] {\n}\n", 1)
 
 
+def test_aot_memory_sweeps_every_mesh_of_n_devices(capsys):
+  import json
+  import os
+  tool = _tool("aot_memory.py")
+  assert tool.sweep_meshes(4) == [(4, 1, 1), (2, 2, 1), (2, 1, 2), (1, 4, 1), (1, 2, 2), (1, 1, 4)]
+  assert sorted(tool.sweep_meshes(12)) == sorted({(a, b, 12 // (a * b)) for a in range(1, 13) for b in range(1, 13)
+                                                   if 12 % (a * b) == 0})
+  quick = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "quickstart.py")
+  tool.main(["--config", quick + ":smoke", "--sweep", "4", "--what", "rollout", "--rollout-events", "2"])
+  out, err = capsys.readouterr()
+  rows = [json.loads(line) for line in out.strip().splitlines()]
+  # 2 events split over data x fsdp of 1 or 2 only
+  assert [tuple(r["mesh"].values()) for r in rows] == [(2, 1, 2), (1, 2, 2), (1, 1, 4)]
+  assert all(r["what"] == "simulate[mf]" and r["events"] == 2 for r in rows)
+  assert all(r["traffic_bytes"] > r["collective_bytes"] > 0 for r in rows)
+  assert [line.split(" skipped")[0] for line in err.strip().splitlines()] == [
+      "[aot_memory] mesh (4, 1, 1)", "[aot_memory] mesh (2, 2, 1)", "[aot_memory] mesh (1, 4, 1)"]
+  for argv, match in ((["--sweep", "2", "--mesh", "1,1,2"], "--sweep takes"), (["--mesh", "1,2"], "give data,fsdp"),
+                      (["--mesh", "1,1,2", "--what", "rolout"], "unknown 'rolout'"),
+                      (["--mesh", "4,1,1", "--rollout-events", "2", "--what", "rollout"], "do not split")):
+    with pytest.raises(SystemExit, match=match):
+      tool.main(["--config", quick + ":smoke", *argv])
+
+
 def test_aot_memory_refuses_a_bad_config_by_key():
   import os
   tool = _tool("aot_memory.py")

@@ -22,6 +22,11 @@ length), so it is what one run moves at most. Compare meshes, or
   python tools/aot_memory.py --config experiments/quickstart.py --mesh 2,2,2
   python tools/aot_memory.py --config experiments/quickstart.py --mesh 2,4,1 --events 8 --rollout-events 8 \
       --execute --repeats 3 --set parallel.pin_activations=false
+  python tools/aot_memory.py --config experiments/qwen2_lora.py --preset qwen2-1.5b --sweep 8
+
+`--sweep N` compiles for every (data, fsdp, tensor) mesh of N devices in turn, a
+line per mesh and step (a mesh whose data x fsdp does not divide the events is
+skipped, with a note on stderr): the table to choose a mesh by.
 
 The model comes from the config (`model.checkpoint`'s config.json, or the
 from-scratch sizes), or from `--preset` (no checkpoint needed).
@@ -43,6 +48,8 @@ def parse_args(argv=None):
   p.add_argument("--config", required=True, help="experiment file[:arg], e.g. experiments/qwen2_lora.py")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
   p.add_argument("--mesh", default=None, help="data,fsdp,tensor (default: the config's parallel block)")
+  p.add_argument("--sweep", type=int, default=None, metavar="N",
+                 help="every (data, fsdp, tensor) mesh of N devices in turn, instead of --mesh")
   p.add_argument("--preset", default=None, help="model preset instead of the config's model, e.g. qwen2-1.5b")
   p.add_argument("--events", type=int, default=None, help="events per train step (default: mf_train.batch_events)")
   p.add_argument("--rollout-events", type=int, default=None, help="events per rollout call (default: rollout.batch_events)")
@@ -58,17 +65,27 @@ def main(argv=None):
   args = parse_args(argv)
   if args.repeats < 0 or (args.repeats and not args.execute):
     sys.exit("error: --repeats needs --execute and a count >= 0")
-  mesh_shape = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
-  if mesh_shape and -1 not in mesh_shape and "JAX_PLATFORMS" not in os.environ:
+  if args.sweep is not None and (args.mesh or args.sweep < 1):
+    sys.exit("error: --sweep takes a device count >= 1, and no --mesh")
+  try:
+    mesh_shape = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
+  except ValueError:
+    sys.exit(f"error: --mesh {args.mesh!r}: give data,fsdp,tensor, e.g. 1,4,2")
+  if mesh_shape is not None and len(mesh_shape) != 3:
+    sys.exit(f"error: --mesh {args.mesh!r}: give data,fsdp,tensor, e.g. 1,4,2")
+  shapes_wanted = sweep_meshes(args.sweep) if args.sweep else [mesh_shape]
+  devices = args.sweep or (math.prod(mesh_shape) if mesh_shape and -1 not in mesh_shape else None)
+  if devices and "JAX_PLATFORMS" not in os.environ:
     # enough host devices for the mesh when no accelerator provides them (set before JAX starts)
-    flag = f"--xla_force_host_platform_device_count={math.prod(mesh_shape)}"
+    flag = f"--xla_force_host_platform_device_count={devices}"
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
   import jax
 
   from mfjax import configs
   from mfjax.model import hf
   from mfjax.model.config import PRESETS
-  from mfjax.parallel import MeshConfig, make_mesh
+  from mfjax.parallel import MeshConfig, ShardingError, make_mesh
+  from mfjax.parallel.mesh import check_events
   from mfjax.parallel.aot import Shapes, rollout_memory, train_step_memory
   from mfjax.pipeline import check_config, layer_fields, lora_config, mf_config, scratch_model_config
 
@@ -87,29 +104,47 @@ def main(argv=None):
   else:
     model_cfg = scratch_model_config(cfg, cfg.tokenizer.vocab_size)
   mf_cfg, lora = mf_config(cfg, model_cfg.hidden_size), lora_config(cfg)
-  mesh = make_mesh(MeshConfig(*mesh_shape) if mesh_shape else MeshConfig.from_config(cfg.parallel))
+  whats = args.what.split(",")
+  unknown = [w for w in whats if w not in ("train", "rollout")]
+  if unknown:
+    sys.exit(f"error: --what: unknown {unknown[0]!r} (train, rollout)")
   d = cfg.data
-  common = {"model": args.preset or cfg.model.checkpoint or "from-scratch", "dtype": dtype,
-            "mesh": dict(mesh.shape), "device": jax.devices()[0].device_kind, "remat": model_cfg.remat_policy,
-            "scan_layers": model_cfg.scan_layers, "unroll_stacked": model_cfg.unroll_stacked}
+  steps = {"train": Shapes(args.events or cfg.mf_train.batch_events, d.steps, d.agents_per_step, d.prompt_len,
+                           d.action_len, cfg.mf_train.agents),
+           "rollout": Shapes(args.rollout_events or cfg.rollout.batch_events, d.steps, d.agents_per_step,
+                             d.prompt_len, d.action_len)}
   run = dict(execute=args.execute, repeats=args.repeats, pin_activations=bool(cfg.parallel.pin_activations))
-  common["pin_activations"] = run["pin_activations"]
-  for what in args.what.split(","):
-    if what == "train":
-      shapes = Shapes(args.events or cfg.mf_train.batch_events, d.steps, d.agents_per_step, d.prompt_len,
-                      d.action_len, cfg.mf_train.agents)
-      r = train_step_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, trainable=cfg.mf_train.trainable,
-                            lm_grad=cfg.mf.lm_grad, remat=cfg.ib.remat, **run)
-    elif what == "rollout":
-      shapes = Shapes(args.rollout_events or cfg.rollout.batch_events, d.steps, d.agents_per_step, d.prompt_len,
-                      d.action_len)
-      r = rollout_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, method="mf", **run)
-    else:
-      sys.exit(f"error: --what: unknown {what!r} (train, rollout)")
-    r.update(common, events=shapes.events, peak_gib=round(r["peak_bytes"] / 2 ** 30, 3))
-    if r.get("measured_peak_bytes"):
-      r["measured_peak_gib"] = round(r["measured_peak_bytes"] / 2 ** 30, 3)
-    print(json.dumps(r), flush=True)
+  for shape in shapes_wanted:
+    try:
+      mesh = make_mesh(MeshConfig(*shape) if shape else MeshConfig.from_config(cfg.parallel))
+      for what in whats:
+        check_events(steps[what].events, mesh, f"--what {what}: events")
+    except ShardingError as e:
+      if not args.sweep:
+        sys.exit(f"error: {e}")
+      print(f"[aot_memory] mesh {shape} skipped: {e}", file=sys.stderr, flush=True)
+      continue
+    common = {"model": args.preset or cfg.model.checkpoint or "from-scratch", "dtype": dtype,
+              "mesh": dict(mesh.shape), "device": jax.devices()[0].device_kind, "remat": model_cfg.remat_policy,
+              "scan_layers": model_cfg.scan_layers, "unroll_stacked": model_cfg.unroll_stacked,
+              "pin_activations": run["pin_activations"]}
+    for what in whats:
+      shapes = steps[what]
+      if what == "train":
+        r = train_step_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, trainable=cfg.mf_train.trainable,
+                              lm_grad=cfg.mf.lm_grad, remat=cfg.ib.remat, **run)
+      else:
+        r = rollout_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, method="mf", **run)
+      r.update(common, events=shapes.events, peak_gib=round(r["peak_bytes"] / 2 ** 30, 3))
+      if r.get("measured_peak_bytes"):
+        r["measured_peak_gib"] = round(r["measured_peak_bytes"] / 2 ** 30, 3)
+      print(json.dumps(r), flush=True)
+
+
+def sweep_meshes(n: int) -> list[tuple[int, int, int]]:
+  """Every (data, fsdp, tensor) with data x fsdp x tensor = n, data-heaviest first."""
+  divisors = [k for k in range(1, n + 1) if n % k == 0]
+  return sorted(((a, b, n // (a * b)) for a in divisors for b in divisors if (n // a) % b == 0), reverse=True)
 
 
 if __name__ == "__main__":
