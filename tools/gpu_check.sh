@@ -3,8 +3,8 @@
 # with a GPU), most important first, each step under its own time limit so that
 # one failure or overrun leaves the others' results:
 #
-#   tools/gpu_check.sh [STEP...]      STEP: profile mfu topk layers rollout bench aot generate tests
-#                                     (default: all but rollout, which bench includes, in this order)
+#   tools/gpu_check.sh [STEP...]      STEP: profile mfu topk layers rollout bench aot generate tests meshes
+#                                     (default: all but rollout, which bench includes, and meshes, in this order)
 #
 # Times of each step on one H100 (2026-11-26/27, most of it compiling): profile 70-90 s, mfu 62-80 s,
 # topk 30 s (its first version), layers 27-61 s a variant (156 s for four on 2026-11-27), rollout
@@ -33,13 +33,16 @@
 #                                its train step with the layers looped (model.layer_loop=unroll) and remat full
 #   generate.jsonl     generate: tools/bench_generate.py at the issue's size and at a larger one
 #   pytest.log         tests:    the test suite on the GPU
+#   meshes.jsonl       meshes:   on a host with several GPUs only: tools/aot_memory.py --sweep (all of them)
+#                                --execute --repeats 3 for Qwen2-1.5B + LoRA: every (data, fsdp, tensor) mesh's
+#                                measured peak, step time and collective traffic (README "Which mesh")
 #   log.txt            every step's stderr and exit status
 #
 # OUT (default /tmp/gpu_check) is where the files go; PYTHON chooses the interpreter;
 # BENCH_ARGS adds tools/bench.py flags (e.g. smaller sizes to try the script on a CPU), PROFILE_ARGS
 # tools/profile_step.py flags;
 # LIMIT_BENCH (each bench process; the float32 ones get 1.5x it), LIMIT_AOT, LIMIT_MFU, LIMIT_PROFILE, LIMIT_TOPK,
-# LIMIT_GENERATE, LIMIT_TESTS (seconds) the limits.
+# LIMIT_GENERATE, LIMIT_TESTS, LIMIT_MESHES (seconds) the limits.
 #
 # Float32 matmuls run at full precision (no TF32) in the float32 bench, generate and
 # tests, so that parity tolerances and the PyTorch comparison mean the same as on
@@ -74,8 +77,8 @@ step() {  # step NAME LIMIT_S FILE CMD...: run CMD, stdout appended to FILE, std
 
 for s in $steps; do
   case $s in
-    bench | aot | mfu | profile | topk | layers | rollout | generate | tests) ;;
-    *) echo "unknown step $s (profile mfu topk layers rollout bench aot generate tests)" >&2; exit 2 ;;
+    bench | aot | mfu | profile | topk | layers | rollout | generate | tests | meshes) ;;
+    *) echo "unknown step $s (profile mfu topk layers rollout bench aot generate tests meshes)" >&2; exit 2 ;;
   esac
 done
 
@@ -129,6 +132,14 @@ for s in $steps; do
       gen=(env JAX_DEFAULT_MATMUL_PRECISION=highest "$py" tools/bench_generate.py --repeats 5)
       step generate "${LIMIT_GENERATE:-300}" generate.jsonl "${gen[@]}"
       step generate_big "${LIMIT_GENERATE:-300}" generate.jsonl "${gen[@]}" --batch 64 --width 1024 --layers 16 ;;
+    meshes)
+      n=$("$py" -c 'import jax; print(jax.device_count())' 2>>"$log")
+      if [ "${n:-0}" -lt 2 ]; then
+        echo "== meshes: skipped, it needs several devices (this host has ${n:-none})" | tee -a "$log"
+      else
+        step meshes "${LIMIT_MESHES:-1800}" meshes.jsonl env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 "$py" \
+          tools/aot_memory.py --config experiments/qwen2_lora.py --preset qwen2-1.5b --sweep "$n" --execute --repeats 3
+      fi ;;
     tests)
       step tests "${LIMIT_TESTS:-1500}" pytest.log env JAX_DEFAULT_MATMUL_PRECISION=highest \
         XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" "$py" -m pytest -q -p no:cacheprovider tests
