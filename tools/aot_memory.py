@@ -67,13 +67,12 @@ def main(argv=None):
     sys.exit("error: --repeats needs --execute and a count >= 0")
   if args.sweep is not None and (args.mesh or args.sweep < 1):
     sys.exit("error: --sweep takes a device count >= 1, and no --mesh")
-  try:
-    mesh_shape = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
-  except ValueError:
-    sys.exit(f"error: --mesh {args.mesh!r}: give data,fsdp,tensor, e.g. 1,4,2")
-  if mesh_shape is not None and len(mesh_shape) != 3:
-    sys.exit(f"error: --mesh {args.mesh!r}: give data,fsdp,tensor, e.g. 1,4,2")
-  shapes_wanted = sweep_meshes(args.sweep) if args.sweep else [mesh_shape]
+  mesh_shape = tuple(x.strip() for x in args.mesh.split(",")) if args.mesh else None
+  if mesh_shape is not None:
+    if len(mesh_shape) != 3 or not all(x.lstrip("-").isdigit() for x in mesh_shape):
+      sys.exit(f"error: --mesh {args.mesh!r}: give data,fsdp,tensor, e.g. 1,4,2")
+    mesh_shape = tuple(int(x) for x in mesh_shape)
+  meshes = sweep_meshes(args.sweep) if args.sweep else [mesh_shape]
   devices = args.sweep or (math.prod(mesh_shape) if mesh_shape and -1 not in mesh_shape else None)
   if devices and "JAX_PLATFORMS" not in os.environ:
     # enough host devices for the mesh when no accelerator provides them (set before JAX starts)
@@ -114,7 +113,7 @@ def main(argv=None):
            "rollout": Shapes(args.rollout_events or cfg.rollout.batch_events, d.steps, d.agents_per_step,
                              d.prompt_len, d.action_len)}
   run = dict(execute=args.execute, repeats=args.repeats, pin_activations=bool(cfg.parallel.pin_activations))
-  for shape in shapes_wanted:
+  for shape in meshes:
     try:
       mesh = make_mesh(MeshConfig(*shape) if shape else MeshConfig.from_config(cfg.parallel))
       for what in whats:
