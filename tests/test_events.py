@@ -1,5 +1,6 @@
 """Event loaders on real CED events and on files the tests write in each layout."""
 
+import dataclasses
 import datetime
 import gzip
 import json
@@ -170,3 +171,31 @@ def test_cascade_depth_follows_parent_links(val_events):
   events, _ = val_events
   depths = [d for e in events[:50] for d in cascade_depths(e)]
   assert min(depths) == 1 and max(depths) >= 3  # real cascades are deeper than one hop
+
+
+def test_an_intervention_replaces_only_its_actions_texts(val_events):
+  from mfjax.data.intervention import Intervention, forced_mask, inject
+  events, _ = val_events
+  sample = list(events[:3]) + [ev.Event("s", "t", 0.0, None, events[0].actions[:13])]  # a short one too
+  iv = Intervention("谣言，别信", step=2, agents=3)
+  got = inject(sample, iv, agents_per_step=5)
+  for before, after in zip(sample, got):
+    assert len(after.actions) == len(before.actions) and after.topic == before.topic
+    for i, (a, b) in enumerate(zip(before.actions, after.actions)):
+      if 12 <= i < 15:  # step 2's last 3 agents: the injected text, the rest of the action as it was
+        assert b.text == iv.text and b == dataclasses.replace(a, text=iv.text)
+      else:
+        assert b == a
+  assert sample[0].actions[12].text != iv.text  # the originals are untouched
+  agent_mask = np.ones((4, 4, 5), bool)
+  agent_mask[3].reshape(-1)[13:] = False  # the short event has only the first of those slots
+  forced = forced_mask(agent_mask, iv)
+  assert forced.sum() == 3 * 3 + 1 and forced[:3, 2, 2:].all()
+  assert forced[3, 2].tolist() == [False, False, True, False, False]
+  iv.check(steps=4, agents_per_step=5, warmup=2)
+  with pytest.raises(ValueError, match="must be a rollout step"):
+    iv.check(steps=4, agents_per_step=5, warmup=3)
+  with pytest.raises(ValueError, match="before the last of 3 steps"):
+    iv.check(steps=3, agents_per_step=5)
+  with pytest.raises(ValueError, match="agents 3 must be 1 to the 2 agents"):
+    iv.check(steps=4, agents_per_step=2)

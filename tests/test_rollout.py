@@ -111,3 +111,41 @@ def test_rollout_outputs(setup):
   np.testing.assert_array_equal(mask, np.arange(A) <= first_eos[..., None])
   with pytest.raises(ValueError, match="unknown method"):
     _run(setup, "oracle", batch, warmup=0)
+
+
+@pytest.mark.parametrize("method", ["mf", "recent"])
+def test_forced_agents_enter_the_history_as_in_warm_up(setup, method):
+  batch = setup[3]
+  W = 2
+  ref = _run(setup, method, batch, warmup=W)
+  forced = np.zeros(batch["agent_mask"].shape, bool)
+  np.testing.assert_array_equal(_run(setup, method, {**batch, "forced": forced}, warmup=W).tokens, ref.tokens)
+  forced[:, :W] = True  # every agent of the first W steps forced, no warm-up: the same rollout
+  out = _run(setup, method, {**batch, "forced": forced}, warmup=0)
+  for field in ("tokens", "mask", "real_logprobs", "mf_mu", "mf_logvar"):
+    np.testing.assert_array_equal(getattr(out, field), getattr(ref, field), err_msg=field)
+
+
+@pytest.mark.parametrize("method", ["mf", "recent", "state"])
+def test_an_intervention_changes_only_the_steps_after_it(setup, method):
+  """Agents of step s forced to injected actions (after the warm-up): the
+  rollout with the same key is the same up to step s, and after it differs
+  (in the scores of the real actions, which the policy's input decides) only
+  for the methods that read the population."""
+  batch = setup[3]
+  s = 1
+  ref = _run(setup, method, batch, warmup=1)
+  injected = {**batch, "action_ids": batch["action_ids"].copy(), "forced": np.zeros(batch["agent_mask"].shape, bool)}
+  injected["action_ids"][:, s] = np.where(batch["action_mask"][:, s] > 0, 9, 0)
+  injected["forced"][:, s] = batch["agent_mask"][:, s]
+  out = _run(setup, method, injected, warmup=1)
+  for field in ("tokens", "mf_mu"):
+    np.testing.assert_array_equal(getattr(out, field)[:, :s + 1], getattr(ref, field)[:, :s + 1], err_msg=field)
+  later = lambda r: np.asarray(r.real_logprobs)[:, s + 1:]
+  if method == "state":
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(later(out), later(ref))
+  else:
+    assert np.abs(later(out) - later(ref)).max() > 1e-3
+  if method == "mf":
+    assert not np.allclose(out.mf_mu[:, s + 1], ref.mf_mu[:, s + 1], atol=1e-4)  # m read after step s moved

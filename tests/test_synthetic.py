@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mfjax.data import synthetic
+from mfjax.data.intervention import Intervention
 from mfjax.evaluation import DIMENSIONS, RuleLabeler, category_ids
 from mfjax.evaluation import metrics
 
@@ -62,3 +63,39 @@ def test_generation_is_deterministic_in_the_seed():
   np.testing.assert_array_equal(ta.probs["belief"], tb.probs["belief"])
   assert all(len(e.actions) == 12 * 16 for e in a)
   assert {e.label for e in a} <= {"rumor", "non-rumor"}
+
+
+def test_an_intervention_forces_its_agents_and_leaves_every_draw_as_it_was():
+  iv = Intervention("别信谣言，扩散", step=4, agents=8)
+  labels = {d: v[0] for d, v in RuleLabeler().label([iv.text]).items()}
+  assert labels == {"behaviour": "comment", "belief": "doubt", "sentiment": "neutral", "intent": "promotion"}
+  plain, t0 = synthetic.generate(300, seed=1)
+  events, t1 = synthetic.generate(300, seed=1, intervention=iv, labels=labels)
+  s, n = iv.step, iv.agents
+  for d, cats in DIMENSIONS.items():
+    a0, a1 = t0.attributes[d], t1.attributes[d]
+    np.testing.assert_array_equal(a1[:, :s], a0[:, :s])  # the past, and the step's other agents, as they were
+    np.testing.assert_array_equal(a1[:, s, :-n], a0[:, s, :-n])
+    assert (a1[:, s, -n:] == cats.index(labels[d])).all()
+    np.testing.assert_array_equal(t1.probs[d][:, :s], t0.probs[d][:, :s])
+  # the step's exact distribution counts the forced agents as certain (a share's chance is the same for every agent)
+  np.testing.assert_allclose(t1.probs["behaviour"][:, s], (t0.probs["behaviour"][:, s] + [0.0, 1.0]) / 2, rtol=1e-12)
+  assert all(a.text == iv.text for e in events for a in e.actions[(s + 1) * 16 - n:(s + 1) * 16])
+  texts = [a.text for e in events[:20] for a in e.actions]
+  got = category_ids(RuleLabeler().label(texts))
+  for d in DIMENSIONS:  # the labeler reads the world's attributes off the intervened texts too
+    np.testing.assert_array_equal(np.array(got[d]).reshape(20, 12, 16), t1.attributes[d][:20])
+  # the next step's signal is the doubt among all earlier comments, the injected ones included
+  comment = t1.attributes["behaviour"][:, :s + 1] == DIMENSIONS["behaviour"].index("comment")
+  doubt = (t1.attributes["belief"][:, :s + 1] == 1) & comment
+  np.testing.assert_allclose(t1.signal["doubt"][:, s + 1], doubt.sum((1, 2)) / comment.sum((1, 2)))
+  # herding: doubt spreads after the counter-rumor comments
+  assert (t1.probs["belief"][:, s + 1:, 1] - t0.probs["belief"][:, s + 1:, 1]).mean() > 0.01
+  with pytest.raises(ValueError, match="needs the labels"):
+    synthetic.generate(2, intervention=iv)
+  with pytest.raises(ValueError, match="a share is"):
+    synthetic.generate(2, intervention=iv, labels={**labels, "behaviour": "share"})
+  with pytest.raises(ValueError, match=r"labels\['belief'\] must be one of"):
+    synthetic.generate(2, intervention=iv, labels={**labels, "belief": "maybe"})
+  with pytest.raises(ValueError, match="before the last of 12 steps"):
+    synthetic.generate(2, intervention=Intervention("x", step=11, agents=1), labels=labels)

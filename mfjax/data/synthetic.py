@@ -30,15 +30,24 @@ step's agents of their category probabilities given the realised history.
 
 Texts are Chinese templates per (belief, sentiment, intent), built so that
 `RuleLabeler` recovers every attribute exactly.
+
+With an `Intervention` (`mfjax.data.intervention`) the world's own answer to
+it is exact too: `generate(..., intervention=iv, labels=...)` makes the same
+events with the intervention's agents forced to the injected action's labels
+(its text in their place). Every random draw of the agents' attributes is the
+same as without it, so the steps up to the intervention are identical and the
+later ones differ only through what the injected actions changed in the history.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
 from mfjax.data.events import Action, Event
+from mfjax.data.intervention import Intervention
 from mfjax.evaluation.labelers import DIMENSIONS, SHARE_LABELS
 
 TYPES = ("轻信", "中立", "多疑")  # credulous, neutral, sceptical: z = -1, 0, +1
@@ -132,9 +141,32 @@ def text_for(rng: np.random.Generator, belief: str, sentiment: str, intent: str)
   return phrases[rng.integers(len(phrases))] + emos[rng.integers(len(emos))]
 
 
-def generate(n_events: int, seed: int = 0, config: WorldConfig = WorldConfig()) -> tuple[list[Event], GroundTruth]:
-  """`n_events` events and their exact ground truth; deterministic in `seed`."""
+def _forced_attributes(labels: dict) -> dict:
+  """dimension -> category id of an injected action with `labels` (dimension -> category name), checked
+  to be one the world can take: a plain share is share / believe / neutral / promotion."""
+  ids = {}
+  for d, cats in DIMENSIONS.items():
+    if labels.get(d) not in cats:
+      raise ValueError(f"labels[{d!r}] must be one of {cats}, got {labels.get(d)!r}")
+    ids[d] = cats.index(labels[d])
+  if labels["behaviour"] == "share" and any(ids[d] != i for d, i in _SHARE_ID.items()):
+    raise ValueError(f"a share is {SHARE_LABELS} in the world, got {labels}")
+  return ids
+
+
+def generate(n_events: int, seed: int = 0, config: WorldConfig = WorldConfig(),
+             intervention: Optional[Intervention] = None,
+             labels: Optional[dict] = None) -> tuple[list[Event], GroundTruth]:
+  """`n_events` events and their exact ground truth; deterministic in `seed`.
+  intervention: its agents act as its text, labelled `labels` (dimension ->
+  category, as the labeler reads the text), with every random draw unchanged
+  (module docstring)."""
   c, rng = config, np.random.default_rng(seed)
+  if intervention is not None:
+    intervention.check(c.steps, c.agents_per_step)
+    if labels is None:
+      raise ValueError("an intervention needs the labels of its text")
+    forced = _forced_attributes(labels)
   E, T, B = n_events, c.steps, c.agents_per_step
   rumor = rng.random(E) < c.rumor_fraction
   r = np.where(rumor, 1.0, -1.0)[:, None]
@@ -176,8 +208,6 @@ def generate(n_events: int, seed: int = 0, config: WorldConfig = WorldConfig()) 
         "intent": pc * (p_doubt[..., None] * int_d + (1 - p_doubt[..., None]) * int_b)
         + p_share[..., None] * np.eye(3)[_SHARE_ID["intent"]],
     }
-    for d in DIMENSIONS:
-      probs[d][:, t] = agent[d].mean(1)
     # draw the realised actions
     share = rng.random((E, B)) < p_share
     doubt = (rng.random((E, B)) < p_doubt) & ~share
@@ -185,6 +215,15 @@ def generate(n_events: int, seed: int = 0, config: WorldConfig = WorldConfig()) 
     intent = np.where(doubt, _categorical(rng, int_d), _categorical(rng, int_b))
     sentiment = np.where(share, _SHARE_ID["sentiment"], sentiment)
     intent = np.where(share, _SHARE_ID["intent"], intent)
+    if intervention is not None and t == intervention.step:  # its agents act as told, surely
+      last = slice(B - intervention.agents, B)
+      for d in DIMENSIONS:
+        agent[d][:, last] = np.eye(len(DIMENSIONS[d]))[forced[d]]
+      share[:, last] = forced["behaviour"] == _SHARE_ID["behaviour"]
+      doubt[:, last] = forced["belief"] == DIMENSIONS["belief"].index("doubt")
+      sentiment[:, last], intent[:, last] = forced["sentiment"], forced["intent"]
+    for d in DIMENSIONS:
+      probs[d][:, t] = agent[d].mean(1)
     attrs["behaviour"][:, t] = np.where(share, _SHARE_ID["behaviour"], 1 - _SHARE_ID["behaviour"])
     attrs["belief"][:, t] = doubt.astype(np.int64)
     attrs["sentiment"][:, t] = sentiment
@@ -204,7 +243,9 @@ def generate(n_events: int, seed: int = 0, config: WorldConfig = WorldConfig()) 
     actions = []
     for t in range(T):
       for b in range(B):
-        if attrs["behaviour"][e, t, b] == 0:
+        if intervention is not None and t == intervention.step and b >= B - intervention.agents:
+          text = intervention.text
+        elif attrs["behaviour"][e, t, b] == 0:
           text = ""
         else:
           text = text_for(rng, DIMENSIONS["belief"][attrs["belief"][e, t, b]],

@@ -12,7 +12,9 @@ count). At step t, for every event at once:
   3. B actions sampled with the KV-cache sampler from the same input (2 and 3
      share one pass over the input: `sampling.score_and_generate`);
   4. the step's actions enter the history: the real ones during warm-up
-     (t < warmup), the sampled ones after; the mean field is updated from them.
+     (t < warmup) and those of `forced` agents (an intervention's injected
+     actions, `mfjax.data.intervention`), the sampled ones otherwise; the mean
+     field is updated from them.
 
 Methods: `state` and `sft` (prompt only: the base and the fine-tuned policy),
 `recent`, `popular` (context), `mf` (latent mean field). `recent`/`popular`
@@ -71,7 +73,7 @@ class RolloutState:
 
 @flax.struct.dataclass
 class RolloutOutput:
-  tokens: jax.Array  # [E, T, B, A] int32 sampled actions (pad after eos)
+  tokens: jax.Array  # [E, T, B, A] int32 sampled actions (pad after eos; warm-up and forced agents sample too)
   mask: jax.Array  # [E, T, B, A] bool: sampled token is real (up to and including eos)
   real_logprobs: jax.Array  # [E, T, B, A] float32 log-prob of each real action token under the method (0 without score_real)
   mf_kl: jax.Array  # [E, T] KL(q(m_{t-1}) || N(0, I)) of the mean field read at step t (0 without one)
@@ -98,9 +100,10 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
                       hist_mask=jnp.zeros((E, N, A), jnp.int32), hist_valid=jnp.zeros((E, N), bool),
                       counts=jnp.zeros((E, N), jnp.float32))
   flat = lambda x: x.reshape(E * B, *x.shape[2:])
+  forced = batch["forced"] if "forced" in batch else jnp.zeros((E, T, B), bool)
 
   def step(carry: RolloutState, xs):
-    t, prompt_ids, prompt_mask, act_ids, act_mask, agent_mask, parent = xs
+    t, prompt_ids, prompt_mask, act_ids, act_mask, agent_mask, parent, forced_EB = xs
     rng, k_m, k_s = jax.random.split(carry.rng, 3)
     in_ids, in_mask = flat(prompt_ids), flat(prompt_mask)
     if spec.use_context:
@@ -123,21 +126,21 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     else:
       real_lp, out = jnp.zeros((E * B, A), jnp.float32), sampling.generate(model, lm, in_ids, in_mask, **sample)
     s_ids, s_mask = out.tokens.reshape(E, B, A), out.mask.reshape(E, B, A)
-    real_step = t < warmup
-    ch_ids = jnp.where(real_step, act_ids, s_ids)
-    ch_mask = jnp.where(real_step, act_mask, s_mask.astype(act_mask.dtype))
+    take_real_EB = (t < warmup) | forced_EB  # the batch's action enters the history, not the sampled one
+    ch_ids = jnp.where(take_real_EB[..., None], act_ids, s_ids)
+    ch_mask = jnp.where(take_real_EB[..., None], act_mask, s_mask.astype(act_mask.dtype))
     mf = carry.mf
     if spec.use_mf:
       pooled = agent_embeddings(model, lm, prompt_ids, prompt_mask, ch_ids, ch_mask)
       mf = enc(MeanFieldEncoder.update, carry.mf, enc(MeanFieldEncoder.features, pooled), agent_mask)
     put = lambda buf, v: jax.lax.dynamic_update_slice_in_dim(buf, v.astype(buf.dtype), t * B, axis=1)
-    counts = carry.counts + jax.vmap(lambda p, v: repost_counts(p, v, N))(parent, agent_mask & real_step)
+    counts = carry.counts + jax.vmap(lambda p, v: repost_counts(p, v, N))(parent, agent_mask & take_real_EB)
     new = RolloutState(mf=mf, rng=rng, hist_ids=put(carry.hist_ids, ch_ids), hist_mask=put(carry.hist_mask, ch_mask),
                        hist_valid=put(carry.hist_valid, agent_mask), counts=counts)
     return new, (s_ids, s_mask, real_lp.reshape(E, B, A)) + stats
 
   xs = (jnp.arange(T), *(_t_first(batch[k]) for k in ("prompt_ids", "prompt_mask", "action_ids", "action_mask",
-                                                       "agent_mask", "parent")))
+                                                       "agent_mask", "parent")), _t_first(forced.astype(bool)))
   _, ys = jax.lax.scan(step, init, xs)
   return RolloutOutput(*(_t_first(y) for y in ys))
 
@@ -192,7 +195,9 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`).
   Steps t < warmup take the real actions into the history; later steps their
-  own samples. Jitted once per (model, encoder, shapes, spec). score_real=False
+  own samples, except for agents marked in the optional batch key `forced`
+  ([E, T, B] bool: an intervention's agents, whose batch actions are taken as
+  in warm-up). Jitted once per (model, encoder, shapes, spec). score_real=False
   skips scoring the real actions (pure simulation; real_logprobs are zeros).
 
   With a mesh, the events split over data x fsdp and the parameters (and, with
@@ -209,14 +214,15 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   params = {k: v for k, v in params.items() if k != "mf" or spec.use_mf}
   encoder = encoder if spec.use_mf else None
   scalars = (rng, jnp.int32(warmup), jnp.int32(kind), jnp.float32(temperature))
+  keys = BATCH_KEYS + (("forced",) if "forced" in batch else ())
   if mesh is None:
-    arrays = {k: jnp.asarray(batch[k]) for k in BATCH_KEYS}
+    arrays = {k: jnp.asarray(batch[k]) for k in keys}
     return _simulate(model, encoder, params, arrays, *scalars, spec=spec)
   check_events(batch["agent_mask"].shape[0], mesh, "simulate")
   fn, p_sh = _sharded_simulate(model, encoder, spec, mesh, tuple(rules), bool(donate_batch), bool(pin_activations))
   ev = batch_sharding(mesh)
   arrays = {k: batch[k] if isinstance(batch[k], jax.Array) and not batch[k].is_fully_addressable
-            else jax.device_put(batch[k], ev) for k in BATCH_KEYS}
+            else jax.device_put(batch[k], ev) for k in keys}
   if donate_batch:
     return fn(place(params, p_sh), arrays.pop("action_ids"), arrays, *scalars)
   return fn(place(params, p_sh), arrays, *scalars)
