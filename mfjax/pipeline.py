@@ -7,6 +7,7 @@ stages -> rollouts -> evaluation, every stage resumable from the workdir.
   workdir/sft/, workdir/mf/     fine-tuning stages; mf_beta<b>/ for an IB sweep
      checkpoints/ metrics.jsonl
   workdir/rollouts/<method>_seed<s>.npz   sampled actions, real-action log-probs
+  workdir/rollouts/<method>_intervened_seed<s>.npz   the same with intervention.text injected
   workdir/results.json, workdir/plots/*.png   (mfjax.evaluation.report)
 
 Stages: `base` gives the policy the prompt formats of every method (contexts of
@@ -34,6 +35,7 @@ from jax.experimental import multihost_utils
 from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least, flat_keys
 from mfjax.data import (BatchConfig, StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
                         make_step_batch, policy_prompt, synthetic, train_tokenizer)
+from mfjax.data.intervention import Intervention, forced_mask, inject
 from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.ibtune import (TRAINABLE, beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss,
                           sharded_state, trainable_labels)
@@ -64,6 +66,8 @@ class Data:
   eval: StepBatch  # the events rollouts are scored on (texts kept for labelling)
   truth: Optional[object]  # synthetic.GroundTruth of the eval events, else None
   eval_split: str
+  intervened: Optional[dict] = None  # with intervention.text: the eval arrays with it injected, and `forced`
+  truth_intervened: Optional[object] = None  # synthetic: the world's GroundTruth of the intervened eval events
 
 
 # ----------------------------------------------------------------------------- config
@@ -71,7 +75,7 @@ class Data:
 # The config keys (prefixes) that change only what is rolled out and how it is scored, never a
 # trained stage: a run with --trained-from may differ from the run it reads in these alone
 # (e.g. data.eval_split=holdout for the final report of a run selected on val).
-EVAL_ONLY_KEYS = ("data.eval_split", "data.eval_events", "rollout.", "eval.", "parallel.")
+EVAL_ONLY_KEYS = ("data.eval_split", "data.eval_events", "rollout.", "eval.", "parallel.", "intervention.")
 
 
 def check_config(cfg) -> None:
@@ -95,6 +99,9 @@ def check_config(cfg) -> None:
         f"{r.warmup} warm-up steps leave no step of data.steps={d.steps} to simulate and score")
   check("rollout.top_p", 0 < r.top_p <= 1, f"must be in (0, 1], got {r.top_p!r}")
   check("rollout.methods", lambda: methods(cfg))
+  if cfg.intervention.text:
+    check("intervention", lambda: intervention_of(cfg).check(d.steps, d.agents_per_step, r.warmup))
+    check("intervention.methods", lambda: intervention_methods(cfg))
   check("eval.labeler", lambda: make_labeler(cfg.eval.labeler))
   check("ib.schedule", lambda: beta_schedule(cfg.ib.beta, cfg.ib.schedule, cfg.ib.warmup))
   check("ib.sweep", lambda: sweep_betas(cfg))
@@ -130,6 +137,24 @@ def methods(cfg) -> list[str]:
   return out
 
 
+def intervention_of(cfg) -> Optional[Intervention]:
+  """The configured intervention, or None (intervention.text empty)."""
+  iv = cfg.intervention
+  return Intervention(iv.text, int(iv.step), int(iv.agents)) if iv.text else None
+
+
+def intervention_methods(cfg) -> list[str]:
+  """The methods rolled out again with the intervention (none without one)."""
+  if not cfg.intervention.text:
+    return []
+  want = methods(cfg)
+  out = [m.strip() for m in cfg.intervention.methods.split(",") if m.strip()] or want
+  bad = [m for m in out if m not in want]
+  if bad:
+    raise ValueError(f"{bad} are not in rollout.methods {want}")
+  return out
+
+
 def sweep_betas(cfg) -> list[float]:
   return [float(b) for b in str(cfg.ib.sweep).split(",") if b.strip()]
 
@@ -142,11 +167,16 @@ def _check_data_choices(d) -> None:
     raise ValueError(f"data.eval_split: must be 'val' or 'holdout', got {d.eval_split!r}")
 
 
+def _world(cfg) -> synthetic.WorldConfig:
+  d = cfg.data
+  return synthetic.WorldConfig(steps=d.steps, agents_per_step=d.agents_per_step, **cfg.world.to_dict())
+
+
 def _events(cfg):
   """(train, val, eval events, eval truth, eval split name)."""
   d = cfg.data
   _check_data_choices(d)
-  world = synthetic.WorldConfig(steps=d.steps, agents_per_step=d.agents_per_step, **cfg.world.to_dict())
+  world = _world(cfg)
   if d.source == "synthetic":
     train, _ = synthetic.generate(d.train_events, seed=d.seed, config=world)
     val, _ = synthetic.generate(d.val_events, seed=d.seed + 1, config=world)
@@ -200,7 +230,21 @@ def prepare(cfg, workdir: str) -> Data:
         f"{r['actions_truncated']} actions")
   ctx = ContextSpec.from_tokenizer(tok, k=cfg.context.k, action_len=cfg.data.action_len)
   log(f"[data] tokenizer: {len(tok)} tokens; context: {ctx.length} tokens ({time.time() - t0:.1f} s)")
-  return Data(tok, ctx, batches["train"].arrays(), batches["val"].arrays(), batches["eval"], truth, split)
+  data = Data(tok, ctx, batches["train"].arrays(), batches["val"].arrays(), batches["eval"], truth, split)
+  iv = intervention_of(cfg)
+  if iv is not None:
+    # the same eval events with the injected actions; only their action tokens differ (prompts are the states)
+    data.intervened = {**make_step_batch(inject(test, iv, bc.agents_per_step), tok, bc, activity=activity).arrays(),
+                       "forced": forced_mask(batches["eval"].agent_mask, iv)}
+    if truth is not None:
+      data.truth_intervened = synthetic.generate(cfg.data.eval_events, seed=cfg.data.seed + 2, config=_world(cfg),
+                                                 intervention=iv, labels=intervention_labels(cfg))[1]
+  return data
+
+
+def intervention_labels(cfg) -> dict:
+  """dimension -> category of the injected action, as `eval.labeler` reads it."""
+  return {d: v[0] for d, v in make_labeler(cfg.eval.labeler).label([cfg.intervention.text]).items()}
 
 
 # ----------------------------------------------------------------------------- models
@@ -365,18 +409,27 @@ def rollout_runs(cfg) -> list[tuple[str, str, str]]:
   return runs
 
 
+def intervention_runs(cfg) -> list[tuple[str, str, str]]:
+  """(tag, method, params key) of the rollouts with the intervention (tag: the method's, + `_intervened`)."""
+  want = intervention_methods(cfg)
+  return [(f"{tag}_intervened", method, key) for tag, method, key in rollout_runs(cfg) if tag in want]
+
+
 def simulate_all(cfg, workdir: str, data: Data, trained: Trained, *, mesh=None) -> None:
   """Roll out every method and seed over the eval events (existing files are
-  kept), `rollout.batch_events` events per call split over the mesh."""
+  kept), `rollout.batch_events` events per call split over the mesh; then, with
+  an intervention, its methods again over the intervened events, with the same
+  keys (so that a rollout differs from its method's only through the injected actions)."""
   mesh = mesh_from(cfg) if mesh is None else mesh
   os.makedirs(os.path.join(workdir, "rollouts"), exist_ok=True)
-  arrays = data.eval.arrays()
-  E = len(arrays["agent_mask"])
+  plain = data.eval.arrays()
+  E = len(plain["agent_mask"])
   chunk = min(cfg.rollout.batch_events, E)
   check_events(chunk, mesh, "rollout.batch_events (or the eval events, if fewer)")
   rows = process_rows(chunk)
   n_chunks = -(-E // chunk)
-  for tag, method, key in rollout_runs(cfg):
+  todo = [(run, plain) for run in rollout_runs(cfg)] + [(run, data.intervened) for run in intervention_runs(cfg)]
+  for (tag, method, key), arrays in todo:
     for seed in range(cfg.rollout.seeds):
       path = rollout_path(workdir, tag, seed)
       if os.path.exists(path):
@@ -421,6 +474,18 @@ def _sweep_validation(cfg, workdir: str) -> dict:
   return out
 
 
+def _intervention_report(cfg, data: Data) -> Optional[dict]:
+  """What `evaluate` needs to score the intervention (None without one)."""
+  iv = intervention_of(cfg)
+  if iv is None:
+    return None
+  truth = None
+  if data.truth is not None:
+    truth = (data.truth.probs, data.truth_intervened.probs)
+  return {"intervention": iv, "labels": intervention_labels(cfg), "world": truth,
+          "runs": [(tag, tag[:-len("_intervened")]) for tag, _, _ in intervention_runs(cfg)]}
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simulate", "evaluate"),
         trained_from: Optional[str] = None) -> Optional[dict]:
   """`python -m mfjax train|simulate|evaluate|run`: the named parts, in order, in one workdir.
@@ -457,7 +522,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   if trained_from:
     log(f"[train] the trained stages of {trained_from} (read only)")
   if "evaluate" in commands and "simulate" not in commands:  # nothing here makes the rollouts: they must be there
-    check_rollouts(workdir, rollout_runs(cfg), cfg.rollout.seeds)
+    check_rollouts(workdir, rollout_runs(cfg) + intervention_runs(cfg), cfg.rollout.seeds)
   t0 = time.time()
   data = prepare(cfg, stages)
   if "train" in commands or "simulate" in commands:
@@ -472,6 +537,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   if "evaluate" in commands and distributed.is_main():  # host-side work on the saved rollouts: process 0 only
     results = evaluate(workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=rollout_runs(cfg),
                        seeds=cfg.rollout.seeds, warmup=cfg.rollout.warmup, labeler_name=cfg.eval.labeler,
-                       truth=data.truth, sweep=_sweep_validation(cfg, stages) or None, started=t0, log=log)
+                       truth=data.truth, sweep=_sweep_validation(cfg, stages) or None, started=t0, log=log,
+                       intervention=_intervention_report(cfg, data))
   log(f"[done] {', '.join(commands)} in {time.time() - t0:.0f} s; outputs in {workdir}")
   return results

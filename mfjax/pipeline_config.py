@@ -111,6 +111,16 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.rollout.top_k = 0
   c.rollout.top_p = 1.0
 
+  # The paper's intervention application (mfjax.data.intervention): after the rollouts, every method named here is
+  # rolled out again, with the same keys, on the eval events with the last `agents` agents of step `step` writing
+  # `text` instead of their own action; results.json and plots/intervention.png compare the steps after it with the
+  # rollout without (and, on the synthetic world, with the world's own exact answer). experiments/intervention.py
+  c.intervention = ml_collections.ConfigDict()
+  c.intervention.text = ""  # the injected action, e.g. a counter-rumor comment ("" = no intervention)
+  c.intervention.step = 4  # a rollout step (>= rollout.warmup) before the last
+  c.intervention.agents = 4  # 1 to data.agents_per_step
+  c.intervention.methods = ""  # comma-separated, of rollout.methods ("" = all of them)
+
   c.parallel = ml_collections.ConfigDict()  # the device mesh (mfjax.parallel); batches split over data x fsdp
   c.parallel.data = 1  # replicas; -1 = every device the other axes leave (batch_events must divide by data x fsdp)
   c.parallel.fsdp = 1  # parameters and optimizer state sharded along the model width

@@ -71,7 +71,10 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   # another workdir rolls out wd's trained stages with other rollout settings, reading wd only
   before = _snapshot(wd)
   again = tmp_path / "again"
-  _cli("run", again, extra=["rollout.warmup=2"], trained_from=wd)
+  # ... and with an intervention (as experiments/intervention.py): 2 agents of step 2 write a counter-rumor comment
+  iv = ["intervention.text=别信谣言，扩散", "intervention.step=2", "intervention.agents=2",
+        "intervention.methods=state,mf"]
+  _cli("run", again, extra=["rollout.warmup=2"] + iv, trained_from=wd)
   assert f"[train] the trained stages of {wd} (read only)" in capsys.readouterr().out
   assert _snapshot(wd) == before
   assert not any(os.path.exists(again / stage) for stage in ("base", "sft", "mf", "tokenizer"))
@@ -79,6 +82,17 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   assert moved["data"]["warmup"] == 2 and results["data"]["warmup"] == 1
   assert moved["methods"]["mf"]["kl_mean"] != results["methods"]["mf"]["kl_mean"]
   assert json.load(open(again / "trained_from.json")) == {"trained_from": os.path.abspath(wd)}
+  section = moved["intervention"]
+  assert section["step"] == 2 and section["agents"] == 2 and section["scored_steps"] == [3]
+  assert section["labels"] == {"behaviour": "comment", "belief": "doubt", "sentiment": "neutral", "intent": "promotion"}
+  assert set(section["methods"]) == {"state", "mf"} and set(moved["methods"]) == set(results["methods"])
+  # state reads no population: with the same keys its rollout is the same, token for token
+  assert all(v == 0 for d in section["methods"]["state"]["effect"].values() for v in d.values())
+  for effect in [section["methods"]["mf"]["effect"], section["world"]["effect"]]:  # proportions: changes sum to 0
+    assert all(abs(sum(d.values())) < 1e-9 for d in effect.values())
+  assert section["world"]["effect"]["belief"]["doubt"] > 0  # the world's own answer (herding)
+  assert os.path.getsize(again / "plots" / "intervention.png") > 0
+  assert os.path.exists(rollout_path(str(again), "mf_intervened", 1))
   with pytest.raises(SystemExit, match=r"other values of \['ib.beta'\]; only data.eval_split, .*, rollout\.\*, "):
     _cli("run", tmp_path / "other_beta", extra=["ib.beta=0.5"], trained_from=wd)
   assert not os.path.exists(tmp_path / "other_beta")
@@ -160,7 +174,7 @@ def test_ced_missing_path_is_a_clear_error(tmp_path):
 
 
 EXPERIMENTS = ["quickstart.py", "quickstart.py:smoke", "ced_weibo.py", "ced_weibo.py:smoke", "ib_beta_sweep.py",
-               "ib_beta_sweep.py:smoke", "qwen2_lora.py"]
+               "ib_beta_sweep.py:smoke", "qwen2_lora.py", "intervention.py", "intervention.py:smoke"]
 
 
 @pytest.mark.parametrize("spec", EXPERIMENTS)
@@ -193,10 +207,15 @@ def test_every_pipeline_experiment_passes_the_config_check(spec):
     ("model.num_heads=0", "model.num_heads: must be >= 1"),
     ("tokenizer.vocab_size=100", "tokenizer.vocab_size: must be >= 259"),
     ("mf.slots=0", "mf.slots: must be >= 1"),
+    ("intervention.text=x intervention.step=2", r"intervention: step 2 must be a rollout step \(>= the warm-up, 3\)"),
+    ("intervention.text=x intervention.step=11", "intervention: step 11 must be .* before the last of 12 steps"),
+    ("intervention.text=x intervention.agents=17", "intervention: agents 17 must be 1 to the 16 agents"),
+    ("intervention.text=x intervention.methods=mf,sft rollout.methods=state,mf",
+     r"intervention.methods: \['sft'\] are not in rollout.methods \['state', 'mf'\]"),
 ])
 def test_a_bad_config_value_is_an_error_naming_its_key(override, message):
   with pytest.raises(ConfigError, match=message):
-    check_config(configs.load_config(QUICK, [override]))
+    check_config(configs.load_config(QUICK, override.split()))
 
 
 def test_bad_values_stop_the_cli_before_anything_is_written(tmp_path):

@@ -1,5 +1,5 @@
 """PNG plots of a run (matplotlib, Agg): proportion trajectories real vs
-simulated, KL per step, the IB curve, training losses."""
+simulated, KL per step, the IB curve, training losses, an intervention's effect."""
 
 from __future__ import annotations
 
@@ -85,6 +85,38 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
     fig.tight_layout()
     fig.savefig(os.path.join(out, "ib_curve.png"), dpi=110)
     plt.close(fig)
+
+
+def intervention(workdir: str, traces: dict, agent_mask, section: dict) -> None:
+  """plots/intervention.png: per dimension, the shown category's proportion
+  (mean over events) of each method's rollout without the intervention (solid)
+  and with it (dashed, from its step on), seed 0; on the synthetic world, the
+  world's own (black).
+  traces: name -> (proportions without, with), dimension -> [E, T, C]."""
+  plt = _plt()
+  T, s = agent_mask.shape[1], section["step"]
+  valid = np.asarray(agent_mask).any(-1)
+  fig, axes = plt.subplots(1, len(DIMENSIONS), figsize=(4 * len(DIMENSIONS) + 2, 3.4), sharex=True)
+  for ax, d in zip(axes, DIMENSIONS):
+    c = DIMENSIONS[d].index(SHOWN[d])
+    for i, (name, (without, with_)) in enumerate(traces.items()):
+      color = "k" if name == "world" else f"C{i}"
+      y0, y1 = (event_mean(np.asarray(p[d])[..., c], valid) for p in (without, with_))
+      ax.plot(np.arange(T), y0, "-", color=color, label=name)
+      # with it: a branch from the intervention's step (whose forced agents a rollout's samples do not show)
+      ax.plot(np.arange(s, T), np.concatenate([y0[s:s + 1], y1[s + 1:]]), "--", color=color,
+              label=name + " + intervention")
+    ax.axvline(s, color="0.5", lw=1)
+    ax.set(title=f"{d}: {SHOWN[d]}", xlabel="step", ylim=(0, 1))
+  axes[0].set_ylabel("proportion (mean over events)")
+  fig.legend(*axes[-1].get_legend_handles_labels(), loc="center right", fontsize=7)
+  # the labels, not the text: matplotlib's default font lacks CJK glyphs
+  fig.suptitle(f"{section['agents']} agents inject an action ({', '.join(section['labels'].values())}) at step "
+               f"{section['step']}", fontsize=9)
+  fig.tight_layout(rect=(0, 0, 0.88, 1))
+  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+  fig.savefig(os.path.join(workdir, "plots", "intervention.png"), dpi=110)
+  plt.close(fig)
 
 
 def training_curves(workdir: str, stages: list[str], stages_dir: Optional[str] = None) -> None:

@@ -5,12 +5,21 @@ results.json:
   {"methods": {<method>: {"kl_mean", "kl_mean_std", "kl": {dim}, "js_mean",
                "tv_mean", "w1_mean", "dtw_mean", "nll", "seeds", "per_seed": [...]}},
    "ib_sweep": [{"beta", "val_relevance", "val_compression_bits", "kl_mean", ...}]   (with ib.sweep)
+   "intervention": {"text", "step", "agents", "labels", "scored_steps",
+                    "methods": {<method>: {"effect": {dim: {category}}, "effect_std", "seeds"}},
+                    "world": {"effect": ...}}   (with intervention.text; world: synthetic data)
    "reference": {...}, "data": {...}}
 
 KL is KL(real || simulated) per (event, step) over the rollout steps
 (t >= warm-up), averaged; DTW compares whole trajectories; NLL is the mean
 per-token negative log-likelihood of the real actions of the rollout steps
 under the method. Means and standard deviations are over rollout seeds.
+
+An intervention's effect is, per category, the proportion in the rollout with
+it minus that in the rollout without it (same key), averaged over the events
+and the steps after it; on the synthetic world, the world's own effect is the
+same difference of its exact step distributions (`synthetic.generate` with the
+intervention, every random draw unchanged).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from mfjax.evaluation import metrics
+from mfjax.evaluation import metrics, plots
 from mfjax.evaluation.labelers import DIMENSIONS, RuleLabeler, category_ids
 from mfjax.runs import write_json
 
@@ -98,12 +107,13 @@ def check_rollouts(workdir: str, runs: list[tuple[str, str, str]], seeds: int) -
 
 def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, str]], seeds: int, warmup: int,
              labeler_name: str = "rules", truth=None, sweep: Optional[dict] = None, started: Optional[float] = None,
-             log=print) -> dict:
+             log=print, intervention: Optional[dict] = None) -> dict:
   """results.json + plots for rollouts saved under workdir/rollouts (see module docstring).
   runs: (tag, method, params key) as `mfjax.pipeline.rollout_runs`; sweep: tag -> validation terms;
-  started: the `time.time()` the whole job began at (results.json then records its `seconds`)."""
-  from mfjax.evaluation import plots
-  check_rollouts(workdir, runs, seeds)
+  started: the `time.time()` the whole job began at (results.json then records its `seconds`);
+  intervention: {"intervention": mfjax.data.intervention.Intervention, "labels": its text's categories,
+  "runs": [(tag with it, tag without)], "world": None or (probs without, probs with) [E, T, C] per dimension}."""
+  check_rollouts(workdir, runs + [(tag, None, None) for tag, _ in (intervention or {}).get("runs", [])], seeds)
   labeler = CachedLabeler(make_labeler(labeler_name))
   E, T, B = eval_batch.agent_mask.shape
   agent_mask = eval_batch.agent_mask
@@ -139,10 +149,57 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
                            for tag, v in sweep.items()]
   if started is not None:
     results["seconds"] = time.time() - started
+  if intervention is not None:
+    results["intervention"], traces = _intervention(workdir, tokenizer, labeler, intervention, agent_mask, seeds)
+    plots.intervention(workdir, traces, agent_mask, results["intervention"])
   write_json(os.path.join(workdir, "results.json"), results)
   plots.write_all(workdir, real, sims, agent_mask, weights, results)
   log(table(results))
   return results
+
+
+def intervention_effect(without: dict, with_: dict, weights_ExT) -> dict:
+  """dimension -> [C]: the weighted mean over (event, step) of the proportions
+  `with_` minus `without` (dimension -> [E, T, C])."""
+  w = np.asarray(weights_ExT, np.float64)[..., None]
+  return {d: ((np.asarray(with_[d], np.float64) - np.asarray(without[d], np.float64)) * w).sum((0, 1)) / w.sum()
+          for d in DIMENSIONS}
+
+
+def _by_category(values: dict) -> dict:
+  return {d: {c: float(v) for c, v in zip(DIMENSIONS[d], values[d])} for d in DIMENSIONS}
+
+
+def _intervention(workdir, tokenizer, labeler, spec: dict, agent_mask, seeds: int) -> tuple[dict, dict]:
+  """(results.json's "intervention" section, tag -> (proportions without, with) of seed 0 for the plot)."""
+  iv = spec["intervention"]
+  E, T, B = agent_mask.shape
+  weights = (np.arange(T)[None, :] > iv.step) & agent_mask.any(-1)
+  if not weights.any():
+    raise ValueError(f"no step after the intervention's step {iv.step} to measure its effect on")
+  props = lambda ids: {d: np.asarray(metrics.step_distributions(ids[d], agent_mask, len(c))[0])
+                       for d, c in DIMENSIONS.items()}
+  out = {"text": iv.text, "step": iv.step, "agents": iv.agents, "labels": spec["labels"],
+         "scored_steps": [int(t) for t in np.flatnonzero(weights.any(0))], "methods": {}}
+  traces = {}
+  for tag, base in spec["runs"]:
+    per_seed = []
+    for seed in range(seeds):
+      pair = []
+      for name in (base, tag):
+        r = np.load(rollout_path(workdir, name, seed))
+        pair.append(props(_ids(labeler, decode_actions(tokenizer, r["tokens"], r["mask"]), (E, T, B))))
+      per_seed.append(intervention_effect(*pair, weights))
+      if seed == 0:
+        traces[base] = pair
+    out["methods"][base] = {"effect": _by_category({d: np.mean([s[d] for s in per_seed], 0) for d in DIMENSIONS}),
+                            "effect_std": _by_category({d: np.std([s[d] for s in per_seed], 0) for d in DIMENSIONS}),
+                            "seeds": seeds}
+  if spec.get("world") is not None:
+    out["world"] = {"effect": _by_category(intervention_effect(*spec["world"], weights)),
+                    "note": "the synthetic world's own answer: its exact step distributions with minus without"}
+    traces["world"] = spec["world"]
+  return out, traces
 
 
 def table(results: dict) -> str:
@@ -153,11 +210,27 @@ def table(results: dict) -> str:
                 f"{r['nll']:>8.3f}   {dims}")
   if "reference" in results:
     rows.append(f"(sampling-noise floor, real vs exact truth: KL {results['reference']['kl_real_vs_truth_mean']:.4f})")
+  if "intervention" in results:
+    rows.append(intervention_table(results["intervention"]))
   if "ib_sweep" in results:
     rows.append(f"\n{'beta':>8}{'val NLL':>10}{'bits':>10}{'KL mean':>10}")
     for r in results["ib_sweep"]:
       rows.append(f"{r['beta']:>8g}{r['val_relevance'] or float('nan'):>10.4f}"
                   f"{r['val_compression_bits'] or float('nan'):>10.2f}{r['kl_mean']:>10.4f}")
+  return "\n".join(rows)
+
+
+def intervention_table(iv: dict) -> str:
+  """The intervention's effect on the category each dimension's plot shows, per method (and the world's)."""
+  steps, shown = iv["scored_steps"], [(d, plots.SHOWN[d]) for d in DIMENSIONS]
+  rows = [f"\nintervention: {iv['agents']} agents write {iv['text']!r} "
+          f"({', '.join(iv['labels'][d] for d in DIMENSIONS)}) at step {iv['step']}; change in steps "
+          f"{steps[0]}-{steps[-1]}, with minus without (mean ± std over seeds):",
+          f"{'method':<14}" + "".join(f"{c:>18}" for _, c in shown)]
+  for m, r in iv["methods"].items():
+    rows.append(f"{m:<14}" + "".join(f"{r['effect'][d][c]:>+11.4f} ±{r['effect_std'][d][c]:.3f}" for d, c in shown))
+  if "world" in iv:
+    rows.append(f"{'world (exact)':<14}" + "".join(f"{iv['world']['effect'][d][c]:>+11.4f}{'':>7}" for d, c in shown))
   return "\n".join(rows)
 
 
