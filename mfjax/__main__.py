@@ -71,9 +71,9 @@ def main(argv=None) -> None:
     if name != "train":
       p.add_argument("--trained-from", metavar="DIR", default=None,
                      help="roll out and score the trained stages of the run in DIR (read only, no training), "
-                          "whose config may differ only in data.eval_split, data.eval_events, rollout.*, eval.* "
-                          "and parallel.*: e.g. --set data.eval_split=holdout for the final report of a run "
-                          "selected on val")
+                          "whose config may differ only in data.eval_split, data.eval_events, rollout.*, eval.*, "
+                          "parallel.* and intervention.*: e.g. --set data.eval_split=holdout for the final "
+                          "report of a run selected on val")
     p.set_defaults(fn=_pipeline)
 
   p = sub.add_parser("lm-demo", help="train a tiny LM on the built-in corpus and sample from it",

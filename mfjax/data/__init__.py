@@ -1,10 +1,11 @@
 """Data: events and their loaders, the synthetic world, agent states and
-prompts, step batching, tokenizers, the built-in demo corpus."""
+prompts, step batching, interventions, tokenizers, the built-in demo corpus."""
 
 from mfjax.data import synthetic
 from mfjax.data.batching import BatchConfig, StepBatch, make_step_batch
 from mfjax.data.events import (FORMATS, Action, Event, EventFormatError, LoadReport, detect_format, load_events,
                                split_of, write_jsonl)
+from mfjax.data.intervention import Intervention, forced_mask, inject
 from mfjax.data.prompts import SHARE_TEXT, UidActivity, action_text, agent_states, cascade_depths, policy_prompt
 from mfjax.data.tokenizers import BOS, EOS, PAD, load_tokenizer, train_tokenizer
 
@@ -12,5 +13,5 @@ __all__ = [
     "synthetic", "BatchConfig", "StepBatch", "make_step_batch", "FORMATS", "Action", "Event", "EventFormatError",
     "LoadReport", "detect_format", "load_events", "split_of", "write_jsonl", "SHARE_TEXT", "UidActivity",
     "action_text", "agent_states", "cascade_depths", "policy_prompt", "BOS", "EOS", "PAD", "load_tokenizer",
-    "train_tokenizer",
+    "train_tokenizer", "Intervention", "forced_mask", "inject",
 ]

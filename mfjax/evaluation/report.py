@@ -224,8 +224,9 @@ def intervention_table(iv: dict) -> str:
   """The intervention's effect on the category each dimension's plot shows, per method (and the world's)."""
   steps, shown = iv["scored_steps"], [(d, plots.SHOWN[d]) for d in DIMENSIONS]
   rows = [f"\nintervention: {iv['agents']} agents write {iv['text']!r} "
-          f"({', '.join(iv['labels'][d] for d in DIMENSIONS)}) at step {iv['step']}; change in steps "
-          f"{steps[0]}-{steps[-1]}, with minus without (mean ± std over seeds):",
+          f"({', '.join(iv['labels'][d] for d in DIMENSIONS)}) at step {iv['step']}; change in "
+          f"{f'steps {steps[0]}-{steps[-1]}' if len(steps) > 1 else f'step {steps[0]}'}, with minus without "
+          "(mean ± std over seeds):",
           f"{'method':<14}" + "".join(f"{c:>18}" for _, c in shown)]
   for m, r in iv["methods"].items():
     rows.append(f"{m:<14}" + "".join(f"{r['effect'][d][c]:>+11.4f} ±{r['effect_std'][d][c]:.3f}" for d, c in shown))
