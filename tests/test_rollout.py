@@ -120,6 +120,8 @@ def test_forced_agents_enter_the_history_as_in_warm_up(setup, method):
   ref = _run(setup, method, batch, warmup=W)
   forced = np.zeros(batch["agent_mask"].shape, bool)
   np.testing.assert_array_equal(_run(setup, method, {**batch, "forced": forced}, warmup=W).tokens, ref.tokens)
+  with pytest.raises(ValueError, match=r"batch\['forced'\] has shape \(2, 4\); it marks agents"):
+    _run(setup, method, {**batch, "forced": forced[..., 0]}, warmup=W)
   forced[:, :W] = True  # every agent of the first W steps forced, no warm-up: the same rollout
   out = _run(setup, method, {**batch, "forced": forced}, warmup=0)
   for field in ("tokens", "mask", "real_logprobs", "mf_mu", "mf_logvar"):

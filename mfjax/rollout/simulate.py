@@ -68,7 +68,7 @@ class RolloutState:
   hist_ids: jax.Array  # [E, N, A] int32: actions so far (real in warm-up, sampled after)
   hist_mask: jax.Array  # [E, N, A] int32
   hist_valid: jax.Array  # [E, N] bool: slot holds an action of an earlier step
-  counts: jax.Array  # [E, N] float32: reposts of each slot (real parent links, warm-up only)
+  counts: jax.Array  # [E, N] float32: reposts of each slot (real parent links of warm-up and forced agents)
 
 
 @flax.struct.dataclass
@@ -215,6 +215,9 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   encoder = encoder if spec.use_mf else None
   scalars = (rng, jnp.int32(warmup), jnp.int32(kind), jnp.float32(temperature))
   keys = BATCH_KEYS + (("forced",) if "forced" in batch else ())
+  if "forced" in batch and tuple(batch["forced"].shape) != tuple(batch["agent_mask"].shape):
+    raise ValueError(f"batch['forced'] has shape {tuple(batch['forced'].shape)}; it marks agents: "
+                     f"[E, T, B] = {tuple(batch['agent_mask'].shape)}, as batch['agent_mask']")
   if mesh is None:
     arrays = {k: jnp.asarray(batch[k]) for k in keys}
     return _simulate(model, encoder, params, arrays, *scalars, spec=spec)
