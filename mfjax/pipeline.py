@@ -482,7 +482,7 @@ def _intervention_report(cfg, data: Data) -> Optional[dict]:
   truth = None
   if data.truth is not None:
     truth = (data.truth.probs, data.truth_intervened.probs)
-  return {"intervention": iv, "labels": intervention_labels(cfg), "world": truth,
+  return {"intervention": iv, "labels": intervention_labels(cfg), "world": truth, "forced": data.intervened["forced"],
           "runs": [(tag, tag[:-len("_intervened")]) for tag, _, _ in intervention_runs(cfg)]}
 
 

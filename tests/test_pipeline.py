@@ -83,7 +83,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   assert moved["methods"]["mf"]["kl_mean"] != results["methods"]["mf"]["kl_mean"]
   assert json.load(open(again / "trained_from.json")) == {"trained_from": os.path.abspath(wd)}
   section = moved["intervention"]
-  assert section["step"] == 2 and section["agents"] == 2 and section["scored_steps"] == [3]
+  assert section["step"] == 2 and section["agents"] == 2 and section["scored_steps"] == [3] and section["events"] == 4
   assert section["labels"] == {"behaviour": "comment", "belief": "doubt", "sentiment": "neutral", "intent": "promotion"}
   assert set(section["methods"]) == {"state", "mf"} and set(moved["methods"]) == set(results["methods"])
   # state reads no population: with the same keys its rollout is the same, token for token

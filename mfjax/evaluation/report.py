@@ -5,7 +5,7 @@ results.json:
   {"methods": {<method>: {"kl_mean", "kl_mean_std", "kl": {dim}, "js_mean",
                "tv_mean", "w1_mean", "dtw_mean", "nll", "seeds", "per_seed": [...]}},
    "ib_sweep": [{"beta", "val_relevance", "val_compression_bits", "kl_mean", ...}]   (with ib.sweep)
-   "intervention": {"text", "step", "agents", "labels", "scored_steps",
+   "intervention": {"text", "step", "agents", "labels", "events", "scored_steps",
                     "methods": {<method>: {"effect": {dim: {category}}, "effect_std", "seeds"}},
                     "world": {"effect": ...}}   (with intervention.text; world: synthetic data)
    "reference": {...}, "data": {...}}
@@ -17,7 +17,7 @@ under the method. Means and standard deviations are over rollout seeds.
 
 An intervention's effect is, per category, the proportion in the rollout with
 it minus that in the rollout without it (same key), averaged over the events
-and the steps after it; on the synthetic world, the world's own effect is the
+it was applied to and the steps after it; on the synthetic world, the world's own effect is the
 same difference of its exact step distributions (`synthetic.generate` with the
 intervention, every random draw unchanged).
 """
@@ -112,7 +112,8 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
   runs: (tag, method, params key) as `mfjax.pipeline.rollout_runs`; sweep: tag -> validation terms;
   started: the `time.time()` the whole job began at (results.json then records its `seconds`);
   intervention: {"intervention": mfjax.data.intervention.Intervention, "labels": its text's categories,
-  "runs": [(tag with it, tag without)], "world": None or (probs without, probs with) [E, T, C] per dimension}."""
+  "forced": [E, T, B] its agents, "runs": [(tag with it, tag without)],
+  "world": None or (probs without, probs with) [E, T, C] per dimension}."""
   check_rollouts(workdir, runs + [(tag, None, None) for tag, _ in (intervention or {}).get("runs", [])], seeds)
   labeler = CachedLabeler(make_labeler(labeler_name))
   E, T, B = eval_batch.agent_mask.shape
@@ -174,12 +175,13 @@ def _intervention(workdir, tokenizer, labeler, spec: dict, agent_mask, seeds: in
   """(results.json's "intervention" section, tag -> (proportions without, with) of seed 0 for the plot)."""
   iv = spec["intervention"]
   E, T, B = agent_mask.shape
-  weights = (np.arange(T)[None, :] > iv.step) & agent_mask.any(-1)
+  hit = np.asarray(spec["forced"]).any((1, 2))  # [E]: the events it was applied to (a short one may lack the slots)
+  weights = (np.arange(T)[None, :] > iv.step) & agent_mask.any(-1) & hit[:, None]
   if not weights.any():
-    raise ValueError(f"no step after the intervention's step {iv.step} to measure its effect on")
+    raise ValueError(f"no event has agents both at the intervention's step {iv.step} and after it")
   props = lambda ids: {d: np.asarray(metrics.step_distributions(ids[d], agent_mask, len(c))[0])
                        for d, c in DIMENSIONS.items()}
-  out = {"text": iv.text, "step": iv.step, "agents": iv.agents, "labels": spec["labels"],
+  out = {"text": iv.text, "step": iv.step, "agents": iv.agents, "labels": spec["labels"], "events": int(hit.sum()),
          "scored_steps": [int(t) for t in np.flatnonzero(weights.any(0))], "methods": {}}
   traces = {}
   for tag, base in spec["runs"]:
