@@ -213,9 +213,14 @@ def test_init_sharded_matches_init_params():
   assert {s.data.shape for s in emb.addressable_shards} == {(emb.shape[0] // 2, emb.shape[1] // 2)}
 
 
-@pytest.mark.parametrize("method", ["mf", "popular"])
-def test_sharded_rollout_equals_unsharded(setup, method):
+@pytest.mark.parametrize("method,intervened", [("mf", False), ("popular", True)])
+def test_sharded_rollout_equals_unsharded(setup, method, intervened):
   model, encoder, params, batch, _, _ = setup
+  if intervened:  # step 2's agents forced to injected actions (mfjax.data.intervention): `forced` splits over events
+    forced = np.zeros(batch["agent_mask"].shape, bool)
+    forced[:, 2] = batch["agent_mask"][:, 2]
+    batch = {**batch, "forced": forced, "action_ids": np.where(forced[..., None] & (batch["action_mask"] > 0), 9,
+                                                               batch["action_ids"])}
   kw = dict(method=method, encoder=encoder, context=mf_setup.CONTEXT, rng=jax.random.PRNGKey(11), warmup=2)
   ref = simulate(model, params, batch, **kw)
   mesh = make_mesh((2, 2, 2))
