@@ -6,6 +6,7 @@ import scipy.spatial.distance
 import scipy.stats
 
 from mfjax.evaluation import metrics
+from mfjax.evaluation.labelers import DIMENSIONS
 
 
 def _dists(seed, n=7, c=3):
@@ -107,3 +108,20 @@ def test_plotted_event_mean_leaves_out_steps_an_event_lacks():
   mask = np.array([[[1, 1], [1, 1], [1, 1]], [[1, 1], [0, 0], [0, 0]]], bool)
   share = np.asarray(metrics.step_distributions(ids, mask, 2)[0])[..., 0]  # [E, T]
   np.testing.assert_allclose(event_mean(share, mask.any(-1)), [0.75, 1.0, 0.0])
+
+
+def test_intervention_effect_and_weights_by_hand():
+  from mfjax.evaluation.report import intervention_effect, intervention_weights
+  agent_mask = np.ones((3, 4, 2), bool)
+  agent_mask[1, 3] = False  # event 1 lacks its last step
+  forced = np.zeros((3, 4, 2), bool)
+  forced[:2, 1, 1] = True  # event 2 was too short for the intervention's slot
+  w = intervention_weights(agent_mask, forced, step=1)
+  np.testing.assert_array_equal(w, [[0, 0, 1, 1], [0, 0, 1, 0], [0, 0, 0, 0]])
+  rng = np.random.default_rng(0)
+  without = {d: rng.dirichlet(np.ones(len(c)), (3, 4)) for d, c in DIMENSIONS.items()}
+  with_ = {d: rng.dirichlet(np.ones(len(c)), (3, 4)) for d, c in DIMENSIONS.items()}
+  got = intervention_effect(without, with_, w)
+  for d in DIMENSIONS:  # the mean over the three weighted (event, step)s
+    cells = [(0, 2), (0, 3), (1, 2)]
+    np.testing.assert_allclose(got[d], np.mean([with_[d][c] - without[d][c] for c in cells], 0), rtol=1e-12)

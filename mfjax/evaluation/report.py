@@ -167,6 +167,14 @@ def intervention_effect(without: dict, with_: dict, weights_ExT) -> dict:
           for d in DIMENSIONS}
 
 
+def intervention_weights(agent_mask_ExTxB, forced_ExTxB, step: int) -> np.ndarray:
+  """[E, T] bool: the (event, step)s an intervention at `step` is measured on: the steps
+  after it that have agents, of the events it was applied to (a short event may lack its slots)."""
+  agent_mask = np.asarray(agent_mask_ExTxB, bool)
+  hit = np.asarray(forced_ExTxB, bool).any((1, 2))
+  return (np.arange(agent_mask.shape[1])[None, :] > step) & agent_mask.any(-1) & hit[:, None]
+
+
 def _by_category(values: dict) -> dict:
   return {d: {c: float(v) for c, v in zip(DIMENSIONS[d], values[d])} for d in DIMENSIONS}
 
@@ -175,13 +183,13 @@ def _intervention(workdir, tokenizer, labeler, spec: dict, agent_mask, seeds: in
   """(results.json's "intervention" section, tag -> (proportions without, with) of seed 0 for the plot)."""
   iv = spec["intervention"]
   E, T, B = agent_mask.shape
-  hit = np.asarray(spec["forced"]).any((1, 2))  # [E]: the events it was applied to (a short one may lack the slots)
-  weights = (np.arange(T)[None, :] > iv.step) & agent_mask.any(-1) & hit[:, None]
+  weights = intervention_weights(agent_mask, spec["forced"], iv.step)
   if not weights.any():
     raise ValueError(f"no event has agents both at the intervention's step {iv.step} and after it")
   props = lambda ids: {d: np.asarray(metrics.step_distributions(ids[d], agent_mask, len(c))[0])
                        for d, c in DIMENSIONS.items()}
-  out = {"text": iv.text, "step": iv.step, "agents": iv.agents, "labels": spec["labels"], "events": int(hit.sum()),
+  out = {"text": iv.text, "step": iv.step, "agents": iv.agents, "labels": spec["labels"],
+         "events": int(np.asarray(spec["forced"]).any((1, 2)).sum()),
          "scored_steps": [int(t) for t in np.flatnonzero(weights.any(0))], "methods": {}}
   traces = {}
   for tag, base in spec["runs"]:
