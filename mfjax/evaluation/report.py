@@ -124,16 +124,21 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
     raise ValueError(f"no rollout step to score: warm-up {warmup} covers all {T} steps or the events are empty")
   results = {"methods": {}, "data": {"events": E, "steps": T, "agents_per_step": B, "warmup": warmup,
                                      "scored_steps": int(weights.sum()), "labeler": labeler_name}}
-  sims = {}
+  labelled = {}  # (tag, seed) -> category ids [E, T, B] per dimension: each rollout decoded and labelled once
+
+  def sim_ids(tag: str, seed: int, r=None) -> dict:
+    if (tag, seed) not in labelled:
+      r = np.load(rollout_path(workdir, tag, seed)) if r is None else r
+      labelled[tag, seed] = _ids(labeler, decode_actions(tokenizer, r["tokens"], r["mask"]), (E, T, B))
+    return labelled[tag, seed]
+
   for tag, method, _ in runs:
     per_seed = []
     for seed in range(seeds):
-      path = rollout_path(workdir, tag, seed)
-      r = np.load(path)
-      sim = _ids(labeler, decode_actions(tokenizer, r["tokens"], r["mask"]), (E, T, B))
+      r = np.load(rollout_path(workdir, tag, seed))
+      sim = sim_ids(tag, seed, r)
       per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], eval_batch.action_mask))
       if seed == 0:
-        sims[tag] = sim
         if tag == "mf":
           results["mf_field"] = {"kl_nats_per_step": [float(x) for x in r["mf_kl"].mean(0)]}
     results["methods"][tag] = summarise(per_seed)
@@ -148,13 +153,13 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
                             "val_compression_bits": v.get("val_compression_bits"),
                             **{k: results["methods"][tag][k] for k in ("kl_mean", "kl_mean_std", "js_mean", "nll")}}
                            for tag, v in sweep.items()]
+  if intervention is not None:
+    results["intervention"], traces = _intervention(sim_ids, intervention, agent_mask, seeds)
+    plots.intervention(workdir, traces, agent_mask, results["intervention"])
   if started is not None:
     results["seconds"] = time.time() - started
-  if intervention is not None:
-    results["intervention"], traces = _intervention(workdir, tokenizer, labeler, intervention, agent_mask, seeds)
-    plots.intervention(workdir, traces, agent_mask, results["intervention"])
   write_json(os.path.join(workdir, "results.json"), results)
-  plots.write_all(workdir, real, sims, agent_mask, weights, results)
+  plots.write_all(workdir, real, {tag: sim_ids(tag, 0) for tag, _, _ in runs}, agent_mask, weights, results)
   log(table(results))
   return results
 
@@ -179,10 +184,10 @@ def _by_category(values: dict) -> dict:
   return {d: {c: float(v) for c, v in zip(DIMENSIONS[d], values[d])} for d in DIMENSIONS}
 
 
-def _intervention(workdir, tokenizer, labeler, spec: dict, agent_mask, seeds: int) -> tuple[dict, dict]:
-  """(results.json's "intervention" section, tag -> (proportions without, with) of seed 0 for the plot)."""
+def _intervention(sim_ids, spec: dict, agent_mask, seeds: int) -> tuple[dict, dict]:
+  """(results.json's "intervention" section, tag -> (proportions without, with) of seed 0 for the plot);
+  sim_ids(tag, seed): a rollout's category ids, labelled once for the whole evaluation."""
   iv = spec["intervention"]
-  E, T, B = agent_mask.shape
   weights = intervention_weights(agent_mask, spec["forced"], iv.step)
   if not weights.any():
     raise ValueError(f"no event has agents both at the intervention's step {iv.step} and after it")
@@ -195,10 +200,7 @@ def _intervention(workdir, tokenizer, labeler, spec: dict, agent_mask, seeds: in
   for tag, base in spec["runs"]:
     per_seed = []
     for seed in range(seeds):
-      pair = []
-      for name in (base, tag):
-        r = np.load(rollout_path(workdir, name, seed))
-        pair.append(props(_ids(labeler, decode_actions(tokenizer, r["tokens"], r["mask"]), (E, T, B))))
+      pair = [props(sim_ids(name, seed)) for name in (base, tag)]
       per_seed.append(intervention_effect(*pair, weights))
       if seed == 0:
         traces[base] = pair
