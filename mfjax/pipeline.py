@@ -4,7 +4,7 @@ stages -> rollouts -> evaluation, every stage resumable from the workdir.
   workdir/config.json           the resolved config (a rerun must match it)
   workdir/tokenizer/            trained on the training events (or the checkpoint's)
   workdir/base/                 pre-training from scratch (skipped with model.checkpoint)
-  workdir/sft/, workdir/mf/     fine-tuning stages; mf_beta<b>/ for an IB sweep
+  workdir/sft/, workdir/mf/     fine-tuning stages; mf_beta<b>/ for an IB sweep; mf_text/ (text mean field)
      checkpoints/ metrics.jsonl
   workdir/rollouts/<method>_seed<s>.npz   sampled actions, real-action log-probs
   workdir/rollouts/<method>_intervened_seed<s>.npz   the same with intervention.text injected
@@ -13,8 +13,9 @@ stages -> rollouts -> evaluation, every stage resumable from the workdir.
 Stages: `base` gives the policy the prompt formats of every method (contexts of
 kind none / recent / popular, drawn per event); `sft` fine-tunes it on
 state-only prompts (no m); `mf` trains it with the mean-field encoder by
-IB-Tune. The baselines `state`, `recent`, `popular` roll out the base policy,
-`sft` and `mf` their own.
+IB-Tune; `mf_text` trains it with the text mean field's writer (the paper's
+own mean field, IB-Tune with a score-function gradient). The baselines `state`,
+`recent`, `popular` roll out the base policy, `sft`, `mf` and `mf_text` their own.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from mfjax.data import (BatchConfig, StepBatch, UidActivity, action_text, agent_
 from mfjax.data.intervention import Intervention, forced_mask, inject
 from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.ibtune import (TRAINABLE, beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss,
-                          sharded_state, trainable_labels)
-from mfjax.meanfield import MeanFieldConfig, MeanFieldEncoder, init_encoder
+                          sharded_state, text_ib_tune_loss, trainable_labels)
+from mfjax.meanfield import MeanFieldConfig, MeanFieldEncoder, TextMFSpec, init_encoder
 from mfjax.model import Decoder, LoraConfig, ModelConfig, hf, tiny
 from mfjax.model.lora import add_lora
 from mfjax.model.transformer import checkpoint_policy
@@ -66,6 +67,7 @@ class Data:
   eval: StepBatch  # the events rollouts are scored on (texts kept for labelling)
   truth: Optional[object]  # synthetic.GroundTruth of the eval events, else None
   eval_split: str
+  text: TextMFSpec  # the text mean field's token layout
   intervened: Optional[dict] = None  # with intervention.text: the eval arrays with it injected, and `forced`
   truth_intervened: Optional[object] = None  # synthetic: the world's GroundTruth of the intervened eval events
 
@@ -94,7 +96,10 @@ def check_config(cfg) -> None:
                  "train.log_every", "train.ckpt_every")
   check_at_least(cfg, 0, "train.eval_every", "ib.beta", "ib.warmup", "rollout.warmup", "rollout.temperature",
                  "rollout.top_k", "mf.attention_queries")
-  check_at_least(cfg, 1, "mf.slots", "mf.feature_size", "mf.hidden_size")
+  check_at_least(cfg, 1, "mf.slots", "mf.feature_size", "mf.hidden_size", "mf_text.summary_len")
+  check_at_least(cfg, 0, "mf_text.beta")
+  check("mf_text_train.trainable", cfg.mf_text_train.trainable in ("lora", "full"),
+        f"{cfg.mf_text_train.trainable!r}: the text mean field trains 'lora' (adapters) or 'full'")
   check("rollout.warmup", r.warmup < d.steps,
         f"{r.warmup} warm-up steps leave no step of data.steps={d.steps} to simulate and score")
   check("rollout.top_p", 0 < r.top_p <= 1, f"must be in (0, 1], got {r.top_p!r}")
@@ -113,7 +118,7 @@ def check_config(cfg) -> None:
     check_at_least(cfg, 1, *MODEL_SIZES)
     check("model", lambda: scratch_model_config(cfg, cfg.tokenizer.vocab_size))
   check("lora", lambda: lora_config(cfg))
-  for name in ("base", "sft", "mf_train"):
+  for name in ("base", "sft", "mf_train", "mf_text_train"):
     stage = cfg[name]
     check_at_least(cfg, 0, f"{name}.steps", f"{name}.agents")  # agents 0 (or B and more): every agent
     check_at_least(cfg, 1, f"{name}.batch_events")
@@ -230,7 +235,8 @@ def prepare(cfg, workdir: str) -> Data:
         f"{r['actions_truncated']} actions")
   ctx = ContextSpec.from_tokenizer(tok, k=cfg.context.k, action_len=cfg.data.action_len)
   log(f"[data] tokenizer: {len(tok)} tokens; context: {ctx.length} tokens ({time.time() - t0:.1f} s)")
-  data = Data(tok, ctx, batches["train"].arrays(), batches["val"].arrays(), batches["eval"], truth, split)
+  text = text_spec(cfg, tok)
+  data = Data(tok, ctx, batches["train"].arrays(), batches["val"].arrays(), batches["eval"], truth, split, text)
   iv = intervention_of(cfg)
   if iv is not None:
     # the same eval events with the injected actions; only their action tokens differ (prompts are the states)
@@ -240,6 +246,12 @@ def prepare(cfg, workdir: str) -> Data:
       data.truth_intervened = synthetic.generate(cfg.data.eval_events, seed=cfg.data.seed + 2, config=_world(cfg),
                                                  intervention=iv, labels=intervention_labels(cfg))[1]
   return data
+
+
+def text_spec(cfg, tokenizer) -> TextMFSpec:
+  """The text mean field's token layout for `cfg`'s shapes."""
+  return TextMFSpec.from_tokenizer(tokenizer, summary_len=cfg.mf_text.summary_len, action_len=cfg.data.action_len,
+                                   agents=cfg.data.agents_per_step)
 
 
 def intervention_labels(cfg) -> dict:
@@ -284,8 +296,11 @@ def mf_config(cfg, width: int) -> MeanFieldConfig:
                          init_logvar=cfg.mf.init_logvar)
 
 
-def _model_config(cfg, tok, ctx: ContextSpec) -> ModelConfig:
+def _model_config(cfg, tok, ctx: ContextSpec, text: TextMFSpec) -> ModelConfig:
   longest = cfg.mf.slots + ctx.length + cfg.data.prompt_len + cfg.data.action_len
+  if "mf_text" in methods(cfg):  # the policy's input with a summary, and the writer's prompt + summary
+    longest = max(longest, text.context_len + cfg.data.prompt_len + cfg.data.action_len,
+                  text.writer_len + text.summary_len)
   return scratch_model_config(cfg, len(tok), max_position_embeddings=max(longest, 64), bos_token_id=tok.bos_token_id,
                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
@@ -369,7 +384,7 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
     lm = place({"lm": lm}, policy_shardings(model, None, {"lm": lm}, mesh))["lm"]
     log(f"[base] loaded {cfg.model.checkpoint}")
   else:
-    model = Decoder(_model_config(cfg, data.tokenizer, data.context))
+    model = Decoder(_model_config(cfg, data.tokenizer, data.context, data.text))
     lm, _ = init_sharded(lambda: model.init(jax.random.fold_in(rng, 1), jnp.zeros((1, 8), jnp.int32))["params"],
                          mesh)
     kinds = tuple(KINDS[k] for k in ("none", "recent", "popular"))
@@ -396,6 +411,15 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
     out[name] = _train(name, cfg.mf_train, make_loss=loss, params={"lm": lm, "mf": mf},
                        trainable=cfg.mf_train.trainable, cfg=cfg, data=data, workdir=workdir, mesh=mesh,
                        model=model, encoder=encoder, trained_only=trained_only)
+  if "mf_text" in want:
+    loss = lambda agents: lambda params, batch, rng, step: text_ib_tune_loss(
+        model=model, spec=data.text, params=params, batch=batch, rng=rng, beta=cfg.mf_text.beta, agents=agents)
+    # the writer starts as the policy; its prior p0 is the base LM: its zeroed adapters with lora, a frozen copy
+    # with full
+    params = {"lm": lm, "mf_lm": lm, **({"prior": lm} if cfg.mf_text_train.trainable == "full" else {})}
+    out["mf_text"] = _train("mf_text", cfg.mf_text_train, make_loss=loss, params=params,
+                            trainable=cfg.mf_text_train.trainable, cfg=cfg, data=data, workdir=workdir, mesh=mesh,
+                            model=model, trained_only=trained_only)
   return Trained(model, encoder, out)
 
 
@@ -443,15 +467,20 @@ def simulate_all(cfg, workdir: str, data: Data, trained: Trained, *, mesh=None) 
                        context=data.context, rng=jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1000 * (seed + 1)), c),
                        warmup=cfg.rollout.warmup, temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k,
                        top_p=cfg.rollout.top_p, mesh=mesh, donate_batch=True,  # a fresh batch each call
-                       pin_activations=cfg.parallel.pin_activations)
+                       pin_activations=cfg.parallel.pin_activations, text=data.text)
         parts.append(to_host(out))
       if not distributed.is_main():
         continue
       cat = lambda f: np.concatenate([getattr(p, f) for p in parts])[:E]
       tmp = path[:-4] + ".tmp.npz"
+      extra = {"summary": cat("summary"), "summary_mask": cat("summary_mask")} if method == "mf_text" else {}
       np.savez_compressed(tmp, tokens=cat("tokens"), mask=cat("mask"), real_logprobs=cat("real_logprobs"),
-                          mf_kl=cat("mf_kl"))
+                          mf_kl=cat("mf_kl"), **extra)
       os.replace(tmp, path)
+      if method == "mf_text":  # what the writer says, for a look: event 0's last summary
+        last = extra["summary"][0, -1][extra["summary_mask"][0, -1]]
+        log(f"[simulate] {tag} seed {seed}: event 0's last summary: "
+            f"{data.tokenizer.decode(last, skip_special_tokens=True)!r}")
       log(f"[simulate] {tag} seed {seed}: {E} events x {cfg.data.steps} steps x {cfg.data.agents_per_step} agents "
           f"in {time.time() - t0:.1f} s")
 
@@ -529,7 +558,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
     mesh = mesh_from(cfg)
     trained = train(cfg, stages, data, mesh=mesh, trained_only="train" not in commands)
     if distributed.is_main():
-      plots.training_curves(workdir, ["base", "sft", "mf"] + [f"mf_beta{b:g}" for b in sweep_betas(cfg)],
+      plots.training_curves(workdir, ["base", "sft", "mf", "mf_text"] + [f"mf_beta{b:g}" for b in sweep_betas(cfg)],
                             stages_dir=stages)
   if "simulate" in commands:
     simulate_all(cfg, workdir, data, trained, mesh=mesh)

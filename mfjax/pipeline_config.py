@@ -81,6 +81,13 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.ib.remat = False  # rematerialise the mean-field scan in the backward pass (memory for compute)
   c.ib.sweep = ""  # comma-separated betas: one extra mf stage + rollouts per beta (experiments/ib_beta_sweep.py)
 
+  # The paper's text mean field, method mf_text (mfjax.meanfield.text): after every step a writer LM (the policy's
+  # architecture with its own weights) writes a summary that the policy reads in its prompt. Stage mf_text trains
+  # the policy on the relevance and the writer by a score-function gradient (mfjax.ibtune.text_ib_tune_loss).
+  c.mf_text = ml_collections.ConfigDict()
+  c.mf_text.summary_len = 16  # S: tokens of a summary, <eos> included
+  c.mf_text.beta = 1e-3  # weight of the compression term, log q(m | prompt) - log p0(m) in nats per summary
+
   def stage(steps, lr, events, agents, trainable=None):
     s = ml_collections.ConfigDict()
     s.steps = steps  # optimizer steps
@@ -95,6 +102,7 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.base = stage(200, 3e-3, 4, 4)  # from-scratch pre-training (skipped with model.checkpoint)
   c.sft = stage(60, 2e-3, 4, 4, "lora")
   c.mf_train = stage(300, 2e-3, 4, 4, "lora+mf")
+  c.mf_text_train = stage(300, 2e-3, 4, 4, "lora")  # the mf_text stage: lora (policy and writer adapters) or full
 
   c.train = ml_collections.ConfigDict()
   c.train.weight_decay = 0.01

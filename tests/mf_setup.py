@@ -4,6 +4,7 @@ import jax
 import numpy as np
 
 from mfjax.meanfield import MeanFieldConfig, MeanFieldEncoder, init_encoder
+from mfjax.meanfield.text import TextMFSpec
 from mfjax.model import Decoder, LoraConfig, init_params, tiny
 from mfjax.model.lora import add_lora
 from mfjax.rollout import ContextSpec
@@ -51,3 +52,6 @@ def make_batch(seed=0, e=E, t=T, b=B, empty_last=True):
 
 
 CONTEXT = ContextSpec(header=(5, 6), sep=(7,), eos_id=EOS, k=2, action_len=A)
+# the text mean field's layout (summary of S = 3 tokens) over the same vocabulary
+TEXT = TextMFSpec(summary_header=(5, 6), writer_header=(8,), actions_header=(10, 11), writer_end=(12,), sep=(7,),
+                  eos_id=EOS, pad_id=PAD, summary_len=3, action_len=A, agents=B)

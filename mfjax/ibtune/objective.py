@@ -27,8 +27,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from mfjax.meanfield import text as text_mf
 from mfjax.meanfield.encoder import MeanFieldEncoder, MFState, Posterior, agent_embeddings
-from mfjax.model.transformer import Decoder
+from mfjax.model.transformer import Decoder, unrolled
 from mfjax.policy import action_logprobs, with_context
 from mfjax.rollout.context import ContextSpec, step_contexts
 
@@ -110,6 +111,85 @@ def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rn
   loss = relevance + beta * compression
   aux = {"loss": loss, "relevance": relevance, "compression": compression,
          "compression_bits": compression / math.log(2.0), "beta": jnp.asarray(beta, jnp.float32), "tokens": tokens}
+  return loss, aux
+
+
+def _leave_one_out(x_ExT, valid_ExT):
+  """Per (event, step): the mean of x over the other valid events of the step (0 where there is none)."""
+  v = valid_ExT.astype(jnp.float32)
+  total, n = (x_ExT * v).sum(0, keepdims=True), v.sum(0, keepdims=True)
+  return jnp.where(n - v > 0, (total - x_ExT * v) / jnp.maximum(n - v, 1.0), 0.0)
+
+
+def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch, rng, beta, agents: int = 0):
+  """IB-Tune with the text mean field (`mfjax.meanfield.text`), as the paper
+  trains it. params = {"lm": the policy, "mf_lm": the summary writer, and
+  optionally "prior": the LM of p0 (not trained; without it, p0 is the writer
+  with its LoRA adapters zeroed, `text_mf.prior_params`)}.
+
+  Along each event's real history the writer samples m_t ~ q(m | m_{t-1}, the
+  real actions of step t) (temperature 1: q itself), and the policy reads
+  m_{t-1} at step t:
+
+    relevance   = mean over real action tokens of -log pi(a*_t | topic, s_t, m_{t-1})
+    compression = mean over written summaries of log q(m_t | prompt) - log p0(m_t)
+                  (nats: a one-sample estimate of KL(q || p0))
+    loss        = relevance + beta * compression     (the value reported)
+
+  The policy's gradient is the relevance's. Summaries are discrete, so the
+  writer's is a score-function (REINFORCE) gradient: each m_t is rewarded with
+  r_t = (mean log pi of the real action tokens of step t+1, which read it)
+  - beta * (log q(m_t) - log p0(m_t)), less the mean reward of the batch's other
+  events at that step (a leave-one-out baseline: with one event per batch the
+  writer gets no gradient), and the writer follows (r_t - baseline) * grad log q(m_t).
+  Only summaries that a later step reads are rewarded. `agents` > 0 scores that
+  many random agents per step (the writer still reads all of them)."""
+  E, T, B = batch["agent_mask"].shape
+  S = spec.summary_len
+  k_w, k_a = jax.random.split(rng)
+  w_model, writer = unrolled(model, jax.lax.stop_gradient(params["mf_lm"]))  # unstacked once, not at every step
+
+  def step(summary, xs):
+    act_ids, act_mask, agent_mask, key = xs
+    w_ids, w_mask = text_mf.writer_prompt(spec, *summary, act_ids, act_mask, agent_mask)
+    written = text_mf.write(w_model, writer, spec, w_ids, w_mask, rng=key)
+    return text_mf.next_summary(spec, written, *summary, agent_mask), (summary, w_ids, w_mask, written.tokens,
+                                                                       written.mask)
+
+  xs = tuple(jnp.swapaxes(batch[k], 0, 1) for k in ("action_ids", "action_mask", "agent_mask")) + (
+      jax.random.split(k_w, T),)
+  _, (read, w_ids, w_mask, m_ids, m_mask) = jax.lax.scan(step, text_mf.empty_summary(spec, (E,)), xs)
+  et = lambda x: _flat(jnp.swapaxes(x, 0, 1), 1)  # [T, E, X] -> [E * T, X]
+  m_ids, m_mask = et(m_ids), et(m_mask)
+  log_q = text_mf.summary_logprobs(model, params["mf_lm"], et(w_ids), et(w_mask), m_ids, m_mask).reshape(E, T)
+  prior = jax.lax.stop_gradient(params["prior"]) if "prior" in params else text_mf.prior_params(params["mf_lm"])
+  log_p0 = text_mf.summary_logprobs(model, prior,
+                                    *text_mf.prior_prompt(spec, E * T), m_ids, m_mask).reshape(E, T)
+
+  scored = subsample_agents(batch, k_a, agents)
+  b = scored["agent_mask"].shape[2]
+  ctx_ids, ctx_mask = text_mf.policy_context(spec, et(read[0]), et(read[1]))  # [E * T, C]: m_{t-1} at step t
+  rep = lambda x: jnp.broadcast_to(x.reshape(E, T, 1, -1), (E, T, b, x.shape[-1])).reshape(E * T * b, -1)
+  prompt_ids, prompt_mask = with_context(rep(ctx_ids), rep(ctx_mask), _flat(scored["prompt_ids"], 1),
+                                         _flat(scored["prompt_mask"], 1))
+  logp = action_logprobs(model, params["lm"], prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
+                         _flat(scored["action_mask"], 1))
+  relevance, tokens = _token_nll(logp, scored)
+
+  w = (scored["action_mask"].astype(jnp.float32) * scored["agent_mask"][..., None]).reshape(E, T, -1)
+  lp_step = (logp.reshape(E, T, -1) * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)  # [E, T] mean per real token
+  written = batch["agent_mask"].any(-1)  # [E, T]: step t wrote a summary
+  rewarded = written[:, :-1] & (w.sum(-1)[:, 1:] > 0)  # ... that step t+1 reads with real actions to score
+  info = log_q - log_p0
+  compression = (info * written).sum() / jnp.maximum(written.sum(), 1.0)
+  reward = jax.lax.stop_gradient(lp_step[:, 1:] - beta * info[:, :-1])
+  advantage = (reward - _leave_one_out(reward, rewarded)) * rewarded
+  surrogate = relevance - (advantage * log_q[:, :-1]).sum() / jnp.maximum(rewarded.sum(), 1.0)
+  value = relevance + beta * compression
+  loss = surrogate + jax.lax.stop_gradient(value - surrogate)  # the value, with the surrogate's gradient
+  aux = {"loss": loss, "relevance": relevance, "compression": compression,
+         "compression_bits": compression / math.log(2.0), "beta": jnp.asarray(beta, jnp.float32), "tokens": tokens,
+         "summary_tokens": (m_mask.reshape(E, T, S) * written[..., None]).sum() / jnp.maximum(written.sum(), 1)}
   return loss, aux
 
 

@@ -2,12 +2,13 @@
 the resumable loop around it.
 
 Parameters are one tree {"lm": decoder params (LoRA adapters in `.../lora`),
-"mf": mean-field encoder params (when the method has one)}. `trainable`
-chooses the leaves the optimizer moves; the rest get zero updates and no
-optimizer state (`optax.multi_transform` with `set_to_zero`):
+"mf": mean-field encoder params (when the method has one), or "mf_lm" (the
+text mean field's writer, an LM like "lm") and "prior" (its fixed prior, never
+trained)}. `trainable` chooses the leaves the optimizer moves; the rest get
+zero updates and no optimizer state (`optax.multi_transform` with `set_to_zero`):
 
   lora+mf  LoRA adapters and the encoder (the default for IB-Tune)
-  lora     LoRA adapters only (the default for sft)
+  lora     LoRA adapters only (the default for sft; with a text mean field, the policy's and the writer's)
   full     everything (from-scratch pre-training, full fine-tuning)
   mf       the encoder only (a frozen policy)
 
@@ -55,6 +56,7 @@ def trainable_labels(params, trainable: str):
     top = getattr(path[0], "key", None)
     lora = is_lora_path(path)
     train = {"full": True, "lora": lora, "mf": top == "mf", "lora+mf": lora or top == "mf"}[trainable]
+    train = train and top != "prior"
     return "train" if train else "frozen"
 
   labels = jax.tree_util.tree_map_with_path(label, params)

@@ -1,7 +1,8 @@
 """Placing the policy's parameters, the train state and outputs on a mesh.
 
-The parameter tree is {"lm": decoder params, "mf": encoder params (if any)};
-its logical names come from the modules (`param_specs`, `encoder_specs`), the
+The parameter tree is {"lm": decoder params, "mf": encoder params (if any),
+"mf_lm" and "prior": the text mean field's writer and its prior, LMs like "lm"
+(if any)}; its logical names come from the modules (`param_specs`, `encoder_specs`), the
 mesh axes from `mfjax.parallel.mesh.RULES`.
 """
 
@@ -22,6 +23,7 @@ from mfjax.parallel.mesh import RULES, shardings_from_specs
 def policy_specs(model: Decoder, encoder: Optional[MeanFieldEncoder] = None, keys=("lm", "mf")) -> dict:
   """Logical PartitionSpecs of a {"lm", "mf"} parameter tree (only `keys` present)."""
   out = {"lm": param_specs(model)}
+  out["mf_lm"] = out["prior"] = out["lm"]
   if "mf" in keys:
     if encoder is None:
       raise ValueError("params have an 'mf' subtree but no encoder was given")
@@ -32,11 +34,12 @@ def policy_specs(model: Decoder, encoder: Optional[MeanFieldEncoder] = None, key
 def abstract_policy(model: Decoder, encoder: Optional[MeanFieldEncoder] = None, keys=("lm", "mf")) -> dict:
   """ShapeDtypeStructs of a {"lm", "mf"} parameter tree (only `keys`), by `jax.eval_shape`."""
   out = {"lm": jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))}
+  out["mf_lm"] = out["prior"] = out["lm"]
   if "mf" in keys:
     if encoder is None:
       raise ValueError("params have an 'mf' subtree but no encoder was given")
     out["mf"] = jax.eval_shape(lambda: init_encoder(encoder, jax.random.PRNGKey(0), model.cfg.hidden_size))
-  return out
+  return {k: out[k] for k in keys}
 
 
 def policy_shardings(model: Decoder, encoder: Optional[MeanFieldEncoder], params, mesh: Mesh, rules=RULES, *,

@@ -17,11 +17,14 @@ count). At step t, for every event at once:
      field is updated from them.
 
 Methods: `state` and `sft` (prompt only: the base and the fine-tuned policy),
-`recent`, `popular` (context), `mf` (latent mean field). `recent`/`popular`
-share one compilation (the kind is traced), as do `state`/`sft`.
+`recent`, `popular` (context), `mf` (latent mean field), `mf_text` (the paper's
+text mean field, `mfjax.meanfield.text`: the policy reads the latest summary as
+its context, and after each step the writer LM, params["mf_lm"], writes the
+next summary from it and the step's actions). `recent`/`popular` share one
+compilation (the kind is traced), as do `state`/`sft`.
 
 Letters: E events, T steps, B agents, P prompt, A action, C context, N = T * B
-history slots, K slots, D width.
+history slots, K slots, D width, S summary tokens.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from mfjax import sampling
+from mfjax.meanfield import text as text_mf
 from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, MFState, agent_embeddings
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, with_activation_sharding
@@ -42,7 +46,7 @@ from mfjax.parallel.state import abstract_policy, place, policy_shardings
 from mfjax.policy import per_agent, with_context
 from mfjax.rollout.context import KINDS, NONE, ContextSpec, quote_context, repost_counts, selection_scores
 
-METHODS = ("state", "recent", "popular", "sft", "mf")
+METHODS = ("state", "recent", "popular", "sft", "mf", "mf_text")
 BATCH_KEYS = ("prompt_ids", "prompt_mask", "action_ids", "action_mask", "agent_mask", "parent")
 
 
@@ -57,6 +61,7 @@ class RolloutSpec:
   top_p: float = 1.0
   context: Optional[ContextSpec] = None
   score_real: bool = True  # compute the real actions' log-probs (the NLL column); False leaves zeros
+  text: Optional[text_mf.TextMFSpec] = None  # read and write the text mean field (mf_text)
 
 
 @flax.struct.dataclass
@@ -69,6 +74,8 @@ class RolloutState:
   hist_mask: jax.Array  # [E, N, A] int32
   hist_valid: jax.Array  # [E, N] bool: slot holds an action of an earlier step
   counts: jax.Array  # [E, N] float32: reposts of each slot (real parent links of warm-up and forced agents)
+  summary_ids: jax.Array  # [E, S] int32: the text mean field's latest summary ([E, 1] without one)
+  summary_mask: jax.Array  # [E, S] bool
 
 
 @flax.struct.dataclass
@@ -79,6 +86,8 @@ class RolloutOutput:
   mf_kl: jax.Array  # [E, T] KL(q(m_{t-1}) || N(0, I)) of the mean field read at step t (0 without one)
   mf_mu: jax.Array  # [E, T, K, D] its posterior mean ([E, T, 1, 1] zeros without one)
   mf_logvar: jax.Array  # [E, T, K, D] its posterior log-variance
+  summary: jax.Array  # [E, T, S] int32: the text mean field's summary written after step t ([E, T, 1] without one)
+  summary_mask: jax.Array  # [E, T, S] bool: its tokens up to and including <eos>
 
 
 def _t_first(x):
@@ -92,13 +101,18 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     raise ValueError(f"action length {A} != spec.max_new_tokens {spec.max_new_tokens}")
   N = T * B
   # unrolled once here, not inside the scan over steps (at every step)
+  writer = unrolled(model, params["mf_lm"])[1] if spec.text is not None else None
   model, lm = unrolled(model, params["lm"])
   cfg = model.cfg
   enc = lambda method, *a: encoder.apply({"params": params["mf"]}, *a, method=method)
   mf0 = MFState.zeros(encoder.cfg if spec.use_mf else MeanFieldConfig(feature_size=1, hidden_size=1), (E,))
+  if spec.text is not None:
+    summary0 = text_mf.empty_summary(spec.text, (E,))
+  else:
+    summary0 = (jnp.zeros((E, 1), jnp.int32), jnp.zeros((E, 1), bool))
   init = RolloutState(mf=mf0, rng=rng, hist_ids=jnp.zeros((E, N, A), jnp.int32),
                       hist_mask=jnp.zeros((E, N, A), jnp.int32), hist_valid=jnp.zeros((E, N), bool),
-                      counts=jnp.zeros((E, N), jnp.float32))
+                      counts=jnp.zeros((E, N), jnp.float32), summary_ids=summary0[0], summary_mask=summary0[1])
   flat = lambda x: x.reshape(E * B, *x.shape[2:])
   forced = batch["forced"] if "forced" in batch else jnp.zeros((E, T, B), bool)
 
@@ -111,6 +125,9 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
       c_ids, c_mask = jax.vmap(functools.partial(quote_context, spec.context))(
           carry.hist_ids, carry.hist_mask, carry.hist_valid, scores)
       c_mask = c_mask * (context_kind != NONE)
+      in_ids, in_mask = with_context(per_agent(c_ids, B), per_agent(c_mask, B), in_ids, in_mask)
+    if spec.text is not None:
+      c_ids, c_mask = text_mf.policy_context(spec.text, carry.summary_ids, carry.summary_mask)
       in_ids, in_mask = with_context(per_agent(c_ids, B), per_agent(c_mask, B), in_ids, in_mask)
     prefix = None
     stats = (jnp.zeros((E,), jnp.float32), jnp.zeros((E, 1, 1), jnp.float32), jnp.zeros((E, 1, 1), jnp.float32))
@@ -133,11 +150,18 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     if spec.use_mf:
       pooled = agent_embeddings(model, lm, prompt_ids, prompt_mask, ch_ids, ch_mask)
       mf = enc(MeanFieldEncoder.update, carry.mf, enc(MeanFieldEncoder.features, pooled), agent_mask)
+    summary = (carry.summary_ids, carry.summary_mask)
+    if spec.text is not None:  # k_m draws the latent mean field's sample only, so the writer may take it
+      w_ids, w_mask = text_mf.writer_prompt(spec.text, *summary, ch_ids, ch_mask, agent_mask)
+      written = text_mf.write(model, writer, spec.text, w_ids, w_mask, rng=k_m, temperature=temperature,
+                              top_k=spec.top_k, top_p=spec.top_p)
+      summary = text_mf.next_summary(spec.text, written, *summary, agent_mask)
     put = lambda buf, v: jax.lax.dynamic_update_slice_in_dim(buf, v.astype(buf.dtype), t * B, axis=1)
     counts = carry.counts + jax.vmap(lambda p, v: repost_counts(p, v, N))(parent, agent_mask & take_real_EB)
     new = RolloutState(mf=mf, rng=rng, hist_ids=put(carry.hist_ids, ch_ids), hist_mask=put(carry.hist_mask, ch_mask),
-                       hist_valid=put(carry.hist_valid, agent_mask), counts=counts)
-    return new, (s_ids, s_mask, real_lp.reshape(E, B, A)) + stats
+                       hist_valid=put(carry.hist_valid, agent_mask), counts=counts, summary_ids=summary[0],
+                       summary_mask=summary[1])
+    return new, (s_ids, s_mask, real_lp.reshape(E, B, A)) + stats + summary
 
   xs = (jnp.arange(T), *(_t_first(batch[k]) for k in ("prompt_ids", "prompt_mask", "action_ids", "action_mask",
                                                        "agent_mask", "parent")), _t_first(forced.astype(bool)))
@@ -162,7 +186,7 @@ def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec:
   the LM's activations pinned by the rules (`pin_activations`).
   donate: called as fn(params, action_ids, rest_of_batch, *scalars), with the
   action ids' buffer donated to the sampled tokens."""
-  keys = ("lm", "mf") if spec.use_mf else ("lm",)
+  keys = ("lm", "mf") if spec.use_mf else ("lm", "mf_lm") if spec.text is not None else ("lm",)
   p_sh = policy_shardings(model, encoder, abstract_policy(model, encoder, keys), mesh, rules)
   ev, rep = batch_sharding(mesh), replicated(mesh)
   impl = functools.partial(_donating_impl if donate else _simulate_impl, model, encoder, spec=spec)
@@ -175,25 +199,30 @@ def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec:
 
 
 def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSpec] = None, top_k: int = 0,
-                top_p: float = 1.0, score_real: bool = True) -> tuple[RolloutSpec, int]:
+                top_p: float = 1.0, score_real: bool = True,
+                text: Optional[text_mf.TextMFSpec] = None) -> tuple[RolloutSpec, int]:
   """(static spec, traced context kind) of a method."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
   use_context = method in ("recent", "popular")
   if use_context and context is None:
     raise ValueError(f"method {method!r} needs a ContextSpec")
+  if method == "mf_text" and text is None:
+    raise ValueError("method 'mf_text' needs a TextMFSpec (text=)")
   spec = RolloutSpec(use_context=use_context, use_mf=method == "mf", max_new_tokens=int(max_new_tokens),
                      top_k=int(top_k), top_p=float(top_p), context=context if use_context else None,
-                     score_real=bool(score_real))
+                     score_real=bool(score_real), text=text if method == "mf_text" else None)
   return spec, KINDS.get(method, NONE)
 
 
 def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: int, encoder=None,
              context: Optional[ContextSpec] = None, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, score_real: bool = True, mesh=None, rules=RULES,
-             donate_batch: bool = False, pin_activations: bool = True) -> RolloutOutput:
+             donate_batch: bool = False, pin_activations: bool = True,
+             text: Optional[text_mf.TextMFSpec] = None) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
-  `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`).
+  `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`, + "mf_lm",
+  the summary writer, for `mf_text`, whose token layout is `text`).
   Steps t < warmup take the real actions into the history; later steps their
   own samples, except for agents marked in the optional batch key `forced`
   ([E, T, B] bool: an intervention's agents, whose batch actions are taken as
@@ -208,10 +237,12 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   mesh): the batch's `action_ids` buffer is donated to the sampled tokens; the
   caller must not use that array again (the pipeline builds each batch afresh)."""
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
-                           top_p=top_p, score_real=score_real)
+                           top_p=top_p, score_real=score_real, text=text)
   if spec.use_mf and (encoder is None or "mf" not in params):
     raise ValueError("method 'mf' needs the encoder and params['mf']")
-  params = {k: v for k, v in params.items() if k != "mf" or spec.use_mf}
+  if spec.text is not None and "mf_lm" not in params:
+    raise ValueError("method 'mf_text' needs params['mf_lm'] (the summary writer)")
+  params = {k: v for k, v in params.items() if (k != "mf" or spec.use_mf) and (k != "mf_lm" or spec.text)}
   encoder = encoder if spec.use_mf else None
   scalars = (rng, jnp.int32(warmup), jnp.int32(kind), jnp.float32(temperature))
   keys = BATCH_KEYS + (("forced",) if "forced" in batch else ())
