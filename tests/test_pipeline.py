@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from mfjax.__main__ import main
@@ -19,7 +20,9 @@ TINY = ["data.train_events=8", "data.eval_events=4", "data.val_events=2", "data.
         "model.hidden_size=32", "model.intermediate_size=64", "mf.feature_size=16", "mf.hidden_size=32",
         "base.steps=6", "sft.steps=2", "mf_train.steps=4", "base.batch_events=2", "sft.batch_events=2",
         "mf_train.batch_events=2", "train.ckpt_every=2", "train.log_every=2", "rollout.warmup=1",
-        "rollout.batch_events=4"]
+        "rollout.batch_events=4", "rollout.methods=state,recent,popular,sft,mf,mf_text", "mf_text_train.steps=4",
+        "mf_text_train.batch_events=2", "mf_text.summary_len=4"]
+METHODS = {"state", "recent", "popular", "sft", "mf"}
 SCHEMA = {"kl_mean", "kl_mean_std", "kl", "js_mean", "dtw_mean", "nll", "seeds"}
 
 
@@ -36,10 +39,10 @@ def _snapshot(folder):
           for d, _, files in os.walk(folder) for f in files}
 
 
-def _check_results(workdir, seeds):
+def _check_results(workdir, seeds, methods=METHODS):
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
-  assert set(results["methods"]) == {"state", "recent", "popular", "sft", "mf"}
+  assert set(results["methods"]) == methods
   for name, r in results["methods"].items():
     assert SCHEMA <= set(r), name
     assert set(r["kl"]) == {"behaviour", "belief", "sentiment", "intent"}
@@ -53,12 +56,15 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   wd = tmp_path / "run"
   _cli("run", wd)
   out = capsys.readouterr().out
-  results = _check_results(wd, seeds=2)
+  results = _check_results(wd, seeds=2, methods=METHODS | {"mf_text"})
   assert "method" in out and "KL mean" in out  # the table is printed
   assert "[base] training " in out and "[mf] training " in out  # what each stage trains, when it trains
+  assert "[mf_text] training " in out and "[simulate] mf_text seed 0: event 0's last summary: " in out
+  with np.load(rollout_path(str(wd), "mf_text", 0)) as saved:  # the text mean field's summaries are kept
+    assert saved["summary"].shape == (4, 4, 4) and saved["summary_mask"].any()
   assert "reference" in results  # synthetic: the sampling-noise floor against the exact truth
   assert results["seconds"] > 0  # the whole job's wall time, in the one write of results.json
-  for stage in ("base", "sft", "mf"):
+  for stage in ("base", "sft", "mf", "mf_text"):
     assert os.path.exists(wd / stage / "metrics.jsonl")
   stamp = os.path.getmtime(rollout_path(str(wd), "mf", 0))
 
@@ -78,7 +84,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   assert f"[train] the trained stages of {wd} (read only)" in capsys.readouterr().out
   assert _snapshot(wd) == before
   assert not any(os.path.exists(again / stage) for stage in ("base", "sft", "mf", "tokenizer"))
-  moved = _check_results(again, seeds=2)
+  moved = _check_results(again, seeds=2, methods=METHODS | {"mf_text"})
   assert moved["data"]["warmup"] == 2 and results["data"]["warmup"] == 1
   assert moved["methods"]["mf"]["kl_mean"] != results["methods"]["mf"]["kl_mean"]
   assert json.load(open(again / "trained_from.json")) == {"trained_from": os.path.abspath(wd)}
@@ -174,7 +180,8 @@ def test_ced_missing_path_is_a_clear_error(tmp_path):
 
 
 EXPERIMENTS = ["quickstart.py", "quickstart.py:smoke", "ced_weibo.py", "ced_weibo.py:smoke", "ib_beta_sweep.py",
-               "ib_beta_sweep.py:smoke", "qwen2_lora.py", "intervention.py", "intervention.py:smoke"]
+               "ib_beta_sweep.py:smoke", "qwen2_lora.py", "intervention.py", "intervention.py:smoke", "text_mean_field.py",
+               "text_mean_field.py:smoke"]
 
 
 @pytest.mark.parametrize("spec", EXPERIMENTS)
@@ -207,6 +214,8 @@ def test_every_pipeline_experiment_passes_the_config_check(spec):
     ("model.num_heads=0", "model.num_heads: must be >= 1"),
     ("tokenizer.vocab_size=100", "tokenizer.vocab_size: must be >= 259"),
     ("mf.slots=0", "mf.slots: must be >= 1"),
+    ("mf_text.summary_len=0", "mf_text.summary_len: must be >= 1"),
+    ("mf_text_train.trainable=mf", "mf_text_train.trainable: 'mf': the text mean field trains 'lora'"),
     ("intervention.text=x intervention.step=2", r"intervention: step 2 must be a rollout step \(>= the warm-up, 3\)"),
     ("intervention.text=x intervention.step=11", "intervention: step 11 must be .* before the last of 12 steps"),
     ("intervention.text=x intervention.agents=17", "intervention: agents 17 must be 1 to the 16 agents"),

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mf_setup import CONTEXT, EOS, T, make_batch, make_model
+from mf_setup import CONTEXT, EOS, TEXT, T, make_batch, make_model
 from mfjax.ibtune import mean_field_path
 from mfjax.rollout import KINDS, quote_context, repost_counts, simulate, step_contexts
 from mfjax.rollout.context import selection_scores
@@ -55,11 +55,12 @@ def test_training_contexts_see_only_earlier_steps():
 
 def _run(setup, method, batch, warmup, seed=0, temperature=1.0):
   model, encoder, params, _ = setup
+  params = {**params, "mf_lm": params["lm"]}  # the text mean field's writer (mf_text): the policy's LM
   return simulate(model, params, batch, method=method, rng=jax.random.PRNGKey(seed), warmup=warmup,
-                  encoder=encoder, context=CONTEXT, temperature=temperature)
+                  encoder=encoder, context=CONTEXT, temperature=temperature, text=TEXT)
 
 
-@pytest.mark.parametrize("method", ["mf", "recent"])
+@pytest.mark.parametrize("method", ["mf", "recent", "mf_text"])
 def test_step_t_does_not_depend_on_later_actions(setup, method):
   batch = setup[3]
   ref = _run(setup, method, batch, warmup=T)  # all real: the history is the real one
@@ -67,7 +68,7 @@ def test_step_t_does_not_depend_on_later_actions(setup, method):
   changed = {**batch, "action_ids": batch["action_ids"].copy()}
   changed["action_ids"][:, t + 1:] = np.where(batch["action_mask"][:, t + 1:] > 0, 9, 0)
   out = _run(setup, method, changed, warmup=T)
-  for field in ("tokens", "real_logprobs", "mf_mu"):
+  for field in ("tokens", "real_logprobs", "mf_mu", "summary"):
     np.testing.assert_array_equal(getattr(out, field)[:, :t + 1], getattr(ref, field)[:, :t + 1])
   assert not np.array_equal(out.tokens[:, t + 2:], ref.tokens[:, t + 2:])  # later steps do see them
 
@@ -113,7 +114,7 @@ def test_rollout_outputs(setup):
     _run(setup, "oracle", batch, warmup=0)
 
 
-@pytest.mark.parametrize("method", ["mf", "recent"])
+@pytest.mark.parametrize("method", ["mf", "recent", "mf_text"])
 def test_forced_agents_enter_the_history_as_in_warm_up(setup, method):
   batch = setup[3]
   W = 2
@@ -124,11 +125,11 @@ def test_forced_agents_enter_the_history_as_in_warm_up(setup, method):
     _run(setup, method, {**batch, "forced": forced[..., 0]}, warmup=W)
   forced[:, :W] = True  # every agent of the first W steps forced, no warm-up: the same rollout
   out = _run(setup, method, {**batch, "forced": forced}, warmup=0)
-  for field in ("tokens", "mask", "real_logprobs", "mf_mu", "mf_logvar"):
+  for field in ("tokens", "mask", "real_logprobs", "mf_mu", "mf_logvar", "summary", "summary_mask"):
     np.testing.assert_array_equal(getattr(out, field), getattr(ref, field), err_msg=field)
 
 
-@pytest.mark.parametrize("method", ["mf", "recent", "state"])
+@pytest.mark.parametrize("method", ["mf", "recent", "state", "mf_text"])
 def test_an_intervention_changes_only_the_steps_after_it(setup, method):
   """Agents of step s forced to injected actions (after the warm-up): the
   rollout with the same key is the same up to step s, and after it differs
@@ -143,6 +144,7 @@ def test_an_intervention_changes_only_the_steps_after_it(setup, method):
   out = _run(setup, method, injected, warmup=1)
   for field in ("tokens", "mf_mu"):
     np.testing.assert_array_equal(getattr(out, field)[:, :s + 1], getattr(ref, field)[:, :s + 1], err_msg=field)
+  np.testing.assert_array_equal(out.summary[:, :s], ref.summary[:, :s])  # written after step s: from its actions
   later = lambda r: np.asarray(r.real_logprobs)[:, s + 1:]
   if method == "state":
     np.testing.assert_array_equal(out.tokens, ref.tokens)

@@ -140,8 +140,9 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
   writer's is a score-function (REINFORCE) gradient: each m_t is rewarded with
   r_t = (mean log pi of the real action tokens of step t+1, which read it)
   - beta * (log q(m_t) - log p0(m_t)), less the mean reward of the batch's other
-  events at that step (a leave-one-out baseline: with one event per batch the
-  writer gets no gradient), and the writer follows (r_t - baseline) * grad log q(m_t).
+  events at that step (a leave-one-out baseline, which keeps the estimate
+  unbiased; 0 without other events), and the writer follows
+  (r_t - baseline) * grad log q(m_t).
   Only summaries that a later step reads are rewarded. `agents` > 0 scores that
   many random agents per step (the writer still reads all of them)."""
   E, T, B = batch["agent_mask"].shape

@@ -178,6 +178,11 @@ def _donating_impl(model, encoder, params, action_ids, rest, *scalars, spec: Rol
   return _simulate_impl(model, encoder, params, {**rest, "action_ids": action_ids}, *scalars, spec=spec)
 
 
+def _param_keys(spec: RolloutSpec) -> tuple:
+  """The parameter subtrees a rollout reads."""
+  return ("lm", "mf") if spec.use_mf else ("lm", "mf_lm") if spec.text is not None else ("lm",)
+
+
 @functools.lru_cache(maxsize=32)
 def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec: RolloutSpec, mesh, rules,
                       donate: bool = False, pin_activations: bool = True):
@@ -186,7 +191,7 @@ def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec:
   the LM's activations pinned by the rules (`pin_activations`).
   donate: called as fn(params, action_ids, rest_of_batch, *scalars), with the
   action ids' buffer donated to the sampled tokens."""
-  keys = ("lm", "mf") if spec.use_mf else ("lm", "mf_lm") if spec.text is not None else ("lm",)
+  keys = _param_keys(spec)
   p_sh = policy_shardings(model, encoder, abstract_policy(model, encoder, keys), mesh, rules)
   ev, rep = batch_sharding(mesh), replicated(mesh)
   impl = functools.partial(_donating_impl if donate else _simulate_impl, model, encoder, spec=spec)
@@ -242,7 +247,7 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
     raise ValueError("method 'mf' needs the encoder and params['mf']")
   if spec.text is not None and "mf_lm" not in params:
     raise ValueError("method 'mf_text' needs params['mf_lm'] (the summary writer)")
-  params = {k: v for k, v in params.items() if (k != "mf" or spec.use_mf) and (k != "mf_lm" or spec.text)}
+  params = {k: params[k] for k in _param_keys(spec)}  # e.g. a text stage's frozen "prior" is not rolled out
   encoder = encoder if spec.use_mf else None
   scalars = (rng, jnp.int32(warmup), jnp.int32(kind), jnp.float32(temperature))
   keys = BATCH_KEYS + (("forced",) if "forced" in batch else ())
