@@ -10,7 +10,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import mf_setup
-from mfjax.ibtune import TrainState, fit, ib_tune_loss, jit_train_step, make_optimizer, sharded_state
+from mfjax.ibtune import (TrainState, fit, ib_tune_loss, jit_train_step, make_optimizer, sharded_state,
+                          text_ib_tune_loss)
 from mfjax.model import Decoder, init_params
 from mfjax.parallel import MeshConfig, ShardingError, axes, global_batch, init_sharded, make_mesh
 from mfjax.parallel.mesh import RULES, logical_to_spec, shardings_from_specs
@@ -199,6 +200,28 @@ def test_train_step_on_mesh_equals_single_device(setup, shape, loop):
   assert mu and all(x.sharding.spec == flat["lm/layers/attn/q/lora/a"].sharding.spec for x in mu)
 
 
+def test_text_mean_field_train_step_on_a_mesh_equals_single_device(setup):
+  """IB-Tune with the text mean field (summaries sampled inside the step) on a
+  (2, 2, 2) mesh: the same loss terms and the same update as on one device."""
+  model, _, params, batch, _, _ = setup
+  params = {"lm": params["lm"], "mf_lm": params["lm"]}
+  loss_fn = lambda params, batch, rng, step: text_ib_tune_loss(model=model, spec=mf_setup.TEXT, params=params,
+                                                               batch=batch, rng=rng, beta=0.01)
+  tx = make_optimizer(params, trainable="lora", lr=1e-2, steps=10, warmup=1)
+  state = TrainState(jnp.int32(0), jax.tree.map(jnp.array, params), tx.init(params))
+  ref, ref_m = jit_train_step(loss_fn=loss_fn, tx=tx)(state, {k: jnp.asarray(v) for k, v in batch.items()},
+                                                      jax.random.PRNGKey(7))
+  mesh = make_mesh((2, 2, 2))
+  state, shardings = sharded_state(params, tx, mesh=mesh, param_shardings=policy_shardings(model, None, params, mesh))
+  out, m = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings)(
+      state, global_batch(batch, mesh), jax.random.PRNGKey(7))
+  for k in ("loss", "relevance", "compression", "summary_tokens"):
+    np.testing.assert_allclose(float(m[k]), float(ref_m[k]), rtol=1e-5, err_msg=k)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref.params)[0], jax.tree.leaves(out.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+  assert out.params["mf_lm"]["lm_head"].sharding.spec == P("fsdp", "tensor")  # the writer follows the LM's rules
+
+
 def test_init_sharded_matches_init_params():
   model, _, _ = mf_setup.make_model()
   base = Decoder(model.cfg.replace(lora=None))
@@ -213,21 +236,24 @@ def test_init_sharded_matches_init_params():
   assert {s.data.shape for s in emb.addressable_shards} == {(emb.shape[0] // 2, emb.shape[1] // 2)}
 
 
-@pytest.mark.parametrize("method,intervened", [("mf", False), ("popular", True)])
+@pytest.mark.parametrize("method,intervened", [("mf", False), ("popular", True), ("mf_text", False)])
 def test_sharded_rollout_equals_unsharded(setup, method, intervened):
   model, encoder, params, batch, _, _ = setup
+  params = {**params, "mf_lm": params["lm"]}  # mf_text's summary writer (other methods do not read it)
   if intervened:  # step 2's agents forced to injected actions (mfjax.data.intervention): `forced` splits over events
     forced = np.zeros(batch["agent_mask"].shape, bool)
     forced[:, 2] = batch["agent_mask"][:, 2]
     batch = {**batch, "forced": forced, "action_ids": np.where(forced[..., None] & (batch["action_mask"] > 0), 9,
                                                                batch["action_ids"])}
-  kw = dict(method=method, encoder=encoder, context=mf_setup.CONTEXT, rng=jax.random.PRNGKey(11), warmup=2)
+  kw = dict(method=method, encoder=encoder, context=mf_setup.CONTEXT, rng=jax.random.PRNGKey(11), warmup=2,
+            text=mf_setup.TEXT)
   ref = simulate(model, params, batch, **kw)
   mesh = make_mesh((2, 2, 2))
   out = simulate(model, params, batch, mesh=mesh, **kw)
   assert out.tokens.sharding.spec == P(("data", "fsdp"))
   ref, out = jax.device_get(ref), to_host(out)
   np.testing.assert_array_equal(out.tokens, ref.tokens)
+  np.testing.assert_array_equal(out.summary, ref.summary)
   np.testing.assert_array_equal(out.mask, ref.mask)
   np.testing.assert_allclose(out.real_logprobs, ref.real_logprobs, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(out.mf_kl, ref.mf_kl, rtol=1e-5, atol=1e-5)
