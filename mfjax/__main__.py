@@ -59,7 +59,7 @@ def main(argv=None) -> None:
   quick = os.path.join(_REPO, "experiments", "quickstart.py")
   for name, text in (
       ("run", "train, simulate and evaluate (the whole MF-LLM pipeline)"),
-      ("train", "train the stages the config's methods need (base, sft, mf, IB sweep)"),
+      ("train", "train the stages the config's methods need (base, sft, mf, mf_text, IB sweep)"),
       ("simulate", "roll out every method and seed over the evaluation events (needs train)"),
       ("evaluate", "label the rollouts, compare with the real events, write results.json and plots")):
     p = sub.add_parser(name, help=text, description=text + ". Rerunning resumes from the workdir.")
