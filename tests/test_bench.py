@@ -27,14 +27,14 @@ def test_bench_prints_every_case_and_the_same_loss(capsys):
   bench.main(["all", *TINY])
   rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
   seen = {(r["bench"], r["case"], r["impl"]) for r in rows}
-  for case in ("policy_1event", "policy_8events", "mf_step"):
+  for case in ("policy_1event", "policy_8events", "mf_step", "text_mf_step"):
     assert {("rollout", case, "mfjax"), ("rollout", case, "reference")} <= seen
   assert {("train", "ib_tune", "mfjax"), ("train", "ib_tune", "reference"), ("mfu", "train_step", "mfjax"),
           ("mfu", "simulate", "mfjax")} <= seen
   for r in rows:
     assert r["device"] and r["tokens_per_s"] > 0 and r["actions_per_s"] > 0
-    if r["impl"] == "mfjax" and r["bench"] != "mfu":
-      assert r["speedup"] > 0 and r["target"] > 0
+    if r["impl"] == "mfjax" and r["bench"] != "mfu":  # the paper's own algorithm on both sides has no target
+      assert r["speedup"] > 0 and (r["target"] > 0 if r["case"] != "text_mf_step" else r["target"] is None)
     if r["bench"] == "mfu":
       assert 0 < r["mfu"] and r["model_gflops"] > 0
   train = {r["impl"]: r for r in rows if r["bench"] == "train"}

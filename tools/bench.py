@@ -26,7 +26,11 @@ event after another (timed after one 2-token warm-up `generate`, as mfjax is
 timed after its compile). mfjax: `simulate`, one jitted `lax.scan` over steps for
 all events at once (top-k 50, top-p 0.95; no repetition penalty), the latent
 mean field updated in the same scan; `score_real=False`, since the reference
-does not score the real actions either.
+does not score the real actions either. Case `text_mf_step` times the paper's
+own algorithm on both sides: mfjax's text mean field (`mf_text`: the writer, here
+the policy's weights, writes a summary of the same length from the previous one
+and the step's actions inside the scan, and the policy reads it, which the
+reference's policy does not) against the reference's step with its text summary.
 
 Training: the IB-Tune loss (teacher-forced mean field over T steps, every agent
 scored, beta 1e-3, the LM fully trained, encoder embeddings without LM
@@ -62,6 +66,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 TARGETS = {("rollout", "policy_1event"): 1.2, ("rollout", "policy_8events"): 3.0, ("rollout", "mf_step"): 10.0,
+           ("rollout", "text_mf_step"): None,  # the paper's algorithm on both sides: no target in the issue
            ("train", "ib_tune"): 2.0, ("mfu", "train_step"): 0.5, ("mfu", "simulate"): 0.5}
 SAMPLING = dict(top_k=50, top_p=0.95)
 
@@ -253,12 +258,19 @@ def reference_rollout(ref, dev, batch, args, *, text_mf: bool) -> float:
   return time.perf_counter() - t0
 
 
-def mfjax_rollout(model, params, batch, *, method, encoder, repeats: int, score_real: bool = False
+def text_spec(args):
+  """The text mean field's layout for the benchmark's shapes: a summary as long as the reference's (no <eos>)."""
+  from mfjax.meanfield import TextMFSpec
+  return TextMFSpec(summary_header=(3, 4), writer_header=(5,), actions_header=(6, 7), writer_end=(8,), sep=(9,),
+                    eos_id=-1, pad_id=0, summary_len=args.summary, action_len=args.action, agents=args.agents)
+
+
+def mfjax_rollout(model, params, batch, *, method, encoder, repeats: int, score_real: bool = False, text=None
                   ) -> tuple[float, float]:
   """(median seconds of `simulate` over `batch`, compile seconds)."""
   from mfjax.rollout import simulate
   run = lambda: simulate(model, params, batch, method=method, encoder=encoder, rng=jax.random.PRNGKey(0), warmup=0,
-                         temperature=1.0, score_real=score_real, **SAMPLING).tokens.block_until_ready()
+                         temperature=1.0, score_real=score_real, text=text, **SAMPLING).tokens.block_until_ready()
   first = timed(run)
   secs = float(np.median([timed(run) for _ in range(repeats)]))
   return secs, first - secs
@@ -269,14 +281,15 @@ def bench_rollout(args, built) -> None:
   ref, params = rollout_weights(ref, params, args.dtype)
   encoder, mf = make_encoder(model, args.slots)
   T, B, A = args.steps, args.agents, args.action
-  cases = [("policy_1event", 1, "state", False), ("policy_8events", 8, "state", False), ("mf_step", 1, "mf", True)]
+  cases = [("policy_1event", 1, "state", False), ("policy_8events", 8, "state", False), ("mf_step", 1, "mf", True),
+           ("text_mf_step", 1, "mf_text", True)]
   for case, E, method, text_mf in cases:
     if args.cases and case not in args.cases.split(","):
       continue
     batch = events(args, E, T)
-    p = {"lm": params, "mf": mf} if method == "mf" else {"lm": params}
+    p = {"lm": params, "mf": mf} if method == "mf" else {"lm": params, "mf_lm": params}
     secs, compile_s = mfjax_rollout(model, p, batch, method=method, encoder=encoder, repeats=args.repeats,
-                                    score_real=args.score_real)
+                                    score_real=args.score_real, text=text_spec(args))
     n = E * T * B
     common = _common(args, "rollout", case, events=E, steps=T, agents=B)
     row = {**common, "impl": "mfjax", "method": method, "seconds": secs, "compile_s": compile_s,
@@ -514,9 +527,9 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("bench", choices=["rollout", "train", "mfu", "all"])
   add_model_args(p)
-  p.add_argument("--summary", type=int, default=200, help="tokens of the reference's text mean-field summary")
+  p.add_argument("--summary", type=int, default=200, help="tokens of a text mean-field summary (the reference's; mfjax's in text_mf_step)")
   p.add_argument("--steps", type=int, default=4, help="T of the rollout cases")
-  p.add_argument("--cases", default="", help="rollout: comma-separated subset of policy_1event,policy_8events,mf_step")
+  p.add_argument("--cases", default="", help="rollout: comma-separated subset of policy_1event,policy_8events,mf_step,text_mf_step")
   p.add_argument("--train-events", type=int, default=1)
   p.add_argument("--train-steps", type=int, default=2, help="T of a training batch")
   p.add_argument("--mfu-events", type=int, default=8, help="events of the simulate MFU case")
