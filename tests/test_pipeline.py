@@ -180,8 +180,8 @@ def test_ced_missing_path_is_a_clear_error(tmp_path):
 
 
 EXPERIMENTS = ["quickstart.py", "quickstart.py:smoke", "ced_weibo.py", "ced_weibo.py:smoke", "ib_beta_sweep.py",
-               "ib_beta_sweep.py:smoke", "qwen2_lora.py", "intervention.py", "intervention.py:smoke", "text_mean_field.py",
-               "text_mean_field.py:smoke"]
+               "ib_beta_sweep.py:smoke", "qwen2_lora.py", "intervention.py", "intervention.py:smoke",
+               "text_mean_field.py", "text_mean_field.py:smoke"]
 
 
 @pytest.mark.parametrize("spec", EXPERIMENTS)
@@ -264,7 +264,7 @@ def test_a_run_from_a_local_checkpoint_and_another_models_tokenizer(tmp_path, ca
   _cli("run", tmp_path / "run", extra=[f"model.checkpoint={tmp_path / 'ckpt'}"])
   out = capsys.readouterr().out
   assert f"[base] loaded {tmp_path / 'ckpt'}" in out
-  _check_results(tmp_path / "run", seeds=2, methods=METHODS | {"mf_text"})  # mf_text: the writer from the checkpoint too
+  _check_results(tmp_path / "run", seeds=2, methods=METHODS | {"mf_text"})  # mf_text's writer from the checkpoint
   assert not os.path.exists(tmp_path / "run" / "base")  # nothing trained from scratch
 
   _hf_folder(tmp_path / "other", texts, vocab_size=128)

@@ -527,9 +527,11 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("bench", choices=["rollout", "train", "mfu", "all"])
   add_model_args(p)
-  p.add_argument("--summary", type=int, default=200, help="tokens of a text mean-field summary (the reference's; mfjax's in text_mf_step)")
+  p.add_argument("--summary", type=int, default=200,
+                 help="tokens of a text mean-field summary (the reference's; mfjax's in text_mf_step)")
   p.add_argument("--steps", type=int, default=4, help="T of the rollout cases")
-  p.add_argument("--cases", default="", help="rollout: comma-separated subset of policy_1event,policy_8events,mf_step,text_mf_step")
+  p.add_argument("--cases", default="",
+                 help="rollout: comma-separated subset of policy_1event,policy_8events,mf_step,text_mf_step")
   p.add_argument("--train-events", type=int, default=1)
   p.add_argument("--train-steps", type=int, default=2, help="T of a training batch")
   p.add_argument("--mfu-events", type=int, default=8, help="events of the simulate MFU case")

@@ -5,4 +5,5 @@ from mfjax.ibtune.train import (TRAINABLE, TrainState, batch_at, beta_schedule, 
                                 sharded_state, train_step, trainable_labels)
 
 __all__ = ["ib_tune_loss", "mean_field_path", "policy_loss", "TRAINABLE", "TrainState", "batch_at", "beta_schedule",
-           "fit", "jit_train_step", "make_optimizer", "sharded_state", "text_ib_tune_loss", "train_step", "trainable_labels"]
+           "fit", "jit_train_step", "make_optimizer", "sharded_state", "text_ib_tune_loss", "train_step",
+           "trainable_labels"]
