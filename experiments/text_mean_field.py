@@ -14,7 +14,7 @@ The README has the result: `mf_text` gains next to nothing over `sft` given the
 same budget, and its writer's summaries stop depending on the actions.
 
 About 17 minutes on 2 CPU cores (1005 s measured at commit 59877e9 with other
-jobs beside it; the `mf_text` stage alone trains at 1.6 steps/s):
+jobs beside it; the `mf_text` stage alone trains at 1.6 steps/s; `smoke`: 70 s):
 
   python -m mfjax run --config experiments/text_mean_field.py --workdir runs/text_mean_field
   python -m mfjax run --config experiments/text_mean_field.py:smoke
