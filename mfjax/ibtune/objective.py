@@ -61,6 +61,14 @@ def _flat(x, trailing: int):
   return x.reshape(-1, *x.shape[x.ndim - trailing:]) if trailing else x.reshape(-1)
 
 
+def _per_agent_rows(x_ExTx_, agents: int):
+  """What each step's agents read alike (a mean field, a context: [E, T, ...]), one row per
+  (event, step, agent) as the flattened batch lays them out: [E * T * agents, ...]."""
+  E, T = x_ExTx_.shape[:2]
+  return jnp.broadcast_to(x_ExTx_[:, :, None], (E, T, agents) + x_ExTx_.shape[2:]).reshape(E * T * agents,
+                                                                                            *x_ExTx_.shape[2:])
+
+
 def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, remat: bool = False,
                     lm_grad: bool = True, sample: bool = True):
   """Teacher-forced mean field of each step: a reparameterised sample m and the
@@ -100,8 +108,7 @@ def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rn
   m, mu, logvar = mean_field_path(model=model, encoder=encoder, params=params, batch=batch, rng=k_m, remat=remat,
                                   lm_grad=lm_grad, sample=sample)
   scored = subsample_agents(batch, k_a, agents)
-  E, T, B = scored["agent_mask"].shape
-  prefix = jnp.broadcast_to(m[:, :, None], (E, T, B) + m.shape[2:]).reshape(E * T * B, *m.shape[2:])
+  prefix = _per_agent_rows(m, scored["agent_mask"].shape[2])
   logp = action_logprobs(model, params["lm"], _flat(scored["prompt_ids"], 1), _flat(scored["prompt_mask"], 1),
                          _flat(scored["action_ids"], 1), _flat(scored["action_mask"], 1), prefix_NxKxD=prefix)
   relevance, tokens = _token_nll(logp, scored)
@@ -170,7 +177,7 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
   scored = subsample_agents(batch, k_a, agents)
   b = scored["agent_mask"].shape[2]
   ctx_ids, ctx_mask = text_mf.policy_context(spec, et(read[0]), et(read[1]))  # [E * T, C]: m_{t-1} at step t
-  rep = lambda x: jnp.broadcast_to(x.reshape(E, T, 1, -1), (E, T, b, x.shape[-1])).reshape(E * T * b, -1)
+  rep = lambda x: _per_agent_rows(x.reshape(E, T, -1), b)
   prompt_ids, prompt_mask = with_context(rep(ctx_ids), rep(ctx_mask), _flat(scored["prompt_ids"], 1),
                                          _flat(scored["prompt_mask"], 1))
   logp = action_logprobs(model, params["lm"], prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
@@ -211,8 +218,8 @@ def policy_loss(*, model: Decoder, params, batch, rng, context: ContextSpec | No
     kinds = jnp.asarray(context_kinds, jnp.int32)[jax.random.randint(k_kind, (E,), 0, len(context_kinds))]
     ctx_ids, ctx_mask = jax.vmap(lambda *a: step_contexts(context, *a))(
         kinds, batch["action_ids"], batch["action_mask"], batch["agent_mask"], batch["parent"])  # [E, T, C]
-    rep = lambda x: jnp.broadcast_to(x[:, :, None], (E, T, B, x.shape[-1])).reshape(E * T * B, -1)
-    prompt_ids, prompt_mask = with_context(rep(ctx_ids), rep(ctx_mask), prompt_ids, prompt_mask)
+    prompt_ids, prompt_mask = with_context(_per_agent_rows(ctx_ids, B), _per_agent_rows(ctx_mask, B), prompt_ids,
+                                           prompt_mask)
   logp = action_logprobs(model, lm, prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
                          _flat(scored["action_mask"], 1))
   nll, tokens = _token_nll(logp, scored)

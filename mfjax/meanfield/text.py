@@ -41,7 +41,6 @@ WRITER_HEADER = "此前总结："  # "summary so far:"
 ACTIONS_HEADER = "最新动态："  # "latest actions:"
 WRITER_END = "新总结："  # "new summary:", the writer's last prompt tokens (always present)
 SEP = "；"
-TEXTS = (SUMMARY_HEADER, WRITER_HEADER, ACTIONS_HEADER, WRITER_END, SEP)  # for the tokenizer's training texts
 
 
 @dataclasses.dataclass(frozen=True)
