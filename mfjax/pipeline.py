@@ -177,7 +177,7 @@ def _world(cfg) -> synthetic.WorldConfig:
   return synthetic.WorldConfig(steps=d.steps, agents_per_step=d.agents_per_step, **cfg.world.to_dict())
 
 
-def _events(cfg):
+def split_events(cfg):
   """(train, val, eval events, eval truth, eval split name)."""
   d = cfg.data
   _check_data_choices(d)
@@ -211,7 +211,7 @@ def _tokenizer_texts(events, activity) -> list[str]:
 def prepare(cfg, workdir: str) -> Data:
   """Events, tokenizer (trained once into workdir/tokenizer) and step tensors."""
   t0 = time.time()
-  train, val, test, truth, split = _events(cfg)
+  train, val, test, truth, split = split_events(cfg)
   activity = UidActivity.fit(train) if cfg.data.source == "ced" else None
   tok_dir = os.path.join(workdir, "tokenizer")
   if cfg.model.checkpoint:

@@ -56,6 +56,15 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
   return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
+def step_texts(events: Sequence[Event], steps: int, agents: int) -> tuple[list, np.ndarray]:
+  """The raw action texts as `make_step_batch` lays them out ([E][T*B], "" past an event's end)
+  and its agent mask [E, T, B], without tokenising: the first T*B actions, B consecutive ones a step."""
+  n = [min(len(e.actions), steps * agents) for e in events]
+  texts = [[a.text for a in e.actions[:k]] + [""] * (steps * agents - k) for e, k in zip(events, n)]
+  mask = np.arange(steps * agents)[None] < np.asarray(n, np.int64).reshape(-1, 1)
+  return texts, mask.reshape(len(events), steps, agents)
+
+
 def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = BatchConfig(), *,
                     activity: Optional[UidActivity] = None, contexts: Optional[Sequence[Sequence[str]]] = None
                     ) -> StepBatch:
@@ -72,11 +81,10 @@ def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = Ba
   prompt_mask = np.zeros((E, T, B, P), np.int32)
   action_ids = np.full((E, T, B, A), pad, np.int32)
   action_mask = np.zeros((E, T, B, A), np.int32)
-  agent_mask = np.zeros((E, T, B), bool)
+  texts_out, agent_mask = step_texts(events, T, B)
   parent = np.full((E, T, B), -1, np.int32)
   report = {"events": E, "actions_used": 0, "actions_dropped": 0, "agent_slots_empty": 0,
             "prompts_truncated": 0, "actions_truncated": 0}
-  texts_out = []
   for e, event in enumerate(events):  # Python over events only to build the arrays (data prep, not the hot path)
     n = min(len(event.actions), T * B)
     report["actions_used"] += n
@@ -89,7 +97,6 @@ def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = Ba
     ctx = contexts[e] if contexts is not None else None
     prompts = [policy_prompt(event.topic, s, ctx[i // B] if ctx is not None else "") for i, s in enumerate(states)]
     texts = [action_text(a) for a in actions]
-    texts_out.append([a.text for a in actions] + [""] * (T * B - n))
     for i, (p_ids, a_ids) in enumerate(zip(_encode(tokenizer, prompts), _encode(tokenizer, texts))):
       t, b = divmod(i, B)
       if len(p_ids) > P:
@@ -103,7 +110,6 @@ def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = Ba
       prompt_mask[e, t, b, P - len(p_ids):] = 1
       action_ids[e, t, b, :len(a_ids)] = a_ids
       action_mask[e, t, b, :len(a_ids)] = 1
-      agent_mask[e, t, b] = True
   return StepBatch(prompt_ids, prompt_mask, action_ids, action_mask, agent_mask, parent, [e.eid for e in events],
                    texts_out, report)
 

@@ -66,7 +66,8 @@ def decode_actions(tokenizer, tokens_ExTxBxA, mask_ExTxBxA) -> list[str]:
   return tokenizer.batch_decode([r[k].tolist() for r, k in zip(rows, keep)], skip_special_tokens=True)
 
 
-def _ids(labeler: CachedLabeler, texts: list[str], shape) -> dict:
+def label_ids(labeler: CachedLabeler, texts: list[str], shape) -> dict:
+  """Category ids {dimension: array of `shape`} of texts (flattened in order)."""
   return {d: v.reshape(shape) for d, v in labeler.ids(texts).items()}
 
 
@@ -118,7 +119,7 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
   labeler = CachedLabeler(make_labeler(labeler_name))
   E, T, B = eval_batch.agent_mask.shape
   agent_mask = eval_batch.agent_mask
-  real = _ids(labeler, [t for row in eval_batch.texts for t in row], (E, T, B))
+  real = label_ids(labeler, [t for row in eval_batch.texts for t in row], (E, T, B))
   weights = (np.arange(T)[None, :] >= warmup) & agent_mask.any(-1)
   if not weights.any():
     raise ValueError(f"no rollout step to score: warm-up {warmup} covers all {T} steps or the events are empty")
@@ -129,7 +130,7 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
   def sim_ids(tag: str, seed: int, r=None) -> dict:
     if (tag, seed) not in labelled:
       r = np.load(rollout_path(workdir, tag, seed)) if r is None else r
-      labelled[tag, seed] = _ids(labeler, decode_actions(tokenizer, r["tokens"], r["mask"]), (E, T, B))
+      labelled[tag, seed] = label_ids(labeler, decode_actions(tokenizer, r["tokens"], r["mask"]), (E, T, B))
     return labelled[tag, seed]
 
   for tag, method, _ in runs:

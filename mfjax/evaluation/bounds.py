@@ -1,0 +1,146 @@
+"""What population information can buy on real events: the pipeline's score for simulators
+that sample each step's agents from fixed distributions, some knowing more than any method can.
+
+The pipeline scores a method by KL(real || simulated) per (event, step) over the rollout
+steps, each side being the category proportions of a step's B agents (`report.evaluate`).
+Here the simulated side is n agents (the step's valid ones) drawn from a distribution q per
+(event, step), scored the same way, for these q:
+
+  global    the training events' proportions at the same step index: knows nothing of the event
+  label     the same over the training events with the event's label (rumor / non-rumor), a
+            stand-in for what the topic alone tells a population-blind policy
+  warmup    the event's own warm-up steps, pooled: what the warm-up shows, held fixed
+  shrunk    the warm-up's counts plus `global` as k pseudo-agents, k fitted per dimension on
+            the training events (their warm-up predicting their later steps): a simple
+            estimator from the warm-up that a population model should beat
+  previous  the event's real previous step: teacher-forced history (past the first rollout step
+            a rollout has only its own samples, so this is an oracle there)
+  event     the event's own scored steps, pooled: an oracle, its static distribution
+  step      the real step itself, resampled: an oracle, the sampling noise of n agents alone
+
+A method that reads the population can gain at most what separates `label` (or `global`) from
+`event` by knowing the event, and from `event` towards `step` by following it over time. Where
+`warmup` already scores below every method, the methods leave the warm-up's information unused.
+
+Letters: E events, T steps, B agents, C categories of a dimension, N training events.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Sequence
+
+import numpy as np
+
+from mfjax.evaluation import metrics
+from mfjax.evaluation.labelers import DIMENSIONS
+
+PREDICTORS = ("global", "label", "warmup", "shrunk", "previous", "event", "step")
+PSEUDOCOUNTS = tuple(2.0 ** np.arange(-2, 13))  # the k `shrunk` chooses from
+
+
+def counts(ids_ExTxB, mask_ExTxB, num_categories: int) -> np.ndarray:
+  """Category counts [E, T, C] of each step's valid agents (float64)."""
+  onehot = np.eye(num_categories)[np.asarray(ids_ExTxB)] * np.asarray(mask_ExTxB, bool)[..., None]
+  return onehot.sum(-2)
+
+
+def _normalise(c, fallback):
+  """c / its sum over the last axis, `fallback` (broadcast) where the sum is 0."""
+  total = c.sum(-1, keepdims=True)
+  return np.where(total > 0, c / np.maximum(total, 1e-300), fallback)
+
+
+def _shrunk(counts_ExTxC, per_step_TxC, warmup: int, k: float):
+  """[E, T, C]: (the warm-up's pooled counts + k * the step's training proportions) / (their agents + k)."""
+  warm = counts_ExTxC[:, :warmup].sum(1, keepdims=True)
+  return (warm + k * per_step_TxC[None]) / (warm.sum(-1, keepdims=True) + k)
+
+
+def fit_pseudocount(train_NxTxC, per_step_TxC, warmup: int) -> float:
+  """The k of PSEUDOCOUNTS under which the training events' warm-ups best predict their later
+  steps' agents (the highest log-likelihood; ties go to the smaller k)."""
+  target = train_NxTxC[:, warmup:]
+  ll = [float((target * np.log(np.maximum(_shrunk(train_NxTxC, per_step_TxC, warmup, k)[:, warmup:], 1e-300))).sum())
+        for k in PSEUDOCOUNTS]
+  return PSEUDOCOUNTS[int(np.argmax(ll))]
+
+
+def predictors(real_ExTxC, train_NxTxC, real_labels: Sequence, train_labels: Sequence, warmup: int,
+               scored_ExT) -> dict:
+  """(name -> q [E, T, C], shrunk's k) for one dimension, from category counts of the scored
+  events (real) and of the training events; scored_ExT: the (event, step)s the score covers."""
+  real = np.asarray(real_ExTxC, np.float64)
+  train = np.asarray(train_NxTxC, np.float64)
+  E, T, C = real.shape
+  if train.shape[1:] != (T, C):
+    raise ValueError(f"training counts {train.shape} do not match the scored events' steps and categories {real.shape}")
+  pooled = _normalise(train.sum((0, 1)), np.full(C, 1.0 / C))  # [C]: the fallback of every estimate
+  per_step = _normalise(train.sum(0), pooled)  # [T, C]
+  out = {"global": np.broadcast_to(per_step, real.shape)}
+  train_labels = np.asarray(train_labels, object)
+  by_label = {lab: _normalise(train[train_labels == lab].sum(0), per_step) for lab in set(real_labels)}
+  out["label"] = np.stack([by_label[lab] for lab in real_labels]) if E else np.zeros_like(real)
+  warm = real[:, :warmup].sum(1, keepdims=True)  # [E, 1, C]
+  out["warmup"] = np.broadcast_to(_normalise(warm, per_step[None]), real.shape)
+  k = fit_pseudocount(train, per_step, warmup)
+  out["shrunk"] = np.broadcast_to(_shrunk(real, per_step, warmup, k), real.shape)
+  step = _normalise(real, per_step[None])
+  out["previous"] = np.concatenate([per_step[None, :1].repeat(E, 0), step[:, :-1]], 1)
+  scored = np.asarray(scored_ExT, bool)[..., None]
+  out["event"] = np.broadcast_to(_normalise((real * scored).sum(1, keepdims=True), per_step[None]), real.shape)
+  out["step"] = step
+  return out, k
+
+
+def sampled_kl(real_ExTxC, q_ExTxC, weights_ExT, rng: np.random.Generator, eps: float = metrics.DEFAULT_EPS) -> float:
+  """The pipeline's KL(real || simulated) mean over the weighted (event, step)s, the simulated
+  side being as many agents as the real step has, drawn from q."""
+  real = np.asarray(real_ExTxC, np.float64)
+  n = real.sum(-1).astype(np.int64)
+  q = np.asarray(q_ExTxC, np.float64)
+  q = q / q.sum(-1, keepdims=True)
+  sim = rng.multinomial(n, q)
+  p_real = real / np.maximum(n, 1)[..., None]
+  p_sim = sim / np.maximum(n, 1)[..., None]
+  w = np.asarray(weights_ExT, np.float64)
+  return float((np.asarray(metrics.kl(p_real, p_sim, eps), np.float64) * w).sum() / w.sum())
+
+
+def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, train_mask, train_labels: Sequence,
+           *, warmup: int, draws: int = 3, seed: int = 0) -> dict:
+  """{"methods": {name: {"kl_mean", "kl_mean_std", "kl": {dimension}}}, "scored_steps", "draws",
+  "shrunk_pseudocounts": {dimension: k}}: every
+  predictor's sampled KL per dimension (mean over `draws`), from category ids {dimension: [E, T, B]}
+  and agent masks of the scored events and of the training events."""
+  real_mask = np.asarray(real_mask, bool)
+  T = real_mask.shape[1]
+  scored = (np.arange(T)[None] >= warmup) & real_mask.any(-1)
+  if not scored.any():
+    raise ValueError(f"no step to score: warm-up {warmup} covers all {T} steps or the events are empty")
+  per_draw = {name: {d: [] for d in DIMENSIONS} for name in PREDICTORS}
+  pseudocounts = {}
+  for d, cats in DIMENSIONS.items():
+    real = counts(real_ids[d], real_mask, len(cats))
+    qs, pseudocounts[d] = predictors(real, counts(train_ids[d], train_mask, len(cats)), real_labels, train_labels, warmup, scored)
+    for name in PREDICTORS:
+      for k in range(draws):  # keyed by names: a predictor's draws do not move when another is added
+        rng = np.random.default_rng([seed, k, zlib.crc32(name.encode()), zlib.crc32(d.encode())])
+        per_draw[name][d].append(sampled_kl(real, qs[name], scored, rng))
+  out = {}
+  for name, dims in per_draw.items():
+    means = np.mean([dims[d] for d in DIMENSIONS], 0)  # [draws]: the mean over dimensions of each draw
+    out[name] = {"kl_mean": float(means.mean()), "kl_mean_std": float(means.std()),
+                 "kl": {d: float(np.mean(v)) for d, v in dims.items()}}
+  return {"methods": out, "scored_steps": int(scored.sum()), "draws": draws, "shrunk_pseudocounts": pseudocounts}
+
+
+def table(result: dict) -> str:
+  rows = [f"{'simulator':<12}{'KL mean':>10}{'± std':>8}   KL per dimension"]
+  for name, r in result["methods"].items():
+    dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
+    rows.append(f"{name:<12}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}   {dims}")
+  if "shrunk_pseudocounts" in result:
+    rows.append("(shrunk's pseudo-agents k: " + ", ".join(f"{d} {k:g}" for d, k in result["shrunk_pseudocounts"].items())
+                + ")")
+  return "\n".join(rows)

@@ -1,0 +1,177 @@
+"""The population bounds (`mfjax.evaluation.bounds`, `tools/population_bounds.py`): the step
+layout, each simulator's distribution by hand, the score against the pipeline's own metric,
+the pseudo-count fit, and the tool on the synthetic world and on real CED events."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from mfjax.data import Action, Event, step_texts
+from mfjax.evaluation import bounds, metrics
+from mfjax.evaluation.labelers import DIMENSIONS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+import population_bounds  # noqa: E402
+
+
+def _event(eid, texts, label=None):
+  return Event(eid, "topic", 0.0, label, tuple(Action(f"{eid}{i}", f"u{i}", float(i), t) for i, t in enumerate(texts)))
+
+
+def test_step_texts_lays_out_the_first_steps_times_agents_actions():
+  events = [_event("a", ["x", "", "y"]), _event("b", [str(i) for i in range(9)])]
+  texts, mask = step_texts(events, steps=2, agents=3)
+  assert texts == [["x", "", "y", "", "", ""], ["0", "1", "2", "3", "4", "5"]]
+  np.testing.assert_array_equal(mask, [[[1, 1, 1], [0, 0, 0]], [[1, 1, 1], [1, 1, 1]]])
+  assert mask.dtype == bool and mask.shape == (2, 2, 3)
+
+
+def test_counts_per_step():
+  ids = np.array([[[0, 2, 2, 1], [1, 1, 0, 0]]])
+  mask = np.array([[[1, 1, 1, 0], [1, 1, 0, 0]]], bool)
+  np.testing.assert_array_equal(bounds.counts(ids, mask, 3), [[[1, 0, 2], [0, 2, 0]]])
+
+
+def test_predictors_by_hand():
+  # 2 scored events x 3 steps x 2 categories (counts), warm-up 1; 3 training events
+  real = np.array([[[3, 1], [0, 4], [2, 2]],
+                   [[0, 2], [1, 1], [0, 0]]], float)  # event 1 has no agents at step 2
+  train = np.array([[[1, 1], [2, 0], [0, 2]],
+                    [[0, 2], [0, 2], [1, 1]],
+                    [[2, 0], [2, 0], [2, 0]]], float)
+  scored = np.array([[0, 1, 1], [0, 1, 0]], bool)
+  qs, k = bounds.predictors(real, train, ["r", "n"], ["r", "n", "r"], 1, scored)
+  per_step = np.array([[3, 3], [4, 2], [3, 3]]) / 6
+  np.testing.assert_allclose(qs["global"], np.broadcast_to(per_step, (2, 3, 2)))
+  r = np.array([[3, 1], [4, 0], [2, 2]]) / 4
+  n = np.array([[0, 2], [0, 2], [1, 1]]) / 2
+  np.testing.assert_allclose(qs["label"], np.stack([r, n]))
+  np.testing.assert_allclose(qs["warmup"], [[[.75, .25]] * 3, [[0, 1]] * 3])
+  np.testing.assert_allclose(qs["previous"], [[per_step[0], [.75, .25], [0, 1]], [per_step[0], [0, 1], [.5, .5]]])
+  np.testing.assert_allclose(qs["event"], [[[2 / 8, 6 / 8]] * 3, [[.5, .5]] * 3])
+  # a step without agents falls back to the training events' proportions at that step
+  np.testing.assert_allclose(qs["step"], [[[.75, .25], [0, 1], [.5, .5]], [[0, 1], [.5, .5], per_step[2]]])
+  assert k in bounds.PSEUDOCOUNTS
+  warm = real[:, :1].sum(1, keepdims=True)
+  np.testing.assert_allclose(qs["shrunk"], (warm + k * per_step[None]) / (warm.sum(-1, keepdims=True) + k))
+  for q in qs.values():
+    np.testing.assert_allclose(q.sum(-1), 1.0)
+  # global and label read the training events only
+  qs2, _ = bounds.predictors(real[::-1].copy(), train, ["r", "n"], ["r", "n", "r"], 1, scored)
+  np.testing.assert_array_equal(qs2["global"], qs["global"])
+  np.testing.assert_array_equal(qs2["label"], qs["label"])
+  # a label no training event has gets the global proportions
+  qs3, _ = bounds.predictors(real, train, ["x", "n"], ["r", "n", "r"], 1, scored)
+  np.testing.assert_allclose(qs3["label"][0], per_step)
+
+
+def test_pseudocount_follows_how_much_the_warmup_tells():
+  rng = np.random.default_rng(0)
+  N, T, C = 400, 6, 3
+  # each event keeps its own distribution over all its steps: the warm-up tells almost all, k stays small
+  # (a few pseudo-agents still pay for the categories 400 warm-up agents of a skewed event miss)
+  p = rng.dirichlet(np.ones(C) * 0.3, N)
+  steady = np.stack([rng.multinomial(200, p) for _ in range(T)], 1).astype(float)
+  assert bounds.fit_pseudocount(steady, bounds._normalise(steady.sum(0), 1 / C), 2) <= 1
+  # the warm-up is drawn apart from the later steps, which all share one distribution: the largest k wins
+  noise = np.concatenate([np.stack([rng.multinomial(16, p) for _ in range(2)], 1),
+                          rng.multinomial(16, [.2, .3, .5], (N, T - 2))], 1).astype(float)
+  assert bounds.fit_pseudocount(noise, bounds._normalise(noise.sum(0), 1 / C), 2) == bounds.PSEUDOCOUNTS[-1]
+
+
+def test_sampled_kl_is_the_pipelines_kl_of_the_sampled_agents():
+  rng = np.random.default_rng(1)
+  E, T, B, C = 5, 4, 16, 3
+  real_ids = rng.integers(0, C, (E, T, B))
+  mask = rng.random((E, T, B)) < 0.8
+  mask[0, 3] = False  # a step without agents, left out by the weights
+  real = bounds.counts(real_ids, mask, C)
+  q = rng.dirichlet(np.ones(C), (E, T))
+  weights = (np.arange(T)[None] >= 1) & mask.any(-1)
+  got = bounds.sampled_kl(real, q, weights, np.random.default_rng(7))
+  # the same draws as agents' category ids, scored by the pipeline's metric
+  sim = np.random.default_rng(7).multinomial(real.sum(-1).astype(np.int64), q)
+  sim_ids = np.zeros((E, T, B), np.int64)
+  for e in range(E):
+    for t in range(T):
+      valid = np.flatnonzero(mask[e, t])
+      sim_ids[e, t, valid] = np.repeat(np.arange(C), sim[e, t])
+  want = metrics.compare({"belief": real_ids % 2, "intent": real_ids}, {"belief": sim_ids % 2, "intent": sim_ids},
+                         mask, mask, step_weights=weights)["kl"]["intent"]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # a simulator that knows every step's one category exactly scores the smoothing's 0
+  one = np.eye(C)[real_ids[..., 0]] * real.sum(-1, keepdims=True)
+  assert bounds.sampled_kl(one, one + (one.sum(-1, keepdims=True) == 0), weights, rng) == pytest.approx(0.0, abs=1e-7)
+
+
+def _ids_of(counts_ExTxC):
+  """Category ids [E, T, max agents] and mask of counts."""
+  E, T, C = counts_ExTxC.shape
+  n = counts_ExTxC.sum(-1).astype(int)
+  ids, mask = np.zeros((E, T, n.max()), np.int64), np.zeros((E, T, n.max()), bool)
+  for e in range(E):
+    for t in range(T):
+      ids[e, t, :n[e, t]] = np.repeat(np.arange(C), counts_ExTxC[e, t].astype(int))
+      mask[e, t, :n[e, t]] = True
+  return ids, mask
+
+
+def test_bounds_order_the_oracles_on_a_world_whose_events_differ():
+  # every event keeps one distribution over its steps, far from the others': knowing the event is worth a lot
+  rng = np.random.default_rng(2)
+  p = rng.dirichlet(np.ones(2) * 0.2, 60)
+  c = np.stack([rng.multinomial(16, p) for _ in range(6)], 1).astype(float)
+  ids, mask = _ids_of(c)
+  real = {d: np.minimum(ids, len(cats) - 1) for d, cats in DIMENSIONS.items()}
+  out = bounds.bounds({d: v[:20] for d, v in real.items()}, mask[:20], ["a"] * 20,
+                      {d: v[20:] for d, v in real.items()}, mask[20:], ["a"] * 40, warmup=2, draws=2)
+  kl = {name: r["kl_mean"] for name, r in out["methods"].items()}
+  assert set(kl) == set(bounds.PREDICTORS) and out["scored_steps"] == 20 * 4
+  assert kl["step"] < kl["event"] < kl["global"] and kl["shrunk"] < kl["global"] / 2
+  assert out["shrunk_pseudocounts"]["belief"] <= 1
+  with pytest.raises(ValueError, match="warm-up 6 covers all 6 steps"):
+    bounds.bounds(real, mask, ["a"] * 60, real, mask, ["a"] * 60, warmup=6)
+
+
+def test_tool_on_the_synthetic_world_and_against_a_run(tmp_path, capsys):
+  out = tmp_path / "b.json"
+  population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"),
+                          "--draws", "2", "--json", str(out)])
+  printed = capsys.readouterr().out
+  result = json.loads(out.read_text())
+  assert list(result["methods"]) == list(bounds.PREDICTORS) and result["split"] == "synthetic-test"
+  assert all(name in printed for name in bounds.PREDICTORS)
+  with pytest.raises(SystemExit):  # never over an existing file
+    population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--json", str(out)])
+  assert "exists" in capsys.readouterr().err
+  run = tmp_path / "run"
+  run.mkdir()
+  data = {k: result[k] for k in ("events", "steps", "agents_per_step", "warmup")}
+  (run / "results.json").write_text(json.dumps({"data": {**data, "warmup": data["warmup"] + 1}, "methods": {}}))
+  with pytest.raises(SystemExit, match="scored data.warmup="):
+    population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--run", str(run)])
+  m = {"kl_mean": 0.5, "kl_mean_std": 0.01, "kl": {d: 0.5 for d in DIMENSIONS}, "nll": 1.0}
+  (run / "results.json").write_text(json.dumps({"data": data, "methods": {"mf": m}}))
+  population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--run", str(run)])
+  assert "methods of" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--set", "dat.x=1"])
+  assert "unknown config key 'dat.x'" in capsys.readouterr().err
+
+
+def test_tool_on_real_ced_events(ced_dir, tmp_path, capsys):
+  out = tmp_path / "ced.json"
+  population_bounds.main(["--config", os.path.join(REPO, "experiments", "ced_weibo.py"),
+                          "--set", f"data.path={ced_dir}", "--set", "data.train_events=200", "--set",
+                          "data.val_events=64", "--set", "data.eval_events=64", "--draws", "2", "--json", str(out)])
+  result = json.loads(out.read_text())
+  assert result["split"] == "val" and result["events"] == 64 and result["train_events"] == 200
+  kl = {name: r["kl_mean"] for name, r in result["methods"].items()}
+  # the oracles: the step itself, then the event's own distribution, well below what knows nothing of the event
+  assert kl["step"] < kl["event"] < min(kl["global"], kl["label"]) - 0.05
+  assert all(np.isfinite(list(kl.values())))

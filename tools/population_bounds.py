@@ -1,0 +1,108 @@
+"""How much population information can buy on a pipeline experiment's evaluation events.
+
+Scores, as the pipeline's table does (KL(real || simulated) per event and rollout step, mean
+over the four dimensions, the simulated side being as many sampled agents as the real step
+has), simulators that draw each step's agents from fixed distributions (`mfjax.evaluation.bounds`):
+
+  global    the training events' proportions at each step index (knows nothing of the event)
+  label     the same from the training events with the event's label (rumor / non-rumor)
+  warmup    the event's own warm-up steps, pooled (buildable from the warm-up alone)
+  previous  the event's real previous step (teacher-forced history)
+  event     the event's own scored steps, pooled (an oracle: its static distribution)
+  step      the real step itself, resampled (an oracle: sampling noise alone)
+
+The events, steps, labels and warm-up are the experiment's (its config and --set overrides),
+`global` and `label` come from its training events only. Mean ± std over --draws.
+With --run DIR, the methods of that run's results.json are printed beside the simulators
+(the run must score the same events, steps and warm-up).
+
+  python tools/population_bounds.py --config experiments/ced_weibo.py --set data.path=../shared/data/ced
+  python tools/population_bounds.py --config experiments/quickstart.py --run runs/quickstart
+  # more of the val split than a run scores (val is the selection split; holdout only for a final report):
+  python tools/population_bounds.py --config experiments/ced_weibo.py --set data.path=../shared/data/ced \\
+      --set data.eval_events=364 --set data.val_events=364
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from mfjax import configs, pipeline  # noqa: E402
+from mfjax.data import step_texts  # noqa: E402
+from mfjax.evaluation import bounds  # noqa: E402
+from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                              "quickstart.py")
+
+
+def labelled(events, cfg, labeler):
+  """Category ids {dimension: [E, T, B]} and the agent mask of events, laid out as the pipeline does."""
+  texts, mask = step_texts(events, cfg.data.steps, cfg.data.agents_per_step)
+  return label_ids(labeler, [t for row in texts for t in row], mask.shape), mask
+
+
+def run_methods(run_dir: str, data: dict) -> dict:
+  """The methods of a run's results.json, refused unless it scored the same events, steps and warm-up."""
+  path = os.path.join(run_dir, "results.json")
+  if not os.path.exists(path):
+    raise SystemExit(f"--run: {path} not found (run `python -m mfjax run` or `evaluate` there first)")
+  with open(path) as f:
+    results = json.load(f)
+  for key, value in data.items():
+    if results.get("data", {}).get(key) != value:
+      raise SystemExit(f"--run: {path} scored data.{key}={results.get('data', {}).get(key)!r}, these bounds "
+                       f"{value!r}: give the config and --set overrides that run used")
+  return results["methods"]
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--config", default=DEFAULT_CONFIG, help="experiment file[:arg] (default: the quickstart)")
+  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+  ap.add_argument("--draws", type=int, default=3, help="sampling draws per simulator (default: %(default)s)")
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--run", metavar="DIR", help="a run folder whose methods to print beside the simulators")
+  ap.add_argument("--json", metavar="PATH", help="also write the result as JSON here (never over an existing file)")
+  a = ap.parse_args(argv)
+  if a.draws < 1:
+    ap.error(f"--draws must be at least 1, got {a.draws}")
+  if a.json and os.path.exists(a.json):
+    ap.error(f"--json: {a.json} exists; give a new path")
+  try:
+    cfg = configs.load_config(a.config, a.set)
+    pipeline.check_config(cfg)
+  except configs.ConfigError as e:
+    ap.error(str(e))
+  t0 = time.time()
+  train, _, scored, _, split = pipeline.split_events(cfg)
+  labeler = CachedLabeler(make_labeler(cfg.eval.labeler))
+  real_ids, real_mask = labelled(scored, cfg, labeler)
+  train_ids, train_mask = labelled(train, cfg, labeler)
+  warmup = cfg.rollout.warmup
+  print(f"[bounds] {len(scored)} {split} events x {cfg.data.steps} steps x {cfg.data.agents_per_step} agents, "
+        f"warm-up {warmup}; {len(train)} training events; labelled in {time.time() - t0:.1f} s", file=sys.stderr)
+  result = bounds.bounds(real_ids, real_mask, [e.label for e in scored], train_ids, train_mask,
+                         [e.label for e in train], warmup=warmup, draws=a.draws, seed=a.seed)
+  data = {"events": len(scored), "steps": cfg.data.steps, "agents_per_step": cfg.data.agents_per_step,
+          "warmup": warmup}
+  result = {"config": a.config, "overrides": a.set, "split": split, "train_events": len(train),
+            "labeler": cfg.eval.labeler, **data, **result}
+  print(bounds.table(result))
+  if a.run:
+    result["run"] = {"dir": a.run, "methods": {m: {k: r[k] for k in ("kl_mean", "kl_mean_std", "kl")}
+                                               for m, r in run_methods(a.run, data).items()}}
+    print(f"\nmethods of {a.run}:")
+    print(bounds.table({"methods": result["run"]["methods"]}))
+  if a.json:
+    with open(a.json, "x") as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
