@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 
 from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least, flat_keys
 from mfjax.data import (BatchConfig, StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
-                        make_step_batch, policy_prompt, synthetic, train_tokenizer)
+                        make_step_batch, policy_prompt, step_texts, synthetic, train_tokenizer)
 from mfjax.data.intervention import Intervention, forced_mask, inject
 from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.ibtune import (TRAINABLE, beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss,
@@ -70,6 +70,9 @@ class Data:
   text: TextMFSpec  # the text mean field's token layout
   intervened: Optional[dict] = None  # with intervention.text: the eval arrays with it injected, and `forced`
   truth_intervened: Optional[object] = None  # synthetic: the world's GroundTruth of the intervened eval events
+  # the reference simulators' inputs (`mfjax.evaluation.bounds`): the training events' action texts [N][T*B],
+  # agent mask [N, T, B] and labels, and the eval events' labels
+  references: Optional[dict] = None
 
 
 # ----------------------------------------------------------------------------- config
@@ -236,7 +239,11 @@ def prepare(cfg, workdir: str) -> Data:
   ctx = ContextSpec.from_tokenizer(tok, k=cfg.context.k, action_len=cfg.data.action_len)
   log(f"[data] tokenizer: {len(tok)} tokens; context: {ctx.length} tokens ({time.time() - t0:.1f} s)")
   text = text_spec(cfg, tok)
-  data = Data(tok, ctx, batches["train"].arrays(), batches["val"].arrays(), batches["eval"], truth, split, text)
+  train_texts, train_mask = step_texts(train, bc.steps, bc.agents_per_step)
+  references = {"train_texts": train_texts, "train_mask": train_mask, "train_labels": [e.label for e in train],
+                "eval_labels": [e.label for e in test]}
+  data = Data(tok, ctx, batches["train"].arrays(), batches["val"].arrays(), batches["eval"], truth, split, text,
+              references=references)
   iv = intervention_of(cfg)
   if iv is not None:
     # the same eval events with the injected actions; only their action tokens differ (prompts are the states)
@@ -567,6 +574,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
     results = evaluate(workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=rollout_runs(cfg),
                        seeds=cfg.rollout.seeds, warmup=cfg.rollout.warmup, labeler_name=cfg.eval.labeler,
                        truth=data.truth, sweep=_sweep_validation(cfg, stages) or None, started=t0, log=log,
-                       intervention=_intervention_report(cfg, data))
+                       intervention=_intervention_report(cfg, data), references=data.references)
   log(f"[done] {', '.join(commands)} in {time.time() - t0:.0f} s; outputs in {workdir}")
   return results

@@ -11,6 +11,7 @@ import pytest
 
 from mfjax.__main__ import main
 from mfjax import configs
+from mfjax.evaluation import DIMENSIONS, bounds
 from mfjax.configs import ConfigError
 from mfjax.pipeline import check_config, layer_fields, rollout_path, scratch_model_config
 
@@ -47,6 +48,10 @@ def _check_results(workdir, seeds, methods=METHODS):
     assert SCHEMA <= set(r), name
     assert set(r["kl"]) == {"behaviour", "belief", "sentiment", "intent"}
     assert r["seeds"] == seeds and r["kl_mean"] >= 0 and r["nll"] > 0
+  sims = results["simulators"]  # the no-model reference simulators, one draw per seed
+  assert list(sims["methods"]) == list(bounds.PREDICTORS) and sims["draws"] == seeds
+  assert sims["scored_steps"] == results["data"]["scored_steps"]
+  assert all(np.isfinite(r["kl_mean"]) and set(r["kl"]) == set(DIMENSIONS) for r in sims["methods"].values())
   for plot in ("trajectories_mean.png", "kl_per_step.png", "training.png"):
     assert os.path.getsize(os.path.join(workdir, "plots", plot)) > 0
   return results
@@ -57,7 +62,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   _cli("run", wd)
   out = capsys.readouterr().out
   results = _check_results(wd, seeds=2, methods=METHODS | {"mf_text"})
-  assert "method" in out and "KL mean" in out  # the table is printed
+  assert "method" in out and "KL mean" in out and "reference simulators" in out  # the table is printed
   assert "[base] training " in out and "[mf] training " in out  # what each stage trains, when it trains
   assert "[mf_text] training " in out and "[simulate] mf_text seed 0: event 0's last summary: " in out
   with np.load(rollout_path(str(wd), "mf_text", 0)) as saved:  # the text mean field's summaries are kept

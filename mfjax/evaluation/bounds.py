@@ -36,6 +36,7 @@ from mfjax.evaluation import metrics
 from mfjax.evaluation.labelers import DIMENSIONS
 
 PREDICTORS = ("global", "label", "warmup", "shrunk", "previous", "event", "step")
+ORACLES = ("previous", "event", "step")  # they read real steps a rollout past its warm-up does not have
 PSEUDOCOUNTS = tuple(2.0 ** np.arange(-2, 13))  # the k `shrunk` chooses from
 
 

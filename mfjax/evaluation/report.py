@@ -8,6 +8,8 @@ results.json:
    "intervention": {"text", "step", "agents", "labels", "events", "scored_steps",
                     "methods": {<method>: {"effect": {dim: {category}}, "effect_std", "seeds"}},
                     "world": {"effect": ...}}   (with intervention.text; world: synthetic data)
+   "simulators": {"methods": {<name>: {"kl_mean", "kl_mean_std", "kl": {dim}}}, ...}   (`bounds.bounds`:
+                 no-model reference simulators, from the training events and the eval events' real steps)
    "reference": {...}, "data": {...}}
 
 KL is KL(real || simulated) per (event, step) over the rollout steps
@@ -31,7 +33,7 @@ from typing import Optional
 
 import numpy as np
 
-from mfjax.evaluation import metrics, plots
+from mfjax.evaluation import bounds, metrics, plots
 from mfjax.evaluation.labelers import DIMENSIONS, RuleLabeler, category_ids
 from mfjax.runs import write_json
 
@@ -108,13 +110,15 @@ def check_rollouts(workdir: str, runs: list[tuple[str, str, str]], seeds: int) -
 
 def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, str]], seeds: int, warmup: int,
              labeler_name: str = "rules", truth=None, sweep: Optional[dict] = None, started: Optional[float] = None,
-             log=print, intervention: Optional[dict] = None) -> dict:
+             log=print, intervention: Optional[dict] = None, references: Optional[dict] = None) -> dict:
   """results.json + plots for rollouts saved under workdir/rollouts (see module docstring).
   runs: (tag, method, params key) as `mfjax.pipeline.rollout_runs`; sweep: tag -> validation terms;
   started: the `time.time()` the whole job began at (results.json then records its `seconds`);
   intervention: {"intervention": mfjax.data.intervention.Intervention, "labels": its text's categories,
   "forced": [E, T, B] its agents, "runs": [(tag with it, tag without)],
-  "world": None or (probs without, probs with) [E, T, C] per dimension}."""
+  "world": None or (probs without, probs with) [E, T, C] per dimension};
+  references: {"train_texts" [N][T*B], "train_mask" [N, T, B], "train_labels" [N], "eval_labels" [E]}: the
+  reference simulators (`bounds`), scored with as many draws as seeds, into results.json's "simulators"."""
   check_rollouts(workdir, runs + [(tag, None, None) for tag, _ in (intervention or {}).get("runs", [])], seeds)
   labeler = CachedLabeler(make_labeler(labeler_name))
   E, T, B = eval_batch.agent_mask.shape
@@ -149,6 +153,11 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
                           * weights) / weights.sum()) for d, c in DIMENSIONS.items()]
     results["reference"] = {"kl_real_vs_truth_mean": float(np.mean(floor)),
                             "note": "KL(real step proportions || exact step distribution): sampling noise of B agents"}
+  if references is not None:
+    train_mask = np.asarray(references["train_mask"], bool)
+    train = label_ids(labeler, [t for row in references["train_texts"] for t in row], train_mask.shape)
+    results["simulators"] = bounds.bounds(real, agent_mask, references["eval_labels"], train, train_mask,
+                                          references["train_labels"], warmup=warmup, draws=seeds)
   if sweep:
     results["ib_sweep"] = [{"beta": v["beta"], "val_relevance": v.get("val_relevance"),
                             "val_compression_bits": v.get("val_compression_bits"),
@@ -221,6 +230,13 @@ def table(results: dict) -> str:
     dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
     rows.append(f"{m:<14}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}{r['js_mean']:>8.4f}{r['dtw_mean']:>8.3f}"
                 f"{r['nll']:>8.3f}   {dims}")
+  if "simulators" in results:
+    rows.append(f"reference simulators, no model: each step's agents drawn from a fixed distribution, mean ± std "
+                f"over {results['simulators']['draws']} draws (* an oracle; mfjax/evaluation/bounds.py):")
+    for name, r in results["simulators"]["methods"].items():
+      dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
+      label = f"{name}*" if name in bounds.ORACLES else name
+      rows.append(f"{label:<14}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}{'':>24}   {dims}")
   if "reference" in results:
     rows.append(f"(sampling-noise floor, real vs exact truth: KL {results['reference']['kl_real_vs_truth_mean']:.4f})")
   if "intervention" in results:
