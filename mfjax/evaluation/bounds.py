@@ -123,7 +123,8 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
   pseudocounts = {}
   for d, cats in DIMENSIONS.items():
     real = counts(real_ids[d], real_mask, len(cats))
-    qs, pseudocounts[d] = predictors(real, counts(train_ids[d], train_mask, len(cats)), real_labels, train_labels, warmup, scored)
+    train = counts(train_ids[d], train_mask, len(cats))
+    qs, pseudocounts[d] = predictors(real, train, real_labels, train_labels, warmup, scored)
     for name in PREDICTORS:
       for k in range(draws):  # keyed by names: a predictor's draws do not move when another is added
         rng = np.random.default_rng([seed, k, zlib.crc32(name.encode()), zlib.crc32(d.encode())])
@@ -142,6 +143,6 @@ def table(result: dict) -> str:
     dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
     rows.append(f"{name:<12}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}   {dims}")
   if "shrunk_pseudocounts" in result:
-    rows.append("(shrunk's pseudo-agents k: " + ", ".join(f"{d} {k:g}" for d, k in result["shrunk_pseudocounts"].items())
-                + ")")
+    ks = ", ".join(f"{d} {k:g}" for d, k in result["shrunk_pseudocounts"].items())
+    rows.append(f"(shrunk's pseudo-agents k: {ks})")
   return "\n".join(rows)
