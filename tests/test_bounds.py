@@ -134,6 +134,9 @@ def test_bounds_order_the_oracles_on_a_world_whose_events_differ():
   assert set(kl) == set(bounds.PREDICTORS) and out["scored_steps"] == 20 * 4
   assert kl["step"] < kl["event"] < kl["global"] and kl["shrunk"] < kl["global"] / 2
   assert out["shrunk_pseudocounts"]["belief"] <= 1
+  for r in out["methods"].values():  # per step: unscored steps None, and the events' mean weighs back to kl_mean
+    assert r["kl_per_step"][:2] == [None, None]
+    np.testing.assert_allclose(np.mean(r["kl_per_step"][2:]), r["kl_mean"], rtol=1e-6)
   with pytest.raises(ValueError, match="warm-up 6 covers all 6 steps"):
     bounds.bounds(real, mask, ["a"] * 60, real, mask, ["a"] * 60, warmup=6)
 

@@ -94,9 +94,9 @@ def predictors(real_ExTxC, train_NxTxC, real_labels: Sequence, train_labels: Seq
   return out, k
 
 
-def sampled_kl(real_ExTxC, q_ExTxC, weights_ExT, rng: np.random.Generator, eps: float = metrics.DEFAULT_EPS) -> float:
-  """The pipeline's KL(real || simulated) mean over the weighted (event, step)s, the simulated
-  side being as many agents as the real step has, drawn from q."""
+def sampled_kls(real_ExTxC, q_ExTxC, rng: np.random.Generator, eps: float = metrics.DEFAULT_EPS) -> np.ndarray:
+  """[E, T]: the pipeline's KL(real || simulated) per (event, step), the simulated side being as
+  many agents as the real step has, drawn from q."""
   real = np.asarray(real_ExTxC, np.float64)
   n = real.sum(-1).astype(np.int64)
   q = np.asarray(q_ExTxC, np.float64)
@@ -104,13 +104,19 @@ def sampled_kl(real_ExTxC, q_ExTxC, weights_ExT, rng: np.random.Generator, eps: 
   sim = rng.multinomial(n, q)
   p_real = real / np.maximum(n, 1)[..., None]
   p_sim = sim / np.maximum(n, 1)[..., None]
+  return np.asarray(metrics.kl(p_real, p_sim, eps), np.float64)
+
+
+def sampled_kl(real_ExTxC, q_ExTxC, weights_ExT, rng: np.random.Generator, eps: float = metrics.DEFAULT_EPS) -> float:
+  """`sampled_kls`' mean over the weighted (event, step)s."""
   w = np.asarray(weights_ExT, np.float64)
-  return float((np.asarray(metrics.kl(p_real, p_sim, eps), np.float64) * w).sum() / w.sum())
+  return float((sampled_kls(real_ExTxC, q_ExTxC, rng, eps) * w).sum() / w.sum())
 
 
 def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, train_mask, train_labels: Sequence,
            *, warmup: int, draws: int = 3, seed: int = 0) -> dict:
-  """{"methods": {name: {"kl_mean", "kl_mean_std", "kl": {dimension}}}, "scored_steps", "draws",
+  """{"methods": {name: {"kl_mean", "kl_mean_std", "kl": {dimension}, "kl_per_step": [T] (None where
+  unscored; the mean over the events scored there)}}, "scored_steps", "draws",
   "shrunk_pseudocounts": {dimension: k}}: every
   predictor's sampled KL per dimension (mean over `draws`), from category ids {dimension: [E, T, B]}
   and agent masks of the scored events and of the training events."""
@@ -119,7 +125,8 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
   scored = (np.arange(T)[None] >= warmup) & real_mask.any(-1)
   if not scored.any():
     raise ValueError(f"no step to score: warm-up {warmup} covers all {T} steps or the events are empty")
-  per_draw = {name: {d: [] for d in DIMENSIONS} for name in PREDICTORS}
+  w = scored.astype(np.float64)
+  per_draw = {name: {d: [] for d in DIMENSIONS} for name in PREDICTORS}  # each draw's KL [E, T]
   pseudocounts = {}
   for d, cats in DIMENSIONS.items():
     real = counts(real_ids[d], real_mask, len(cats))
@@ -128,12 +135,16 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
     for name in PREDICTORS:
       for k in range(draws):  # keyed by names: a predictor's draws do not move when another is added
         rng = np.random.default_rng([seed, k, zlib.crc32(name.encode()), zlib.crc32(d.encode())])
-        per_draw[name][d].append(sampled_kl(real, qs[name], scored, rng))
+        per_draw[name][d].append(sampled_kls(real, qs[name], rng))
   out = {}
   for name, dims in per_draw.items():
-    means = np.mean([dims[d] for d in DIMENSIONS], 0)  # [draws]: the mean over dimensions of each draw
+    kl = {d: (np.stack(v) * w).sum((1, 2)) / w.sum() for d, v in dims.items()}  # [draws] per dimension
+    means = np.mean([kl[d] for d in DIMENSIONS], 0)  # [draws]: the mean over dimensions of each draw
+    steps = np.mean([np.mean(v, 0) for v in dims.values()], 0)  # [E, T]: over draws and dimensions
+    per_step = (steps * w).sum(0) / np.maximum(w.sum(0), 1)
     out[name] = {"kl_mean": float(means.mean()), "kl_mean_std": float(means.std()),
-                 "kl": {d: float(np.mean(v)) for d, v in dims.items()}}
+                 "kl": {d: float(v.mean()) for d, v in kl.items()},
+                 "kl_per_step": [float(x) if scored[:, t].any() else None for t, x in enumerate(per_step)]}
   return {"methods": out, "scored_steps": int(scored.sum()), "draws": draws, "shrunk_pseudocounts": pseudocounts}
 
 
