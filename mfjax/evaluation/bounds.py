@@ -115,11 +115,11 @@ def sampled_kl(real_ExTxC, q_ExTxC, weights_ExT, rng: np.random.Generator, eps: 
 
 def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, train_mask, train_labels: Sequence,
            *, warmup: int, draws: int = 3, seed: int = 0) -> dict:
-  """{"methods": {name: {"kl_mean", "kl_mean_std", "kl": {dimension}, "kl_per_step": [T] (None where
-  unscored; the mean over the events scored there)}}, "scored_steps", "draws",
-  "shrunk_pseudocounts": {dimension: k}}: every
-  predictor's sampled KL per dimension (mean over `draws`), from category ids {dimension: [E, T, B]}
-  and agent masks of the scored events and of the training events."""
+  """Every predictor's sampled KL, from category ids {dimension: [E, T, B]} and agent masks of the
+  scored events and of the training events:
+  {"methods": {name: {"kl_mean" (mean over draws of the mean over dimensions), "kl_mean_std" (over
+  draws), "kl": {dimension}, "kl_per_step": [T] (the mean over the events scored at each step; None
+  where none is)}}, "scored_steps", "draws", "shrunk_pseudocounts": {dimension: k}}."""
   real_mask = np.asarray(real_mask, bool)
   T = real_mask.shape[1]
   scored = (np.arange(T)[None] >= warmup) & real_mask.any(-1)
