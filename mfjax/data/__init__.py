@@ -12,6 +12,6 @@ from mfjax.data.tokenizers import BOS, EOS, PAD, load_tokenizer, train_tokenizer
 __all__ = [
     "synthetic", "BatchConfig", "StepBatch", "make_step_batch", "step_texts", "FORMATS", "Action", "Event",
     "EventFormatError", "LoadReport", "detect_format", "load_events", "split_of", "write_jsonl", "SHARE_TEXT",
-    "UidActivity", "action_text", "agent_states", "cascade_depths", "policy_prompt", "BOS", "EOS", "PAD", "load_tokenizer",
-    "train_tokenizer", "Intervention", "forced_mask", "inject",
+    "UidActivity", "action_text", "agent_states", "cascade_depths", "policy_prompt", "BOS", "EOS", "PAD",
+    "load_tokenizer", "train_tokenizer", "Intervention", "forced_mask", "inject",
 ]
