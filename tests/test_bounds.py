@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from mfjax import configs
 from mfjax.data import Action, Event, step_texts
 from mfjax.evaluation import bounds, metrics
 from mfjax.evaluation.labelers import DIMENSIONS
@@ -154,6 +155,8 @@ def test_tool_on_the_synthetic_world_and_against_a_run(tmp_path, capsys):
   assert "exists" in capsys.readouterr().err
   run = tmp_path / "run"
   run.mkdir()
+  smoke = configs.load_config(os.path.join(REPO, "experiments", "quickstart.py:smoke"))
+  (run / "config.json").write_text(smoke.to_json())
   data = {k: result[k] for k in ("events", "steps", "agents_per_step", "warmup")}
   (run / "results.json").write_text(json.dumps({"data": {**data, "warmup": data["warmup"] + 1}, "methods": {}}))
   with pytest.raises(SystemExit, match="scored data.warmup="):
@@ -162,6 +165,10 @@ def test_tool_on_the_synthetic_world_and_against_a_run(tmp_path, capsys):
   (run / "results.json").write_text(json.dumps({"data": data, "methods": {"mf": m}}))
   population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--run", str(run)])
   assert "methods of" in capsys.readouterr().out
+  # a run on another world with the same shapes is refused too, naming the key
+  with pytest.raises(SystemExit, match=r"config differs in \['data.seed'\]"):
+    population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--run", str(run),
+                            "--set", "data.seed=9"])
   with pytest.raises(SystemExit):
     population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--set", "dat.x=1"])
   assert "unknown config key 'dat.x'" in capsys.readouterr().err

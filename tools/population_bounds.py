@@ -36,6 +36,7 @@ from mfjax import configs, pipeline  # noqa: E402
 from mfjax.data import step_texts  # noqa: E402
 from mfjax.evaluation import bounds  # noqa: E402
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler  # noqa: E402
+from mfjax.runs import differing_keys  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
                               "quickstart.py")
@@ -47,11 +48,25 @@ def labelled(events, cfg, labeler):
   return label_ids(labeler, [t for row in texts for t in row], mask.shape), mask
 
 
-def run_methods(run_dir: str, data: dict) -> dict:
+# The config keys that decide which events a run scores and how: a --run must agree on them
+# (data.path may differ: the same files may sit elsewhere).
+SCORED_KEYS = ("data.", "world.", "rollout.warmup", "eval.")
+
+
+def run_methods(run_dir: str, cfg, data: dict) -> dict:
   """The methods of a run's results.json, refused unless it scored the same events, steps and warm-up."""
   path = os.path.join(run_dir, "results.json")
   if not os.path.exists(path):
     raise SystemExit(f"--run: {path} not found (run `python -m mfjax run` or `evaluate` there first)")
+  if not os.path.exists(os.path.join(run_dir, "config.json")):
+    raise SystemExit(f"--run: {run_dir} has results.json but no config.json: not a run folder of `python -m mfjax`")
+  with open(os.path.join(run_dir, "config.json")) as f:
+    saved = json.load(f)
+  diff = [k for k in differing_keys(saved, json.loads(cfg.to_json()))
+          if k.startswith(SCORED_KEYS) and k != "data.path"]
+  if diff:
+    raise SystemExit(f"--run: {run_dir} scored other events or scored them otherwise: its config differs in {diff}; "
+                     "give the config and --set overrides that run used")
   with open(path) as f:
     results = json.load(f)
   for key, value in data.items():
@@ -96,9 +111,9 @@ def main(argv=None):
   print(bounds.table(result))
   if a.run:
     result["run"] = {"dir": a.run, "methods": {m: {k: r[k] for k in ("kl_mean", "kl_mean_std", "kl")}
-                                               for m, r in run_methods(a.run, data).items()}}
+                                               for m, r in run_methods(a.run, cfg, data).items()}}
     print(f"\nmethods of {a.run}:")
-    print(bounds.table({"methods": result["run"]["methods"]}))
+    print(bounds.table({"methods": result["run"]["methods"]}, first="method"))
   if a.json:
     with open(a.json, "x") as f:
       json.dump(result, f, indent=1)

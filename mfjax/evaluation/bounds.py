@@ -148,8 +148,8 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
   return {"methods": out, "scored_steps": int(scored.sum()), "draws": draws, "shrunk_pseudocounts": pseudocounts}
 
 
-def table(result: dict) -> str:
-  rows = [f"{'simulator':<12}{'KL mean':>10}{'± std':>8}   KL per dimension"]
+def table(result: dict, first: str = "simulator") -> str:
+  rows = [f"{first:<12}{'KL mean':>10}{'± std':>8}   KL per dimension"]
   for name, r in result["methods"].items():
     dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
     rows.append(f"{name:<12}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}   {dims}")
