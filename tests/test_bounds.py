@@ -85,7 +85,7 @@ def test_pseudocount_follows_how_much_the_warmup_tells():
   assert bounds.fit_pseudocount(noise, bounds._normalise(noise.sum(0), 1 / C), 2) == bounds.PSEUDOCOUNTS[-1]
 
 
-def test_sampled_kl_is_the_pipelines_kl_of_the_sampled_agents():
+def test_sampled_kls_are_the_pipelines_kl_of_the_sampled_agents():
   rng = np.random.default_rng(1)
   E, T, B, C = 5, 4, 16, 3
   real_ids = rng.integers(0, C, (E, T, B))
@@ -94,7 +94,7 @@ def test_sampled_kl_is_the_pipelines_kl_of_the_sampled_agents():
   real = bounds.counts(real_ids, mask, C)
   q = rng.dirichlet(np.ones(C), (E, T))
   weights = (np.arange(T)[None] >= 1) & mask.any(-1)
-  got = bounds.sampled_kl(real, q, weights, np.random.default_rng(7))
+  got = (bounds.sampled_kls(real, q, np.random.default_rng(7)) * weights).sum() / weights.sum()
   # the same draws as agents' category ids, scored by the pipeline's metric
   sim = np.random.default_rng(7).multinomial(real.sum(-1).astype(np.int64), q)
   sim_ids = np.zeros((E, T, B), np.int64)
@@ -107,7 +107,8 @@ def test_sampled_kl_is_the_pipelines_kl_of_the_sampled_agents():
   np.testing.assert_allclose(got, want, rtol=1e-6)
   # a simulator that knows every step's one category exactly scores the smoothing's 0
   one = np.eye(C)[real_ids[..., 0]] * real.sum(-1, keepdims=True)
-  assert bounds.sampled_kl(one, one + (one.sum(-1, keepdims=True) == 0), weights, rng) == pytest.approx(0.0, abs=1e-7)
+  kls = bounds.sampled_kls(one, one + (one.sum(-1, keepdims=True) == 0), rng)
+  assert (kls * weights).sum() / weights.sum() == pytest.approx(0.0, abs=1e-7)
 
 
 def _ids_of(counts_ExTxC):

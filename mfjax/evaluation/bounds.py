@@ -107,12 +107,6 @@ def sampled_kls(real_ExTxC, q_ExTxC, rng: np.random.Generator, eps: float = metr
   return np.asarray(metrics.kl(p_real, p_sim, eps), np.float64)
 
 
-def sampled_kl(real_ExTxC, q_ExTxC, weights_ExT, rng: np.random.Generator, eps: float = metrics.DEFAULT_EPS) -> float:
-  """`sampled_kls`' mean over the weighted (event, step)s."""
-  w = np.asarray(weights_ExT, np.float64)
-  return float((sampled_kls(real_ExTxC, q_ExTxC, rng, eps) * w).sum() / w.sum())
-
-
 def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, train_mask, train_labels: Sequence,
            *, warmup: int, draws: int = 3, seed: int = 0) -> dict:
   """Every predictor's sampled KL, from category ids {dimension: [E, T, B]} and agent masks of the
