@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from mfjax.evaluation import metrics
+from mfjax.evaluation import bounds, metrics
 from mfjax.evaluation.labelers import DIMENSIONS
 
 # The category whose proportion each trajectory plot shows.
@@ -66,7 +66,7 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
   for name, grey in (("global", "0.6"), ("shrunk", "0.35"), ("event", "0.1")):  # no-model references, dashed
     if name in sims_ref:
       y = np.array([np.nan if v is None else v for v in sims_ref[name]["kl_per_step"]])
-      ax.plot(np.arange(T), y, "--", color=grey, label=name + ("*" if name == "event" else "") + " (no model)")
+      ax.plot(np.arange(T), y, "--", color=grey, label=name + ("*" if name in bounds.ORACLES else "") + " (no model)")
   ax.axvspan(-0.5, warmup - 0.5, color="0.9")
   ax.set(xlabel="step", ylabel="KL(real || sim), mean over dimensions", title="KL per step (seed 0)")
   ax.legend(fontsize=7)
