@@ -1,6 +1,9 @@
 """The synthetic mean-field world: labels recoverable, ground truth exact,
 population information necessary."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -8,6 +11,9 @@ from mfjax.data import synthetic
 from mfjax.data.intervention import Intervention
 from mfjax.evaluation import DIMENSIONS, RuleLabeler, category_ids
 from mfjax.evaluation import metrics
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import world_bounds  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +105,56 @@ def test_an_intervention_forces_its_agents_and_leaves_every_draw_as_it_was():
     synthetic.generate(2, intervention=iv, labels={**labels, "belief": "maybe"})
   with pytest.raises(ValueError, match="before the last of 12 steps"):
     synthetic.generate(2, intervention=Intervention("x", step=11, agents=1), labels=labels)
+
+
+def test_run_free_keeps_the_warmup_and_continues_from_the_real_history():
+  """Up to the warm-up everything is the truth's, and the first free step's law is the truth's exactly
+  (its history is all real); past it the world draws its own actions, deterministic in the seed."""
+  config = synthetic.WorldConfig(herding=10, mood_herding=6, share_herding=6)
+  _, truth = synthetic.generate(200, seed=3, config=config)
+  w = 4
+  free = synthetic.run_free(truth, w, seed=1)
+  for d in DIMENSIONS:
+    np.testing.assert_array_equal(free.attributes[d][:, :w], truth.attributes[d][:, :w])
+    np.testing.assert_array_equal(free.probs[d][:, :w + 1], truth.probs[d][:, :w + 1])
+  for k in synthetic.SIGNALS:
+    np.testing.assert_array_equal(free.signal[k][:, :w + 1], truth.signal[k][:, :w + 1])
+  differ = np.mean([free.attributes[d] != truth.attributes[d] for d in DIMENSIONS], (0, 1, 3))  # [T]
+  assert (differ[w:] > 0.05).all()  # its own draws from the warm-up on
+  assert not np.array_equal(free.probs["belief"][:, -1], truth.probs["belief"][:, -1])
+  again = synthetic.run_free(truth, w, seed=1)
+  np.testing.assert_array_equal(again.attributes["intent"], free.attributes["intent"])
+  np.testing.assert_array_equal(again.probs["intent"], free.probs["intent"])
+  assert free.config == truth.config and truth.attributes["belief"] is not free.attributes["belief"]
+  with pytest.raises(ValueError, match="warm-up 13"):
+    synthetic.run_free(truth, 13, seed=0)
+
+
+def test_run_free_reads_the_history_it_made_itself():
+  """Each free step's law is the world's equations on the free run's own history: restarting the
+  world from the free run's first t steps gives the same law at step t, for every t."""
+  config = synthetic.WorldConfig(steps=8, agents_per_step=6, herding=10, mood_herding=6, share_herding=6)
+  _, truth = synthetic.generate(100, seed=4, config=config)
+  free = synthetic.run_free(truth, 2, seed=5)
+  for t in range(3, 8):
+    restarted = synthetic.run_free(free, t, seed=99)
+    for d in DIMENSIONS:
+      np.testing.assert_array_equal(restarted.probs[d][:, t], free.probs[d][:, t])
+    for k in synthetic.SIGNALS:
+      np.testing.assert_array_equal(restarted.signal[k][:, t], free.signal[k][:, t])
+  # and the free run is the world: from no warm-up, its realised proportions average to its law, as the
+  # truth's do (the same z-score bound as test_ground_truth_is_the_conditional_expectation_of_each_step)
+  _, big = synthetic.generate(3000, seed=6, config=config)
+  free = synthetic.run_free(big, 0, seed=7)
+  for d, cats in DIMENSIONS.items():
+    real, _ = metrics.step_distributions(free.attributes[d], np.ones(free.attributes[d].shape), len(cats))
+    diff = np.asarray(real) - free.probs[d]
+    assert float(np.abs(diff.mean(0) / (diff.std(0) / np.sqrt(diff.shape[0]) + 1e-12)).max()) < 4.5
+
+
+def test_world_bounds_tool_puts_the_free_world_below_every_population_blind_simulator():
+  """tools/world_bounds.py: sampling noise < the exact per-event law; the world run free from the
+  warm-up, with its own history, stays far below the best population-blind simulator in a herding world."""
+  out = world_bounds.bounds(synthetic.WorldConfig(herding=10, mood_herding=6, share_herding=6), 200, 3, seed=5)
+  assert out["floor_real"] < out["oracle"] < out["state_oracle"]
+  assert out["oracle"] < out["free"] < out["state_oracle"] - 0.05

@@ -1,11 +1,14 @@
 """How much a population signal can help in a synthetic world, from its exact truth.
 
 For a WorldConfig, prints (JSON) the mean KL(real || simulated) over the steps
-after warm-up of three ideal simulators that sample B agents per step:
+after warm-up of ideal simulators that sample B agents per step:
   floor_real     the real step proportions against their exact distribution (no sampling on the sim side)
   oracle         samples from the exact per-event distribution given the real history
   state_oracle   samples from the mean distribution of events with the same label (population-blind)
-A method can only beat `state` by what separates oracle from state_oracle.
+  free           the world itself, run on from the real warm-up with its own draws (`synthetic.run_free`):
+                 the perfect simulator, whose history past the warm-up is its own, as a rollout's is
+A method can only beat `state` by what separates oracle from state_oracle, and a rollout past its
+warm-up can at best score as `free` does.
 
   python tools/world_bounds.py                          # the module's defaults
   python tools/world_bounds.py --herding 10 --mood-herding 6 --share-herding 6   # the quickstart world
@@ -32,7 +35,8 @@ def bounds(config: synthetic.WorldConfig, events: int, warmup: int, seed: int) -
   mask = np.ones((E, T, B), bool)
   w = (np.arange(T)[None] >= warmup) * np.ones((E, 1))
   out = {}
-  for name in ("floor_real", "oracle", "state_oracle"):
+  free = synthetic.run_free(truth, warmup, seed=seed + 1)
+  for name in ("floor_real", "oracle", "state_oracle", "free"):
     kls = []
     for d, cats in DIMENSIONS.items():
       real = np.asarray(metrics.step_distributions(truth.attributes[d], mask, len(cats))[0])
@@ -41,6 +45,8 @@ def bounds(config: synthetic.WorldConfig, events: int, warmup: int, seed: int) -
         p = np.stack([p[truth.rumor == r].mean(0) for r in truth.rumor])
       if name == "floor_real":
         q = p
+      elif name == "free":
+        q = np.asarray(metrics.step_distributions(free.attributes[d], mask, len(cats))[0])
       else:
         flat = p.reshape(-1, len(cats))
         q = np.stack([rng.multinomial(B, x / x.sum()) for x in flat]).reshape(p.shape) / B

@@ -37,6 +37,10 @@ events with the intervention's agents forced to the injected action's labels
 (its text in their place). Every random draw of the agents' attributes is the
 same as without it, so the steps up to the intervention are identical and the
 later ones differ only through what the injected actions changed in the history.
+
+`run_free(truth, warmup, seed)` runs the world on from a generated batch's first
+`warmup` real steps with draws of its own: the perfect simulator, which a rollout
+of the pipeline can at best match (`mfjax.evaluation.bounds`, `world`).
 """
 
 from __future__ import annotations
@@ -114,10 +118,95 @@ class GroundTruth:
   agent_type: np.ndarray  # [E, T, B] type index into TYPES
   rumor: np.ndarray  # [E] bool
   signal: dict  # "share", "doubt", "negative", "positive" -> [E, T] population signal before each step
+  config: WorldConfig  # the world whose equations made them
 
 
-# Category index of a plain share in each dimension (as the labelers read it).
+# Category index of a plain share in each dimension (as the labelers read it), and of doubt.
 _SHARE_ID = {d: DIMENSIONS[d].index(c) for d, c in SHARE_LABELS.items()}
+_DOUBT = DIMENSIONS["belief"].index("doubt")
+SIGNALS = ("share", "doubt", "negative", "positive")  # GroundTruth.signal's keys: S_t, D_t, N_t, P_t
+
+
+@dataclasses.dataclass
+class _History:
+  """Each event's counts [E] of the actions before the current step: what the population signal is made of."""
+
+  actions: np.ndarray
+  share: np.ndarray
+  comment: np.ndarray
+  doubt: np.ndarray
+  negative: np.ndarray
+  positive: np.ndarray
+
+  @classmethod
+  def empty(cls, events: int) -> "_History":
+    return cls(*(np.zeros(events) for _ in dataclasses.fields(cls)))
+
+  def signal(self) -> tuple:
+    """(S_t, D_t, N_t, P_t), each [E, 1] (module docstring)."""
+    frac = lambda n, of, before: np.where(of > 0, n / np.maximum(of, 1), before)[:, None]
+    return (frac(self.share, self.actions, 0.5), frac(self.doubt, self.comment, 0.5),
+            frac(self.negative, self.comment, 1 / 3), frac(self.positive, self.comment, 1 / 3))
+
+  def add(self, share, doubt, sentiment) -> None:
+    """Counts in one step's actions ([E, B] each: share and doubt bool, sentiment ids)."""
+    comment = ~share
+    self.actions += share.shape[1]
+    self.share += share.sum(1)
+    self.comment += comment.sum(1)
+    self.doubt += doubt.sum(1)
+    self.negative += (comment & (sentiment == 0)).sum(1)
+    self.positive += (comment & (sentiment == 2)).sum(1)
+
+
+def _step_law(c: WorldConfig, history: _History, r, z_ExB, signal: dict, t: int) -> tuple[dict, tuple]:
+  """One step's equations given the history: (dimension -> [E, B, C] each agent's exact category
+  probabilities, the law `_draw` samples from); writes the signal before step t into `signal`."""
+  S, D, N, P = history.signal()
+  for k, v in zip(SIGNALS, (S, D, N, P)):
+    signal[k][:, t] = v[:, 0]
+  E, B = z_ExB.shape
+  p_share = np.broadcast_to(_sigmoid(c.share_bias + c.share_herding * (S - 0.5)), (E, B))
+  p_doubt = _sigmoid(c.doubt_bias + c.rumor_shift * r + c.type_weight * z_ExB + c.herding * (D - 0.5))
+  mood = lambda doubt: _softmax(np.stack(np.broadcast_arrays(
+      c.neg_bias + c.doubt_neg * doubt + c.mood_herding * (N - 1 / 3), np.zeros((E, B)),
+      c.pos_bias - c.doubt_pos * doubt + c.mood_herding * (P - 1 / 3)), -1))
+  aim = lambda doubt: _softmax(np.stack(np.broadcast_arrays(
+      c.question_bias + c.doubt_question * doubt, np.full((E, B), c.promotion_bias), np.zeros((E, B))), -1))
+  sent_d, sent_b = mood(1.0), mood(0.0)
+  int_d, int_b = aim(1.0), aim(0.0)
+  # exact per-agent category probabilities (a share is believe/neutral/promotion)
+  pc = (1 - p_share)[..., None]
+  agent = {
+      "behaviour": np.stack([p_share, 1 - p_share], -1),
+      "belief": np.stack([1 - pc[..., 0] * p_doubt, pc[..., 0] * p_doubt], -1),
+      "sentiment": pc * (p_doubt[..., None] * sent_d + (1 - p_doubt[..., None]) * sent_b)
+      + p_share[..., None] * np.eye(3)[_SHARE_ID["sentiment"]],
+      "intent": pc * (p_doubt[..., None] * int_d + (1 - p_doubt[..., None]) * int_b)
+      + p_share[..., None] * np.eye(3)[_SHARE_ID["intent"]],
+  }
+  return agent, (p_share, p_doubt, sent_d, sent_b, int_d, int_b)
+
+
+def _draw(rng: np.random.Generator, law: tuple) -> tuple:
+  """One step's realised actions [E, B]: (share, doubt) bool, (sentiment, intent) ids."""
+  p_share, p_doubt, sent_d, sent_b, int_d, int_b = law
+  share = rng.random(p_share.shape) < p_share
+  doubt = (rng.random(p_doubt.shape) < p_doubt) & ~share
+  sentiment = np.where(doubt, _categorical(rng, sent_d), _categorical(rng, sent_b))
+  intent = np.where(doubt, _categorical(rng, int_d), _categorical(rng, int_b))
+  sentiment = np.where(share, _SHARE_ID["sentiment"], sentiment)
+  intent = np.where(share, _SHARE_ID["intent"], intent)
+  return share, doubt, sentiment, intent
+
+
+def _record(probs: dict, attrs: dict, t: int, agent: dict, share, doubt, sentiment, intent) -> None:
+  for d in DIMENSIONS:
+    probs[d][:, t] = agent[d].mean(1)
+  attrs["behaviour"][:, t] = np.where(share, _SHARE_ID["behaviour"], 1 - _SHARE_ID["behaviour"])
+  attrs["belief"][:, t] = np.where(doubt, _DOUBT, 1 - _DOUBT)
+  attrs["sentiment"][:, t] = sentiment
+  attrs["intent"][:, t] = intent
 
 
 def _sigmoid(x):
@@ -172,69 +261,22 @@ def generate(n_events: int, seed: int = 0, config: WorldConfig = WorldConfig(),
   r = np.where(rumor, 1.0, -1.0)[:, None]
   types = rng.choice(3, size=(E, T, B), p=np.asarray(c.type_probs))
   z = TYPE_Z[types]
-  cats = {d: len(v) for d, v in DIMENSIONS.items()}
   attrs = {d: np.zeros((E, T, B), np.int64) for d in DIMENSIONS}
-  probs = {d: np.zeros((E, T, n)) for d, n in cats.items()}
-  signal = {k: np.zeros((E, T)) for k in ("share", "doubt", "negative", "positive")}
-  n_actions = np.zeros(E)
-  n_share = np.zeros(E)
-  n_doubt = np.zeros(E)
-  n_comment = np.zeros(E)
-  n_neg = np.zeros(E)
-  n_pos = np.zeros(E)
+  probs = {d: np.zeros((E, T, len(v))) for d, v in DIMENSIONS.items()}
+  signal = {k: np.zeros((E, T)) for k in SIGNALS}
+  history = _History.empty(E)
   for t in range(T):  # T is small (tens); everything inside is vectorised over events and agents
-    S = np.where(n_actions > 0, n_share / np.maximum(n_actions, 1), 0.5)[:, None]
-    D = np.where(n_comment > 0, n_doubt / np.maximum(n_comment, 1), 0.5)[:, None]
-    N = np.where(n_comment > 0, n_neg / np.maximum(n_comment, 1), 1 / 3)[:, None]
-    P = np.where(n_comment > 0, n_pos / np.maximum(n_comment, 1), 1 / 3)[:, None]
-    for k, v in zip(("share", "doubt", "negative", "positive"), (S, D, N, P)):
-      signal[k][:, t] = v[:, 0]
-    p_share = np.broadcast_to(_sigmoid(c.share_bias + c.share_herding * (S - 0.5)), (E, B))
-    p_doubt = _sigmoid(c.doubt_bias + c.rumor_shift * r + c.type_weight * z[:, t] + c.herding * (D - 0.5))
-    mood = lambda doubt: _softmax(np.stack(np.broadcast_arrays(
-        c.neg_bias + c.doubt_neg * doubt + c.mood_herding * (N - 1 / 3), np.zeros((E, B)),
-        c.pos_bias - c.doubt_pos * doubt + c.mood_herding * (P - 1 / 3)), -1))
-    aim = lambda doubt: _softmax(np.stack(np.broadcast_arrays(
-        c.question_bias + c.doubt_question * doubt, np.full((E, B), c.promotion_bias), np.zeros((E, B))), -1))
-    sent_d, sent_b = mood(1.0), mood(0.0)
-    int_d, int_b = aim(1.0), aim(0.0)
-    # exact per-agent category probabilities (a share is believe/neutral/promotion)
-    pc = (1 - p_share)[..., None]
-    agent = {
-        "behaviour": np.stack([p_share, 1 - p_share], -1),
-        "belief": np.stack([1 - pc[..., 0] * p_doubt, pc[..., 0] * p_doubt], -1),
-        "sentiment": pc * (p_doubt[..., None] * sent_d + (1 - p_doubt[..., None]) * sent_b)
-        + p_share[..., None] * np.eye(3)[_SHARE_ID["sentiment"]],
-        "intent": pc * (p_doubt[..., None] * int_d + (1 - p_doubt[..., None]) * int_b)
-        + p_share[..., None] * np.eye(3)[_SHARE_ID["intent"]],
-    }
-    # draw the realised actions
-    share = rng.random((E, B)) < p_share
-    doubt = (rng.random((E, B)) < p_doubt) & ~share
-    sentiment = np.where(doubt, _categorical(rng, sent_d), _categorical(rng, sent_b))
-    intent = np.where(doubt, _categorical(rng, int_d), _categorical(rng, int_b))
-    sentiment = np.where(share, _SHARE_ID["sentiment"], sentiment)
-    intent = np.where(share, _SHARE_ID["intent"], intent)
+    agent, law = _step_law(c, history, r, z[:, t], signal, t)
+    share, doubt, sentiment, intent = _draw(rng, law)
     if intervention is not None and t == intervention.step:  # its agents act as told, surely
       last = slice(B - intervention.agents, B)
       for d in DIMENSIONS:
         agent[d][:, last] = np.eye(len(DIMENSIONS[d]))[forced[d]]
       share[:, last] = forced["behaviour"] == _SHARE_ID["behaviour"]
-      doubt[:, last] = forced["belief"] == DIMENSIONS["belief"].index("doubt")
+      doubt[:, last] = forced["belief"] == _DOUBT
       sentiment[:, last], intent[:, last] = forced["sentiment"], forced["intent"]
-    for d in DIMENSIONS:
-      probs[d][:, t] = agent[d].mean(1)
-    attrs["behaviour"][:, t] = np.where(share, _SHARE_ID["behaviour"], 1 - _SHARE_ID["behaviour"])
-    attrs["belief"][:, t] = doubt.astype(np.int64)
-    attrs["sentiment"][:, t] = sentiment
-    attrs["intent"][:, t] = intent
-    n_actions += B
-    n_share += share.sum(1)
-    n_doubt += doubt.sum(1)
-    comment = ~share
-    n_comment += comment.sum(1)
-    n_neg += (comment & (sentiment == 0)).sum(1)
-    n_pos += (comment & (sentiment == 2)).sum(1)
+    _record(probs, attrs, t, agent, share, doubt, sentiment, intent)
+    history.add(share, doubt, sentiment)
 
   events = []
   topic_ids = rng.integers(0, len(RUMOR_TOPICS), E)
@@ -257,4 +299,33 @@ def generate(n_events: int, seed: int = 0, config: WorldConfig = WorldConfig(),
     events.append(Event(eid=f"synthetic-{seed}-{e}", topic=topics[topic_ids[e]], time=0.0,
                         label="rumor" if rumor[e] else "non-rumor", actions=tuple(actions),
                         meta={"world": "synthetic", "seed": seed}))
-  return events, GroundTruth(probs=probs, attributes=attrs, agent_type=types, rumor=rumor, signal=signal)
+  return events, GroundTruth(probs=probs, attributes=attrs, agent_type=types, rumor=rumor, signal=signal,
+                             config=c)
+
+
+def run_free(truth: GroundTruth, warmup: int, seed) -> GroundTruth:
+  """The world's own continuation of `truth`'s events past their first `warmup` steps: the same
+  equations, agent types and rumor flags, the real actions up to the warm-up, and from there its
+  own draws (`seed`: what np.random.default_rng takes), each step reading the history it made
+  itself. This is the perfect simulator a rollout aims at (a policy sees the agent's type and the
+  topic; the mean field, the actions so far): scored against the real events, it is the best a
+  faithful simulator can expect, where the real course past the warm-up is itself one draw among
+  many. An intervention in `truth` is not applied again past the warm-up."""
+  E, T, B = truth.agent_type.shape
+  if not 0 <= warmup <= T:
+    raise ValueError(f"warm-up {warmup} is not within the events' {T} steps")
+  rng = np.random.default_rng(seed)
+  attrs = {d: np.array(v) for d, v in truth.attributes.items()}
+  probs = {d: np.array(v) for d, v in truth.probs.items()}
+  signal = {k: np.array(v) for k, v in truth.signal.items()}
+  r = np.where(truth.rumor, 1.0, -1.0)[:, None]
+  z = TYPE_Z[truth.agent_type]
+  history = _History.empty(E)
+  for t in range(T):
+    if t >= warmup:
+      agent, law = _step_law(truth.config, history, r, z[:, t], signal, t)
+      _record(probs, attrs, t, agent, *_draw(rng, law))
+    history.add(attrs["behaviour"][:, t] == _SHARE_ID["behaviour"], attrs["belief"][:, t] == _DOUBT,
+                attrs["sentiment"][:, t])
+  return GroundTruth(probs=probs, attributes=attrs, agent_type=truth.agent_type, rumor=truth.rumor, signal=signal,
+                     config=truth.config)
