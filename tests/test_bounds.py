@@ -105,6 +105,9 @@ def test_sampled_kls_are_the_pipelines_kl_of_the_sampled_agents():
   want = metrics.compare({"belief": real_ids % 2, "intent": real_ids}, {"belief": sim_ids % 2, "intent": sim_ids},
                          mask, mask, step_weights=weights)["kl"]["intent"]
   np.testing.assert_allclose(got, want, rtol=1e-6)
+  # the same agents given as ids (a simulator that runs) score the same through `kls`
+  np.testing.assert_allclose((bounds.kls(real, bounds.counts(sim_ids, mask, C)) * weights).sum() / weights.sum(),
+                             want, rtol=1e-6)
   # a simulator that knows every step's one category exactly scores the smoothing's 0
   one = np.eye(C)[real_ids[..., 0]] * real.sum(-1, keepdims=True)
   kls = bounds.sampled_kls(one, one + (one.sum(-1, keepdims=True) == 0), rng)
@@ -141,6 +144,19 @@ def test_bounds_order_the_oracles_on_a_world_whose_events_differ():
     np.testing.assert_allclose(np.mean(r["kl_per_step"][2:]), r["kl_mean"], rtol=1e-6)
   with pytest.raises(ValueError, match="warm-up 6 covers all 6 steps"):
     bounds.bounds(real, mask, ["a"] * 60, real, mask, ["a"] * 60, warmup=6)
+  # a simulator that runs (as the synthetic world's `run_free`), given as ids per draw: one that reproduces the
+  # real steps scores the smoothing's 0, one that swaps the events around scores like knowing nothing
+  scored = {d: v[:20] for d, v in real.items()}
+  swapped = {d: np.roll(v, 1, axis=0) for d, v in scored.items()}
+  runs = {"copy": [scored, scored], "swapped": [swapped, swapped]}
+  sims = bounds.bounds(scored, mask[:20], ["a"] * 20, {d: v[20:] for d, v in real.items()}, mask[20:], ["a"] * 40,
+                       warmup=2, draws=2, simulated=runs)["methods"]
+  assert list(sims) == [*bounds.PREDICTORS, "copy", "swapped"]
+  assert sims["copy"]["kl_mean"] == pytest.approx(0.0, abs=1e-7) and sims["copy"]["kl_mean_std"] == 0
+  assert sims["swapped"]["kl_mean"] > kl["event"] and sims["step"]["kl_mean"] == kl["step"]  # the others unmoved
+  with pytest.raises(ValueError, match="has 1 runs for 2 draws"):
+    bounds.bounds(scored, mask[:20], ["a"] * 20, scored, mask[:20], ["a"] * 20, warmup=2, draws=2,
+                  simulated={"copy": [scored]})
 
 
 def test_tool_on_the_synthetic_world_and_against_a_run(tmp_path, capsys):
@@ -149,8 +165,8 @@ def test_tool_on_the_synthetic_world_and_against_a_run(tmp_path, capsys):
                           "--draws", "2", "--json", str(out)])
   printed = capsys.readouterr().out
   result = json.loads(out.read_text())
-  assert list(result["methods"]) == list(bounds.PREDICTORS) and result["split"] == "synthetic-test"
-  assert all(name in printed for name in bounds.PREDICTORS)
+  assert list(result["methods"]) == [*bounds.PREDICTORS, "world"] and result["split"] == "synthetic-test"
+  assert all(name in printed for name in result["methods"])
   with pytest.raises(SystemExit):  # never over an existing file
     population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--json", str(out)])
   assert "exists" in capsys.readouterr().err
@@ -182,6 +198,7 @@ def test_tool_on_real_ced_events(ced_dir, tmp_path, capsys):
                           "data.val_events=64", "--set", "data.eval_events=64", "--draws", "2", "--json", str(out)])
   result = json.loads(out.read_text())
   assert result["split"] == "val" and result["events"] == 64 and result["train_events"] == 200
+  assert list(result["methods"]) == list(bounds.PREDICTORS)  # no world to run free on real events
   kl = {name: r["kl_mean"] for name, r in result["methods"].items()}
   # the oracles: the step itself, then the event's own distribution, well below what knows nothing of the event
   assert kl["step"] < kl["event"] < min(kl["global"], kl["label"]) - 0.05

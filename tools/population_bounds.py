@@ -7,9 +7,12 @@ has), simulators that draw each step's agents from fixed distributions (`mfjax.e
   global    the training events' proportions at each step index (knows nothing of the event)
   label     the same from the training events with the event's label (rumor / non-rumor)
   warmup    the event's own warm-up steps, pooled (buildable from the warm-up alone)
+  shrunk    the warm-up plus k agents' worth of `global`, k fitted on the training events
   previous  the event's real previous step (teacher-forced history)
   event     the event's own scored steps, pooled (an oracle: its static distribution)
   step      the real step itself, resampled (an oracle: sampling noise alone)
+  world     synthetic data only: the world's own equations run free from the real warm-up
+            (an oracle of the world's rules: the perfect simulator)
 
 The events, steps, labels and warm-up are the experiment's (its config and --set overrides),
 `global` and `label` come from its training events only. Mean ± std over --draws.
@@ -35,7 +38,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from mfjax import configs, pipeline  # noqa: E402
 from mfjax.data import step_texts  # noqa: E402
 from mfjax.evaluation import bounds  # noqa: E402
-from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler  # noqa: E402
+from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler, world_runs  # noqa: E402
 from mfjax.runs import differing_keys  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
@@ -95,7 +98,7 @@ def main(argv=None):
   except configs.ConfigError as e:
     ap.error(str(e))
   t0 = time.time()
-  train, _, scored, _, split = pipeline.split_events(cfg)
+  train, _, scored, truth, split = pipeline.split_events(cfg)
   labeler = CachedLabeler(make_labeler(cfg.eval.labeler))
   real_ids, real_mask = labelled(scored, cfg, labeler)
   train_ids, train_mask = labelled(train, cfg, labeler)
@@ -103,7 +106,8 @@ def main(argv=None):
   print(f"[bounds] {len(scored)} {split} events x {cfg.data.steps} steps x {cfg.data.agents_per_step} agents, "
         f"warm-up {warmup}; {len(train)} training events; labelled in {time.time() - t0:.1f} s", file=sys.stderr)
   result = bounds.bounds(real_ids, real_mask, [e.label for e in scored], train_ids, train_mask,
-                         [e.label for e in train], warmup=warmup, draws=a.draws, seed=a.seed)
+                         [e.label for e in train], warmup=warmup, draws=a.draws, seed=a.seed,
+                         simulated=world_runs(truth, warmup, a.draws, a.seed))
   data = {"events": len(scored), "steps": cfg.data.steps, "agents_per_step": cfg.data.agents_per_step,
           "warmup": warmup}
   result = {"config": a.config, "overrides": a.set, "split": split, "train_events": len(train),

@@ -18,6 +18,13 @@ Here the simulated side is n agents (the step's valid ones) drawn from a distrib
   event     the event's own scored steps, pooled: an oracle, its static distribution
   step      the real step itself, resampled: an oracle, the sampling noise of n agents alone
 
+and, on the synthetic world (whose equations are known), a simulator that runs rather than draws:
+
+  world     the world's own equations run free from the real warm-up (`synthetic.run_free`), each
+            step reading the history it made itself: the perfect simulator, an oracle of the world's
+            rules. A rollout past its warm-up can at best score as it does: the real course is one
+            draw among the many a faithful simulator may take.
+
 A method that reads the population can gain at most what separates `label` (or `global`) from
 `event` by knowing the event, and from `event` towards `step` by following it over time. Where
 `warmup` already scores below every method, the methods leave the warm-up's information unused.
@@ -28,7 +35,7 @@ Letters: E events, T steps, B agents, C categories of a dimension, N training ev
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -36,7 +43,8 @@ from mfjax.evaluation import metrics
 from mfjax.evaluation.labelers import DIMENSIONS
 
 PREDICTORS = ("global", "label", "warmup", "shrunk", "previous", "event", "step")
-ORACLES = ("previous", "event", "step")  # they read real steps a rollout past its warm-up does not have
+ORACLES = ("previous", "event", "step", "world")  # they read real steps a rollout past its warm-up does not
+# have, or (world) the rules that made them
 PSEUDOCOUNTS = tuple(2.0 ** np.arange(-2, 13))  # the k `shrunk` chooses from
 
 
@@ -94,23 +102,26 @@ def predictors(real_ExTxC, train_NxTxC, real_labels: Sequence, train_labels: Seq
   return out, k
 
 
-def sampled_kls(real_ExTxC, q_ExTxC, rng: np.random.Generator, eps: float = metrics.DEFAULT_EPS) -> np.ndarray:
-  """[E, T]: the pipeline's KL(real || simulated) per (event, step), the simulated side being as
-  many agents as the real step has, drawn from q."""
-  real = np.asarray(real_ExTxC, np.float64)
-  n = real.sum(-1).astype(np.int64)
-  q = np.asarray(q_ExTxC, np.float64)
-  q = q / q.sum(-1, keepdims=True)
-  sim = rng.multinomial(n, q)
-  p_real = real / np.maximum(n, 1)[..., None]
-  p_sim = sim / np.maximum(n, 1)[..., None]
+def kls(real_ExTxC, sim_ExTxC, eps: float = metrics.DEFAULT_EPS) -> np.ndarray:
+  """[E, T]: the pipeline's KL(real || simulated) per (event, step) between the proportions of
+  two steps' category counts."""
+  p = [np.asarray(c, np.float64) for c in (real_ExTxC, sim_ExTxC)]
+  p_real, p_sim = (c / np.maximum(c.sum(-1, keepdims=True), 1) for c in p)
   return np.asarray(metrics.kl(p_real, p_sim, eps), np.float64)
 
 
+def sampled_kls(real_ExTxC, q_ExTxC, rng: np.random.Generator, eps: float = metrics.DEFAULT_EPS) -> np.ndarray:
+  """[E, T]: `kls` with the simulated side as many agents as the real step has, drawn from q."""
+  real = np.asarray(real_ExTxC, np.float64)
+  q = np.asarray(q_ExTxC, np.float64)
+  return kls(real, rng.multinomial(real.sum(-1).astype(np.int64), q / q.sum(-1, keepdims=True)), eps)
+
+
 def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, train_mask, train_labels: Sequence,
-           *, warmup: int, draws: int = 3, seed: int = 0) -> dict:
+           *, warmup: int, draws: int = 3, seed: int = 0, simulated: Optional[dict] = None) -> dict:
   """Every predictor's sampled KL, from category ids {dimension: [E, T, B]} and agent masks of the
-  scored events and of the training events:
+  scored events and of the training events; `simulated`: name -> one set of category ids per draw
+  of simulators that run (`world`), scored over the real agent mask. Returns
   {"methods": {name: {"kl_mean" (mean over draws of the mean over dimensions), "kl_mean_std" (over
   draws), "kl": {dimension}, "kl_per_step": [T] (the mean over the events scored at each step; None
   where none is)}}, "scored_steps", "draws", "shrunk_pseudocounts": {dimension: k}}."""
@@ -120,7 +131,11 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
   if not scored.any():
     raise ValueError(f"no step to score: warm-up {warmup} covers all {T} steps or the events are empty")
   w = scored.astype(np.float64)
-  per_draw = {name: {d: [] for d in DIMENSIONS} for name in PREDICTORS}  # each draw's KL [E, T]
+  simulated = simulated or {}
+  for name, runs in simulated.items():
+    if len(runs) != draws:
+      raise ValueError(f"simulated[{name!r}] has {len(runs)} runs for {draws} draws")
+  per_draw = {name: {d: [] for d in DIMENSIONS} for name in (*PREDICTORS, *simulated)}  # each draw's KL [E, T]
   pseudocounts = {}
   for d, cats in DIMENSIONS.items():
     real = counts(real_ids[d], real_mask, len(cats))
@@ -130,6 +145,8 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
       for k in range(draws):  # keyed by names: a predictor's draws do not move when another is added
         rng = np.random.default_rng([seed, k, zlib.crc32(name.encode()), zlib.crc32(d.encode())])
         per_draw[name][d].append(sampled_kls(real, qs[name], rng))
+    for name, runs in simulated.items():
+      per_draw[name][d] += [kls(real, counts(ids[d], real_mask, len(cats))) for ids in runs]
   out = {}
   for name, dims in per_draw.items():
     kl = {d: (np.stack(v) * w).sum((1, 2)) / w.sum() for d, v in dims.items()}  # [draws] per dimension

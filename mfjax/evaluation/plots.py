@@ -63,10 +63,12 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
     kl = np.mean([np.asarray(metrics.kl(props(real, d), props(s, d))) for d in DIMENSIONS], axis=0)  # [E, T]
     ax.plot(np.arange(T), mean_over_events(kl), label=m, marker="o", ms=3)
   sims_ref = results.get("simulators", {}).get("methods", {})
-  for name, grey in (("global", "0.6"), ("shrunk", "0.35"), ("event", "0.1")):  # no-model references, dashed
+  # no-model references, dashed; world (dotted): the synthetic world run free from the warm-up, the perfect simulator
+  for name, grey, style in (("global", "0.6", "--"), ("shrunk", "0.35", "--"), ("event", "0.1", "--"),
+                            ("world", "0.1", ":")):
     if name in sims_ref:
       y = np.array([np.nan if v is None else v for v in sims_ref[name]["kl_per_step"]])
-      ax.plot(np.arange(T), y, "--", color=grey, label=name + ("*" if name in bounds.ORACLES else "") + " (no model)")
+      ax.plot(np.arange(T), y, style, color=grey, label=name + ("*" if name in bounds.ORACLES else "") + " (no model)")
   ax.axvspan(-0.5, warmup - 0.5, color="0.9")
   ax.set(xlabel="step", ylabel="KL(real || sim), mean over dimensions", title="KL per step (seed 0)")
   ax.legend(fontsize=7)

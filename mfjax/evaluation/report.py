@@ -9,7 +9,8 @@ results.json:
                     "methods": {<method>: {"effect": {dim: {category}}, "effect_std", "seeds"}},
                     "world": {"effect": ...}}   (with intervention.text; world: synthetic data)
    "simulators": {"methods": {<name>: {"kl_mean", "kl_mean_std", "kl": {dim}}}, ...}   (`bounds.bounds`:
-                 no-model reference simulators, from the training events and the eval events' real steps)
+                 no-model reference simulators, from the training events and the eval events' real steps;
+                 on synthetic data also "world", the world's own equations run free from the warm-up)
    "reference": {...}, "data": {...}}
 
 KL is KL(real || simulated) per (event, step) over the rollout steps
@@ -33,6 +34,7 @@ from typing import Optional
 
 import numpy as np
 
+from mfjax.data import synthetic
 from mfjax.evaluation import bounds, metrics, plots
 from mfjax.evaluation.labelers import DIMENSIONS, RuleLabeler, category_ids
 from mfjax.runs import write_json
@@ -99,6 +101,15 @@ def rollout_path(workdir: str, tag: str, seed: int) -> str:
   return os.path.join(workdir, "rollouts", f"{tag}_seed{seed}.npz")
 
 
+def world_runs(truth, warmup: int, draws: int, seed: int = 0) -> Optional[dict]:
+  """{"world": category ids of `draws` free runs of the synthetic world from the real warm-up}
+  (`synthetic.run_free`, seeds (seed, 0..draws-1)), or None without a world's truth. The ids are
+  the world's own attributes, which the rule labeler reads back from its texts exactly."""
+  if truth is None:
+    return None
+  return {"world": [synthetic.run_free(truth, warmup, seed=(seed, k)).attributes for k in range(draws)]}
+
+
 def check_rollouts(workdir: str, runs: list[tuple[str, str, str]], seeds: int) -> None:
   """FileNotFoundError naming the first rollout `evaluate` would need and not find."""
   for tag, _, _ in runs:
@@ -157,7 +168,8 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
     train_mask = np.asarray(references["train_mask"], bool)
     train = label_ids(labeler, [t for row in references["train_texts"] for t in row], train_mask.shape)
     results["simulators"] = bounds.bounds(real, agent_mask, references["eval_labels"], train, train_mask,
-                                          references["train_labels"], warmup=warmup, draws=seeds)
+                                          references["train_labels"], warmup=warmup, draws=seeds,
+                                          simulated=world_runs(truth, warmup, seeds))
   if sweep:
     results["ib_sweep"] = [{"beta": v["beta"], "val_relevance": v.get("val_relevance"),
                             "val_compression_bits": v.get("val_compression_bits"),
@@ -231,8 +243,10 @@ def table(results: dict) -> str:
     rows.append(f"{m:<14}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}{r['js_mean']:>8.4f}{r['dtw_mean']:>8.3f}"
                 f"{r['nll']:>8.3f}   {dims}")
   if "simulators" in results:
-    rows.append(f"reference simulators, no model: each step's agents drawn from a fixed distribution, mean ± std "
-                f"over {results['simulators']['draws']} draws (* an oracle; mfjax/evaluation/bounds.py):")
+    world = ("; world*: the synthetic world's own equations run free from the warm-up"
+             if "world" in results["simulators"]["methods"] else "")
+    rows.append(f"reference simulators, no model: each step's agents drawn from a fixed distribution{world}; mean "
+                f"± std over {results['simulators']['draws']} draws (* an oracle; mfjax/evaluation/bounds.py):")
     for name, r in results["simulators"]["methods"].items():
       dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
       label = f"{name}*" if name in bounds.ORACLES else name
