@@ -68,7 +68,8 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
                             ("world", "0.1", ":")):
     if name in sims_ref:
       y = np.array([np.nan if v is None else v for v in sims_ref[name]["kl_per_step"]])
-      ax.plot(np.arange(T), y, style, color=grey, label=name + ("*" if name in bounds.ORACLES else "") + " (no model)")
+      about = " (run free)" if name == "world" else " (no model)"
+      ax.plot(np.arange(T), y, style, color=grey, label=name + ("*" if name in bounds.ORACLES else "") + about)
   ax.axvspan(-0.5, warmup - 0.5, color="0.9")
   ax.set(xlabel="step", ylabel="KL(real || sim), mean over dimensions", title="KL per step (seed 0)")
   ax.legend(fontsize=7)
