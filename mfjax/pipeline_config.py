@@ -1,9 +1,28 @@
 """The config of the MF-LLM pipeline (`python -m mfjax run|train|simulate|evaluate`):
-every field, its default (the quickstart's) and what it does. Experiments in
-`experiments/` start from `mf_llm_config()` and change what they need.
+every field, its default (the quickstart's) and what it does (`mf_llm_config`);
+`check_config`, which refuses a bad value, naming its key, before anything runs or
+is written; and what the pipeline derives from it: the methods and rollouts to run,
+and the typed configs of the LM, its LoRA adapters and the mean-field encoder.
+Experiments in `experiments/` start from `mf_llm_config()` and change what they need.
 """
 
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
 import ml_collections
+
+from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least, flat_keys
+from mfjax.data.intervention import Intervention
+from mfjax.data.tokenizers import MIN_VOCAB
+from mfjax.evaluation.report import make_labeler
+from mfjax.ibtune import TRAINABLE, beta_schedule
+from mfjax.meanfield import MeanFieldConfig
+from mfjax.model import LoraConfig, ModelConfig, tiny
+from mfjax.model.transformer import checkpoint_policy
+from mfjax.rollout import METHODS
 
 
 def mf_llm_config() -> ml_collections.ConfigDict:
@@ -141,3 +160,153 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.labeler = "rules"  # offline RuleLabeler
   return c
+
+
+# ----------------------------------------------------------------------------- config
+
+# The config keys (prefixes) that change only what is rolled out and how it is scored, never a
+# trained stage: a run with --trained-from may differ from the run it reads in these alone
+# (e.g. data.eval_split=holdout for the final report of a run selected on val).
+EVAL_ONLY_KEYS = ("data.eval_split", "data.eval_events", "rollout.", "eval.", "parallel.", "intervention.")
+
+
+def check_config(cfg) -> None:
+  """Every value `run` reads that has a fixed set of choices or a range, checked
+  before anything runs or is written: a ConfigError naming the key. Without it
+  a wrong `sft.trainable` failed after the whole `base` stage, and a wrong
+  `model.dtype` was ignored until a checkpoint was loaded."""
+  missing = sorted(set(flat_keys(mf_llm_config())) - set(flat_keys(cfg)))
+  if missing:
+    raise ConfigError(f"config lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}: a pipeline experiment's "
+                      "get_config starts from mfjax.pipeline_config.mf_llm_config()")
+  d, m, r = cfg.data, cfg.model, cfg.rollout
+  check("data", lambda: check_data_choices(d))
+  check_at_least(cfg, 1, "data.train_events", "data.val_events", "data.eval_events", "data.steps",
+                 "data.agents_per_step", "data.prompt_len", "data.action_len", "rollout.seeds", "rollout.batch_events",
+                 "train.log_every", "train.ckpt_every")
+  check_at_least(cfg, 0, "train.eval_every", "ib.beta", "ib.warmup", "rollout.warmup", "rollout.temperature",
+                 "rollout.top_k", "mf.attention_queries")
+  check_at_least(cfg, 1, "mf.slots", "mf.feature_size", "mf.hidden_size", "mf_text.summary_len")
+  check_at_least(cfg, 0, "mf_text.beta")
+  check("mf_text_train.trainable", cfg.mf_text_train.trainable in ("lora", "full"),
+        f"{cfg.mf_text_train.trainable!r}: the text mean field trains 'lora' (adapters) or 'full'")
+  check("rollout.warmup", r.warmup < d.steps,
+        f"{r.warmup} warm-up steps leave no step of data.steps={d.steps} to simulate and score")
+  check("rollout.top_p", 0 < r.top_p <= 1, f"must be in (0, 1], got {r.top_p!r}")
+  check("rollout.methods", lambda: methods(cfg))
+  if cfg.intervention.text:
+    check("intervention", lambda: intervention_of(cfg).check(d.steps, d.agents_per_step, r.warmup))
+    check("intervention.methods", lambda: intervention_methods(cfg))
+  check("eval.labeler", lambda: make_labeler(cfg.eval.labeler))
+  check("ib.schedule", lambda: beta_schedule(cfg.ib.beta, cfg.ib.schedule, cfg.ib.warmup))
+  check("ib.sweep", lambda: sweep_betas(cfg))
+  check("model.dtype", lambda: _float_dtype(m.dtype))
+  check("model.remat", lambda: checkpoint_policy(m.remat))
+  check("model.layer_loop", m.layer_loop in LAYER_LOOPS, f"{m.layer_loop!r} is none of {LAYER_LOOPS}")
+  if not m.checkpoint:  # a model and tokenizer from scratch
+    check_at_least(cfg, MIN_VOCAB, "tokenizer.vocab_size")
+    check_at_least(cfg, 1, *MODEL_SIZES)
+    check("model", lambda: scratch_model_config(cfg, cfg.tokenizer.vocab_size))
+  check("lora", lambda: lora_config(cfg))
+  for name in ("base", "sft", "mf_train", "mf_text_train"):
+    stage = cfg[name]
+    check_at_least(cfg, 0, f"{name}.steps", f"{name}.agents")  # agents 0 (or B and more): every agent
+    check_at_least(cfg, 1, f"{name}.batch_events")
+    check(f"{name}.lr", stage.lr > 0, f"must be > 0, got {stage.lr!r}")
+    if "trainable" in stage:
+      check(f"{name}.trainable", stage.trainable in TRAINABLE, f"{stage.trainable!r} is none of {TRAINABLE}")
+
+
+def _float_dtype(name: str):
+  dtype = jnp.dtype(name)  # TypeError for a name that is no dtype
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{name!r} is not a floating-point dtype (float32, bfloat16, float16)")
+  return dtype
+
+
+def methods(cfg) -> list[str]:
+  out = [m.strip() for m in cfg.rollout.methods.split(",") if m.strip()]
+  bad = [m for m in out if m not in METHODS]
+  if bad:
+    raise ValueError(f"rollout.methods: unknown {bad}; choose from {METHODS}")
+  return out
+
+
+def intervention_of(cfg) -> Optional[Intervention]:
+  """The configured intervention, or None (intervention.text empty)."""
+  iv = cfg.intervention
+  return Intervention(iv.text, int(iv.step), int(iv.agents)) if iv.text else None
+
+
+def intervention_methods(cfg) -> list[str]:
+  """The methods rolled out again with the intervention (none without one)."""
+  if not cfg.intervention.text:
+    return []
+  want = methods(cfg)
+  out = [m.strip() for m in cfg.intervention.methods.split(",") if m.strip()] or want
+  bad = [m for m in out if m not in want]
+  if bad:
+    raise ValueError(f"{bad} are not in rollout.methods {want}")
+  return out
+
+
+def sweep_betas(cfg) -> list[float]:
+  return [float(b) for b in str(cfg.ib.sweep).split(",") if b.strip()]
+
+
+def check_data_choices(d) -> None:
+  """ValueError unless data.source and data.eval_split are ones `pipeline.split_events` reads."""
+  if d.source not in ("synthetic", "ced"):
+    raise ValueError(f"data.source: must be 'synthetic' or 'ced', got {d.source!r}")
+  if d.eval_split not in ("val", "holdout"):
+    raise ValueError(f"data.eval_split: must be 'val' or 'holdout', got {d.eval_split!r}")
+
+
+def rollout_runs(cfg) -> list[tuple[str, str, str]]:
+  """(tag, method, params key) of every rollout: the methods, then the sweep."""
+  runs = [(m, m, "base" if m in ("state", "recent", "popular") else m) for m in methods(cfg)]
+  runs += [(f"mf_beta{b:g}", "mf", f"mf_beta{b:g}") for b in sweep_betas(cfg)]
+  return runs
+
+
+def intervention_runs(cfg) -> list[tuple[str, str, str]]:
+  """(tag, method, params key) of the rollouts with the intervention (tag: the method's, + `_intervened`)."""
+  want = intervention_methods(cfg)
+  return [(f"{tag}_intervened", method, key) for tag, method, key in rollout_runs(cfg) if tag in want]
+
+
+# ----------------------------------------------------------------------------- models
+
+
+LAYER_LOOPS = ("auto", "scan", "unroll")
+
+
+def layer_fields(cfg, backend: Optional[str] = None) -> dict:
+  """The ModelConfig fields of how `cfg.model`'s layers are stored and run:
+  remat_policy, scan_layers, and unroll_stacked, which `model.layer_loop`
+  'auto' sets on GPUs (`backend`, default: JAX's) when no remat policy is set."""
+  m = cfg.model
+  backend = backend or jax.default_backend()
+  unroll = m.layer_loop == "unroll" or (m.layer_loop == "auto" and backend == "gpu" and m.remat == "none")
+  return {"remat_policy": m.remat, "scan_layers": m.scan_layers, "unroll_stacked": unroll}
+
+
+def scratch_model_config(cfg, vocab_size: int, **extra) -> ModelConfig:
+  """The LM that `cfg.model` trains from scratch (no checkpoint); `extra`:
+  further ModelConfig fields (token ids, max_position_embeddings)."""
+  m = cfg.model
+  return tiny(m.family, vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+              num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
+              intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_word_embeddings, sliding_window=None,
+              **layer_fields(cfg), **extra)
+
+
+def lora_config(cfg) -> LoraConfig:
+  return LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets.split(",")))
+
+
+def mf_config(cfg, width: int) -> MeanFieldConfig:
+  """The mean-field encoder of `cfg.mf` for an LM of hidden size `width`."""
+  return MeanFieldConfig(slots=cfg.mf.slots, width=width, feature_size=cfg.mf.feature_size,
+                         hidden_size=cfg.mf.hidden_size, attention_queries=cfg.mf.attention_queries,
+                         init_logvar=cfg.mf.init_logvar)

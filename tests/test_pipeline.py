@@ -13,7 +13,8 @@ from mfjax.__main__ import main
 from mfjax import configs
 from mfjax.evaluation import DIMENSIONS, bounds
 from mfjax.configs import ConfigError
-from mfjax.pipeline import check_config, layer_fields, rollout_path, scratch_model_config
+from mfjax.evaluation.report import rollout_path
+from mfjax.pipeline_config import check_config, layer_fields, scratch_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(ROOT, "experiments", "quickstart.py") + ":smoke"

@@ -86,7 +86,7 @@ def main(argv=None):
   from mfjax.parallel import MeshConfig, ShardingError, make_mesh
   from mfjax.parallel.mesh import check_events
   from mfjax.parallel.aot import Shapes, rollout_memory, train_step_memory
-  from mfjax.pipeline import check_config, layer_fields, lora_config, mf_config, scratch_model_config
+  from mfjax.pipeline_config import check_config, layer_fields, lora_config, mf_config, scratch_model_config
 
   try:
     cfg = configs.load_config(args.config, args.set)

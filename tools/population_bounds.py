@@ -35,7 +35,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from mfjax import configs, pipeline  # noqa: E402
+from mfjax import configs, pipeline, pipeline_config  # noqa: E402
 from mfjax.data import step_texts  # noqa: E402
 from mfjax.evaluation import bounds  # noqa: E402
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler, world_runs  # noqa: E402
@@ -94,7 +94,7 @@ def main(argv=None):
     ap.error(f"--json: {a.json} exists; give a new path")
   try:
     cfg = configs.load_config(a.config, a.set)
-    pipeline.check_config(cfg)
+    pipeline_config.check_config(cfg)
   except configs.ConfigError as e:
     ap.error(str(e))
   t0 = time.time()

@@ -123,7 +123,7 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
              labeler_name: str = "rules", truth=None, sweep: Optional[dict] = None, started: Optional[float] = None,
              log=print, intervention: Optional[dict] = None, references: Optional[dict] = None) -> dict:
   """results.json + plots for rollouts saved under workdir/rollouts (see module docstring).
-  runs: (tag, method, params key) as `mfjax.pipeline.rollout_runs`; sweep: tag -> validation terms;
+  runs: (tag, method, params key) as `mfjax.pipeline_config.rollout_runs`; sweep: tag -> validation terms;
   started: the `time.time()` the whole job began at (results.json then records its `seconds`);
   intervention: {"intervention": mfjax.data.intervention.Intervention, "labels": its text's categories,
   "forced": [E, T, B] its agents, "runs": [(tag with it, tag without)],
