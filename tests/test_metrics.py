@@ -110,6 +110,34 @@ def test_plotted_event_mean_leaves_out_steps_an_event_lacks():
   np.testing.assert_allclose(event_mean(share, mask.any(-1)), [0.75, 1.0, 0.0])
 
 
+def test_per_step_kl_of_a_rollout_by_hand_and_weighed_back_to_its_score():
+  from mfjax.evaluation.report import score, summarise
+  rng = np.random.default_rng(3)
+  E, T, B = 4, 5, 6
+  real = {d: rng.integers(0, len(c), (E, T, B)) for d, c in DIMENSIONS.items()}
+  sims = [{d: rng.integers(0, len(c), (E, T, B)) for d, c in DIMENSIONS.items()} for _ in range(2)]
+  mask = np.ones((E, T, B), bool)
+  mask[1, 3:] = False  # event 1 ends after step 2
+  mask[:, 4] = False  # no event has step 4
+  weights = (np.arange(T)[None] >= 2) & mask.any(-1)
+  lp, am = np.zeros((E, T, B, 3)), np.ones((E, T, B, 3), bool)
+  per_seed = [score(real, s, mask, weights, lp, am) for s in sims]
+  out = summarise(per_seed)
+  for d, cats in DIMENSIONS.items():  # by hand: each step's mean over the events that have it, seed by seed
+    want = []
+    for s in sims:
+      kl = np.asarray(metrics.kl(metrics.step_distributions(real[d], mask, len(cats))[0],
+                                 metrics.step_distributions(s[d], mask, len(cats))[0]))
+      want.append([kl[[e for e in range(E) if mask[e, t].any()], t].mean() for t in range(4)])
+    np.testing.assert_allclose(out["kl_dim_per_step"][d][:4], np.mean(want, 0), rtol=1e-6)
+    assert out["kl_dim_per_step"][d][4] is None  # no event there
+    # warm-up steps are kept (drawn from the real history); the scored ones, weighed by their events, give kl
+    n = weights.sum(0)[2:4]
+    np.testing.assert_allclose((np.array(out["kl_dim_per_step"][d][2:4]) * n).sum() / n.sum(), out["kl"][d], rtol=1e-5)
+  np.testing.assert_allclose(out["kl_per_step"][:4], np.mean([out["kl_dim_per_step"][d][:4] for d in DIMENSIONS], 0))
+  assert out["kl_per_step"][4] is None
+
+
 def test_intervention_effect_and_weights_by_hand():
   from mfjax.evaluation.report import intervention_effect, intervention_weights
   agent_mask = np.ones((3, 4, 2), bool)

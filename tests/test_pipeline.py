@@ -49,6 +49,7 @@ def _check_results(workdir, seeds, methods=METHODS):
     assert SCHEMA <= set(r), name
     assert set(r["kl"]) == {"behaviour", "belief", "sentiment", "intent"}
     assert r["seeds"] == seeds and r["kl_mean"] >= 0 and r["nll"] > 0
+    assert len(r["kl_per_step"]) == results["data"]["steps"] and set(r["kl_dim_per_step"]) == set(DIMENSIONS)
   sims = results["simulators"]  # the no-model reference simulators, one draw per seed
   world = ["world"] if "reference" in results else []  # synthetic data: the world run free from the warm-up too
   assert list(sims["methods"]) == [*bounds.PREDICTORS, *world] and sims["draws"] == seeds

@@ -59,19 +59,20 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
     plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(5.5, 3.4))
-  for m, s in sims.items():
-    kl = np.mean([np.asarray(metrics.kl(props(real, d), props(s, d))) for d in DIMENSIONS], axis=0)  # [E, T]
-    ax.plot(np.arange(T), mean_over_events(kl), label=m, marker="o", ms=3)
+  steps = lambda xs: np.array([np.nan if v is None else v for v in xs])
+  for m, r in results["methods"].items():  # the mean over seeds; in warm-up, drawn from the real history
+    ax.plot(np.arange(T), steps(r["kl_per_step"]), label=m, marker="o", ms=3)
   sims_ref = results.get("simulators", {}).get("methods", {})
   # no-model references, dashed; world (dotted): the synthetic world run free from the warm-up, the perfect simulator
   for name, grey, style in (("global", "0.6", "--"), ("shrunk", "0.35", "--"), ("event", "0.1", "--"),
                             ("world", "0.1", ":")):
     if name in sims_ref:
-      y = np.array([np.nan if v is None else v for v in sims_ref[name]["kl_per_step"]])
+      y = steps(sims_ref[name]["kl_per_step"])
       about = " (run free)" if name == "world" else " (no model)"
       ax.plot(np.arange(T), y, style, color=grey, label=name + ("*" if name in bounds.ORACLES else "") + about)
   ax.axvspan(-0.5, warmup - 0.5, color="0.9")
-  ax.set(xlabel="step", ylabel="KL(real || sim), mean over dimensions", title="KL per step (seed 0)")
+  seeds = next(iter(results["methods"].values()))["seeds"] if results["methods"] else 0
+  ax.set(xlabel="step", ylabel="KL(real || sim), mean over dimensions", title=f"KL per step (mean over {seeds} seeds)")
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(os.path.join(out, "kl_per_step.png"), dpi=110)

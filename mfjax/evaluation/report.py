@@ -3,7 +3,8 @@ aggregate over seeds, write results.json and plots, print the table.
 
 results.json:
   {"methods": {<method>: {"kl_mean", "kl_mean_std", "kl": {dim}, "js_mean",
-               "tv_mean", "w1_mean", "dtw_mean", "nll", "seeds", "per_seed": [...]}},
+               "tv_mean", "w1_mean", "dtw_mean", "nll", "seeds", "per_seed": [...],
+               "kl_per_step": [T], "kl_dim_per_step": {dim: [T]}}},   (every step, warm-up too)
    "ib_sweep": [{"beta", "val_relevance", "val_compression_bits", "kl_mean", ...}]   (with ib.sweep)
    "intervention": {"text", "step", "agents", "labels", "events", "scored_steps",
                     "methods": {<method>: {"effect": {dim: {category}}, "effect_std", "seeds"}},
@@ -75,19 +76,43 @@ def label_ids(labeler: CachedLabeler, texts: list[str], shape) -> dict:
   return {d: v.reshape(shape) for d, v in labeler.ids(texts).items()}
 
 
+def kl_per_step(real: dict, sim: dict, agent_mask) -> np.ndarray:
+  """[D, T]: each dimension's KL(real || simulated) at each step, the mean over the events that have
+  agents there (NaN where none has), at every step: in warm-up too, where a rollout's samples
+  are drawn from the real history."""
+  valid = np.asarray(agent_mask, bool).any(-1)  # [E, T]
+  out = []
+  for d, cats in DIMENSIONS.items():
+    p = metrics.step_distributions(real[d], agent_mask, len(cats))[0]
+    q = metrics.step_distributions(sim[d], agent_mask, len(cats))[0]
+    kl = np.asarray(metrics.kl(p, q), np.float64)
+    out.append(np.where(valid.any(0), (kl * valid).sum(0) / np.maximum(valid.sum(0), 1), np.nan))
+  return np.stack(out)
+
+
 def score(real: dict, sim: dict, agent_mask, weights, real_logprobs, action_mask) -> dict:
   """Metrics of one rollout (dimension ids [E, T, B])."""
   out = metrics.compare(real, sim, agent_mask, agent_mask, step_weights=weights)
   w = action_mask.astype(np.float32) * agent_mask[..., None] * weights[..., None, None]
   out["nll"] = float(-(real_logprobs * w).sum() / max(w.sum(), 1.0))
+  out["kl_per_step"] = kl_per_step(real, sim, agent_mask)
   return out
 
 
+def _steps(x) -> list:
+  return [None if np.isnan(v) else float(v) for v in x]
+
+
 def summarise(per_seed: list[dict]) -> dict:
-  """Mean over seeds of every metric, plus kl_mean_std."""
+  """Mean over seeds of every metric, plus kl_mean_std; the per-step KL ([D, T] per seed) as
+  kl_per_step [T] (the mean over dimensions) and kl_dim_per_step {dimension: [T]}."""
   out = {"seeds": len(per_seed)}
   for k, v in per_seed[0].items():
-    if isinstance(v, dict):
+    if k == "kl_per_step":
+      steps = np.mean([s[k] for s in per_seed], 0)  # [D, T]
+      out["kl_per_step"] = _steps(steps.mean(0))
+      out["kl_dim_per_step"] = {d: _steps(x) for d, x in zip(DIMENSIONS, steps)}
+    elif isinstance(v, dict):
       out[k] = {d: float(np.mean([s[k][d] for s in per_seed])) for d in v}
     else:
       out[k] = float(np.mean([s[k] for s in per_seed]))
