@@ -101,13 +101,11 @@ def test_accuracy_and_macro_f1_by_hand():
 
 
 def test_plotted_event_mean_leaves_out_steps_an_event_lacks():
-  from mfjax.evaluation.plots import event_mean
-
   # event 1 ends after step 0: its later steps have no agents, so no proportions
   ids = np.array([[[0, 1], [0, 0], [1, 1]], [[0, 0], [0, 0], [0, 0]]])
   mask = np.array([[[1, 1], [1, 1], [1, 1]], [[1, 1], [0, 0], [0, 0]]], bool)
   share = np.asarray(metrics.step_distributions(ids, mask, 2)[0])[..., 0]  # [E, T]
-  np.testing.assert_allclose(event_mean(share, mask.any(-1)), [0.75, 1.0, 0.0])
+  np.testing.assert_allclose(metrics.event_mean(share, mask.any(-1)), [0.75, 1.0, 0.0])
 
 
 def test_per_step_kl_of_a_rollout_by_hand_and_weighed_back_to_its_score():

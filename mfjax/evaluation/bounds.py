@@ -152,7 +152,7 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
     kl = {d: (np.stack(v) * w).sum((1, 2)) / w.sum() for d, v in dims.items()}  # [draws] per dimension
     means = np.mean([kl[d] for d in DIMENSIONS], 0)  # [draws]: the mean over dimensions of each draw
     steps = np.mean([np.mean(v, 0) for v in dims.values()], 0)  # [E, T]: over draws and dimensions
-    per_step = (steps * w).sum(0) / np.maximum(w.sum(0), 1)
+    per_step = metrics.event_mean(steps, w)
     out[name] = {"kl_mean": float(means.mean()), "kl_mean_std": float(means.std()),
                  "kl": {d: float(v.mean()) for d, v in kl.items()},
                  "kl_per_step": [float(x) if scored[:, t].any() else None for t, x in enumerate(per_step)]}

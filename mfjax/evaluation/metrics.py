@@ -36,6 +36,12 @@ def step_distributions(ids_TxB, mask_TxB, num_categories: int):
   return onehot.sum(-2) / jnp.maximum(counts, 1.0)[..., None], counts
 
 
+def event_mean(x_ExT, valid_ExT):
+  """[T]: the mean of x over the events that have each step (a step an event
+  lacks has no proportions: it is left out, not counted as 0)."""
+  return (np.asarray(x_ExT) * valid_ExT).sum(0) / np.maximum(np.asarray(valid_ExT).sum(0), 1)
+
+
 def smooth(p, eps: float = DEFAULT_EPS):
   p = jnp.asarray(p, jnp.float32)
   return (p + eps) / (1.0 + eps * p.shape[-1])

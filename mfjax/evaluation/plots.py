@@ -23,12 +23,6 @@ def _plt():
   return plt
 
 
-def event_mean(x_ExT, valid_ExT):
-  """[T]: the mean of x over the events that have each step (a step an event
-  lacks has no proportions: it is left out, not counted as 0)."""
-  return (np.asarray(x_ExT) * valid_ExT).sum(0) / np.maximum(np.asarray(valid_ExT).sum(0), 1)
-
-
 def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results: dict) -> None:
   out = os.path.join(workdir, "plots")
   os.makedirs(out, exist_ok=True)
@@ -37,7 +31,7 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
   warmup = results["data"]["warmup"]
   props = lambda ids, d: np.asarray(metrics.step_distributions(ids[d], agent_mask, len(DIMENSIONS[d]))[0])
   valid = np.asarray(agent_mask).any(-1)  # [E, T]: the event has agents at that step
-  mean_over_events = lambda x: event_mean(x, valid)
+  mean_over_events = lambda x: metrics.event_mean(x, valid)
 
   # mean trajectories over events, and the first events one by one (herding makes them differ)
   for name, select in (("trajectories_mean", None), ("trajectories_event0", 0), ("trajectories_event1", 1)):
@@ -110,7 +104,7 @@ def intervention(workdir: str, traces: dict, agent_mask, section: dict) -> None:
     c = DIMENSIONS[d].index(SHOWN[d])
     for i, (name, (without, with_)) in enumerate(traces.items()):
       color = "k" if name == "world" else f"C{i}"
-      y0, y1 = (event_mean(np.asarray(p[d])[..., c], valid) for p in (without, with_))
+      y0, y1 = (metrics.event_mean(np.asarray(p[d])[..., c], valid) for p in (without, with_))
       ax.plot(np.arange(T), y0, "-", color=color, label=name)
       # with it: a branch from the intervention's step (whose forced agents a rollout's samples do not show)
       ax.plot(np.arange(s, T), np.concatenate([y0[s:s + 1], y1[s + 1:]]), "--", color=color,

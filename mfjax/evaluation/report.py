@@ -85,7 +85,7 @@ def kl_per_step(real: dict, sim: dict, agent_mask) -> np.ndarray:
   for d, cats in DIMENSIONS.items():
     p = metrics.step_distributions(real[d], agent_mask, len(cats))[0]
     q = metrics.step_distributions(sim[d], agent_mask, len(cats))[0]
-    out.append(np.where(valid.any(0), plots.event_mean(np.asarray(metrics.kl(p, q), np.float64), valid), np.nan))
+    out.append(np.where(valid.any(0), metrics.event_mean(np.asarray(metrics.kl(p, q), np.float64), valid), np.nan))
   return np.stack(out)
 
 
