@@ -103,10 +103,13 @@ def main(argv=None) -> None:
   from mfjax.configs import ConfigError
   from mfjax.data import EventFormatError
   from mfjax.model.hf import CheckpointError
+  from mfjax.data.tokenizers import TokenizerError
   from mfjax.parallel import ShardingError
+  from mfjax.runs import RunFolderError
   try:
     args.fn(args)
-  except (ConfigError, CheckpointError, FileNotFoundError, EventFormatError, ShardingError) as e:
+  except (ConfigError, CheckpointError, FileNotFoundError, EventFormatError, ShardingError, TokenizerError,
+          RunFolderError) as e:
     sys.exit(f"error: {e}")
 
 

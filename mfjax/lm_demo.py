@@ -38,7 +38,7 @@ from mfjax.configs import MODEL_SIZES, check, check_at_least
 from mfjax.data import builtin, load_tokenizer, train_tokenizer
 from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.model import Decoder, ModelConfig, hf, init_params
-from mfjax.runs import check_workdir, log as _log
+from mfjax.runs import check_workdir, log as _log, restore_latest, resume_jsonl
 
 SEP = "："
 
@@ -143,8 +143,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
   ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
   mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-  if mngr.latest_step() is not None:
-    state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
+  state = restore_latest(mngr, state)
+  if int(state.step):
     _log(f"[resume] from step {int(state.step)} in {ckpt_dir}")
 
   step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx), donate_argnums=0)
@@ -152,6 +152,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   _log(f"[model] {model.cfg.family} width {model.cfg.hidden_size} x {model.cfg.num_layers} layers, "
        f"{n_params:,} params; training to step {cfg.train.steps}")
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  resume_jsonl(metrics_path, int(state.step))  # rows a crash left past the checkpoint
   B, T = cfg.train.batch_size, cfg.train.steps
   tick = time.time()
   while int(state.step) < T:

@@ -16,6 +16,7 @@ from typing import Optional
 
 import jax
 import ml_collections
+import orbax.checkpoint as ocp
 
 # JAX's persistent compilation cache for the CLI's jobs (`use_compile_cache`)
 COMPILE_CACHE_ENV = "MFJAX_COMPILE_CACHE"
@@ -23,6 +24,64 @@ COMPILE_CACHE_DEFAULT = os.path.join("~", ".cache", "mfjax", "xla")
 COMPILE_CACHE_MAX_BYTES = 4 << 30
 # A workdir whose rollouts use another run's trained stages names that run here
 TRAINED_FROM_FILE = "trained_from.json"
+
+
+class RunFolderError(ValueError):
+  """A file in a run folder that cannot be read; the message names it (and the line)."""
+
+
+def read_json(path: str):
+  """The JSON in `path` (a run folder's own file), or RunFolderError naming it."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise RunFolderError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); "
+                         "this file is the run's own, not to be edited by hand") from None
+
+
+def resume_jsonl(path: str, last_step: int) -> None:
+  """Before a training loop resumes from its checkpoint at `last_step` (0: none):
+  drop the rows of the log `path` (one JSON object per line, each with its
+  "step") written after it, by a run that crashed between a log line and the next
+  save, so that no step is logged twice. A last line cut short by the crash goes
+  too; any other line that is not JSON is a RunFolderError naming it. A file
+  that needs no change is not written (another run may be reading it)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  rows = []
+  for i, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      step = json.loads(line).get("step", 0)
+    except json.JSONDecodeError as e:
+      if i == len(lines) and not line.endswith("\n"):  # the write the crash cut short
+        continue
+      raise RunFolderError(f"{path}:{i}: not valid JSON ({e.msg}); this log is the run's own, "
+                           "not to be edited by hand") from None
+    if step <= last_step:
+      rows.append(line)
+  if rows != lines:
+    with open(path, "w", encoding="utf-8") as f:
+      f.writelines(rows)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, state):
+  """`state` restored from the manager's latest checkpoint (onto the shardings of
+  `state`'s arrays), or `state` itself where there is none; a checkpoint that
+  cannot be restored is a RunFolderError naming its folder."""
+  step = mngr.latest_step()
+  if step is None:
+    return state
+  try:
+    return mngr.restore(step, args=ocp.args.StandardRestore(state))
+  except Exception as e:  # orbax raises many kinds; each means this folder cannot give the state back
+    where = os.path.join(str(mngr.directory), str(step))
+    raise RunFolderError(f"{where}: cannot restore this checkpoint ({type(e).__name__}: {e}); remove that folder "
+                         "to resume from the checkpoint before it, if any") from e
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -48,16 +107,14 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
     return
   resolved = json.loads(cfg.to_json())
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+    saved = read_json(path)
     if saved != resolved:
       diff = differing_keys(saved, resolved)
       raise SystemExit(f"error: {workdir} holds a run with a different config (keys {diff}); "
                        "use another --workdir or remove that folder")
   else:
     os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(resolved, f, indent=2)
+    write_json(path, resolved)  # atomic: a crash never leaves a config.json that cannot be read
 
 
 def check_trained_from(trained_from: str, workdir: str, cfg: ml_collections.ConfigDict,
@@ -70,8 +127,7 @@ def check_trained_from(trained_from: str, workdir: str, cfg: ml_collections.Conf
     raise FileNotFoundError(f"--trained-from {trained_from} holds no run (no config.json there)")
   if os.path.realpath(trained_from) == os.path.realpath(workdir):
     raise SystemExit(f"error: --trained-from names the workdir itself ({workdir}); leave it out to resume that run")
-  with open(path) as f:
-    saved = json.load(f)
+  saved = read_json(path)
   diff = [k for k in differing_keys(saved, json.loads(cfg.to_json())) if not k.startswith(may_differ)]
   if diff:
     keys = ", ".join(k + "*" if k.endswith(".") else k for k in may_differ)
@@ -90,8 +146,7 @@ def check_bound_to(workdir: str, trained_from: Optional[str], fresh: bool) -> bo
   path = os.path.join(workdir, TRAINED_FROM_FILE)
   saved = None
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)["trained_from"]
+    saved = read_json(path).get("trained_from")
   given = os.path.abspath(trained_from) if trained_from else None
   if saved == given:
     return False
@@ -119,7 +174,7 @@ def write_json(path: str, obj) -> None:
   if jax.process_index() != 0:
     return
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=2, ensure_ascii=False)
   os.replace(tmp, path)
 

@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from mfjax.ibtune import (TrainState, beta_schedule, fit, ib_tune_loss, make_opt
 from mfjax.ibtune.objective import subsample_agents
 from mfjax.model import unrolled
 from mfjax.model.lora import is_lora_path
+from mfjax.runs import RunFolderError
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +192,38 @@ def test_resume_continues_at_the_right_step_with_identical_params(tmp_path):
   assert rows == [1, 2, 3, 4, 5, 6]
   with pytest.raises(FileNotFoundError, match="not trained"):
     fit(workdir=str(tmp_path / "c"), state=fresh(), steps=6, trained_only=True, **kw)
+
+
+def test_a_crash_before_the_first_checkpoint_logs_no_step_twice(tmp_path):
+  fresh, step_fn, data = _fit_setup()
+  calls = []
+
+  def crashing(state, batch, rng):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt("simulated crash")
+    return step_fn(state, batch, rng)
+
+  kw = dict(name="t", workdir=str(tmp_path), data=data, batch_events=2, steps=6, seed=0, log_every=1, ckpt_every=3,
+            log=lambda *_: None)
+  with pytest.raises(KeyboardInterrupt):
+    fit(state=fresh(), step_fn=crashing, **kw)  # steps 1 and 2 logged, no checkpoint yet
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 3, "lo')  # and the third line cut short
+  fit(state=fresh(), step_fn=step_fn, **kw)
+  assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_checkpoint_that_cannot_be_restored_is_an_error_naming_it(tmp_path):
+  fresh, step_fn, data = _fit_setup()
+  kw = dict(name="t", workdir=str(tmp_path), step_fn=step_fn, data=data, batch_events=2, steps=3, seed=0,
+            ckpt_every=3, log=lambda *_: None)
+  fit(state=fresh(), **kw)
+  step_dir = tmp_path / "checkpoints" / "3"
+  for name in os.listdir(step_dir):  # what a disk or a hand can leave: the step's folder, emptied
+    shutil.rmtree(step_dir / name) if os.path.isdir(step_dir / name) else os.remove(step_dir / name)
+  with pytest.raises(RunFolderError, match=f"{step_dir}: cannot restore this checkpoint .*remove that folder"):
+    fit(state=fresh(), **kw)
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):

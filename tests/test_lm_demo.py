@@ -44,6 +44,8 @@ def test_run_writes_everything_and_crash_resume_is_exact(tmp_path, monkeypatch):
   _, p_resumed = hf.load_pretrained(str(tmp_path / "crash" / "model"))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), p_full, p_resumed)
   assert resumed["doubt_rate"] == full["doubt_rate"]
+  # step 30 was logged before the crash and again after the resume from 20: its log has it once
+  assert [json.loads(x) for x in open(tmp_path / "crash" / "metrics.jsonl")] == lines
 
 
 def test_generate_samples_from_an_exported_folder_and_refuses_one_without_a_tokenizer(tmp_path, capsys):

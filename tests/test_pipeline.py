@@ -13,8 +13,9 @@ from mfjax.__main__ import main
 from mfjax import configs
 from mfjax.evaluation import DIMENSIONS, bounds
 from mfjax.configs import ConfigError
-from mfjax.evaluation.report import rollout_path
+from mfjax.evaluation.report import ROLLOUT_ARRAYS, load_rollout, rollout_path
 from mfjax.pipeline_config import check_config, layer_fields, scratch_model_config
+from mfjax.runs import RunFolderError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(ROOT, "experiments", "quickstart.py") + ":smoke"
@@ -135,6 +136,10 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
     _cli("evaluate", tmp_path / "half")
   with pytest.raises(SystemExit, match="not trained"):
     _cli("simulate", tmp_path / "half")
+  (tmp_path / "torn").mkdir()  # a config.json that is not JSON (written atomically, so a hand's doing)
+  (tmp_path / "torn" / "config.json").write_text((wd / "config.json").read_text()[:50])
+  with pytest.raises(SystemExit, match="torn/config.json:.*: not valid JSON"):
+    _cli("evaluate", tmp_path / "torn")
   (tmp_path / "a_file").write_text("x")
   with pytest.raises(SystemExit, match="a_file is a file, not a folder"):
     _cli("run", tmp_path / "a_file")
@@ -148,6 +153,21 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   assert "[mesh] {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu device(s)" in capsys.readouterr().out
   results = _check_results(tmp_path / "ced", seeds=2)
   assert results["data"]["events"] == 4 and "reference" not in results
+
+
+def test_a_rollout_that_cannot_be_read_is_an_error_naming_it(tmp_path):
+  path = rollout_path(str(tmp_path), "mf", 1)
+  os.makedirs(os.path.dirname(path))
+  with open(path, "wb") as f:
+    f.write(b"PK\x03\x04 cut short")
+  with pytest.raises(RunFolderError, match=f"{path}: not a readable rollout .*mfjax simulate"):
+    load_rollout(str(tmp_path), "mf", 1)
+  arrays = {k: np.zeros((1, 2)) for k in ROLLOUT_ARRAYS}
+  np.savez(path, **arrays)
+  assert set(load_rollout(str(tmp_path), "mf", 1)) == set(ROLLOUT_ARRAYS)
+  np.savez(path, **{k: v for k, v in arrays.items() if k != "mf_kl"})  # an array missing
+  with pytest.raises(RunFolderError, match="mf_kl"):
+    load_rollout(str(tmp_path), "mf", 1)
 
 
 def test_model_scan_layers_reaches_the_model():

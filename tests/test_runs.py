@@ -1,11 +1,14 @@
-"""mfjax.runs: where the CLI keeps compiled programs between runs."""
+"""mfjax.runs: where the CLI keeps compiled programs between runs, and a run
+folder's own files read back after a crash or a hand edit."""
 
+import json
 import os
 
 import jax
 import pytest
 
-from mfjax.runs import COMPILE_CACHE_ENV, COMPILE_CACHE_MAX_BYTES, use_compile_cache
+from mfjax.runs import (COMPILE_CACHE_ENV, COMPILE_CACHE_MAX_BYTES, RunFolderError, read_json, resume_jsonl,
+                        use_compile_cache)
 
 
 @pytest.fixture
@@ -41,3 +44,40 @@ def test_compile_cache_default_is_under_the_users_cache_folder(monkeypatch, tmp_
   monkeypatch.setenv("HOME", str(tmp_path))
   jax.config.update("jax_compilation_cache_dir", None)
   assert use_compile_cache() == os.path.join(str(tmp_path), ".cache", "mfjax", "xla")
+
+
+def test_resume_jsonl_keeps_the_rows_up_to_the_checkpoint(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  resume_jsonl(str(path), 3)  # no log yet: nothing to do, nothing made
+  assert not path.exists()
+  path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3, 4, 5)))
+  resume_jsonl(str(path), 3)
+  assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3]
+  resume_jsonl(str(path), 0)  # no checkpoint yet: a rerun starts the log again
+  assert path.read_text() == ""
+
+
+def test_resume_jsonl_drops_a_last_line_cut_short_and_names_any_other_bad_line(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  rows = [json.dumps({"step": s}) + "\n" for s in (1, 2)]
+  path.write_text("".join(rows) + '{"step": 3, "lo')  # the crash cut the third write
+  resume_jsonl(str(path), 2)
+  assert path.read_text() == "".join(rows)
+  stamp = os.stat(path).st_mtime_ns
+  resume_jsonl(str(path), 2)  # nothing to drop: the file is not written (another run may read it)
+  assert os.stat(path).st_mtime_ns == stamp
+  path.write_text(rows[0] + "{bad\n" + rows[1])
+  with pytest.raises(RunFolderError, match=f"{path}:2: not valid JSON"):
+    resume_jsonl(str(path), 2)
+  path.write_text("".join(rows) + "{bad\n")  # a whole line (it ends the write): not a cut, an edit
+  with pytest.raises(RunFolderError, match=f"{path}:3: not valid JSON"):
+    resume_jsonl(str(path), 2)
+
+
+def test_read_json_names_the_file_and_line(tmp_path):
+  path = tmp_path / "config.json"
+  path.write_text('{"a": 1}')
+  assert read_json(str(path)) == {"a": 1}
+  path.write_text('{"a": 1,\n "b": }')
+  with pytest.raises(RunFolderError, match=f"{path}:2: not valid JSON"):
+    read_json(str(path))

@@ -1,9 +1,12 @@
 """Byte-level BPE trained on Chinese Weibo-like text, loaded by AutoTokenizer."""
 
+import os
+
 import pytest
 import transformers
 
 from mfjax.data import EOS, PAD, load_tokenizer, train_tokenizer
+from mfjax.data.tokenizers import TokenizerError
 
 TEXTS = ["这是谣言吧？[怒]", "转发微博", "真的吗？求真相 [泪]", "太好了[哈哈] 支持！", "是不是PS的？别信谣言",
          "辟谣：官方已经说明了", "心疼[泪][泪]", "//@某用户: 转发"] * 40
@@ -41,3 +44,16 @@ def test_bad_tokenizer_arguments(tmp_path):
   (tmp_path / "model" / "config.json").write_text('{"model_type": "qwen2"}')
   with pytest.raises(FileNotFoundError, match="model: no tokenizer files"):
     load_tokenizer(str(tmp_path / "model"))
+
+
+def test_a_trained_tokenizer_appears_whole_and_a_broken_one_is_an_error_naming_its_folder(tmp_path, monkeypatch):
+  moved, replace = [], os.replace
+  monkeypatch.setattr(os, "replace", lambda a, b: (moved.append(os.path.basename(b)), replace(a, b)))
+  train_tokenizer(TEXTS, 300, str(tmp_path / "tok"))
+  # tokenizer.json, what a rerun looks for, comes last: a crash while saving leaves no half tokenizer behind it
+  assert len(moved) > 1 and moved[-1] == "tokenizer.json"
+  assert sorted(os.listdir(tmp_path / "tok")) == sorted(moved)  # no temporary folder left
+  with open(tmp_path / "tok" / "tokenizer.json", "r+") as f:
+    f.truncate(100)
+  with pytest.raises(TokenizerError, match=f"{tmp_path / 'tok'}: its tokenizer files cannot be read"):
+    load_tokenizer(str(tmp_path / "tok"))

@@ -8,6 +8,7 @@ Both return a `transformers` fast tokenizer; a trained one is saved so that
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Iterable
 
 import tokenizers
@@ -18,6 +19,10 @@ PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 MIN_VOCAB = 256 + 3  # the byte symbols and the special tokens
 # a folder with none of these holds no tokenizer (fast, SentencePiece, BPE or WordPiece files)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+class TokenizerError(ValueError):
+  """Tokenizer files that cannot be read; the message names their folder."""
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str, *, min_frequency: int = 2,
@@ -35,7 +40,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str, *, min_fre
   fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS,
                                               padding_side=padding_side)
   os.makedirs(path, exist_ok=True)
-  fast.save_pretrained(path)
+  tmp = tempfile.mkdtemp(prefix=".saving-", dir=path)  # beside its files: os.replace stays on one filesystem
+  fast.save_pretrained(tmp)
+  # tokenizer.json last: a folder that has it has the whole tokenizer, even after a crash here (a rerun's test)
+  for name in sorted(os.listdir(tmp), key=lambda n: n == "tokenizer.json"):
+    os.replace(os.path.join(tmp, name), os.path.join(path, name))
+  os.rmdir(tmp)
   return fast
 
 
@@ -48,7 +58,10 @@ def load_tokenizer(path: str, padding_side: str = "left"):
     # transformers would build an empty tokenizer here, which encodes every text to no tokens
     raise FileNotFoundError(f"{path}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
                             "give the folder of the model's tokenizer")
-  tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+  try:
+    tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+  except Exception as e:  # a broken file: JSONDecodeError, or the `tokenizers` library's bare Exception
+    raise TokenizerError(f"{path}: its tokenizer files cannot be read ({type(e).__name__}: {e})") from e
   if not tok("a")["input_ids"]:
     raise FileNotFoundError(f"{path}: the tokenizer there encodes text to no tokens (incomplete tokenizer files?)")
   tok.padding_side = padding_side

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 from typing import Optional
 
 import numpy as np
@@ -38,7 +39,7 @@ import numpy as np
 from mfjax.data import synthetic
 from mfjax.evaluation import bounds, metrics, plots
 from mfjax.evaluation.labelers import DIMENSIONS, RuleLabeler, category_ids
-from mfjax.runs import write_json
+from mfjax.runs import RunFolderError, write_json
 
 
 class CachedLabeler:
@@ -125,6 +126,20 @@ def rollout_path(workdir: str, tag: str, seed: int) -> str:
   return os.path.join(workdir, "rollouts", f"{tag}_seed{seed}.npz")
 
 
+ROLLOUT_ARRAYS = ("tokens", "mask", "real_logprobs", "mf_kl")  # what `evaluate` reads of each rollout
+
+
+def load_rollout(workdir: str, tag: str, seed: int) -> dict:
+  """The arrays of one saved rollout (`rollout_path`), or RunFolderError naming a file that cannot be read."""
+  path = rollout_path(workdir, tag, seed)
+  try:
+    with np.load(path) as f:
+      return {k: f[k] for k in ROLLOUT_ARRAYS}
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    raise RunFolderError(f"{path}: not a readable rollout ({type(e).__name__}: {e}); remove it, and `python -m "
+                         "mfjax simulate` with this config and workdir writes it again") from None
+
+
 def world_runs(truth, warmup: int, draws: int, seed: int = 0) -> Optional[dict]:
   """{"world": category ids of `draws` free runs of the synthetic world from the real warm-up}
   (`synthetic.run_free`, seeds (seed, 0..draws-1)), or None without a world's truth. The ids are
@@ -168,14 +183,14 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
 
   def sim_ids(tag: str, seed: int, r=None) -> dict:
     if (tag, seed) not in labelled:
-      r = np.load(rollout_path(workdir, tag, seed)) if r is None else r
+      r = load_rollout(workdir, tag, seed) if r is None else r
       labelled[tag, seed] = label_ids(labeler, decode_actions(tokenizer, r["tokens"], r["mask"]), (E, T, B))
     return labelled[tag, seed]
 
   for tag, method, _ in runs:
     per_seed = []
     for seed in range(seeds):
-      r = np.load(rollout_path(workdir, tag, seed))
+      r = load_rollout(workdir, tag, seed)
       sim = sim_ids(tag, seed, r)
       per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], eval_batch.action_mask))
       if seed == 0:

@@ -36,6 +36,7 @@ from mfjax.model.lora import is_lora_path
 from mfjax.parallel.mesh import (batch_sharding, global_batch, opt_state_shardings, process_rows, replicated,
                                  with_activation_sharding)
 from mfjax.parallel.state import place
+from mfjax.runs import restore_latest, resume_jsonl
 
 TRAINABLE = ("lora+mf", "lora", "full", "mf")
 
@@ -142,18 +143,6 @@ def batch_at(data: dict, *, seed: int, step: int, events: int, mesh=None) -> dic
   return global_batch({k: v[idx[process_rows(events)]] for k, v in data.items()}, mesh)
 
 
-def _truncate_jsonl(path: str, last_step: int) -> None:
-  """Drop lines logged after the checkpoint we resume from (a crash between log and save)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = f.readlines()
-  rows = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= last_step]
-  if rows != lines:  # a finished stage's file is left as it is (another run may be reading its stages)
-    with open(path, "w") as f:
-      f.writelines(rows)
-
-
 def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: dict, batch_events: int, steps: int,
         seed: int, log_every: int = 10, ckpt_every: int = 100, eval_every: int = 0,
         eval_fn: Optional[Callable] = None, log: Callable = print, trained_only: bool = False,
@@ -177,13 +166,12 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
   os.makedirs(workdir, exist_ok=True)
   mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if mngr.latest_step() is not None:
-    state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
-    if jax.process_index() == 0:
-      _truncate_jsonl(metrics_path, int(state.step))
-    if int(state.step) < steps:
-      log(f"[{name}] resuming at step {int(state.step)} from {ckpt_dir}")
+  state = restore_latest(mngr, state)
   start = int(state.step)
+  if jax.process_index() == 0 and not trained_only:  # rows a crash left past the checkpoint (all, if none yet)
+    resume_jsonl(metrics_path, start)
+  if start and start < steps:
+    log(f"[{name}] resuming at step {start} from {ckpt_dir}")
   if trained_only and start < steps:
     raise FileNotFoundError(untrained.format(f"{start}/{steps} steps in {ckpt_dir}"))
   if start >= steps:
