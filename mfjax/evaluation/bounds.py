@@ -160,10 +160,12 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
 
 
 def table(result: dict, first: str = "simulator") -> str:
+  """`bounds`' result as text, the oracles starred as in the pipeline's table."""
   rows = [f"{first:<12}{'KL mean':>10}{'± std':>8}   KL per dimension"]
   for name, r in result["methods"].items():
     dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
-    rows.append(f"{name:<12}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}   {dims}")
+    label = f"{name}*" if name in ORACLES else name
+    rows.append(f"{label:<12}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}   {dims}")
   if "shrunk_pseudocounts" in result:
     ks = ", ".join(f"{d} {k:g}" for d, k in result["shrunk_pseudocounts"].items())
     rows.append(f"(shrunk's pseudo-agents k: {ks})")
