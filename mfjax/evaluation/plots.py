@@ -63,7 +63,9 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
     if name in sims_ref:
       y = steps(sims_ref[name]["kl_per_step"])
       about = " (run free)" if name == "world" else " (no model)"
-      ax.plot(np.arange(T), y, style, color=grey, label=name + ("*" if name in bounds.ORACLES else "") + about)
+      alone = dict(marker="_", ms=9) if np.isfinite(y).sum() == 1 else {}  # one scored step: a point, no line
+      ax.plot(np.arange(T), y, style, color=grey, label=name + ("*" if name in bounds.ORACLES else "") + about,
+              **alone)
   ax.axvspan(-0.5, warmup - 0.5, color="0.9")
   seeds = next(iter(results["methods"].values()))["seeds"] if results["methods"] else 0
   ax.set(xlabel="step", ylabel="KL(real || sim), mean over dimensions", title=f"KL per step (mean over {seeds} seeds)")
