@@ -2,6 +2,7 @@
 layout, each simulator's distribution by hand, the score against the pipeline's own metric,
 the pseudo-count fit, and the tool on the synthetic world and on real CED events."""
 
+import gzip
 import json
 import os
 import sys
@@ -179,6 +180,9 @@ def test_tool_on_the_synthetic_world_and_against_a_run(tmp_path, capsys):
   (run / "results.json").write_text(json.dumps({"data": {**data, "warmup": data["warmup"] + 1}, "methods": {}}))
   with pytest.raises(SystemExit, match="scored data.warmup="):
     population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--run", str(run)])
+  (run / "results.json").write_text('{"data": ')
+  with pytest.raises(SystemExit, match="results.json:1: not valid JSON"):
+    population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--run", str(run)])
   m = {"kl_mean": 0.5, "kl_mean_std": 0.01, "kl": {d: 0.5 for d in DIMENSIONS}, "nll": 1.0}
   (run / "results.json").write_text(json.dumps({"data": data, "methods": {"mf": m}}))
   population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--run", str(run)])
@@ -190,6 +194,15 @@ def test_tool_on_the_synthetic_world_and_against_a_run(tmp_path, capsys):
   with pytest.raises(SystemExit):
     population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--set", "dat.x=1"])
   assert "unknown config key 'dat.x'" in capsys.readouterr().err
+
+
+def test_tool_on_a_malformed_event_file_names_its_line(tmp_path):
+  for split in ("train", "val"):
+    with gzip.open(tmp_path / f"{split}.jsonl.gz", "wt") as f:
+      f.write("\n{oops\n")
+  with pytest.raises(SystemExit, match=r"train.jsonl.gz:2: invalid JSON"):
+    population_bounds.main(["--config", os.path.join(REPO, "experiments", "ced_weibo.py"),
+                            "--set", f"data.path={tmp_path}"])
 
 
 def test_tool_on_real_ced_events(ced_dir, tmp_path, capsys):

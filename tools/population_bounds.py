@@ -36,10 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from mfjax import configs, pipeline, pipeline_config  # noqa: E402
-from mfjax.data import step_texts  # noqa: E402
+from mfjax.data import EventFormatError, step_texts  # noqa: E402
 from mfjax.evaluation import bounds  # noqa: E402
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler, world_runs  # noqa: E402
-from mfjax.runs import differing_keys  # noqa: E402
+from mfjax.runs import RunFolderError, differing_keys, read_json  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
                               "quickstart.py")
@@ -63,15 +63,15 @@ def run_methods(run_dir: str, cfg, data: dict) -> dict:
     raise SystemExit(f"--run: {path} not found (run `python -m mfjax run` or `evaluate` there first)")
   if not os.path.exists(os.path.join(run_dir, "config.json")):
     raise SystemExit(f"--run: {run_dir} has results.json but no config.json: not a run folder of `python -m mfjax`")
-  with open(os.path.join(run_dir, "config.json")) as f:
-    saved = json.load(f)
+  try:
+    saved, results = read_json(os.path.join(run_dir, "config.json")), read_json(path)
+  except RunFolderError as e:
+    raise SystemExit(f"--run: {e}") from None
   diff = [k for k in differing_keys(saved, json.loads(cfg.to_json()))
           if k.startswith(SCORED_KEYS) and k != "data.path"]
   if diff:
     raise SystemExit(f"--run: {run_dir} scored other events or scored them otherwise: its config differs in {diff}; "
                      "give the config and --set overrides that run used")
-  with open(path) as f:
-    results = json.load(f)
   for key, value in data.items():
     if results.get("data", {}).get(key) != value:
       raise SystemExit(f"--run: {path} scored data.{key}={results.get('data', {}).get(key)!r}, these bounds "
@@ -98,7 +98,10 @@ def main(argv=None):
   except configs.ConfigError as e:
     ap.error(str(e))
   t0 = time.time()
-  train, _, scored, truth, split = pipeline.split_events(cfg)
+  try:
+    train, _, scored, truth, split = pipeline.split_events(cfg)
+  except (FileNotFoundError, EventFormatError) as e:  # data.path: no files there, or a malformed record
+    sys.exit(f"error: {e}")
   labeler = CachedLabeler(make_labeler(cfg.eval.labeler))
   real_ids, real_mask = labelled(scored, cfg, labeler)
   train_ids, train_mask = labelled(train, cfg, labeler)
