@@ -51,3 +51,17 @@ def test_hand_labelled_ced_val_comments_are_scored(ced_dir):
     assert all(r[d] in cats for d, cats in DIMENSIONS.items())
   out = labeler_quality.evaluate(os.path.join(ced_dir, "val.jsonl.gz"))  # every (eid, mid) is found in val
   assert out["n"] == 150 and all(0.0 <= out[d]["accuracy"] <= 1.0 for d in DIMENSIONS)
+
+
+def test_labeler_quality_on_a_missing_or_malformed_file_names_it(tmp_path, capsys):
+  import gzip
+  import os
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+  import labeler_quality
+  with pytest.raises(SystemExit, match="no such event file or folder: .*nope.jsonl.gz"):
+    labeler_quality.main(["--data", str(tmp_path / "nope.jsonl.gz")])
+  with gzip.open(tmp_path / "val.jsonl.gz", "wt") as f:
+    f.write("{oops\n")
+  with pytest.raises(SystemExit, match="val.jsonl.gz:1: invalid JSON"):
+    labeler_quality.main(["--data", str(tmp_path / "val.jsonl.gz")])

@@ -17,7 +17,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mfjax.data import load_events  # noqa: E402
+from mfjax.data import EventFormatError, load_events  # noqa: E402
 from mfjax.evaluation import DIMENSIONS, RuleLabeler  # noqa: E402
 from mfjax.evaluation.metrics import accuracy_macro_f1  # noqa: E402
 
@@ -49,11 +49,15 @@ def evaluate(data: str, labeler=None, hand_path: str = HAND) -> dict:
   return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "ced", "val.jsonl.gz"))
-  args = ap.parse_args()
-  print(json.dumps(evaluate(args.data)))
+  args = ap.parse_args(argv)
+  try:
+    out = evaluate(args.data)
+  except (FileNotFoundError, EventFormatError) as e:  # no file there, or a malformed record (named)
+    sys.exit(f"error: {e}")
+  print(json.dumps(out))
 
 
 if __name__ == "__main__":
