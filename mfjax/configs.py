@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import inspect
 import os
 
 import ml_collections
@@ -39,7 +40,10 @@ def load_module(path: str):
     raise ConfigError(f"config file {path!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"mfjax_config_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"{path}:{e.lineno}: {e.msg}") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} has no get_config(arg) function")
   return module
@@ -81,8 +85,11 @@ def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDi
   """Config from `file.py[:arg]`, locked, with `key=value` overrides applied."""
   path, _, arg = spec.partition(":")
   module = load_module(path)
+  takes_arg = bool(inspect.signature(module.get_config).parameters)  # ml_collections' plain get_config() too
+  if arg and not takes_arg:
+    raise ConfigError(f"{spec}: {path}'s get_config() takes no argument")
   try:
-    cfg = module.get_config(arg)
+    cfg = module.get_config(arg) if takes_arg else module.get_config()
   except ValueError as e:  # an experiment file's way to refuse an argument it does not know
     raise ConfigError(f"{spec}: {e}") from None
   if not isinstance(cfg, ml_collections.ConfigDict):

@@ -95,6 +95,21 @@ def test_config_overrides_and_errors():
     configs.load_config(SMOKE[:-1])
 
 
+def test_a_users_config_file_in_ml_collections_style_or_broken(tmp_path):
+  plain = tmp_path / "plain.py"  # ml_collections' own form: get_config() without an argument
+  plain.write_text("import ml_collections\n\ndef get_config():\n  return ml_collections.ConfigDict({'a': 1})\n")
+  assert configs.load_config(str(plain), ["a=2"]).a == 2
+  with pytest.raises(configs.ConfigError, match="plain.py:x: .*get_config\\(\\) takes no argument"):
+    configs.load_config(f"{plain}:x")
+  broken = tmp_path / "broken.py"
+  broken.write_text("import ml_collections\n\ndef get_config(:\n")
+  with pytest.raises(configs.ConfigError, match="broken.py:3: "):
+    configs.load_config(str(broken))
+  (tmp_path / "none.py").write_text("x = 1\n")
+  with pytest.raises(configs.ConfigError, match="none.py has no get_config"):
+    configs.load_config(str(tmp_path / "none.py"))
+
+
 def test_the_demos_own_configs_pass_the_check():
   lm_demo.check_config(configs.load_config(SMOKE[:-len(":smoke")], []))
   lm_demo.check_config(configs.load_config(SMOKE, []))
