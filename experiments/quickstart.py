@@ -9,7 +9,8 @@ and with the latent mean field by IB-Tune (`mf`), rolls every method out over
 held-out events (warm-up on the first real steps, then the model alone, 3
 seeds), labels the actions and prints KL(real || simulated) per method.
 
-About 9 minutes on 2 CPU cores (`smoke`: about 2 minutes):
+About 4 minutes on 2 CPU cores (219 s for the README's main command at commit
+07fe655; `smoke`: 57 s at commit 4a35747 with the compile cache off, 29 s with it warm):
 
   python -m mfjax run --config experiments/quickstart.py --workdir runs/quickstart
   python -m mfjax run --config experiments/quickstart.py:smoke --set ib.beta=0.01

@@ -1,5 +1,6 @@
-"""Run folders: one config per workdir, progress lines, JSON outputs, and the
-compiled programs kept between runs.
+"""Run folders: one config per workdir, progress lines, JSON outputs, training
+logs and checkpoints read back after a crash (a file that cannot be read is a
+RunFolderError naming it), and the compiled programs kept between runs.
 
 A workdir belongs to the config that created it (saved as config.json); a
 rerun with the same config resumes, a different one is refused with the keys
