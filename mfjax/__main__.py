@@ -111,6 +111,11 @@ def main(argv=None) -> None:
   except (ConfigError, CheckpointError, FileNotFoundError, EventFormatError, ShardingError, TokenizerError,
           RunFolderError) as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:  # Ctrl-C: what is saved stays; the same command picks it up
+    resumes = args.fn is not _generate
+    print(f"\ninterrupted{': the same command resumes from the last checkpoint' if resumes else ''}",
+          file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -138,3 +138,13 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     main(["lm-demo", "--help"])
   assert e.value.code == 0 and "--workdir" in capsys.readouterr().out
+
+
+def test_ctrl_c_ends_the_cli_with_a_line_saying_how_to_resume(tmp_path, monkeypatch, capsys):
+  def interrupted(cfg, workdir):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(lm_demo, "run", interrupted)
+  with pytest.raises(SystemExit) as e:
+    main(["lm-demo", "--config", SMOKE, "--workdir", str(tmp_path)])
+  assert e.value.code == 130  # as a shell reports Ctrl-C
+  assert "interrupted: the same command resumes from the last checkpoint" in capsys.readouterr().err
