@@ -102,14 +102,15 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   from mfjax.configs import ConfigError
   from mfjax.data import EventFormatError
-  from mfjax.model.hf import CheckpointError
   from mfjax.data.tokenizers import TokenizerError
+  from mfjax.model.hf import CheckpointError
+  from mfjax.model.safetensors_io import SafetensorsError
   from mfjax.parallel import ShardingError
   from mfjax.runs import RunFolderError
   try:
     args.fn(args)
-  except (ConfigError, CheckpointError, FileNotFoundError, EventFormatError, ShardingError, TokenizerError,
-          RunFolderError) as e:
+  except (ConfigError, CheckpointError, SafetensorsError, FileNotFoundError, EventFormatError, ShardingError,
+          TokenizerError, RunFolderError) as e:  # bad input: one line naming the file, line or key
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:  # Ctrl-C: what is saved stays; the same command picks it up
     resumes = args.fn is not _generate

@@ -9,7 +9,8 @@ import pytest
 
 from mfjax import configs, lm_demo, runs
 from mfjax.__main__ import main
-from mfjax.model import hf
+from mfjax.data import train_tokenizer
+from mfjax.model import ModelConfig, hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "experiments", "lm_demo.py") + ":smoke"
@@ -135,6 +136,15 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     main(["lm-demo", "--config", SMOKE, "--workdir", str(tmp_path), "--set", "train.stepz=1"])
   with pytest.raises(SystemExit, match="no config.json"):
     main(["generate", "--model", str(tmp_path), "--prompt", "x"])
+  model = tmp_path / "model"  # a model folder whose weights file was cut short
+  model.mkdir()
+  tiny = ModelConfig(vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                     intermediate_size=64)
+  (model / "config.json").write_text(json.dumps(hf.config_to_hf(tiny, "float32")))
+  train_tokenizer(["转发微博，别信谣言"] * 20, 300, str(model))
+  (model / "model.safetensors").write_bytes(b"\x10")
+  with pytest.raises(SystemExit, match="model.safetensors: too short to be a safetensors file"):
+    main(["generate", "--model", str(model), "--prompt", "x"])
   with pytest.raises(SystemExit) as e:
     main(["lm-demo", "--help"])
   assert e.value.code == 0 and "--workdir" in capsys.readouterr().out
