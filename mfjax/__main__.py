@@ -106,12 +106,14 @@ def main(argv=None) -> None:
   from mfjax.model.hf import CheckpointError
   from mfjax.model.safetensors_io import SafetensorsError
   from mfjax.parallel import ShardingError
-  from mfjax.runs import RunFolderError
+  from mfjax.runs import Preempted, RunFolderError
   try:
     args.fn(args)
   except (ConfigError, CheckpointError, SafetensorsError, FileNotFoundError, EventFormatError, ShardingError,
           TokenizerError, RunFolderError) as e:  # bad input: one line naming the file, line or key
     sys.exit(f"error: {e}")
+  except Preempted as e:  # the host is going away; its state is saved
+    sys.exit(f"{e}")
   except KeyboardInterrupt:  # Ctrl-C: what is saved stays; the same command picks it up
     resumes = args.fn is not _generate
     print(f"\ninterrupted{': the same command resumes from the last checkpoint' if resumes else ''}",

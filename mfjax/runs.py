@@ -31,6 +31,10 @@ class RunFolderError(ValueError):
   """A file in a run folder that cannot be read; the message names it (and the line)."""
 
 
+class Preempted(RuntimeError):
+  """A training loop stopped after saving its state on a preemption notice: the same command resumes."""
+
+
 def read_json(path: str):
   """The JSON in `path` (a run folder's own file), or RunFolderError naming it."""
   try:

@@ -4,10 +4,14 @@ JAX_PROCESS_ID), builds a (2, 2, 2) mesh over every process's CPU devices,
 supplies only its own rows of the batch, takes one sharded train step and one
 sharded rollout, and (process 0) writes the loss and the gathered tokens to $OUT.
 Then `run_fit` trains 2 steps with orbax checkpoints in $WORKDIR (every process
-saves its shards) and resumes to 4 on a (4, 2, 1) mesh."""
+saves its shards) and resumes to 4 on a (4, 2, 1) mesh. With two processes, a
+last fit is preempted (process 1 sends itself a SIGTERM): every process saves
+the same step and stops."""
 
 import json
 import os
+import re
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +32,7 @@ from mfjax.parallel import global_batch, make_mesh  # noqa: E402
 from mfjax.parallel.mesh import process_rows  # noqa: E402
 from mfjax.parallel.state import policy_shardings, to_host  # noqa: E402
 from mfjax.rollout import simulate  # noqa: E402
+from mfjax.runs import Preempted  # noqa: E402
 
 model, encoder, params = mf_setup.make_model()
 batch = mf_setup.make_batch(seed=3, e=8)
@@ -57,9 +62,28 @@ def run_fit(workdir: str, log=print):
   return state
 
 
+def run_preempted(workdir: str) -> int:
+  """A long fit with the first train step (compiled for the (2, 2, 2) mesh), in which process 1 sends
+  itself a SIGTERM (a preemption notice) after step 3: the step every process saved before stopping."""
+  fresh, _ = sharded_state(params, tx, mesh=mesh, param_shardings=policy_shardings(model, encoder, params, mesh))
+
+  def log(line):
+    if jax.process_index() == 1 and "step 3/" in line:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier catches it; the process lives on
+  try:
+    fit(name="t", workdir=workdir, state=fresh, step_fn=step, data=mf_setup.make_batch(seed=4, e=16), batch_events=8,
+        steps=200, seed=0, log_every=1, ckpt_every=200, mesh=mesh, log=log)
+  except Preempted as e:
+    return int(re.search(r"step (\d+) saved", str(e)).group(1))
+  raise AssertionError("not preempted")
+
+
+result = {"loss": float(metrics["loss"]), "tokens": np.asarray(out.tokens).tolist(),
+          "processes": jax.process_count(), "devices": jax.device_count(),
+          "local_rows": int(len(local["agent_mask"]))}
+run_fit(os.environ["WORKDIR"], log=lambda *_: None)
+if jax.process_count() > 1:  # one process has no preemption service: nothing would stop the fit
+  result["preempted_at"] = run_preempted(os.environ["WORKDIR"] + "_preempted")
 if distributed.is_main():
   with open(os.environ["OUT"], "w") as f:
-    json.dump({"loss": float(metrics["loss"]), "tokens": np.asarray(out.tokens).tolist(),
-               "processes": jax.process_count(), "devices": jax.device_count(),
-               "local_rows": int(len(local["agent_mask"]))}, f)
-run_fit(os.environ["WORKDIR"], log=lambda *_: None)
+    json.dump(result, f)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 from mf_setup import make_batch, make_model
@@ -17,7 +18,7 @@ from mfjax.ibtune import (TrainState, beta_schedule, fit, ib_tune_loss, make_opt
 from mfjax.ibtune.objective import subsample_agents
 from mfjax.model import unrolled
 from mfjax.model.lora import is_lora_path
-from mfjax.runs import RunFolderError
+from mfjax.runs import Preempted, RunFolderError
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +213,25 @@ def test_a_crash_before_the_first_checkpoint_logs_no_step_twice(tmp_path):
     f.write('{"step": 3, "lo')  # and the third line cut short
   fit(state=fresh(), step_fn=step_fn, **kw)
   assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_preemption_notice_saves_that_step_and_the_rerun_resumes_there(tmp_path, monkeypatch):
+  fresh, step_fn, data = _fit_setup()
+  kw = dict(name="t", step_fn=step_fn, data=data, batch_events=2, steps=6, seed=0, log_every=1, ckpt_every=3,
+            log=lambda *_: None)
+  straight = fit(workdir=str(tmp_path / "a"), state=fresh(), **kw)
+  # JAX's preemption sync point (a SIGTERM to a host of a multi-host run) falls on step 4, off the 3-step interval
+  monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption", lambda self, step: step == 4)
+  with pytest.raises(Preempted, match="preempted: step 4 saved in .*the same command resumes"):
+    fit(workdir=str(tmp_path / "b"), state=fresh(), **kw)
+  assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["3", "4"]
+  monkeypatch.undo()
+  logs = []
+  resumed = fit(workdir=str(tmp_path / "b"), state=fresh(), **{**kw, "log": logs.append})
+  assert "resuming at step 4" in logs[0]
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+  assert [json.loads(line)["step"] for line in open(tmp_path / "b" / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_checkpoint_that_cannot_be_restored_is_an_error_naming_it(tmp_path):

@@ -2,7 +2,8 @@
 `mfjax.parallel.distributed` into one (2, 2, 2) mesh: the multi-host path
 (per-process batch rows, a sharded train step, a sharded rollout gathered back,
 orbax checkpoints written by both and restored onto another mesh) gives what
-one process computes."""
+one process computes; a SIGTERM to one process (a preemption notice) makes both
+save the same step and stop."""
 
 import json
 import os
@@ -70,3 +71,9 @@ def test_two_processes_equal_one(tmp_path):
   assert got["checkpoints"] == one["checkpoints"] == ["2", "4"]
   assert [r["step"] for r in got["metrics"]] == [1, 2, 3, 4]  # written once, by process 0
   np.testing.assert_allclose([r["loss"] for r in got["metrics"]], [r["loss"] for r in one["metrics"]], rtol=1e-6)
+
+  # a preemption notice to one host (SIGTERM to process 1 after step 3): both save the same step past it, then stop
+  k = got["preempted_at"]
+  assert k > 3 and os.listdir(tmp_path / "two_fit_preempted" / "checkpoints") == [str(k)]
+  steps = [json.loads(line)["step"] for line in (tmp_path / "two_fit_preempted" / "metrics.jsonl").open()]
+  assert steps == list(range(1, k + 1))

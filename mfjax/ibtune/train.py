@@ -36,7 +36,7 @@ from mfjax.model.lora import is_lora_path
 from mfjax.parallel.mesh import (batch_sharding, global_batch, opt_state_shardings, process_rows, replicated,
                                  with_activation_sharding)
 from mfjax.parallel.state import place
-from mfjax.runs import restore_latest, resume_jsonl
+from mfjax.runs import Preempted, restore_latest, resume_jsonl
 
 TRAINABLE = ("lora+mf", "lora", "full", "mf")
 
@@ -152,7 +152,9 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
   step_fn(state, batch, rng) -> (state, metrics) is the jitted `train_step`;
   eval_fn(params) -> {name: float} runs on validation data every `eval_every`
   steps and at the end. Writes workdir/metrics.jsonl and workdir/checkpoints.
-  Stops with FloatingPointError naming the step if the loss is not finite.
+  Stops with FloatingPointError naming the step if the loss is not finite, and
+  with `Preempted` once every host has saved the step a preemption notice
+  (JAX's preemption sync point, multi-host runs) names.
   `trained_only` restores a finished stage and refuses to train, writing
   nothing (the stage may be another run's, read with --trained-from). With a mesh,
   batches are global arrays sharded over events and a checkpoint restores onto
@@ -201,7 +203,12 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
     if row is not None and jax.process_index() == 0:
       with open(metrics_path, "a") as f:
         f.write(json.dumps(row) + "\n")
-    if done % ckpt_every == 0 or done == steps:
+    # a preemption notice (SIGTERM to any host of a multi-host run): every host saves the same step, then stops
+    preempted = mngr.reached_preemption(done)
+    if done % ckpt_every == 0 or done == steps or preempted:
       mngr.save(done, args=ocp.args.StandardSave(state))
+    if preempted:
+      mngr.wait_until_finished()
+      raise Preempted(f"[{name}] preempted: step {done} saved in {ckpt_dir}; the same command resumes from it")
   mngr.wait_until_finished()
   return state
