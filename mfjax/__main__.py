@@ -100,18 +100,11 @@ def main(argv=None) -> None:
   p.set_defaults(fn=_generate)
 
   args = parser.parse_args(argv)
-  from mfjax.configs import ConfigError
-  from mfjax.data import EventFormatError
-  from mfjax.data.tokenizers import TokenizerError
-  from mfjax.model.hf import CheckpointError
-  from mfjax.model.safetensors_io import SafetensorsError
-  from mfjax.parallel import ShardingError
-  from mfjax.runs import Preempted, RunFolderError
+  from mfjax.errors import one_line_errors
+  from mfjax.runs import Preempted
   try:
-    args.fn(args)
-  except (ConfigError, CheckpointError, SafetensorsError, FileNotFoundError, EventFormatError, ShardingError,
-          TokenizerError, RunFolderError) as e:  # bad input: one line naming the file, line or key
-    sys.exit(f"error: {e}")
+    with one_line_errors():  # bad input: one line naming the file, line or key
+      args.fn(args)
   except Preempted as e:  # the host is going away; its state is saved
     sys.exit(f"{e}")
   except KeyboardInterrupt:  # Ctrl-C: what is saved stays; the same command picks it up

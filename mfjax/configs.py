@@ -15,9 +15,11 @@ import os
 
 import ml_collections
 
+from mfjax.errors import UserError
 
-class ConfigError(ValueError):
-  pass
+
+class ConfigError(UserError):
+  """A config file, key or value that cannot be used; the message names it."""
 
 
 # The from-scratch model's sizes in the pipeline's and the LM demo's configs (each at least 1)

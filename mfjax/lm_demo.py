@@ -34,7 +34,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from mfjax import sampling
-from mfjax.configs import MODEL_SIZES, check, check_at_least
+from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least
 from mfjax.data import builtin, load_tokenizer, train_tokenizer
 from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.model import Decoder, ModelConfig, hf, init_params
@@ -78,7 +78,8 @@ def encode(tok, texts: list[str], max_len: int, *, add_eos: bool):
          for t in texts]
   too_long = sum(len(x) > max_len for x in ids)
   if too_long:
-    raise ValueError(f"{too_long} sequences exceed data.max_len={max_len}; raise it")
+    raise ConfigError(f"data.max_len: {too_long} of {len(ids)} sequences are longer than {max_len} tokens "
+                      f"(the longest has {max(map(len, ids))}); raise it")
   out = np.full((len(ids), max_len), tok.pad_token_id, np.int32)
   mask = np.zeros((len(ids), max_len), np.int32)
   for i, x in enumerate(ids):

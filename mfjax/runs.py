@@ -19,6 +19,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from mfjax.errors import UserError
+
 # JAX's persistent compilation cache for the CLI's jobs (`use_compile_cache`)
 COMPILE_CACHE_ENV = "MFJAX_COMPILE_CACHE"
 COMPILE_CACHE_DEFAULT = os.path.join("~", ".cache", "mfjax", "xla")
@@ -27,7 +29,7 @@ COMPILE_CACHE_MAX_BYTES = 4 << 30
 TRAINED_FROM_FILE = "trained_from.json"
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError):
   """A file in a run folder that cannot be read; the message names it (and the line)."""
 
 

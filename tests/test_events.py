@@ -131,7 +131,6 @@ def test_ced_raw_layout_converts_to_the_shared_files(tmp_path, val_events):
 
 
 def test_step_batches_of_real_events(val_events):
-  import transformers
   from mfjax.data import train_tokenizer
   events, _ = val_events
   sample = events[:6]

@@ -131,6 +131,13 @@ def test_bad_values_are_errors_naming_the_key_before_anything_is_written(tmp_pat
   assert not os.path.exists(tmp_path / "w")
 
 
+def test_texts_longer_than_max_len_are_an_error_naming_the_key(tmp_path):
+  """Found only once the tokenizer has read the corpus: the error names the key and the length needed."""
+  with pytest.raises(SystemExit, match=r"error: data.max_len: \d+ of \d+ sequences are longer than 8 tokens "
+                                       r"\(the longest has \d+\); raise it"):
+    main(["lm-demo", "--config", SMOKE, "--workdir", str(tmp_path / "w"), "--set", "data.max_len=8"])
+
+
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
   with pytest.raises(SystemExit, match="unknown config key 'train.stepz'"):
     main(["lm-demo", "--config", SMOKE, "--workdir", str(tmp_path), "--set", "train.stepz=1"])

@@ -427,6 +427,8 @@ def test_aot_memory_refuses_a_bad_config_by_key():
     tool.main(["--config", quick, "--set", "model.remat=dotz"])
   with pytest.raises(SystemExit, match="error: unknown config key 'model.rmat'"):
     tool.main(["--config", quick, "--set", "model.rmat=full"])
+  with pytest.raises(SystemExit, match=r"error: .*nope: no config.json \(is this a Hugging Face model folder"):
+    tool.main(["--config", quick, "--set", f"model.checkpoint={os.path.join(quick, 'nope')}"])
 
 
 def test_aot_memory_execute_runs_the_compiled_steps_on_the_mesh(capsys):

@@ -81,3 +81,39 @@ def test_read_json_names_the_file_and_line(tmp_path):
   path.write_text('{"a": 1,\n "b": }')
   with pytest.raises(RunFolderError, match=f"{path}:2: not valid JSON"):
     read_json(str(path))
+
+
+def test_every_value_error_mfjax_defines_is_a_user_error():
+  """The CLI and the tools catch `BAD_INPUT`: an error class added later as a plain ValueError
+  would reach users as a traceback."""
+  import importlib
+  import inspect
+  import pkgutil
+
+  import mfjax
+  from mfjax.errors import UserError
+  found = {}
+  for info in pkgutil.walk_packages(mfjax.__path__, "mfjax."):
+    if info.name == "mfjax.__main__":
+      continue
+    module = importlib.import_module(info.name)
+    for name, obj in vars(module).items():
+      if inspect.isclass(obj) and issubclass(obj, ValueError) and obj.__module__ == info.name:
+        found[f"{info.name}.{name}"] = obj
+  assert {"mfjax.configs.ConfigError", "mfjax.data.events.EventFormatError", "mfjax.runs.RunFolderError",
+          "mfjax.model.hf.CheckpointError"} < set(found)
+  assert [n for n, c in found.items() if not issubclass(c, UserError)] == []
+
+
+def test_one_line_errors_turns_bad_input_into_one_line_and_lets_bugs_through(tmp_path):
+  from mfjax.errors import one_line_errors
+  with pytest.raises(SystemExit, match=r"^error: .*config.json:1: not valid JSON"):
+    (tmp_path / "config.json").write_text("{")
+    with one_line_errors():
+      read_json(str(tmp_path / "config.json"))
+  with pytest.raises(SystemExit, match=r"^error: .*No such file.*nope"):
+    with one_line_errors():
+      open(tmp_path / "nope")
+  with pytest.raises(ValueError, match="a bug"):  # not the user's to fix: the traceback stays
+    with one_line_errors():
+      raise ValueError("a bug")

@@ -81,6 +81,7 @@ def main(argv=None):
   import jax
 
   from mfjax import configs
+  from mfjax.errors import one_line_errors
   from mfjax.model import hf
   from mfjax.model.config import PRESETS
   from mfjax.parallel import MeshConfig, ShardingError, make_mesh
@@ -88,20 +89,18 @@ def main(argv=None):
   from mfjax.parallel.aot import Shapes, rollout_memory, train_step_memory
   from mfjax.pipeline_config import check_config, layer_fields, lora_config, mf_config, scratch_model_config
 
-  try:
+  with one_line_errors():  # a bad config key or value, or a checkpoint folder that cannot be read
     cfg = configs.load_config(args.config, args.set)
     check_config(cfg)
-  except configs.ConfigError as e:
-    sys.exit(f"error: {e}")
-  dtype = cfg.model.dtype
-  if args.preset:
-    if args.preset not in PRESETS:
-      sys.exit(f"error: unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
-    model_cfg = PRESETS[args.preset](dtype=dtype, param_dtype=dtype, **layer_fields(cfg))
-  elif cfg.model.checkpoint:
-    model_cfg = hf.load_config(cfg.model.checkpoint, dtype=dtype, param_dtype=dtype, **layer_fields(cfg))
-  else:
-    model_cfg = scratch_model_config(cfg, cfg.tokenizer.vocab_size)
+    dtype = cfg.model.dtype
+    if args.preset:
+      if args.preset not in PRESETS:
+        sys.exit(f"error: unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
+      model_cfg = PRESETS[args.preset](dtype=dtype, param_dtype=dtype, **layer_fields(cfg))
+    elif cfg.model.checkpoint:
+      model_cfg = hf.load_config(cfg.model.checkpoint, dtype=dtype, param_dtype=dtype, **layer_fields(cfg))
+    else:
+      model_cfg = scratch_model_config(cfg, cfg.tokenizer.vocab_size)
   mf_cfg, lora = mf_config(cfg, model_cfg.hidden_size), lora_config(cfg)
   whats = args.what.split(",")
   unknown = [w for w in whats if w not in ("train", "rollout")]

@@ -17,7 +17,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mfjax.data import EventFormatError, load_events  # noqa: E402
+from mfjax.data import load_events  # noqa: E402
+from mfjax.errors import one_line_errors  # noqa: E402
 from mfjax.evaluation import DIMENSIONS, RuleLabeler  # noqa: E402
 from mfjax.evaluation.metrics import accuracy_macro_f1  # noqa: E402
 
@@ -53,10 +54,8 @@ def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "ced", "val.jsonl.gz"))
   args = ap.parse_args(argv)
-  try:
+  with one_line_errors():  # no file there, or a malformed record (named)
     out = evaluate(args.data)
-  except (FileNotFoundError, EventFormatError) as e:  # no file there, or a malformed record (named)
-    sys.exit(f"error: {e}")
   print(json.dumps(out))
 
 

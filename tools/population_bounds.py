@@ -36,7 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from mfjax import configs, pipeline, pipeline_config  # noqa: E402
-from mfjax.data import EventFormatError, step_texts  # noqa: E402
+from mfjax.data import step_texts  # noqa: E402
+from mfjax.errors import one_line_errors  # noqa: E402
 from mfjax.evaluation import bounds  # noqa: E402
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler, world_runs  # noqa: E402
 from mfjax.runs import RunFolderError, differing_keys, read_json  # noqa: E402
@@ -98,13 +99,11 @@ def main(argv=None):
   except configs.ConfigError as e:
     ap.error(str(e))
   t0 = time.time()
-  try:
+  with one_line_errors():  # data.path: no files there, or a malformed record; a labeler's model folder
     train, _, scored, truth, split = pipeline.split_events(cfg)
-  except (FileNotFoundError, EventFormatError) as e:  # data.path: no files there, or a malformed record
-    sys.exit(f"error: {e}")
-  labeler = CachedLabeler(make_labeler(cfg.eval.labeler))
-  real_ids, real_mask = labelled(scored, cfg, labeler)
-  train_ids, train_mask = labelled(train, cfg, labeler)
+    labeler = CachedLabeler(make_labeler(cfg.eval.labeler))
+    real_ids, real_mask = labelled(scored, cfg, labeler)
+    train_ids, train_mask = labelled(train, cfg, labeler)
   warmup = cfg.rollout.warmup
   print(f"[bounds] {len(scored)} {split} events x {cfg.data.steps} steps x {cfg.data.agents_per_step} agents, "
         f"warm-up {warmup}; {len(train)} training events; labelled in {time.time() - t0:.1f} s", file=sys.stderr)

@@ -27,6 +27,8 @@ import json
 import os
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from mfjax.errors import UserError
+
 FORMATS = ("ced", "ced-raw", "rumdect", "jsonl")
 _CST = datetime.timezone(datetime.timedelta(hours=8))  # CED dates are Beijing time
 
@@ -53,7 +55,7 @@ class Event:
   meta: dict = dataclasses.field(default_factory=dict)  # source-specific extras (poster profile, counts, ...)
 
 
-class EventFormatError(ValueError):
+class EventFormatError(UserError):
   """A malformed record; the message names file, line (if any) and field."""
 
   def __init__(self, path: str, line: Optional[int], field: Optional[str], problem: str):

@@ -15,13 +15,15 @@ import tokenizers
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from mfjax.errors import UserError
+
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 MIN_VOCAB = 256 + 3  # the byte symbols and the special tokens
 # a folder with none of these holds no tokenizer (fast, SentencePiece, BPE or WordPiece files)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
   """Tokenizer files that cannot be read; the message names their folder."""
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mfjax.errors import UserError
 from mfjax.model import safetensors_io
 from mfjax.model.config import ModelConfig, RopeScaling
 from mfjax.model.lora import merge_lora
@@ -28,7 +29,7 @@ _ARCHS = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "Ll
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
   """A checkpoint folder that mfjax cannot load faithfully."""
 
 

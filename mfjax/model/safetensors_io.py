@@ -15,6 +15,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from mfjax.errors import UserError
+
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
@@ -22,8 +24,8 @@ _DTYPES = {
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
-  pass
+class SafetensorsError(UserError):
+  """A .safetensors file that cannot be read; the message names it."""
 
 
 def read(path: str) -> dict[str, np.ndarray]:

@@ -43,6 +43,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mfjax.errors import UserError
 from mfjax.parallel import axes
 
 AXES = ("data", "fsdp", "tensor")
@@ -70,7 +71,7 @@ RULES: tuple[tuple[str, Optional[str | tuple[str, ...]]], ...] = (
 )
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError):
   """A parameter the rules cannot place, or a mesh that does not fit the devices."""
 
 
