@@ -38,7 +38,7 @@ from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least
 from mfjax.data import builtin, load_tokenizer, train_tokenizer
 from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.model import Decoder, ModelConfig, hf, init_params
-from mfjax.runs import check_workdir, log as _log, restore_latest, resume_jsonl
+from mfjax.runs import check_workdir, log as _log, restore_latest, resume_jsonl, write_json
 
 SEP = "："
 
@@ -187,7 +187,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   gen_tokens, gen_mask = np.asarray(out.tokens), np.asarray(out.mask)
   generated = [tok.decode(row[m & (row != tok.eos_token_id)], skip_special_tokens=True)
                for row, m in zip(gen_tokens, gen_mask)]
-  with open(os.path.join(workdir, "samples.jsonl"), "w") as f:
+  with open(os.path.join(workdir, "samples.jsonl"), "w", encoding="utf-8") as f:  # the texts as written
     for i, text in enumerate(generated):
       f.write(json.dumps({"topic": i // n, "text": text}, ensure_ascii=False) + "\n")
   per_topic = []
@@ -202,8 +202,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   gap = float(np.mean([abs(r["doubt_corpus"] - r["doubt_model"]) for r in per_topic]))
   results = {"final_loss": final_loss, "steps": int(state.step), "doubt_rate": per_topic,
              "doubt_rate_mean_abs_gap": gap, "device": str(jax.devices()[0]), "seconds": time.time() - t0}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, ensure_ascii=False)
+  write_json(os.path.join(workdir, "results.json"), results)
   _plots(workdir, metrics_path, per_topic)
 
   _log(f"\n{'topic':<36}{'doubt corpus':>14}{'doubt model':>13}")

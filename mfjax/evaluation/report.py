@@ -28,7 +28,6 @@ intervention, every random draw unchanged).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import zipfile
@@ -315,8 +314,3 @@ def intervention_table(iv: dict) -> str:
   if "world" in iv:
     rows.append(f"{'world (exact)':<14}" + "".join(f"{iv['world']['effect'][d][c]:>+11.4f}{'':>7}" for d, c in shown))
   return "\n".join(rows)
-
-
-def load_results(workdir: str) -> dict:
-  with open(os.path.join(workdir, "results.json")) as f:
-    return json.load(f)
