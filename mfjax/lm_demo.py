@@ -23,31 +23,22 @@ import os
 import sys
 import time
 import types
-from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from mfjax import sampling
 from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least
 from mfjax.data import builtin, load_tokenizer, train_tokenizer
 from mfjax.data.tokenizers import MIN_VOCAB
+from mfjax.ibtune.train import TrainState, fit
 from mfjax.model import Decoder, ModelConfig, hf, init_params
-from mfjax.runs import check_workdir, log as _log, restore_latest, resume_jsonl, write_json
+from mfjax.runs import check_workdir, log as _log, write_json
 
 SEP = "："
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
 
 
 def lm_loss(*, model: Decoder, params, tokens_BxL, mask_BxL):
@@ -61,8 +52,9 @@ def lm_loss(*, model: Decoder, params, tokens_BxL, mask_BxL):
   return loss, {"nll": loss, "tokens": n}
 
 
-def train_step(state: TrainState, batch, *, model: Decoder, tx: optax.GradientTransformation):
-  """One optimizer step; pure, jitted once per run (static model/tx bound by partial)."""
+def train_step(state: TrainState, batch, rng=None, *, model: Decoder, tx: optax.GradientTransformation):
+  """One optimizer step; pure, jitted once per run (static model/tx bound by partial). `rng` is
+  unused (the loss draws nothing): the signature is the one `ibtune.fit` calls."""
   (loss, aux), grads = jax.value_and_grad(
       lambda p: lm_loss(model=model, params=p, tokens_BxL=batch["tokens"], mask_BxL=batch["mask"]),
       has_aux=True)(state.params)
@@ -86,13 +78,6 @@ def encode(tok, texts: list[str], max_len: int, *, add_eos: bool):
     out[i, max_len - len(x):] = x
     mask[i, max_len - len(x):] = 1
   return out, mask
-
-
-def batch_at(tokens, mask, *, seed: int, step: int, batch_size: int) -> dict:
-  """The batch of a given step: a pure function of (seed, step), so the data
-  position of a resumed run is its step and no sampler state is checkpointed."""
-  idx = np.random.default_rng([seed, step]).integers(0, len(tokens), batch_size)
-  return {"tokens": jnp.asarray(tokens[idx]), "mask": jnp.asarray(mask[idx])}
 
 
 def _model_config(cfg, vocab_size: int, tok) -> ModelConfig:
@@ -142,36 +127,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   params = init_params(model, rng)
   state = TrainState(jnp.int32(0), params, tx.init(params))
 
-  ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-  state = restore_latest(mngr, state)
-  if int(state.step):
-    _log(f"[resume] from step {int(state.step)} in {ckpt_dir}")
-
-  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx), donate_argnums=0)
+  # the loop the pipeline's stages use: resume, a log trimmed to the checkpoint, preemption, a non-finite stop
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  _log(f"[model] {model.cfg.family} width {model.cfg.hidden_size} x {model.cfg.num_layers} layers, "
-       f"{n_params:,} params; training to step {cfg.train.steps}")
+  state = fit(name="train", workdir=workdir, state=state,
+              step_fn=jax.jit(functools.partial(train_step, model=model, tx=tx), donate_argnums=0),
+              data={"tokens": tokens, "mask": mask}, batch_events=cfg.train.batch_size, steps=cfg.train.steps,
+              seed=cfg.seed, log_every=cfg.train.log_every, ckpt_every=cfg.train.ckpt_every, log=_log,
+              about=f"{model.cfg.family} width {model.cfg.hidden_size} x {model.cfg.num_layers} layers, "
+                    f"{n_params:,} params, batches of {cfg.train.batch_size} texts")
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  resume_jsonl(metrics_path, int(state.step))  # rows a crash left past the checkpoint
-  B, T = cfg.train.batch_size, cfg.train.steps
-  tick = time.time()
-  while int(state.step) < T:
-    step = int(state.step)
-    state, m = step_fn(state, batch_at(tokens, mask, seed=cfg.seed, step=step, batch_size=B))
-    done = step + 1
-    if done % cfg.train.log_every == 0 or done == T:
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
-      if not np.isfinite(m["loss"]):
-        raise FloatingPointError(f"loss became {m['loss']} at step {done}; lower train.lr")
-      rate = cfg.train.log_every / max(time.time() - tick, 1e-9)
-      tick = time.time()
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps({"step": done, **m}) + "\n")
-      _log(f"[train] step {done}/{T}  loss {m['loss']:.4f}  grad_norm {m['grad_norm']:.3f}  {rate:.1f} steps/s")
-    if done % cfg.train.ckpt_every == 0 or done == T:
-      mngr.save(done, args=ocp.args.StandardSave(state))
-  mngr.wait_until_finished()
 
   model_dir = os.path.join(workdir, "model")
   hf.save_pretrained(model, state.params, model_dir, overwrite=True)
