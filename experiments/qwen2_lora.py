@@ -1,4 +1,4 @@
-"""MF-LLM with the paper's backbone: a local Qwen2-1.5B checkpoint, LoRA
+r"""MF-LLM with the paper's backbone: a local Qwen2-1.5B checkpoint, LoRA
 adapters + the latent mean field trained by IB-Tune, on the CED Weibo events,
 sharded over every device (one multi-GPU host, or a TPU pod slice with
 `tools/tpu_pod.py`).

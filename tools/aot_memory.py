@@ -1,4 +1,4 @@
-"""Per-device memory of an experiment on a mesh, before any hardware is booked.
+r"""Per-device memory of an experiment on a mesh, before any hardware is booked.
 
 Compiles the IB-Tune train step and the `mf` rollout ahead of time against
 abstract shapes (nothing is allocated) for the given mesh, and prints one JSON
