@@ -52,8 +52,28 @@ def _generate(args) -> None:
     print(f"{prompt}{text}")
 
 
+def _epilog() -> str:
+  """The main commands, and each experiment file with its docstring's title (read, not imported)."""
+  import ast
+  import glob
+  import textwrap
+  rows = []
+  for path in sorted(glob.glob(os.path.join(_REPO, "experiments", "*.py"))):
+    with open(path, encoding="utf-8") as f:
+      doc = " ".join((ast.get_docstring(ast.parse(f.read())) or "").split())
+    rows.append(f"  {os.path.basename(path):<19} {textwrap.shorten(doc.split('. ')[0], 95, placeholder=' ...')}")
+  return "\n".join([
+      "examples:",
+      "  python -m mfjax run      # the quickstart on its built-in synthetic events, into runs/quickstart",
+      "  python -m mfjax run --config experiments/quickstart.py:smoke --workdir runs/smoke   # a one-minute check",
+      "  python tools/download_data.py --out data/ced   # real Weibo events (CED), then:",
+      "  python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced",
+      "", "experiments/ (--config experiments/FILE[:arg]; each file's docstring says more):", *rows])
+
+
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m mfjax", description=__doc__)
+  parser = argparse.ArgumentParser(prog="python -m mfjax", description=__doc__, epilog=_epilog(),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
 
   quick = os.path.join(_REPO, "experiments", "quickstart.py")

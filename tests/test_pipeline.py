@@ -299,3 +299,15 @@ def test_a_run_from_a_local_checkpoint_and_another_models_tokenizer(tmp_path, ca
   with pytest.raises(SystemExit, match=r"does not fit the model in .*other: its base vocabulary needs 300 ids, "
                                        r"the model has 128; it belongs to another model"):
     _cli("train", tmp_path / "run2", extra=[f"model.checkpoint={tmp_path / 'other'}"])
+
+
+def test_help_lists_every_experiment_with_its_title(capsys):
+  with pytest.raises(SystemExit) as e:
+    main(["--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  names = sorted(f for f in os.listdir(os.path.join(ROOT, "experiments")) if f.endswith(".py"))
+  assert len(names) >= 7
+  for name in names:
+    assert f"\n  {name:<19} " in out, name
+  assert "quickstart.py       Quickstart: MF-LLM on the synthetic world, where the truth is known\n" in out
