@@ -52,6 +52,19 @@ def _generate(args) -> None:
     print(f"{prompt}{text}")
 
 
+def _number(kind, ok, needs: str):
+  """An argparse type: a `kind` (int, float) for which ok(value) holds; else a usage error saying `needs`."""
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not ok(value):
+      raise argparse.ArgumentTypeError(f"must be {needs}, got {text}")
+    return value
+  return parse
+
+
 def _epilog() -> str:
   """The main commands, and each experiment file with its docstring's title (read, not imported)."""
   import ast
@@ -111,11 +124,15 @@ def main(argv=None) -> None:
   p.add_argument("--model", required=True, help="local HF folder (config.json + *.safetensors)")
   p.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
   p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable: one batch)")
-  p.add_argument("--max-new-tokens", type=int, default=32)
-  p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-  p.add_argument("--top-k", type=int, default=0, help="0 = off")
-  p.add_argument("--top-p", type=float, default=0.95, help="1 = off")
-  p.add_argument("--dtype", default="float32", help="compute and parameter dtype (float32, bfloat16)")
+  p.add_argument("--max-new-tokens", type=_number(int, lambda v: v >= 1, "at least 1"), default=32)
+  p.add_argument("--temperature", type=_number(float, lambda v: v >= 0, "at least 0"), default=0.8,
+                 help="0 = greedy (default: %(default)s)")
+  p.add_argument("--top-k", type=_number(int, lambda v: v >= 0, "at least 0"), default=0,
+                 help="0 = off (default: %(default)s)")
+  p.add_argument("--top-p", type=_number(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=0.95,
+                 help="1 = off (default: %(default)s)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                 help="compute and parameter dtype (default: %(default)s)")
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(fn=_generate)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -166,3 +167,14 @@ def test_ctrl_c_ends_the_cli_with_a_line_saying_how_to_resume(tmp_path, monkeypa
     main(["lm-demo", "--config", SMOKE, "--workdir", str(tmp_path)])
   assert e.value.code == 130  # as a shell reports Ctrl-C
   assert "interrupted: the same command resumes from the last checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--dtype", "float33", "invalid choice: 'float33'"), ("--max-new-tokens", "0", "must be at least 1, got 0"),
+    ("--top-p", "0", r"must be in \(0, 1\], got 0"), ("--temperature", "-1", "must be at least 0, got -1"),
+    ("--temperature", "nan", "must be at least 0, got nan"), ("--top-k", "x", "'x' is not an integer")])
+def test_generate_refuses_bad_sampling_flags_before_reading_the_model(tmp_path, capsys, flag, value, message):
+  with pytest.raises(SystemExit) as e:  # the model folder does not exist: the flag is checked first
+    main(["generate", "--model", str(tmp_path / "none"), "--prompt", "x", flag, value])
+  assert e.value.code == 2
+  assert re.search(f"argument {flag}: {message}", capsys.readouterr().err)
