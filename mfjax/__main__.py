@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from mfjax.errors import checked, one_line_errors
+
 # transformers is used for tokenizers only here; its "PyTorch was not found" advisory is noise.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -50,19 +52,6 @@ def _generate(args) -> None:
   for prompt, row, mask in zip(args.prompt, out.tokens.tolist(), out.mask.tolist()):
     text = tok.decode([t for t, m in zip(row, mask) if m], skip_special_tokens=True)
     print(f"{prompt}{text}")
-
-
-def _number(kind, ok, needs: str):
-  """An argparse type: a `kind` (int, float) for which ok(value) holds; else a usage error saying `needs`."""
-  def parse(text: str):
-    try:
-      value = kind(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if not ok(value):
-      raise argparse.ArgumentTypeError(f"must be {needs}, got {text}")
-    return value
-  return parse
 
 
 def _epilog() -> str:
@@ -124,12 +113,12 @@ def main(argv=None) -> None:
   p.add_argument("--model", required=True, help="local HF folder (config.json + *.safetensors)")
   p.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
   p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable: one batch)")
-  p.add_argument("--max-new-tokens", type=_number(int, lambda v: v >= 1, "at least 1"), default=32)
-  p.add_argument("--temperature", type=_number(float, lambda v: v >= 0, "at least 0"), default=0.8,
+  p.add_argument("--max-new-tokens", type=checked(int, lambda v: v >= 1, "at least 1"), default=32)
+  p.add_argument("--temperature", type=checked(float, lambda v: v >= 0, "at least 0"), default=0.8,
                  help="0 = greedy (default: %(default)s)")
-  p.add_argument("--top-k", type=_number(int, lambda v: v >= 0, "at least 0"), default=0,
+  p.add_argument("--top-k", type=checked(int, lambda v: v >= 0, "at least 0"), default=0,
                  help="0 = off (default: %(default)s)")
-  p.add_argument("--top-p", type=_number(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=0.95,
+  p.add_argument("--top-p", type=checked(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=0.95,
                  help="1 = off (default: %(default)s)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                  help="compute and parameter dtype (default: %(default)s)")
@@ -137,7 +126,6 @@ def main(argv=None) -> None:
   p.set_defaults(fn=_generate)
 
   args = parser.parse_args(argv)
-  from mfjax.errors import one_line_errors
   from mfjax.runs import Preempted
   try:
     with one_line_errors():  # bad input: one line naming the file, line or key

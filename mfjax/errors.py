@@ -3,12 +3,14 @@
 Each module raises its own subclass of `UserError` (a config key, a malformed event record, a
 checkpoint from another model, a sharding rule, a run folder file), whose message names the
 file, line, field or key. `BAD_INPUT` adds a missing file; `one_line_errors` turns any of them
-into one `error: ...` line and exit status 1, with no traceback. This module imports nothing
-heavy, so a command's `--help` stays fast.
+into one `error: ...` line and exit status 1, with no traceback. `checked` is the same for a
+command-line number (argparse's usage error). This module imports nothing heavy, so a
+command's `--help` stays fast.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 
@@ -27,3 +29,17 @@ def one_line_errors(prefix: str = "error: "):
     yield
   except BAD_INPUT as e:
     sys.exit(f"{prefix}{e}")
+
+
+def checked(kind, ok, needs: str):
+  """An argparse `type`: a `kind` (int, float) for which ok(value) holds, else a usage error
+  naming the flag and saying what it `needs` ("at least 1", "in (0, 1]")."""
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not ok(value):
+      raise argparse.ArgumentTypeError(f"must be {needs}, got {text}")
+    return value
+  return parse

@@ -3,6 +3,7 @@ folder's own files read back after a crash or a hand edit."""
 
 import json
 import os
+import re
 
 import jax
 import pytest
@@ -117,3 +118,20 @@ def test_one_line_errors_turns_bad_input_into_one_line_and_lets_bugs_through(tmp
   with pytest.raises(ValueError, match="a bug"):  # not the user's to fix: the traceback stays
     with one_line_errors():
       raise ValueError("a bug")
+
+
+def test_checked_flags_name_the_flag_and_the_range(capsys):
+  import argparse
+
+  from mfjax.errors import checked
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--n", type=checked(int, lambda v: v >= 1, "at least 1"))
+  ap.add_argument("--p", type=checked(float, lambda v: 0 < v <= 1, "in (0, 1]"))
+  assert ap.parse_args(["--n", "3", "--p", "1"]).n == 3
+  for argv, message in ((["--n", "0"], "argument --n: must be at least 1, got 0"),
+                        (["--n", "1.5"], "argument --n: '1.5' is not an integer"),
+                        (["--p", "x"], "argument --p: 'x' is not a number"),
+                        (["--p", "nan"], r"argument --p: must be in \(0, 1\], got nan")):
+    with pytest.raises(SystemExit):
+      ap.parse_args(argv)
+    assert re.search(message, capsys.readouterr().err), argv

@@ -1,6 +1,7 @@
 """The synthetic mean-field world: labels recoverable, ground truth exact,
 population information necessary."""
 
+import json
 import os
 import sys
 
@@ -158,3 +159,13 @@ def test_world_bounds_tool_puts_the_free_world_below_every_population_blind_simu
   out = world_bounds.bounds(synthetic.WorldConfig(herding=10, mood_herding=6, share_herding=6), 200, 3, seed=5)
   assert out["floor_real"] < out["oracle"] < out["state_oracle"]
   assert out["oracle"] < out["free"] < out["state_oracle"] - 0.05
+
+
+def test_world_bounds_tool_refuses_a_warmup_that_leaves_no_step_to_score(capsys):
+  """A warm-up of all 12 steps scored nothing and printed NaN for every simulator."""
+  with pytest.raises(SystemExit) as e:
+    world_bounds.main(["--warmup", "12"])
+  assert e.value.code == 2 and "argument --warmup: must be in [0, 12)" in capsys.readouterr().err
+  world_bounds.main(["--events", "8", "--warmup", "11", "--agents-per-step", "4"])
+  out = json.loads(capsys.readouterr().out)
+  assert out["world"]["agents_per_step"] == 4 and all(np.isfinite(out[k]) for k in ("oracle", "free"))
