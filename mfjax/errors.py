@@ -43,3 +43,6 @@ def checked(kind, ok, needs: str):
       raise argparse.ArgumentTypeError(f"must be {needs}, got {text}")
     return value
   return parse
+
+
+positive_int = checked(int, lambda v: v >= 1, "at least 1")  # sizes, counts, repeats

@@ -108,6 +108,9 @@ def test_layer_flags_train_the_same_model_another_way(capsys, monkeypatch):
   with pytest.raises(SystemExit):
     bench.parse_args(["train", "--remat-policy", "dots_everywhere"])
   assert "unknown remat_policy 'dots_everywhere'" in capsys.readouterr().err
+  with pytest.raises(SystemExit):  # a size of 0 was a traceback deep in the model (or a divide by zero)
+    bench.parse_args(["rollout", "--agents", "0"])
+  assert "argument --agents: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_flop_counts_match_a_hand_count():

@@ -65,6 +65,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mfjax.errors import positive_int  # noqa: E402
+
 TARGETS = {("rollout", "policy_1event"): 1.2, ("rollout", "policy_8events"): 3.0, ("rollout", "mf_step"): 10.0,
            ("rollout", "text_mf_step"): None,  # the paper's algorithm on both sides: no target in the issue
            ("train", "ib_tune"): 2.0, ("mfu", "train_step"): 0.5, ("mfu", "simulate"): 0.5}
@@ -504,13 +506,13 @@ def _remat_policy(name: str) -> str:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
   """The benchmark model's and batch's sizes (shared with tools/profile_step.py)."""
-  p.add_argument("--width", type=int, default=512)
-  p.add_argument("--layers", type=int, default=8)
-  p.add_argument("--vocab", type=int, default=8192)
-  p.add_argument("--agents", type=int, default=16, help="B: agents per step")
-  p.add_argument("--prompt", type=int, default=128)
-  p.add_argument("--action", type=int, default=32)
-  p.add_argument("--slots", type=int, default=4, help="K: latent mean-field prefix vectors")
+  p.add_argument("--width", type=positive_int, default=512)
+  p.add_argument("--layers", type=positive_int, default=8)
+  p.add_argument("--vocab", type=positive_int, default=8192)
+  p.add_argument("--agents", type=positive_int, default=16, help="B: agents per step")
+  p.add_argument("--prompt", type=positive_int, default=128)
+  p.add_argument("--action", type=positive_int, default=32)
+  p.add_argument("--slots", type=positive_int, default=4, help="K: latent mean-field prefix vectors")
   p.add_argument("--unroll-layers", action="store_true",
                  help="train: run the LM's layers as a Python loop, not a lax.scan over stacked weights "
                       "(model.scan_layers=False; rollouts unroll them either way)")
@@ -527,15 +529,15 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("bench", choices=["rollout", "train", "mfu", "all"])
   add_model_args(p)
-  p.add_argument("--summary", type=int, default=200,
+  p.add_argument("--summary", type=positive_int, default=200,
                  help="tokens of a text mean-field summary (the reference's; mfjax's in text_mf_step)")
-  p.add_argument("--steps", type=int, default=4, help="T of the rollout cases")
+  p.add_argument("--steps", type=positive_int, default=4, help="T of the rollout cases")
   p.add_argument("--cases", default="",
                  help="rollout: comma-separated subset of policy_1event,policy_8events,mf_step,text_mf_step")
-  p.add_argument("--train-events", type=int, default=1)
-  p.add_argument("--train-steps", type=int, default=2, help="T of a training batch")
-  p.add_argument("--mfu-events", type=int, default=8, help="events of the simulate MFU case")
-  p.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+  p.add_argument("--train-events", type=positive_int, default=1)
+  p.add_argument("--train-steps", type=positive_int, default=2, help="T of a training batch")
+  p.add_argument("--mfu-events", type=positive_int, default=8, help="events of the simulate MFU case")
+  p.add_argument("--repeats", type=positive_int, default=3, help="timed runs (median reported)")
   p.add_argument("--mfjax-only", action="store_true",
                  help="time mfjax alone, no reference runs (no speedup): to compare two commits of mfjax")
   p.add_argument("--score-real", action="store_true",

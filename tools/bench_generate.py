@@ -26,19 +26,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mfjax.errors import positive_int  # noqa: E402
+
 from bench import generate_flops, peak_flops  # noqa: E402  (tools/bench.py: the shared FLOP counts)
 from bench import timed as _timed  # noqa: E402
 
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--batch", type=int, default=16)
-  ap.add_argument("--prompt", type=int, default=128)
-  ap.add_argument("--new", type=int, default=32)
-  ap.add_argument("--width", type=int, default=512)
-  ap.add_argument("--layers", type=int, default=8)
-  ap.add_argument("--vocab", type=int, default=8192)
-  ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (median is reported)")
+  ap.add_argument("--batch", type=positive_int, default=16)
+  ap.add_argument("--prompt", type=positive_int, default=128)
+  ap.add_argument("--new", type=positive_int, default=32)
+  ap.add_argument("--width", type=positive_int, default=512)
+  ap.add_argument("--layers", type=positive_int, default=8)
+  ap.add_argument("--vocab", type=positive_int, default=8192)
+  ap.add_argument("--repeats", type=positive_int, default=3, help="timed runs per side (median is reported)")
   ap.add_argument("--skip-torch", action="store_true", help="time mfjax only (e.g. where torch is absent)")
   args = ap.parse_args()
 

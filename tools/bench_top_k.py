@@ -31,6 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from bench import timed  # noqa: E402
 from mfjax import sampling  # noqa: E402
+from mfjax.errors import positive_int  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:
@@ -59,11 +60,11 @@ def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--rows", default="1024,128,16", help="rows of logits per call, comma-separated "
                   "(1024 = 64 events x 16 agents, the bfloat16 MFU case; 16 = one event)")
-  ap.add_argument("--vocab", type=int, default=8192)
-  ap.add_argument("--k", type=int, default=50)
+  ap.add_argument("--vocab", type=positive_int, default=8192)
+  ap.add_argument("--k", type=positive_int, default=50)
   ap.add_argument("--chunks", default="256,512,1024,2048", help="chunk sizes of top_k_chunked to time")
-  ap.add_argument("--calls", type=int, default=50)
-  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--calls", type=positive_int, default=50)
+  ap.add_argument("--repeats", type=positive_int, default=5)
   args = ap.parse_args(argv)
   k = args.k
   variants = {"lax_top_k": lambda x: jax.lax.top_k(x, k), "lax_top_k16": lambda x: jax.lax.top_k(x, 16)}

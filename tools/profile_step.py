@@ -59,6 +59,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench  # noqa: E402
+from mfjax.errors import checked, positive_int  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -73,8 +74,9 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("what", choices=["train", "simulate"])
   bench.add_model_args(p)
-  p.add_argument("--events", type=int, default=0, help="E (default: 1 for train, 8 for simulate)")
-  p.add_argument("--steps", type=int, default=0, help="T (default: 2 for train, 4 for simulate)")
+  or_default = checked(int, lambda v: v >= 0, "at least 0 (0: the default)")
+  p.add_argument("--events", type=or_default, default=0, help="E (default: 1 for train, 8 for simulate)")
+  p.add_argument("--steps", type=or_default, default=0, help="T (default: 2 for train, 4 for simulate)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                  help="compute dtype (train: float32 weights, as bench.py; simulate: weights in it)")
   p.add_argument("--method", choices=["mf", "state"], default="mf",
@@ -82,8 +84,8 @@ def parse_args(argv=None):
                       "(its policy_* cases)")
   p.add_argument("--score-real", action="store_true",
                  help="simulate: also score the real actions, as the pipeline's rollouts do (bench.py --score-real)")
-  p.add_argument("--runs", type=int, default=2, help="traced runs after the compiled one")
-  p.add_argument("--top", type=int, default=30, help="ops printed")
+  p.add_argument("--runs", type=positive_int, default=2, help="traced runs after the compiled one")
+  p.add_argument("--top", type=positive_int, default=30, help="ops printed")
   p.add_argument("--trace-dir", default="", help="keep the trace here (default: a temporary folder, removed)")
   args = p.parse_args(argv)
   args.events = args.events or (1 if args.what == "train" else 8)
