@@ -125,18 +125,24 @@ def intervention(workdir: str, traces: dict, agent_mask, section: dict) -> None:
 
 
 def training_curves(workdir: str, stages: list[str], stages_dir: Optional[str] = None) -> None:
-  """Loss per step of every training stage found in `stages_dir` (default: the
-  workdir), plotted into the workdir's plots/."""
+  """NLL per action token of every training stage found in `stages_dir` (default: the
+  workdir), on its training batches (line) and on the validation events (circles,
+  dashed), plotted into the workdir's plots/."""
   plt = _plt()
   fig, ax = plt.subplots(figsize=(5.5, 3.4))
   for s in stages:
     path = os.path.join(stages_dir or workdir, s, "metrics.jsonl")
     if not os.path.exists(path):
       continue
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    rows = [r for r in rows if "relevance" in r]
-    ax.plot([r["step"] for r in rows], [r["relevance"] for r in rows], label=s)
-  ax.set(xlabel="step", ylabel="train NLL per action token", title="training")
+    with open(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    train = [r for r in rows if "relevance" in r]
+    (line,) = ax.plot([r["step"] for r in train], [r["relevance"] for r in train], label=s, lw=1)
+    val = [r for r in rows if "val_relevance" in r]
+    if val:
+      ax.plot([r["step"] for r in val], [r["val_relevance"] for r in val], "o--", color=line.get_color(), ms=3.5,
+              lw=1, label=f"{s} val")
+  ax.set(xlabel="step", ylabel="NLL per action token", title="training (line) and validation (circles)")
   ax.legend(fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
