@@ -80,6 +80,28 @@ def _world(cfg) -> synthetic.WorldConfig:
   return synthetic.WorldConfig(steps=d.steps, agents_per_step=d.agents_per_step, **cfg.world.to_dict())
 
 
+def data_files(d) -> dict:
+  """{split: path} of the CED files a run reads (train, val, the eval split); FileNotFoundError naming
+  the first one missing."""
+  files = {s: os.path.join(d.path, f"{s}.jsonl.gz") for s in ("train", "val", d.eval_split)}
+  for f in files.values():
+    if not os.path.exists(f):
+      raise FileNotFoundError(f"data.path: {f} not found (get the data with: python tools/download_data.py)")
+  return files
+
+
+def check_inputs(cfg) -> None:
+  """What a run reads from outside its workdir, checked before anything is written there: the CED
+  files, and a model checkpoint with a tokenizer that fits it. A wrong path then leaves no
+  workdir whose config.json would refuse the corrected command."""
+  if cfg.data.source == "ced":
+    data_files(cfg.data)
+  if cfg.model.checkpoint:
+    path = cfg.model.checkpoint
+    model_cfg = hf.load_config(path)  # first: "not a model folder" says more than "no tokenizer there"
+    hf.check_tokenizer(load_tokenizer(path), model_cfg, path, path)
+
+
 def split_events(cfg):
   """(train, val, eval events, eval truth, eval split name)."""
   d = cfg.data
@@ -90,11 +112,7 @@ def split_events(cfg):
     val, _ = synthetic.generate(d.val_events, seed=d.seed + 1, config=world)
     test, truth = synthetic.generate(d.eval_events, seed=d.seed + 2, config=world)
     return train, val, test, truth, "synthetic-test"
-  # ced
-  files = {s: os.path.join(d.path, f"{s}.jsonl.gz") for s in ("train", "val", d.eval_split)}
-  for s, f in files.items():
-    if not os.path.exists(f):
-      raise FileNotFoundError(f"data.path: {f} not found (get the data with: python tools/download_data.py)")
+  files = data_files(d)
   # holdout is read only for the final report, never for training or selection
   take = lambda split, n: [e for e in itertools.islice(load_events(files[split], "ced"), n)]
   train = take("train", d.train_events)
@@ -404,6 +422,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
       os.path.join(trained_from, "tokenizer", "tokenizer.json")):
     raise FileNotFoundError(f"{trained_from} has no trained tokenizer (tokenizer/tokenizer.json): "
                             "train that run first")
+  check_inputs(cfg)
   check_workdir(workdir, cfg)
   if record:
     record_trained_from(workdir, trained_from)

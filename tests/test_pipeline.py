@@ -205,6 +205,7 @@ def test_ced_missing_path_is_a_clear_error(tmp_path):
   cfg = os.path.join(ROOT, "experiments", "ced_weibo.py") + ":smoke"
   with pytest.raises(SystemExit, match="train.jsonl.gz not found"):
     _cli("train", tmp_path / "x", config=cfg, extra=[f"data.path={tmp_path / 'nowhere'}"])
+  assert not os.path.exists(tmp_path / "x")  # the corrected data.path then runs in the same workdir
 
 
 EXPERIMENTS = ["quickstart.py", "quickstart.py:smoke", "ced_weibo.py", "ced_weibo.py:smoke", "ib_beta_sweep.py",
@@ -299,6 +300,11 @@ def test_a_run_from_a_local_checkpoint_and_another_models_tokenizer(tmp_path, ca
   with pytest.raises(SystemExit, match=r"does not fit the model in .*other: its base vocabulary needs 300 ids, "
                                        r"the model has 128; it belongs to another model"):
     _cli("train", tmp_path / "run2", extra=[f"model.checkpoint={tmp_path / 'other'}"])
+  # refused before the workdir is made: no config.json is left to refuse the corrected command
+  assert not os.path.exists(tmp_path / "run2")
+  with pytest.raises(SystemExit, match=r"nowhere: no config.json \(is this a Hugging Face model folder"):
+    _cli("run", tmp_path / "run3", extra=[f"model.checkpoint={tmp_path / 'nowhere'}"])
+  assert not os.path.exists(tmp_path / "run3")
 
 
 def test_help_lists_every_experiment_with_its_title(capsys):
