@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sys
 import time
 import types
@@ -108,16 +109,22 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train (or resume), sample, evaluate, write results. Returns the results dict."""
   check_config(cfg)
+  fresh = not os.path.exists(workdir)
   check_workdir(workdir, cfg)
   t0 = time.time()
   data = builtin.corpus(cfg.data.n_per_topic, seed=cfg.seed)
   texts = [builtin.TOPICS[t][0] + SEP + c for t, c in data]
   tok_dir = os.path.join(workdir, "tokenizer")
-  if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-    tok = load_tokenizer(tok_dir)
-  else:
-    tok = train_tokenizer(texts, cfg.tokenizer.vocab_size, tok_dir)
-  tokens, mask = encode(tok, texts, cfg.data.max_len, add_eos=True)
+  try:
+    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+      tok = load_tokenizer(tok_dir)
+    else:
+      tok = train_tokenizer(texts, cfg.tokenizer.vocab_size, tok_dir)
+    tokens, mask = encode(tok, texts, cfg.data.max_len, add_eos=True)  # data.max_len is checked only here
+  except ConfigError:
+    if fresh:  # all of it made by this call: the corrected command must not meet its config.json
+      shutil.rmtree(workdir)
+    raise
   _log(f"[data] {len(texts)} texts, {int(mask.sum())} tokens, vocab {len(tok)}")
 
   model = Decoder(_model_config(cfg, len(tok), tok))

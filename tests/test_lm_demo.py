@@ -138,6 +138,12 @@ def test_texts_longer_than_max_len_are_an_error_naming_the_key(tmp_path):
   with pytest.raises(SystemExit, match=r"error: data.max_len: \d+ of \d+ sequences are longer than 8 tokens "
                                        r"\(the longest has \d+\); raise it"):
     main(["lm-demo", "--config", SMOKE, "--workdir", str(tmp_path / "w"), "--set", "data.max_len=8"])
+  assert not os.path.exists(tmp_path / "w")  # so that the corrected command runs there
+  os.makedirs(tmp_path / "kept")  # a folder the user made (or an earlier run's) is left as it is
+  (tmp_path / "kept" / "notes.txt").write_text("mine")
+  with pytest.raises(SystemExit, match="data.max_len"):
+    main(["lm-demo", "--config", SMOKE, "--workdir", str(tmp_path / "kept"), "--set", "data.max_len=8"])
+  assert (tmp_path / "kept" / "notes.txt").read_text() == "mine"
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
