@@ -49,9 +49,9 @@ from mfjax.evaluation.report import check_rollouts, evaluate, make_labeler, roll
 from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, make_mesh
 from mfjax.parallel.mesh import check_events, process_rows, with_activation_sharding
 from mfjax.parallel.state import place, policy_shardings, to_host
-from mfjax.pipeline_config import (EVAL_ONLY_KEYS, check_config, check_data_choices, intervention_of, intervention_runs,
-                                   layer_fields, lora_config, methods, mf_config, rollout_runs, scratch_model_config,
-                                   sweep_betas)
+from mfjax.pipeline_config import (EVAL_ONLY_KEYS, LAYOUT_KEYS, check_config, check_data_choices, intervention_of,
+                                   intervention_runs, layer_fields, lora_config, methods, mf_config, rollout_runs,
+                                   scratch_model_config, sweep_betas, trained_stages)
 from mfjax.runs import (COMPILE_CACHE_ENV, check_bound_to, check_trained_from, check_workdir, log,
                         record_trained_from)
 
@@ -88,6 +88,16 @@ def data_files(d) -> dict:
     if not os.path.exists(f):
       raise FileNotFoundError(f"data.path: {f} not found (get the data with: python tools/download_data.py)")
   return files
+
+
+def check_mesh(cfg, mesh, *, rollouts: bool) -> None:
+  """Every batch the run splits over the mesh divides it, checked before anything is written (each
+  stage and the rollouts check theirs again as they start)."""
+  for section in dict.fromkeys(trained_stages(cfg).values()):
+    check_events(cfg[section].batch_events, mesh, f"{section}.batch_events")
+  if rollouts:
+    check_events(min(cfg.rollout.batch_events, cfg.data.eval_events), mesh,
+                 "rollout.batch_events (or data.eval_events, if fewer)")
 
 
 def check_inputs(cfg) -> None:
@@ -422,8 +432,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
       os.path.join(trained_from, "tokenizer", "tokenizer.json")):
     raise FileNotFoundError(f"{trained_from} has no trained tokenizer (tokenizer/tokenizer.json): "
                             "train that run first")
+  mesh = None
+  if "train" in commands or "simulate" in commands:
+    mesh = mesh_from(cfg)
+    check_mesh(cfg, mesh, rollouts="simulate" in commands)
   check_inputs(cfg)
-  check_workdir(workdir, cfg)
+  check_workdir(workdir, cfg, may_differ=LAYOUT_KEYS)
   if record:
     record_trained_from(workdir, trained_from)
   stages = trained_from or workdir  # where the trained stages and the tokenizer are
@@ -433,12 +447,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
     check_rollouts(workdir, rollout_runs(cfg) + intervention_runs(cfg), cfg.rollout.seeds)
   t0 = time.time()
   data = prepare(cfg, stages)
-  if "train" in commands or "simulate" in commands:
-    mesh = mesh_from(cfg)
+  if mesh is not None:
     trained = train(cfg, stages, data, mesh=mesh, trained_only="train" not in commands)
     if distributed.is_main():
-      plots.training_curves(workdir, ["base", "sft", "mf", "mf_text"] + [f"mf_beta{b:g}" for b in sweep_betas(cfg)],
-                            stages_dir=stages)
+      plots.training_curves(workdir, list(trained_stages(cfg)), stages_dir=stages)
   if "simulate" in commands:
     simulate_all(cfg, workdir, data, trained, mesh=mesh)
   results = None

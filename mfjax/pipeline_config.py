@@ -168,6 +168,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
 # trained stage: a run with --trained-from may differ from the run it reads in these alone
 # (e.g. data.eval_split=holdout for the final report of a run selected on val).
 EVAL_ONLY_KEYS = ("data.eval_split", "data.eval_events", "rollout.", "eval.", "parallel.", "intervention.")
+# How a run is laid out on devices, not what it computes: a run resumes in its workdir with other
+# values of these (a pod job restarted on another slice shape; its checkpoints restore onto the new mesh).
+LAYOUT_KEYS = ("parallel.",)
 
 
 def check_config(cfg) -> None:
@@ -229,6 +232,17 @@ def methods(cfg) -> list[str]:
   bad = [m for m in out if m not in METHODS]
   if bad:
     raise ValueError(f"rollout.methods: unknown {bad}; choose from {METHODS}")
+  return out
+
+
+def trained_stages(cfg) -> dict[str, str]:
+  """{stage: the config section it trains by} for every stage `train` runs or restores for the
+  configured methods (the IB sweep's stages train by mf_train, as mf does)."""
+  want = methods(cfg)
+  out = {} if cfg.model.checkpoint else {"base": "base"}
+  out.update({"sft": "sft"} if "sft" in want else {})
+  out.update({name: "mf_train" for name in ["mf"] * ("mf" in want) + [f"mf_beta{b:g}" for b in sweep_betas(cfg)]})
+  out.update({"mf_text": "mf_text_train"} if "mf_text" in want else {})
   return out
 
 

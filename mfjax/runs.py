@@ -104,8 +104,10 @@ def differing_keys(a: dict, b: dict) -> list[str]:
   return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 
-def check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
-  """Create `workdir` with config.json, or check that it holds the same config."""
+def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, may_differ: tuple[str, ...] = ()) -> None:
+  """Create `workdir` with config.json, or check that it holds the same config but for keys that
+  start with one of `may_differ` (how the run is laid out on devices, not what it computes: a
+  resume on another mesh). Those differences are logged; config.json keeps the first values."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SystemExit(f"error: the workdir {workdir} is a file, not a folder; use another --workdir")
@@ -115,10 +117,14 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
   resolved = json.loads(cfg.to_json())
   if os.path.exists(path):
     saved = read_json(path)
-    if saved != resolved:
-      diff = differing_keys(saved, resolved)
+    diff = differing_keys(saved, resolved)
+    if [k for k in diff if not k.startswith(may_differ)]:
       raise SystemExit(f"error: {workdir} holds a run with a different config (keys {diff}); "
                        "use another --workdir or remove that folder")
+    if diff:
+      was, now = _flat(saved), _flat(resolved)
+      log(f"[resume] {workdir} continues with {', '.join(f'{k}={now.get(k)!r}' for k in diff)} "
+          f"(config.json keeps the first run's {', '.join(f'{k}={was.get(k)!r}' for k in diff)})")
   else:
     os.makedirs(workdir, exist_ok=True)
     write_json(path, resolved)  # atomic: a crash never leaves a config.json that cannot be read

@@ -317,3 +317,34 @@ def test_help_lists_every_experiment_with_its_title(capsys):
   for name in names:
     assert f"\n  {name:<19} " in out, name
   assert "quickstart.py       Quickstart: MF-LLM on the synthetic world, where the truth is known\n" in out
+
+
+def test_a_run_resumes_on_another_mesh_and_refuses_a_mesh_that_does_not_fit_before_writing(tmp_path, capsys,
+                                                                                         monkeypatch):
+  """A pod job restarted on another slice: the workdir's run goes on with other parallel.* values (its
+  checkpoint restored onto the new mesh, every step logged once); a mesh that cannot split a batch is
+  refused before the workdir is made. Any other key still refuses the workdir."""
+  from mfjax.ibtune import train as ibtune_train
+  wd, only_base = tmp_path / "run", ["rollout.methods=state"]
+  with pytest.raises(SystemExit, match=r"base.batch_events=2 events do not split over the mesh's data x fsdp = 4"):
+    _cli("train", wd, extra=only_base + ["parallel.data=4"])
+  assert not os.path.exists(wd)
+
+  real_batch = ibtune_train.batch_at
+  def crashing(*args, step, **kw):
+    if step == 5:  # after the step-4 checkpoint
+      raise KeyboardInterrupt("simulated crash")
+    return real_batch(*args, step=step, **kw)
+  monkeypatch.setattr(ibtune_train, "batch_at", crashing)
+  with pytest.raises(SystemExit):  # the CLI's Ctrl-C exit
+    _cli("train", wd, extra=only_base)
+  monkeypatch.setattr(ibtune_train, "batch_at", real_batch)
+  capsys.readouterr()
+  _cli("train", wd, extra=only_base + ["parallel.data=2"])
+  out = capsys.readouterr().out
+  assert "continues with parallel.data=2 (config.json keeps the first run's parallel.data=1)" in out
+  assert "[mesh] {'data': 2, 'fsdp': 1, 'tensor': 1}" in out and "[base] resuming at step 4" in out
+  assert [json.loads(x)["step"] for x in open(wd / "base" / "metrics.jsonl")] == [2, 4, 6]
+  assert json.load(open(wd / "config.json"))["parallel"]["data"] == 1
+  with pytest.raises(SystemExit, match=r"different config \(keys \['base.lr', 'parallel.data'\]\)"):
+    _cli("train", wd, extra=only_base + ["parallel.data=2", "base.lr=0.5"])
