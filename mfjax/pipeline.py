@@ -437,7 +437,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
     mesh = mesh_from(cfg)
     check_mesh(cfg, mesh, rollouts="simulate" in commands)
   check_inputs(cfg)
-  check_workdir(workdir, cfg, may_differ=LAYOUT_KEYS)
+  check_workdir(workdir, cfg, may_differ=LAYOUT_KEYS, rollout_only=EVAL_ONLY_KEYS)
   if record:
     record_trained_from(workdir, trained_from)
   stages = trained_from or workdir  # where the trained stages and the tokenizer are

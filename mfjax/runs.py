@@ -104,10 +104,13 @@ def differing_keys(a: dict, b: dict) -> list[str]:
   return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 
-def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, may_differ: tuple[str, ...] = ()) -> None:
+def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, may_differ: tuple[str, ...] = (),
+                  rollout_only: tuple[str, ...] = ()) -> None:
   """Create `workdir` with config.json, or check that it holds the same config but for keys that
   start with one of `may_differ` (how the run is laid out on devices, not what it computes: a
-  resume on another mesh). Those differences are logged; config.json keeps the first values."""
+  resume on another mesh). Those differences are logged; config.json keeps the first values.
+  A refusal where every differing key starts with one of `rollout_only` (what changes only the
+  rollouts and their scoring) says how to reuse the run's trained stages (--trained-from)."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SystemExit(f"error: the workdir {workdir} is a file, not a folder; use another --workdir")
@@ -119,8 +122,11 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, may_differ: tupl
     saved = read_json(path)
     diff = differing_keys(saved, resolved)
     if [k for k in diff if not k.startswith(may_differ)]:
-      raise SystemExit(f"error: {workdir} holds a run with a different config (keys {diff}); "
-                       "use another --workdir or remove that folder")
+      then = ("use another --workdir or remove that folder" if not rollout_only or
+              not all(k.startswith(rollout_only) for k in diff) else
+              f"they change only the rollouts and their scoring: to roll out its trained stages so, add "
+              f"--trained-from {workdir} and give another --workdir")
+      raise SystemExit(f"error: {workdir} holds a run with a different config (keys {diff}); {then}")
     if diff:
       was, now = _flat(saved), _flat(resolved)
       log(f"[resume] {workdir} continues with {', '.join(f'{k}={now.get(k)!r}' for k in diff)} "

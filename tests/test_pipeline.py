@@ -348,3 +348,6 @@ def test_a_run_resumes_on_another_mesh_and_refuses_a_mesh_that_does_not_fit_befo
   assert json.load(open(wd / "config.json"))["parallel"]["data"] == 1
   with pytest.raises(SystemExit, match=r"different config \(keys \['base.lr', 'parallel.data'\]\)"):
     _cli("train", wd, extra=only_base + ["parallel.data=2", "base.lr=0.5"])
+  with pytest.raises(SystemExit, match=r"\['rollout.warmup'\]\); they change only the rollouts and their scoring: "
+                                       f"to roll out its trained stages so, add --trained-from {wd} and give"):
+    _cli("run", wd, extra=only_base + ["rollout.warmup=2"])
