@@ -172,6 +172,9 @@ def test_tool_on_the_synthetic_world_and_against_a_run(tmp_path, capsys):
   with pytest.raises(SystemExit):  # never over an existing file
     population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--json", str(out)])
   assert "exists" in capsys.readouterr().err
+  with pytest.raises(SystemExit):  # a folder that is not there: found before the labelling
+    population_bounds.main(["--json", str(tmp_path / "nowhere" / "b.json")])
+  assert "--json: the folder of" in capsys.readouterr().err
   run = tmp_path / "run"
   run.mkdir()
   smoke = configs.load_config(os.path.join(REPO, "experiments", "quickstart.py:smoke"))

@@ -92,6 +92,8 @@ def main(argv=None):
   a = ap.parse_args(argv)
   if a.json and os.path.exists(a.json):
     ap.error(f"--json: {a.json} exists; give a new path")
+  if a.json and not os.path.isdir(os.path.dirname(os.path.abspath(a.json))):  # found now, not after the labelling
+    ap.error(f"--json: the folder of {a.json} does not exist")
   try:
     cfg = configs.load_config(a.config, a.set)
     pipeline_config.check_config(cfg)
