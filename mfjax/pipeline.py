@@ -235,7 +235,7 @@ def _train(name: str, stage, *, make_loss, params, trainable: str, cfg, data: Da
   """make_loss(agents) -> loss_fn(params=, batch=, rng=, step=): training scores
   stage.agents agents per step, validation all of them. The state lives on
   `mesh` (parameters by the sharding rules, batches split over events)."""
-  check_events(stage.batch_events, mesh, f"{name}.batch_events")
+  check_events(stage.batch_events, mesh, f"the {name} stage's batch_events")
   loss_fn = make_loss(stage.agents)
   tx = make_optimizer(params, trainable=trainable, lr=stage.lr, steps=stage.steps, warmup=stage.warmup,
                       weight_decay=cfg.train.weight_decay)
