@@ -77,6 +77,8 @@ def apply_override(cfg: ml_collections.ConfigDict, assignment: str) -> None:
     value = raw.strip().lower() == "true"
   if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
+  if isinstance(old, str) and value is not None and not isinstance(value, str):
+    value = raw  # a text field takes the text as written: ib.sweep=0,0.01 (not the tuple), data.path=2024
   try:
     node[leaf] = value
   except TypeError as e:

@@ -37,7 +37,7 @@ from mfjax.data import builtin, load_tokenizer, train_tokenizer
 from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.ibtune.train import TrainState, fit
 from mfjax.model import Decoder, ModelConfig, hf, init_params
-from mfjax.runs import check_workdir, log as _log, write_json
+from mfjax.runs import check_workdir, log as _log, read_jsonl, write_json
 
 SEP = "："
 
@@ -166,15 +166,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     real = [c for tt, c in data if tt == t]
     per_topic.append({"topic": topic, "doubt_corpus": builtin.doubt_rate(real),
                       "doubt_model": builtin.doubt_rate(generated[t * n:(t + 1) * n])})
-  final_loss = None
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      final_loss = json.loads(f.readlines()[-1])["loss"]
+  rows = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+  final_loss = rows[-1]["loss"] if rows else None
   gap = float(np.mean([abs(r["doubt_corpus"] - r["doubt_model"]) for r in per_topic]))
   results = {"final_loss": final_loss, "steps": int(state.step), "doubt_rate": per_topic,
              "doubt_rate_mean_abs_gap": gap, "device": str(jax.devices()[0]), "seconds": time.time() - t0}
   write_json(os.path.join(workdir, "results.json"), results)
-  _plots(workdir, metrics_path, per_topic)
+  _plots(workdir, rows, per_topic)
 
   _log(f"\n{'topic':<36}{'doubt corpus':>14}{'doubt model':>13}")
   for r in per_topic:
@@ -184,13 +182,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def _plots(workdir: str, metrics_path: str, per_topic: list[dict]) -> None:
+def _plots(workdir: str, rows: list[dict], per_topic: list[dict]) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
-  if os.path.exists(metrics_path):
-    rows = [json.loads(line) for line in open(metrics_path)]
+  if rows:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
     ax.set(xlabel="step", ylabel="next-token NLL", title="training loss")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 import time
 from typing import Optional
@@ -52,7 +51,7 @@ from mfjax.parallel.state import place, policy_shardings, to_host
 from mfjax.pipeline_config import (EVAL_ONLY_KEYS, LAYOUT_KEYS, check_config, check_data_choices, intervention_of,
                                    intervention_runs, layer_fields, lora_config, methods, mf_config, rollout_runs,
                                    scratch_model_config, sweep_betas, trained_stages)
-from mfjax.runs import (COMPILE_CACHE_ENV, check_bound_to, check_trained_from, check_workdir, log,
+from mfjax.runs import (COMPILE_CACHE_ENV, check_bound_to, check_trained_from, check_workdir, log, read_jsonl,
                         record_trained_from)
 
 
@@ -384,7 +383,7 @@ def _sweep_validation(cfg, workdir: str) -> dict:
     rows = []
     path = os.path.join(workdir, tag, "metrics.jsonl")
     if os.path.exists(path):
-      rows = [r for r in map(json.loads, open(path)) if "val_relevance" in r]
+      rows = [r for r in read_jsonl(path) if "val_relevance" in r]
     last = rows[-1] if rows else {}
     out[tag] = {"beta": b, "val_relevance": last.get("val_relevance"),
                 "val_compression_bits": last.get("val_compression_bits")}

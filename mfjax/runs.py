@@ -47,6 +47,31 @@ def read_json(path: str):
                          "this file is the run's own, not to be edited by hand") from None
 
 
+def _log_lines(path: str) -> tuple[list[str], list[tuple[str, dict]]]:
+  """The lines of a run's log (one JSON object per line) and the (line, row) pairs among them: blank
+  lines and a last line cut short by a crash are left out; any other line that is not JSON is a
+  RunFolderError naming it."""
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  rows = []
+  for i, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      rows.append((line, json.loads(line)))
+    except json.JSONDecodeError as e:
+      if i == len(lines) and not line.endswith("\n"):  # the write the crash cut short
+        continue
+      raise RunFolderError(f"{path}:{i}: not valid JSON ({e.msg}); this log is the run's own, "
+                           "not to be edited by hand") from None
+  return lines, rows
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The rows of a run's log (`metrics.jsonl`), read as `resume_jsonl` reads them."""
+  return [row for _, row in _log_lines(path)[1]]
+
+
 def resume_jsonl(path: str, last_step: int) -> None:
   """Before a training loop resumes from its checkpoint at `last_step` (0: none):
   drop the rows of the log `path` (one JSON object per line, each with its
@@ -56,24 +81,11 @@ def resume_jsonl(path: str, last_step: int) -> None:
   that needs no change is not written (another run may be reading it)."""
   if not os.path.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
-  rows = []
-  for i, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue
-    try:
-      step = json.loads(line).get("step", 0)
-    except json.JSONDecodeError as e:
-      if i == len(lines) and not line.endswith("\n"):  # the write the crash cut short
-        continue
-      raise RunFolderError(f"{path}:{i}: not valid JSON ({e.msg}); this log is the run's own, "
-                           "not to be edited by hand") from None
-    if step <= last_step:
-      rows.append(line)
-  if rows != lines:
+  lines, rows = _log_lines(path)
+  keep = [line for line, row in rows if row.get("step", 0) <= last_step]
+  if keep != lines:
     with open(path, "w", encoding="utf-8") as f:
-      f.writelines(rows)
+      f.writelines(keep)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, state):

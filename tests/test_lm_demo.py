@@ -92,6 +92,9 @@ def test_config_overrides_and_errors():
     assert configs.load_config(SMOKE, [f"model.tie_word_embeddings={raw}"]).model.tie_word_embeddings is want
   with pytest.raises(configs.ConfigError, match="cannot set"):
     configs.load_config(SMOKE, ["model.tie_word_embeddings=yes"])
+  # a text field takes the text as written, even where it reads as a Python literal (a tuple, a number)
+  for raw in ("qwen2,llama", "2024", "1e-3"):
+    assert configs.load_config(SMOKE, [f"model.family={raw}"]).model.family == raw
   with pytest.raises(configs.ConfigError, match="does not exist"):
     configs.load_config("experiments/nope.py")
   with pytest.raises(configs.ConfigError, match=r"lm_demo.py:smok: unknown argument 'smok' for lm_demo"):

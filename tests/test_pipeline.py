@@ -351,3 +351,23 @@ def test_a_run_resumes_on_another_mesh_and_refuses_a_mesh_that_does_not_fit_befo
   with pytest.raises(SystemExit, match=r"\['rollout.warmup'\]\); they change only the rollouts and their scoring: "
                                        f"to roll out its trained stages so, add --trained-from {wd} and give"):
     _cli("run", wd, extra=only_base + ["rollout.warmup=2"])
+
+
+def test_an_ib_sweep_trains_a_stage_per_beta_and_scores_each(tmp_path, capsys):
+  """ib.sweep: one mean-field stage per beta from the same base, each rolled out (`mf_beta<b>`) and
+  reported with its last validation terms, in results.json, the table and plots/ib_curve.png."""
+  wd = tmp_path / "sweep"
+  _cli("run", wd, extra=["ib.sweep=0,1", "rollout.methods=state", "rollout.seeds=1"])
+  out = capsys.readouterr().out
+  assert "[mf_beta0] training " in out and "[mf_beta1] training " in out and "[mf] training" not in out
+  results = _check_results(wd, seeds=1, methods={"state", "mf_beta0", "mf_beta1"})
+  sweep = results["ib_sweep"]
+  assert [r["beta"] for r in sweep] == [0.0, 1.0]
+  for r in sweep:  # each stage's last validation row, and its rollouts' KL
+    rows = map(json.loads, open(wd / f"mf_beta{r['beta']:g}" / "metrics.jsonl"))
+    last = [row for row in rows if "val_relevance" in row][-1]
+    assert (r["val_relevance"], r["val_compression_bits"]) == (last["val_relevance"], last["val_compression_bits"])
+    assert r["kl_mean"] == results["methods"][f"mf_beta{r['beta']:g}"]["kl_mean"]
+  assert sweep[0]["val_relevance"] != sweep[1]["val_relevance"]  # two stages, not one trained twice
+  assert f"{'beta':>8}{'val NLL':>10}" in out
+  assert os.path.getsize(wd / "plots" / "ib_curve.png") > 0

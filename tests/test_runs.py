@@ -8,8 +8,8 @@ import re
 import jax
 import pytest
 
-from mfjax.runs import (COMPILE_CACHE_ENV, COMPILE_CACHE_MAX_BYTES, RunFolderError, read_json, resume_jsonl,
-                        use_compile_cache)
+from mfjax.runs import (COMPILE_CACHE_ENV, COMPILE_CACHE_MAX_BYTES, RunFolderError, read_json, read_jsonl,
+                        resume_jsonl, use_compile_cache)
 
 
 @pytest.fixture
@@ -73,6 +73,16 @@ def test_resume_jsonl_drops_a_last_line_cut_short_and_names_any_other_bad_line(t
   path.write_text("".join(rows) + "{bad\n")  # a whole line (it ends the write): not a cut, an edit
   with pytest.raises(RunFolderError, match=f"{path}:3: not valid JSON"):
     resume_jsonl(str(path), 2)
+
+
+def test_read_jsonl_reads_a_log_as_resume_jsonl_does(tmp_path):
+  """What evaluate, the plots and the LM demo read: a cut last line is left out, a bad line named."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1}\n\n{"step": 2, "loss": 0.5}\n{"step": 3, "lo')
+  assert read_jsonl(str(path)) == [{"step": 1}, {"step": 2, "loss": 0.5}]
+  path.write_text('{"step": 1}\n{bad\n{"step": 2}\n')
+  with pytest.raises(RunFolderError, match=f"{path}:2: not valid JSON"):
+    read_jsonl(str(path))
 
 
 def test_read_json_names_the_file_and_line(tmp_path):

@@ -3,7 +3,6 @@ simulated, KL per step, the IB curve, training losses, an intervention's effect.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from mfjax.evaluation import bounds, metrics
 from mfjax.evaluation.labelers import DIMENSIONS
+from mfjax.runs import read_jsonl
 
 # The category whose proportion each trajectory plot shows.
 SHOWN = {"behaviour": "share", "belief": "doubt", "sentiment": "negative", "intent": "question"}
@@ -134,8 +134,7 @@ def training_curves(workdir: str, stages: list[str], stages_dir: Optional[str] =
     path = os.path.join(stages_dir or workdir, s, "metrics.jsonl")
     if not os.path.exists(path):
       continue
-    with open(path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(path)
     train = [r for r in rows if "relevance" in r]
     (line,) = ax.plot([r["step"] for r in train], [r["relevance"] for r in train], label=s, lw=1)
     val = [r for r in rows if "val_relevance" in r]
