@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from mfjax.errors import checked, one_line_errors
+from mfjax.errors import checked, one_line_errors, positive_int
 
 # transformers is used for tokenizers only here; its "PyTorch was not found" advisory is noise.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -113,7 +113,7 @@ def main(argv=None) -> None:
   p.add_argument("--model", required=True, help="local HF folder (config.json + *.safetensors)")
   p.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
   p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable: one batch)")
-  p.add_argument("--max-new-tokens", type=checked(int, lambda v: v >= 1, "at least 1"), default=32)
+  p.add_argument("--max-new-tokens", type=positive_int, default=32)
   p.add_argument("--temperature", type=checked(float, lambda v: v >= 0, "at least 0"), default=0.8,
                  help="0 = greedy (default: %(default)s)")
   p.add_argument("--top-k", type=checked(int, lambda v: v >= 0, "at least 0"), default=0,

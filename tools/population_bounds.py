@@ -37,7 +37,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from mfjax import configs, pipeline, pipeline_config  # noqa: E402
 from mfjax.data import step_texts  # noqa: E402
-from mfjax.errors import checked, one_line_errors  # noqa: E402
+from mfjax.errors import one_line_errors, positive_int  # noqa: E402
 from mfjax.evaluation import bounds  # noqa: E402
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler, world_runs  # noqa: E402
 from mfjax.runs import RunFolderError, differing_keys, read_json  # noqa: E402
@@ -84,7 +84,7 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--config", default=DEFAULT_CONFIG, help="experiment file[:arg] (default: the quickstart)")
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
-  ap.add_argument("--draws", type=checked(int, lambda v: v >= 1, "at least 1"), default=3,
+  ap.add_argument("--draws", type=positive_int, default=3,
                   help="sampling draws per simulator (default: %(default)s)")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--run", metavar="DIR", help="a run folder whose methods to print beside the simulators")

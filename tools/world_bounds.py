@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mfjax.data import synthetic  # noqa: E402
-from mfjax.errors import checked  # noqa: E402
+from mfjax.errors import checked, positive_int  # noqa: E402
 from mfjax.evaluation import metrics  # noqa: E402
 from mfjax.evaluation.labelers import DIMENSIONS  # noqa: E402
 
@@ -58,9 +58,8 @@ def bounds(config: synthetic.WorldConfig, events: int, warmup: int, seed: int) -
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  at_least = lambda n: checked(int, lambda v: v >= n, f"at least {n}")  # noqa: E731
   steps = synthetic.WorldConfig.steps
-  ap.add_argument("--events", type=at_least(1), default=400, help="events drawn (default: %(default)s)")
+  ap.add_argument("--events", type=positive_int, default=400, help="events drawn (default: %(default)s)")
   ap.add_argument("--warmup", type=checked(int, lambda v: 0 <= v < steps, f"in [0, {steps}) (the world's steps)"),
                   default=3, help="steps given from the real history, not scored (default: %(default)s)")
   ap.add_argument("--seed", type=int, default=5, help="the world's and the draws' seed (default: %(default)s)")
@@ -70,7 +69,7 @@ def main(argv=None):
                   help="the same for sentiment (default: %(default)s)")
   ap.add_argument("--share-herding", type=float, default=synthetic.WorldConfig.share_herding,
                   help="the same for share vs comment (default: %(default)s)")
-  ap.add_argument("--agents-per-step", type=at_least(1), default=synthetic.WorldConfig.agents_per_step,
+  ap.add_argument("--agents-per-step", type=positive_int, default=synthetic.WorldConfig.agents_per_step,
                   help="B, agents sampled per step (default: %(default)s)")
   a = ap.parse_args(argv)
   cfg = synthetic.WorldConfig(herding=a.herding, mood_herding=a.mood_herding, share_herding=a.share_herding,
