@@ -24,12 +24,13 @@ import dataclasses
 import itertools
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
 
 from mfjax.configs import ConfigError
@@ -37,7 +38,7 @@ from mfjax.data import (BatchConfig, StepBatch, UidActivity, action_text, agent_
                         make_step_batch, policy_prompt, step_texts, synthetic, train_tokenizer)
 from mfjax.data.intervention import forced_mask, inject
 from mfjax.ibtune import (beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss, sharded_state,
-                          text_ib_tune_loss, trainable_labels)
+                          state_shardings, text_ib_tune_loss, trainable_labels)
 from mfjax.meanfield import MeanFieldEncoder, TextMFSpec, init_encoder
 from mfjax.model import Decoder, ModelConfig, hf
 from mfjax.model.lora import add_lora
@@ -210,47 +211,74 @@ def _stage_dir(workdir: str, name: str) -> str:
 
 
 def _val_eval(loss_fn, data: dict, events: int, step: int, mesh, pin_activations: bool = True):
-  """params -> token-weighted mean of the loss terms over the validation events (fixed rng),
-  the LM's activations pinned on `mesh` as in training (`pin_activations`)."""
+  """(params, hparams) -> token-weighted mean of the loss terms over the validation events (fixed rng),
+  the LM's activations pinned on `mesh` as in training (`pin_activations`); hparams as in `train_step`."""
   n = len(data["agent_mask"]) // events
   if n == 0:
     return None
   rows = process_rows(events)
   chunks = [global_batch({k: v[i * events:(i + 1) * events][rows] for k, v in data.items()}, mesh) for i in range(n)]
-  aux_fn = jax.jit(with_activation_sharding(
-      lambda p, b: loss_fn(params=p, batch=b, rng=jax.random.PRNGKey(0), step=jnp.int32(step))[1],
-      mesh if pin_activations else None))
 
-  def run(params):
-    terms = [jax.device_get(aux_fn(params, c)) for c in chunks]
+  def validation_terms(params, batch, hparams):
+    return loss_fn(params=params, batch=batch, rng=jax.random.PRNGKey(0), step=jnp.int32(step), **hparams)[1]
+
+  aux_fn = jax.jit(with_activation_sharding(validation_terms, mesh if pin_activations else None))
+
+  def run(params, hparams):
+    terms = [jax.device_get(aux_fn(params, c, hparams)) for c in chunks]
     w = np.array([t["tokens"] for t in terms])
     return {k: float(np.sum([t[k] * wi for t, wi in zip(terms, w)]) / w.sum()) for k in terms[0] if k != "tokens"}
 
   return run
 
 
-def _train(name: str, stage, *, make_loss, params, trainable: str, cfg, data: Data, workdir: str, mesh,
-           model: Decoder, encoder: Optional[MeanFieldEncoder] = None, trained_only: bool = False):
-  """make_loss(agents) -> loss_fn(params=, batch=, rng=, step=): training scores
-  stage.agents agents per step, validation all of them. The state lives on
-  `mesh` (parameters by the sharding rules, batches split over events)."""
-  check_events(stage.batch_events, mesh, f"the {name} stage's batch_events")
-  loss_fn = make_loss(stage.agents)
+@dataclasses.dataclass
+class _StageFns:
+  """A stage's optimizer and jitted train and validation steps. Stages given the same one
+  (an IB sweep's: same loss, section and parameter shapes, hparams differing) compile once."""
+  section: str  # of the config: steps, batch_events, ...
+  tx: optax.GradientTransformation
+  shardings: object  # of the parameters
+  step: Callable  # (state, batch, rng, hparams) -> (state, metrics)
+  val: Optional[Callable]  # (params, hparams) -> {term: float}
+  about: str  # what trains, for the log
+
+
+def _stage_fns(section: str, *, make_loss, params, trainable: str, cfg, data: Data, mesh, model: Decoder,
+               encoder: Optional[MeanFieldEncoder] = None) -> _StageFns:
+  """For training by cfg[section] from parameters shaped like `params`. make_loss(agents) ->
+  loss_fn(params=, batch=, rng=, step=, **hparams): training scores stage.agents agents per step,
+  validation all of them. The state lives on `mesh` (parameters by the sharding rules, batches
+  split over events)."""
+  stage = cfg[section]
+  check_events(stage.batch_events, mesh, f"{section}.batch_events")
   tx = make_optimizer(params, trainable=trainable, lr=stage.lr, steps=stage.steps, warmup=stage.warmup,
                       weight_decay=cfg.train.weight_decay)
-  state, shardings = sharded_state(params, tx, mesh=mesh,
-                                   param_shardings=policy_shardings(model, encoder, params, mesh))
+  shardings = policy_shardings(model, encoder, params, mesh)
   labels = trainable_labels(params, trainable)
   pin = cfg.parallel.pin_activations
-  step_fn = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings, labels=labels,
-                           pin_activations=pin)
+  step_fn = jit_train_step(loss_fn=make_loss(stage.agents), tx=tx, mesh=mesh, labels=labels, pin_activations=pin,
+                           state_shardings=state_shardings(params, tx, mesh=mesh, param_shardings=shardings),
+                           hparams=True)
   n_train = sum(int(x.size) for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if lab == "train")
-  about = f"training {n_train:,} parameters ({trainable}) for {stage.steps} steps, {stage.batch_events} events per step"
-  state = fit(name=name, workdir=_stage_dir(workdir, name), state=state, step_fn=step_fn, data=data.train,
-              batch_events=stage.batch_events, steps=stage.steps, seed=cfg.seed, log_every=cfg.train.log_every,
-              ckpt_every=cfg.train.ckpt_every, eval_every=cfg.train.eval_every,
-              eval_fn=_val_eval(make_loss(0), data.val, stage.batch_events, stage.steps, mesh, pin), log=log,
-              trained_only=trained_only, mesh=mesh, about=about)
+  return _StageFns(section, tx, shardings, step_fn,
+                   _val_eval(make_loss(0), data.val, stage.batch_events, stage.steps, mesh, pin),
+                   f"training {n_train:,} parameters ({trainable}) for {stage.steps} steps, "
+                   f"{stage.batch_events} events per step")
+
+
+def _train(name: str, fns: _StageFns, *, params, cfg, data: Data, workdir: str, mesh, hparams: Optional[dict] = None,
+           trained_only: bool = False):
+  """Train (or resume) stage `name` from `params` with `fns` (`_stage_fns`) and `hparams` (a dict
+  of scalars given to the loss, traced)."""
+  stage = cfg[fns.section]
+  hparams = {k: jnp.float32(v) for k, v in (hparams or {}).items()}
+  state, _ = sharded_state(params, fns.tx, mesh=mesh, param_shardings=fns.shardings)
+  state = fit(name=name, workdir=_stage_dir(workdir, name), state=state, step_fn=lambda *a: fns.step(*a, hparams),
+              data=data.train, batch_events=stage.batch_events, steps=stage.steps, seed=cfg.seed,
+              log_every=cfg.train.log_every, ckpt_every=cfg.train.ckpt_every, eval_every=cfg.train.eval_every,
+              eval_fn=None if fns.val is None else lambda p: fns.val(p, hparams), log=log, trained_only=trained_only,
+              mesh=mesh, about=fns.about)
   return state.params
 
 
@@ -275,6 +303,12 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
   mesh = mesh_from(cfg) if mesh is None else mesh
   rng = jax.random.PRNGKey(cfg.seed)
   want = methods(cfg)
+  common, where = {"cfg": cfg, "data": data, "mesh": mesh}, {"workdir": workdir, "trained_only": trained_only}
+
+  def train_one(name, section, make_loss, params, trainable, model):
+    fns = _stage_fns(section, make_loss=make_loss, params=params, trainable=trainable, model=model, **common)
+    return _train(name, fns, params=params, **common, **where)
+
   if cfg.model.checkpoint:
     # read on the host and cut per device: no device holds the whole model
     # another model's tokenizer is refused before the weights are read
@@ -290,36 +324,32 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
     kinds = tuple(KINDS[k] for k in ("none", "recent", "popular"))
     loss = lambda agents: lambda params, batch, rng, step: policy_loss(
         model=model, params=params, batch=batch, rng=rng, context=data.context, context_kinds=kinds, agents=agents)
-    lm = _train("base", cfg.base, make_loss=loss, params={"lm": lm}, trainable="full", cfg=cfg, data=data,
-                workdir=workdir, mesh=mesh, model=model, trained_only=trained_only)["lm"]
+    lm = train_one("base", "base", loss, {"lm": lm}, "full", model)["lm"]
   model, lm = add_lora(model, lm, lora_config(cfg), jax.random.fold_in(rng, 2))
   encoder = MeanFieldEncoder(mf_config(cfg, model.cfg.hidden_size))
   out = {"base": {"lm": lm}}
   if "sft" in want:
     loss = lambda agents: lambda params, batch, rng, step: policy_loss(
         model=model, params=params, batch=batch, rng=rng, agents=agents)
-    out["sft"] = _train("sft", cfg.sft, make_loss=loss, params={"lm": lm}, trainable=cfg.sft.trainable, cfg=cfg,
-                        data=data, workdir=workdir, mesh=mesh, model=model, trained_only=trained_only)
+    out["sft"] = train_one("sft", "sft", loss, {"lm": lm}, cfg.sft.trainable, model)
   betas = [("mf", cfg.ib.beta)] if "mf" in want else []
   betas += [(f"mf_beta{b:g}", b) for b in sweep_betas(cfg)]
+  if betas:  # one compile for every beta: each stage starts from the same parameters, beta is an argument
+    params = {"lm": lm, "mf": init_encoder(encoder, jax.random.fold_in(rng, 3), model.cfg.hidden_size)}
+    loss = lambda agents: lambda params, batch, rng, step, beta: ib_tune_loss(
+        model=model, encoder=encoder, params=params, batch=batch, rng=rng, remat=cfg.ib.remat, agents=agents,
+        beta=beta_schedule(beta, cfg.ib.schedule, cfg.ib.warmup)(step), lm_grad=cfg.mf.lm_grad)
+    fns = _stage_fns("mf_train", make_loss=loss, params=params, trainable=cfg.mf_train.trainable, model=model,
+                     encoder=encoder, **common)
   for name, beta in betas:
-    mf = init_encoder(encoder, jax.random.fold_in(rng, 3), model.cfg.hidden_size)
-    beta_fn = beta_schedule(beta, cfg.ib.schedule, cfg.ib.warmup)
-    loss = lambda agents, beta_fn=beta_fn: lambda params, batch, rng, step: ib_tune_loss(
-        model=model, encoder=encoder, params=params, batch=batch, rng=rng, beta=beta_fn(step), remat=cfg.ib.remat,
-        agents=agents, lm_grad=cfg.mf.lm_grad)
-    out[name] = _train(name, cfg.mf_train, make_loss=loss, params={"lm": lm, "mf": mf},
-                       trainable=cfg.mf_train.trainable, cfg=cfg, data=data, workdir=workdir, mesh=mesh,
-                       model=model, encoder=encoder, trained_only=trained_only)
+    out[name] = _train(name, fns, params=params, hparams={"beta": beta}, **common, **where)
   if "mf_text" in want:
     loss = lambda agents: lambda params, batch, rng, step: text_ib_tune_loss(
         model=model, spec=data.text, params=params, batch=batch, rng=rng, beta=cfg.mf_text.beta, agents=agents)
     # the writer starts as the policy; its prior p0 is the base LM: its zeroed adapters with lora, a frozen copy
     # with full
     params = {"lm": lm, "mf_lm": lm, **({"prior": lm} if cfg.mf_text_train.trainable == "full" else {})}
-    out["mf_text"] = _train("mf_text", cfg.mf_text_train, make_loss=loss, params=params,
-                            trainable=cfg.mf_text_train.trainable, cfg=cfg, data=data, workdir=workdir, mesh=mesh,
-                            model=model, trained_only=trained_only)
+    out["mf_text"] = train_one("mf_text", "mf_text_train", loss, params, cfg.mf_text_train.trainable, model)
   return Trained(model, encoder, out)
 
 

@@ -13,11 +13,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mf_setup import make_batch, make_model
-from mfjax.ibtune import (TrainState, beta_schedule, fit, ib_tune_loss, make_optimizer, mean_field_path,
-                          policy_loss, train_step, trainable_labels)
+from mfjax.ibtune import (TrainState, beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer,
+                          mean_field_path, policy_loss, state_shardings, train_step, trainable_labels)
 from mfjax.ibtune.objective import subsample_agents
 from mfjax.model import unrolled
 from mfjax.model.lora import is_lora_path
+from mfjax.parallel import global_batch, make_mesh
+from mfjax.parallel.mesh import replicated
 from mfjax.runs import Preempted, RunFolderError
 
 
@@ -128,6 +130,29 @@ def test_optax_mask_freezes_exactly_the_untrained_leaves(setup):
   assert step_fn._cache_size() == 1  # one compilation for the whole run
   with pytest.raises(ValueError, match="selects no parameter"):
     trainable_labels({"lm": params["lm"]}, "mf")
+
+
+def test_hparams_are_arguments_of_one_compiled_step_on_a_mesh():
+  """jit_train_step(hparams=True): a hyperparameter passed as an argument steps as the same
+  value bound as a constant does, and two values share one compilation (an IB sweep's betas)."""
+  mesh = make_mesh((8, 1, 1))
+  params = {"w": jnp.arange(3.0)}
+  def loss(params, batch, rng, step, beta):
+    value = jnp.mean((params["w"] - beta * batch["x"]) ** 2)
+    return value, {"loss": value, "beta": beta}
+
+  tx = optax.sgd(0.1)
+  shardings = state_shardings(params, tx, mesh=mesh, param_shardings={"w": replicated(mesh)})
+  state = lambda: TrainState(jnp.int32(0), jax.tree.map(jnp.copy, params), tx.init(params))  # the step donates it
+  batch = global_batch({"x": np.linspace(0, 1, 24, dtype=np.float32).reshape(8, 3)}, mesh)
+  traced = jit_train_step(loss_fn=loss, tx=tx, mesh=mesh, state_shardings=shardings, hparams=True)
+  for beta in (0.5, 2.0):
+    ref, ref_m = jit_train_step(loss_fn=functools.partial(loss, beta=beta), tx=tx, mesh=mesh,
+                                state_shardings=shardings)(state(), batch, jax.random.PRNGKey(0))
+    out, m = traced(state(), batch, jax.random.PRNGKey(0), {"beta": jnp.float32(beta)})
+    assert float(m["beta"]) == beta and float(m["loss"]) == pytest.approx(float(ref_m["loss"]), rel=1e-6)
+    np.testing.assert_allclose(out.params["w"], ref.params["w"], rtol=1e-6)
+  assert traced._cache_size() == 1
 
 
 def test_labels_limit_grad_norm_to_trained_leaves_and_skip_frozen_gradients(setup):

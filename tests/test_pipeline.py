@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -18,6 +19,7 @@ from mfjax.pipeline_config import check_config, layer_fields, scratch_model_conf
 from mfjax.runs import RunFolderError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch.BACKEND_COMPILE_EVENT
 QUICK = os.path.join(ROOT, "experiments", "quickstart.py") + ":smoke"
 TINY = ["data.train_events=8", "data.eval_events=4", "data.val_events=2", "data.steps=4", "data.agents_per_step=4",
         "model.hidden_size=32", "model.intermediate_size=64", "mf.feature_size=16", "mf.hidden_size=32",
@@ -355,9 +357,18 @@ def test_a_run_resumes_on_another_mesh_and_refuses_a_mesh_that_does_not_fit_befo
 
 def test_an_ib_sweep_trains_a_stage_per_beta_and_scores_each(tmp_path, capsys):
   """ib.sweep: one mean-field stage per beta from the same base, each rolled out (`mf_beta<b>`) and
-  reported with its last validation terms, in results.json, the table and plots/ib_curve.png."""
+  reported with its last validation terms, in results.json, the table and plots/ib_curve.png. The
+  betas share one compiled train step and one validation step (beta is an argument, not a constant)."""
   wd = tmp_path / "sweep"
-  _cli("run", wd, extra=["ib.sweep=0,1", "rollout.methods=state", "rollout.seeds=1"])
+  compiled = []
+  listener = lambda event, _, fun_name="", **kw: compiled.append(fun_name) if event == BACKEND_COMPILE else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    _cli("run", wd, extra=["ib.sweep=0,1", "rollout.methods=state", "rollout.seeds=1"])
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  # base's, then the sweep's: one each, not one per beta
+  assert compiled.count("jit(train_step)") == 2 and compiled.count("jit(validation_terms)") == 2, compiled
   out = capsys.readouterr().out
   assert "[mf_beta0] training " in out and "[mf_beta1] training " in out and "[mf] training" not in out
   results = _check_results(wd, seeds=1, methods={"state", "mf_beta0", "mf_beta1"})

@@ -83,17 +83,19 @@ def beta_schedule(beta: float, kind: str = "constant", warmup: int = 0) -> Calla
   raise ValueError(f"unknown beta schedule {kind!r}; use 'constant' or 'linear'")
 
 
-def train_step(state: TrainState, batch, rng, *, loss_fn: Callable, tx: optax.GradientTransformation,
+def train_step(state: TrainState, batch, rng, hparams=None, *, loss_fn: Callable, tx: optax.GradientTransformation,
                labels=None):
-  """One optimizer step; pure. `loss_fn(params=, batch=, rng=, step=) -> (loss, aux)`
+  """One optimizer step; pure. `loss_fn(params=, batch=, rng=, step=, **hparams) -> (loss, aux)`
   is bound with functools.partial, as are `tx` and `labels` (`trainable_labels`
-  of the params, as given to `make_optimizer`). With labels, the `grad_norm`
+  of the params, as given to `make_optimizer`). `hparams` (a dict of scalars, or
+  None) are traced arguments of the loss, not constants: runs that differ only in
+  them (an IB sweep's betas) share one compiled step. With labels, the `grad_norm`
   metric covers the trained leaves only, and then nothing reads the frozen
   leaves' gradients (the optimizer zeroes their updates by shape), so XLA never
   computes them: for LoRA, the base weights' gradient matmuls."""
   rng = jax.random.fold_in(rng, state.step)
-  (loss, aux), grads = jax.value_and_grad(
-      lambda p: loss_fn(params=p, batch=batch, rng=rng, step=state.step), has_aux=True)(state.params)
+  loss_of = lambda p: loss_fn(params=p, batch=batch, rng=rng, step=state.step, **(hparams or {}))
+  (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   if labels is not None:
@@ -120,17 +122,18 @@ def sharded_state(params, tx: optax.GradientTransformation, *, mesh, param_shard
 
 
 def jit_train_step(*, loss_fn: Callable, tx: optax.GradientTransformation, mesh=None, state_shardings=None,
-                   labels=None, pin_activations: bool = True):
-  """`train_step` jitted once, donating the state (`labels` as there). With a mesh: in/out shardings
-  state -> `state_shardings`, batch -> events over data x fsdp, rng and metrics replicated, and
+                   labels=None, pin_activations: bool = True, hparams: bool = False):
+  """`train_step` jitted once, donating the state (`labels` as there): step(state, batch, rng), or
+  with `hparams` step(state, batch, rng, hparams). With a mesh: in/out shardings state ->
+  `state_shardings`, batch -> events over data x fsdp, rng, hparams and metrics replicated, and
   (`pin_activations`) the model's activations pinned by the rules (`activation_sharding`)."""
   fn = functools.partial(train_step, loss_fn=loss_fn, tx=tx, labels=labels)
   if mesh is None:
     return jax.jit(fn, donate_argnums=0)
   fn = with_activation_sharding(fn, mesh if pin_activations else None)
   rep = replicated(mesh)
-  return jax.jit(fn, in_shardings=(state_shardings, batch_sharding(mesh), rep), out_shardings=(state_shardings, rep),
-                 donate_argnums=0)
+  return jax.jit(fn, in_shardings=(state_shardings, batch_sharding(mesh), rep) + ((rep,) if hparams else ()),
+                 out_shardings=(state_shardings, rep), donate_argnums=0)
 
 
 def batch_at(data: dict, *, seed: int, step: int, events: int, mesh=None) -> dict:
