@@ -1,8 +1,11 @@
 """A tiny policy + mean-field encoder and random step tensors for the core tests."""
 
+import contextlib
+
 import jax
 import numpy as np
 
+from mfjax.ibtune import train as ibtune_train
 from mfjax.meanfield import MeanFieldConfig, MeanFieldEncoder, init_encoder
 from mfjax.meanfield.text import TextMFSpec
 from mfjax.model import Decoder, LoraConfig, init_params, tiny
@@ -55,3 +58,21 @@ CONTEXT = ContextSpec(header=(5, 6), sep=(7,), eos_id=EOS, k=2, action_len=A)
 # the text mean field's layout (summary of S = 3 tokens) over the same vocabulary
 TEXT = TextMFSpec(summary_header=(5, 6), writer_header=(8,), actions_header=(10, 11), writer_end=(12,), sep=(7,),
                   eos_id=EOS, pad_id=PAD, summary_len=3, action_len=A, agents=B)
+
+
+@contextlib.contextmanager
+def crash_at_step(step: int):
+  """Within: a training stage raises KeyboardInterrupt ("simulated crash") as it asks for the batch
+  of step `step` (0-based; a crash after the checkpoint at `step`, if one is due there)."""
+  real = ibtune_train.batch_at
+
+  def crashing(*args, **kw):
+    if kw["step"] == step:
+      raise KeyboardInterrupt("simulated crash")
+    return real(*args, **kw)
+
+  ibtune_train.batch_at = crashing
+  try:
+    yield
+  finally:
+    ibtune_train.batch_at = real

@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import pytest
 
+from mf_setup import crash_at_step
 from mfjax import configs, lm_demo, runs
 from mfjax.__main__ import main
 from mfjax.data import train_tokenizer
-from mfjax.ibtune import train as ibtune_train
 from mfjax.model import ModelConfig, hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +19,7 @@ SMOKE = os.path.join(REPO, "experiments", "lm_demo.py") + ":smoke"
 OVERRIDES = ["train.steps=40", "train.ckpt_every=20", "train.log_every=10"]
 
 
-def test_run_writes_everything_and_crash_resume_is_exact(tmp_path, monkeypatch):
+def test_run_writes_everything_and_crash_resume_is_exact(tmp_path):
   cfg = configs.load_config(SMOKE, OVERRIDES)
   full = lm_demo.run(cfg, str(tmp_path / "full"))
   for name in ("config.json", "metrics.jsonl", "results.json", "samples.jsonl", "plots/loss.png",
@@ -31,16 +31,9 @@ def test_run_writes_everything_and_crash_resume_is_exact(tmp_path, monkeypatch):
   assert [x["step"] for x in lines] == [10, 20, 30, 40]
 
   # crash at step 30 (after the step-20 checkpoint), then rerun the same command
-  real_batch = ibtune_train.batch_at
-  def crashing(*args, step, **kw):
-    if step == 30:
-      raise KeyboardInterrupt("simulated crash")
-    return real_batch(*args, step=step, **kw)
-  monkeypatch.setattr(ibtune_train, "batch_at", crashing)
-  with pytest.raises(KeyboardInterrupt):
+  with crash_at_step(30), pytest.raises(KeyboardInterrupt):
     lm_demo.run(cfg, str(tmp_path / "crash"))
   assert not os.path.exists(tmp_path / "crash" / "results.json")
-  monkeypatch.setattr(ibtune_train, "batch_at", real_batch)
   resumed = lm_demo.run(cfg, str(tmp_path / "crash"))
   assert resumed["steps"] == 40
   _, p_full = hf.load_pretrained(str(tmp_path / "full" / "model"))

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from mf_setup import crash_at_step
 from mfjax.__main__ import main
 from mfjax import configs
 from mfjax.evaluation import DIMENSIONS, bounds
@@ -321,26 +322,17 @@ def test_help_lists_every_experiment_with_its_title(capsys):
   assert "quickstart.py       Quickstart: MF-LLM on the synthetic world, where the truth is known\n" in out
 
 
-def test_a_run_resumes_on_another_mesh_and_refuses_a_mesh_that_does_not_fit_before_writing(tmp_path, capsys,
-                                                                                         monkeypatch):
+def test_a_run_resumes_on_another_mesh_and_refuses_a_mesh_that_does_not_fit_before_writing(tmp_path, capsys):
   """A pod job restarted on another slice: the workdir's run goes on with other parallel.* values (its
   checkpoint restored onto the new mesh, every step logged once); a mesh that cannot split a batch is
   refused before the workdir is made. Any other key still refuses the workdir."""
-  from mfjax.ibtune import train as ibtune_train
   wd, only_base = tmp_path / "run", ["rollout.methods=state"]
   with pytest.raises(SystemExit, match=r"base.batch_events=2 events do not split over the mesh's data x fsdp = 4"):
     _cli("train", wd, extra=only_base + ["parallel.data=4"])
   assert not os.path.exists(wd)
 
-  real_batch = ibtune_train.batch_at
-  def crashing(*args, step, **kw):
-    if step == 5:  # after the step-4 checkpoint
-      raise KeyboardInterrupt("simulated crash")
-    return real_batch(*args, step=step, **kw)
-  monkeypatch.setattr(ibtune_train, "batch_at", crashing)
-  with pytest.raises(SystemExit):  # the CLI's Ctrl-C exit
+  with crash_at_step(5), pytest.raises(SystemExit):  # after the step-4 checkpoint; the CLI's Ctrl-C exit
     _cli("train", wd, extra=only_base)
-  monkeypatch.setattr(ibtune_train, "batch_at", real_batch)
   capsys.readouterr()
   _cli("train", wd, extra=only_base + ["parallel.data=2"])
   out = capsys.readouterr().out
