@@ -1,7 +1,7 @@
 """The MF-LLM experiment: events -> tokenizer -> step tensors -> training
 stages -> rollouts -> evaluation, every stage resumable from the workdir.
 
-  workdir/config.json           the resolved config (a rerun must match it)
+  workdir/config.json           the resolved config (a rerun must match it, but for parallel.* and ib.sweep)
   workdir/tokenizer/            trained on the training events (or the checkpoint's)
   workdir/base/                 pre-training from scratch (skipped with model.checkpoint)
   workdir/sft/, workdir/mf/     fine-tuning stages; mf_beta<b>/ for an IB sweep; mf_text/ (text mean field)
@@ -49,9 +49,9 @@ from mfjax.evaluation.report import check_rollouts, evaluate, make_labeler, roll
 from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, make_mesh
 from mfjax.parallel.mesh import check_events, process_rows, with_activation_sharding
 from mfjax.parallel.state import place, policy_shardings, to_host
-from mfjax.pipeline_config import (EVAL_ONLY_KEYS, LAYOUT_KEYS, check_config, check_data_choices, intervention_of,
-                                   intervention_runs, layer_fields, lora_config, methods, mf_config, rollout_runs,
-                                   scratch_model_config, sweep_betas, trained_stages)
+from mfjax.pipeline_config import (EVAL_ONLY_KEYS, LAYOUT_KEYS, STAGE_SET_KEYS, check_config, check_data_choices,
+                                   intervention_of, intervention_runs, layer_fields, lora_config, methods, mf_config,
+                                   rollout_runs, scratch_model_config, sweep_betas, trained_stages)
 from mfjax.runs import (COMPILE_CACHE_ENV, check_bound_to, check_trained_from, check_workdir, log, read_jsonl,
                         record_trained_from)
 
@@ -466,7 +466,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
     mesh = mesh_from(cfg)
     check_mesh(cfg, mesh, rollouts="simulate" in commands)
   check_inputs(cfg)
-  check_workdir(workdir, cfg, may_differ=LAYOUT_KEYS, rollout_only=EVAL_ONLY_KEYS)
+  check_workdir(workdir, cfg, may_differ=LAYOUT_KEYS, rollout_only=EVAL_ONLY_KEYS, adopt=STAGE_SET_KEYS,
+                training="train" in commands)
   if record:
     record_trained_from(workdir, trained_from)
   stages = trained_from or workdir  # where the trained stages and the tokenizer are

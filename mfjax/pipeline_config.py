@@ -171,6 +171,9 @@ EVAL_ONLY_KEYS = ("data.eval_split", "data.eval_events", "rollout.", "eval.", "p
 # How a run is laid out on devices, not what it computes: a run resumes in its workdir with other
 # values of these (a pod job restarted on another slice shape; its checkpoints restore onto the new mesh).
 LAYOUT_KEYS = ("parallel.",)
+# Which extra stages a run trains, each in its own folder, not how any stage trains: a run goes on
+# in its workdir with another value (an IB sweep grown by a beta: its finished stages reused).
+STAGE_SET_KEYS = ("ib.sweep",)
 
 
 def check_config(cfg) -> None:

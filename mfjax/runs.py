@@ -4,7 +4,9 @@ RunFolderError naming it), and the compiled programs kept between runs.
 
 A workdir belongs to the config that created it (saved as config.json); a
 rerun with the same config resumes, a different one is refused with the keys
-that differ, so nothing already written is overwritten silently. A workdir may
+that differ, so nothing already written is overwritten silently (a caller names
+the keys that may differ: how the run is laid out on devices, which extra stages
+it trains). A workdir may
 instead roll out and score the trained stages of another run (`--trained-from`,
 e.g. a final report on holdout of a run selected on val), which it only reads.
 """
@@ -116,13 +118,28 @@ def differing_keys(a: dict, b: dict) -> list[str]:
   return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 
+def _with_values(base: dict, src: dict, keys) -> dict:
+  """`base` with the dotted `keys` set to their values in `src` (configs as JSON)."""
+  out = json.loads(json.dumps(base))
+  for key in keys:
+    *parents, leaf = key.split(".")
+    to, of = out, src
+    for p in parents:
+      to, of = to.setdefault(p, {}), of[p]
+    to[leaf] = of[leaf]
+  return out
+
+
 def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, may_differ: tuple[str, ...] = (),
-                  rollout_only: tuple[str, ...] = ()) -> None:
+                  rollout_only: tuple[str, ...] = (), adopt: tuple[str, ...] = (), training: bool = True) -> None:
   """Create `workdir` with config.json, or check that it holds the same config but for keys that
   start with one of `may_differ` (how the run is laid out on devices, not what it computes: a
-  resume on another mesh). Those differences are logged; config.json keeps the first values.
-  A refusal where every differing key starts with one of `rollout_only` (what changes only the
-  rollouts and their scoring) says how to reuse the run's trained stages (--trained-from)."""
+  resume on another mesh; config.json keeps the first values) or of `adopt` (which extra stages
+  the run has, each in its own folder: an IB sweep grown; config.json takes the new values), the
+  latter only by a command that trains (`training`, so that a new stage is trained, not missed).
+  Both are logged. A refusal where every differing key starts with one of `rollout_only` (what
+  changes only the rollouts and their scoring) says how to reuse the run's trained stages
+  (--trained-from)."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SystemExit(f"error: the workdir {workdir} is a file, not a folder; use another --workdir")
@@ -133,16 +150,25 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, may_differ: tupl
   if os.path.exists(path):
     saved = read_json(path)
     diff = differing_keys(saved, resolved)
-    if [k for k in diff if not k.startswith(may_differ)]:
-      then = ("use another --workdir or remove that folder" if not rollout_only or
-              not all(k.startswith(rollout_only) for k in diff) else
-              f"they change only the rollouts and their scoring: to roll out its trained stages so, add "
-              f"--trained-from {workdir} and give another --workdir")
+    if [k for k in diff if not k.startswith(may_differ + (adopt if training else ()))]:
+      then = "use another --workdir or remove that folder"
+      if rollout_only and all(k.startswith(rollout_only) for k in diff):
+        then = (f"they change only the rollouts and their scoring: to roll out its trained stages so, add "
+                f"--trained-from {workdir} and give another --workdir")
+      elif adopt and all(k.startswith(may_differ + adopt) for k in diff):
+        then = "they change which stages the run trains: use `train` or `run`, which train the new ones"
       raise SystemExit(f"error: {workdir} holds a run with a different config (keys {diff}); {then}")
-    if diff:
-      was, now = _flat(saved), _flat(resolved)
-      log(f"[resume] {workdir} continues with {', '.join(f'{k}={now.get(k)!r}' for k in diff)} "
-          f"(config.json keeps the first run's {', '.join(f'{k}={was.get(k)!r}' for k in diff)})")
+    was, now = _flat(saved), _flat(resolved)
+    values = lambda keys, of: ", ".join(f"{k}={of.get(k)!r}" for k in keys)
+    kept = [k for k in diff if k.startswith(may_differ)]
+    taken = [k for k in diff if k not in kept]
+    if kept:
+      log(f"[resume] {workdir} continues with {values(kept, now)} (config.json keeps the first run's "
+          f"{values(kept, was)})")
+    if taken:
+      log(f"[resume] {workdir} goes on with {values(taken, now)}, its finished stages kept "
+          f"(config.json updated from {values(taken, was)})")
+      write_json(path, _with_values(saved, resolved, taken))
   else:
     os.makedirs(workdir, exist_ok=True)
     write_json(path, resolved)  # atomic: a crash never leaves a config.json that cannot be read

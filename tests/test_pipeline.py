@@ -374,3 +374,18 @@ def test_an_ib_sweep_trains_a_stage_per_beta_and_scores_each(tmp_path, capsys):
   assert sweep[0]["val_relevance"] != sweep[1]["val_relevance"]  # two stages, not one trained twice
   assert f"{'beta':>8}{'val NLL':>10}" in out
   assert os.path.getsize(wd / "plots" / "ib_curve.png") > 0
+
+  # the sweep grown by a beta in the same workdir: only evaluate refuses it (nothing written), run
+  # trains and rolls out the new stage alone and reports all three
+  config = (wd / "config.json").read_text()
+  with pytest.raises(SystemExit, match=r"keys \['ib.sweep'\]\); they change which stages the run trains: use "):
+    _cli("evaluate", wd, extra=["ib.sweep=0,1,2", "rollout.methods=state", "rollout.seeds=1"])
+  assert (wd / "config.json").read_text() == config
+  _cli("run", wd, extra=["ib.sweep=0,1,2", "rollout.methods=state", "rollout.seeds=1"])
+  out = capsys.readouterr().out
+  assert "goes on with ib.sweep='0,1,2', its finished stages kept (config.json updated from ib.sweep='0,1')" in out
+  assert "[mf_beta0] already trained" in out and "[mf_beta1] already trained" in out
+  assert "[mf_beta2] training " in out and "[simulate] mf_beta2 seed 0" in out and "[simulate] mf_beta1" not in out
+  assert json.load(open(wd / "config.json"))["ib"]["sweep"] == "0,1,2"
+  grown = json.load(open(wd / "results.json"))["ib_sweep"]
+  assert grown[:2] == sweep and grown[2]["beta"] == 2.0
