@@ -9,8 +9,9 @@ policy can no longer read the population from it. Written to results.json
 (`ib_sweep`), the printed table and plots/ib_curve.png; `state` and `sft` are
 rolled out as references.
 
-About 9 minutes on 2 CPU cores (540 s measured; `smoke`: 87 s at commit 4a35747
-with the compile cache off):
+About 10 minutes on 2 CPU cores (582 s measured; `smoke`: 122 s, both at commit
+c115666 with the compile cache off, where one compile serves every beta; the
+smoke took 222 s when each beta compiled its own step):
 
   python -m mfjax run --config experiments/ib_beta_sweep.py --workdir runs/ib_beta_sweep
   python -m mfjax run --config experiments/ib_beta_sweep.py:smoke
