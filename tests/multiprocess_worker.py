@@ -4,9 +4,9 @@ JAX_PROCESS_ID), builds a (2, 2, 2) mesh over every process's CPU devices,
 supplies only its own rows of the batch, takes one sharded train step and one
 sharded rollout, and (process 0) writes the loss and the gathered tokens to $OUT.
 Then `run_fit` trains 2 steps with orbax checkpoints in $WORKDIR (every process
-saves its shards) and resumes to 4 on a (4, 2, 1) mesh. With two processes, a
-last fit is preempted (process 1 sends itself a SIGTERM): every process saves
-the same step and stops."""
+saves its shards) and resumes to 4 on a (4, 2, 1) mesh; the test runs the same
+`run_fit` in its own process to compare. Last, a fit is preempted (process 1
+sends itself a SIGTERM): every process saves the same step and stops."""
 
 import json
 import os
@@ -17,36 +17,30 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
-
-jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
-
-from mfjax.parallel import distributed  # noqa: E402
-
-distributed.initialize("JAX_COORDINATOR_ADDRESS" in os.environ)  # else: one process (the comparison run)
-
 import numpy as np  # noqa: E402
 
 import mf_setup  # noqa: E402
 from mfjax.ibtune import fit, ib_tune_loss, jit_train_step, make_optimizer, sharded_state  # noqa: E402
-from mfjax.parallel import global_batch, make_mesh  # noqa: E402
+from mfjax.parallel import distributed, global_batch, make_mesh  # noqa: E402
 from mfjax.parallel.mesh import process_rows  # noqa: E402
 from mfjax.parallel.state import policy_shardings, to_host  # noqa: E402
 from mfjax.rollout import simulate  # noqa: E402
 from mfjax.runs import Preempted  # noqa: E402
 
+if __name__ == "__main__":  # before any JAX computation; the test imports this module for `run_fit` alone
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
+  distributed.initialize(True)
+
 model, encoder, params = mf_setup.make_model()
-batch = mf_setup.make_batch(seed=3, e=8)
 loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
                                                         rng=rng, beta=0.01)
 tx = make_optimizer(params, trainable="lora+mf", lr=1e-2, steps=10, warmup=1)
-mesh = make_mesh((2, 2, 2))
-state, shardings = sharded_state(params, tx, mesh=mesh, param_shardings=policy_shardings(model, encoder, params, mesh))
-step = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings)
-local = {k: v[process_rows(8)] for k, v in batch.items()}  # this process's events only
-gb = global_batch(local, mesh)
-_, metrics = step(state, gb, jax.random.PRNGKey(7))
-out = to_host(simulate(model, params, gb, method="mf", encoder=encoder, context=mf_setup.CONTEXT,
-                       rng=jax.random.PRNGKey(11), warmup=2, mesh=mesh))
+
+
+def sharded_step(mesh):
+  """A fresh sharded train state on `mesh` and the train step jitted for it."""
+  state, shardings = sharded_state(params, tx, mesh=mesh, param_shardings=policy_shardings(model, encoder, params, mesh))
+  return state, jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings)
 
 
 def run_fit(workdir: str, log=print):
@@ -54,18 +48,16 @@ def run_fit(workdir: str, log=print):
   data = mf_setup.make_batch(seed=4, e=16)
   for shape, steps in (((2, 2, 2), 2), ((4, 2, 1), 4)):
     mesh = make_mesh(shape)
-    state, shardings = sharded_state(params, tx, mesh=mesh,
-                                     param_shardings=policy_shardings(model, encoder, params, mesh))
-    step_fn = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings)
+    state, step_fn = sharded_step(mesh)
     state = fit(name="t", workdir=workdir, state=state, step_fn=step_fn, data=data, batch_events=8, steps=steps,
                 seed=0, log_every=1, ckpt_every=2, mesh=mesh, log=log)
   return state
 
 
-def run_preempted(workdir: str) -> int:
-  """A long fit with the first train step (compiled for the (2, 2, 2) mesh), in which process 1 sends
-  itself a SIGTERM (a preemption notice) after step 3: the step every process saved before stopping."""
-  fresh, _ = sharded_state(params, tx, mesh=mesh, param_shardings=policy_shardings(model, encoder, params, mesh))
+def run_preempted(workdir: str, mesh, step) -> int:
+  """A long fit with `step`, in which process 1 sends itself a SIGTERM (a preemption notice)
+  after step 3: the step every process saved before stopping."""
+  fresh, _ = sharded_step(mesh)
 
   def log(line):
     if jax.process_index() == 1 and "step 3/" in line:
@@ -78,12 +70,23 @@ def run_preempted(workdir: str) -> int:
   raise AssertionError("not preempted")
 
 
-result = {"loss": float(metrics["loss"]), "tokens": np.asarray(out.tokens).tolist(),
-          "processes": jax.process_count(), "devices": jax.device_count(),
-          "local_rows": int(len(local["agent_mask"]))}
-run_fit(os.environ["WORKDIR"], log=lambda *_: None)
-if jax.process_count() > 1:  # one process has no preemption service: nothing would stop the fit
-  result["preempted_at"] = run_preempted(os.environ["WORKDIR"] + "_preempted")
-if distributed.is_main():
-  with open(os.environ["OUT"], "w") as f:
-    json.dump(result, f)
+def main():
+  mesh = make_mesh((2, 2, 2))
+  state, step = sharded_step(mesh)
+  local = {k: v[process_rows(8)] for k, v in mf_setup.make_batch(seed=3, e=8).items()}  # this process's events only
+  gb = global_batch(local, mesh)
+  _, metrics = step(state, gb, jax.random.PRNGKey(7))
+  out = to_host(simulate(model, params, gb, method="mf", encoder=encoder, context=mf_setup.CONTEXT,
+                         rng=jax.random.PRNGKey(11), warmup=2, mesh=mesh))
+  result = {"loss": float(metrics["loss"]), "tokens": np.asarray(out.tokens).tolist(),
+            "processes": jax.process_count(), "devices": jax.device_count(),
+            "local_rows": int(len(local["agent_mask"]))}
+  run_fit(os.environ["WORKDIR"], log=lambda *_: None)
+  result["preempted_at"] = run_preempted(os.environ["WORKDIR"] + "_preempted", mesh, step)
+  if distributed.is_main():
+    with open(os.environ["OUT"], "w") as f:
+      json.dump(result, f)
+
+
+if __name__ == "__main__":
+  main()
