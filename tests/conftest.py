@@ -26,15 +26,32 @@ def hf_checkpoints(tmp_path_factory):
   return out
 
 
+TEST_CACHE_ENV = "MFJAX_TEST_XLA_CACHE"
+
+
 def pytest_configure(config):
   # Tests compile many small, identical XLA programs from different closures;
-  # a per-run persistent cache lets them share compiled executables.
+  # a per-run persistent cache lets them share compiled executables. The first
+  # process makes it; pytest-xdist's workers inherit its path through the
+  # environment and share it. A size limit turns on JAX's file lock, so that no
+  # worker reads an entry that another is still writing.
   import tempfile
 
   import jax
-  jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="mfjax-xla-cache-"))
+  if TEST_CACHE_ENV not in os.environ:
+    os.environ[TEST_CACHE_ENV] = config.mfjax_cache = tempfile.mkdtemp(prefix="mfjax-xla-cache-")
+  jax.config.update("jax_compilation_cache_dir", os.environ[TEST_CACHE_ENV])
+  jax.config.update("jax_compilation_cache_max_size", 4 << 30)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+  """The process that made the run's cache removes it."""
+  import shutil
+  if getattr(config, "mfjax_cache", None):
+    shutil.rmtree(config.mfjax_cache, ignore_errors=True)
+    del os.environ[TEST_CACHE_ENV]
 
 
 CED_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ced"))
