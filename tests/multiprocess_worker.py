@@ -39,7 +39,8 @@ tx = make_optimizer(params, trainable="lora+mf", lr=1e-2, steps=10, warmup=1)
 
 def sharded_step(mesh):
   """A fresh sharded train state on `mesh` and the train step jitted for it."""
-  state, shardings = sharded_state(params, tx, mesh=mesh, param_shardings=policy_shardings(model, encoder, params, mesh))
+  shardings = policy_shardings(model, encoder, params, mesh)
+  state, shardings = sharded_state(params, tx, mesh=mesh, param_shardings=shardings)
   return state, jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=shardings)
 
 
