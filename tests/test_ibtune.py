@@ -33,8 +33,10 @@ def setup():
 @functools.lru_cache
 def _grad_fn(setup_id, term):
   model, encoder, params, batch = _SETUPS[setup_id]
-  f = lambda p, beta: ib_tune_loss(model=model, encoder=encoder, params=p, batch=batch, rng=jax.random.PRNGKey(0),
-                                   beta=beta)[1][term]
+
+  def f(p, beta):
+    aux = ib_tune_loss(model=model, encoder=encoder, params=p, batch=batch, rng=jax.random.PRNGKey(0), beta=beta)[1]
+    return aux["loss"] - aux["relevance"] if term == "loss-relevance" else aux[term]
   return jax.jit(jax.grad(f))
 
 
@@ -55,13 +57,13 @@ def test_gradient_reaches_every_encoder_part(setup):
 
 
 def test_beta_zero_means_kl_has_no_effect(setup):
-  g0 = _grads(setup, 0.0)
-  g_rel = _grads(setup, 0.0, term="relevance")
-  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g_rel)):
-    np.testing.assert_array_equal(a, b)
-  g1 = _grads(setup, 1.0)  # with beta > 0 the compression term does move the encoder
-  diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g1["mf"], g0["mf"])
-  assert max(jax.tree.leaves(diff)) > 1e-4
+  # what the loss adds to relevance has no gradient at all at beta=0: exactly, in one program (the two
+  # cotangents into relevance cancel before they flow back, and compression's is 0 * 1), so that the
+  # check does not hang on how XLA orders the sums of two programs
+  for x in jax.tree.leaves(_grads(setup, 0.0, term="loss-relevance")):
+    np.testing.assert_array_equal(x, np.zeros_like(x))
+  g1 = _grads(setup, 1.0, term="loss-relevance")  # with beta > 0 the compression term does move the encoder
+  assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g1["mf"])) > 1e-4
 
 
 def test_terms_and_compression_bits(setup):

@@ -37,7 +37,9 @@ def _fit_rows(workdir) -> tuple[list, list]:
 def test_two_processes_equal_one(tmp_path):
   out, workdir, processes = tmp_path / "two.json", tmp_path / "two_fit", 2
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "OUT": str(out), "WORKDIR": str(workdir),
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}",
+         # conftest's XLA flags (they make the numbers this process compares), 4 devices each
+         "XLA_FLAGS": " ".join([f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f]
+                               + [f"--xla_force_host_platform_device_count={8 // processes}"]),
          "PYTHONPATH": os.path.dirname(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
          "JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}", "JAX_NUM_PROCESSES": str(processes),
          # each process's own compile cache serves the programs it builds again (run_fit's first step)

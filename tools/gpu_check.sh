@@ -141,7 +141,7 @@ for s in $steps; do
           tools/aot_memory.py --config experiments/qwen2_lora.py --preset qwen2-1.5b --sweep "$n" --execute --repeats 3
       fi ;;
     tests)
-      step tests "${LIMIT_TESTS:-1500}" pytest.log env JAX_DEFAULT_MATMUL_PRECISION=highest \
+      step tests "${LIMIT_TESTS:-1500}" pytest.log env JAX_DEFAULT_MATMUL_PRECISION=highest MFJAX_TEST_XLA_DEFAULTS=1 \
         XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" "$py" -m pytest -q -p no:cacheprovider tests
       tail -n 15 "$out/pytest.log" ;;
   esac
