@@ -47,7 +47,8 @@
 # Float32 matmuls run at full precision (no TF32) in the float32 bench, generate and
 # tests, so that parity tolerances and the PyTorch comparison mean the same as on
 # CPU; the tests also make XLA's GPU reductions deterministic, so that a resumed run
-# is bit-identical (as on CPU).
+# is bit-identical (as on CPU), and keep XLA's own compile settings
+# (MFJAX_TEST_XLA_DEFAULTS=1; on CPU the suite compiles at -O0 to save time).
 set -u
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
