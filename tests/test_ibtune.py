@@ -57,9 +57,9 @@ def test_gradient_reaches_every_encoder_part(setup):
 
 
 def test_beta_zero_means_kl_has_no_effect(setup):
-  # what the loss adds to relevance has no gradient at all at beta=0: exactly, in one program (the two
-  # cotangents into relevance cancel before they flow back, and compression's is 0 * 1), so that the
-  # check does not hang on how XLA orders the sums of two programs
+  # what the loss adds to relevance has no gradient at all at beta=0, exactly: in one program, the
+  # cotangents 1 and -1 into relevance cancel before they flow back, and compression's is beta = 0
+  # (two programs, loss's gradient against relevance's, agree only as far as XLA orders their sums alike)
   for x in jax.tree.leaves(_grads(setup, 0.0, term="loss-relevance")):
     np.testing.assert_array_equal(x, np.zeros_like(x))
   g1 = _grads(setup, 1.0, term="loss-relevance")  # with beta > 0 the compression term does move the encoder
