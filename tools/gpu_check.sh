@@ -48,7 +48,8 @@
 # tests, so that parity tolerances and the PyTorch comparison mean the same as on
 # CPU; the tests also make XLA's GPU reductions deterministic, so that a resumed run
 # is bit-identical (as on CPU), and keep XLA's own compile settings
-# (MFJAX_TEST_XLA_DEFAULTS=1; on CPU the suite compiles at -O0 to save time).
+# (MFJAX_TEST_XLA_DEFAULTS=1; on CPU the suite compiles at -O0 to save time). They run
+# in one process (-n 0): each pytest-xdist worker would claim its own share of the GPU.
 set -u
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
@@ -143,7 +144,7 @@ for s in $steps; do
       fi ;;
     tests)
       step tests "${LIMIT_TESTS:-1500}" pytest.log env JAX_DEFAULT_MATMUL_PRECISION=highest MFJAX_TEST_XLA_DEFAULTS=1 \
-        XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" "$py" -m pytest -q -p no:cacheprovider tests
+        XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" "$py" -m pytest -q -p no:cacheprovider -n 0 tests
       tail -n 15 "$out/pytest.log" ;;
   esac
 done
