@@ -50,8 +50,8 @@ from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, 
 from mfjax.parallel.mesh import check_events, process_rows, with_activation_sharding
 from mfjax.parallel.state import place, policy_shardings, to_host
 from mfjax.pipeline_config import (EVAL_ONLY_KEYS, LAYOUT_KEYS, STAGE_SET_KEYS, check_config, check_data_choices,
-                                   intervention_of, intervention_runs, layer_fields, lora_config, methods, mf_config,
-                                   rollout_runs, scratch_model_config, sweep_betas, trained_stages)
+                                   ib_stages, intervention_of, intervention_runs, layer_fields, lora_config, methods,
+                                   mf_config, rollout_runs, scratch_model_config, sweep_stages, trained_stages)
 from mfjax.runs import (COMPILE_CACHE_ENV, check_bound_to, check_trained_from, check_workdir, log, read_jsonl,
                         record_trained_from)
 
@@ -302,7 +302,7 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
   with `trained_only`, an unfinished stage is an error instead)."""
   mesh = mesh_from(cfg) if mesh is None else mesh
   rng = jax.random.PRNGKey(cfg.seed)
-  want = methods(cfg)
+  stages = trained_stages(cfg)  # the set of stages; how each trains is below
   common, where = {"cfg": cfg, "data": data, "mesh": mesh}, {"workdir": workdir, "trained_only": trained_only}
 
   def train_one(name, section, make_loss, params, trainable, model):
@@ -328,12 +328,11 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
   model, lm = add_lora(model, lm, lora_config(cfg), jax.random.fold_in(rng, 2))
   encoder = MeanFieldEncoder(mf_config(cfg, model.cfg.hidden_size))
   out = {"base": {"lm": lm}}
-  if "sft" in want:
+  if "sft" in stages:
     loss = lambda agents: lambda params, batch, rng, step: policy_loss(
         model=model, params=params, batch=batch, rng=rng, agents=agents)
     out["sft"] = train_one("sft", "sft", loss, {"lm": lm}, cfg.sft.trainable, model)
-  betas = [("mf", cfg.ib.beta)] if "mf" in want else []
-  betas += [(f"mf_beta{b:g}", b) for b in sweep_betas(cfg)]
+  betas = ib_stages(cfg)
   if betas:  # one compile for every beta: each stage starts from the same parameters, beta is an argument
     params = {"lm": lm, "mf": init_encoder(encoder, jax.random.fold_in(rng, 3), model.cfg.hidden_size)}
     loss = lambda agents: lambda params, batch, rng, step, beta: ib_tune_loss(
@@ -341,9 +340,9 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
         beta=beta_schedule(beta, cfg.ib.schedule, cfg.ib.warmup)(step), lm_grad=cfg.mf.lm_grad)
     fns = _stage_fns("mf_train", make_loss=loss, params=params, trainable=cfg.mf_train.trainable, model=model,
                      encoder=encoder, **common)
-  for name, beta in betas:
+  for name, beta in betas.items():
     out[name] = _train(name, fns, params=params, hparams={"beta": beta}, **common, **where)
-  if "mf_text" in want:
+  if "mf_text" in stages:
     loss = lambda agents: lambda params, batch, rng, step: text_ib_tune_loss(
         model=model, spec=data.text, params=params, batch=batch, rng=rng, beta=cfg.mf_text.beta, agents=agents)
     # the writer starts as the policy; its prior p0 is the base LM: its zeroed adapters with lora, a frozen copy
@@ -408,8 +407,7 @@ def simulate_all(cfg, workdir: str, data: Data, trained: Trained, *, mesh=None) 
 def _sweep_validation(cfg, workdir: str) -> dict:
   """tag -> {"beta", "val_relevance", "val_compression_bits"} from each sweep stage's last validation."""
   out = {}
-  for b in sweep_betas(cfg):
-    tag = f"mf_beta{b:g}"
+  for tag, b in sweep_stages(cfg).items():
     rows = []
     path = os.path.join(workdir, tag, "metrics.jsonl")
     if os.path.exists(path):

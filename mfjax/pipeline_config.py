@@ -205,7 +205,7 @@ def check_config(cfg) -> None:
     check("intervention.methods", lambda: intervention_methods(cfg))
   check("eval.labeler", lambda: make_labeler(cfg.eval.labeler))
   check("ib.schedule", lambda: beta_schedule(cfg.ib.beta, cfg.ib.schedule, cfg.ib.warmup))
-  check("ib.sweep", lambda: sweep_betas(cfg))
+  check("ib.sweep", lambda: sweep_stages(cfg))
   check("model.dtype", lambda: _float_dtype(m.dtype))
   check("model.remat", lambda: checkpoint_policy(m.remat))
   check("model.layer_loop", m.layer_loop in LAYER_LOOPS, f"{m.layer_loop!r} is none of {LAYER_LOOPS}")
@@ -244,8 +244,26 @@ def trained_stages(cfg) -> dict[str, str]:
   want = methods(cfg)
   out = {} if cfg.model.checkpoint else {"base": "base"}
   out.update({"sft": "sft"} if "sft" in want else {})
-  out.update({name: "mf_train" for name in ["mf"] * ("mf" in want) + [f"mf_beta{b:g}" for b in sweep_betas(cfg)]})
+  out.update(dict.fromkeys(ib_stages(cfg), "mf_train"))
   out.update({"mf_text": "mf_text_train"} if "mf_text" in want else {})
+  return out
+
+
+def ib_stages(cfg) -> dict[str, float]:
+  """{stage: beta} of every stage IB-Tune trains with the latent mean field: `mf` for that method
+  (ib.beta), then the sweep's."""
+  return {**({"mf": float(cfg.ib.beta)} if "mf" in methods(cfg) else {}), **sweep_stages(cfg)}
+
+
+def sweep_stages(cfg) -> dict[str, float]:
+  """{stage: beta} of the IB sweep, one stage `mf_beta<b>` per beta of ib.sweep (a beta given
+  twice is a ValueError: both would be one stage)."""
+  out = {}
+  for b in (float(b) for b in str(cfg.ib.sweep).split(",") if b.strip()):
+    name = f"mf_beta{b:g}"
+    if name in out:
+      raise ValueError(f"ib.sweep: beta {b:g} is given twice")
+    out[name] = b
   return out
 
 
@@ -267,10 +285,6 @@ def intervention_methods(cfg) -> list[str]:
   return out
 
 
-def sweep_betas(cfg) -> list[float]:
-  return [float(b) for b in str(cfg.ib.sweep).split(",") if b.strip()]
-
-
 def check_data_choices(d) -> None:
   """ValueError unless data.source and data.eval_split are ones `pipeline.split_events` reads."""
   if d.source not in ("synthetic", "ced"):
@@ -282,7 +296,7 @@ def check_data_choices(d) -> None:
 def rollout_runs(cfg) -> list[tuple[str, str, str]]:
   """(tag, method, params key) of every rollout: the methods, then the sweep."""
   runs = [(m, m, "base" if m in ("state", "recent", "popular") else m) for m in methods(cfg)]
-  runs += [(f"mf_beta{b:g}", "mf", f"mf_beta{b:g}") for b in sweep_betas(cfg)]
+  runs += [(tag, "mf", tag) for tag in sweep_stages(cfg)]
   return runs
 
 

@@ -235,6 +235,7 @@ def test_every_pipeline_experiment_passes_the_config_check(spec):
     ("rollout.top_k=-1", "rollout.top_k: must be >= 0"),
     ("ib.schedule=cosine", "ib.schedule: unknown beta schedule 'cosine'"),
     ("ib.sweep=1e-3,x", "ib.sweep: could not convert"),
+    ("ib.sweep=0.1,1e-3,1e-1", "ib.sweep: beta 0.1 is given twice"),  # both would be stage mf_beta0.1
     ("ib.beta=-1.0", "ib.beta: must be >= 0"),
     ("lora.targets=q,w", r"lora: unknown LoRA target\(s\) \['w'\]"),
     ("data.source=weibo", "data.source: must be 'synthetic' or 'ced'"),
