@@ -5,7 +5,7 @@ stages -> rollouts -> evaluation, every stage resumable from the workdir.
   workdir/tokenizer/            trained on the training events (or the checkpoint's)
   workdir/base/                 pre-training from scratch (skipped with model.checkpoint)
   workdir/sft/, workdir/mf/     fine-tuning stages; mf_beta<b>/ for an IB sweep; mf_text/ (text mean field)
-     checkpoints/ metrics.jsonl
+     checkpoints/ metrics.jsonl environment.jsonl (where each session of it trained: mfjax.runs.environment)
   workdir/rollouts/<method>_seed<s>.npz   sampled actions, real-action log-probs
   workdir/rollouts/<method>_intervened_seed<s>.npz   the same with intervention.text injected
   workdir/results.json, workdir/plots/*.png   (mfjax.evaluation.report)
@@ -52,8 +52,8 @@ from mfjax.parallel.state import place, policy_shardings, to_host
 from mfjax.pipeline_config import (EVAL_ONLY_KEYS, LAYOUT_KEYS, STAGE_SET_KEYS, check_config, check_data_choices,
                                    ib_stages, intervention_of, intervention_runs, layer_fields, lora_config, methods,
                                    mf_config, rollout_runs, scratch_model_config, sweep_stages, trained_stages)
-from mfjax.runs import (COMPILE_CACHE_ENV, check_bound_to, check_trained_from, check_workdir, log, read_jsonl,
-                        record_trained_from)
+from mfjax.runs import (COMPILE_CACHE_ENV, check_bound_to, check_trained_from, check_workdir, environment, log,
+                        read_jsonl, record_trained_from, stage_environments)
 
 
 @dataclasses.dataclass
@@ -486,6 +486,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
     results = evaluate(workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=rollout_runs(cfg),
                        seeds=cfg.rollout.seeds, warmup=cfg.rollout.warmup, labeler_name=cfg.eval.labeler,
                        truth=data.truth, sweep=_sweep_validation(cfg, stages) or None, started=t0, log=log,
-                       intervention=_intervention_report(cfg, data), references=data.references)
+                       intervention=_intervention_report(cfg, data), references=data.references,
+                       environment={"evaluate": environment(),
+                                    "stages": stage_environments(stages, trained_stages(cfg))})
   log(f"[done] {', '.join(commands)} in {time.time() - t0:.0f} s; outputs in {workdir}")
   return results

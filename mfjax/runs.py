@@ -13,8 +13,11 @@ e.g. a final report on holdout of a run selected on val), which it only reads.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
+import subprocess
 from typing import Optional
 
 import jax
@@ -29,6 +32,8 @@ COMPILE_CACHE_DEFAULT = os.path.join("~", ".cache", "mfjax", "xla")
 COMPILE_CACHE_MAX_BYTES = 4 << 30
 # A workdir whose rollouts use another run's trained stages names that run here
 TRAINED_FROM_FILE = "trained_from.json"
+# A stage's folder: one row per session that trained steps of it, saying where (`environment`)
+ENVIRONMENT_FILE = "environment.jsonl"
 
 
 class RunFolderError(UserError):
@@ -234,6 +239,56 @@ def write_json(path: str, obj) -> None:
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=2, ensure_ascii=False)
   os.replace(tmp, path)
+
+
+def _cpu() -> tuple[str, set]:
+  """The CPU's model name and feature flags (Linux: /proc/cpuinfo; elsewhere what `platform` says, no flags)."""
+  name, flags = platform.processor() or platform.machine(), set()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+      fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+  except OSError:
+    return name, flags
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  return fields.get("model name", name), set(fields.get("flags", "").split())
+
+
+def _commit() -> Optional[str]:
+  """mfjax's git commit (`-dirty` with uncommitted changes), when it runs from a checkout; else None."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if not os.path.exists(os.path.join(root, ".git")):
+    return None
+  try:
+    out = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty", "--abbrev=40"],
+                         capture_output=True, text=True, timeout=30)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def environment() -> dict:
+  """Where this process computes: code, versions, devices and the CPU. A trained stage's numbers
+  depend on them beyond their float32 rounding: XLA compiles for the CPU it runs on, and the vector
+  width (`cpu_vector`, capped by --xla_cpu_max_isa in `xla_flags`) orders the sums, which 1000
+  IB-Tune steps carry into the KL (README: "What the quickstart shows")."""
+  device = jax.devices()[0]
+  cpu, flags = _cpu()
+  versions = {}
+  for package in ("jax", "jaxlib", "flax", "optax"):
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      versions[package] = None
+  vector = next((isa for flag, isa in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), "")
+  return {"mfjax_commit": _commit(), **versions, "python": platform.python_version(), "platform": device.platform,
+          "device_kind": device.device_kind, "devices": jax.device_count(), "processes": jax.process_count(),
+          "cpu": cpu, "cpu_vector": vector, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def stage_environments(workdir: str, stages) -> dict:
+  """{stage: its ENVIRONMENT_FILE rows} for each of `stages` (folders of `workdir`) that has one."""
+  paths = {name: os.path.join(workdir, name, ENVIRONMENT_FILE) for name in stages}
+  return {name: read_jsonl(path) for name, path in paths.items() if os.path.exists(path)}
 
 
 def use_compile_cache() -> Optional[str]:

@@ -218,6 +218,10 @@ def test_resume_continues_at_the_right_step_with_identical_params(tmp_path):
     np.testing.assert_array_equal(a, b)
   rows = [json.loads(line)["step"] for line in open(tmp_path / "b" / "metrics.jsonl")]
   assert rows == [1, 2, 3, 4, 5, 6]
+  # each session that trained steps says where: the first 0 -> 3, the resumed one 3 -> 6
+  sessions = [json.loads(line) for line in open(tmp_path / "b" / "environment.jsonl")]
+  assert [(r["from_step"], r["to_step"]) for r in sessions] == [(0, 3), (3, 6)]
+  assert all(r["jax"] == jax.__version__ and r["platform"] == jax.devices()[0].platform for r in sessions)
   with pytest.raises(FileNotFoundError, match="not trained"):
     fit(workdir=str(tmp_path / "c"), state=fresh(), steps=6, trained_only=True, **kw)
 

@@ -78,13 +78,21 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   assert results["seconds"] > 0  # the whole job's wall time, in the one write of results.json
   for stage in ("base", "sft", "mf", "mf_text"):
     assert os.path.exists(wd / stage / "metrics.jsonl")
+  # where it ran: the scoring process, and each stage's one training session (a resumed stage would have more)
+  env = results["environment"]
+  assert env["evaluate"]["jax"] == jax.__version__ and env["evaluate"]["devices"] == jax.device_count() == 8
+  assert env["evaluate"]["xla_flags"] == os.environ["XLA_FLAGS"] and env["evaluate"]["cpu"]
+  assert {k: [(r["from_step"], r["to_step"]) for r in v] for k, v in env["stages"].items()} == {
+    "base": [(0, 6)], "sft": [(0, 2)], "mf": [(0, 4)], "mf_text": [(0, 4)]}
   stamp = os.path.getmtime(rollout_path(str(wd), "mf", 0))
 
   _cli("run", wd)  # a rerun resumes: nothing retrained or re-simulated
   out = capsys.readouterr().out
   assert "already trained" in out and "[simulate]" not in out and "] training " not in out
   assert os.path.getmtime(rollout_path(str(wd), "mf", 0)) == stamp
-  assert json.load(open(wd / "results.json"))["methods"]["mf"]["kl_mean"] == results["methods"]["mf"]["kl_mean"]
+  rerun = json.load(open(wd / "results.json"))
+  assert rerun["methods"]["mf"]["kl_mean"] == results["methods"]["mf"]["kl_mean"]
+  assert rerun["environment"]["stages"] == env["stages"]  # nothing trained: no session recorded
 
   # another workdir rolls out wd's trained stages with other rollout settings, reading wd only
   before = _snapshot(wd)
@@ -100,6 +108,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   assert moved["data"]["warmup"] == 2 and results["data"]["warmup"] == 1
   assert moved["methods"]["mf"]["kl_mean"] != results["methods"]["mf"]["kl_mean"]
   assert json.load(open(again / "trained_from.json")) == {"trained_from": os.path.abspath(wd)}
+  assert moved["environment"]["stages"] == env["stages"]  # the stages' own, read from wd
   section = moved["intervention"]
   assert section["step"] == 2 and section["agents"] == 2 and section["scored_steps"] == [3] and section["events"] == 4
   assert section["labels"] == {"behaviour": "comment", "belief": "doubt", "sentiment": "neutral", "intent": "promotion"}

@@ -12,6 +12,8 @@ results.json:
    "simulators": {"methods": {<name>: {"kl_mean", "kl_mean_std", "kl": {dim}}}, ...}   (`bounds.bounds`:
                  no-model reference simulators, from the training events and the eval events' real steps;
                  on synthetic data also "world", the world's own equations run free from the warm-up)
+   "environment": {"evaluate": {...}, "stages": {<stage>: [{"from_step", "to_step", ...}]}}   (where the
+                  scoring ran and where each trained stage's steps were computed: `mfjax.runs.environment`)
    "reference": {...}, "data": {...}}
 
 KL is KL(real || simulated) per (event, step) over the rollout steps
@@ -159,7 +161,8 @@ def check_rollouts(workdir: str, runs: list[tuple[str, str, str]], seeds: int) -
 
 def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, str]], seeds: int, warmup: int,
              labeler_name: str = "rules", truth=None, sweep: Optional[dict] = None, started: Optional[float] = None,
-             log=print, intervention: Optional[dict] = None, references: Optional[dict] = None) -> dict:
+             log=print, intervention: Optional[dict] = None, references: Optional[dict] = None,
+             environment: Optional[dict] = None) -> dict:
   """results.json + plots for rollouts saved under workdir/rollouts (see module docstring).
   runs: (tag, method, params key) as `mfjax.pipeline_config.rollout_runs`; sweep: tag -> validation terms;
   started: the `time.time()` the whole job began at (results.json then records its `seconds`);
@@ -167,7 +170,8 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
   "forced": [E, T, B] its agents, "runs": [(tag with it, tag without)],
   "world": None or (probs without, probs with) [E, T, C] per dimension};
   references: {"train_texts" [N][T*B], "train_mask" [N, T, B], "train_labels" [N], "eval_labels" [E]}: the
-  reference simulators (`bounds`), scored with as many draws as seeds, into results.json's "simulators"."""
+  reference simulators (`bounds`), scored with as many draws as seeds, into results.json's "simulators";
+  environment: where the numbers were computed, into results.json as it is."""
   check_rollouts(workdir, runs + [(tag, None, None) for tag, _ in (intervention or {}).get("runs", [])], seeds)
   labeler = CachedLabeler(make_labeler(labeler_name))
   E, T, B = eval_batch.agent_mask.shape
@@ -216,6 +220,8 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
   if intervention is not None:
     results["intervention"], traces = _intervention(sim_ids, intervention, agent_mask, seeds)
     plots.intervention(workdir, traces, agent_mask, results["intervention"])
+  if environment is not None:
+    results["environment"] = environment
   if started is not None:
     results["seconds"] = time.time() - started
   write_json(os.path.join(workdir, "results.json"), results)

@@ -36,7 +36,7 @@ from mfjax.model.lora import is_lora_path
 from mfjax.parallel.mesh import (batch_sharding, global_batch, opt_state_shardings, process_rows, replicated,
                                  with_activation_sharding)
 from mfjax.parallel.state import place
-from mfjax.runs import Preempted, restore_latest, resume_jsonl
+from mfjax.runs import ENVIRONMENT_FILE, Preempted, environment, restore_latest, resume_jsonl
 
 TRAINABLE = ("lora+mf", "lora", "full", "mf")
 
@@ -154,7 +154,8 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
 
   step_fn(state, batch, rng) -> (state, metrics) is the jitted `train_step`;
   eval_fn(params) -> {name: float} runs on validation data every `eval_every`
-  steps and at the end. Writes workdir/metrics.jsonl and workdir/checkpoints.
+  steps and at the end. Writes workdir/metrics.jsonl and workdir/checkpoints, and
+  appends where it trains (`mfjax.runs.environment`) to workdir/environment.jsonl.
   Stops with FloatingPointError naming the step if the loss is not finite, and
   with `Preempted` once every host has saved the step a preemption notice
   (JAX's preemption sync point, multi-host runs) names.
@@ -184,6 +185,9 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
     return state
   if about:
     log(f"[{name}] {about}")
+  if jax.process_index() == 0:  # where these steps are computed (a resumed stage may go on elsewhere)
+    with open(os.path.join(workdir, ENVIRONMENT_FILE), "a", encoding="utf-8") as f:
+      f.write(json.dumps({"from_step": start, "to_step": steps, **environment()}) + "\n")
   rng = jax.random.PRNGKey(seed)
   t0 = time.time()
   for step in range(start, steps):
