@@ -79,6 +79,12 @@ def read_jsonl(path: str) -> list[dict]:
   return [row for _, row in _log_lines(path)[1]]
 
 
+def append_jsonl(path: str, row: dict) -> None:
+  """Add `row` as the last line of the log `path` (one JSON object per line)."""
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(row) + "\n")
+
+
 def resume_jsonl(path: str, last_step: int) -> None:
   """Before a training loop resumes from its checkpoint at `last_step` (0: none):
   drop the rows of the log `path` (one JSON object per line, each with its
@@ -246,10 +252,10 @@ def _cpu() -> tuple[str, set]:
   name, flags = platform.processor() or platform.machine(), set()
   try:
     with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-      fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+      first = f.read().split("\n\n")[0]  # the first processor's fields
   except OSError:
     return name, flags
-  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
   return fields.get("model name", name), set(fields.get("flags", "").split())
 
 

@@ -20,7 +20,6 @@ the latest orbax checkpoint and continues where it stopped.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Optional
@@ -36,7 +35,7 @@ from mfjax.model.lora import is_lora_path
 from mfjax.parallel.mesh import (batch_sharding, global_batch, opt_state_shardings, process_rows, replicated,
                                  with_activation_sharding)
 from mfjax.parallel.state import place
-from mfjax.runs import ENVIRONMENT_FILE, Preempted, environment, restore_latest, resume_jsonl
+from mfjax.runs import ENVIRONMENT_FILE, Preempted, append_jsonl, environment, restore_latest, resume_jsonl
 
 TRAINABLE = ("lora+mf", "lora", "full", "mf")
 
@@ -186,8 +185,7 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
   if about:
     log(f"[{name}] {about}")
   if jax.process_index() == 0:  # where these steps are computed (a resumed stage may go on elsewhere)
-    with open(os.path.join(workdir, ENVIRONMENT_FILE), "a", encoding="utf-8") as f:
-      f.write(json.dumps({"from_step": start, "to_step": steps, **environment()}) + "\n")
+    append_jsonl(os.path.join(workdir, ENVIRONMENT_FILE), {"from_step": start, "to_step": steps, **environment()})
   rng = jax.random.PRNGKey(seed)
   t0 = time.time()
   for step in range(start, steps):
@@ -208,8 +206,7 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
       row = {"step": done, **(row or {}), **val}
       log(f"[{name}] step {done} validation: " + "  ".join(f"{k} {v:.4f}" for k, v in val.items()))
     if row is not None and jax.process_index() == 0:
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+      append_jsonl(metrics_path, row)
     # a preemption notice (SIGTERM to any host of a multi-host run): every host saves the same step, then stops
     preempted = mngr.reached_preemption(done)
     if done % ckpt_every == 0 or done == steps or preempted:
