@@ -49,6 +49,7 @@ from mfjax.evaluation.report import check_rollouts, evaluate, make_labeler, roll
 from mfjax.parallel import MeshConfig, distributed, global_batch, init_sharded, make_mesh
 from mfjax.parallel.mesh import check_events, process_rows, with_activation_sharding
 from mfjax.parallel.state import place, policy_shardings, to_host
+from mfjax.params_keys import PARAMS
 from mfjax.pipeline_config import (EVAL_ONLY_KEYS, LAYOUT_KEYS, STAGE_SET_KEYS, check_config, check_data_choices,
                                    ib_stages, intervention_of, intervention_runs, layer_fields, lora_config, methods,
                                    mf_config, rollout_runs, scratch_model_config, sweep_stages, trained_stages)
@@ -315,7 +316,7 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
     hf.check_tokenizer(data.tokenizer, hf.load_config(cfg.model.checkpoint), cfg.model.checkpoint,
                        cfg.model.checkpoint)
     model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype, host=True, **layer_fields(cfg))
-    lm = place({"lm": lm}, policy_shardings(model, None, {"lm": lm}, mesh))["lm"]
+    lm = place({PARAMS.lm: lm}, policy_shardings(model, None, {PARAMS.lm: lm}, mesh))[PARAMS.lm]
     log(f"[base] loaded {cfg.model.checkpoint}")
   else:
     model = Decoder(_model_config(cfg, data.tokenizer, data.context, data.text))
@@ -324,17 +325,17 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
     kinds = tuple(KINDS[k] for k in ("none", "recent", "popular"))
     loss = lambda agents: lambda params, batch, rng, step: policy_loss(
         model=model, params=params, batch=batch, rng=rng, context=data.context, context_kinds=kinds, agents=agents)
-    lm = train_one("base", "base", loss, {"lm": lm}, "full", model)["lm"]
+    lm = train_one("base", "base", loss, {PARAMS.lm: lm}, "full", model)[PARAMS.lm]
   model, lm = add_lora(model, lm, lora_config(cfg), jax.random.fold_in(rng, 2))
   encoder = MeanFieldEncoder(mf_config(cfg, model.cfg.hidden_size))
-  out = {"base": {"lm": lm}}
+  out = {"base": {PARAMS.lm: lm}}
   if "sft" in stages:
     loss = lambda agents: lambda params, batch, rng, step: policy_loss(
         model=model, params=params, batch=batch, rng=rng, agents=agents)
-    out["sft"] = train_one("sft", "sft", loss, {"lm": lm}, cfg.sft.trainable, model)
+    out["sft"] = train_one("sft", "sft", loss, {PARAMS.lm: lm}, cfg.sft.trainable, model)
   betas = ib_stages(cfg)
   if betas:  # one compile for every beta: each stage starts from the same parameters, beta is an argument
-    params = {"lm": lm, "mf": init_encoder(encoder, jax.random.fold_in(rng, 3), model.cfg.hidden_size)}
+    params = {PARAMS.lm: lm, PARAMS.mf: init_encoder(encoder, jax.random.fold_in(rng, 3), model.cfg.hidden_size)}
     loss = lambda agents: lambda params, batch, rng, step, beta: ib_tune_loss(
         model=model, encoder=encoder, params=params, batch=batch, rng=rng, remat=cfg.ib.remat, agents=agents,
         beta=beta_schedule(beta, cfg.ib.schedule, cfg.ib.warmup)(step), lm_grad=cfg.mf.lm_grad)
@@ -347,7 +348,7 @@ def train(cfg, workdir: str, data: Data, *, mesh=None, trained_only: bool = Fals
         model=model, spec=data.text, params=params, batch=batch, rng=rng, beta=cfg.mf_text.beta, agents=agents)
     # the writer starts as the policy; its prior p0 is the base LM: its zeroed adapters with lora, a frozen copy
     # with full
-    params = {"lm": lm, "mf_lm": lm, **({"prior": lm} if cfg.mf_text_train.trainable == "full" else {})}
+    params = {PARAMS.lm: lm, PARAMS.mf_lm: lm, **({PARAMS.prior: lm} if cfg.mf_text_train.trainable == "full" else {})}
     out["mf_text"] = train_one("mf_text", "mf_text_train", loss, params, cfg.mf_text_train.trainable, model)
   return Trained(model, encoder, out)
 

@@ -3,7 +3,7 @@ logs and checkpoints read back after a crash (a file that cannot be read is a
 RunFolderError naming it), and the compiled programs kept between runs.
 
 A workdir belongs to the config that created it (saved as config.json); a
-rerun with the same config resumes, a different one is refused with the keys
+rerun with the same config resumes, a different one is refused (WorkdirError) with the keys
 that differ, so nothing already written is overwritten silently (a caller names
 the keys that may differ: how the run is laid out on devices, which extra stages
 it trains). A workdir may
@@ -38,6 +38,11 @@ ENVIRONMENT_FILE = "environment.jsonl"
 
 class RunFolderError(UserError):
   """A file in a run folder that cannot be read; the message names it (and the line)."""
+
+
+class WorkdirError(UserError):
+  """A workdir (or --trained-from run) this command may not use as asked; the message names it and
+  says what to do instead (another --workdir, --trained-from)."""
 
 
 class Preempted(RuntimeError):
@@ -153,7 +158,7 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, may_differ: tupl
   (--trained-from)."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise SystemExit(f"error: the workdir {workdir} is a file, not a folder; use another --workdir")
+    raise WorkdirError(f"the workdir {workdir} is a file, not a folder; use another --workdir")
   if jax.process_index() != 0:  # process 0 checks and writes; the others only read and write checkpoints
     os.makedirs(workdir, exist_ok=True)
     return
@@ -168,7 +173,7 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, may_differ: tupl
                 f"--trained-from {workdir} and give another --workdir")
       elif adopt and all(k.startswith(may_differ + adopt) for k in diff):
         then = "they change which stages the run trains: use `train` or `run`, which train the new ones"
-      raise SystemExit(f"error: {workdir} holds a run with a different config (keys {diff}); {then}")
+      raise WorkdirError(f"{workdir} holds a run with a different config (keys {diff}); {then}")
     was, now = _flat(saved), _flat(resolved)
     values = lambda keys, of: ", ".join(f"{k}={of.get(k)!r}" for k in keys)
     kept = [k for k in diff if k.startswith(may_differ)]
@@ -194,13 +199,13 @@ def check_trained_from(trained_from: str, workdir: str, cfg: ml_collections.Conf
   if not os.path.exists(path):
     raise FileNotFoundError(f"--trained-from {trained_from} holds no run (no config.json there)")
   if os.path.realpath(trained_from) == os.path.realpath(workdir):
-    raise SystemExit(f"error: --trained-from names the workdir itself ({workdir}); leave it out to resume that run")
+    raise WorkdirError(f"--trained-from names the workdir itself ({workdir}); leave it out to resume that run")
   saved = read_json(path)
   diff = [k for k in differing_keys(saved, json.loads(cfg.to_json())) if not k.startswith(may_differ)]
   if diff:
     keys = ", ".join(k + "*" if k.endswith(".") else k for k in may_differ)
-    raise SystemExit(f"error: {trained_from} was trained with other values of {diff}; only {keys} may differ "
-                     "from the run whose stages are read")
+    raise WorkdirError(f"{trained_from} was trained with other values of {diff}; only {keys} may differ "
+                       "from the run whose stages are read")
 
 
 def check_bound_to(workdir: str, trained_from: Optional[str], fresh: bool) -> bool:
@@ -219,10 +224,10 @@ def check_bound_to(workdir: str, trained_from: Optional[str], fresh: bool) -> bo
   if saved == given:
     return False
   if saved is not None:
-    raise SystemExit(f"error: {workdir} reads its trained stages from {saved}: pass --trained-from {saved}")
+    raise WorkdirError(f"{workdir} reads its trained stages from {saved}: pass --trained-from {saved}")
   if not fresh:
-    raise SystemExit(f"error: {workdir} holds a run with its own trained stages; use another --workdir "
-                     "to read those of --trained-from")
+    raise WorkdirError(f"{workdir} holds a run with its own trained stages; use another --workdir "
+                       "to read those of --trained-from")
   return True
 
 

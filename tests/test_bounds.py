@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from mfjax import configs
+from mfjax.categories import DIMENSIONS
 from mfjax.data import Action, Event, step_texts
 from mfjax.evaluation import bounds, metrics
-from mfjax.evaluation.labelers import DIMENSIONS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))

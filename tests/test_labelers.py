@@ -2,7 +2,8 @@
 
 import pytest
 
-from mfjax.evaluation import DIMENSIONS, RuleLabeler, category_ids
+from mfjax.categories import DIMENSIONS
+from mfjax.evaluation import RuleLabeler, category_ids
 
 CASES = [
     # text, behaviour, belief, sentiment, intent

@@ -67,7 +67,7 @@ def test_generate_samples_from_an_exported_folder_and_refuses_one_without_a_toke
 def test_workdir_of_another_config_is_refused(tmp_path):
   runs.check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES))
   before = (tmp_path / "config.json").read_text()
-  with pytest.raises(SystemExit, match=r"different config \(keys \['train.steps'\]\)"):
+  with pytest.raises(runs.WorkdirError, match=r"different config \(keys \['train.steps'\]\)"):
     runs.check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES + ["train.steps=41"]))
   assert (tmp_path / "config.json").read_text() == before
 

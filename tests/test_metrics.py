@@ -5,8 +5,8 @@ import pytest
 import scipy.spatial.distance
 import scipy.stats
 
+from mfjax.categories import DIMENSIONS
 from mfjax.evaluation import metrics
-from mfjax.evaluation.labelers import DIMENSIONS
 
 
 def _dists(seed, n=7, c=3):

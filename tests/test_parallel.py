@@ -363,7 +363,7 @@ def test_pinned_activations_cut_the_collectives_of_an_fsdp_step(capsys):
 
 
 def test_collective_bytes_reads_each_op_once_and_async_pairs_at_their_end():
-  from mfjax.parallel.aot import collective_bytes
+  from mfjax.aot import collective_bytes
   hlo = """
   %all-reduce.1 = f32[8,4]{1,0} all-reduce(f32[8,4]{1,0} %x), replica_groups={}, to_apply=%add
   %ags = (bf16[2,3]{1,0}, bf16[4,3]{1,0}) all-gather-start(bf16[2,3]{1,0} %a), dimensions={0}
@@ -377,7 +377,7 @@ def test_collective_bytes_reads_each_op_once_and_async_pairs_at_their_end():
 def test_collective_traffic_weights_each_op_by_the_loops_around_it():
   """A 16-byte psum inside a scan of 5 inside a scan of 3, and one in a while loop
   whose trip count is traced (counted at the bound given): 15 + 4 runs of it."""
-  from mfjax.parallel.aot import collective_bytes, collective_traffic
+  from mfjax.aot import collective_bytes, collective_traffic
   mesh = jax.make_mesh((8,), ("x",))
   mix = jax.shard_map(lambda v: v * jax.lax.psum(v.sum(0), "x"), mesh=mesh, in_specs=P("x"), out_specs=P("x"))
 

@@ -13,11 +13,15 @@ import pytest
 from mf_setup import crash_at_step
 from mfjax.__main__ import main
 from mfjax import configs
-from mfjax.evaluation import DIMENSIONS, bounds
+from mfjax.categories import DIMENSIONS
+from mfjax.evaluation import bounds
 from mfjax.configs import ConfigError
 from mfjax.evaluation.report import ROLLOUT_ARRAYS, load_rollout, rollout_path
 from mfjax.pipeline_config import check_config, layer_fields, scratch_model_config
 from mfjax.runs import RunFolderError
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import report_table  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch.BACKEND_COMPILE_EVENT

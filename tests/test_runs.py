@@ -6,10 +6,11 @@ import os
 import re
 
 import jax
+import ml_collections
 import pytest
 
-from mfjax.runs import (COMPILE_CACHE_ENV, COMPILE_CACHE_MAX_BYTES, RunFolderError, read_json, read_jsonl,
-                        resume_jsonl, use_compile_cache)
+from mfjax.runs import (COMPILE_CACHE_ENV, COMPILE_CACHE_MAX_BYTES, RunFolderError, WorkdirError, check_workdir,
+                        read_json, read_jsonl, resume_jsonl, use_compile_cache)
 
 
 @pytest.fixture
@@ -128,6 +129,18 @@ def test_one_line_errors_turns_bad_input_into_one_line_and_lets_bugs_through(tmp
   with pytest.raises(ValueError, match="a bug"):  # not the user's to fix: the traceback stays
     with one_line_errors():
       raise ValueError("a bug")
+
+
+def test_a_refused_workdir_is_one_error_line(tmp_path):
+  """runs raises WorkdirError (no "error: " of its own); the CLI's one_line_errors adds it once."""
+  from mfjax.errors import one_line_errors
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(WorkdirError, match=r"^the workdir .*a_file is a file, not a folder; use another --workdir$"):
+    check_workdir(str(tmp_path / "a_file"), ml_collections.ConfigDict())
+  with pytest.raises(SystemExit) as e:
+    with one_line_errors():
+      check_workdir(str(tmp_path / "a_file"), ml_collections.ConfigDict())
+  assert e.value.code == f"error: the workdir {tmp_path / 'a_file'} is a file, not a folder; use another --workdir"
 
 
 def test_checked_flags_name_the_flag_and_the_range(capsys):

@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
+from mfjax.categories import DIMENSIONS
 from mfjax.data import synthetic
 from mfjax.data.intervention import Intervention
-from mfjax.evaluation import DIMENSIONS, RuleLabeler, category_ids
+from mfjax.evaluation import RuleLabeler, category_ids
 from mfjax.evaluation import metrics
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))

@@ -84,11 +84,12 @@ def main(argv=None):
   from mfjax.errors import one_line_errors
   from mfjax.model import hf
   from mfjax.model.config import PRESETS
-  from mfjax.parallel import MeshConfig, ShardingError, make_mesh
+  from mfjax.parallel import MeshConfig, ShardingError, distributed, make_mesh
   from mfjax.parallel.mesh import check_events
-  from mfjax.parallel.aot import Shapes, rollout_memory, train_step_memory
+  from mfjax.aot import Shapes, rollout_memory, train_step_memory
   from mfjax.pipeline_config import check_config, layer_fields, lora_config, mf_config, scratch_model_config
 
+  distributed.initialize()  # a multi-host run ($MFJAX_DISTRIBUTED) joins before JAX starts
   with one_line_errors():  # a bad config key or value, or a checkpoint folder that cannot be read
     cfg = configs.load_config(args.config, args.set)
     check_config(cfg)

@@ -17,9 +17,10 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from mfjax.categories import DIMENSIONS  # noqa: E402
 from mfjax.data import load_events  # noqa: E402
 from mfjax.errors import one_line_errors  # noqa: E402
-from mfjax.evaluation import DIMENSIONS, RuleLabeler  # noqa: E402
+from mfjax.evaluation import RuleLabeler  # noqa: E402
 from mfjax.evaluation.metrics import accuracy_macro_f1  # noqa: E402
 
 HAND = os.path.join(REPO, "experiments", "labels", "ced_val_hand.tsv")

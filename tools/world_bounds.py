@@ -23,10 +23,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mfjax.categories import DIMENSIONS  # noqa: E402
 from mfjax.data import synthetic  # noqa: E402
 from mfjax.errors import checked, positive_int  # noqa: E402
 from mfjax.evaluation import metrics  # noqa: E402
-from mfjax.evaluation.labelers import DIMENSIONS  # noqa: E402
+from mfjax.parallel import distributed  # noqa: E402
 
 
 def bounds(config: synthetic.WorldConfig, events: int, warmup: int, seed: int) -> dict:

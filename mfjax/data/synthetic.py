@@ -50,9 +50,9 @@ from typing import Optional
 
 import numpy as np
 
+from mfjax.categories import DIMENSIONS, SHARE_LABELS
 from mfjax.data.events import Action, Event
 from mfjax.data.intervention import Intervention
-from mfjax.evaluation.labelers import DIMENSIONS, SHARE_LABELS
 
 TYPES = ("轻信", "中立", "多疑")  # credulous, neutral, sceptical: z = -1, 0, +1
 TYPE_Z = np.array([-1.0, 0.0, 1.0])

@@ -39,8 +39,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mfjax.categories import DIMENSIONS
 from mfjax.evaluation import metrics
-from mfjax.evaluation.labelers import DIMENSIONS
 
 PREDICTORS = ("global", "label", "warmup", "shrunk", "previous", "event", "step")
 ORACLES = ("previous", "event", "step", "world")  # they read real steps a rollout past its warm-up does not

@@ -1,14 +1,7 @@
 """Labelers: action text -> one category per dimension.
 
-Dimensions and their categories (ordinal ones in order, low to high):
-
-- behaviour: share, comment (an empty text or a bare forwarding phrase is a share)
-- belief: believe, doubt
-- sentiment: negative, neutral, positive (ordinal)
-- intent: question, promotion, opinion
-
-A plain share counts as believe / neutral / promotion: it spreads the post
-without a word against it.
+The dimensions and their categories are `mfjax.categories.DIMENSIONS`; a plain
+share is read as `mfjax.categories.SHARE_LABELS` (believe / neutral / promotion).
 
 `RuleLabeler` is offline and deterministic (lexicons of Weibo emoticons and
 Chinese markers); see `OpenAICompatLabeler` in `mfjax.evaluation.llm_labeler`
@@ -20,13 +13,7 @@ from __future__ import annotations
 import re
 from typing import Protocol, Sequence
 
-DIMENSIONS: dict[str, tuple[str, ...]] = {
-    "behaviour": ("share", "comment"),
-    "belief": ("believe", "doubt"),
-    "sentiment": ("negative", "neutral", "positive"),
-    "intent": ("question", "promotion", "opinion"),
-}
-ORDINAL = ("sentiment",)
+from mfjax.categories import DIMENSIONS, SHARE_LABELS
 
 
 class Labeler(Protocol):
@@ -65,9 +52,6 @@ QUESTION_MARKERS = ("?", "？", "吗", "谁知道", "有人知道", "为什么",
 PROMOTION_MARKERS = ("转发", "扩散", "转起", "帮转", "求转", "快转", "转给", "转走", "大家", "周知", "提醒", "注意",
                      "看看", "速转", "互相转告", "告诉", "分享")
 
-
-# How labelers read a plain share: it spreads the post without a word against it.
-SHARE_LABELS = {"behaviour": "share", "belief": "believe", "sentiment": "neutral", "intent": "promotion"}
 
 
 def _without_chain(text: str) -> str:

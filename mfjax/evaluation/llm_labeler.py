@@ -18,7 +18,8 @@ import urllib.error
 import urllib.request
 from typing import Optional, Sequence
 
-from mfjax.evaluation.labelers import DIMENSIONS, SHARE_LABELS, collate, is_share
+from mfjax.categories import DIMENSIONS, SHARE_LABELS
+from mfjax.evaluation.labelers import collate, is_share
 
 PROMPT_VERSION = "weibo-labels-v1"
 SYSTEM_PROMPT = (

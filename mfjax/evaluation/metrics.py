@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import rel_entr
 
-from mfjax.evaluation.labelers import DIMENSIONS, ORDINAL
+from mfjax.categories import DIMENSIONS, ORDINAL
 
 DEFAULT_EPS = 1e-3  # additive smoothing: a category never seen gets ~eps mass
 

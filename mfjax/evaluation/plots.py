@@ -8,8 +8,8 @@ from typing import Optional
 
 import numpy as np
 
+from mfjax.categories import DIMENSIONS
 from mfjax.evaluation import bounds, metrics
-from mfjax.evaluation.labelers import DIMENSIONS
 from mfjax.runs import read_jsonl
 
 # The category whose proportion each trajectory plot shows.

@@ -37,9 +37,10 @@ from typing import Optional
 
 import numpy as np
 
+from mfjax.categories import DIMENSIONS
 from mfjax.data import synthetic
 from mfjax.evaluation import bounds, metrics, plots
-from mfjax.evaluation.labelers import DIMENSIONS, RuleLabeler, category_ids
+from mfjax.evaluation.labelers import RuleLabeler, category_ids
 from mfjax.runs import RunFolderError, write_json
 
 

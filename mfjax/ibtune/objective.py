@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from mfjax.meanfield import text as text_mf
 from mfjax.meanfield.encoder import MeanFieldEncoder, MFState, Posterior, agent_embeddings
 from mfjax.model.transformer import Decoder, unrolled
+from mfjax.params_keys import PARAMS
 from mfjax.policy import action_logprobs, with_context
 from mfjax.rollout.context import ContextSpec, step_contexts
 
@@ -79,11 +80,11 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
   the LM still trains through the policy term). sample=False reads the
   posterior mean instead of a draw (deterministic evaluation)."""
   E, T = batch["agent_mask"].shape[:2]
-  pooled = agent_embeddings(model, params["lm"], batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"],
+  pooled = agent_embeddings(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"],
                             batch["action_mask"])  # [E, T, B, D]
   if not lm_grad:
     pooled = jax.lax.stop_gradient(pooled)
-  enc = lambda method, *a: encoder.apply({"params": params["mf"]}, *a, method=method)
+  enc = lambda method, *a: encoder.apply({"params": params[PARAMS.mf]}, *a, method=method)
   feats = enc(MeanFieldEncoder.features, pooled)
 
   def step(state, xs):
@@ -109,7 +110,7 @@ def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rn
                                   lm_grad=lm_grad, sample=sample)
   scored = subsample_agents(batch, k_a, agents)
   prefix = _per_agent_rows(m, scored["agent_mask"].shape[2])
-  logp = action_logprobs(model, params["lm"], _flat(scored["prompt_ids"], 1), _flat(scored["prompt_mask"], 1),
+  logp = action_logprobs(model, params[PARAMS.lm], _flat(scored["prompt_ids"], 1), _flat(scored["prompt_mask"], 1),
                          _flat(scored["action_ids"], 1), _flat(scored["action_mask"], 1), prefix_NxKxD=prefix)
   relevance, tokens = _token_nll(logp, scored)
   kl = Posterior(mu=mu, logvar=logvar).kl_to_standard_normal()  # [E, T]
@@ -155,7 +156,7 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
   E, T, B = batch["agent_mask"].shape
   S = spec.summary_len
   k_w, k_a = jax.random.split(rng)
-  w_model, writer = unrolled(model, jax.lax.stop_gradient(params["mf_lm"]))  # unstacked once, not at every step
+  w_model, writer = unrolled(model, jax.lax.stop_gradient(params[PARAMS.mf_lm]))  # unstacked once, not at every step
 
   def step(summary, xs):
     act_ids, act_mask, agent_mask, key = xs
@@ -169,8 +170,9 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
   _, (read, w_ids, w_mask, m_ids, m_mask) = jax.lax.scan(step, text_mf.empty_summary(spec, (E,)), xs)
   et = lambda x: _flat(jnp.swapaxes(x, 0, 1), 1)  # [T, E, X] -> [E * T, X]
   m_ids, m_mask = et(m_ids), et(m_mask)
-  log_q = text_mf.summary_logprobs(model, params["mf_lm"], et(w_ids), et(w_mask), m_ids, m_mask).reshape(E, T)
-  prior = jax.lax.stop_gradient(params["prior"]) if "prior" in params else text_mf.prior_params(params["mf_lm"])
+  log_q = text_mf.summary_logprobs(model, params[PARAMS.mf_lm], et(w_ids), et(w_mask), m_ids, m_mask).reshape(E, T)
+  prior = (jax.lax.stop_gradient(params[PARAMS.prior]) if PARAMS.prior in params
+           else text_mf.prior_params(params[PARAMS.mf_lm]))
   log_p0 = text_mf.summary_logprobs(model, prior,
                                     *text_mf.prior_prompt(spec, E * T), m_ids, m_mask).reshape(E, T)
 
@@ -180,7 +182,7 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
   rep = lambda x: _per_agent_rows(x.reshape(E, T, -1), b)
   prompt_ids, prompt_mask = with_context(rep(ctx_ids), rep(ctx_mask), _flat(scored["prompt_ids"], 1),
                                          _flat(scored["prompt_mask"], 1))
-  logp = action_logprobs(model, params["lm"], prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
+  logp = action_logprobs(model, params[PARAMS.lm], prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
                          _flat(scored["action_mask"], 1))
   relevance, tokens = _token_nll(logp, scored)
 
@@ -209,7 +211,7 @@ def policy_loss(*, model: Decoder, params, batch, rng, context: ContextSpec | No
   drawn from `context_kinds` (ids in `mfjax.rollout.context.KINDS`), so that
   one model learns to read the `recent` / `popular` prompts. params = {"lm": ...};
   `agents` > 0 scores that many random agents per step."""
-  lm = params["lm"]
+  lm = params[PARAMS.lm]
   k_kind, k_a = jax.random.split(rng)
   scored = subsample_agents(batch, k_a, agents)
   prompt_ids, prompt_mask = _flat(scored["prompt_ids"], 1), _flat(scored["prompt_mask"], 1)

@@ -35,6 +35,7 @@ from mfjax.model.lora import is_lora_path
 from mfjax.parallel.mesh import (batch_sharding, global_batch, opt_state_shardings, process_rows, replicated,
                                  with_activation_sharding)
 from mfjax.parallel.state import place
+from mfjax.params_keys import PARAMS
 from mfjax.runs import ENVIRONMENT_FILE, Preempted, append_jsonl, environment, restore_latest, resume_jsonl
 
 TRAINABLE = ("lora+mf", "lora", "full", "mf")
@@ -55,8 +56,8 @@ def trainable_labels(params, trainable: str):
   def label(path, _):
     top = getattr(path[0], "key", None)
     lora = is_lora_path(path)
-    train = {"full": True, "lora": lora, "mf": top == "mf", "lora+mf": lora or top == "mf"}[trainable]
-    train = train and top != "prior"
+    train = {"full": True, "lora": lora, "mf": top == PARAMS.mf, "lora+mf": lora or top == PARAMS.mf}[trainable]
+    train = train and top != PARAMS.prior
     return "train" if train else "frozen"
 
   labels = jax.tree_util.tree_map_with_path(label, params)

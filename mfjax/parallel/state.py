@@ -18,27 +18,28 @@ from jax.sharding import Mesh
 from mfjax.meanfield.encoder import MeanFieldEncoder, encoder_specs, init_encoder
 from mfjax.model.transformer import Decoder, init_params, param_specs
 from mfjax.parallel.mesh import RULES, shardings_from_specs
+from mfjax.params_keys import PARAMS
 
 
-def policy_specs(model: Decoder, encoder: Optional[MeanFieldEncoder] = None, keys=("lm", "mf")) -> dict:
+def policy_specs(model: Decoder, encoder: Optional[MeanFieldEncoder] = None, keys=(PARAMS.lm, PARAMS.mf)) -> dict:
   """Logical PartitionSpecs of a {"lm", "mf"} parameter tree (only `keys` present)."""
-  out = {"lm": param_specs(model)}
-  out["mf_lm"] = out["prior"] = out["lm"]
-  if "mf" in keys:
+  out = {PARAMS.lm: param_specs(model)}
+  out[PARAMS.mf_lm] = out[PARAMS.prior] = out[PARAMS.lm]
+  if PARAMS.mf in keys:
     if encoder is None:
       raise ValueError("params have an 'mf' subtree but no encoder was given")
-    out["mf"] = encoder_specs(encoder)
+    out[PARAMS.mf] = encoder_specs(encoder)
   return {k: out[k] for k in keys}
 
 
-def abstract_policy(model: Decoder, encoder: Optional[MeanFieldEncoder] = None, keys=("lm", "mf")) -> dict:
+def abstract_policy(model: Decoder, encoder: Optional[MeanFieldEncoder] = None, keys=(PARAMS.lm, PARAMS.mf)) -> dict:
   """ShapeDtypeStructs of a {"lm", "mf"} parameter tree (only `keys`), by `jax.eval_shape`."""
-  out = {"lm": jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))}
-  out["mf_lm"] = out["prior"] = out["lm"]
-  if "mf" in keys:
+  out = {PARAMS.lm: jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))}
+  out[PARAMS.mf_lm] = out[PARAMS.prior] = out[PARAMS.lm]
+  if PARAMS.mf in keys:
     if encoder is None:
       raise ValueError("params have an 'mf' subtree but no encoder was given")
-    out["mf"] = jax.eval_shape(lambda: init_encoder(encoder, jax.random.PRNGKey(0), model.cfg.hidden_size))
+    out[PARAMS.mf] = jax.eval_shape(lambda: init_encoder(encoder, jax.random.PRNGKey(0), model.cfg.hidden_size))
   return {k: out[k] for k in keys}
 
 

@@ -43,6 +43,7 @@ from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, MFState, 
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, with_activation_sharding
 from mfjax.parallel.state import abstract_policy, place, policy_shardings
+from mfjax.params_keys import PARAMS
 from mfjax.policy import per_agent, with_context
 from mfjax.rollout.context import KINDS, NONE, ContextSpec, quote_context, repost_counts, selection_scores
 
@@ -101,10 +102,10 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     raise ValueError(f"action length {A} != spec.max_new_tokens {spec.max_new_tokens}")
   N = T * B
   # unrolled once here, not inside the scan over steps (at every step)
-  writer = unrolled(model, params["mf_lm"])[1] if spec.text is not None else None
-  model, lm = unrolled(model, params["lm"])
+  writer = unrolled(model, params[PARAMS.mf_lm])[1] if spec.text is not None else None
+  model, lm = unrolled(model, params[PARAMS.lm])
   cfg = model.cfg
-  enc = lambda method, *a: encoder.apply({"params": params["mf"]}, *a, method=method)
+  enc = lambda method, *a: encoder.apply({"params": params[PARAMS.mf]}, *a, method=method)
   mf0 = MFState.zeros(encoder.cfg if spec.use_mf else MeanFieldConfig(feature_size=1, hidden_size=1), (E,))
   if spec.text is not None:
     summary0 = text_mf.empty_summary(spec.text, (E,))
@@ -180,7 +181,8 @@ def _donating_impl(model, encoder, params, action_ids, rest, *scalars, spec: Rol
 
 def _param_keys(spec: RolloutSpec) -> tuple:
   """The parameter subtrees a rollout reads."""
-  return ("lm", "mf") if spec.use_mf else ("lm", "mf_lm") if spec.text is not None else ("lm",)
+  return ((PARAMS.lm, PARAMS.mf) if spec.use_mf else (PARAMS.lm, PARAMS.mf_lm) if spec.text is not None
+          else (PARAMS.lm,))
 
 
 @functools.lru_cache(maxsize=32)
@@ -243,9 +245,9 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   caller must not use that array again (the pipeline builds each batch afresh)."""
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
                            top_p=top_p, score_real=score_real, text=text)
-  if spec.use_mf and (encoder is None or "mf" not in params):
+  if spec.use_mf and (encoder is None or PARAMS.mf not in params):
     raise ValueError("method 'mf' needs the encoder and params['mf']")
-  if spec.text is not None and "mf_lm" not in params:
+  if spec.text is not None and PARAMS.mf_lm not in params:
     raise ValueError("method 'mf_text' needs params['mf_lm'] (the summary writer)")
   params = {k: params[k] for k in _param_keys(spec)}  # e.g. a text stage's frozen "prior" is not rolled out
   encoder = encoder if spec.use_mf else None

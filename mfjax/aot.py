@@ -47,6 +47,7 @@ from mfjax.model.config import LoraConfig, ModelConfig
 from mfjax.model.transformer import Decoder
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated
 from mfjax.parallel.state import abstract_policy, policy_shardings
+from mfjax.params_keys import PARAMS
 from mfjax.rollout.simulate import BATCH_KEYS, _sharded_simulate, method_spec
 
 
@@ -261,7 +262,7 @@ def rollout_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, 
   model, encoder, params = policy(model_cfg, mf_cfg, lora)
   spec, _ = method_spec(method, max_new_tokens=shapes.action)
   if not spec.use_mf:
-    params = {"lm": params["lm"]}
+    params = {PARAMS.lm: params[PARAMS.lm]}
   fn, p_sh = _sharded_simulate(model, encoder if spec.use_mf else None, spec, mesh, RULES,
                                pin_activations=pin_activations)
   rep = replicated(mesh)
