@@ -126,9 +126,13 @@ def main(argv=None) -> None:
   p.set_defaults(fn=_generate)
 
   args = parser.parse_args(argv)
+  from mfjax.parallel import distributed
   from mfjax.runs import Preempted
   try:
     with one_line_errors():  # bad input: one line naming the file, line or key
+      # a multi-host run ($MFJAX_DISTRIBUTED) joins its hosts before anything asks JAX for a
+      # device; a config's parallel.distributed is read by pipeline.run, before its checks
+      distributed.initialize()
       args.fn(args)
   except Preempted as e:  # the host is going away; its state is saved
     sys.exit(f"{e}")

@@ -436,6 +436,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   """`python -m mfjax train|simulate|evaluate|run`: the named parts, in order, in one workdir.
   trained_from: another run's workdir whose trained stages (and tokenizer) the rollouts use,
   read only; its config must equal `cfg` but for EVAL_ONLY_KEYS. `train` is then skipped."""
+  distributed.initialize(cfg.parallel.distributed)  # first: checking the config asks JAX for its backend
   check_config(cfg)
   if trained_from and commands == ("train",):
     raise ConfigError("train with --trained-from: the stages are that run's; use run, simulate or evaluate")
@@ -443,7 +444,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   if cfg.model.checkpoint_required and not cfg.model.checkpoint:
     raise ConfigError("model.checkpoint is required by this experiment: --set model.checkpoint=/path/to/hf-folder "
                       "(a local Hugging Face folder with config.json, safetensors and the tokenizer)")
-  distributed.initialize(cfg.parallel.distributed)  # before anything touches a device
   cache = jax.config.jax_compilation_cache_dir
   log(f"[cache] compiled programs kept for later runs in {cache} ({COMPILE_CACHE_ENV}=off: not kept)" if cache
       else f"[cache] compiled programs not kept ({COMPILE_CACHE_ENV}=DIR keeps them)")

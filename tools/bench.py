@@ -66,6 +66,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mfjax.errors import positive_int  # noqa: E402
+from mfjax.parallel import distributed  # noqa: E402
 
 TARGETS = {("rollout", "policy_1event"): 1.2, ("rollout", "policy_8events"): 3.0, ("rollout", "mf_step"): 10.0,
            ("rollout", "text_mf_step"): None,  # the paper's algorithm on both sides: no target in the issue
@@ -553,6 +554,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  distributed.initialize()  # a multi-host run ($MFJAX_DISTRIBUTED) joins before JAX starts
   built = build(args)
   peak = peak_flops(dtype=args.dtype) if args.bench in ("mfu", "all") else 0.0
   if args.bench in ("rollout", "all"):

@@ -27,6 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mfjax.errors import positive_int  # noqa: E402
+from mfjax.parallel import distributed  # noqa: E402
 
 from bench import generate_flops, peak_flops  # noqa: E402  (tools/bench.py: the shared FLOP counts)
 from bench import timed as _timed  # noqa: E402
@@ -43,6 +44,7 @@ def main() -> None:
   ap.add_argument("--repeats", type=positive_int, default=3, help="timed runs per side (median is reported)")
   ap.add_argument("--skip-torch", action="store_true", help="time mfjax only (e.g. where torch is absent)")
   args = ap.parse_args()
+  distributed.initialize()  # a multi-host run ($MFJAX_DISTRIBUTED) joins before JAX starts
 
   from mfjax import sampling
   from mfjax.model import hf

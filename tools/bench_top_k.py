@@ -32,6 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 from bench import timed  # noqa: E402
 from mfjax import sampling  # noqa: E402
 from mfjax.errors import positive_int  # noqa: E402
+from mfjax.parallel import distributed  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:
@@ -66,6 +67,7 @@ def main(argv=None) -> None:
   ap.add_argument("--calls", type=positive_int, default=50)
   ap.add_argument("--repeats", type=positive_int, default=5)
   args = ap.parse_args(argv)
+  distributed.initialize()  # a multi-host run ($MFJAX_DISTRIBUTED) joins before JAX starts
   k = args.k
   variants = {"lax_top_k": lambda x: jax.lax.top_k(x, k), "lax_top_k16": lambda x: jax.lax.top_k(x, 16)}
   for c in _ints(args.chunks):

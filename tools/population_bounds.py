@@ -41,6 +41,7 @@ from mfjax.errors import one_line_errors, positive_int  # noqa: E402
 from mfjax.evaluation import bounds  # noqa: E402
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler, world_runs  # noqa: E402
 from mfjax.runs import RunFolderError, differing_keys, read_json  # noqa: E402
+from mfjax.parallel import distributed  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
                               "quickstart.py")
@@ -90,6 +91,7 @@ def main(argv=None):
   ap.add_argument("--run", metavar="DIR", help="a run folder whose methods to print beside the simulators")
   ap.add_argument("--json", metavar="PATH", help="also write the result as JSON here (never over an existing file)")
   a = ap.parse_args(argv)
+  distributed.initialize()  # a multi-host run ($MFJAX_DISTRIBUTED) joins before JAX starts
   if a.json and os.path.exists(a.json):
     ap.error(f"--json: {a.json} exists; give a new path")
   if a.json and not os.path.isdir(os.path.dirname(os.path.abspath(a.json))):  # found now, not after the labelling

@@ -62,6 +62,7 @@ import bench  # noqa: E402
 from mfjax.errors import checked, positive_int  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from mfjax.parallel import distributed  # noqa: E402
 
 # Host-side events that are not XLA ops (the runtime's own bookkeeping).
 RUNTIME = ("ThunkExecutor", "SlinkyThreadPool", "PjitFunction", "$")
@@ -222,6 +223,7 @@ def op_times(path: str) -> tuple[str, dict, dict, dict]:
 
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
+  distributed.initialize()  # a multi-host run ($MFJAX_DISTRIBUTED) joins before JAX starts
   model, params, encoder, batch = build(args)
   t0 = time.perf_counter()
   run, hlo = step_fn(args, model, params, encoder, batch)

@@ -73,6 +73,7 @@ def main(argv=None):
   ap.add_argument("--agents-per-step", type=positive_int, default=synthetic.WorldConfig.agents_per_step,
                   help="B, agents sampled per step (default: %(default)s)")
   a = ap.parse_args(argv)
+  distributed.initialize()  # a multi-host run ($MFJAX_DISTRIBUTED) joins before JAX starts
   cfg = synthetic.WorldConfig(herding=a.herding, mood_herding=a.mood_herding, share_herding=a.share_herding,
                               agents_per_step=a.agents_per_step)
   print(json.dumps({"world": {"herding": a.herding, "mood_herding": a.mood_herding, "share_herding": a.share_herding,

@@ -28,7 +28,8 @@ def wanted(enabled: bool = False) -> bool:
 
 def initialize(enabled: bool = False) -> bool:
   """Join the other processes (once) if `enabled` or $MFJAX_DISTRIBUTED is set.
-  Returns whether this is a multi-process run."""
+  Call it before anything asks JAX for a device or its backend (`python -m mfjax`
+  and every tool call it first). Returns whether this is a multi-process run."""
   global _done
   if wanted(enabled) and not _done:
     kwargs = {}
