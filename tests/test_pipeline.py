@@ -5,6 +5,7 @@ over a mesh of 8 CPU devices."""
 import json
 import os
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -123,6 +124,10 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
     assert all(abs(sum(d.values())) < 1e-9 for d in effect.values())
   assert section["world"]["effect"]["belief"]["doubt"] > 0  # the world's own answer (herding)
   assert os.path.getsize(again / "plots" / "intervention.png") > 0
+  tables = report_table.render(moved)  # the docs' tables, made from a real results.json
+  assert f"| mf | {moved['methods']['mf']['kl_mean']:.3f} | " in tables
+  assert [line for line in tables.splitlines() if line.startswith("### ")] == [
+      "### methods", "### simulators", "### intervention"]
   assert os.path.exists(rollout_path(str(again), "mf_intervened", 1))
   with pytest.raises(SystemExit, match=r"other values of \['ib.beta'\]; only data.eval_split, .*, rollout\.\*, "):
     _cli("run", tmp_path / "other_beta", extra=["ib.beta=0.5"], trained_from=wd)
