@@ -78,7 +78,7 @@ def filter_logits(logits_BxV, *, temperature, top_k: int = 0, top_p: float = 1.0
 
 # XLA's GPU top-k kernel takes k <= 16 (and rows of at least 1024); a larger k is lowered
 # to a sort of each whole row (XLA's TopkSpecializer). On an H100, for 1024 rows of 8192
-# float32 logits and k 50 (tools/gpu_results/2026-11-26b_h100): that sort took 0.69 ms; the
+# float32 logits and k 50 (docs/benchmarks.md): that sort took 0.69 ms; the
 # top-16 kernel 0.64 ms a call (so rounds of it, tried, were slower still); top-k in rows of
 # 512, then over the 800 candidates, 0.40 ms (rows of 256: 0.41, 1024: 0.44, 2048: 0.50).
 # On a CPU whole rows are fastest (0.33 ms for 16 rows, 2.2 ms in rows of 512):

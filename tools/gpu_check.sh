@@ -6,8 +6,8 @@
 #   tools/gpu_check.sh [STEP...]      STEP: profile mfu topk layers rollout bench aot generate tests meshes
 #                                     (default: all but rollout, which bench includes, and meshes, in this order)
 #
-# Times of each step on one H100 (2026-11-26/27, most of it compiling): profile 70-90 s, mfu 62-80 s,
-# topk 30 s (its first version), layers 27-61 s a variant (156 s for four on 2026-11-27), rollout
+# Times of each step on one H100 (most of it compiling): profile 70-90 s, mfu 62-80 s,
+# topk 30 s (its first version), layers 27-61 s a variant (156 s for four), rollout
 # (bench's bfloat16 rollout) 115-117 s, float32 train 125 s and float32 mfu 200 s (a float32 train
 # step alone at full precision did not compile within 70-80 s); aot's Qwen2-1.5B train step with
 # the layers looped (model.layer_loop=unroll) did not finish within 100 s. The whole default run
@@ -38,7 +38,7 @@
 #                                measured peak, step time and collective traffic (README "Which mesh")
 #   log.txt            every step's stderr and exit status
 #
-# OUT (default /tmp/gpu_check) is where the files go; PYTHON chooses the interpreter;
+# OUT (default /tmp/gpu_check, a folder outside the repository) is where the raw files go; PYTHON chooses the interpreter;
 # BENCH_ARGS adds tools/bench.py flags (e.g. smaller sizes to try the script on a CPU), PROFILE_ARGS
 # tools/profile_step.py flags;
 # LIMIT_BENCH (each bench process; the float32 ones get 1.5x it), LIMIT_AOT, LIMIT_MFU, LIMIT_PROFILE, LIMIT_TOPK,
@@ -51,9 +51,12 @@
 # (MFJAX_TEST_XLA_DEFAULTS=1; on CPU the suite compiles at -O0 to save time). They run
 # in one process (-n 0): each pytest-xdist worker would claim its own share of the GPU.
 set -u
-out=${OUT:-/tmp/gpu_check}
-mkdir -p "$out"
+out=$(realpath -m "${OUT:-/tmp/gpu_check}")
 cd "$(dirname "$0")/.."
+case "$out/" in  # raw output stays out of the source tree: a measured table goes to docs/benchmarks.md
+  "$(pwd -P)"/*) echo "error: OUT=$out is inside the repository; give a folder outside it" >&2; exit 2 ;;
+esac
+mkdir -p "$out"
 py=${PYTHON:-python3}
 steps=${*:-profile mfu topk layers bench aot generate tests}
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
