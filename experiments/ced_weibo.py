@@ -11,10 +11,10 @@ Qwen2-1.5B instead). Rollouts are scored on val (model selection); holdout is
 for final reports only and never used for training or selection: the second
 command below rolls out the first one's trained stages on holdout, read only.
 
-36 minutes on 2 CPU cores with the defaults (the first command below at commit
-49a6c1f: 2138 s for the run, 4.1 GB peak memory; its table is in the README).
-The five methods tie there, within a seed's standard deviation. `smoke`, which
-CI runs, takes under a minute (49 s at commit 4a35747 with the compile cache off):
+36 minutes on 2 CPU cores with the defaults (2138 s for the first command below,
+4.1 GB peak memory); its results are in docs/experiments/ced.md. The five methods
+tie there, within a seed's standard deviation. `smoke`, which CI runs, takes under
+a minute (49 s with the compile cache off):
 
   python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced --workdir runs/ced_weibo
   python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced --set data.eval_split=holdout \

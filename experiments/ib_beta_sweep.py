@@ -9,9 +9,8 @@ policy can no longer read the population from it. Written to results.json
 (`ib_sweep`), the printed table and plots/ib_curve.png; `state` and `sft` are
 rolled out as references.
 
-About 10 minutes on 2 CPU cores (582 s measured; `smoke`: 122 s, both at commit
-c115666 with the compile cache off, where one compile serves every beta; the
-smoke took 222 s when each beta compiled its own step):
+About 10 minutes on 2 CPU cores (582 s; `smoke`: 122 s, both with the compile
+cache off; one compile serves every beta). Results: docs/experiments/ib_beta_sweep.md.
 
   python -m mfjax run --config experiments/ib_beta_sweep.py --workdir runs/ib_beta_sweep
   python -m mfjax run --config experiments/ib_beta_sweep.py:smoke

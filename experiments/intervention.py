@@ -11,8 +11,8 @@ field.
 
 The intervention's keys (`intervention.*`) change only the rollouts: with
 `--trained-from` a quickstart run's trained stages are reused as they are
-(116 s on 2 CPU cores after the README's main command, which took 255 s, in a
-fresh clone of 66b511f). From scratch it trains those stages first.
+(116 s on 2 CPU cores after the README's main command). From scratch it trains
+those stages first. Results: docs/experiments/intervention.md.
 
   python -m mfjax run --config experiments/intervention.py --workdir runs/intervention
   python -m mfjax run --config experiments/intervention.py --trained-from runs/quickstart --workdir runs/intervention

@@ -3,8 +3,8 @@ Weibo-style corpus, then sampled with the jitted KV-cache sampler.
 
 Shows: tokenizer training, the Flax decoder, a jitted train step with optax,
 orbax resume, HF export, and that sampled reactions reproduce each topic's
-doubt rate. About 30 s on 2 CPU cores (32 s at commit 4a35747 with the compile
-cache off; `smoke`: 11 s).
+doubt rate. About 30 s on 2 CPU cores (32 s with the compile cache off;
+`smoke`: 11 s).
 
   python -m mfjax lm-demo --config experiments/lm_demo.py --workdir runs/lm_demo
   python -m mfjax lm-demo --config experiments/lm_demo.py:smoke --set train.steps=50

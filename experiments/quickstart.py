@@ -9,8 +9,9 @@ and with the latent mean field by IB-Tune (`mf`), rolls every method out over
 held-out events (warm-up on the first real steps, then the model alone, 3
 seeds), labels the actions and prints KL(real || simulated) per method.
 
-About 4 minutes on 2 CPU cores (219 s for the README's main command at commit
-07fe655; `smoke`: 57 s at commit 4a35747 with the compile cache off, 29 s with it warm):
+4 to 8 minutes on 2 CPU cores (455 s for the run on a 2-core AMD EPYC beside
+other work; `smoke`: about 1 minute, half that with the compile cache warm).
+Results and analyses: docs/experiments/quickstart.md.
 
   python -m mfjax run --config experiments/quickstart.py --workdir runs/quickstart
   python -m mfjax run --config experiments/quickstart.py:smoke --set ib.beta=0.01

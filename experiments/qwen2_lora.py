@@ -28,7 +28,7 @@ def get_config(arg: str = ""):
   c.model.dtype = "bfloat16"
   # train step: 25.1 GiB per device on a (1, 4, 2) mesh by the CPU estimate (tools/aot_memory.py --preset
   # qwen2-1.5b); 28.0 GiB by an earlier commit's estimate, whose events per device measured 16.15 GiB on
-  # one H200 (README, Scale)
+  # one H200 (docs/scale.md)
   c.model.remat = "full"
   # 28 layers in one lax.scan (ced_weibo.py unrolls its two): unrolled, the same
   # train step took 131.5 GiB per device by the same estimate, remat or not

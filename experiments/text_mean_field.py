@@ -10,11 +10,12 @@ less beta x (log q(summary) - log p0(summary)), p0 being the base LM. It gets
 the `mf` stage's budget and settings (full fine-tuning, learning rate, steps,
 beta), so the two mean fields differ only in their representation and how it
 is trained. Every method rolls out with the same keys as in the quickstart.
-The README has the result: `mf_text` gains next to nothing over `sft` given the
-same budget, and its writer's summaries stop depending on the actions.
+docs/experiments/text_mean_field.md has the result: `mf_text` gains next to
+nothing over `sft` given the same budget, and its writer's summaries stop
+depending on the actions.
 
-About 17 minutes on 2 CPU cores (1005 s measured at commit 59877e9 with other
-jobs beside it; the `mf_text` stage alone trains at 1.6 steps/s; `smoke`: 70 s):
+About 17 minutes on 2 CPU cores (1005 s with other jobs beside it; the `mf_text`
+stage alone trains at 1.6 steps/s; `smoke`: 70 s):
 
   python -m mfjax run --config experiments/text_mean_field.py --workdir runs/text_mean_field
   python -m mfjax run --config experiments/text_mean_field.py:smoke

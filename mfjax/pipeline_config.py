@@ -57,7 +57,7 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype with a checkpoint (bfloat16 on accelerators)
   # LM activation rematerialisation: none | full | dots | a jax.checkpoint_policies name (memory for compute;
   # tools/aot_memory.py). With scanned layers, dots_with_no_batch_dims_saveable trained the benchmark's width-512
-  # model 12% faster on 2 CPU cores and cut an H100's bfloat16 train step's kernel time 13% (README, Benchmarks)
+  # model 12% faster on 2 CPU cores and cut an H100's bfloat16 train step's kernel time 13% (docs/benchmarks.md)
   c.model.remat = "none"
   # One lax.scan over the layers (compile time flat in depth); False unrolls them (and stores them unstacked):
   # the benchmark's bfloat16 train step took 30% less kernel time unrolled on an H100; its float32 one 7-27%
@@ -67,7 +67,7 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # stacked weights' slices; parameters and checkpoints stay stacked), or auto: unroll on GPUs when model.remat is
   # none, scan elsewhere. The loop cut an H100's bfloat16 train step's kernel time by 30%; with a remat policy (set
   # to save memory) auto scans: looped, Qwen2-1.5B's train step with remat full took 84.0 GiB per device by XLA's
-  # CPU estimate against 12.9 GiB scanned on a (1,4,2) mesh (unmeasured on a GPU; README, Benchmarks)
+  # CPU estimate against 12.9 GiB scanned on a (1,4,2) mesh (unmeasured on a GPU; docs/benchmarks.md)
   c.model.layer_loop = "auto"
   c.model.family = "qwen2"  # from scratch: qwen2 | qwen3 | llama | mistral
   c.model.hidden_size = 64  # D (also the mean-field width)

@@ -281,7 +281,7 @@ def environment() -> dict:
   """Where this process computes: code, versions, devices and the CPU. A trained stage's numbers
   depend on them beyond their float32 rounding: XLA compiles for the CPU it runs on, and the vector
   width (`cpu_vector`, capped by --xla_cpu_max_isa in `xla_flags`) orders the sums, which 1000
-  IB-Tune steps carry into the KL (README: "What the quickstart shows")."""
+  IB-Tune steps carry into the KL (docs/reproducibility.md)."""
   device = jax.devices()[0]
   cpu, flags = _cpu()
   versions = {}

@@ -1,5 +1,5 @@
 """tools/bench.py at a tiny size: every case prints its JSON line with the
-fields the README's tables use, and the PyTorch reference of the train bench
+fields docs/benchmarks.md's tables use, and the PyTorch reference of the train bench
 computes the same IB-Tune loss as mfjax (same weights, m = the posterior mean)."""
 
 import importlib.util

@@ -44,7 +44,7 @@ queries and MLP where its outputs are used; backward = 2x forward)
 and divides by the peak FLOP/s of a large `jnp.dot` in the same process and
 dtype (2048^3 on a CPU, 8192^3 on an accelerator).
 
-For an accelerator's numbers in one run: `tools/gpu_check.sh` (README, Benchmarks).
+For an accelerator's numbers in one run: `tools/gpu_check.sh` (docs/benchmarks.md).
 """
 
 from __future__ import annotations

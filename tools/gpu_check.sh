@@ -35,7 +35,7 @@
 #   pytest.log         tests:    the test suite on the GPU
 #   meshes.jsonl       meshes:   on a host with several GPUs only: tools/aot_memory.py --sweep (all of them)
 #                                --execute --repeats 3 for Qwen2-1.5B + LoRA: every (data, fsdp, tensor) mesh's
-#                                measured peak, step time and collective traffic (README "Which mesh")
+#                                measured peak, step time and collective traffic (docs/scale.md, "Which mesh")
 #   log.txt            every step's stderr and exit status
 #
 # OUT (default /tmp/gpu_check, a folder outside the repository) is where the raw files go; PYTHON chooses the interpreter;

@@ -107,7 +107,7 @@ class ModelConfig:
   # backward pass keeps no stacked residual buffers (their zero fills, dynamic
   # update slices and copies); the program holds every layer, so its compile
   # time grows with depth. The benchmark's bfloat16 train step took 30% less
-  # kernel time so on an H100 (README). pipeline: model.layer_loop.
+  # kernel time so on an H100 (docs/benchmarks.md). pipeline: model.layer_loop.
   unroll_stacked: bool = False
   remat_policy: str = "none"
   # LoRA adapters (None = none). Adapter params live under `.../lora/{a,b}`.
