@@ -29,14 +29,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from mfjax import sampling
 from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least
 from mfjax.data import builtin, load_tokenizer, train_tokenizer
 from mfjax.data.tokenizers import MIN_VOCAB
-from mfjax.ibtune.train import TrainState, fit
-from mfjax.model import Decoder, ModelConfig, hf, init_params
+from mfjax.ibtune.train import TrainState, fit, jit_train_step, make_optimizer
+from mfjax.model import Decoder, ModelConfig, hf, init_params, scratch
 from mfjax.runs import check_workdir, log as _log, read_jsonl, write_json
 
 SEP = "："
@@ -53,16 +52,11 @@ def lm_loss(*, model: Decoder, params, tokens_BxL, mask_BxL):
   return loss, {"nll": loss, "tokens": n}
 
 
-def train_step(state: TrainState, batch, rng=None, *, model: Decoder, tx: optax.GradientTransformation):
-  """One optimizer step; pure, jitted once per run (static model/tx bound by partial). `rng` is
-  unused (the loss draws nothing): the signature is the one `ibtune.fit` calls."""
-  (loss, aux), grads = jax.value_and_grad(
-      lambda p: lm_loss(model=model, params=p, tokens_BxL=batch["tokens"], mask_BxL=batch["mask"]),
-      has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-  return TrainState(state.step + 1, params, opt_state), metrics
+def train_loss(*, model: Decoder, params, batch, rng, step):
+  """`lm_loss` of a batch {"tokens", "mask"} as `ibtune.train_step` calls it (`rng` and `step`
+  unused: the loss draws nothing); aux adds the "loss" that `ibtune.fit` logs."""
+  loss, aux = lm_loss(model=model, params=params, tokens_BxL=batch["tokens"], mask_BxL=batch["mask"])
+  return loss, {"loss": loss, **aux}
 
 
 def encode(tok, texts: list[str], max_len: int, *, add_eos: bool):
@@ -82,13 +76,13 @@ def encode(tok, texts: list[str], max_len: int, *, add_eos: bool):
 
 
 def _model_config(cfg, vocab_size: int, tok) -> ModelConfig:
+  """The from-scratch LM of `cfg.model` (`mfjax.model.scratch`, as the pipeline's), sized for prompt + sample."""
   m = cfg.model
-  return ModelConfig(vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
-                     num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
-                     intermediate_size=m.intermediate_size, family=m.family, qkv_bias=m.family == "qwen2",
-                     qk_norm=m.family == "qwen3", tie_word_embeddings=m.tie_word_embeddings,
-                     max_position_embeddings=cfg.data.max_len + cfg.sample.max_new_tokens,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+  return scratch(m.family, vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+                 num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
+                 tie_word_embeddings=m.tie_word_embeddings,
+                 max_position_embeddings=cfg.data.max_len + cfg.sample.max_new_tokens,
+                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
@@ -128,16 +122,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   _log(f"[data] {len(texts)} texts, {int(mask.sum())} tokens, vocab {len(tok)}")
 
   model = Decoder(_model_config(cfg, len(tok), tok))
-  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.train.lr, cfg.train.warmup, cfg.train.steps)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=cfg.train.weight_decay))
   rng = jax.random.PRNGKey(cfg.seed)
   params = init_params(model, rng)
+  tx = make_optimizer(params, trainable="full", lr=cfg.train.lr, steps=cfg.train.steps, warmup=cfg.train.warmup,
+                      weight_decay=cfg.train.weight_decay)
   state = TrainState(jnp.int32(0), params, tx.init(params))
 
   # the loop the pipeline's stages use: resume, a log trimmed to the checkpoint, preemption, a non-finite stop
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   state = fit(name="train", workdir=workdir, state=state,
-              step_fn=jax.jit(functools.partial(train_step, model=model, tx=tx), donate_argnums=0),
+              step_fn=jit_train_step(loss_fn=functools.partial(train_loss, model=model), tx=tx),
               data={"tokens": tokens, "mask": mask}, batch_events=cfg.train.batch_size, steps=cfg.train.steps,
               seed=cfg.seed, log_every=cfg.train.log_every, ckpt_every=cfg.train.ckpt_every, log=_log,
               about=f"{model.cfg.family} width {model.cfg.hidden_size} x {model.cfg.num_layers} layers, "

@@ -20,7 +20,7 @@ from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.evaluation.report import make_labeler
 from mfjax.ibtune import TRAINABLE, beta_schedule
 from mfjax.meanfield import MeanFieldConfig
-from mfjax.model import LoraConfig, ModelConfig, tiny
+from mfjax.model import LoraConfig, ModelConfig, scratch
 from mfjax.model.transformer import checkpoint_policy
 from mfjax.rollout import METHODS
 
@@ -326,10 +326,9 @@ def scratch_model_config(cfg, vocab_size: int, **extra) -> ModelConfig:
   """The LM that `cfg.model` trains from scratch (no checkpoint); `extra`:
   further ModelConfig fields (token ids, max_position_embeddings)."""
   m = cfg.model
-  return tiny(m.family, vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
-              num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
-              intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_word_embeddings, sliding_window=None,
-              **layer_fields(cfg), **extra)
+  return scratch(m.family, vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+                 num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
+                 tie_word_embeddings=m.tie_word_embeddings, **layer_fields(cfg), **extra)
 
 
 def lora_config(cfg) -> LoraConfig:

@@ -222,6 +222,21 @@ def test_model_layer_loop_reaches_the_model():
   assert (m.unroll_stacked, m.scan_layers, m.remat_policy) == (True, True, "dots")
 
 
+def test_scratch_model_has_only_its_family_switches():
+  """A from-scratch LM takes its family's architecture and nothing the test model
+  `tiny` adds: llama no llama3 rope scaling (nor its rope_theta), mistral no sliding
+  window; qwen2 its q/k/v bias, qwen3 its q/k norm."""
+  def model(family):
+    return scratch_model_config(configs.load_config(QUICK, [f"model.family={family}"]), 64)
+
+  for family in ("llama", "mistral"):
+    m = model(family)
+    assert (m.rope_scaling, m.sliding_window, m.rope_theta) == (None, None, 10000.0), m
+    assert not (m.qkv_bias or m.o_bias or m.qk_norm), m
+  assert model("qwen2").qkv_bias and not model("qwen2").qk_norm
+  assert model("qwen3").qk_norm and not model("qwen3").qkv_bias
+
+
 def test_ced_missing_path_is_a_clear_error(tmp_path):
   cfg = os.path.join(ROOT, "experiments", "ced_weibo.py") + ":smoke"
   with pytest.raises(SystemExit, match="train.jsonl.gz not found"):

@@ -133,20 +133,31 @@ class ModelConfig:
     return dataclasses.replace(self, **kw)
 
 
+# What makes a from-scratch model one of its family: its architectural switches only.
+SCRATCH_SWITCHES = {"qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": True}, "llama": {}, "mistral": {}}
+
+
+def scratch(family: str, *, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int,
+            intermediate_size: int, tie_word_embeddings: bool, **extra) -> ModelConfig:
+  """A model of `family` to train from scratch (no checkpoint): the family's switches
+  (`SCRATCH_SWITCHES`: qwen2 q/k/v bias, qwen3 q/k norm, llama and mistral none),
+  head_dim = hidden_size // num_heads, and the defaults of the rest (plain RoPE,
+  no rope scaling, no sliding window). `extra`: further ModelConfig fields (token
+  ids, max_position_embeddings, layer storage), which override these."""
+  fields = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                num_kv_heads=num_kv_heads, head_dim=hidden_size // num_heads, intermediate_size=intermediate_size,
+                family=family, tie_word_embeddings=tie_word_embeddings, **SCRATCH_SWITCHES.get(family, {}))
+  return ModelConfig(**{**fields, **extra})
+
+
 def tiny(family: str = "qwen2", **kw) -> ModelConfig:
-  """A few-kilobyte model of the given family for tests and demos."""
-  base = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-              head_dim=16, intermediate_size=128, family=family)
-  if family == "qwen2":
-    base.update(qkv_bias=True)
-  elif family == "qwen3":
-    base.update(qk_norm=True)
-  elif family == "llama":
-    base.update(rope_theta=500000.0, rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64))
-  elif family == "mistral":
-    base.update(sliding_window=8)
-  base.update(kw)
-  return ModelConfig(**base)
+  """A few-kilobyte model of the given family for tests: `scratch`'s, plus, so that
+  tests cover them, llama3 rope scaling on llama and a sliding window of 8 on mistral."""
+  test = {"llama": dict(rope_theta=500000.0, rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64)),
+          "mistral": dict(sliding_window=8)}.get(family, {})
+  base = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+              intermediate_size=128, tie_word_embeddings=False)
+  return scratch(family, **{**base, **test, **kw})
 
 
 def qwen2_1_5b(**kw) -> ModelConfig:
