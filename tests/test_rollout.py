@@ -99,6 +99,21 @@ def test_simulate_compiles_once_per_method_family(setup):
   assert simulate_module._simulate._cache_size() == before
 
 
+@pytest.mark.parametrize("method,signal_leaves", [("state", 0), ("recent", 4), ("mf", 3), ("mf_text", 2)])
+def test_the_scan_carries_the_key_and_only_the_methods_signal(setup, method, signal_leaves):
+  """state: nothing; recent: the history (ids, mask, valid, counts); mf: MFState; mf_text: the summary."""
+  model, encoder, params, batch = setup
+  spec, kind = simulate_module.method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=CONTEXT,
+                                           text=TEXT)
+  params = {"lm": params["lm"], **({"mf": params["mf"]} if method == "mf" else {}),
+            **({"mf_lm": params["lm"]} if method == "mf_text" else {})}
+  impl = lambda p, b: simulate_module._simulate_impl(model, encoder, p, b, jax.random.PRNGKey(0), 1, kind, 1.0,
+                                                     spec=spec)
+  jaxpr = jax.make_jaxpr(impl)(params, {k: jnp.asarray(v) for k, v in batch.items()})
+  (scan,) = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "scan"]
+  assert scan.params["num_carry"] == 1 + signal_leaves  # the PRNG key, then the signal's state
+
+
 def test_rollout_outputs(setup):
   batch = setup[3]
   out = _run(setup, "state", batch, warmup=0)

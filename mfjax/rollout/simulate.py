@@ -1,26 +1,32 @@
 """Rollouts: one jitted `lax.scan` over the T steps of a batch of events.
 
-The carry (`RolloutState`) holds the mean-field state, the PRNG key and the
-baselines' history buffer (every action so far, its validity and repost
-count). At step t, for every event at once:
+The carry (`RolloutState`) holds the PRNG key and the state of the method's
+population signal (`mfjax.rollout.signals`: init, read, update), and only
+that one: the history buffer of the quoting baselines (every action so far,
+its validity and repost count), the latent mean field's state, the text mean
+field's latest summary, or nothing. At step t, for every event at once:
 
-  1. the method's input: prompt (topic + state), with the population context
-     quoted from the history (`recent`, `popular`) or the mean field m_{t-1}
-     sampled from q and read as K prefix vectors (`mf`);
+  1. the key splits into (next key, k_m, k_s); the method's input is the prompt
+     (topic + state) and what the signal reads (`read`): the population context
+     quoted from the history (`recent`, `popular`) or the latest summary
+     (`mf_text`), or the mean field m_{t-1} sampled from q with k_m and read as
+     K prefix vectors (`mf`);
   2. the log-probabilities of the real actions of step t under that input
      (teacher-forced: the NLL the method assigns to what really happened);
-  3. B actions sampled with the KV-cache sampler from the same input (2 and 3
-     share one pass over the input: `sampling.score_and_generate`);
-  4. the step's actions enter the history: the real ones during warm-up
-     (t < warmup) and those of `forced` agents (an intervention's injected
-     actions, `mfjax.data.intervention`), the sampled ones otherwise; the mean
-     field is updated from them.
+  3. B actions sampled with k_s by the KV-cache sampler from the same input (2
+     and 3 share one pass over the input: `sampling.score_and_generate`);
+  4. the step's actions enter the signal (`update`): the real ones during
+     warm-up (t < warmup) and those of `forced` agents (an intervention's
+     injected actions, `mfjax.data.intervention`), the sampled ones otherwise;
+     the mean field is updated from them, or the writer LM, params["mf_lm"],
+     writes the next summary from them and the latest one (sampled with k_m).
+
+The step returns one step of `RolloutOutput` (arrays [E, ...]); the scan
+stacks them over T.
 
 Methods: `state` and `sft` (prompt only: the base and the fine-tuned policy),
 `recent`, `popular` (context), `mf` (latent mean field), `mf_text` (the paper's
-text mean field, `mfjax.meanfield.text`: the policy reads the latest summary as
-its context, and after each step the writer LM, params["mf_lm"], writes the
-next summary from it and the step's actions). `recent`/`popular` share one
+text mean field, `mfjax.meanfield.text`). `recent`/`popular` share one
 compilation (the kind is traced), as do `state`/`sft`.
 
 Letters: E events, T steps, B agents, P prompt, A action, C context, N = T * B
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
+from typing import Any, Optional
 
 import flax.struct
 import jax
@@ -39,13 +45,15 @@ import jax.numpy as jnp
 
 from mfjax import sampling
 from mfjax.meanfield import text as text_mf
-from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder, MFState, agent_embeddings
+from mfjax.meanfield.encoder import MeanFieldEncoder
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, with_activation_sharding
 from mfjax.parallel.state import abstract_policy, place, policy_shardings
 from mfjax.params_keys import PARAMS
 from mfjax.policy import per_agent, with_context
-from mfjax.rollout.context import KINDS, NONE, ContextSpec, quote_context, repost_counts, selection_scores
+from mfjax.rollout.context import KINDS, NONE, ContextSpec
+from mfjax.rollout.signals import (Inputs, LatentMeanField, NoSignal, PopulationSignal, QuotedHistory, Step,
+                                   TextMeanField)
 
 METHODS = ("state", "recent", "popular", "sft", "mf", "mf_text")
 BATCH_KEYS = ("prompt_ids", "prompt_mask", "action_ids", "action_mask", "agent_mask", "parent")
@@ -69,18 +77,14 @@ class RolloutSpec:
 class RolloutState:
   """Carry of the scan over steps."""
 
-  mf: MFState  # [E, ...] mean-field state after the steps so far (zeros for methods without one)
   rng: jax.Array  # PRNG key, split at every step
-  hist_ids: jax.Array  # [E, N, A] int32: actions so far (real in warm-up, sampled after)
-  hist_mask: jax.Array  # [E, N, A] int32
-  hist_valid: jax.Array  # [E, N] bool: slot holds an action of an earlier step
-  counts: jax.Array  # [E, N] float32: reposts of each slot (real parent links of warm-up and forced agents)
-  summary_ids: jax.Array  # [E, S] int32: the text mean field's latest summary ([E, 1] without one)
-  summary_mask: jax.Array  # [E, S] bool
+  signal: Any  # the population signal's state after the steps so far ([E, ...] arrays; () for none)
 
 
 @flax.struct.dataclass
 class RolloutOutput:
+  """A rollout's outputs; the scan's step returns one step of them ([E, ...], no T axis)."""
+
   tokens: jax.Array  # [E, T, B, A] int32 sampled actions (pad after eos; warm-up and forced agents sample too)
   mask: jax.Array  # [E, T, B, A] bool: sampled token is real (up to and including eos)
   real_logprobs: jax.Array  # [E, T, B, A] float32 log-prob of each real action token under the method (0 without score_real)
@@ -95,48 +99,41 @@ def _t_first(x):
   return jnp.swapaxes(x, 0, 1)
 
 
+def _signal(spec: RolloutSpec, encoder: Optional[MeanFieldEncoder]) -> PopulationSignal:
+  """The population signal a spec reads."""
+  if spec.use_mf:
+    return LatentMeanField(encoder)
+  if spec.text is not None:
+    return TextMeanField(spec.text)
+  if spec.use_context:
+    return QuotedHistory(spec.context)
+  return NoSignal()
+
+
 def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, batch, rng, warmup, context_kind,
               temperature, *, spec: RolloutSpec) -> RolloutOutput:
   E, T, B, A = batch["action_ids"].shape
   if A != spec.max_new_tokens:
     raise ValueError(f"action length {A} != spec.max_new_tokens {spec.max_new_tokens}")
-  N = T * B
-  # unrolled once here, not inside the scan over steps (at every step)
-  writer = unrolled(model, params[PARAMS.mf_lm])[1] if spec.text is not None else None
-  model, lm = unrolled(model, params[PARAMS.lm])
+  signal = _signal(spec, encoder)
+  # the LMs unrolled once here, not inside the scan over steps (at every step)
+  lms = {k: unrolled(model, params[k]) for k in (PARAMS.lm, PARAMS.mf_lm) if k in params}
+  model, lm = lms[PARAMS.lm]
   cfg = model.cfg
-  enc = lambda method, *a: encoder.apply({"params": params[PARAMS.mf]}, *a, method=method)
-  mf0 = MFState.zeros(encoder.cfg if spec.use_mf else MeanFieldConfig(feature_size=1, hidden_size=1), (E,))
-  if spec.text is not None:
-    summary0 = text_mf.empty_summary(spec.text, (E,))
-  else:
-    summary0 = (jnp.zeros((E, 1), jnp.int32), jnp.zeros((E, 1), bool))
-  init = RolloutState(mf=mf0, rng=rng, hist_ids=jnp.zeros((E, N, A), jnp.int32),
-                      hist_mask=jnp.zeros((E, N, A), jnp.int32), hist_valid=jnp.zeros((E, N), bool),
-                      counts=jnp.zeros((E, N), jnp.float32), summary_ids=summary0[0], summary_mask=summary0[1])
+  inputs = Inputs(model=model, params={**params, **{k: p for k, (_, p) in lms.items()}}, kind=context_kind,
+                  temperature=temperature, top_k=spec.top_k, top_p=spec.top_p)
   flat = lambda x: x.reshape(E * B, *x.shape[2:])
   forced = batch["forced"] if "forced" in batch else jnp.zeros((E, T, B), bool)
 
-  def step(carry: RolloutState, xs):
+  def step(carry: RolloutState, xs) -> tuple[RolloutState, RolloutOutput]:
     t, prompt_ids, prompt_mask, act_ids, act_mask, agent_mask, parent, forced_EB = xs
     rng, k_m, k_s = jax.random.split(carry.rng, 3)
+    read = signal.read(carry.signal, inputs, k_m)
     in_ids, in_mask = flat(prompt_ids), flat(prompt_mask)
-    if spec.use_context:
-      scores = jax.vmap(selection_scores, (None, 0))(context_kind, carry.counts)
-      c_ids, c_mask = jax.vmap(functools.partial(quote_context, spec.context))(
-          carry.hist_ids, carry.hist_mask, carry.hist_valid, scores)
-      c_mask = c_mask * (context_kind != NONE)
+    if read.context is not None:
+      c_ids, c_mask = read.context
       in_ids, in_mask = with_context(per_agent(c_ids, B), per_agent(c_mask, B), in_ids, in_mask)
-    if spec.text is not None:
-      c_ids, c_mask = text_mf.policy_context(spec.text, carry.summary_ids, carry.summary_mask)
-      in_ids, in_mask = with_context(per_agent(c_ids, B), per_agent(c_mask, B), in_ids, in_mask)
-    prefix = None
-    stats = (jnp.zeros((E,), jnp.float32), jnp.zeros((E, 1, 1), jnp.float32), jnp.zeros((E, 1, 1), jnp.float32))
-    if spec.use_mf:
-      q = enc(MeanFieldEncoder.posterior, carry.mf)
-      m = q.sample(k_m)
-      prefix = per_agent(m, B)
-      stats = (q.kl_to_standard_normal(), q.mu, q.logvar)
+    prefix = per_agent(read.prefix, B) if read.prefix is not None else None
     sample = dict(rng=k_s, max_new_tokens=A, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p,
                   eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, prefix_embeds=prefix)
     if spec.score_real:  # one pass over the input scores the real actions and fills the sampler's cache
@@ -144,30 +141,25 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     else:
       real_lp, out = jnp.zeros((E * B, A), jnp.float32), sampling.generate(model, lm, in_ids, in_mask, **sample)
     s_ids, s_mask = out.tokens.reshape(E, B, A), out.mask.reshape(E, B, A)
-    take_real_EB = (t < warmup) | forced_EB  # the batch's action enters the history, not the sampled one
+    take_real_EB = (t < warmup) | forced_EB  # the batch's action enters the signal, not the sampled one
     ch_ids = jnp.where(take_real_EB[..., None], act_ids, s_ids)
     ch_mask = jnp.where(take_real_EB[..., None], act_mask, s_mask.astype(act_mask.dtype))
-    mf = carry.mf
-    if spec.use_mf:
-      pooled = agent_embeddings(model, lm, prompt_ids, prompt_mask, ch_ids, ch_mask)
-      mf = enc(MeanFieldEncoder.update, carry.mf, enc(MeanFieldEncoder.features, pooled), agent_mask)
-    summary = (carry.summary_ids, carry.summary_mask)
-    if spec.text is not None:  # k_m draws the latent mean field's sample only, so the writer may take it
-      w_ids, w_mask = text_mf.writer_prompt(spec.text, *summary, ch_ids, ch_mask, agent_mask)
-      written = text_mf.write(model, writer, spec.text, w_ids, w_mask, rng=k_m, temperature=temperature,
-                              top_k=spec.top_k, top_p=spec.top_p)
-      summary = text_mf.next_summary(spec.text, written, *summary, agent_mask)
-    put = lambda buf, v: jax.lax.dynamic_update_slice_in_dim(buf, v.astype(buf.dtype), t * B, axis=1)
-    counts = carry.counts + jax.vmap(lambda p, v: repost_counts(p, v, N))(parent, agent_mask & take_real_EB)
-    new = RolloutState(mf=mf, rng=rng, hist_ids=put(carry.hist_ids, ch_ids), hist_mask=put(carry.hist_mask, ch_mask),
-                       hist_valid=put(carry.hist_valid, agent_mask), counts=counts, summary_ids=summary[0],
-                       summary_mask=summary[1])
-    return new, (s_ids, s_mask, real_lp.reshape(E, B, A)) + stats + summary
+    taken = Step(t=t, prompt_ids=prompt_ids, prompt_mask=prompt_mask, action_ids=ch_ids, action_mask=ch_mask,
+                 agent_mask=agent_mask, parent=parent, real=take_real_EB)
+    state, written = signal.update(carry.signal, inputs, taken, k_m)
+    q = read.posterior  # RolloutOutput's zeros without a latent mean field, or without a text one
+    zeros = lambda *shape, dtype=jnp.float32: jnp.zeros((E, *shape), dtype)
+    kl, mu, logvar = (zeros(), zeros(1, 1), zeros(1, 1)) if q is None else (q.kl_to_standard_normal(), q.mu, q.logvar)
+    summary, summary_mask = (zeros(1, dtype=jnp.int32), zeros(1, dtype=bool)) if written is None else written
+    out = RolloutOutput(tokens=s_ids, mask=s_mask, real_logprobs=real_lp.reshape(E, B, A), mf_kl=kl, mf_mu=mu,
+                        mf_logvar=logvar, summary=summary, summary_mask=summary_mask)
+    return RolloutState(rng=rng, signal=state), out
 
+  init = RolloutState(rng=rng, signal=signal.init(E, T, B, A))
   xs = (jnp.arange(T), *(_t_first(batch[k]) for k in ("prompt_ids", "prompt_mask", "action_ids", "action_mask",
                                                        "agent_mask", "parent")), _t_first(forced.astype(bool)))
   _, ys = jax.lax.scan(step, init, xs)
-  return RolloutOutput(*(_t_first(y) for y in ys))
+  return jax.tree.map(_t_first, ys)
 
 
 _simulate = jax.jit(_simulate_impl, static_argnames=("model", "encoder", "spec"))
