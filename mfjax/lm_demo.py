@@ -36,7 +36,8 @@ from mfjax.data import builtin, load_tokenizer, train_tokenizer
 from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.ibtune.train import TrainState, fit, jit_train_step, make_optimizer
 from mfjax.model import Decoder, ModelConfig, hf, init_params, scratch
-from mfjax.runs import check_workdir, log as _log, read_jsonl, write_json
+from mfjax.runs import log as _log, read_jsonl, write_json
+from mfjax.workdir import check_workdir
 
 SEP = "："
 

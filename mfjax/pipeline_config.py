@@ -1,13 +1,15 @@
 """The config of the MF-LLM pipeline (`python -m mfjax run|train|simulate|evaluate`):
 every field, its default (the quickstart's) and what it does (`mf_llm_config`);
 `check_config`, which refuses a bad value, naming its key, before anything runs or
-is written; and what the pipeline derives from it: the methods and rollouts to run,
-and the typed configs of the LM, its LoRA adapters and the mean-field encoder.
+is written; and what the pipeline derives from it: `plan(cfg)`, the typed `RunPlan`
+(the stages to train, the rollouts to make, the intervention), and the typed configs
+of the LM, its LoRA adapters and the mean-field encoder.
 Experiments in `experiments/` start from `mf_llm_config()` and change what they need.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import jax
@@ -199,13 +201,13 @@ def check_config(cfg) -> None:
   check("rollout.warmup", r.warmup < d.steps,
         f"{r.warmup} warm-up steps leave no step of data.steps={d.steps} to simulate and score")
   check("rollout.top_p", 0 < r.top_p <= 1, f"must be in (0, 1], got {r.top_p!r}")
-  check("rollout.methods", lambda: methods(cfg))
+  check("rollout.methods", lambda: _methods(cfg))
   if cfg.intervention.text:
-    check("intervention", lambda: intervention_of(cfg).check(d.steps, d.agents_per_step, r.warmup))
-    check("intervention.methods", lambda: intervention_methods(cfg))
+    check("intervention", lambda: _intervention_of(cfg).check(d.steps, d.agents_per_step, r.warmup))
+    check("intervention.methods", lambda: _intervention_methods(cfg))
   check("eval.labeler", lambda: make_labeler(cfg.eval.labeler))
   check("ib.schedule", lambda: beta_schedule(cfg.ib.beta, cfg.ib.schedule, cfg.ib.warmup))
-  check("ib.sweep", lambda: sweep_stages(cfg))
+  check("ib.sweep", lambda: _sweep_stages(cfg))
   check("model.dtype", lambda: _float_dtype(m.dtype))
   check("model.remat", lambda: checkpoint_policy(m.remat))
   check("model.layer_loop", m.layer_loop in LAYER_LOOPS, f"{m.layer_loop!r} is none of {LAYER_LOOPS}")
@@ -230,7 +232,7 @@ def _float_dtype(name: str):
   return dtype
 
 
-def methods(cfg) -> list[str]:
+def _methods(cfg) -> list[str]:
   out = [m.strip() for m in cfg.rollout.methods.split(",") if m.strip()]
   bad = [m for m in out if m not in METHODS]
   if bad:
@@ -238,24 +240,24 @@ def methods(cfg) -> list[str]:
   return out
 
 
-def trained_stages(cfg) -> dict[str, str]:
+def _trained_stages(cfg) -> dict[str, str]:
   """{stage: the config section it trains by} for every stage `train` runs or restores for the
   configured methods (the IB sweep's stages train by mf_train, as mf does)."""
-  want = methods(cfg)
+  want = _methods(cfg)
   out = {} if cfg.model.checkpoint else {"base": "base"}
   out.update({"sft": "sft"} if "sft" in want else {})
-  out.update(dict.fromkeys(ib_stages(cfg), "mf_train"))
+  out.update(dict.fromkeys(_ib_stages(cfg), "mf_train"))
   out.update({"mf_text": "mf_text_train"} if "mf_text" in want else {})
   return out
 
 
-def ib_stages(cfg) -> dict[str, float]:
+def _ib_stages(cfg) -> dict[str, float]:
   """{stage: beta} of every stage IB-Tune trains with the latent mean field: `mf` for that method
   (ib.beta), then the sweep's."""
-  return {**({"mf": float(cfg.ib.beta)} if "mf" in methods(cfg) else {}), **sweep_stages(cfg)}
+  return {**({"mf": float(cfg.ib.beta)} if "mf" in _methods(cfg) else {}), **_sweep_stages(cfg)}
 
 
-def sweep_stages(cfg) -> dict[str, float]:
+def _sweep_stages(cfg) -> dict[str, float]:
   """{stage: beta} of the IB sweep, one stage `mf_beta<b>` per beta of ib.sweep (a beta given
   twice is a ValueError: both would be one stage)."""
   out = {}
@@ -267,17 +269,17 @@ def sweep_stages(cfg) -> dict[str, float]:
   return out
 
 
-def intervention_of(cfg) -> Optional[Intervention]:
+def _intervention_of(cfg) -> Optional[Intervention]:
   """The configured intervention, or None (intervention.text empty)."""
   iv = cfg.intervention
   return Intervention(iv.text, int(iv.step), int(iv.agents)) if iv.text else None
 
 
-def intervention_methods(cfg) -> list[str]:
+def _intervention_methods(cfg) -> list[str]:
   """The methods rolled out again with the intervention (none without one)."""
   if not cfg.intervention.text:
     return []
-  want = methods(cfg)
+  want = _methods(cfg)
   out = [m.strip() for m in cfg.intervention.methods.split(",") if m.strip()] or want
   bad = [m for m in out if m not in want]
   if bad:
@@ -293,17 +295,96 @@ def check_data_choices(d) -> None:
     raise ValueError(f"data.eval_split: must be 'val' or 'holdout', got {d.eval_split!r}")
 
 
-def rollout_runs(cfg) -> list[tuple[str, str, str]]:
+def _rollout_runs(cfg) -> list[tuple[str, str, str]]:
   """(tag, method, params key) of every rollout: the methods, then the sweep."""
-  runs = [(m, m, "base" if m in ("state", "recent", "popular") else m) for m in methods(cfg)]
-  runs += [(tag, "mf", tag) for tag in sweep_stages(cfg)]
+  runs = [(m, m, "base" if m in ("state", "recent", "popular") else m) for m in _methods(cfg)]
+  runs += [(tag, "mf", tag) for tag in _sweep_stages(cfg)]
   return runs
 
 
-def intervention_runs(cfg) -> list[tuple[str, str, str]]:
+def _intervention_runs(cfg) -> list[tuple[str, str, str]]:
   """(tag, method, params key) of the rollouts with the intervention (tag: the method's, + `_intervened`)."""
-  want = intervention_methods(cfg)
-  return [(f"{tag}_intervened", method, key) for tag, method, key in rollout_runs(cfg) if tag in want]
+  want = _intervention_methods(cfg)
+  return [(f"{tag}_intervened", method, key) for tag, method, key in _rollout_runs(cfg) if tag in want]
+
+
+# ----------------------------------------------------------------------------- the run plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """A training stage: its folder, the loss it trains by, what it trains, and its schedule."""
+
+  name: str  # its folder in the workdir: base, sft, mf, mf_beta<b> (the IB sweep's), mf_text
+  loss: str  # base (the policy over every context kind), policy (state-only prompts), ib (IB-Tune with the
+  # latent mean field), text_ib (IB-Tune with the text mean field): the keys of mfjax.pipeline's LOSSES
+  section: str  # the config section its schedule comes from: base | sft | mf_train | mf_text_train
+  trainable: str  # full | lora | lora+mf | mf (mfjax.ibtune.TRAINABLE)
+  steps: int  # optimizer steps
+  lr: float  # peak learning rate (warmup, then cosine decay)
+  warmup: int
+  batch_events: int  # events per step
+  agents: int  # agents per step scored by the NLL (0: all of them)
+  beta: Optional[float] = None  # an ib stage's compression weight (an argument of its compiled step)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+  """One method rolled out (every seed) over the eval events."""
+
+  tag: str  # its rollout files' name: the method, or an IB sweep stage; `_intervened` appended with the intervention
+  method: str  # of mfjax.rollout.METHODS
+  params: str  # the stage whose parameters it rolls out (the baselines: base)
+  intervened: bool = False  # over the eval events with intervention.text injected
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """What a run does, derived once from its checked config (`plan`): the stages it trains,
+  in order, and the rollouts it makes and scores."""
+
+  methods: tuple[str, ...]  # rollout.methods
+  stages: tuple[Stage, ...]  # in training order: base (unless model.checkpoint), sft, mf, the sweep, mf_text
+  rollouts: tuple[Rollout, ...]  # the methods', the sweep's, then those with the intervention
+  intervention: Optional[Intervention]
+  lora: LoraConfig
+
+  def stage(self, name: str) -> Stage:
+    return next(s for s in self.stages if s.name == name)
+
+  @property
+  def sweep(self) -> tuple[Stage, ...]:
+    """The IB sweep's stages (`mf_beta<b>`), in the order of ib.sweep."""
+    return tuple(s for s in self.stages if s.loss == "ib" and s.name != "mf")
+
+  @property
+  def plain(self) -> tuple[Rollout, ...]:
+    return tuple(r for r in self.rollouts if not r.intervened)
+
+  @property
+  def intervened(self) -> tuple[Rollout, ...]:
+    return tuple(r for r in self.rollouts if r.intervened)
+
+
+def plan(cfg) -> RunPlan:
+  """The run `cfg` describes (checked by `check_config` first): nothing downstream splits its
+  comma-separated fields again."""
+  def stage(name, loss, section, trainable, beta=None):
+    s = cfg[section]
+    return Stage(name, loss, section, trainable, int(s.steps), float(s.lr), int(s.warmup), int(s.batch_events),
+                 int(s.agents), beta)
+
+  stages = [] if cfg.model.checkpoint else [stage("base", "base", "base", "full")]
+  for name, section in _trained_stages(cfg).items():
+    if section == "sft":
+      stages.append(stage(name, "policy", section, cfg.sft.trainable))
+    elif section == "mf_train":
+      stages.append(stage(name, "ib", section, cfg.mf_train.trainable, _ib_stages(cfg)[name]))
+    elif section == "mf_text_train":
+      stages.append(stage(name, "text_ib", section, cfg.mf_text_train.trainable))
+  rollouts = [Rollout(*run) for run in _rollout_runs(cfg)]
+  rollouts += [Rollout(*run, intervened=True) for run in _intervention_runs(cfg)]
+  return RunPlan(tuple(_methods(cfg)), tuple(stages), tuple(rollouts), _intervention_of(cfg), lora_config(cfg))
 
 
 # ----------------------------------------------------------------------------- models

@@ -1,14 +1,8 @@
-"""Run folders: one config per workdir, progress lines, JSON outputs, training
-logs and checkpoints read back after a crash (a file that cannot be read is a
-RunFolderError naming it), and the compiled programs kept between runs.
-
-A workdir belongs to the config that created it (saved as config.json); a
-rerun with the same config resumes, a different one is refused (WorkdirError) with the keys
-that differ, so nothing already written is overwritten silently (a caller names
-the keys that may differ: how the run is laid out on devices, which extra stages
-it trains). A workdir may
-instead roll out and score the trained stages of another run (`--trained-from`,
-e.g. a final report on holdout of a run selected on val), which it only reads.
+"""What every job shares: progress lines, JSON outputs, training logs and
+checkpoints read back after a crash (a file that cannot be read is a
+RunFolderError naming it), where a process computes (`environment`), and the
+compiled programs kept between runs. The run folder's layout and the checks of
+whether a command may use one: `mfjax.workdir`.
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ import subprocess
 from typing import Optional
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
 from mfjax.errors import UserError
@@ -30,19 +23,10 @@ from mfjax.errors import UserError
 COMPILE_CACHE_ENV = "MFJAX_COMPILE_CACHE"
 COMPILE_CACHE_DEFAULT = os.path.join("~", ".cache", "mfjax", "xla")
 COMPILE_CACHE_MAX_BYTES = 4 << 30
-# A workdir whose rollouts use another run's trained stages names that run here
-TRAINED_FROM_FILE = "trained_from.json"
-# A stage's folder: one row per session that trained steps of it, saying where (`environment`)
-ENVIRONMENT_FILE = "environment.jsonl"
 
 
 class RunFolderError(UserError):
   """A file in a run folder that cannot be read; the message names it (and the line)."""
-
-
-class WorkdirError(UserError):
-  """A workdir (or --trained-from run) this command may not use as asked; the message names it and
-  says what to do instead (another --workdir, --trained-from)."""
 
 
 class Preempted(RuntimeError):
@@ -121,121 +105,6 @@ def restore_latest(mngr: ocp.CheckpointManager, state):
                          "to resume from the checkpoint before it, if any") from e
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-  return out
-
-
-def differing_keys(a: dict, b: dict) -> list[str]:
-  """The dotted keys whose values differ between two resolved configs (as JSON)."""
-  fa, fb = _flat(a), _flat(b)
-  return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
-
-
-def _with_values(base: dict, src: dict, keys) -> dict:
-  """`base` with the dotted `keys` set to their values in `src` (configs as JSON)."""
-  out = json.loads(json.dumps(base))
-  for key in keys:
-    *parents, leaf = key.split(".")
-    to, of = out, src
-    for p in parents:
-      to, of = to.setdefault(p, {}), of[p]
-    to[leaf] = of[leaf]
-  return out
-
-
-def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, may_differ: tuple[str, ...] = (),
-                  rollout_only: tuple[str, ...] = (), adopt: tuple[str, ...] = (), training: bool = True) -> None:
-  """Create `workdir` with config.json, or check that it holds the same config but for keys that
-  start with one of `may_differ` (how the run is laid out on devices, not what it computes: a
-  resume on another mesh; config.json keeps the first values) or of `adopt` (which extra stages
-  the run has, each in its own folder: an IB sweep grown; config.json takes the new values), the
-  latter only by a command that trains (`training`, so that a new stage is trained, not missed).
-  Both are logged. A refusal where every differing key starts with one of `rollout_only` (what
-  changes only the rollouts and their scoring) says how to reuse the run's trained stages
-  (--trained-from)."""
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise WorkdirError(f"the workdir {workdir} is a file, not a folder; use another --workdir")
-  if jax.process_index() != 0:  # process 0 checks and writes; the others only read and write checkpoints
-    os.makedirs(workdir, exist_ok=True)
-    return
-  resolved = json.loads(cfg.to_json())
-  if os.path.exists(path):
-    saved = read_json(path)
-    diff = differing_keys(saved, resolved)
-    if [k for k in diff if not k.startswith(may_differ + (adopt if training else ()))]:
-      then = "use another --workdir or remove that folder"
-      if rollout_only and all(k.startswith(rollout_only) for k in diff):
-        then = (f"they change only the rollouts and their scoring: to roll out its trained stages so, add "
-                f"--trained-from {workdir} and give another --workdir")
-      elif adopt and all(k.startswith(may_differ + adopt) for k in diff):
-        then = "they change which stages the run trains: use `train` or `run`, which train the new ones"
-      raise WorkdirError(f"{workdir} holds a run with a different config (keys {diff}); {then}")
-    was, now = _flat(saved), _flat(resolved)
-    values = lambda keys, of: ", ".join(f"{k}={of.get(k)!r}" for k in keys)
-    kept = [k for k in diff if k.startswith(may_differ)]
-    taken = [k for k in diff if k not in kept]
-    if kept:
-      log(f"[resume] {workdir} continues with {values(kept, now)} (config.json keeps the first run's "
-          f"{values(kept, was)})")
-    if taken:
-      log(f"[resume] {workdir} goes on with {values(taken, now)}, its finished stages kept "
-          f"(config.json updated from {values(taken, was)})")
-      write_json(path, _with_values(saved, resolved, taken))
-  else:
-    os.makedirs(workdir, exist_ok=True)
-    write_json(path, resolved)  # atomic: a crash never leaves a config.json that cannot be read
-
-
-def check_trained_from(trained_from: str, workdir: str, cfg: ml_collections.ConfigDict,
-                       may_differ: tuple[str, ...]) -> None:
-  """Refuse to read the trained stages of the run in `trained_from` unless its
-  config equals `cfg` on every key that does not start with one of `may_differ`
-  (what changes only the rollouts and their scoring). Call before `check_workdir`."""
-  path = os.path.join(trained_from, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"--trained-from {trained_from} holds no run (no config.json there)")
-  if os.path.realpath(trained_from) == os.path.realpath(workdir):
-    raise WorkdirError(f"--trained-from names the workdir itself ({workdir}); leave it out to resume that run")
-  saved = read_json(path)
-  diff = [k for k in differing_keys(saved, json.loads(cfg.to_json())) if not k.startswith(may_differ)]
-  if diff:
-    keys = ", ".join(k + "*" if k.endswith(".") else k for k in may_differ)
-    raise WorkdirError(f"{trained_from} was trained with other values of {diff}; only {keys} may differ "
-                       "from the run whose stages are read")
-
-
-def check_bound_to(workdir: str, trained_from: Optional[str], fresh: bool) -> bool:
-  """Check that a rerun names the run its workdir reads its trained stages from
-  (trained_from.json), or none if it trained its own: a workdir's rollouts never
-  mix stages of two runs. True: a fresh workdir (no config.json before this
-  command) that is to record `trained_from` (`record_trained_from`, once the
-  workdir is made). Writes nothing."""
-  if jax.process_index() != 0:
-    return False
-  path = os.path.join(workdir, TRAINED_FROM_FILE)
-  saved = None
-  if os.path.exists(path):
-    saved = read_json(path).get("trained_from")
-  given = os.path.abspath(trained_from) if trained_from else None
-  if saved == given:
-    return False
-  if saved is not None:
-    raise WorkdirError(f"{workdir} reads its trained stages from {saved}: pass --trained-from {saved}")
-  if not fresh:
-    raise WorkdirError(f"{workdir} holds a run with its own trained stages; use another --workdir "
-                       "to read those of --trained-from")
-  return True
-
-
-def record_trained_from(workdir: str, trained_from: str) -> None:
-  """Record in a new workdir where its trained stages come from (see `check_bound_to`)."""
-  write_json(os.path.join(workdir, TRAINED_FROM_FILE), {"trained_from": os.path.abspath(trained_from)})
-
-
 def log(msg: str) -> None:
   """A progress line (process 0 only: a pod's workers would repeat it)."""
   if jax.process_index() == 0:
@@ -294,12 +163,6 @@ def environment() -> dict:
   return {"mfjax_commit": _commit(), **versions, "python": platform.python_version(), "platform": device.platform,
           "device_kind": device.device_kind, "devices": jax.device_count(), "processes": jax.process_count(),
           "cpu": cpu, "cpu_vector": vector, "xla_flags": os.environ.get("XLA_FLAGS", "")}
-
-
-def stage_environments(workdir: str, stages) -> dict:
-  """{stage: its ENVIRONMENT_FILE rows} for each of `stages` (folders of `workdir`) that has one."""
-  paths = {name: os.path.join(workdir, name, ENVIRONMENT_FILE) for name in stages}
-  return {name: read_jsonl(path) for name, path in paths.items() if os.path.exists(path)}
 
 
 def use_compile_cache() -> Optional[str]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mf_setup import crash_at_step
-from mfjax import configs, lm_demo, runs
+from mfjax import configs, lm_demo, workdir
 from mfjax.__main__ import main
 from mfjax.data import train_tokenizer
 from mfjax.model import ModelConfig, hf
@@ -65,10 +65,10 @@ def test_generate_samples_from_an_exported_folder_and_refuses_one_without_a_toke
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):
-  runs.check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES))
+  workdir.check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES))
   before = (tmp_path / "config.json").read_text()
-  with pytest.raises(runs.WorkdirError, match=r"different config \(keys \['train.steps'\]\)"):
-    runs.check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES + ["train.steps=41"]))
+  with pytest.raises(workdir.WorkdirError, match=r"different config \(keys \['train.steps'\]\)"):
+    workdir.check_workdir(str(tmp_path), configs.load_config(SMOKE, OVERRIDES + ["train.steps=41"]))
   assert (tmp_path / "config.json").read_text() == before
 
 

@@ -17,9 +17,9 @@ from mfjax import configs
 from mfjax.categories import DIMENSIONS
 from mfjax.evaluation import bounds
 from mfjax.configs import ConfigError
-from mfjax.evaluation.report import ROLLOUT_ARRAYS, load_rollout, rollout_path
-from mfjax.pipeline_config import check_config, layer_fields, scratch_model_config
+from mfjax.pipeline_config import check_config, layer_fields, plan, scratch_model_config
 from mfjax.runs import RunFolderError
+from mfjax.workdir import ROLLOUT_ARRAYS, load_rollout, rollout_path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 import report_table  # noqa: E402
@@ -252,6 +252,27 @@ EXPERIMENTS = ["quickstart.py", "quickstart.py:smoke", "ced_weibo.py", "ced_weib
 @pytest.mark.parametrize("spec", EXPERIMENTS)
 def test_every_pipeline_experiment_passes_the_config_check(spec):
   check_config(configs.load_config(os.path.join(ROOT, "experiments", spec), []))
+
+
+def test_the_run_plan_lists_stages_and_rollouts_in_order():
+  """plan(cfg): the stages a run trains, in order, each with its loss, schedule and beta, and the
+  rollouts it makes: the methods', the sweep's, then the intervention's (only the methods it names)."""
+  cfg = configs.load_config(QUICK, ["ib.sweep=0,1e-2", "rollout.methods=state,recent,sft,mf,mf_text",
+                                    "intervention.text=别信", "intervention.methods=state,mf", "mf_train.steps=7"])
+  check_config(cfg)
+  p = plan(cfg)
+  assert [(s.name, s.loss, s.section, s.trainable, s.beta) for s in p.stages] == [
+      ("base", "base", "base", "full", None), ("sft", "policy", "sft", cfg.sft.trainable, None),
+      ("mf", "ib", "mf_train", cfg.mf_train.trainable, cfg.ib.beta), ("mf_beta0", "ib", "mf_train", "full", 0.0),
+      ("mf_beta0.01", "ib", "mf_train", "full", 0.01), ("mf_text", "text_ib", "mf_text_train", "lora", None)]
+  assert p.stage("mf").steps == 7 and [s.name for s in p.sweep] == ["mf_beta0", "mf_beta0.01"]
+  assert [(r.tag, r.method, r.params) for r in p.plain] == [
+      ("state", "state", "base"), ("recent", "recent", "base"), ("sft", "sft", "sft"), ("mf", "mf", "mf"),
+      ("mf_text", "mf_text", "mf_text"), ("mf_beta0", "mf", "mf_beta0"), ("mf_beta0.01", "mf", "mf_beta0.01")]
+  assert [(r.tag, r.params) for r in p.intervened] == [("state_intervened", "base"), ("mf_intervened", "mf")]
+  assert p.intervention.text == "别信" and p.lora.targets == tuple(cfg.lora.targets.split(","))
+  with_checkpoint = plan(configs.load_config(QUICK, ["model.checkpoint=/some/folder", "rollout.methods=state,mf"]))
+  assert [s.name for s in with_checkpoint.stages] == ["mf"]  # no base stage: the checkpoint is the base policy
 
 
 @pytest.mark.parametrize("override,message", [

@@ -1,5 +1,5 @@
-"""mfjax.runs: where the CLI keeps compiled programs between runs, and a run
-folder's own files read back after a crash or a hand edit."""
+"""mfjax.runs and mfjax.workdir: where the CLI keeps compiled programs between runs, a
+run folder's own files read back after a crash or a hand edit, and its rollout files."""
 
 import json
 import os
@@ -7,10 +7,13 @@ import re
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
 
-from mfjax.runs import (COMPILE_CACHE_ENV, COMPILE_CACHE_MAX_BYTES, RunFolderError, WorkdirError, check_workdir,
-                        read_json, read_jsonl, resume_jsonl, use_compile_cache)
+from mfjax.runs import (COMPILE_CACHE_ENV, COMPILE_CACHE_MAX_BYTES, RunFolderError, read_json, read_jsonl, resume_jsonl,
+                        use_compile_cache)
+from mfjax import workdir
+from mfjax.workdir import WorkdirError, check_workdir
 
 
 @pytest.fixture
@@ -158,3 +161,17 @@ def test_checked_flags_name_the_flag_and_the_range(capsys):
     with pytest.raises(SystemExit):
       ap.parse_args(argv)
     assert re.search(message, capsys.readouterr().err), argv
+
+
+def test_a_rollout_is_saved_whole_under_its_key_list(tmp_path):
+  """workdir.save_rollout writes ROLLOUT_ARRAYS (+ the text mean field's) atomically where load_rollout
+  reads them; an array outside the key list, or one missing, is refused before anything is written."""
+  arrays = {k: np.full((2, 3), i, np.float32) for i, k in enumerate(workdir.ROLLOUT_ARRAYS)}
+  workdir.save_rollout(str(tmp_path), "mf", 2, arrays)
+  got = workdir.load_rollout(str(tmp_path), "mf", 2)
+  assert set(got) == set(arrays) and all(np.array_equal(got[k], arrays[k]) for k in arrays)
+  assert os.listdir(tmp_path / workdir.ROLLOUTS_DIR) == ["mf_seed2.npz"]  # no temporary file left
+  for bad in ({**arrays, "extra": arrays["mask"]}, {k: v for k, v in arrays.items() if k != "mf_kl"}):
+    with pytest.raises(ValueError, match="a rollout holds"):
+      workdir.save_rollout(str(tmp_path), "state", 0, bad)
+  assert not os.path.exists(workdir.rollout_path(str(tmp_path), "state", 0))

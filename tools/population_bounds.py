@@ -40,7 +40,8 @@ from mfjax.data import step_texts  # noqa: E402
 from mfjax.errors import one_line_errors, positive_int  # noqa: E402
 from mfjax.evaluation import bounds  # noqa: E402
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler, world_runs  # noqa: E402
-from mfjax.runs import RunFolderError, differing_keys, read_json  # noqa: E402
+from mfjax.runs import RunFolderError, read_json  # noqa: E402
+from mfjax.workdir import differing_keys  # noqa: E402
 from mfjax.parallel import distributed  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",

@@ -1,5 +1,6 @@
-"""Score rollouts against the real events: decode, label, compare per step,
-aggregate over seeds, write results.json and plots, print the table.
+"""Score rollouts against the real events: decode, label, compare per step and
+aggregate over seeds (`evaluate`, which writes nothing), then results.json and the
+plots (`write`) and the printed table (`table`), which the caller asks for.
 
 results.json:
   {"methods": {<method>: {"kl_mean", "kl_mean_std", "kl": {dim}, "js_mean",
@@ -30,9 +31,8 @@ intervention, every random draw unchanged).
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import time
-import zipfile
 from typing import Optional
 
 import numpy as np
@@ -41,7 +41,8 @@ from mfjax.categories import DIMENSIONS
 from mfjax.data import synthetic
 from mfjax.evaluation import bounds, metrics, plots
 from mfjax.evaluation.labelers import RuleLabeler, category_ids
-from mfjax.runs import RunFolderError, write_json
+from mfjax.runs import write_json
+from mfjax.workdir import check_rollouts, load_rollout
 
 
 class CachedLabeler:
@@ -123,25 +124,6 @@ def summarise(per_seed: list[dict]) -> dict:
   return out
 
 
-def rollout_path(workdir: str, tag: str, seed: int) -> str:
-  """Where `mfjax.pipeline.simulate_all` saves one method's rollout of one seed."""
-  return os.path.join(workdir, "rollouts", f"{tag}_seed{seed}.npz")
-
-
-ROLLOUT_ARRAYS = ("tokens", "mask", "real_logprobs", "mf_kl")  # what `evaluate` reads of each rollout
-
-
-def load_rollout(workdir: str, tag: str, seed: int) -> dict:
-  """The arrays of one saved rollout (`rollout_path`), or RunFolderError naming a file that cannot be read."""
-  path = rollout_path(workdir, tag, seed)
-  try:
-    with np.load(path) as f:
-      return {k: f[k] for k in ROLLOUT_ARRAYS}
-  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-    raise RunFolderError(f"{path}: not a readable rollout ({type(e).__name__}: {e}); remove it, and `python -m "
-                         "mfjax simulate` with this config and workdir writes it again") from None
-
-
 def world_runs(truth, warmup: int, draws: int, seed: int = 0) -> Optional[dict]:
   """{"world": category ids of `draws` free runs of the synthetic world from the real warm-up}
   (`synthetic.run_free`, seeds (seed, 0..draws-1)), or None without a world's truth. The ids are
@@ -151,44 +133,60 @@ def world_runs(truth, warmup: int, draws: int, seed: int = 0) -> Optional[dict]:
   return {"world": [synthetic.run_free(truth, warmup, seed=(seed, k)).attributes for k in range(draws)]}
 
 
-def check_rollouts(workdir: str, runs: list[tuple[str, str, str]], seeds: int) -> None:
-  """FileNotFoundError naming the first rollout `evaluate` would need and not find."""
-  for tag, _, _ in runs:
-    for seed in range(seeds):
-      path = rollout_path(workdir, tag, seed)
-      if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: run `python -m mfjax simulate` with this config first")
+@dataclasses.dataclass(frozen=True)
+class EvalRequest:
+  """What `evaluate` scores: the rollouts saved under `workdir`/rollouts against the real eval events."""
+
+  workdir: str
+  tokenizer: object
+  eval_batch: object  # mfjax.data.StepBatch: the real eval events (their texts are labelled)
+  runs: tuple  # (tag, method, params stage) of each scored rollout (`mfjax.pipeline_config.Rollout`)
+  seeds: int
+  warmup: int
+  labeler_name: str = "rules"
+  truth: Optional[object] = None  # synthetic.GroundTruth of the eval events: the sampling-noise floor, `world*`
+  sweep: Optional[dict] = None  # tag -> validation terms of each IB sweep stage
+  # {"intervention": mfjax.data.intervention.Intervention, "labels": its text's categories, "forced": [E, T, B]
+  # its agents, "runs": [(tag with it, tag without)], "world": None or (probs without, probs with) [E, T, C] per
+  # dimension}
+  intervention: Optional[dict] = None
+  # {"train_texts" [N][T*B], "train_mask" [N, T, B], "train_labels" [N], "eval_labels" [E]}: the reference
+  # simulators (`bounds`), scored with as many draws as seeds, into results' "simulators"
+  references: Optional[dict] = None
 
 
-def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, str]], seeds: int, warmup: int,
-             labeler_name: str = "rules", truth=None, sweep: Optional[dict] = None, started: Optional[float] = None,
-             log=print, intervention: Optional[dict] = None, references: Optional[dict] = None,
-             environment: Optional[dict] = None) -> dict:
-  """results.json + plots for rollouts saved under workdir/rollouts (see module docstring).
-  runs: (tag, method, params key) as `mfjax.pipeline_config.rollout_runs`; sweep: tag -> validation terms;
-  started: the `time.time()` the whole job began at (results.json then records its `seconds`);
-  intervention: {"intervention": mfjax.data.intervention.Intervention, "labels": its text's categories,
-  "forced": [E, T, B] its agents, "runs": [(tag with it, tag without)],
-  "world": None or (probs without, probs with) [E, T, C] per dimension};
-  references: {"train_texts" [N][T*B], "train_mask" [N, T, B], "train_labels" [N], "eval_labels" [E]}: the
-  reference simulators (`bounds`), scored with as many draws as seeds, into results.json's "simulators";
-  environment: where the numbers were computed, into results.json as it is."""
+@dataclasses.dataclass
+class Evaluation:
+  """`evaluate`'s answer: results.json's content, and what the plots draw."""
+
+  results: dict
+  real: dict  # dimension -> [E, T, B] category ids of the real actions
+  sims: dict  # tag -> dimension -> [E, T, B] category ids of its seed-0 rollout
+  agent_mask: np.ndarray  # [E, T, B]
+  weights: np.ndarray  # [E, T]: the scored (event, step) cells
+  traces: Optional[dict] = None  # the intervention's plot: name -> (proportions without, with)
+
+
+def evaluate(req: EvalRequest) -> Evaluation:
+  """Label and score the rollouts of `req` (see the module docstring); writes nothing."""
+  workdir, runs, seeds, warmup = req.workdir, list(req.runs), req.seeds, req.warmup
+  intervention = req.intervention
   check_rollouts(workdir, runs + [(tag, None, None) for tag, _ in (intervention or {}).get("runs", [])], seeds)
-  labeler = CachedLabeler(make_labeler(labeler_name))
-  E, T, B = eval_batch.agent_mask.shape
-  agent_mask = eval_batch.agent_mask
-  real = label_ids(labeler, [t for row in eval_batch.texts for t in row], (E, T, B))
+  labeler = CachedLabeler(make_labeler(req.labeler_name))
+  E, T, B = req.eval_batch.agent_mask.shape
+  agent_mask = req.eval_batch.agent_mask
+  real = label_ids(labeler, [t for row in req.eval_batch.texts for t in row], (E, T, B))
   weights = (np.arange(T)[None, :] >= warmup) & agent_mask.any(-1)
   if not weights.any():
     raise ValueError(f"no rollout step to score: warm-up {warmup} covers all {T} steps or the events are empty")
   results = {"methods": {}, "data": {"events": E, "steps": T, "agents_per_step": B, "warmup": warmup,
-                                     "scored_steps": int(weights.sum()), "labeler": labeler_name}}
+                                     "scored_steps": int(weights.sum()), "labeler": req.labeler_name}}
   labelled = {}  # (tag, seed) -> category ids [E, T, B] per dimension: each rollout decoded and labelled once
 
   def sim_ids(tag: str, seed: int, r=None) -> dict:
     if (tag, seed) not in labelled:
       r = load_rollout(workdir, tag, seed) if r is None else r
-      labelled[tag, seed] = label_ids(labeler, decode_actions(tokenizer, r["tokens"], r["mask"]), (E, T, B))
+      labelled[tag, seed] = label_ids(labeler, decode_actions(req.tokenizer, r["tokens"], r["mask"]), (E, T, B))
     return labelled[tag, seed]
 
   for tag, method, _ in runs:
@@ -196,39 +194,42 @@ def evaluate(*, workdir: str, tokenizer, eval_batch, runs: list[tuple[str, str, 
     for seed in range(seeds):
       r = load_rollout(workdir, tag, seed)
       sim = sim_ids(tag, seed, r)
-      per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], eval_batch.action_mask))
+      per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], req.eval_batch.action_mask))
       if seed == 0:
         if tag == "mf":
           results["mf_field"] = {"kl_nats_per_step": [float(x) for x in r["mf_kl"].mean(0)]}
     results["methods"][tag] = summarise(per_seed)
+  truth = req.truth
   if truth is not None:
     # The floor set by finite steps: the real B agents of a step against their own exact distribution.
     floor = [float(np.sum(metrics.kl(metrics.step_distributions(real[d], agent_mask, len(c))[0], truth.probs[d])
                           * weights) / weights.sum()) for d, c in DIMENSIONS.items()]
     results["reference"] = {"kl_real_vs_truth_mean": float(np.mean(floor)),
                             "note": "KL(real step proportions || exact step distribution): sampling noise of B agents"}
-  if references is not None:
-    train_mask = np.asarray(references["train_mask"], bool)
-    train = label_ids(labeler, [t for row in references["train_texts"] for t in row], train_mask.shape)
-    results["simulators"] = bounds.bounds(real, agent_mask, references["eval_labels"], train, train_mask,
-                                          references["train_labels"], warmup=warmup, draws=seeds,
+  if req.references is not None:
+    refs = req.references
+    train_mask = np.asarray(refs["train_mask"], bool)
+    train = label_ids(labeler, [t for row in refs["train_texts"] for t in row], train_mask.shape)
+    results["simulators"] = bounds.bounds(real, agent_mask, refs["eval_labels"], train, train_mask,
+                                          refs["train_labels"], warmup=warmup, draws=seeds,
                                           simulated=world_runs(truth, warmup, seeds))
-  if sweep:
+  if req.sweep:
     results["ib_sweep"] = [{"beta": v["beta"], "val_relevance": v.get("val_relevance"),
                             "val_compression_bits": v.get("val_compression_bits"),
                             **{k: results["methods"][tag][k] for k in ("kl_mean", "kl_mean_std", "js_mean", "nll")}}
-                           for tag, v in sweep.items()]
+                           for tag, v in req.sweep.items()]
+  traces = None
   if intervention is not None:
     results["intervention"], traces = _intervention(sim_ids, intervention, agent_mask, seeds)
-    plots.intervention(workdir, traces, agent_mask, results["intervention"])
-  if environment is not None:
-    results["environment"] = environment
-  if started is not None:
-    results["seconds"] = time.time() - started
-  write_json(os.path.join(workdir, "results.json"), results)
-  plots.write_all(workdir, real, {tag: sim_ids(tag, 0) for tag, _, _ in runs}, agent_mask, weights, results)
-  log(table(results))
-  return results
+  return Evaluation(results, real, {tag: sim_ids(tag, 0) for tag, _, _ in runs}, agent_mask, weights, traces)
+
+
+def write(workdir: str, ev: Evaluation) -> None:
+  """results.json and plots/ of an evaluation."""
+  write_json(os.path.join(workdir, "results.json"), ev.results)
+  if ev.traces is not None:
+    plots.intervention(workdir, ev.traces, ev.agent_mask, ev.results["intervention"])
+  plots.write_all(workdir, ev.real, ev.sims, ev.agent_mask, ev.weights, ev.results)
 
 
 def intervention_effect(without: dict, with_: dict, weights_ExT) -> dict:

@@ -36,7 +36,8 @@ from mfjax.parallel.mesh import (batch_sharding, global_batch, opt_state_shardin
                                  with_activation_sharding)
 from mfjax.parallel.state import place
 from mfjax.params_keys import PARAMS
-from mfjax.runs import ENVIRONMENT_FILE, Preempted, append_jsonl, environment, restore_latest, resume_jsonl
+from mfjax.runs import Preempted, append_jsonl, environment, restore_latest, resume_jsonl
+from mfjax.workdir import ENVIRONMENT_FILE, METRICS_FILE
 
 TRAINABLE = ("lora+mf", "lora", "full", "mf")
 
@@ -171,7 +172,7 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
     raise FileNotFoundError(untrained.format(f"no {ckpt_dir}"))
   os.makedirs(workdir, exist_ok=True)
   mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  metrics_path = os.path.join(workdir, METRICS_FILE)
   state = restore_latest(mngr, state)
   start = int(state.step)
   if jax.process_index() == 0 and not trained_only:  # rows a crash left past the checkpoint (all, if none yet)

@@ -1,0 +1,16 @@
+"""The MF-LLM experiment: events -> tokenizer -> step tensors -> training stages ->
+rollouts -> evaluation, every part resumable from the run's workdir.
+
+  pipeline_config.plan(cfg)   what a run does (mfjax/pipeline_config.py: every config field)
+  data.prepare                events, tokenizer, step tensors
+  stages.train                the training stages, one loss each (stages.LOSSES)
+  rollouts.simulate_all       every method and seed over the eval events
+  command.run                 `python -m mfjax run|train|simulate|evaluate`: the parts in order
+"""
+
+from mfjax.pipeline.command import run
+from mfjax.pipeline.data import Data, prepare, split_events
+from mfjax.pipeline.rollouts import simulate_all
+from mfjax.pipeline.stages import LOSSES, Trained, train
+
+__all__ = ["LOSSES", "Data", "Trained", "prepare", "run", "simulate_all", "split_events", "train"]

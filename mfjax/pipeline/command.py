@@ -1,0 +1,136 @@
+"""`python -m mfjax train|simulate|evaluate|run`: the named parts of a run, in order, in one workdir.
+
+  workdir/config.json           the resolved config (a rerun must match it, but for parallel.* and ib.sweep)
+  workdir/tokenizer/            trained on the training events (or the checkpoint's)
+  workdir/base/                 pre-training from scratch (skipped with model.checkpoint)
+  workdir/sft/, workdir/mf/     fine-tuning stages; mf_beta<b>/ for an IB sweep; mf_text/ (text mean field)
+     checkpoints/ metrics.jsonl environment.jsonl (where each session of it trained: mfjax.runs.environment)
+  workdir/rollouts/<method>_seed<s>.npz   sampled actions, real-action log-probs
+  workdir/rollouts/<method>_intervened_seed<s>.npz   the same with intervention.text injected
+  workdir/results.json, workdir/plots/*.png   (mfjax.evaluation.report)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+import jax
+import ml_collections
+
+from mfjax import pipeline_config
+from mfjax.configs import ConfigError
+from mfjax.evaluation import plots, report
+from mfjax.parallel import distributed
+from mfjax.pipeline.data import Data, check_inputs, intervention_labels, prepare
+from mfjax.pipeline.rollouts import simulate_all
+from mfjax.pipeline.stages import check_mesh, mesh_from, train
+from mfjax.pipeline_config import EVAL_ONLY_KEYS, LAYOUT_KEYS, STAGE_SET_KEYS, Rollout, RunPlan, check_config
+from mfjax.runs import COMPILE_CACHE_ENV, environment, log
+from mfjax.workdir import (check_bound_to, check_rollouts, check_trained_from, check_workdir, last_validation,
+                           record_trained_from, stage_environments)
+
+
+def _triples(rollouts: tuple[Rollout, ...]) -> list[tuple[str, str, str]]:
+  """(tag, method, params stage) of each rollout, as `mfjax.evaluation.report` reads them."""
+  return [(r.tag, r.method, r.params) for r in rollouts]
+
+
+def _sweep_validation(plan: RunPlan, workdir: str) -> dict:
+  """tag -> {"beta", "val_relevance", "val_compression_bits"} from each sweep stage's last validation."""
+  out = {}
+  for s in plan.sweep:
+    last = last_validation(workdir, s.name)
+    out[s.name] = {"beta": s.beta, "val_relevance": last.get("val_relevance"),
+                   "val_compression_bits": last.get("val_compression_bits")}
+  return out
+
+
+def _intervention_report(cfg, plan: RunPlan, data: Data) -> Optional[dict]:
+  """What `evaluate` needs to score the intervention (None without one)."""
+  iv = plan.intervention
+  if iv is None:
+    return None
+  truth = None
+  if data.truth is not None:
+    truth = (data.truth.probs, data.truth_intervened.probs)
+  return {"intervention": iv, "labels": intervention_labels(cfg), "world": truth, "forced": data.intervened["forced"],
+          "runs": [(r.tag, r.tag[:-len("_intervened")]) for r in plan.intervened]}
+
+
+def _start(cfg, plan: RunPlan, workdir: str, commands: tuple, trained_from: Optional[str]):
+  """Every refusal before the first write (a refused command leaves a fresh workdir unmade), then
+  the workdir bound to `trained_from`'s stages where asked. Returns (the commands to run, the mesh
+  or None where nothing trains or simulates)."""
+  if trained_from and commands == ("train",):
+    raise ConfigError("train with --trained-from: the stages are that run's; use run, simulate or evaluate")
+  commands = tuple(c for c in commands if not (trained_from and c == "train"))
+  if cfg.model.checkpoint_required and not cfg.model.checkpoint:
+    raise ConfigError("model.checkpoint is required by this experiment: --set model.checkpoint=/path/to/hf-folder "
+                      "(a local Hugging Face folder with config.json, safetensors and the tokenizer)")
+  cache = jax.config.jax_compilation_cache_dir
+  log(f"[cache] compiled programs kept for later runs in {cache} ({COMPILE_CACHE_ENV}=off: not kept)" if cache
+      else f"[cache] compiled programs not kept ({COMPILE_CACHE_ENV}=DIR keeps them)")
+  fresh = not os.path.exists(os.path.join(workdir, "config.json"))
+  creates = "train" in commands or (trained_from and "simulate" in commands)  # may start in a fresh workdir
+  if fresh and not creates:
+    raise FileNotFoundError(f"{workdir} holds no run to {commands[0]}: run `python -m mfjax run` (or train) "
+                            "with this config and --workdir first")
+  if trained_from:
+    check_trained_from(trained_from, workdir, cfg, EVAL_ONLY_KEYS)
+  record = check_bound_to(workdir, trained_from, fresh)
+  if trained_from and not cfg.model.checkpoint and not os.path.exists(
+      os.path.join(trained_from, "tokenizer", "tokenizer.json")):
+    raise FileNotFoundError(f"{trained_from} has no trained tokenizer (tokenizer/tokenizer.json): "
+                            "train that run first")
+  mesh = None
+  if "train" in commands or "simulate" in commands:
+    mesh = mesh_from(cfg)
+    check_mesh(cfg, plan, mesh, rollouts="simulate" in commands)
+  check_inputs(cfg)
+  check_workdir(workdir, cfg, may_differ=LAYOUT_KEYS, rollout_only=EVAL_ONLY_KEYS, adopt=STAGE_SET_KEYS,
+                training="train" in commands)
+  if record:
+    record_trained_from(workdir, trained_from)
+  if trained_from:
+    log(f"[train] the trained stages of {trained_from} (read only)")
+  if "evaluate" in commands and "simulate" not in commands:  # nothing here makes the rollouts: they must be there
+    check_rollouts(workdir, _triples(plan.rollouts), cfg.rollout.seeds)
+  return commands, mesh
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simulate", "evaluate"),
+        trained_from: Optional[str] = None) -> Optional[dict]:
+  """`python -m mfjax train|simulate|evaluate|run`: the named parts, in order, in one workdir.
+  trained_from: another run's workdir whose trained stages (and tokenizer) the rollouts use,
+  read only; its config must equal `cfg` but for EVAL_ONLY_KEYS. `train` is then skipped."""
+  # first: checking the config asks JAX for its backend (read with .get: the check names a missing key)
+  distributed.initialize(bool(cfg.get("parallel", {}).get("distributed", False)))
+  check_config(cfg)
+  plan = pipeline_config.plan(cfg)
+  commands, mesh = _start(cfg, plan, workdir, commands, trained_from)
+  stages = trained_from or workdir  # where the trained stages and the tokenizer are
+  t0 = time.time()
+  data = prepare(cfg, plan, stages)
+  if mesh is not None:  # train, or (simulate alone) restore the trained stages
+    trained = train(cfg, plan, stages, data, mesh=mesh, trained_only="train" not in commands)
+    if distributed.is_main():
+      plots.training_curves(workdir, [s.name for s in plan.stages], stages_dir=stages)
+  if "simulate" in commands:
+    simulate_all(cfg, plan, workdir, data, trained, mesh=mesh)
+  results = None
+  if "evaluate" in commands and distributed.is_main():  # host-side work on the saved rollouts: process 0 only
+    scored = report.evaluate(report.EvalRequest(
+        workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=tuple(_triples(plan.plain)),
+        seeds=cfg.rollout.seeds, warmup=cfg.rollout.warmup, labeler_name=cfg.eval.labeler, truth=data.truth,
+        sweep=_sweep_validation(plan, stages) or None, intervention=_intervention_report(cfg, plan, data),
+        references=data.references))
+    results = scored.results
+    results["environment"] = {"evaluate": environment(),
+                              "stages": stage_environments(stages, [s.name for s in plan.stages])}
+    results["seconds"] = time.time() - t0  # the whole job's wall time
+    report.write(workdir, scored)
+    log(report.table(results))
+  log(f"[done] {', '.join(commands)} in {time.time() - t0:.0f} s; outputs in {workdir}")
+  return results

@@ -1,0 +1,234 @@
+"""The training stages of a run (`RunPlan.stages`), each resumable in its own folder.
+
+`base` gives a from-scratch policy the prompt formats of every method (contexts of
+kind none / recent / popular, drawn per event); `sft` fine-tunes it on state-only
+prompts (no m); `mf` (and each `mf_beta<b>` of an IB sweep) trains it with the
+mean-field encoder by IB-Tune; `mf_text` trains it with the text mean field's
+writer (the paper's own mean field, IB-Tune with a score-function gradient). A
+stage's loss is one entry of `LOSSES`; stages of one loss and config section (an
+IB sweep's) share one compiled step, their beta an argument of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mfjax.ibtune import (beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss, sharded_state,
+                          state_shardings, text_ib_tune_loss, trainable_labels)
+from mfjax.meanfield import MeanFieldEncoder, TextMFSpec, init_encoder
+from mfjax.model import Decoder, ModelConfig, hf
+from mfjax.model.lora import add_lora
+from mfjax.parallel import MeshConfig, global_batch, init_sharded, make_mesh
+from mfjax.parallel.mesh import check_events, process_rows, with_activation_sharding
+from mfjax.parallel.state import place, policy_shardings
+from mfjax.params_keys import PARAMS
+from mfjax.pipeline.data import Data
+from mfjax.pipeline_config import RunPlan, Stage, layer_fields, mf_config, scratch_model_config
+from mfjax.rollout import ContextSpec
+from mfjax.rollout.context import KINDS
+from mfjax.runs import log
+from mfjax.workdir import stage_dir
+
+
+def _model_config(cfg, plan: RunPlan, tok, ctx: ContextSpec, text: TextMFSpec) -> ModelConfig:
+  longest = cfg.mf.slots + ctx.length + cfg.data.prompt_len + cfg.data.action_len
+  if "mf_text" in plan.methods:  # the policy's input with a summary, and the writer's prompt + summary
+    longest = max(longest, text.context_len + cfg.data.prompt_len + cfg.data.action_len,
+                  text.writer_len + text.summary_len)
+  return scratch_model_config(cfg, len(tok), max_position_embeddings=max(longest, 64), bos_token_id=tok.bos_token_id,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
+def mesh_from(cfg):
+  """The (data, fsdp, tensor) mesh of `cfg.parallel` over all devices."""
+  mesh = make_mesh(MeshConfig.from_config(cfg.parallel))
+  log(f"[mesh] {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s), "
+      f"{jax.process_count()} process(es)")
+  return mesh
+
+
+def check_mesh(cfg, plan: RunPlan, mesh, *, rollouts: bool) -> None:
+  """Every batch the run splits over the mesh divides it, checked before anything is written (each
+  stage and the rollouts check theirs again as they start)."""
+  for s in plan.stages:
+    check_events(s.batch_events, mesh, f"{s.section}.batch_events")
+  if rollouts:
+    check_events(min(cfg.rollout.batch_events, cfg.data.eval_events), mesh,
+                 "rollout.batch_events (or data.eval_events, if fewer)")
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+@dataclasses.dataclass(frozen=True)
+class LossInputs:
+  """What a stage's loss closes over."""
+
+  cfg: object  # the run's config (ib.* and mf.lm_grad for ib, mf_text.beta for text_ib)
+  model: Decoder
+  encoder: MeanFieldEncoder
+  data: Data
+
+
+def _base_loss(x: LossInputs, agents: int):
+  kinds = tuple(KINDS[k] for k in ("none", "recent", "popular"))
+  return lambda params, batch, rng, step: policy_loss(model=x.model, params=params, batch=batch, rng=rng,
+                                                      context=x.data.context, context_kinds=kinds, agents=agents)
+
+
+def _policy_loss(x: LossInputs, agents: int):
+  return lambda params, batch, rng, step: policy_loss(model=x.model, params=params, batch=batch, rng=rng,
+                                                      agents=agents)
+
+
+def _ib_loss(x: LossInputs, agents: int):
+  ib = x.cfg.ib
+  return lambda params, batch, rng, step, beta: ib_tune_loss(
+      model=x.model, encoder=x.encoder, params=params, batch=batch, rng=rng, remat=ib.remat, agents=agents,
+      beta=beta_schedule(beta, ib.schedule, ib.warmup)(step), lm_grad=x.cfg.mf.lm_grad)
+
+
+def _text_ib_loss(x: LossInputs, agents: int):
+  return lambda params, batch, rng, step: text_ib_tune_loss(model=x.model, spec=x.data.text, params=params,
+                                                            batch=batch, rng=rng, beta=x.cfg.mf_text.beta,
+                                                            agents=agents)
+
+
+# Stage.loss -> (inputs, agents scored per step) -> loss_fn(params, batch, rng, step, **hparams) -> (loss, aux);
+# an ib loss takes its beta as an hparam, so that one compiled step serves every beta of a sweep
+LOSSES = {"base": _base_loss, "policy": _policy_loss, "ib": _ib_loss, "text_ib": _text_ib_loss}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _val_eval(loss_fn, data: dict, events: int, step: int, mesh, pin_activations: bool = True):
+  """(params, hparams) -> token-weighted mean of the loss terms over the validation events (fixed rng),
+  the LM's activations pinned on `mesh` as in training (`pin_activations`); hparams as in `train_step`."""
+  n = len(data["agent_mask"]) // events
+  if n == 0:
+    return None
+  rows = process_rows(events)
+  chunks = [global_batch({k: v[i * events:(i + 1) * events][rows] for k, v in data.items()}, mesh) for i in range(n)]
+
+  def validation_terms(params, batch, hparams):
+    return loss_fn(params=params, batch=batch, rng=jax.random.PRNGKey(0), step=jnp.int32(step), **hparams)[1]
+
+  aux_fn = jax.jit(with_activation_sharding(validation_terms, mesh if pin_activations else None))
+
+  def run(params, hparams):
+    terms = [jax.device_get(aux_fn(params, c, hparams)) for c in chunks]
+    w = np.array([t["tokens"] for t in terms])
+    return {k: float(np.sum([t[k] * wi for t, wi in zip(terms, w)]) / w.sum()) for k in terms[0] if k != "tokens"}
+
+  return run
+
+
+@dataclasses.dataclass
+class _StageFns:
+  """A stage's optimizer and jitted train and validation steps. Stages given the same one
+  (an IB sweep's: same loss, section and parameter shapes, hparams differing) compile once."""
+  tx: optax.GradientTransformation
+  shardings: object  # of the parameters
+  step: Callable  # (state, batch, rng, hparams) -> (state, metrics)
+  val: Optional[Callable]  # (params, hparams) -> {term: float}
+  about: str  # what trains, for the log
+
+
+def _stage_fns(stage: Stage, inputs: LossInputs, *, params, mesh) -> _StageFns:
+  """For training `stage` from parameters shaped like `params`: training scores stage.agents
+  agents per step, validation all of them. The state lives on `mesh` (parameters by the
+  sharding rules, batches split over events)."""
+  cfg, make_loss = inputs.cfg, LOSSES[stage.loss]
+  check_events(stage.batch_events, mesh, f"{stage.section}.batch_events")
+  tx = make_optimizer(params, trainable=stage.trainable, lr=stage.lr, steps=stage.steps, warmup=stage.warmup,
+                      weight_decay=cfg.train.weight_decay)
+  encoder = inputs.encoder if PARAMS.mf in params else None
+  shardings = policy_shardings(inputs.model, encoder, params, mesh)
+  labels = trainable_labels(params, stage.trainable)
+  pin = cfg.parallel.pin_activations
+  step_fn = jit_train_step(loss_fn=make_loss(inputs, stage.agents), tx=tx, mesh=mesh, labels=labels,
+                           pin_activations=pin, hparams=True,
+                           state_shardings=state_shardings(params, tx, mesh=mesh, param_shardings=shardings))
+  n_train = sum(int(x.size) for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if lab == "train")
+  return _StageFns(tx, shardings, step_fn,
+                   _val_eval(make_loss(inputs, 0), inputs.data.val, stage.batch_events, stage.steps, mesh, pin),
+                   f"training {n_train:,} parameters ({stage.trainable}) for {stage.steps} steps, "
+                   f"{stage.batch_events} events per step")
+
+
+def _train(stage: Stage, fns: _StageFns, *, params, cfg, data: Data, workdir: str, mesh, trained_only: bool):
+  """Train (or resume) `stage` from `params` with `fns` (`_stage_fns`); an ib stage's beta goes to
+  its loss as a traced hparam."""
+  hparams = {} if stage.beta is None else {"beta": jnp.float32(stage.beta)}
+  state, _ = sharded_state(params, fns.tx, mesh=mesh, param_shardings=fns.shardings)
+  state = fit(name=stage.name, workdir=stage_dir(workdir, stage.name), state=state,
+              step_fn=lambda *a: fns.step(*a, hparams), data=data.train, batch_events=stage.batch_events,
+              steps=stage.steps, seed=cfg.seed, log_every=cfg.train.log_every, ckpt_every=cfg.train.ckpt_every,
+              eval_every=cfg.train.eval_every, eval_fn=None if fns.val is None else lambda p: fns.val(p, hparams),
+              log=log, trained_only=trained_only, mesh=mesh, about=fns.about)
+  return state.params
+
+
+@dataclasses.dataclass
+class Trained:
+  model: Decoder  # with LoRA adapters (fresh ones on the base params)
+  encoder: MeanFieldEncoder
+  params: dict  # stage name -> its params {PARAMS.lm: ...} (+ PARAMS.mf, ...); "base" for the baselines
+
+
+def train(cfg, plan: RunPlan, workdir: str, data: Data, *, mesh, trained_only: bool = False) -> Trained:
+  """Every stage of `plan` in order (resuming finished ones instantly; with `trained_only`, an
+  unfinished stage is an error instead)."""
+  rng = jax.random.PRNGKey(cfg.seed)
+  where = {"cfg": cfg, "data": data, "workdir": workdir, "mesh": mesh, "trained_only": trained_only}
+  if cfg.model.checkpoint:
+    # read on the host and cut per device: no device holds the whole model
+    # another model's tokenizer is refused before the weights are read
+    hf.check_tokenizer(data.tokenizer, hf.load_config(cfg.model.checkpoint), cfg.model.checkpoint,
+                       cfg.model.checkpoint)
+    model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype, host=True, **layer_fields(cfg))
+    lm = place({PARAMS.lm: lm}, policy_shardings(model, None, {PARAMS.lm: lm}, mesh))[PARAMS.lm]
+    log(f"[base] loaded {cfg.model.checkpoint}")
+  else:
+    model = Decoder(_model_config(cfg, plan, data.tokenizer, data.context, data.text))
+    lm, _ = init_sharded(lambda: model.init(jax.random.fold_in(rng, 1), jnp.zeros((1, 8), jnp.int32))["params"],
+                         mesh)
+    base, params = plan.stage("base"), {PARAMS.lm: lm}
+    lm = _train(base, _stage_fns(base, LossInputs(cfg, model, None, data), params=params, mesh=mesh), params=params,
+                **where)[PARAMS.lm]
+  model, lm = add_lora(model, lm, plan.lora, jax.random.fold_in(rng, 2))
+  encoder = MeanFieldEncoder(mf_config(cfg, model.cfg.hidden_size))
+  inputs = LossInputs(cfg, model, encoder, data)
+  out = {"base": {PARAMS.lm: lm}}
+  initial, compiled = {}, {}  # per loss: the parameters every stage of it starts from, and its compiled steps
+
+  def start(loss: str) -> dict:
+    if loss not in initial:
+      if loss == "ib":
+        initial[loss] = {PARAMS.lm: lm, PARAMS.mf: init_encoder(encoder, jax.random.fold_in(rng, 3),
+                                                                model.cfg.hidden_size)}
+      elif loss == "text_ib":
+        # the writer starts as the policy; its prior p0 is the base LM: its zeroed adapters with lora, a frozen
+        # copy with full
+        initial[loss] = {PARAMS.lm: lm, PARAMS.mf_lm: lm,
+                         **({PARAMS.prior: lm} if cfg.mf_text_train.trainable == "full" else {})}
+      else:
+        initial[loss] = {PARAMS.lm: lm}
+    return initial[loss]
+
+  for stage in plan.stages:
+    if stage.name == "base":
+      continue
+    params = start(stage.loss)
+    key = (stage.loss, stage.section)  # an IB sweep's stages: one compile for every beta
+    if key not in compiled:
+      compiled[key] = _stage_fns(stage, inputs, params=params, mesh=mesh)
+    out[stage.name] = _train(stage, compiled[key], params=params, **where)
+  return Trained(model, encoder, out)
