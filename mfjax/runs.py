@@ -105,6 +105,20 @@ def restore_latest(mngr: ocp.CheckpointManager, state):
                          "to resume from the checkpoint before it, if any") from e
 
 
+def restore_params(ckpt_dir: str, step: int, params, shardings):
+  """The `params` of the TrainState checkpointed at `step` under `ckpt_dir`, alone (its optimizer
+  state is not read), placed on `shardings`; `params` gives the tree and shapes (arrays or
+  ShapeDtypeStructs). A checkpoint that cannot give them is a RunFolderError naming its folder."""
+  where = os.path.join(ckpt_dir, str(step))
+  restore_args = {"params": jax.tree.map(lambda _, s: ocp.ArrayRestoreArgs(sharding=s), params, shardings)}
+  abstract = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)}
+  try:
+    return ocp.PyTreeCheckpointer().restore(os.path.join(where, "default"), args=ocp.args.PyTreeRestore(
+        abstract, restore_args=restore_args, partial_restore=True))["params"]
+  except Exception as e:  # orbax raises many kinds; each means this folder cannot give the parameters back
+    raise RunFolderError(f"{where}: cannot restore the parameters of this checkpoint ({type(e).__name__}: {e})") from e
+
+
 def log(msg: str) -> None:
   """A progress line (process 0 only: a pod's workers would repeat it)."""
   if jax.process_index() == 0:

@@ -14,7 +14,7 @@ import pytest
 
 from mf_setup import make_batch, make_model
 from mfjax.ibtune import (TrainState, beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer,
-                          mean_field_path, policy_loss, state_shardings, train_step, trainable_labels)
+                          mean_field_path, policy_loss, state_shardings, train_step, trainable_labels, trained_params)
 from mfjax.ibtune.objective import subsample_agents
 from mfjax.model import unrolled
 from mfjax.model.lora import is_lora_path
@@ -222,8 +222,18 @@ def test_resume_continues_at_the_right_step_with_identical_params(tmp_path):
   sessions = [json.loads(line) for line in open(tmp_path / "b" / "environment.jsonl")]
   assert [(r["from_step"], r["to_step"]) for r in sessions] == [(0, 3), (3, 6)]
   assert all(r["jax"] == jax.__version__ and r["platform"] == jax.devices()[0].platform for r in sessions)
-  with pytest.raises(FileNotFoundError, match="not trained"):
-    fit(workdir=str(tmp_path / "c"), state=fresh(), steps=6, trained_only=True, **kw)
+  # a finished stage's parameters alone (no optimizer state), as simulate and --trained-from read them
+  shardings = jax.tree.map(lambda x: x.sharding, straight.params)
+  read = lambda wd, steps: trained_params(name="t", workdir=str(tmp_path / wd), steps=steps, params=fresh().params,
+                                          shardings=shardings, log=logs.append)
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(read("a", 6))):
+    np.testing.assert_array_equal(a, b)
+  assert logs[-1].startswith("[t] already trained (6 steps in ")
+  with pytest.raises(FileNotFoundError, match=r"stage 't' is not trained \(no .*c/checkpoints\)"):
+    read("c", 6)
+  with pytest.raises(FileNotFoundError, match=r"stage 't' is not trained \(6/7 steps in "):
+    read("b", 7)
+  assert not os.path.exists(tmp_path / "c")  # nothing written
 
 
 def test_a_crash_before_the_first_checkpoint_logs_no_step_twice(tmp_path):

@@ -2,8 +2,8 @@
 
 from mfjax.ibtune.objective import ib_tune_loss, mean_field_path, policy_loss, text_ib_tune_loss
 from mfjax.ibtune.train import (TRAINABLE, TrainState, batch_at, beta_schedule, fit, jit_train_step, make_optimizer,
-                                sharded_state, state_shardings, train_step, trainable_labels)
+                                sharded_state, state_shardings, train_step, trainable_labels, trained_params)
 
 __all__ = ["ib_tune_loss", "mean_field_path", "policy_loss", "TRAINABLE", "TrainState", "batch_at", "beta_schedule",
            "fit", "jit_train_step", "make_optimizer", "sharded_state", "state_shardings", "text_ib_tune_loss",
-           "train_step", "trainable_labels"]
+           "train_step", "trainable_labels", "trained_params"]

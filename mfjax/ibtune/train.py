@@ -36,7 +36,7 @@ from mfjax.parallel.mesh import (batch_sharding, global_batch, opt_state_shardin
                                  with_activation_sharding)
 from mfjax.parallel.state import place
 from mfjax.params_keys import PARAMS
-from mfjax.runs import Preempted, append_jsonl, environment, restore_latest, resume_jsonl
+from mfjax.runs import Preempted, append_jsonl, environment, restore_latest, restore_params, resume_jsonl
 from mfjax.workdir import ENVIRONMENT_FILE, METRICS_FILE
 
 TRAINABLE = ("lora+mf", "lora", "full", "mf")
@@ -147,10 +147,31 @@ def batch_at(data: dict, *, seed: int, step: int, events: int, mesh=None) -> dic
   return global_batch({k: v[idx[process_rows(events)]] for k, v in data.items()}, mesh)
 
 
+CHECKPOINTS = "checkpoints"  # a stage's orbax checkpoints, in its workdir
+
+
+def _trained(name: str, step: int, ckpt_dir: str) -> str:
+  return f"[{name}] already trained ({step} steps in {ckpt_dir})"
+
+
+def trained_params(*, name: str, workdir: str, steps: int, params, shardings, log: Callable = print):
+  """The parameters of a stage that `fit` finished in `workdir` (`steps` steps), restored alone
+  (no optimizer state, nothing compiled, nothing written: the stage may be another run's, read with
+  --trained-from) onto `shardings`; `params` gives their tree and shapes. FileNotFoundError naming
+  the stage where it is not trained that far."""
+  ckpt_dir = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
+  step = ocp.CheckpointManager(ckpt_dir).latest_step() if os.path.isdir(ckpt_dir) else None
+  if step is None or step < steps:
+    why = f"{step or 0}/{steps} steps in {ckpt_dir}" if os.path.isdir(ckpt_dir) else f"no {ckpt_dir}"
+    raise FileNotFoundError(f"stage {name!r} is not trained ({why}); run `python -m mfjax train` with this config "
+                            "and workdir first")
+  log(_trained(name, step, ckpt_dir))
+  return restore_params(ckpt_dir, step, params, shardings)
+
+
 def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: dict, batch_events: int, steps: int,
         seed: int, log_every: int = 10, ckpt_every: int = 100, eval_every: int = 0,
-        eval_fn: Optional[Callable] = None, log: Callable = print, trained_only: bool = False,
-        mesh=None, about: str = "") -> TrainState:
+        eval_fn: Optional[Callable] = None, log: Callable = print, mesh=None, about: str = "") -> TrainState:
   """Run (or resume) a training stage in `workdir` to `steps` optimizer steps.
 
   step_fn(state, batch, rng) -> (state, metrics) is the jitted `train_step`;
@@ -160,29 +181,23 @@ def fit(*, name: str, workdir: str, state: TrainState, step_fn: Callable, data: 
   Stops with FloatingPointError naming the step if the loss is not finite, and
   with `Preempted` once every host has saved the step a preemption notice
   (JAX's preemption sync point, multi-host runs) names.
-  `trained_only` restores a finished stage and refuses to train, writing
-  nothing (the stage may be another run's, read with --trained-from). With a mesh,
+  A finished stage's parameters alone: `trained_params`. With a mesh,
   batches are global arrays sharded over events and a checkpoint restores onto
   the shardings of `state` (whatever mesh it was saved from); only process 0
   writes metrics.jsonl (every process takes part in the orbax save). `about` is
   logged when steps are left to train (what is trained, on what)."""
-  ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  untrained = f"stage {name!r} is not trained ({{}}); run `python -m mfjax train` with this config and workdir first"
-  if trained_only and not os.path.isdir(ckpt_dir):  # nothing created where nothing is trained
-    raise FileNotFoundError(untrained.format(f"no {ckpt_dir}"))
+  ckpt_dir = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
   os.makedirs(workdir, exist_ok=True)
   mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
   metrics_path = os.path.join(workdir, METRICS_FILE)
   state = restore_latest(mngr, state)
   start = int(state.step)
-  if jax.process_index() == 0 and not trained_only:  # rows a crash left past the checkpoint (all, if none yet)
+  if jax.process_index() == 0:  # rows a crash left past the checkpoint (all, if none yet)
     resume_jsonl(metrics_path, start)
   if start and start < steps:
     log(f"[{name}] resuming at step {start} from {ckpt_dir}")
-  if trained_only and start < steps:
-    raise FileNotFoundError(untrained.format(f"{start}/{steps} steps in {ckpt_dir}"))
   if start >= steps:
-    log(f"[{name}] already trained ({start} steps in {ckpt_dir})")
+    log(_trained(name, start, ckpt_dir))
     return state
   if about:
     log(f"[{name}] {about}")

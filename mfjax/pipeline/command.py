@@ -25,7 +25,7 @@ from mfjax.evaluation import plots, report
 from mfjax.parallel import distributed
 from mfjax.pipeline.data import Data, check_inputs, intervention_labels, prepare
 from mfjax.pipeline.rollouts import simulate_all
-from mfjax.pipeline.stages import check_mesh, mesh_from, train
+from mfjax.pipeline.stages import check_mesh, load_trained, mesh_from, train
 from mfjax.pipeline_config import EVAL_ONLY_KEYS, LAYOUT_KEYS, STAGE_SET_KEYS, Rollout, RunPlan, check_config
 from mfjax.runs import COMPILE_CACHE_ENV, environment, log
 from mfjax.workdir import (check_bound_to, check_rollouts, check_trained_from, check_workdir, last_validation,
@@ -113,8 +113,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   stages = trained_from or workdir  # where the trained stages and the tokenizer are
   t0 = time.time()
   data = prepare(cfg, plan, stages)
-  if mesh is not None:  # train, or (simulate alone) restore the trained stages
-    trained = train(cfg, plan, stages, data, mesh=mesh, trained_only="train" not in commands)
+  if mesh is not None:  # train, or (simulate alone, --trained-from) restore the trained stages' parameters
+    trained = (train(cfg, plan, stages, data, mesh=mesh) if "train" in commands
+               else load_trained(cfg, plan, stages, data, mesh=mesh))
     if distributed.is_main():
       plots.training_curves(workdir, [s.name for s in plan.stages], stages_dir=stages)
   if "simulate" in commands:

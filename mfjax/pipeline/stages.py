@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from mfjax.ibtune import (beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss, sharded_state,
-                          state_shardings, text_ib_tune_loss, trainable_labels)
+                          state_shardings, text_ib_tune_loss, trainable_labels, trained_params)
 from mfjax.meanfield import MeanFieldEncoder, TextMFSpec, init_encoder
 from mfjax.model import Decoder, ModelConfig, hf
 from mfjax.model.lora import add_lora
@@ -163,7 +163,7 @@ def _stage_fns(stage: Stage, inputs: LossInputs, *, params, mesh) -> _StageFns:
                    f"{stage.batch_events} events per step")
 
 
-def _train(stage: Stage, fns: _StageFns, *, params, cfg, data: Data, workdir: str, mesh, trained_only: bool):
+def _train(stage: Stage, fns: _StageFns, *, params, cfg, data: Data, workdir: str, mesh):
   """Train (or resume) `stage` from `params` with `fns` (`_stage_fns`); an ib stage's beta goes to
   its loss as a traced hparam."""
   hparams = {} if stage.beta is None else {"beta": jnp.float32(stage.beta)}
@@ -172,8 +172,15 @@ def _train(stage: Stage, fns: _StageFns, *, params, cfg, data: Data, workdir: st
               step_fn=lambda *a: fns.step(*a, hparams), data=data.train, batch_events=stage.batch_events,
               steps=stage.steps, seed=cfg.seed, log_every=cfg.train.log_every, ckpt_every=cfg.train.ckpt_every,
               eval_every=cfg.train.eval_every, eval_fn=None if fns.val is None else lambda p: fns.val(p, hparams),
-              log=log, trained_only=trained_only, mesh=mesh, about=fns.about)
+              log=log, mesh=mesh, about=fns.about)
   return state.params
+
+
+def _restored(stage: Stage, *, params, model: Decoder, encoder: MeanFieldEncoder, workdir: str, mesh) -> dict:
+  """A finished stage's parameters alone, shaped like `params` and placed by the sharding rules."""
+  shardings = policy_shardings(model, encoder if PARAMS.mf in params else None, params, mesh)
+  return trained_params(name=stage.name, workdir=stage_dir(workdir, stage.name), steps=stage.steps, params=params,
+                        shardings=shardings, log=log)
 
 
 @dataclasses.dataclass
@@ -184,10 +191,11 @@ class Trained:
 
 
 def train(cfg, plan: RunPlan, workdir: str, data: Data, *, mesh, trained_only: bool = False) -> Trained:
-  """Every stage of `plan` in order (resuming finished ones instantly; with `trained_only`, an
-  unfinished stage is an error instead)."""
+  """Every stage of `plan` in order, resuming finished ones instantly. With `trained_only`
+  (`load_trained`) each stage's parameters are restored alone, nothing is trained, compiled or
+  written, and an unfinished stage is an error."""
   rng = jax.random.PRNGKey(cfg.seed)
-  where = {"cfg": cfg, "data": data, "workdir": workdir, "mesh": mesh, "trained_only": trained_only}
+  where = {"cfg": cfg, "data": data, "workdir": workdir, "mesh": mesh}
   if cfg.model.checkpoint:
     # read on the host and cut per device: no device holds the whole model
     # another model's tokenizer is refused before the weights are read
@@ -201,8 +209,12 @@ def train(cfg, plan: RunPlan, workdir: str, data: Data, *, mesh, trained_only: b
     lm, _ = init_sharded(lambda: model.init(jax.random.fold_in(rng, 1), jnp.zeros((1, 8), jnp.int32))["params"],
                          mesh)
     base, params = plan.stage("base"), {PARAMS.lm: lm}
-    lm = _train(base, _stage_fns(base, LossInputs(cfg, model, None, data), params=params, mesh=mesh), params=params,
-                **where)[PARAMS.lm]
+    if trained_only:
+      params = _restored(base, params=params, model=model, encoder=None, workdir=workdir, mesh=mesh)
+    else:
+      params = _train(base, _stage_fns(base, LossInputs(cfg, model, None, data), params=params, mesh=mesh),
+                      params=params, **where)
+    lm = params[PARAMS.lm]
   model, lm = add_lora(model, lm, plan.lora, jax.random.fold_in(rng, 2))
   encoder = MeanFieldEncoder(mf_config(cfg, model.cfg.hidden_size))
   inputs = LossInputs(cfg, model, encoder, data)
@@ -227,8 +239,17 @@ def train(cfg, plan: RunPlan, workdir: str, data: Data, *, mesh, trained_only: b
     if stage.name == "base":
       continue
     params = start(stage.loss)
+    if trained_only:
+      out[stage.name] = _restored(stage, params=params, model=model, encoder=encoder, workdir=workdir, mesh=mesh)
+      continue
     key = (stage.loss, stage.section)  # an IB sweep's stages: one compile for every beta
     if key not in compiled:
       compiled[key] = _stage_fns(stage, inputs, params=params, mesh=mesh)
     out[stage.name] = _train(stage, compiled[key], params=params, **where)
   return Trained(model, encoder, out)
+
+
+def load_trained(cfg, plan: RunPlan, workdir: str, data: Data, *, mesh) -> Trained:
+  """The trained stages of the run in `workdir` (this run's, or --trained-from's), their parameters
+  restored alone (`train` with trained_only)."""
+  return train(cfg, plan, workdir, data, mesh=mesh, trained_only=True)
