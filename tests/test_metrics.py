@@ -134,6 +134,39 @@ def test_per_step_kl_of_a_rollout_by_hand_and_weighed_back_to_its_score():
     np.testing.assert_allclose((np.array(out["kl_dim_per_step"][d][2:4]) * n).sum() / n.sum(), out["kl"][d], rtol=1e-5)
   np.testing.assert_allclose(out["kl_per_step"][:4], np.mean([out["kl_dim_per_step"][d][:4] for d in DIMENSIONS], 0))
   assert out["kl_per_step"][4] is None
+  # each event's KL: its scored steps' mean, the mean over dimensions and seeds (event 1 has only step 2)
+  for e in range(E):
+    steps = [t for t in range(T) if weights[e, t]]
+    want = np.mean([np.mean([np.asarray(metrics.kl(metrics.step_distributions(real[d], mask, len(c))[0],
+                                                   metrics.step_distributions(s[d], mask, len(c))[0]))[e, steps].mean()
+                             for d, c in DIMENSIONS.items()]) for s in sims])
+    np.testing.assert_allclose(out["kl_per_event"][e], want, rtol=1e-6)
+
+
+def test_paired_differences_over_events_with_bootstrap_intervals():
+  """report.paired: every method against shrunk and the best method without a mean field, the mean
+  over the same events of the difference and a 95% bootstrap interval that holds it (scipy's)."""
+  from mfjax.evaluation.report import paired
+  rng = np.random.default_rng(0)
+  base = rng.uniform(0.1, 0.4, 200)
+  events = lambda x: [None if i == 7 else float(v) for i, v in enumerate(x)]  # event 7 was not scored
+  results = {"methods": {"state": {"kl_mean": 0.30, "kl_per_event": events(base + 0.05)},
+                         "sft": {"kl_mean": 0.25, "kl_per_event": events(base + 0.02)},
+                         "mf": {"kl_mean": 0.20, "kl_per_event": events(base - 0.03 + rng.normal(0, 0.01, 200))}},
+             "simulators": {"methods": {"shrunk": {"kl_per_event": events(base)}}}}
+  out = paired(results)
+  assert set(out) == {"state", "sft", "mf"} and all(set(r) == {"shrunk", "sft"} for r in out.values())
+  mf = out["mf"]["shrunk"]
+  assert mf["events"] == 199 and mf["ci95"][0] < mf["diff"] < mf["ci95"][1] < 0
+  np.testing.assert_allclose(mf["diff"], np.mean(np.delete(np.array(results["methods"]["mf"]["kl_per_event"], float)
+                                                           - base, 7)), rtol=1e-9)
+  np.testing.assert_allclose(out["state"]["shrunk"]["diff"], 0.05, rtol=1e-9)  # a constant gap: a point interval
+  np.testing.assert_allclose(out["state"]["shrunk"]["ci95"], [0.05, 0.05], rtol=1e-9)
+  assert out["sft"]["sft"] == {"diff": 0.0, "ci95": [0.0, 0.0], "events": 199}
+  ci = scipy.stats.bootstrap((np.delete(np.array(results["methods"]["mf"]["kl_per_event"], float) - base, 7),),
+                             np.mean, n_resamples=2000, method="percentile",
+                             random_state=np.random.default_rng(0)).confidence_interval
+  np.testing.assert_allclose(mf["ci95"], [ci.low, ci.high], rtol=1e-9)
 
 
 def test_intervention_effect_and_weights_by_hand():

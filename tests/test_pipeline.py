@@ -64,6 +64,16 @@ def _check_results(workdir, seeds, methods=METHODS):
   assert list(sims["methods"]) == [*bounds.PREDICTORS, *world] and sims["draws"] == seeds
   assert sims["scored_steps"] == results["data"]["scored_steps"]
   assert all(np.isfinite(r["kl_mean"]) and set(r["kl"]) == set(DIMENSIONS) for r in sims["methods"].values())
+  # each method against shrunk and the best method without a mean field, over the same events
+  blind = min((m for m in ("state", "recent", "popular", "sft") if m in methods),
+              key=lambda m: results["methods"][m]["kl_mean"])
+  assert set(results["paired"]) == set(results["methods"])
+  for m, row in results["paired"].items():
+    assert set(row) == {"shrunk", blind}
+    assert all(r["ci95"][0] <= r["diff"] <= r["ci95"][1] and r["events"] == results["data"]["events"]
+               for r in row.values())
+    np.testing.assert_allclose(row["shrunk"]["diff"], np.mean(results["methods"][m]["kl_per_event"])
+                               - np.mean(sims["methods"]["shrunk"]["kl_per_event"]), rtol=1e-6)
   for plot in ("trajectories_mean.png", "kl_per_step.png", "training.png"):
     assert os.path.getsize(os.path.join(workdir, "plots", plot)) > 0
   return results
@@ -75,6 +85,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   out = capsys.readouterr().out
   results = _check_results(wd, seeds=2, methods=METHODS | {"mf_text"})
   assert "method" in out and "KL mean" in out and "reference simulators" in out  # the table is printed
+  assert "paired over the events: KL(method) - KL(reference)" in out
   assert "[base] training " in out and "[mf] training " in out  # what each stage trains, when it trains
   assert "[mf_text] training " in out and "[simulate] mf_text seed 0: event 0's last summary: " in out
   with np.load(rollout_path(str(wd), "mf_text", 0)) as saved:  # the text mean field's summaries are kept
@@ -127,7 +138,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   tables = report_table.render(moved)  # the docs' tables, made from a real results.json
   assert f"| mf | {moved['methods']['mf']['kl_mean']:.3f} | " in tables
   assert [line for line in tables.splitlines() if line.startswith("### ")] == [
-      "### methods", "### simulators", "### intervention"]
+      "### methods", "### simulators", "### paired", "### intervention"]
   assert os.path.exists(rollout_path(str(again), "mf_intervened", 1))
   with pytest.raises(SystemExit, match=r"other values of \['ib.beta'\]; only data.eval_split, .*, rollout\.\*, "):
     _cli("run", tmp_path / "other_beta", extra=["ib.beta=0.5"], trained_from=wd)

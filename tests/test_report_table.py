@@ -23,6 +23,10 @@ RESULTS = {
     "methods": {"state": _method(0.33174, 0.1), "mf": _method(0.20491, 0.05)},
     "simulators": {"draws": 3, "methods": {"shrunk": _method(0.187, 0.02), "step": _method(0.043, 0.01)}},
     "reference": {"kl_real_vs_truth_mean": 0.04312},
+    "paired": {"state": {"shrunk": {"diff": 0.1447, "ci95": [0.131, 0.158], "events": 64},
+                         "state": {"diff": 0.0, "ci95": [0.0, 0.0], "events": 64}},
+               "mf": {"shrunk": {"diff": 0.0075, "ci95": [-0.0012, 0.0161], "events": 64},
+                      "state": {"diff": -0.1372, "ci95": [-0.151, -0.122], "events": 64}}},
     "ib_sweep": [{"beta": 0.0, "val_relevance": 0.9512, "val_compression_bits": None, "kl_mean": 0.21,
                   "kl_mean_std": 0.01},
                  {"beta": 1e-4, "val_relevance": 0.9468, "val_compression_bits": 75.402, "kl_mean": 0.2049,
@@ -45,11 +49,14 @@ def _write_run(folder, results):
 def test_tables_carry_the_results_numbers():
   md = report_table.render(RESULTS)
   assert [line for line in md.splitlines() if line.startswith("### ")] == ["### methods", "### simulators",
-                                                                          "### sweep"]
+                                                                          "### paired", "### sweep"]
   assert _cells(md, "mf") == ["mf", "0.205", "0.007", "0.082", "5.50", "1.090", "0.050", "0.150", "0.250", "0.350"]
   assert _cells(md, "state")[1] == "0.332"
   assert _cells(md, "step*")[2:4] == ["0.043", "0.007"] and _cells(md, "shrunk")[0] == "shrunk"  # oracles starred
   assert "Mean ± std over 3 draws" in md and "KL 0.043." in md
+  paired = md[md.index("### paired"):md.index("### sweep")]
+  assert "same 64 events" in paired and _cells(paired, "method")[1:] == ["vs shrunk", "vs state"]
+  assert _cells(paired, "mf")[1:] == ["+0.007 [-0.001, +0.016]", "-0.137 [-0.151, -0.122]"]
   assert _cells(md, "0")[1:3] == ["0.9512", "n/a"] and _cells(md, "0.0001")[2:4] == ["75.40", "0.205"]
 
 

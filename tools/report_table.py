@@ -6,7 +6,9 @@
 
 The parts: `methods` (KL(real || simulated) per method, mean ± std over rollout seeds,
 and its JS, DTW, NLL per token and per-dimension KL), `simulators` (the reference
-simulators that use no model, oracles starred), `intervention` (each method's change in
+simulators that use no model, oracles starred), `paired` (each method against `shrunk`
+and the best method without a mean field over the same events: the mean difference and
+its 95% bootstrap interval), `intervention` (each method's change in
 the category each dimension's plot shows, with minus without), `sweep` (the IB sweep:
 beta, validation NLL and bits of compression against KL).
 
@@ -48,7 +50,7 @@ SIMULATORS = {
     "step": "the real step itself, resampled (sampling noise alone)",
     "world": "the synthetic world's own equations, run free from the warm-up",
 }
-PARTS = ("methods", "simulators", "intervention", "sweep")
+PARTS = ("methods", "simulators", "paired", "intervention", "sweep")
 _OPEN = re.compile(r"^<!-- report: (\S+) (\S+) -->\s*$")
 _CLOSE = "<!-- /report -->"
 
@@ -100,6 +102,16 @@ def intervention(results: dict) -> str:
           "without (mean ± std over seeds):\n\n" + _table(header, rows))
 
 
+def paired(results: dict) -> str:
+  refs = list(next(iter(results["paired"].values())))
+  rows = [[m, *(f"{r[ref]['diff']:+.3f} [{r[ref]['ci95'][0]:+.3f}, {r[ref]['ci95'][1]:+.3f}]" for ref in refs)]
+          for m, r in results["paired"].items()]
+  events = next(iter(next(iter(results["paired"].values())).values()))["events"]
+  return (f"KL(method) - KL(reference) over the same {events} events: the mean and its 95% bootstrap interval "
+          "(below 0: closer to the real population than the reference).\n\n"
+          + _table(["method", *(f"vs {ref}" for ref in refs)], rows))
+
+
 def sweep(results: dict) -> str:
   def num(v, spec):
     return "n/a" if v is None else format(v, spec)
@@ -108,8 +120,10 @@ def sweep(results: dict) -> str:
   return _table(["beta", "val NLL", "bits", "KL mean", "± std"], rows)
 
 
-_KEYS = {"methods": "methods", "simulators": "simulators", "intervention": "intervention", "sweep": "ib_sweep"}
-_MAKE = {"methods": methods, "simulators": simulators, "intervention": intervention, "sweep": sweep}
+_KEYS = {"methods": "methods", "simulators": "simulators", "paired": "paired", "intervention": "intervention",
+         "sweep": "ib_sweep"}
+_MAKE = {"methods": methods, "simulators": simulators, "paired": paired, "intervention": intervention,
+         "sweep": sweep}
 
 
 def load(run: str) -> dict:

@@ -124,7 +124,8 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
   of simulators that run (`world`), scored over the real agent mask. Returns
   {"methods": {name: {"kl_mean" (mean over draws of the mean over dimensions), "kl_mean_std" (over
   draws), "kl": {dimension}, "kl_per_step": [T] (the mean over the events scored at each step; None
-  where none is)}}, "scored_steps", "draws", "shrunk_pseudocounts": {dimension: k}}."""
+  where none is), "kl_per_event": [E] (each event's mean over its scored steps, draws and dimensions;
+  None for an event with none)}}, "scored_steps", "draws", "shrunk_pseudocounts": {dimension: k}}."""
   real_mask = np.asarray(real_mask, bool)
   T = real_mask.shape[1]
   scored = (np.arange(T)[None] >= warmup) & real_mask.any(-1)
@@ -153,9 +154,12 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
     means = np.mean([kl[d] for d in DIMENSIONS], 0)  # [draws]: the mean over dimensions of each draw
     steps = np.mean([np.mean(v, 0) for v in dims.values()], 0)  # [E, T]: over draws and dimensions
     per_step = metrics.event_mean(steps, w)
+    n = w.sum(1)
+    per_event = np.where(n > 0, (steps * w).sum(1) / np.maximum(n, 1e-300), np.nan)  # [E]
     out[name] = {"kl_mean": float(means.mean()), "kl_mean_std": float(means.std()),
                  "kl": {d: float(v.mean()) for d, v in kl.items()},
-                 "kl_per_step": [float(x) if scored[:, t].any() else None for t, x in enumerate(per_step)]}
+                 "kl_per_step": [float(x) if scored[:, t].any() else None for t, x in enumerate(per_step)],
+                 "kl_per_event": [None if np.isnan(x) else float(x) for x in per_event]}
   return {"methods": out, "scored_steps": int(scored.sum()), "draws": draws, "shrunk_pseudocounts": pseudocounts}
 
 

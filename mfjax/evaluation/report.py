@@ -5,12 +5,15 @@ plots (`write`) and the printed table (`table`), which the caller asks for.
 results.json:
   {"methods": {<method>: {"kl_mean", "kl_mean_std", "kl": {dim}, "js_mean",
                "tv_mean", "w1_mean", "dtw_mean", "nll", "seeds", "per_seed": [...],
-               "kl_per_step": [T], "kl_dim_per_step": {dim: [T]}}},   (every step, warm-up too)
+               "kl_per_step": [T], "kl_dim_per_step": {dim: [T]},   (every step, warm-up too)
+               "kl_per_event": [E]}},   (each event's KL over its scored steps, mean over seeds)
+   "paired": {<method>: {<reference>: {"diff", "ci95", "events"}}}   (`paired`: against shrunk and the best
+             method without a mean field, over the same events)
    "ib_sweep": [{"beta", "val_relevance", "val_compression_bits", "kl_mean", ...}]   (with ib.sweep)
    "intervention": {"text", "step", "agents", "labels", "events", "scored_steps",
                     "methods": {<method>: {"effect": {dim: {category}}, "effect_std", "seeds"}},
                     "world": {"effect": ...}}   (with intervention.text; world: synthetic data)
-   "simulators": {"methods": {<name>: {"kl_mean", "kl_mean_std", "kl": {dim}}}, ...}   (`bounds.bounds`:
+   "simulators": {"methods": {<name>: {"kl_mean", "kl_mean_std", "kl": {dim}, "kl_per_event"}}, ...}   (`bounds.bounds`:
                  no-model reference simulators, from the training events and the eval events' real steps;
                  on synthetic data also "world", the world's own equations run free from the warm-up)
    "environment": {"evaluate": {...}, "stages": {<stage>: [{"from_step", "to_step", ...}]}}   (where the
@@ -36,6 +39,7 @@ import os
 from typing import Optional
 
 import numpy as np
+from scipy import stats
 
 from mfjax.categories import DIMENSIONS
 from mfjax.data import synthetic
@@ -93,9 +97,52 @@ def kl_per_step(real: dict, sim: dict, agent_mask) -> np.ndarray:
   return np.stack(out)
 
 
+def kl_per_event(real: dict, sim: dict, agent_mask, weights) -> np.ndarray:
+  """[E]: each event's KL(real || simulated), the mean over dimensions of its mean over its scored
+  steps (`weights` [E, T]); NaN for an event with no scored step."""
+  w = np.asarray(weights, np.float64)
+  per_dim = []
+  for d, cats in DIMENSIONS.items():
+    p = metrics.step_distributions(real[d], agent_mask, len(cats))[0]
+    q = metrics.step_distributions(sim[d], agent_mask, len(cats))[0]
+    per_dim.append((np.asarray(metrics.kl(p, q), np.float64) * w).sum(1))
+  n = w.sum(1)
+  return np.where(n > 0, np.mean(per_dim, 0) / np.maximum(n, 1e-300), np.nan)
+
+
+PAIRED_DRAWS = 2000  # bootstrap resamples of the events
+BLIND = ("state", "recent", "popular", "sft")  # the methods without a mean field
+
+
+def paired(results: dict, seed: int = 0) -> dict:
+  """Every method against each reference over the same events: {method: {reference: {"diff": the mean
+  over events of KL(method) - KL(reference), "ci95": its 95% percentile bootstrap interval over events
+  (scipy.stats.bootstrap, `seed`), "events"}}}. References: the `shrunk` simulator (where the results
+  have it) and the best method without a mean field (lowest KL of state, recent, popular, sft), named
+  in results' "paired_references"."""
+  per_event = {m: np.asarray(r["kl_per_event"], np.float64) for m, r in results["methods"].items()}
+  refs = {}
+  if "shrunk" in results.get("simulators", {}).get("methods", {}):
+    refs["shrunk"] = np.asarray(results["simulators"]["methods"]["shrunk"]["kl_per_event"], np.float64)
+  blind = [m for m in BLIND if m in results["methods"]]
+  if blind:
+    best = min(blind, key=lambda m: results["methods"][m]["kl_mean"])
+    refs[best] = per_event[best]
+  out = {}
+  for m, x in per_event.items():
+    out[m] = {}
+    for name, y in refs.items():
+      d = (x - y)[np.isfinite(x) & np.isfinite(y)]
+      ci = stats.bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=PAIRED_DRAWS, method="percentile",
+                           vectorized=True, random_state=np.random.default_rng(seed)).confidence_interval
+      out[m][name] = {"diff": float(d.mean()), "ci95": [float(ci.low), float(ci.high)], "events": int(d.size)}
+  return out
+
+
 def score(real: dict, sim: dict, agent_mask, weights, real_logprobs, action_mask) -> dict:
   """Metrics of one rollout (dimension ids [E, T, B])."""
   out = metrics.compare(real, sim, agent_mask, agent_mask, step_weights=weights)
+  out["kl_per_event"] = kl_per_event(real, sim, agent_mask, weights)
   w = action_mask.astype(np.float32) * agent_mask[..., None] * weights[..., None, None]
   out["nll"] = float(-(real_logprobs * w).sum() / max(w.sum(), 1.0))
   out["kl_per_step"] = kl_per_step(real, sim, agent_mask)
@@ -115,6 +162,8 @@ def summarise(per_seed: list[dict]) -> dict:
       steps = np.mean([s[k] for s in per_seed], 0)  # [D, T]
       out["kl_per_step"] = _steps(steps.mean(0))
       out["kl_dim_per_step"] = {d: _steps(x) for d, x in zip(DIMENSIONS, steps)}
+    elif k == "kl_per_event":
+      out[k] = _steps(np.mean([s[k] for s in per_seed], 0))  # [E], the mean over seeds
     elif isinstance(v, dict):
       out[k] = {d: float(np.mean([s[k][d] for s in per_seed])) for d in v}
     else:
@@ -218,6 +267,7 @@ def evaluate(req: EvalRequest) -> Evaluation:
                             "val_compression_bits": v.get("val_compression_bits"),
                             **{k: results["methods"][tag][k] for k in ("kl_mean", "kl_mean_std", "js_mean", "nll")}}
                            for tag, v in req.sweep.items()]
+  results["paired"] = paired(results)
   traces = None
   if intervention is not None:
     results["intervention"], traces = _intervention(sim_ids, intervention, agent_mask, seeds)
@@ -299,6 +349,14 @@ def table(results: dict) -> str:
       rows.append(f"{label:<14}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}{'':>24}   {dims}")
   if "reference" in results:
     rows.append(f"(sampling-noise floor, real vs exact truth: KL {results['reference']['kl_real_vs_truth_mean']:.4f})")
+  if results.get("paired"):
+    refs = list(next(iter(results["paired"].values())))
+    rows.append(f"\npaired over the events: KL(method) - KL(reference), mean and 95% bootstrap interval "
+                f"({results['data']['events']} events; below 0: the method is closer to the real population)")
+    rows.append(f"{'method':<14}" + "".join(f"{'vs ' + r:>30}" for r in refs))
+    for m, row in results["paired"].items():
+      rows.append(f"{m:<14}" + "".join(f"{row[r]['diff']:>+12.4f} [{row[r]['ci95'][0]:+.4f}, {row[r]['ci95'][1]:+.4f}]"
+                                       for r in refs))
   if "intervention" in results:
     rows.append(intervention_table(results["intervention"]))
   if "ib_sweep" in results:
