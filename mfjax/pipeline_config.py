@@ -35,8 +35,11 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # 'synthetic' (the built-in world) or 'ced' (Weibo events under data.path)
   c.data.path = ""  # folder with train/val/holdout.jsonl.gz (ced only)
-  c.data.seed = 0  # synthetic world seed (train; val uses seed+1, eval seed+2)
-  c.data.train_events = 512  # events to train on (ced: the first N of train)
+  # synthetic: the world's seed (train; val uses seed+1, eval seed+2); ced: the seed of each split's draw of events
+  c.data.seed = 0
+  # events to train on; ced: all of train, or a draw of N stratified by label (pipeline.data.sample_events), as are
+  # val_events and eval_events of their files
+  c.data.train_events = 512
   c.data.val_events = 32  # validation events (loss terms during training)
   c.data.eval_events = 64  # events the rollouts are scored on
   c.data.eval_split = "val"  # ced: 'val' (selection) or 'holdout' (final reports only)

@@ -198,3 +198,32 @@ def test_an_intervention_replaces_only_its_actions_texts(val_events):
     iv.check(steps=3, agents_per_step=5)
   with pytest.raises(ValueError, match="agents 3 must be 1 to the 2 agents"):
     iv.check(steps=4, agents_per_step=2)
+
+
+def test_an_agents_activity_leaves_out_its_own_event():
+  """UidActivity counts a uid's actions in the fitted events other than the one asked about: a training
+  agent's state means what a held-out agent's does (before, every training agent showed at least 1)."""
+  act = lambda i, uid: ev.Action(id=i, agent=uid, time=float(len(i)), text="", parent="")
+  a = ev.Event("a", "t", 0.0, None, (act("1", "u"), act("2", "u"), act("3", "v")))
+  b = ev.Event("b", "t", 0.0, None, (act("1", "u"),))
+  activity = UidActivity.fit([a, b])
+  assert (activity("u", "a"), activity("u", "b"), activity("v", "a")) == (1, 2, 0)
+  assert activity("u", "held-out") == activity("u") == 3 and activity("w", "a") == 0
+  assert [s.split("，")[-1] for s in agent_states(a, activity)] == ["历史活跃1次", "历史活跃1次", "历史活跃0次"]
+
+
+def test_a_split_is_drawn_stratified_by_label_never_its_first_n(val_events):
+  """pipeline.data.sample_events: the CED files list every rumor first; a draw of n keeps each label's
+  share of the file, is the same for the same seed, differs for another, and takes all for n >= len."""
+  from mfjax.pipeline.data import sample_events
+  events, _ = val_events
+  rumors = sum(e.label == "rumor" for e in events)
+  assert [e.label for e in events[:rumors]] == ["rumor"] * rumors  # the file's order: the first n are rumors
+  draw = sample_events(events, 64, seed=(0, 2))
+  assert len(draw) == 64 and len({e.eid for e in draw}) == 64
+  assert sum(e.label == "rumor" for e in draw) == round(64 * rumors / len(events))  # 151 of 364: 27 of 64
+  assert [e.eid for e in draw] == [e.eid for e in sample_events(events, 64, seed=(0, 2))]
+  assert [e.eid for e in draw] != [e.eid for e in sample_events(events, 64, seed=(0, 1))]
+  order = {e.eid: i for i, e in enumerate(events)}
+  assert [order[e.eid] for e in draw] == sorted(order[e.eid] for e in draw)  # file order
+  assert sample_events(events, 1000, seed=(0, 0)) == events

@@ -7,7 +7,8 @@ short Chinese line:
   verified, description; the synthetic world: the agent's type);
 - for CED, whose reposters have no profile: the cascade depth through parent
   links, the time since the original post, and how many actions the same uid
-  made in the training events (`UidActivity`, fitted on training events only).
+  made in the training events other than this one (`UidActivity`, fitted on
+  training events only).
 
 The policy prompt is topic, an optional population-context slot (filled by the
 `recent` / `popular` baselines or a text mean field), and the state; the
@@ -36,19 +37,26 @@ def action_text(action: Action) -> str:
 
 @dataclasses.dataclass
 class UidActivity:
-  """How many actions each uid made in the events it was fitted on."""
+  """How many actions each uid made in the events it was fitted on, outside the event asked about:
+  an agent of a fitted event does not count its own actions there, so that the state means the same
+  for a training agent as for an agent of an event never seen (a held-out event's count is the
+  whole count, none of it from that event)."""
 
   counts: dict = dataclasses.field(default_factory=dict)
+  per_event: dict = dataclasses.field(default_factory=dict)  # eid -> {uid: actions in that event}
 
   @classmethod
   def fit(cls, events: Iterable[Event]) -> "UidActivity":
-    c = collections.Counter()
+    c, per_event = collections.Counter(), {}
     for e in events:
-      c.update(a.agent for a in e.actions)
-    return cls(dict(c))
+      own = collections.Counter(a.agent for a in e.actions)
+      per_event[e.eid] = per_event.get(e.eid, collections.Counter()) + own
+      c.update(own)
+    return cls(dict(c), {eid: dict(own) for eid, own in per_event.items()})
 
-  def __call__(self, uid: str) -> int:
-    return self.counts.get(uid, 0)
+  def __call__(self, uid: str, eid: Optional[str] = None) -> int:
+    """`uid`'s actions in the fitted events other than `eid`."""
+    return self.counts.get(uid, 0) - self.per_event.get(eid, {}).get(uid, 0)
 
 
 def cascade_depths(event: Event) -> list[int]:
@@ -97,7 +105,7 @@ def agent_states(event: Event, activity: Optional[UidActivity] = None) -> list[s
     since = None if (a.time is None or event.time is None) else a.time - event.time
     parts = [f"转发层级{d}", f"发布后{_hours(since)}"]
     if activity is not None:
-      parts.append(f"历史活跃{activity(a.agent)}次")
+      parts.append(f"历史活跃{activity(a.agent, event.eid)}次")
     out.append("，".join(parts))
   return out
 

@@ -4,12 +4,12 @@ every stage and rollout reads (`prepare`), built once per process."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import time
 from typing import Optional
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 from mfjax.data import (BatchConfig, StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
@@ -83,11 +83,30 @@ def split_events(cfg):
     return train, val, test, truth, "synthetic-test"
   files = data_files(d)
   # holdout is read only for the final report, never for training or selection
-  take = lambda split, n: [e for e in itertools.islice(load_events(files[split], "ced"), n)]
-  train = take("train", d.train_events)
-  val = take("val", d.val_events)
-  test = val[:d.eval_events] if d.eval_split == "val" else take("holdout", d.eval_events)
+  read = {split: list(load_events(path, "ced")) for split, path in files.items()}
+  train = sample_events(read["train"], d.train_events, seed=(d.seed, 0))
+  val = sample_events(read["val"], d.val_events, seed=(d.seed, 1))
+  test = sample_events(read[d.eval_split], d.eval_events, seed=(d.seed, 2))
   return train, val, test, None, d.eval_split
+
+
+def sample_events(events: list, n: int, *, seed) -> list:
+  """`n` of `events` (all of them when n covers them), never a file's first n: the CED files list
+  every rumor before the first non-rumor. A seeded draw stratified by label: each label keeps its
+  share of the file (largest remainders), its events drawn at random; returned in file order."""
+  if n >= len(events):
+    return list(events)
+  rng = np.random.default_rng(seed)
+  by_label = {}
+  for i, e in enumerate(events):
+    by_label.setdefault(e.label, []).append(i)
+  labels = sorted(by_label, key=str)
+  quota = {lab: n * len(by_label[lab]) / len(events) for lab in labels}
+  take = {lab: int(q) for lab, q in quota.items()}
+  for lab in sorted(labels, key=lambda lab: (take[lab] - quota[lab], str(lab)))[:n - sum(take.values())]:
+    take[lab] += 1
+  chosen = [i for lab in labels for i in rng.choice(by_label[lab], take[lab], replace=False)]
+  return [events[i] for i in sorted(chosen)]
 
 
 def _tokenizer_texts(events, activity) -> list[str]:
