@@ -17,13 +17,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least, flat_keys
+from mfjax.data.batching import BatchConfig
 from mfjax.data.intervention import Intervention
+from mfjax.data.synthetic import WorldConfig
 from mfjax.data.tokenizers import MIN_VOCAB
 from mfjax.evaluation.report import make_labeler
 from mfjax.ibtune import TRAINABLE, beta_schedule
 from mfjax.meanfield import MeanFieldConfig
 from mfjax.model import LoraConfig, ModelConfig, scratch
 from mfjax.model.transformer import checkpoint_policy
+from mfjax.parallel import MeshConfig
 from mfjax.rollout import METHODS
 
 
@@ -342,6 +345,73 @@ class Rollout:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataPlan:
+  """The events, how they become step tensors, and how their actions are labelled."""
+
+  source: str  # synthetic | ced
+  path: str  # ced: the folder of train/val/holdout.jsonl.gz
+  seed: int
+  train_events: int
+  val_events: int
+  eval_events: int
+  eval_split: str  # val | holdout (ced)
+  batch: BatchConfig  # T steps of B agents, prompt and action lengths
+  world: WorldConfig  # the synthetic world's equations
+  checkpoint: str  # a Hugging Face folder whose tokenizer is used ("" : trained from scratch)
+  vocab_size: int  # of a tokenizer trained from scratch
+  context_k: int  # actions the recent / popular baselines quote
+  summary_len: int  # tokens of a text mean field's summary
+  labeler: str  # eval.labeler: labels the eval actions and an intervention's text
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelPlan:
+  """The policy LM (a checkpoint, or one from scratch) and the mean-field encoder."""
+
+  checkpoint: str  # a local Hugging Face folder ("": from scratch)
+  checkpoint_required: bool
+  dtype: str  # with a checkpoint
+  scratch_fields: dict  # family and sizes of a from-scratch LM (mfjax.model.scratch)
+  layer_fields: dict  # how its layers are stored and run (`layer_fields`)
+  mf_fields: dict  # the MeanFieldConfig fields but its width
+  lm_grad: bool  # mf.lm_grad
+
+  def scratch_config(self, vocab_size: int, **extra) -> ModelConfig:
+    """The LM trained from scratch; `extra`: further ModelConfig fields (token ids, positions)."""
+    return scratch(vocab_size=vocab_size, **self.scratch_fields, **self.layer_fields, **extra)
+
+  def encoder(self, width: int) -> MeanFieldConfig:
+    """The mean-field encoder for an LM of hidden size `width`."""
+    return MeanFieldConfig(width=width, **self.mf_fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+  """What every stage shares: weight decay, logging, checkpoints, validation, IB-Tune's settings."""
+
+  weight_decay: float
+  log_every: int
+  ckpt_every: int
+  eval_every: int
+  ib_remat: bool
+  ib_schedule: str
+  ib_warmup: int
+  text_beta: float  # mf_text.beta
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingPlan:
+  """How the rollouts run: seeds, real warm-up steps, events per call, the sampler's settings."""
+
+  seeds: int
+  warmup: int
+  batch_events: int
+  temperature: float
+  top_k: int
+  top_p: float
+
+
+@dataclasses.dataclass(frozen=True)
 class RunPlan:
   """What a run does, derived once from its checked config (`plan`): the stages it trains,
   in order, and the rollouts it makes and scores."""
@@ -351,6 +421,13 @@ class RunPlan:
   rollouts: tuple[Rollout, ...]  # the methods', the sweep's, then those with the intervention
   intervention: Optional[Intervention]
   lora: LoraConfig
+  seed: int  # of initialisation, batches and rollouts
+  data: DataPlan
+  model: ModelPlan
+  training: TrainingPlan
+  sampling: SamplingPlan  # how every rollout samples
+  mesh: MeshConfig
+  pin_activations: bool  # parallel.pin_activations
 
   def stage(self, name: str) -> Stage:
     return next(s for s in self.stages if s.name == name)
@@ -387,7 +464,19 @@ def plan(cfg) -> RunPlan:
       stages.append(stage(name, "text_ib", section, cfg.mf_text_train.trainable))
   rollouts = [Rollout(*run) for run in _rollout_runs(cfg)]
   rollouts += [Rollout(*run, intervened=True) for run in _intervention_runs(cfg)]
-  return RunPlan(tuple(_methods(cfg)), tuple(stages), tuple(rollouts), _intervention_of(cfg), lora_config(cfg))
+  d, r, t = cfg.data, cfg.rollout, cfg.train
+  data = DataPlan(d.source, d.path, int(d.seed), int(d.train_events), int(d.val_events), int(d.eval_events),
+                  d.eval_split, BatchConfig(int(d.steps), int(d.agents_per_step), int(d.prompt_len), int(d.action_len)),
+                  WorldConfig(steps=int(d.steps), agents_per_step=int(d.agents_per_step), **cfg.world.to_dict()),
+                  cfg.model.checkpoint, int(cfg.tokenizer.vocab_size), int(cfg.context.k), int(cfg.mf_text.summary_len),
+                  cfg.eval.labeler)
+  training = TrainingPlan(float(t.weight_decay), int(t.log_every), int(t.ckpt_every), int(t.eval_every),
+                          bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta))
+  sampling = SamplingPlan(int(r.seeds), int(r.warmup), int(r.batch_events), float(r.temperature), int(r.top_k),
+                          float(r.top_p))
+  return RunPlan(tuple(_methods(cfg)), tuple(stages), tuple(rollouts), _intervention_of(cfg), lora_config(cfg),
+                 int(cfg.seed), data, _model_plan(cfg), training, sampling, MeshConfig.from_config(cfg.parallel),
+                 bool(cfg.parallel.pin_activations))
 
 
 # ----------------------------------------------------------------------------- models
@@ -406,13 +495,20 @@ def layer_fields(cfg, backend: Optional[str] = None) -> dict:
   return {"remat_policy": m.remat, "scan_layers": m.scan_layers, "unroll_stacked": unroll}
 
 
+def _model_plan(cfg) -> ModelPlan:
+  m, f = cfg.model, cfg.mf
+  sizes = dict(family=m.family, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+               num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
+               tie_word_embeddings=m.tie_word_embeddings)
+  mf = dict(slots=f.slots, feature_size=f.feature_size, hidden_size=f.hidden_size,
+            attention_queries=f.attention_queries, init_logvar=f.init_logvar)
+  return ModelPlan(m.checkpoint, bool(m.checkpoint_required), m.dtype, sizes, layer_fields(cfg), mf, bool(f.lm_grad))
+
+
 def scratch_model_config(cfg, vocab_size: int, **extra) -> ModelConfig:
   """The LM that `cfg.model` trains from scratch (no checkpoint); `extra`:
   further ModelConfig fields (token ids, max_position_embeddings)."""
-  m = cfg.model
-  return scratch(m.family, vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
-                 num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
-                 tie_word_embeddings=m.tie_word_embeddings, **layer_fields(cfg), **extra)
+  return _model_plan(cfg).scratch_config(vocab_size, **extra)
 
 
 def lora_config(cfg) -> LoraConfig:
@@ -421,6 +517,4 @@ def lora_config(cfg) -> LoraConfig:
 
 def mf_config(cfg, width: int) -> MeanFieldConfig:
   """The mean-field encoder of `cfg.mf` for an LM of hidden size `width`."""
-  return MeanFieldConfig(slots=cfg.mf.slots, width=width, feature_size=cfg.mf.feature_size,
-                         hidden_size=cfg.mf.hidden_size, attention_queries=cfg.mf.attention_queries,
-                         init_logvar=cfg.mf.init_logvar)
+  return _model_plan(cfg).encoder(width)

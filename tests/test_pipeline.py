@@ -282,6 +282,13 @@ def test_the_run_plan_lists_stages_and_rollouts_in_order():
       ("mf_text", "mf_text", "mf_text"), ("mf_beta0", "mf", "mf_beta0"), ("mf_beta0.01", "mf", "mf_beta0.01")]
   assert [(r.tag, r.params) for r in p.intervened] == [("state_intervened", "base"), ("mf_intervened", "mf")]
   assert p.intervention.text == "别信" and p.lora.targets == tuple(cfg.lora.targets.split(","))
+  # every value the pipeline reads, typed: nothing downstream reads the ConfigDict
+  assert (p.data.batch.steps, p.data.batch.agents_per_step, p.data.world.herding) == (
+      cfg.data.steps, cfg.data.agents_per_step, cfg.world.herding)
+  assert (p.sampling.seeds, p.sampling.warmup, p.training.log_every, p.seed) == (
+      cfg.rollout.seeds, cfg.rollout.warmup, cfg.train.log_every, cfg.seed)
+  assert p.model.scratch_config(64) == scratch_model_config(cfg, 64)
+  assert p.model.encoder(cfg.model.hidden_size).slots == cfg.mf.slots
   with_checkpoint = plan(configs.load_config(QUICK, ["model.checkpoint=/some/folder", "rollout.methods=state,mf"]))
   assert [s.name for s in with_checkpoint.stages] == ["mf"]  # no base stage: the checkpoint is the base policy
 

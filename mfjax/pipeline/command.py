@@ -47,7 +47,7 @@ def _sweep_validation(plan: RunPlan, workdir: str) -> dict:
   return out
 
 
-def _intervention_report(cfg, plan: RunPlan, data: Data) -> Optional[dict]:
+def _intervention_report(plan: RunPlan, data: Data) -> Optional[dict]:
   """What `evaluate` needs to score the intervention (None without one)."""
   iv = plan.intervention
   if iv is None:
@@ -55,7 +55,7 @@ def _intervention_report(cfg, plan: RunPlan, data: Data) -> Optional[dict]:
   truth = None
   if data.truth is not None:
     truth = (data.truth.probs, data.truth_intervened.probs)
-  return {"intervention": iv, "labels": intervention_labels(cfg), "world": truth, "forced": data.intervened["forced"],
+  return {"intervention": iv, "labels": intervention_labels(plan.data, iv), "world": truth, "forced": data.intervened["forced"],
           "runs": [(r.tag, r.tag[:-len("_intervened")]) for r in plan.intervened]}
 
 
@@ -66,7 +66,7 @@ def _start(cfg, plan: RunPlan, workdir: str, commands: tuple, trained_from: Opti
   if trained_from and commands == ("train",):
     raise ConfigError("train with --trained-from: the stages are that run's; use run, simulate or evaluate")
   commands = tuple(c for c in commands if not (trained_from and c == "train"))
-  if cfg.model.checkpoint_required and not cfg.model.checkpoint:
+  if plan.model.checkpoint_required and not plan.model.checkpoint:
     raise ConfigError("model.checkpoint is required by this experiment: --set model.checkpoint=/path/to/hf-folder "
                       "(a local Hugging Face folder with config.json, safetensors and the tokenizer)")
   cache = jax.config.jax_compilation_cache_dir
@@ -80,15 +80,15 @@ def _start(cfg, plan: RunPlan, workdir: str, commands: tuple, trained_from: Opti
   if trained_from:
     check_trained_from(trained_from, workdir, cfg, EVAL_ONLY_KEYS)
   record = check_bound_to(workdir, trained_from, fresh)
-  if trained_from and not cfg.model.checkpoint and not os.path.exists(
+  if trained_from and not plan.model.checkpoint and not os.path.exists(
       os.path.join(trained_from, "tokenizer", "tokenizer.json")):
     raise FileNotFoundError(f"{trained_from} has no trained tokenizer (tokenizer/tokenizer.json): "
                             "train that run first")
   mesh = None
   if "train" in commands or "simulate" in commands:
-    mesh = mesh_from(cfg)
-    check_mesh(cfg, plan, mesh, rollouts="simulate" in commands)
-  check_inputs(cfg)
+    mesh = mesh_from(plan)
+    check_mesh(plan, mesh, rollouts="simulate" in commands)
+  check_inputs(plan)
   check_workdir(workdir, cfg, may_differ=LAYOUT_KEYS, rollout_only=EVAL_ONLY_KEYS, adopt=STAGE_SET_KEYS,
                 training="train" in commands)
   if record:
@@ -96,7 +96,7 @@ def _start(cfg, plan: RunPlan, workdir: str, commands: tuple, trained_from: Opti
   if trained_from:
     log(f"[train] the trained stages of {trained_from} (read only)")
   if "evaluate" in commands and "simulate" not in commands:  # nothing here makes the rollouts: they must be there
-    check_rollouts(workdir, _triples(plan.rollouts), cfg.rollout.seeds)
+    check_rollouts(workdir, _triples(plan.rollouts), plan.sampling.seeds)
   return commands, mesh
 
 
@@ -112,20 +112,20 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   commands, mesh = _start(cfg, plan, workdir, commands, trained_from)
   stages = trained_from or workdir  # where the trained stages and the tokenizer are
   t0 = time.time()
-  data = prepare(cfg, plan, stages)
+  data = prepare(plan, stages)
   if mesh is not None:  # train, or (simulate alone, --trained-from) restore the trained stages' parameters
-    trained = (train(cfg, plan, stages, data, mesh=mesh) if "train" in commands
-               else load_trained(cfg, plan, stages, data, mesh=mesh))
+    trained = (train(plan, stages, data, mesh=mesh) if "train" in commands
+               else load_trained(plan, stages, data, mesh=mesh))
     if distributed.is_main():
       plots.training_curves(workdir, [s.name for s in plan.stages], stages_dir=stages)
   if "simulate" in commands:
-    simulate_all(cfg, plan, workdir, data, trained, mesh=mesh)
+    simulate_all(plan, workdir, data, trained, mesh=mesh)
   results = None
   if "evaluate" in commands and distributed.is_main():  # host-side work on the saved rollouts: process 0 only
     scored = report.evaluate(report.EvalRequest(
         workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=tuple(_triples(plan.plain)),
-        seeds=cfg.rollout.seeds, warmup=cfg.rollout.warmup, labeler_name=cfg.eval.labeler, truth=data.truth,
-        sweep=_sweep_validation(plan, stages) or None, intervention=_intervention_report(cfg, plan, data),
+        seeds=plan.sampling.seeds, warmup=plan.sampling.warmup, labeler_name=plan.data.labeler, truth=data.truth,
+        sweep=_sweep_validation(plan, stages) or None, intervention=_intervention_report(plan, data),
         references=data.references))
     results = scored.results
     results["environment"] = {"evaluate": environment(),

@@ -12,14 +12,14 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mfjax.data import (BatchConfig, StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
+from mfjax.data import (StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
                         make_step_batch, policy_prompt, step_texts, synthetic, train_tokenizer)
 from mfjax.data.intervention import forced_mask, inject
 from mfjax.evaluation.report import make_labeler
 from mfjax.meanfield import TextMFSpec
 from mfjax.model import hf
 from mfjax.parallel import distributed
-from mfjax.pipeline_config import RunPlan, check_data_choices
+from mfjax.pipeline_config import DataPlan, RunPlan, check_data_choices
 from mfjax.rollout import ContextSpec
 from mfjax.rollout.context import CONTEXT_HEADER, CONTEXT_SEP
 from mfjax.runs import log
@@ -44,12 +44,7 @@ class Data:
   references: Optional[dict] = None
 
 
-def _world(cfg) -> synthetic.WorldConfig:
-  d = cfg.data
-  return synthetic.WorldConfig(steps=d.steps, agents_per_step=d.agents_per_step, **cfg.world.to_dict())
-
-
-def data_files(d) -> dict:
+def data_files(d: DataPlan) -> dict:
   """{split: path} of the CED files a run reads (train, val, the eval split); FileNotFoundError naming
   the first one missing."""
   files = {s: os.path.join(d.path, f"{s}.jsonl.gz") for s in ("train", "val", d.eval_split)}
@@ -59,23 +54,22 @@ def data_files(d) -> dict:
   return files
 
 
-def check_inputs(cfg) -> None:
+def check_inputs(plan: RunPlan) -> None:
   """What a run reads from outside its workdir, checked before anything is written there: the CED
   files, and a model checkpoint with a tokenizer that fits it. A wrong path then leaves no
   workdir whose config.json would refuse the corrected command."""
-  if cfg.data.source == "ced":
-    data_files(cfg.data)
-  if cfg.model.checkpoint:
-    path = cfg.model.checkpoint
+  if plan.data.source == "ced":
+    data_files(plan.data)
+  if plan.model.checkpoint:
+    path = plan.model.checkpoint
     model_cfg = hf.load_config(path)  # first: "not a model folder" says more than "no tokenizer there"
     hf.check_tokenizer(load_tokenizer(path), model_cfg, path, path)
 
 
-def split_events(cfg):
+def split_events(d: DataPlan):
   """(train, val, eval events, eval truth, eval split name)."""
-  d = cfg.data
   check_data_choices(d)
-  world = _world(cfg)
+  world = d.world
   if d.source == "synthetic":
     train, _ = synthetic.generate(d.train_events, seed=d.seed, config=world)
     val, _ = synthetic.generate(d.val_events, seed=d.seed + 1, config=world)
@@ -117,27 +111,28 @@ def _tokenizer_texts(events, activity) -> list[str]:
   return texts
 
 
-def prepare(cfg, plan: RunPlan, workdir: str) -> Data:
+def prepare(plan: RunPlan, workdir: str) -> Data:
   """Events, tokenizer (trained once into workdir/tokenizer) and step tensors."""
   t0 = time.time()
-  train, val, test, truth, split = split_events(cfg)
-  activity = UidActivity.fit(train) if cfg.data.source == "ced" else None
+  d = plan.data
+  train, val, test, truth, split = split_events(d)
+  activity = UidActivity.fit(train) if d.source == "ced" else None
   tok_dir = os.path.join(workdir, "tokenizer")
   trained = os.path.exists(os.path.join(tok_dir, "tokenizer.json"))
-  if cfg.model.checkpoint:
-    tok = load_tokenizer(cfg.model.checkpoint)
+  if d.checkpoint:
+    tok = load_tokenizer(d.checkpoint)
   elif jax.process_count() > 1:
     # process 0 trains and writes it (the workdir is shared), the others read it; every process meets at
     # the barrier whatever it saw on disk (a process that found process 0's new file must still be there)
     if distributed.is_main() and not trained:
-      train_tokenizer(_tokenizer_texts(train, activity), cfg.tokenizer.vocab_size, tok_dir)
+      train_tokenizer(_tokenizer_texts(train, activity), d.vocab_size, tok_dir)
     multihost_utils.sync_global_devices("mfjax tokenizer written")
     tok = load_tokenizer(tok_dir)
   elif trained:
     tok = load_tokenizer(tok_dir)
   else:
-    tok = train_tokenizer(_tokenizer_texts(train, activity), cfg.tokenizer.vocab_size, tok_dir)
-  bc = BatchConfig(cfg.data.steps, cfg.data.agents_per_step, cfg.data.prompt_len, cfg.data.action_len)
+    tok = train_tokenizer(_tokenizer_texts(train, activity), d.vocab_size, tok_dir)
+  bc = d.batch
   batches = {name: make_step_batch(ev, tok, bc, activity=activity) for name, ev in
              (("train", train), ("val", val), ("eval", test))}
   for name, b in batches.items():
@@ -145,9 +140,9 @@ def prepare(cfg, plan: RunPlan, workdir: str) -> Data:
     log(f"[data] {name}: {r['events']} events, {r['actions_used']} actions in {bc.steps}x{bc.agents_per_step} "
         f"steps ({r['agent_slots_empty']} empty slots); truncated: {r['prompts_truncated']} prompts, "
         f"{r['actions_truncated']} actions")
-  ctx = ContextSpec.from_tokenizer(tok, k=cfg.context.k, action_len=cfg.data.action_len)
+  ctx = ContextSpec.from_tokenizer(tok, k=d.context_k, action_len=bc.action_len)
   log(f"[data] tokenizer: {len(tok)} tokens; context: {ctx.length} tokens ({time.time() - t0:.1f} s)")
-  text = text_spec(cfg, tok)
+  text = text_spec(d, tok)
   train_texts, train_mask = step_texts(train, bc.steps, bc.agents_per_step)
   references = {"train_texts": train_texts, "train_mask": train_mask, "train_labels": [e.label for e in train],
                 "eval_labels": [e.label for e in test]}
@@ -159,17 +154,17 @@ def prepare(cfg, plan: RunPlan, workdir: str) -> Data:
     data.intervened = {**make_step_batch(inject(test, iv, bc.agents_per_step), tok, bc, activity=activity).arrays(),
                        "forced": forced_mask(batches["eval"].agent_mask, iv)}
     if truth is not None:
-      data.truth_intervened = synthetic.generate(cfg.data.eval_events, seed=cfg.data.seed + 2, config=_world(cfg),
-                                                 intervention=iv, labels=intervention_labels(cfg))[1]
+      data.truth_intervened = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.world, intervention=iv,
+                                                 labels=intervention_labels(d, iv))[1]
   return data
 
 
-def text_spec(cfg, tokenizer) -> TextMFSpec:
-  """The text mean field's token layout for `cfg`'s shapes."""
-  return TextMFSpec.from_tokenizer(tokenizer, summary_len=cfg.mf_text.summary_len, action_len=cfg.data.action_len,
-                                   agents=cfg.data.agents_per_step)
+def text_spec(d: DataPlan, tokenizer) -> TextMFSpec:
+  """The text mean field's token layout for the run's shapes."""
+  return TextMFSpec.from_tokenizer(tokenizer, summary_len=d.summary_len, action_len=d.batch.action_len,
+                                   agents=d.batch.agents_per_step)
 
 
-def intervention_labels(cfg) -> dict:
-  """dimension -> category of the injected action, as `eval.labeler` reads it."""
-  return {d: v[0] for d, v in make_labeler(cfg.eval.labeler).label([cfg.intervention.text]).items()}
+def intervention_labels(d: DataPlan, iv) -> dict:
+  """dimension -> category of the injected action `iv`, as `eval.labeler` reads it."""
+  return {dim: v[0] for dim, v in make_labeler(d.labeler).label([iv.text]).items()}

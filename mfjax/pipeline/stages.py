@@ -24,42 +24,43 @@ from mfjax.ibtune import (beta_schedule, fit, ib_tune_loss, jit_train_step, make
 from mfjax.meanfield import MeanFieldEncoder, TextMFSpec, init_encoder
 from mfjax.model import Decoder, ModelConfig, hf
 from mfjax.model.lora import add_lora
-from mfjax.parallel import MeshConfig, global_batch, init_sharded, make_mesh
+from mfjax.parallel import global_batch, init_sharded, make_mesh
 from mfjax.parallel.mesh import check_events, process_rows, with_activation_sharding
 from mfjax.parallel.state import place, policy_shardings
 from mfjax.params_keys import PARAMS
 from mfjax.pipeline.data import Data
-from mfjax.pipeline_config import RunPlan, Stage, layer_fields, mf_config, scratch_model_config
+from mfjax.pipeline_config import RunPlan, Stage
 from mfjax.rollout import ContextSpec
 from mfjax.rollout.context import KINDS
 from mfjax.runs import log
 from mfjax.workdir import stage_dir
 
 
-def _model_config(cfg, plan: RunPlan, tok, ctx: ContextSpec, text: TextMFSpec) -> ModelConfig:
-  longest = cfg.mf.slots + ctx.length + cfg.data.prompt_len + cfg.data.action_len
+def _model_config(plan: RunPlan, tok, ctx: ContextSpec, text: TextMFSpec) -> ModelConfig:
+  b = plan.data.batch
+  longest = plan.model.mf_fields["slots"] + ctx.length + b.prompt_len + b.action_len
   if "mf_text" in plan.methods:  # the policy's input with a summary, and the writer's prompt + summary
-    longest = max(longest, text.context_len + cfg.data.prompt_len + cfg.data.action_len,
+    longest = max(longest, text.context_len + b.prompt_len + b.action_len,
                   text.writer_len + text.summary_len)
-  return scratch_model_config(cfg, len(tok), max_position_embeddings=max(longest, 64), bos_token_id=tok.bos_token_id,
-                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+  return plan.model.scratch_config(len(tok), max_position_embeddings=max(longest, 64), bos_token_id=tok.bos_token_id,
+                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
 
-def mesh_from(cfg):
-  """The (data, fsdp, tensor) mesh of `cfg.parallel` over all devices."""
-  mesh = make_mesh(MeshConfig.from_config(cfg.parallel))
+def mesh_from(plan: RunPlan):
+  """The (data, fsdp, tensor) mesh of the run over all devices."""
+  mesh = make_mesh(plan.mesh)
   log(f"[mesh] {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s), "
       f"{jax.process_count()} process(es)")
   return mesh
 
 
-def check_mesh(cfg, plan: RunPlan, mesh, *, rollouts: bool) -> None:
+def check_mesh(plan: RunPlan, mesh, *, rollouts: bool) -> None:
   """Every batch the run splits over the mesh divides it, checked before anything is written (each
   stage and the rollouts check theirs again as they start)."""
   for s in plan.stages:
     check_events(s.batch_events, mesh, f"{s.section}.batch_events")
   if rollouts:
-    check_events(min(cfg.rollout.batch_events, cfg.data.eval_events), mesh,
+    check_events(min(plan.sampling.batch_events, plan.data.eval_events), mesh,
                  "rollout.batch_events (or data.eval_events, if fewer)")
 
 
@@ -70,7 +71,7 @@ def check_mesh(cfg, plan: RunPlan, mesh, *, rollouts: bool) -> None:
 class LossInputs:
   """What a stage's loss closes over."""
 
-  cfg: object  # the run's config (ib.* and mf.lm_grad for ib, mf_text.beta for text_ib)
+  plan: RunPlan  # its training settings (IB-Tune's schedule, the text mean field's beta) and model (lm_grad)
   model: Decoder
   encoder: MeanFieldEncoder
   data: Data
@@ -88,15 +89,15 @@ def _policy_loss(x: LossInputs, agents: int):
 
 
 def _ib_loss(x: LossInputs, agents: int):
-  ib = x.cfg.ib
+  t = x.plan.training
   return lambda params, batch, rng, step, beta: ib_tune_loss(
-      model=x.model, encoder=x.encoder, params=params, batch=batch, rng=rng, remat=ib.remat, agents=agents,
-      beta=beta_schedule(beta, ib.schedule, ib.warmup)(step), lm_grad=x.cfg.mf.lm_grad)
+      model=x.model, encoder=x.encoder, params=params, batch=batch, rng=rng, remat=t.ib_remat, agents=agents,
+      beta=beta_schedule(beta, t.ib_schedule, t.ib_warmup)(step), lm_grad=x.plan.model.lm_grad)
 
 
 def _text_ib_loss(x: LossInputs, agents: int):
   return lambda params, batch, rng, step: text_ib_tune_loss(model=x.model, spec=x.data.text, params=params,
-                                                            batch=batch, rng=rng, beta=x.cfg.mf_text.beta,
+                                                            batch=batch, rng=rng, beta=x.plan.training.text_beta,
                                                             agents=agents)
 
 
@@ -145,14 +146,14 @@ def _stage_fns(stage: Stage, inputs: LossInputs, *, params, mesh) -> _StageFns:
   """For training `stage` from parameters shaped like `params`: training scores stage.agents
   agents per step, validation all of them. The state lives on `mesh` (parameters by the
   sharding rules, batches split over events)."""
-  cfg, make_loss = inputs.cfg, LOSSES[stage.loss]
+  plan, make_loss = inputs.plan, LOSSES[stage.loss]
   check_events(stage.batch_events, mesh, f"{stage.section}.batch_events")
   tx = make_optimizer(params, trainable=stage.trainable, lr=stage.lr, steps=stage.steps, warmup=stage.warmup,
-                      weight_decay=cfg.train.weight_decay)
+                      weight_decay=plan.training.weight_decay)
   encoder = inputs.encoder if PARAMS.mf in params else None
   shardings = policy_shardings(inputs.model, encoder, params, mesh)
   labels = trainable_labels(params, stage.trainable)
-  pin = cfg.parallel.pin_activations
+  pin = plan.pin_activations
   step_fn = jit_train_step(loss_fn=make_loss(inputs, stage.agents), tx=tx, mesh=mesh, labels=labels,
                            pin_activations=pin, hparams=True,
                            state_shardings=state_shardings(params, tx, mesh=mesh, param_shardings=shardings))
@@ -163,15 +164,15 @@ def _stage_fns(stage: Stage, inputs: LossInputs, *, params, mesh) -> _StageFns:
                    f"{stage.batch_events} events per step")
 
 
-def _train(stage: Stage, fns: _StageFns, *, params, cfg, data: Data, workdir: str, mesh):
+def _train(stage: Stage, fns: _StageFns, *, params, plan: RunPlan, data: Data, workdir: str, mesh):
   """Train (or resume) `stage` from `params` with `fns` (`_stage_fns`); an ib stage's beta goes to
   its loss as a traced hparam."""
   hparams = {} if stage.beta is None else {"beta": jnp.float32(stage.beta)}
   state, _ = sharded_state(params, fns.tx, mesh=mesh, param_shardings=fns.shardings)
   state = fit(name=stage.name, workdir=stage_dir(workdir, stage.name), state=state,
               step_fn=lambda *a: fns.step(*a, hparams), data=data.train, batch_events=stage.batch_events,
-              steps=stage.steps, seed=cfg.seed, log_every=cfg.train.log_every, ckpt_every=cfg.train.ckpt_every,
-              eval_every=cfg.train.eval_every, eval_fn=None if fns.val is None else lambda p: fns.val(p, hparams),
+              steps=stage.steps, seed=plan.seed, log_every=plan.training.log_every,
+              ckpt_every=plan.training.ckpt_every, eval_every=plan.training.eval_every, eval_fn=None if fns.val is None else lambda p: fns.val(p, hparams),
               log=log, mesh=mesh, about=fns.about)
   return state.params
 
@@ -190,34 +191,34 @@ class Trained:
   params: dict  # stage name -> its params {PARAMS.lm: ...} (+ PARAMS.mf, ...); "base" for the baselines
 
 
-def train(cfg, plan: RunPlan, workdir: str, data: Data, *, mesh, trained_only: bool = False) -> Trained:
+def train(plan: RunPlan, workdir: str, data: Data, *, mesh, trained_only: bool = False) -> Trained:
   """Every stage of `plan` in order, resuming finished ones instantly. With `trained_only`
   (`load_trained`) each stage's parameters are restored alone, nothing is trained, compiled or
   written, and an unfinished stage is an error."""
-  rng = jax.random.PRNGKey(cfg.seed)
-  where = {"cfg": cfg, "data": data, "workdir": workdir, "mesh": mesh}
-  if cfg.model.checkpoint:
+  rng = jax.random.PRNGKey(plan.seed)
+  where = {"plan": plan, "data": data, "workdir": workdir, "mesh": mesh}
+  checkpoint = plan.model.checkpoint
+  if checkpoint:
     # read on the host and cut per device: no device holds the whole model
     # another model's tokenizer is refused before the weights are read
-    hf.check_tokenizer(data.tokenizer, hf.load_config(cfg.model.checkpoint), cfg.model.checkpoint,
-                       cfg.model.checkpoint)
-    model, lm = hf.load_pretrained(cfg.model.checkpoint, dtype=cfg.model.dtype, host=True, **layer_fields(cfg))
+    hf.check_tokenizer(data.tokenizer, hf.load_config(checkpoint), checkpoint, checkpoint)
+    model, lm = hf.load_pretrained(checkpoint, dtype=plan.model.dtype, host=True, **plan.model.layer_fields)
     lm = place({PARAMS.lm: lm}, policy_shardings(model, None, {PARAMS.lm: lm}, mesh))[PARAMS.lm]
-    log(f"[base] loaded {cfg.model.checkpoint}")
+    log(f"[base] loaded {checkpoint}")
   else:
-    model = Decoder(_model_config(cfg, plan, data.tokenizer, data.context, data.text))
+    model = Decoder(_model_config(plan, data.tokenizer, data.context, data.text))
     lm, _ = init_sharded(lambda: model.init(jax.random.fold_in(rng, 1), jnp.zeros((1, 8), jnp.int32))["params"],
                          mesh)
     base, params = plan.stage("base"), {PARAMS.lm: lm}
     if trained_only:
       params = _restored(base, params=params, model=model, encoder=None, workdir=workdir, mesh=mesh)
     else:
-      params = _train(base, _stage_fns(base, LossInputs(cfg, model, None, data), params=params, mesh=mesh),
+      params = _train(base, _stage_fns(base, LossInputs(plan, model, None, data), params=params, mesh=mesh),
                       params=params, **where)
     lm = params[PARAMS.lm]
   model, lm = add_lora(model, lm, plan.lora, jax.random.fold_in(rng, 2))
-  encoder = MeanFieldEncoder(mf_config(cfg, model.cfg.hidden_size))
-  inputs = LossInputs(cfg, model, encoder, data)
+  encoder = MeanFieldEncoder(plan.model.encoder(model.cfg.hidden_size))
+  inputs = LossInputs(plan, model, encoder, data)
   out = {"base": {PARAMS.lm: lm}}
   initial, compiled = {}, {}  # per loss: the parameters every stage of it starts from, and its compiled steps
 
@@ -230,7 +231,7 @@ def train(cfg, plan: RunPlan, workdir: str, data: Data, *, mesh, trained_only: b
         # the writer starts as the policy; its prior p0 is the base LM: its zeroed adapters with lora, a frozen
         # copy with full
         initial[loss] = {PARAMS.lm: lm, PARAMS.mf_lm: lm,
-                         **({PARAMS.prior: lm} if cfg.mf_text_train.trainable == "full" else {})}
+                         **({PARAMS.prior: lm} if plan.stage("mf_text").trainable == "full" else {})}
       else:
         initial[loss] = {PARAMS.lm: lm}
     return initial[loss]
@@ -249,7 +250,7 @@ def train(cfg, plan: RunPlan, workdir: str, data: Data, *, mesh, trained_only: b
   return Trained(model, encoder, out)
 
 
-def load_trained(cfg, plan: RunPlan, workdir: str, data: Data, *, mesh) -> Trained:
+def load_trained(plan: RunPlan, workdir: str, data: Data, *, mesh) -> Trained:
   """The trained stages of the run in `workdir` (this run's, or --trained-from's), their parameters
   restored alone (`train` with trained_only)."""
-  return train(cfg, plan, workdir, data, mesh=mesh, trained_only=True)
+  return train(plan, workdir, data, mesh=mesh, trained_only=True)
