@@ -167,9 +167,9 @@ def test_train_step_on_mesh_equals_single_device(setup, shape, loop):
   # summed, whose size is the tensor's scale, not the element's own. So each
   # tensor gets 1e-6 of its largest magnitude as absolute slack besides
   # rtol 1e-5 (a sharding bug, a sum missed or counted twice, moves elements by
-  # their own size). A per-element atol of 1e-7 alone was at the noise floor:
-  # commit 14c645f passed it at 0.87 to 0.97 of the tolerance on the three
-  # meshes, and any change of float32 order in the model failed it.
+  # their own size). A per-element atol of 1e-7 alone sits at the noise floor
+  # (0.87 to 0.97 of the tolerance on the three meshes), so any change of float32
+  # order in the model would fail it.
   # Compiled unpinned (parallel.pin_activations=false) on the scan's meshes, so that
   # both layouts are checked; pinned for the loop, whose unpinned gradient XLA's
   # partitioner compiles with two "involuntary full rematerialization" warnings.
