@@ -84,30 +84,30 @@ def label_ids(labeler: CachedLabeler, texts: list[str], shape) -> dict:
   return {d: v.reshape(shape) for d, v in labeler.ids(texts).items()}
 
 
-def kl_per_step(real: dict, sim: dict, agent_mask) -> np.ndarray:
-  """[D, T]: each dimension's KL(real || simulated) at each step, the mean over the events that have
-  agents there (NaN where none has), at every step: in warm-up too, where a rollout's samples
-  are drawn from the real history."""
-  valid = np.asarray(agent_mask, bool).any(-1)  # [E, T]
+def step_kls(real: dict, sim: dict, agent_mask) -> np.ndarray:
+  """[D, E, T]: each dimension's KL(real || simulated) of every (event, step)'s proportions."""
   out = []
   for d, cats in DIMENSIONS.items():
     p = metrics.step_distributions(real[d], agent_mask, len(cats))[0]
     q = metrics.step_distributions(sim[d], agent_mask, len(cats))[0]
-    out.append(np.where(valid.any(0), metrics.event_mean(np.asarray(metrics.kl(p, q), np.float64), valid), np.nan))
+    out.append(np.asarray(metrics.kl(p, q), np.float64))
   return np.stack(out)
 
 
-def kl_per_event(real: dict, sim: dict, agent_mask, weights) -> np.ndarray:
-  """[E]: each event's KL(real || simulated), the mean over dimensions of its mean over its scored
-  steps (`weights` [E, T]); NaN for an event with no scored step."""
+def kl_per_step(kls, agent_mask) -> np.ndarray:
+  """[D, T]: each dimension's KL (`step_kls`) at each step, the mean over the events that have
+  agents there (NaN where none has), at every step: in warm-up too, where a rollout's samples
+  are drawn from the real history."""
+  valid = np.asarray(agent_mask, bool).any(-1)  # [E, T]
+  return np.stack([np.where(valid.any(0), metrics.event_mean(k, valid), np.nan) for k in kls])
+
+
+def kl_per_event(kls, weights) -> np.ndarray:
+  """[E]: each event's KL (`step_kls`), the mean over dimensions of its mean over its scored steps
+  (`weights` [E, T]); NaN for an event with no scored step."""
   w = np.asarray(weights, np.float64)
-  per_dim = []
-  for d, cats in DIMENSIONS.items():
-    p = metrics.step_distributions(real[d], agent_mask, len(cats))[0]
-    q = metrics.step_distributions(sim[d], agent_mask, len(cats))[0]
-    per_dim.append((np.asarray(metrics.kl(p, q), np.float64) * w).sum(1))
   n = w.sum(1)
-  return np.where(n > 0, np.mean(per_dim, 0) / np.maximum(n, 1e-300), np.nan)
+  return np.where(n > 0, (kls * w).sum(2).mean(0) / np.maximum(n, 1e-300), np.nan)
 
 
 PAIRED_DRAWS = 2000  # bootstrap resamples of the events
@@ -118,8 +118,7 @@ def paired(results: dict, seed: int = 0) -> dict:
   """Every method against each reference over the same events: {method: {reference: {"diff": the mean
   over events of KL(method) - KL(reference), "ci95": its 95% percentile bootstrap interval over events
   (scipy.stats.bootstrap, `seed`), "events"}}}. References: the `shrunk` simulator (where the results
-  have it) and the best method without a mean field (lowest KL of state, recent, popular, sft), named
-  in results' "paired_references"."""
+  have it) and the best method without a mean field (lowest KL of state, recent, popular, sft)."""
   per_event = {m: np.asarray(r["kl_per_event"], np.float64) for m, r in results["methods"].items()}
   refs = {}
   if "shrunk" in results.get("simulators", {}).get("methods", {}):
@@ -142,10 +141,11 @@ def paired(results: dict, seed: int = 0) -> dict:
 def score(real: dict, sim: dict, agent_mask, weights, real_logprobs, action_mask) -> dict:
   """Metrics of one rollout (dimension ids [E, T, B])."""
   out = metrics.compare(real, sim, agent_mask, agent_mask, step_weights=weights)
-  out["kl_per_event"] = kl_per_event(real, sim, agent_mask, weights)
+  kls = step_kls(real, sim, agent_mask)
+  out["kl_per_event"] = kl_per_event(kls, weights)
   w = action_mask.astype(np.float32) * agent_mask[..., None] * weights[..., None, None]
   out["nll"] = float(-(real_logprobs * w).sum() / max(w.sum(), 1.0))
-  out["kl_per_step"] = kl_per_step(real, sim, agent_mask)
+  out["kl_per_step"] = kl_per_step(kls, agent_mask)
   return out
 
 
