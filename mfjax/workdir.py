@@ -33,6 +33,7 @@ from mfjax.errors import UserError
 from mfjax.runs import RunFolderError, log, read_json, read_jsonl, write_json
 
 CONFIG_FILE = "config.json"
+CHECKPOINTS = "checkpoints"  # a stage's orbax checkpoints
 METRICS_FILE = "metrics.jsonl"  # a stage's log: one row per logged step, validation terms (val_*) included
 ROLLOUTS_DIR = "rollouts"
 ROLLOUT_ARRAYS = ("tokens", "mask", "real_logprobs", "mf_kl")  # every rollout's, what `evaluate` reads

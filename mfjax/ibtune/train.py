@@ -37,7 +37,7 @@ from mfjax.parallel.mesh import (batch_sharding, global_batch, opt_state_shardin
 from mfjax.parallel.state import place
 from mfjax.params_keys import PARAMS
 from mfjax.runs import Preempted, append_jsonl, environment, restore_latest, restore_params, resume_jsonl
-from mfjax.workdir import ENVIRONMENT_FILE, METRICS_FILE
+from mfjax.workdir import CHECKPOINTS, ENVIRONMENT_FILE, METRICS_FILE
 
 TRAINABLE = ("lora+mf", "lora", "full", "mf")
 
@@ -145,9 +145,6 @@ def batch_at(data: dict, *, seed: int, step: int, events: int, mesh=None) -> dic
   if mesh is None:
     return {k: jnp.asarray(v[idx]) for k, v in data.items()}
   return global_batch({k: v[idx[process_rows(events)]] for k, v in data.items()}, mesh)
-
-
-CHECKPOINTS = "checkpoints"  # a stage's orbax checkpoints, in its workdir
 
 
 def _trained(name: str, step: int, ckpt_dir: str) -> str:
