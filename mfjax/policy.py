@@ -1,21 +1,71 @@
 """The policy pi(a | topic, state, context, m) on top of the decoder LM:
 teacher-forced log-probabilities of actions, and how its inputs are laid out.
 
-An agent's input is [population context C | prompt P] (context optional, its
-padding interior and masked: positions count valid tokens only), with the K
-mean-field vectors in front as prefix embeddings when the method has a mean
-field; the action follows.
+An agent's input is [population context C | prompt P | tag G] (context and tag
+optional, their padding interior and masked: positions count valid tokens
+only), with the K mean-field vectors in front as prefix embeddings when the
+method has a mean field; the action follows. The tag (`AttributeTags`) is an
+attribute-conditioned policy's: the action's joint category
+(`mfjax.categories.CLASSES`) written out, which the policy writes the action given.
 
-Letters: N rows (agents), C context tokens, P prompt tokens, A action tokens,
-K prefix vectors, D width, V vocab.
+Letters: N rows (agents), C context tokens, P prompt tokens, G tag tokens,
+A action tokens, K prefix vectors, D width, V vocab.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+import dataclasses
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mfjax.categories import CLASSES
+from mfjax.data.prompts import attribute_tag
 from mfjax.model.transformer import Decoder
 from mfjax.sampling import token_logprobs
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributeTags:
+  """Every class's tag tokens, left-padded to one length G (hashable: a static argument)."""
+
+  ids: tuple  # [C][G] token ids
+  mask: tuple  # [C][G] 0/1
+
+  @classmethod
+  def from_tokenizer(cls, tokenizer) -> "AttributeTags":
+    rows = tokenizer([attribute_tag(c) for c in CLASSES], add_special_tokens=False)["input_ids"]
+    G = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    return cls(tuple(tuple([pad] * (G - len(r)) + list(r)) for r in rows),
+               tuple(tuple([0] * (G - len(r)) + [1] * len(r)) for r in rows))
+
+  @property
+  def length(self) -> int:
+    return len(self.ids[0])
+
+  def __call__(self, classes_N):
+    """The tags of classes [...] (ids into CLASSES; clipped into range): (ids, mask) [..., G] int32."""
+    c = jnp.clip(classes_N, 0, len(self.ids) - 1)
+    return jnp.asarray(np.array(self.ids, np.int32))[c], jnp.asarray(np.array(self.mask, np.int32))[c]
+
+
+def with_tags(prompt_ids_NxP, prompt_mask_NxP, tags: AttributeTags, classes_N):
+  """[prompt | tag of each row's class] ids and mask (`AttributeTags`)."""
+  t_ids, t_mask = tags(classes_N)
+  return (jnp.concatenate([prompt_ids_NxP, t_ids.astype(prompt_ids_NxP.dtype)], -1),
+          jnp.concatenate([prompt_mask_NxP, t_mask.astype(prompt_mask_NxP.dtype)], -1))
+
+
+def prompt_state(model: Decoder, params, prompt_ids_NxP, prompt_mask_NxP):
+  """An agent's state as the population head reads it: the mean of its prompt's token embeddings,
+  [..., D] float32, without a gradient into the LM."""
+  lead, P = prompt_ids_NxP.shape[:-1], prompt_ids_NxP.shape[-1]
+  emb = model.apply({"params": params}, prompt_ids_NxP.reshape(-1, P), method=Decoder.embed)
+  w = prompt_mask_NxP.reshape(-1, P).astype(jnp.float32)
+  mean = jnp.einsum("npd,np->nd", emb.astype(jnp.float32), w) / jnp.maximum(w.sum(-1), 1.0)[:, None]
+  return jax.lax.stop_gradient(mean).reshape(*lead, -1)
 
 
 def with_context(ctx_ids_NxC, ctx_mask_NxC, prompt_ids_NxP, prompt_mask_NxP):

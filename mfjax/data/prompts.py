@@ -113,3 +113,18 @@ def agent_states(event: Event, activity: Optional[UidActivity] = None) -> list[s
 def policy_prompt(topic: str, state: str, context: str = "", template: str = DEFAULT_TEMPLATE) -> str:
   """The policy's input text; `context` fills the population slot (or is omitted)."""
   return template.format(topic=topic, state=state, context=CONTEXT_TEMPLATE.format(context=context) if context else "")
+
+
+# The tag an attribute-conditioned policy reads after its prompt: the action's joint class
+# (`mfjax.categories.CLASSES`) as a few characters, one per dimension.
+_TAG_CHARS = {"belief": {"believe": "信", "doubt": "疑"},
+              "sentiment": {"negative": "负", "neutral": "中", "positive": "正"},
+              "intent": {"question": "问", "promotion": "传", "opinion": "论"}}
+
+
+def attribute_tag(labels: dict) -> str:
+  """The tag of one action's categories ({dimension: category}): 〈转发〉 for a share, else 〈评论<belief>
+  <sentiment><intent>〉, e.g. 〈评论疑负问〉 for a doubting, negative question."""
+  if labels["behaviour"] == "share":
+    return "〈转发〉"
+  return "〈评论" + "".join(_TAG_CHARS[d][labels[d]] for d in ("belief", "sentiment", "intent")) + "〉"

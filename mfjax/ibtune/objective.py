@@ -7,7 +7,19 @@ IB-Tune, teacher-forced over the T steps of each event:
   relevance   = mean over real action tokens of -log pi(a*_t | topic, s_t, m_{t-1}),
                 m_{t-1} ~ q by reparameterisation (the policy's own likelihood term)
   compression = mean over valid steps of KL(q(m_{t-1}) || N(0, I)) (nats, summed over K x D)
-  loss        = relevance + beta * compression
+  population  = mean over real agents of -log h(c*_t | m_{t-1}, s_t)   (with a population head h)
+  loss        = relevance + population_weight * population + beta * compression
+
+The population term (`MeanFieldEncoder.class_logits`) scores how well the
+mean field predicts the population: c* is the real action's joint category
+(`mfjax.categories.CLASSES`, labelled when the data is prepared: the batch key
+`category`). Were h to ignore the state, the term would be the cross-entropy of
+the step's predicted category distribution against the real one. Its gradient
+reaches the encoder through m, so the bottleneck keeps what predicts the
+population. An attribute-conditioned policy (`tags`) reads the real action's
+tag after its prompt: the relevance is then -log pi(a* | topic, s, c*, m), and
+relevance + population is the NLL of the action under
+p(a | s, m) = sum_c h(c | m, s) pi(a | s, c, m) (the labeler reads c from a).
 
 The mean field read at step t summarises steps < t only (at step 0: the empty
 history). Gradients flow through the recurrence into the encoder and, through
@@ -15,7 +27,7 @@ the pooled hidden states, into the LM's trainable parameters.
 
 Batches are dicts of arrays [E, T, B, ...] (`mfjax.data.batching` layout):
 prompt_ids/prompt_mask [E,T,B,P], action_ids/action_mask [E,T,B,A],
-agent_mask [E,T,B], parent [E,T,B].
+agent_mask [E,T,B], parent [E,T,B] (and category [E,T,B] for a population head).
 
 Letters: E events, T steps, B agents, P prompt, A action, C context, K slots, D width.
 """
@@ -27,11 +39,14 @@ import math
 import jax
 import jax.numpy as jnp
 
+from typing import Optional
+
+from mfjax.categories import class_dimensions
 from mfjax.meanfield import text as text_mf
 from mfjax.meanfield.encoder import MeanFieldEncoder, MFState, Posterior, agent_embeddings
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.params_keys import PARAMS
-from mfjax.policy import action_logprobs, with_context
+from mfjax.policy import AttributeTags, action_logprobs, prompt_state, with_context, with_tags
 from mfjax.rollout.context import ContextSpec, step_contexts
 
 
@@ -55,7 +70,7 @@ def subsample_agents(batch, rng, agents: int):
     return batch
   order = jnp.argsort(jax.random.uniform(rng, batch["agent_mask"].shape), axis=-1)[..., :agents]  # [E, T, b]
   take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 3)), axis=2)
-  return {**batch, **{k: take(batch[k]) for k in AGENT_FIELDS}}
+  return {**batch, **{k: take(batch[k]) for k in AGENT_FIELDS + ("category",) if k in batch}}
 
 
 def _flat(x, trailing: int):
@@ -100,26 +115,59 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
   return tuple(jnp.swapaxes(x, 0, 1) for x in (m, mu, logvar))
 
 
+def population_terms(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, m_ExTxKxD) -> dict:
+  """The population head's cross-entropies against the real actions' categories, nats per real agent:
+  `population` (the joint class) and `population_<dimension>` (each dimension's marginal; in aux only)."""
+  state = prompt_state(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"])  # [E, T, B, D]
+  m = jnp.broadcast_to(m_ExTxKxD[:, :, None], state.shape[:3] + m_ExTxKxD.shape[2:])
+  logits = encoder.apply({"params": params[PARAMS.mf]}, m, state, method=MeanFieldEncoder.class_logits)
+  logp = jax.nn.log_softmax(logits, -1)  # [E, T, B, C]
+  cat = batch["category"]
+  w = (batch["agent_mask"] & (cat >= 0)).astype(jnp.float32)
+  n = jnp.maximum(w.sum(), 1.0)
+  mean = lambda x: -(x * w).sum() / n
+  out = {"population": mean(jnp.take_along_axis(logp, jnp.maximum(cat, 0)[..., None], -1)[..., 0])}
+  probs = jnp.exp(logp)
+  for dim, of_class in class_dimensions().items():
+    onehot = jax.nn.one_hot(jnp.asarray(of_class), max(of_class) + 1)  # [C, C_dim]
+    p_dim = jnp.maximum(probs @ onehot, 1e-12)  # [E, T, B, C_dim]
+    true_dim = jnp.asarray(of_class)[jnp.maximum(cat, 0)]
+    out[f"population_{dim}"] = mean(jnp.log(jnp.take_along_axis(p_dim, true_dim[..., None], -1)[..., 0]))
+  return out
+
+
 def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, beta, remat: bool = False,
-                 agents: int = 0, lm_grad: bool = True, sample: bool = True):
+                 agents: int = 0, lm_grad: bool = True, sample: bool = True, population_weight: float = 0.0,
+                 tags: Optional[AttributeTags] = None):
   """IB-Tune loss (module docstring). params = {"lm": ..., "mf": ...}; beta may
   be traced; `agents` > 0 scores that many random agents per step (the mean
-  field still reads all of them); `lm_grad` and `sample` as in `mean_field_path`."""
+  field still reads all of them); `lm_grad` and `sample` as in `mean_field_path`.
+  With a population head (encoder.cfg.classes) the population term is in aux (and,
+  weighted by `population_weight`, in the loss); `tags`: the policy reads the real
+  action's tag after its prompt (an attribute-conditioned policy; needs the head)."""
+  if (tags is not None or population_weight) and not encoder.cfg.classes:
+    raise ValueError("a population term or tags need the encoder's population head (MeanFieldConfig.classes)")
   k_m, k_a = jax.random.split(rng)
   m, mu, logvar = mean_field_path(model=model, encoder=encoder, params=params, batch=batch, rng=k_m, remat=remat,
                                   lm_grad=lm_grad, sample=sample)
   scored = subsample_agents(batch, k_a, agents)
   prefix = _per_agent_rows(m, scored["agent_mask"].shape[2])
-  logp = action_logprobs(model, params[PARAMS.lm], _flat(scored["prompt_ids"], 1), _flat(scored["prompt_mask"], 1),
-                         _flat(scored["action_ids"], 1), _flat(scored["action_mask"], 1), prefix_NxKxD=prefix)
+  prompt_ids, prompt_mask = _flat(scored["prompt_ids"], 1), _flat(scored["prompt_mask"], 1)
+  if tags is not None:
+    prompt_ids, prompt_mask = with_tags(prompt_ids, prompt_mask, tags, _flat(scored["category"], 0))
+  logp = action_logprobs(model, params[PARAMS.lm], prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
+                         _flat(scored["action_mask"], 1), prefix_NxKxD=prefix)
   relevance, tokens = _token_nll(logp, scored)
   kl = Posterior(mu=mu, logvar=logvar).kl_to_standard_normal()  # [E, T]
   valid = batch["agent_mask"].any(-1).astype(jnp.float32)
   compression = (kl * valid).sum() / jnp.maximum(valid.sum(), 1.0)
   loss = relevance + beta * compression
-  aux = {"loss": loss, "relevance": relevance, "compression": compression,
-         "compression_bits": compression / math.log(2.0), "beta": jnp.asarray(beta, jnp.float32), "tokens": tokens}
-  return loss, aux
+  aux = {"relevance": relevance, "compression": compression, "compression_bits": compression / math.log(2.0),
+         "beta": jnp.asarray(beta, jnp.float32), "tokens": tokens}
+  if encoder.cfg.classes:
+    aux.update(population_terms(model=model, encoder=encoder, params=params, batch=batch, m_ExTxKxD=m))
+    loss = loss + population_weight * aux["population"]
+  return loss, {"loss": loss, **aux}
 
 
 def _leave_one_out(x_ExT, valid_ExT):

@@ -12,8 +12,14 @@ Gaussian N(mu, diag exp(logvar)) over K x D. The prior is N(0, I).
 All methods take arbitrary leading axes (events, ...): feats [..., B, F],
 mask [..., B], state fields [..., H] / [..., F] / [...].
 
+With `classes` > 0 the encoder also has a population head (`class_logits`):
+from the mean field m read at a step (K x D) and an agent's state (the mean of
+its prompt's token embeddings, `mfjax.policy.prompt_state`), the logits of the
+agent's joint category (`mfjax.categories.CLASSES`). Its mean over a step's
+agents is the step's predicted category distribution.
+
 Letters: B agents, F feature width, H recurrent width, K slots, D LM width,
-Q attention-pooling queries.
+Q attention-pooling queries, C classes.
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ class MeanFieldConfig:
   hidden_size: int = 128  # H: the gated recurrent summary
   attention_queries: int = 0  # Q: attention pooling over agents in addition to the mean (0 = mean only)
   init_logvar: float = -4.0  # initial posterior log-variance (bias of the logvar head)
+  # C: the population head's classes (`mfjax.categories.CLASSES`), 0 = no head. The head gives each agent's
+  # joint category given the mean field it reads and its state (`class_logits`); IB-Tune scores it against
+  # the real actions' labels (its population term), and an attribute-conditioned policy draws from it.
+  classes: int = 0
+  head_hidden: int = 128  # the population head's hidden width
 
 
 @flax.struct.dataclass
@@ -113,6 +124,11 @@ class MeanFieldEncoder(nn.Module):
     self.mu_out = dense(c.slots * c.width, "mu_out", kernel=nn.initializers.normal(0.02))
     self.logvar_out = dense(c.slots * c.width, "logvar_out", kernel=nn.initializers.zeros,
                             bias=nn.initializers.constant(c.init_logvar))
+    if c.classes:
+      self.class_norm = nn.LayerNorm(name="class_norm", scale_init=_named(nn.initializers.ones, 1),
+                                     bias_init=_named(nn.initializers.zeros, 1))
+      self.class_hidden = dense(c.head_hidden, "class_hidden")
+      self.class_out = dense(c.classes, "class_out", kernel=nn.initializers.zeros)
 
   def features(self, pooled_BxD):
     """Per-agent features [..., B, F] from pooled LM hidden states."""
@@ -152,11 +168,21 @@ class MeanFieldEncoder(nn.Module):
     logvar = jnp.clip(self.logvar_out(x).reshape(*lead, c.slots, c.width), LOGVAR_MIN, LOGVAR_MAX)
     return Posterior(mu=mu, logvar=logvar)
 
+  def class_logits(self, m_KxD, state_D):
+    """The population head: logits [..., C] of an agent's joint category given the mean field it
+    reads (m [..., K, D]) and its state ([..., D]); float32."""
+    x = jnp.concatenate([m_KxD.reshape(*m_KxD.shape[:-2], -1), state_D], -1).astype(jnp.float32)
+    return self.class_out(nn.gelu(self.class_hidden(self.class_norm(x))))
+
   def __call__(self, pooled_BxD, mask_B):
-    """Init / smoke path: one update from the empty state and its posterior."""
+    """Init / smoke path: one update from the empty state and its posterior (and, with a
+    population head, its logits for the first agent's embedding as the state)."""
     state = MFState.zeros(self.cfg, pooled_BxD.shape[:-2])
     state = self.update(state, self.features(pooled_BxD), mask_B)
-    return self.posterior(state)
+    q = self.posterior(state)
+    if self.cfg.classes:
+      self.class_logits(q.mu, pooled_BxD[..., 0, :])
+    return q
 
 
 def _boxed_init(encoder: MeanFieldEncoder, rng, lm_width: int):
