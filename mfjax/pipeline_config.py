@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mfjax.categories import CLASSES
 from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least, flat_keys
 from mfjax.data.batching import BatchConfig
 from mfjax.data.intervention import Intervention
@@ -100,6 +101,11 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.mf.attention_queries = 0  # attention pooling queries besides the mean (0 = mean only)
   c.mf.init_logvar = -4.0  # initial posterior log-variance
   c.mf.lm_grad = False  # backprop the encoder's loss into the LM that embeds the agents (about 1/3 slower)
+  # An attribute-conditioned mf policy: each agent draws its joint category (mfjax.categories.CLASSES) from the
+  # population head on (m, its state), then writes its action given the category's tag after its prompt. The
+  # mf stage learns the tags from the real actions' labels (eval.labeler); needs ib.population_weight > 0.
+  c.mf.attributes = False
+  c.mf.head_hidden = 128  # the population head's hidden width
 
   c.ib = ml_collections.ConfigDict()
   c.ib.beta = 1e-3  # weight of the compression term (0 = no compression)
@@ -107,6 +113,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.ib.warmup = 0
   c.ib.remat = False  # rematerialise the mean-field scan in the backward pass (memory for compute)
   c.ib.sweep = ""  # comma-separated betas: one extra mf stage + rollouts per beta (experiments/ib_beta_sweep.py)
+  # Weight of IB-Tune's population term: from m_t a head predicts each next-step agent's joint category, scored
+  # by cross-entropy against the real action's label (eval.labeler); 0 = no head (unless mf.attributes).
+  c.ib.population_weight = 0.0
 
   # The paper's text mean field, method mf_text (mfjax.meanfield.text): after every step a writer LM (the policy's
   # architecture with its own weights) writes a summary that the policy reads in its prompt. Stage mf_text trains
@@ -200,7 +209,11 @@ def check_config(cfg) -> None:
                  "train.log_every", "train.ckpt_every")
   check_at_least(cfg, 0, "train.eval_every", "ib.beta", "ib.warmup", "rollout.warmup", "rollout.temperature",
                  "rollout.top_k", "mf.attention_queries")
-  check_at_least(cfg, 1, "mf.slots", "mf.feature_size", "mf.hidden_size", "mf_text.summary_len")
+  check_at_least(cfg, 1, "mf.slots", "mf.feature_size", "mf.hidden_size", "mf.head_hidden", "mf_text.summary_len")
+  check_at_least(cfg, 0, "ib.population_weight")
+  check("mf.attributes", not cfg.mf.attributes or cfg.ib.population_weight > 0,
+        "an attribute-conditioned policy draws from the population head, which ib.population_weight = 0 "
+        "leaves untrained: set ib.population_weight > 0")
   check_at_least(cfg, 0, "mf_text.beta")
   check("mf_text_train.trainable", cfg.mf_text_train.trainable in ("lora", "full"),
         f"{cfg.mf_text_train.trainable!r}: the text mean field trains 'lora' (adapters) or 'full'")
@@ -293,6 +306,11 @@ def _intervention_methods(cfg) -> list[str]:
   return out
 
 
+def _population_head(cfg) -> bool:
+  """Whether the mean-field encoder has a population head (trained, or drawn from)."""
+  return bool(cfg.ib.population_weight > 0 or cfg.mf.attributes)
+
+
 def check_data_choices(d) -> None:
   """ValueError unless data.source and data.eval_split are ones `pipeline.split_events` reads."""
   if d.source not in ("synthetic", "ced"):
@@ -362,6 +380,8 @@ class DataPlan:
   context_k: int  # actions the recent / popular baselines quote
   summary_len: int  # tokens of a text mean field's summary
   labeler: str  # eval.labeler: labels the eval actions and an intervention's text
+  categories: bool  # label every action's joint category (the population head's targets)
+  attributes: bool  # mf.attributes: the tokenizer learns the tags, and the mf policy reads them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,6 +417,7 @@ class TrainingPlan:
   ib_schedule: str
   ib_warmup: int
   text_beta: float  # mf_text.beta
+  population_weight: float  # ib.population_weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -469,9 +490,10 @@ def plan(cfg) -> RunPlan:
                   d.eval_split, BatchConfig(int(d.steps), int(d.agents_per_step), int(d.prompt_len), int(d.action_len)),
                   WorldConfig(steps=int(d.steps), agents_per_step=int(d.agents_per_step), **cfg.world.to_dict()),
                   cfg.model.checkpoint, int(cfg.tokenizer.vocab_size), int(cfg.context.k), int(cfg.mf_text.summary_len),
-                  cfg.eval.labeler)
+                  cfg.eval.labeler, _population_head(cfg), bool(cfg.mf.attributes))
   training = TrainingPlan(float(t.weight_decay), int(t.log_every), int(t.ckpt_every), int(t.eval_every),
-                          bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta))
+                          bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta),
+                          float(cfg.ib.population_weight))
   sampling = SamplingPlan(int(r.seeds), int(r.warmup), int(r.batch_events), float(r.temperature), int(r.top_k),
                           float(r.top_p))
   return RunPlan(tuple(_methods(cfg)), tuple(stages), tuple(rollouts), _intervention_of(cfg), lora_config(cfg),
@@ -501,7 +523,8 @@ def _model_plan(cfg) -> ModelPlan:
                num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
                tie_word_embeddings=m.tie_word_embeddings)
   mf = dict(slots=f.slots, feature_size=f.feature_size, hidden_size=f.hidden_size,
-            attention_queries=f.attention_queries, init_logvar=f.init_logvar)
+            attention_queries=f.attention_queries, init_logvar=f.init_logvar,
+            classes=len(CLASSES) if _population_head(cfg) else 0, head_hidden=f.head_hidden)
   return ModelPlan(m.checkpoint, bool(m.checkpoint_required), m.dtype, sizes, layer_fields(cfg), mf, bool(f.lm_grad))
 
 

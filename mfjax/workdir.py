@@ -38,6 +38,8 @@ METRICS_FILE = "metrics.jsonl"  # a stage's log: one row per logged step, valida
 ROLLOUTS_DIR = "rollouts"
 ROLLOUT_ARRAYS = ("tokens", "mask", "real_logprobs", "mf_kl")  # every rollout's, what `evaluate` reads
 TEXT_ROLLOUT_ARRAYS = ("summary", "summary_mask")  # the text mean field's summaries, kept to read
+ATTRIBUTE_ROLLOUT_ARRAYS = ("category",)  # an attribute-conditioned policy's drawn categories (scored for agreement)
+OPTIONAL_ROLLOUT_ARRAYS = TEXT_ROLLOUT_ARRAYS + ATTRIBUTE_ROLLOUT_ARRAYS
 
 # A workdir whose rollouts use another run's trained stages names that run here
 TRAINED_FROM_FILE = "trained_from.json"
@@ -189,13 +191,14 @@ def rollout_path(workdir: str, tag: str, seed: int) -> str:
 
 
 def save_rollout(workdir: str, tag: str, seed: int, arrays: dict) -> None:
-  """One rollout's arrays (ROLLOUT_ARRAYS, TEXT_ROLLOUT_ARRAYS for the text mean field), written
-  atomically: a kill leaves the file whole or absent, and a rerun makes only what is absent."""
+  """One rollout's arrays (ROLLOUT_ARRAYS; TEXT_ROLLOUT_ARRAYS for the text mean field,
+  ATTRIBUTE_ROLLOUT_ARRAYS for an attribute-conditioned policy), written atomically: a kill
+  leaves the file whole or absent, and a rerun makes only what is absent."""
   path = rollout_path(workdir, tag, seed)
-  unknown = set(arrays) - set(ROLLOUT_ARRAYS + TEXT_ROLLOUT_ARRAYS)
+  unknown = set(arrays) - set(ROLLOUT_ARRAYS + OPTIONAL_ROLLOUT_ARRAYS)
   missing = set(ROLLOUT_ARRAYS) - set(arrays)
   if unknown or missing:
-    raise ValueError(f"a rollout holds {ROLLOUT_ARRAYS} (+ {TEXT_ROLLOUT_ARRAYS}); got {sorted(arrays)}")
+    raise ValueError(f"a rollout holds {ROLLOUT_ARRAYS} (+ {OPTIONAL_ROLLOUT_ARRAYS}); got {sorted(arrays)}")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path[:-4] + ".tmp.npz"
   np.savez_compressed(tmp, **arrays)
@@ -203,11 +206,12 @@ def save_rollout(workdir: str, tag: str, seed: int, arrays: dict) -> None:
 
 
 def load_rollout(workdir: str, tag: str, seed: int) -> dict:
-  """The arrays of one saved rollout (`rollout_path`), or RunFolderError naming a file that cannot be read."""
+  """The arrays of one saved rollout (`rollout_path`): ROLLOUT_ARRAYS and the drawn categories where
+  it has them; RunFolderError naming a file that cannot be read."""
   path = rollout_path(workdir, tag, seed)
   try:
     with np.load(path) as f:
-      return {k: f[k] for k in ROLLOUT_ARRAYS}
+      return {k: f[k] for k in ROLLOUT_ARRAYS + tuple(k for k in ATTRIBUTE_ROLLOUT_ARRAYS if k in f.files)}
   except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
     raise RunFolderError(f"{path}: not a readable rollout ({type(e).__name__}: {e}); remove it, and `python -m "
                          "mfjax simulate` with this config and workdir writes it again") from None

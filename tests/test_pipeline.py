@@ -462,3 +462,22 @@ def test_an_ib_sweep_trains_a_stage_per_beta_and_scores_each(tmp_path, capsys):
   assert json.load(open(wd / "config.json"))["ib"]["sweep"] == "0,1,2"
   grown = json.load(open(wd / "results.json"))["ib_sweep"]
   assert grown[:2] == sweep and grown[2]["beta"] == 2.0
+
+
+def test_an_attribute_conditioned_run_labels_trains_the_head_and_reports_agreement(tmp_path, capsys):
+  """mf.attributes: the actions' categories labelled once, the population term in the mf stage's
+  log and validation, each agent's drawn category saved with the rollout and scored for agreement."""
+  wd = tmp_path / "attr"
+  _cli("run", wd, extra=["mf.attributes=True", "ib.population_weight=1.0", "rollout.methods=state,mf",
+                         "rollout.seeds=1"])
+  out = capsys.readouterr().out
+  assert "actions' categories for the population head" in out and "[data] attribute tags: " in out
+  results = _check_results(wd, seeds=1, methods={"state", "mf"})
+  agreement = results["methods"]["mf"]["attribute_agreement"]
+  assert set(agreement) == {"joint", *DIMENSIONS} and all(0 <= v <= 1 for v in agreement.values())
+  assert "attribute_agreement" not in results["methods"]["state"]
+  rows = [json.loads(line) for line in open(wd / "mf" / "metrics.jsonl")]
+  assert "population" in rows[0] and any("val_population_belief" in r for r in rows)
+  drawn = load_rollout(str(wd), "mf", 0)["category"]
+  assert drawn.min() >= -1 and drawn.max() < 19 and (drawn >= 0).any()
+  assert "category" not in load_rollout(str(wd), "state", 0)

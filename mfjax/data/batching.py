@@ -46,10 +46,13 @@ class StepBatch:
   eids: list  # [E]
   texts: list  # [E][T*B] action texts (for labelling; "" past the end)
   report: dict  # what was truncated or missing
+  # [E, T, B] int32: each action's joint category (mfjax.categories.CLASSES; -1 in empty slots), where the
+  # run's population head needs them (`mfjax.pipeline.data.prepare` labels the texts)
+  category: Optional[np.ndarray] = None
 
   def arrays(self) -> dict:
-    """The numeric fields, as the training and rollout functions take them."""
-    return {k: getattr(self, k) for k in ARRAY_FIELDS}
+    """The numeric fields, as the training and rollout functions take them (`category` where labelled)."""
+    return {k: getattr(self, k) for k in ARRAY_FIELDS} | ({} if self.category is None else {"category": self.category})
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:

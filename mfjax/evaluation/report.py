@@ -6,10 +6,13 @@ results.json:
   {"methods": {<method>: {"kl_mean", "kl_mean_std", "kl": {dim}, "js_mean",
                "tv_mean", "w1_mean", "dtw_mean", "nll", "seeds", "per_seed": [...],
                "kl_per_step": [T], "kl_dim_per_step": {dim: [T]},   (every step, warm-up too)
-               "kl_per_event": [E]}},   (each event's KL over its scored steps, mean over seeds)
+               "kl_per_event": [E],   (each event's KL over its scored steps, mean over seeds)
+               "attribute_agreement": {"joint", dim}}},   (an attribute-conditioned policy: how often the
+               labeler reads the category it drew, over the scored agents; mean over seeds)
    "paired": {<method>: {<reference>: {"diff", "ci95", "events"}}}   (`paired`: against shrunk and the best
              method without a mean field, over the same events)
-   "ib_sweep": [{"beta", "val_relevance", "val_compression_bits", "kl_mean", ...}]   (with ib.sweep)
+   "ib_sweep": [{"beta", "val_relevance", "val_compression_bits", "val_population", "kl_mean", ...}]   (with
+               ib.sweep; val_population: the population head's cross-entropy, None without one)
    "intervention": {"text", "step", "agents", "labels", "events", "scored_steps",
                     "methods": {<method>: {"effect": {dim: {category}}, "effect_std", "seeds"}},
                     "world": {"effect": ...}}   (with intervention.text; world: synthetic data)
@@ -41,7 +44,7 @@ from typing import Optional
 import numpy as np
 from scipy import stats
 
-from mfjax.categories import DIMENSIONS
+from mfjax.categories import DIMENSIONS, class_dimensions, class_of
 from mfjax.data import synthetic
 from mfjax.evaluation import bounds, metrics, plots
 from mfjax.evaluation.labelers import RuleLabeler, category_ids
@@ -92,6 +95,18 @@ def step_kls(real: dict, sim: dict, agent_mask) -> np.ndarray:
     q = metrics.step_distributions(sim[d], agent_mask, len(cats))[0]
     out.append(np.asarray(metrics.kl(p, q), np.float64))
   return np.stack(out)
+
+
+def attribute_agreement(drawn_ExTxB, sim: dict, agents_ExTxB) -> dict:
+  """How often the labeler reads in an attribute-conditioned policy's action the category it drew
+  (`mfjax.rollout.simulate`, RolloutSpec.tags), over the given agents: {"joint": the whole class,
+  <dimension>: that dimension's category}."""
+  drawn = np.asarray(drawn_ExTxB)
+  n = max(int(agents_ExTxB.sum()), 1)
+  out = {"joint": float(((class_of(sim) == drawn) & agents_ExTxB).sum() / n)}
+  for d, of_class in class_dimensions().items():
+    out[d] = float(((np.asarray(of_class)[np.maximum(drawn, 0)] == sim[d]) & agents_ExTxB).sum() / n)
+  return out
 
 
 def kl_per_step(kls, agent_mask) -> np.ndarray:
@@ -238,16 +253,22 @@ def evaluate(req: EvalRequest) -> Evaluation:
       labelled[tag, seed] = label_ids(labeler, decode_actions(req.tokenizer, r["tokens"], r["mask"]), (E, T, B))
     return labelled[tag, seed]
 
+  scored_agents = agent_mask & weights[..., None]
   for tag, method, _ in runs:
-    per_seed = []
+    per_seed, agreement = [], []
     for seed in range(seeds):
       r = load_rollout(workdir, tag, seed)
       sim = sim_ids(tag, seed, r)
       per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], req.eval_batch.action_mask))
+      if "category" in r:
+        agreement.append(attribute_agreement(r["category"], sim, scored_agents))
       if seed == 0:
         if tag == "mf":
           results["mf_field"] = {"kl_nats_per_step": [float(x) for x in r["mf_kl"].mean(0)]}
     results["methods"][tag] = summarise(per_seed)
+    if agreement:
+      results["methods"][tag]["attribute_agreement"] = {k: float(np.mean([a[k] for a in agreement]))
+                                                        for k in agreement[0]}
   truth = req.truth
   if truth is not None:
     # The floor set by finite steps: the real B agents of a step against their own exact distribution.
@@ -265,6 +286,7 @@ def evaluate(req: EvalRequest) -> Evaluation:
   if req.sweep:
     results["ib_sweep"] = [{"beta": v["beta"], "val_relevance": v.get("val_relevance"),
                             "val_compression_bits": v.get("val_compression_bits"),
+                            "val_population": v.get("val_population"),  # None without a population head
                             **{k: results["methods"][tag][k] for k in ("kl_mean", "kl_mean_std", "js_mean", "nll")}}
                            for tag, v in req.sweep.items()]
   results["paired"] = paired(results)

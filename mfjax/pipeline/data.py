@@ -12,14 +12,17 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from mfjax.categories import CLASSES, class_of
 from mfjax.data import (StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
                         make_step_batch, policy_prompt, step_texts, synthetic, train_tokenizer)
+from mfjax.data.prompts import attribute_tag
 from mfjax.data.intervention import forced_mask, inject
-from mfjax.evaluation.report import make_labeler
+from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler
 from mfjax.meanfield import TextMFSpec
 from mfjax.model import hf
 from mfjax.parallel import distributed
 from mfjax.pipeline_config import DataPlan, RunPlan, check_data_choices
+from mfjax.policy import AttributeTags
 from mfjax.rollout import ContextSpec
 from mfjax.rollout.context import CONTEXT_HEADER, CONTEXT_SEP
 from mfjax.runs import log
@@ -42,6 +45,7 @@ class Data:
   # the reference simulators' inputs (`mfjax.evaluation.bounds`): the training events' action texts [N][T*B],
   # agent mask [N, T, B] and labels, and the eval events' labels
   references: Optional[dict] = None
+  tags: Optional[AttributeTags] = None  # an attribute-conditioned policy's tag tokens (data.attributes)
 
 
 def data_files(d: DataPlan) -> dict:
@@ -103,12 +107,23 @@ def sample_events(events: list, n: int, *, seed) -> list:
   return [events[i] for i in sorted(chosen)]
 
 
-def _tokenizer_texts(events, activity) -> list[str]:
+def _tokenizer_texts(events, activity, tags: bool) -> list[str]:
   texts = []
   for e in events:
     texts += [policy_prompt(e.topic, s) for s in agent_states(e, activity)]
     texts += [action_text(a) for a in e.actions] + [CONTEXT_HEADER, CONTEXT_SEP]
+  if tags:  # every tag as often as an action, so that each becomes a few tokens
+    each = max(len(texts) // (2 * len(CLASSES)), 2)
+    texts += [attribute_tag(c) for c in CLASSES] * each
   return texts
+
+
+def label_categories(labeler: CachedLabeler, batch: StepBatch) -> np.ndarray:
+  """Each action's joint category [E, T, B] (`mfjax.categories.class_of`; -1 in empty slots), as
+  the labeler reads its text."""
+  shape = batch.agent_mask.shape
+  ids = label_ids(labeler, [t for row in batch.texts for t in row], shape)
+  return np.where(batch.agent_mask, class_of(ids), -1).astype(np.int32)
 
 
 def prepare(plan: RunPlan, workdir: str) -> Data:
@@ -125,16 +140,23 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
     # process 0 trains and writes it (the workdir is shared), the others read it; every process meets at
     # the barrier whatever it saw on disk (a process that found process 0's new file must still be there)
     if distributed.is_main() and not trained:
-      train_tokenizer(_tokenizer_texts(train, activity), d.vocab_size, tok_dir)
+      train_tokenizer(_tokenizer_texts(train, activity, d.attributes), d.vocab_size, tok_dir)
     multihost_utils.sync_global_devices("mfjax tokenizer written")
     tok = load_tokenizer(tok_dir)
   elif trained:
     tok = load_tokenizer(tok_dir)
   else:
-    tok = train_tokenizer(_tokenizer_texts(train, activity), d.vocab_size, tok_dir)
+    tok = train_tokenizer(_tokenizer_texts(train, activity, d.attributes), d.vocab_size, tok_dir)
   bc = d.batch
   batches = {name: make_step_batch(ev, tok, bc, activity=activity) for name, ev in
              (("train", train), ("val", val), ("eval", test))}
+  labeler = CachedLabeler(make_labeler(d.labeler)) if d.categories else None
+  if labeler is not None:  # the population head's targets, by the run's labeler
+    t1 = time.time()
+    for b in batches.values():
+      b.category = label_categories(labeler, b)
+    log(f"[data] labelled {sum(int(b.agent_mask.sum()) for b in batches.values())} actions' categories for "
+        f"the population head ({time.time() - t1:.1f} s)")
   for name, b in batches.items():
     r = b.report
     log(f"[data] {name}: {r['events']} events, {r['actions_used']} actions in {bc.steps}x{bc.agents_per_step} "
@@ -146,13 +168,18 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
   train_texts, train_mask = step_texts(train, bc.steps, bc.agents_per_step)
   references = {"train_texts": train_texts, "train_mask": train_mask, "train_labels": [e.label for e in train],
                 "eval_labels": [e.label for e in test]}
+  tags = AttributeTags.from_tokenizer(tok) if d.attributes else None
+  if tags is not None:
+    log(f"[data] attribute tags: {tags.length} tokens at most")
   data = Data(tok, ctx, batches["train"].arrays(), batches["val"].arrays(), batches["eval"], truth, split, text,
-              references=references)
+              references=references, tags=tags)
   iv = plan.intervention
   if iv is not None:
     # the same eval events with the injected actions; only their action tokens differ (prompts are the states)
-    data.intervened = {**make_step_batch(inject(test, iv, bc.agents_per_step), tok, bc, activity=activity).arrays(),
-                       "forced": forced_mask(batches["eval"].agent_mask, iv)}
+    intervened = make_step_batch(inject(test, iv, bc.agents_per_step), tok, bc, activity=activity)
+    if labeler is not None:
+      intervened.category = label_categories(labeler, intervened)
+    data.intervened = {**intervened.arrays(), "forced": forced_mask(batches["eval"].agent_mask, iv)}
     if truth is not None:
       data.truth_intervened = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.world, intervention=iv,
                                                  labels=intervention_labels(d, iv))[1]

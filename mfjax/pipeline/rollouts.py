@@ -18,7 +18,7 @@ from mfjax.pipeline.stages import Trained
 from mfjax.pipeline_config import RunPlan
 from mfjax.rollout import simulate
 from mfjax.runs import log
-from mfjax.workdir import ROLLOUT_ARRAYS, TEXT_ROLLOUT_ARRAYS, rollout_path, save_rollout
+from mfjax.workdir import ATTRIBUTE_ROLLOUT_ARRAYS, ROLLOUT_ARRAYS, TEXT_ROLLOUT_ARRAYS, rollout_path, save_rollout
 
 
 def simulate_all(plan: RunPlan, workdir: str, data: Data, trained: Trained, *, mesh) -> None:
@@ -49,11 +49,12 @@ def simulate_all(plan: RunPlan, workdir: str, data: Data, trained: Trained, *, m
                        context=data.context, rng=jax.random.fold_in(key, c),
                        warmup=sampling.warmup, temperature=sampling.temperature, top_k=sampling.top_k,
                        top_p=sampling.top_p, mesh=mesh, donate_batch=True,  # a fresh batch each call
-                       pin_activations=plan.pin_activations, text=data.text)
+                       pin_activations=plan.pin_activations, text=data.text, tags=data.tags)
         parts.append(to_host(out))
       if not distributed.is_main():
         continue
-      kept = ROLLOUT_ARRAYS + (TEXT_ROLLOUT_ARRAYS if method == "mf_text" else ())
+      kept = ROLLOUT_ARRAYS + (TEXT_ROLLOUT_ARRAYS if method == "mf_text" else ()) + (
+          ATTRIBUTE_ROLLOUT_ARRAYS if method == "mf" and data.tags is not None else ())
       saved = {f: np.concatenate([getattr(p, f) for p in parts])[:E] for f in kept}
       save_rollout(workdir, tag, seed, saved)
       if method == "mf_text":  # what the writer says, for a look: event 0's last summary

@@ -36,9 +36,11 @@ from mfjax.runs import log
 from mfjax.workdir import stage_dir
 
 
-def _model_config(plan: RunPlan, tok, ctx: ContextSpec, text: TextMFSpec) -> ModelConfig:
+def _model_config(plan: RunPlan, tok, ctx: ContextSpec, text: TextMFSpec, tags) -> ModelConfig:
   b = plan.data.batch
   longest = plan.model.mf_fields["slots"] + ctx.length + b.prompt_len + b.action_len
+  if tags is not None:  # the attribute-conditioned policy's input: m, prompt, tag, action
+    longest = max(longest, plan.model.mf_fields["slots"] + b.prompt_len + tags.length + b.action_len)
   if "mf_text" in plan.methods:  # the policy's input with a summary, and the writer's prompt + summary
     longest = max(longest, text.context_len + b.prompt_len + b.action_len,
                   text.writer_len + text.summary_len)
@@ -92,7 +94,8 @@ def _ib_loss(x: LossInputs, agents: int):
   t = x.plan.training
   return lambda params, batch, rng, step, beta: ib_tune_loss(
       model=x.model, encoder=x.encoder, params=params, batch=batch, rng=rng, remat=t.ib_remat, agents=agents,
-      beta=beta_schedule(beta, t.ib_schedule, t.ib_warmup)(step), lm_grad=x.plan.model.lm_grad)
+      beta=beta_schedule(beta, t.ib_schedule, t.ib_warmup)(step), lm_grad=x.plan.model.lm_grad,
+      population_weight=t.population_weight, tags=x.data.tags)
 
 
 def _text_ib_loss(x: LossInputs, agents: int):
@@ -206,7 +209,7 @@ def train(plan: RunPlan, workdir: str, data: Data, *, mesh, trained_only: bool =
     lm = place({PARAMS.lm: lm}, policy_shardings(model, None, {PARAMS.lm: lm}, mesh))[PARAMS.lm]
     log(f"[base] loaded {checkpoint}")
   else:
-    model = Decoder(_model_config(plan, data.tokenizer, data.context, data.text))
+    model = Decoder(_model_config(plan, data.tokenizer, data.context, data.text, data.tags))
     lm, _ = init_sharded(lambda: model.init(jax.random.fold_in(rng, 1), jnp.zeros((1, 8), jnp.int32))["params"],
                          mesh)
     base, params = plan.stage("base"), {PARAMS.lm: lm}

@@ -15,6 +15,12 @@ field's latest summary, or nothing. At step t, for every event at once:
      (teacher-forced: the NLL the method assigns to what really happened);
   3. B actions sampled with k_s by the KV-cache sampler from the same input (2
      and 3 share one pass over the input: `sampling.score_and_generate`);
+  With an attribute-conditioned `mf` (`RolloutSpec.tags`), each agent first
+  draws its joint category from the population head (`MeanFieldEncoder.class_logits`
+  on m_{t-1} and its state, with a key folded from k_s) and the sampler writes
+  the action from [prompt | the category's tag]; the real action is scored
+  under its own category's tag, plus the head's log-probability of that category
+  (on its first token: the action's total is log h(c*) + log pi(a* | c*)).
   4. the step's actions enter the signal (`update`): the real ones during
      warm-up (t < warmup) and those of `forced` agents (an intervention's
      injected actions, `mfjax.data.intervention`), the sampled ones otherwise;
@@ -50,7 +56,7 @@ from mfjax.model.transformer import Decoder, unrolled
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, with_activation_sharding
 from mfjax.parallel.state import abstract_policy, place, policy_shardings
 from mfjax.params_keys import PARAMS
-from mfjax.policy import per_agent, with_context
+from mfjax.policy import AttributeTags, action_logprobs, per_agent, prompt_state, with_context, with_tags
 from mfjax.rollout.context import KINDS, NONE, ContextSpec
 from mfjax.rollout.signals import (Inputs, LatentMeanField, NoSignal, PopulationSignal, QuotedHistory, Step,
                                    TextMeanField)
@@ -71,6 +77,7 @@ class RolloutSpec:
   context: Optional[ContextSpec] = None
   score_real: bool = True  # compute the real actions' log-probs (the NLL column); False leaves zeros
   text: Optional[text_mf.TextMFSpec] = None  # read and write the text mean field (mf_text)
+  tags: Optional[AttributeTags] = None  # mf: draw each agent's category from the population head, write given it
 
 
 @flax.struct.dataclass
@@ -93,6 +100,7 @@ class RolloutOutput:
   mf_logvar: jax.Array  # [E, T, K, D] its posterior log-variance
   summary: jax.Array  # [E, T, S] int32: the text mean field's summary written after step t ([E, T, 1] without one)
   summary_mask: jax.Array  # [E, T, S] bool: its tokens up to and including <eos>
+  category: jax.Array  # [E, T, B] int32: the category each agent drew (`RolloutSpec.tags`; -1 without)
 
 
 def _t_first(x):
@@ -124,9 +132,10 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
                   temperature=temperature, top_k=spec.top_k, top_p=spec.top_p)
   flat = lambda x: x.reshape(E * B, *x.shape[2:])
   forced = batch["forced"] if "forced" in batch else jnp.zeros((E, T, B), bool)
+  categories = batch["category"] if "category" in batch else jnp.zeros((E, T, B), jnp.int32)
 
   def step(carry: RolloutState, xs) -> tuple[RolloutState, RolloutOutput]:
-    t, prompt_ids, prompt_mask, act_ids, act_mask, agent_mask, parent, forced_EB = xs
+    t, prompt_ids, prompt_mask, act_ids, act_mask, agent_mask, parent, forced_EB, category = xs
     rng, k_m, k_s = jax.random.split(carry.rng, 3)
     read = signal.read(carry.signal, inputs, k_m)
     in_ids, in_mask = flat(prompt_ids), flat(prompt_mask)
@@ -136,7 +145,20 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     prefix = per_agent(read.prefix, B) if read.prefix is not None else None
     sample = dict(rng=k_s, max_new_tokens=A, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p,
                   eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, prefix_embeds=prefix)
-    if spec.score_real:  # one pass over the input scores the real actions and fills the sampler's cache
+    drawn = jnp.full((E * B,), -1, jnp.int32)
+    if spec.tags is not None:  # the category from the head, then the action given its tag
+      state_NxD = prompt_state(model, lm, in_ids, in_mask)
+      logits = encoder.apply({"params": params[PARAMS.mf]}, prefix, state_NxD, method=MeanFieldEncoder.class_logits)
+      drawn = sampling.sample_token(logits, jax.random.fold_in(k_s, 1), temperature=temperature)[0]
+      out = sampling.generate(model, lm, *with_tags(in_ids, in_mask, spec.tags, drawn), **sample)
+      real_lp = jnp.zeros((E * B, A), jnp.float32)
+      if spec.score_real:
+        real_c = jnp.maximum(flat(category), 0)
+        real_lp = action_logprobs(model, lm, *with_tags(in_ids, in_mask, spec.tags, real_c), flat(act_ids),
+                                  flat(act_mask), prefix_NxKxD=prefix)
+        head_lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), real_c[:, None], -1)[:, 0]
+        real_lp = real_lp.at[:, 0].add(head_lp * flat(act_mask)[:, 0])
+    elif spec.score_real:  # one pass over the input scores the real actions and fills the sampler's cache
       real_lp, out = sampling.score_and_generate(model, lm, in_ids, in_mask, flat(act_ids), flat(act_mask), **sample)
     else:
       real_lp, out = jnp.zeros((E * B, A), jnp.float32), sampling.generate(model, lm, in_ids, in_mask, **sample)
@@ -152,12 +174,14 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     kl, mu, logvar = (zeros(), zeros(1, 1), zeros(1, 1)) if q is None else (q.kl_to_standard_normal(), q.mu, q.logvar)
     summary, summary_mask = (zeros(1, dtype=jnp.int32), zeros(1, dtype=bool)) if written is None else written
     out = RolloutOutput(tokens=s_ids, mask=s_mask, real_logprobs=real_lp.reshape(E, B, A), mf_kl=kl, mf_mu=mu,
-                        mf_logvar=logvar, summary=summary, summary_mask=summary_mask)
+                        mf_logvar=logvar, summary=summary, summary_mask=summary_mask,
+                        category=drawn.reshape(E, B))
     return RolloutState(rng=rng, signal=state), out
 
   init = RolloutState(rng=rng, signal=signal.init(E, T, B, A))
   xs = (jnp.arange(T), *(_t_first(batch[k]) for k in ("prompt_ids", "prompt_mask", "action_ids", "action_mask",
-                                                       "agent_mask", "parent")), _t_first(forced.astype(bool)))
+                                                       "agent_mask", "parent")), _t_first(forced.astype(bool)),
+        _t_first(categories.astype(jnp.int32)))
   _, ys = jax.lax.scan(step, init, xs)
   return jax.tree.map(_t_first, ys)
 
@@ -198,8 +222,10 @@ def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec:
 
 
 def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSpec] = None, top_k: int = 0,
-                top_p: float = 1.0, score_real: bool = True,
-                text: Optional[text_mf.TextMFSpec] = None) -> tuple[RolloutSpec, int]:
+                top_p: float = 1.0, score_real: bool = True, text: Optional[text_mf.TextMFSpec] = None,
+                tags: Optional[AttributeTags] = None) -> tuple[RolloutSpec, int]:
+  """(static spec, traced context kind) of a method; `tags` makes `mf` attribute-conditioned (other
+  methods ignore them)."""
   """(static spec, traced context kind) of a method."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -210,7 +236,8 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
     raise ValueError("method 'mf_text' needs a TextMFSpec (text=)")
   spec = RolloutSpec(use_context=use_context, use_mf=method == "mf", max_new_tokens=int(max_new_tokens),
                      top_k=int(top_k), top_p=float(top_p), context=context if use_context else None,
-                     score_real=bool(score_real), text=text if method == "mf_text" else None)
+                     score_real=bool(score_real), text=text if method == "mf_text" else None,
+                     tags=tags if method == "mf" else None)
   return spec, KINDS.get(method, NONE)
 
 
@@ -218,14 +245,16 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
              context: Optional[ContextSpec] = None, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, score_real: bool = True, mesh=None, rules=RULES,
              donate_batch: bool = False, pin_activations: bool = True,
-             text: Optional[text_mf.TextMFSpec] = None) -> RolloutOutput:
+             text: Optional[text_mf.TextMFSpec] = None, tags: Optional[AttributeTags] = None) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`, + "mf_lm",
   the summary writer, for `mf_text`, whose token layout is `text`).
   Steps t < warmup take the real actions into the history; later steps their
   own samples, except for agents marked in the optional batch key `forced`
   ([E, T, B] bool: an intervention's agents, whose batch actions are taken as
-  in warm-up). Jitted once per (model, encoder, shapes, spec). score_real=False
+  in warm-up). `tags` (`mf` only): the attribute-conditioned policy (module
+  docstring), whose real actions are scored under the batch key `category`
+  ([E, T, B] their joint categories). Jitted once per (model, encoder, shapes, spec). score_real=False
   skips scoring the real actions (pure simulation; real_logprobs are zeros).
 
   With a mesh, the events split over data x fsdp and the parameters (and, with
@@ -236,15 +265,20 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   mesh): the batch's `action_ids` buffer is donated to the sampled tokens; the
   caller must not use that array again (the pipeline builds each batch afresh)."""
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
-                           top_p=top_p, score_real=score_real, text=text)
+                           top_p=top_p, score_real=score_real, text=text, tags=tags)
   if spec.use_mf and (encoder is None or PARAMS.mf not in params):
     raise ValueError("method 'mf' needs the encoder and params['mf']")
+  if spec.tags is not None and not encoder.cfg.classes:
+    raise ValueError("an attribute-conditioned 'mf' (tags) needs the encoder's population head (classes > 0)")
+  if spec.tags is not None and spec.score_real and "category" not in batch:
+    raise ValueError("an attribute-conditioned 'mf' scores the real actions under batch['category']; "
+                     "pass it or score_real=False")
   if spec.text is not None and PARAMS.mf_lm not in params:
     raise ValueError("method 'mf_text' needs params['mf_lm'] (the summary writer)")
   params = {k: params[k] for k in _param_keys(spec)}  # e.g. a text stage's frozen "prior" is not rolled out
   encoder = encoder if spec.use_mf else None
   scalars = (rng, jnp.int32(warmup), jnp.int32(kind), jnp.float32(temperature))
-  keys = BATCH_KEYS + (("forced",) if "forced" in batch else ())
+  keys = BATCH_KEYS + tuple(k for k in ("forced", "category") if k in batch)
   if "forced" in batch and tuple(batch["forced"].shape) != tuple(batch["agent_mask"].shape):
     raise ValueError(f"batch['forced'] has shape {tuple(batch['forced'].shape)}; it marks agents: "
                      f"[E, T, B] = {tuple(batch['agent_mask'].shape)}, as batch['agent_mask']")

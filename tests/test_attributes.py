@@ -1,0 +1,208 @@
+"""The population head and the attribute-conditioned policy: joint categories and their tags,
+IB-Tune's population term, the rollout that draws each agent's category from the head and
+writes given its tag, the data's category labels, and the agreement the evaluation reports."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mf_setup import EOS, PAD, make_batch, make_model
+from mfjax import configs
+from mfjax.categories import CLASSES, DIMENSIONS, class_dimensions, class_of
+from mfjax.configs import ConfigError
+from mfjax.data import load_tokenizer, make_step_batch, synthetic
+from mfjax.data.batching import BatchConfig
+from mfjax.data.prompts import attribute_tag
+from mfjax.evaluation.report import CachedLabeler, attribute_agreement, make_labeler
+from mfjax.ibtune import ib_tune_loss
+from mfjax.meanfield import MeanFieldConfig, MeanFieldEncoder, init_encoder
+from mfjax.pipeline.data import _tokenizer_texts, label_categories
+from mfjax.pipeline_config import check_config
+from mfjax.policy import AttributeTags, action_logprobs, prompt_state, with_tags
+from mfjax.rollout import simulate
+
+C = len(CLASSES)
+# hand-made tags over the tiny vocabulary: class c is 1 to 3 tokens, left-padded to 3
+TAGS = AttributeTags(ids=tuple(tuple([PAD] * (2 - c % 3) + [3 + (c + j) % 50 for j in range(1 + c % 3)])
+                               for c in range(C)),
+                     mask=tuple(tuple([0] * (2 - c % 3) + [1] * (1 + c % 3)) for c in range(C)))
+
+
+def _with_head(seed=0):
+  model, _, params = make_model(seed)
+  encoder = MeanFieldEncoder(MeanFieldConfig(slots=2, width=32, feature_size=16, hidden_size=24, attention_queries=2,
+                                             init_logvar=-3.0, classes=C, head_hidden=16))
+  params["mf"] = init_encoder(encoder, jax.random.PRNGKey(seed + 2), 32)
+  # a head that is not uniform (its output layer starts at zero)
+  params["mf"]["class_out"]["kernel"] = jax.random.normal(jax.random.PRNGKey(9), (16, C)) * 0.5
+  return model, encoder, params
+
+
+def _categorised(batch, seed=0):
+  rng = np.random.default_rng(seed)
+  cat = rng.integers(0, C, batch["agent_mask"].shape).astype(np.int32)
+  return {**batch, "category": np.where(batch["agent_mask"], cat, -1).astype(np.int32)}
+
+
+def test_every_class_is_one_labelling_with_its_own_tag():
+  ids = {d: np.array([DIMENSIONS[d].index(c[d]) for c in CLASSES]) for d in DIMENSIONS}
+  np.testing.assert_array_equal(class_of(ids), np.arange(C))
+  for d, of_class in class_dimensions().items():
+    assert [DIMENSIONS[d][i] for i in of_class] == [c[d] for c in CLASSES]
+  assert len({attribute_tag(c) for c in CLASSES}) == C
+  # a share is class 0 whatever a labeler says of its other dimensions
+  share_doubting = {d: np.array([0 if d == "behaviour" else 1]) for d in DIMENSIONS}
+  assert class_of(share_doubting)[0] == 0
+
+
+def test_tags_are_left_padded_tokens_of_each_class(tmp_path):
+  from mfjax.data import train_tokenizer
+  events, _ = synthetic.generate(8, seed=0)
+  tok = train_tokenizer(_tokenizer_texts(events, None, tags=True), 400, str(tmp_path / "tok"))
+  tags = AttributeTags.from_tokenizer(tok)
+  for c, (ids, mask) in enumerate(zip(tags.ids, tags.mask)):
+    assert len(ids) == tags.length and list(mask) == sorted(mask)  # real tokens at the end
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == attribute_tag(CLASSES[c])
+  # the tokenizer learned them: a tag is a few tokens, fewer than from a tokenizer that never saw them
+  plain = train_tokenizer(_tokenizer_texts(events, None, tags=False), 400, str(tmp_path / "plain"))
+  assert tags.length <= 6 < AttributeTags.from_tokenizer(plain).length
+
+
+def test_population_term_is_the_heads_cross_entropy_and_trains_the_mean_field():
+  model, encoder, params = _with_head()
+  batch = _categorised(make_batch())
+  batch["category"][0, 1, 0] = -1  # an unlabelled agent is not scored
+  key = jax.random.PRNGKey(3)
+  loss0, aux0 = ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch, rng=key, beta=1e-3)
+  loss, aux = ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch, rng=key, beta=1e-3,
+                           population_weight=0.5)
+  np.testing.assert_allclose(loss, loss0 + 0.5 * aux0["population"], rtol=1e-6)
+  # by hand: the head at every (event, step) of the mean field the policy reads, on each agent's prompt
+  from mfjax.ibtune.objective import mean_field_path
+  m = mean_field_path(model=model, encoder=encoder, params=params, batch=batch, rng=jax.random.split(key)[0])[0]
+  state = prompt_state(model, params["lm"], batch["prompt_ids"], batch["prompt_mask"])
+  logits = encoder.apply({"params": params["mf"]}, np.broadcast_to(m[:, :, None], state.shape[:3] + m.shape[2:]),
+                         state, method=MeanFieldEncoder.class_logits)
+  logp = np.asarray(jax.nn.log_softmax(logits, -1))
+  keep = batch["agent_mask"] & (batch["category"] >= 0)
+  want = -np.mean([logp[i][c] for i, c in zip(zip(*np.nonzero(keep)), batch["category"][keep])])
+  np.testing.assert_allclose(aux["population"], want, rtol=1e-5)
+  # each dimension's marginal cross-entropy is at most the joint's
+  for d in DIMENSIONS:
+    assert 0 < aux[f"population_{d}"] <= aux["population"] + 1e-6
+  # the term's gradient reaches the encoder's posterior (through m), not only the head
+  grads = jax.grad(lambda p: ib_tune_loss(model=model, encoder=encoder, params=p, batch=batch, rng=key, beta=0.0,
+                                          population_weight=1.0)[1]["population"])(params)
+  assert float(jnp.abs(grads["mf"]["mu_out"]["kernel"]).sum()) > 0
+  assert float(jnp.abs(grads["mf"]["class_hidden"]["kernel"]).sum()) > 0
+
+
+def test_a_tagged_policy_scores_each_action_after_its_own_categorys_tag():
+  model, encoder, params = _with_head()
+  batch = _categorised(make_batch())
+  key = jax.random.PRNGKey(4)
+  _, aux = ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch, rng=key, beta=0.0, tags=TAGS,
+                        population_weight=1.0, sample=False)
+  # by hand: the tag tokens written after every prompt, the same mean field as prefix
+  from mfjax.ibtune.objective import mean_field_path
+  m = mean_field_path(model=model, encoder=encoder, params=params, batch=batch, rng=key, sample=False)[0]
+  E, T, B = batch["agent_mask"].shape
+  flat = lambda x: x.reshape(E * T * B, *x.shape[3:])
+  ids, mask = with_tags(flat(batch["prompt_ids"]), flat(batch["prompt_mask"]), TAGS, flat(batch["category"]))
+  assert ids.shape[-1] == batch["prompt_ids"].shape[-1] + TAGS.length
+  prefix = np.repeat(np.asarray(m).reshape(E * T, *m.shape[2:]), B, axis=0)
+  logp = action_logprobs(model, params["lm"], ids, mask, flat(batch["action_ids"]), flat(batch["action_mask"]),
+                         prefix_NxKxD=prefix)
+  w = flat(batch["action_mask"]) * flat(batch["agent_mask"])[:, None]
+  np.testing.assert_allclose(aux["relevance"], -(np.asarray(logp) * w).sum() / w.sum(), rtol=1e-5)
+  _, untagged = ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch, rng=key, beta=0.0,
+                             population_weight=1.0, sample=False)
+  assert abs(float(untagged["relevance"]) - float(aux["relevance"])) > 1e-4  # the tags are read
+
+
+def test_without_a_head_a_population_term_or_tags_is_an_error():
+  model, encoder, params = make_model()
+  batch = _categorised(make_batch())
+  with pytest.raises(ValueError, match="population head"):
+    ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch, rng=jax.random.PRNGKey(0), beta=0.0,
+                 population_weight=1.0)
+  with pytest.raises(ValueError, match="population head"):
+    simulate(model, params, batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(0), warmup=1, tags=TAGS)
+
+
+def _forcing(params, c, logit=60.0):
+  """The params with a head that gives class c (nearly) all its mass."""
+  out = jax.tree.map(lambda x: x, params)
+  out["mf"]["class_out"] = {"kernel": jnp.zeros_like(params["mf"]["class_out"]["kernel"]),
+                            "bias": jnp.zeros(C).at[c].set(logit)}
+  return out
+
+
+def test_a_tagged_rollout_draws_from_the_head_writes_after_the_tag_and_scores_both():
+  model, encoder, params = _with_head()
+  batch = _categorised(make_batch())
+  run = lambda p, **kw: simulate(model, p, batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(5),
+                                 warmup=1, tags=TAGS, **kw)
+  out = run(params)
+  valid = batch["agent_mask"]
+  assert out.category.shape == valid.shape and ((out.category >= 0) & (out.category < C)).all()
+  forced3, forced7 = run(_forcing(params, 3)), run(_forcing(params, 7))
+  assert (forced3.category == 3).all() and (forced7.category == 7).all()
+  # the same keys, another category: the policy reads the tag, so its samples differ
+  assert (np.asarray(forced3.tokens) != np.asarray(forced7.tokens)).any()
+  # the real actions: the head's log-probability of their category is added once per action; the
+  # policy's part is the same whatever the head says while the mean field is (same keys): up to the
+  # step after the warm-up, whose m was written from real actions alone
+  uniform = _forcing(params, 0, logit=0.0)
+  lp_u, lp_3 = (np.asarray(run(p).real_logprobs).sum(-1)[:, :2] for p in (uniform, _forcing(params, 3)))
+  head_3 = np.asarray(jax.nn.log_softmax(jnp.zeros(C).at[3].set(60.0)))
+  want = head_3[np.maximum(batch["category"], 0)] + np.log(C)
+  np.testing.assert_allclose((lp_3 - lp_u)[valid[:, :2]], want[:, :2][valid[:, :2]], rtol=1e-5)
+  # without the real categories the real actions cannot be scored
+  with pytest.raises(ValueError, match="category"):
+    simulate(model, params, {k: v for k, v in batch.items() if k != "category"}, method="mf", encoder=encoder,
+             rng=jax.random.PRNGKey(5), warmup=1, tags=TAGS)
+  # other methods ignore the tags and the categories
+  plain = simulate(model, params, batch, method="state", rng=jax.random.PRNGKey(5), warmup=1, tags=TAGS)
+  assert (np.asarray(plain.category) == -1).all()
+
+
+def test_the_categories_of_synthetic_actions_are_the_worlds():
+  events, truth = synthetic.generate(6, seed=1)
+  tok = load_tokenizer_for(events)
+  b = make_step_batch(events, tok, BatchConfig(steps=12, agents_per_step=16, prompt_len=16, action_len=8))
+  cat = label_categories(CachedLabeler(make_labeler("rules")), b)
+  np.testing.assert_array_equal(cat, class_of(truth.attributes))
+
+
+def load_tokenizer_for(events, _cache={}):
+  import tempfile
+
+  from mfjax.data import train_tokenizer
+  if "tok" not in _cache:
+    _cache["tok"] = train_tokenizer(_tokenizer_texts(events, None, tags=False), 300, tempfile.mkdtemp())
+  return _cache["tok"]
+
+
+def test_attribute_agreement_counts_the_scored_agents_only():
+  # drawn: a share (class 0), a doubting negative question (10), a believing negative question (1)
+  drawn = np.array([[[0, 10, 1]]])
+  # the labeler reads: a share, a doubting negative question, a doubting negative opinion (class 12)
+  sim = {"behaviour": np.array([[[0, 1, 1]]]), "belief": np.array([[[0, 1, 1]]]),
+         "sentiment": np.array([[[1, 0, 0]]]), "intent": np.array([[[1, 0, 2]]])}
+  assert class_of(sim).tolist() == [[[0, 10, 12]]]
+  a = attribute_agreement(drawn, sim, np.ones((1, 1, 3), bool))
+  assert a["joint"] == pytest.approx(2 / 3) and a["belief"] == pytest.approx(2 / 3)
+  assert a["intent"] == pytest.approx(2 / 3) and a["behaviour"] == 1.0 and a["sentiment"] == 1.0
+  a = attribute_agreement(drawn, sim, np.array([[[True, True, False]]]))
+  assert all(v == 1.0 for v in a.values())
+
+
+def test_attributes_without_a_population_weight_is_a_config_error():
+  quick = "experiments/quickstart.py"
+  with pytest.raises(ConfigError, match="mf.attributes: an attribute-conditioned policy draws from the population"):
+    check_config(configs.load_config(quick, ["mf.attributes=True"]))
+  with pytest.raises(ConfigError, match="ib.population_weight: must be >= 0"):
+    check_config(configs.load_config(quick, ["ib.population_weight=-1.0"]))
+  check_config(configs.load_config(quick, ["mf.attributes=True", "ib.population_weight=1.0"]))
