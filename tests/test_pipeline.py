@@ -22,6 +22,7 @@ from mfjax.runs import RunFolderError
 from mfjax.workdir import ROLLOUT_ARRAYS, load_rollout, rollout_path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import probe_policy  # noqa: E402
 import report_table  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -481,3 +482,12 @@ def test_an_attribute_conditioned_run_labels_trains_the_head_and_reports_agreeme
   drawn = load_rollout(str(wd), "mf", 0)["category"]
   assert drawn.min() >= -1 and drawn.max() < 19 and (drawn >= 0).any()
   assert "category" not in load_rollout(str(wd), "state", 0)
+  # the probe of the run: P(share) from the head, which reads m; the tagged policy's NLL under each variant
+  probe_policy.main(["--run", str(wd), "--json", str(tmp_path / "probe.json")])
+  probe = json.load(open(tmp_path / "probe.json"))
+  v = probe["variants"]
+  assert list(v) == ["sampled", "mean", "swapped", "shuffled", "zero"] and probe["events"] == 2
+  assert v["sampled"]["p_share_change"] == 0 and v["zero"]["p_share_change"] > 0
+  assert all(np.isfinite(x["population"]) and x["nll"] > 0 for x in v.values())
+  assert set(probe["readout_r2"]) == {"share", "doubt", "negative"}
+  assert "linear read-out of q's mean" in capsys.readouterr().out

@@ -1,0 +1,259 @@
+"""How much a run's mean-field policy reads its mean field, and how much of the real population
+the mean field holds: the diagnosis of the population-fidelity work, for any run with an `mf` stage.
+
+On the run's validation events, teacher-forced along their real history (as IB-Tune trains), the
+`mf` stage's policy and population head read, at every step, one of these mean fields:
+
+  sampled   m ~ q(m | the real history so far), as trained
+  mean      m = q's mean
+  swapped   another event's m at the same step (each event reads the next one's)
+  shuffled  m of a random step of the same event
+  zero      m = 0
+
+and for each it prints:
+
+  NLL       the NLL per real action token, and that of the first token alone (the share text's
+            first token, or a comment's first character: where share or comment is decided)
+  pop CE    the population head's cross-entropy per agent (a run with `ib.population_weight` or
+            `mf.attributes`)
+  P(share)  each agent's probability of a share: the policy's probability that its action starts
+            with the share text's first token, or the head's probability of the share class for an
+            attribute-conditioned policy. Its mean, its SD over (event, step, agent) cells, its
+            correlation and slope against the real share rate of the same (event, step), and the mean
+            |change| from `sampled` (what the variant moves)
+
+then a linear read-out of q's mean: ridge regression from the mean read at step t to the real
+proportion of shares, doubting actions and negative actions in step t, R^2 by 4-fold
+cross-validation over events (does the mean field hold the population?). A policy that reads its
+mean field shows a P(share) that follows the real share rate and moves when m is swapped.
+
+  python tools/probe_policy.py --run runs/quickstart
+  python tools/probe_policy.py --run runs/ced_weibo --json runs/ced_weibo/probe.json
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mfjax import pipeline_config  # noqa: E402
+from mfjax.configs import ConfigError  # noqa: E402
+from mfjax.data import SHARE_TEXT  # noqa: E402
+from mfjax.errors import one_line_errors  # noqa: E402
+from mfjax.ibtune.objective import _flat, _per_agent_rows, mean_field_path, population_terms  # noqa: E402
+from mfjax.meanfield import MeanFieldEncoder  # noqa: E402
+from mfjax.model import Decoder  # noqa: E402
+from mfjax.params_keys import PARAMS  # noqa: E402
+from mfjax.categories import class_dimensions, class_of  # noqa: E402
+from mfjax.data import step_texts  # noqa: E402
+from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler  # noqa: E402
+from mfjax.pipeline.data import prepare, split_events  # noqa: E402
+from mfjax.pipeline.stages import load_trained, mesh_from  # noqa: E402
+from mfjax.policy import action_logprobs, prompt_state, with_tags  # noqa: E402
+from mfjax.runs import RunFolderError  # noqa: E402
+from mfjax.workdir import CONFIG_FILE, saved_config, stage_dir  # noqa: E402
+
+VARIANTS = ("sampled", "mean", "swapped", "shuffled", "zero")
+
+
+def variant_field(name: str, m, mu, rng):
+  """The mean field [E, T, K, D] a variant reads, from the sampled m and the posterior mean mu."""
+  E, T = m.shape[:2]
+  if name == "sampled":
+    return m
+  if name == "mean":
+    return mu
+  if name == "swapped":
+    return jnp.roll(m, 1, axis=0) if E > 1 else m
+  if name == "shuffled":
+    return m[jnp.arange(E)[:, None], jax.random.randint(rng, (E, T), 0, T)]
+  if name == "zero":
+    return jnp.zeros_like(m)
+  raise ValueError(name)
+
+
+def probe_chunk(model, encoder, params, batch, tags, share_id, rng):
+  """{variant: per-agent arrays [E, T, B]}: the NLL of the action's first token and of all its
+  tokens (summed), its token count, P(share), and the head's cross-entropy (NaN without a head)."""
+  k_m, k_s = jax.random.split(rng)
+  m, mu, _ = mean_field_path(model=model, encoder=encoder, params=params, batch=batch, rng=k_m)
+  E, T, B = batch["agent_mask"].shape
+  lm = params[PARAMS.lm]
+  prompt_ids, prompt_mask = _flat(batch["prompt_ids"], 1), _flat(batch["prompt_mask"], 1)
+  head = bool(encoder.cfg.classes)
+  if tags is not None:
+    prompt_ids, prompt_mask = with_tags(prompt_ids, prompt_mask, tags, _flat(batch["category"], 0))
+  out = {}
+  for name in VARIANTS:
+    field = variant_field(name, m, mu, k_s)
+    prefix = _per_agent_rows(field, B)
+    logp = action_logprobs(model, lm, prompt_ids, prompt_mask, _flat(batch["action_ids"], 1),
+                           _flat(batch["action_mask"], 1), prefix_NxKxD=prefix)  # [N, A]
+    w = _flat(batch["action_mask"], 1).astype(jnp.float32)
+    row = {"nll_first": -logp[:, 0].reshape(E, T, B), "nll_sum": -(logp * w).sum(-1).reshape(E, T, B),
+           "tokens": w.sum(-1).reshape(E, T, B)}
+    if head:
+      state = prompt_state(model, lm, batch["prompt_ids"], batch["prompt_mask"])
+      logits = encoder.apply({"params": params[PARAMS.mf]}, jnp.broadcast_to(field[:, :, None], (E, T, B) + field.shape[2:]),
+                             state, method=MeanFieldEncoder.class_logits)
+      row["p_head_share"] = jax.nn.softmax(logits, -1)[..., 0]
+      row["population"] = population_terms(model=model, encoder=encoder, params=params, batch=batch,
+                                           m_ExTxKxD=field)["population"]
+    if tags is None:  # the policy's own first-token distribution after the untagged prompt
+      _, hidden = model.apply({"params": lm}, prompt_ids, prompt_mask, prefix_embeds_BxKxD=prefix, return_hidden=True,
+                              queries_from=prompt_ids.shape[-1] - 1)
+      first = jax.nn.log_softmax(model.apply({"params": lm}, hidden[:, -1:], method=Decoder.logits)[:, 0], -1)
+      row["p_share"] = jnp.exp(first[:, share_id]).reshape(E, T, B)
+    else:
+      row["p_share"] = row["p_head_share"]
+    out[name] = row
+  return out, mu
+
+
+def _corr_slope(x, y):
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if x.std() == 0 or y.std() == 0:
+    return float("nan"), 0.0
+  c = float(np.corrcoef(x, y)[0, 1])
+  return c, float(np.polyfit(x, y, 1)[0])
+
+
+def ridge_r2(X, Y, groups, folds: int = 4, alpha: float = 1.0):
+  """R^2 per target column of ridge regression from X [N, F] to Y [N, C], cross-validated over
+  `groups` (no group in the fold that scores it); features standardised on the training folds."""
+  ids = np.unique(groups)
+  pred = np.zeros_like(Y, np.float64)
+  for f in range(folds):
+    test = np.isin(groups, ids[f::folds])
+    if not test.any() or test.all():
+      return [float("nan")] * Y.shape[1]
+    mean, std = X[~test].mean(0), X[~test].std(0) + 1e-8
+    Xtr, Xte = (X[~test] - mean) / std, (X[test] - mean) / std
+    ymean = Y[~test].mean(0)
+    coef = np.linalg.solve(Xtr.T @ Xtr + alpha * len(Xtr) * np.eye(X.shape[1]), Xtr.T @ (Y[~test] - ymean))
+    pred[test] = Xte @ coef + ymean
+  ss = ((Y - Y.mean(0)) ** 2).sum(0)
+  return [float(1 - ((Y[:, c] - pred[:, c]) ** 2).sum() / ss[c]) if ss[c] > 0 else float("nan")
+          for c in range(Y.shape[1])]
+
+
+def probe(run_dir: str, events: int = 0, seed: int = 0) -> dict:
+  path = os.path.join(run_dir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise SystemExit(f"--run: {path} not found: not a run folder of `python -m mfjax`")
+  try:
+    cfg = ml_collections.ConfigDict(saved_config(path))
+    pipeline_config.check_config(cfg)
+  except (RunFolderError, ConfigError) as e:
+    raise SystemExit(f"--run: {e}") from None
+  plan = pipeline_config.plan(cfg)
+  if not any(s.name == "mf" for s in plan.stages):
+    raise SystemExit(f"--run: {run_dir} trains no mf stage (rollout.methods={cfg.rollout.methods!r})")
+  if not os.path.isdir(stage_dir(run_dir, "mf")):
+    raise SystemExit(f"--run: {run_dir} has no trained mf stage yet (run `python -m mfjax train` there)")
+  data = prepare(plan, run_dir)
+  mesh = mesh_from(plan)
+  trained = load_trained(plan, run_dir, data, mesh=mesh)
+  params = jax.device_get(trained.params["mf"])
+  val = dict(data.val)
+  if "category" not in val:  # the real rates need the actions' categories: labelled as a head's would be
+    _, val_events, _, _, _ = split_events(plan.data)
+    b = plan.data.batch
+    texts, mask = step_texts(val_events, b.steps, b.agents_per_step)
+    ids = label_ids(CachedLabeler(make_labeler(plan.data.labeler)), [t for row in texts for t in row], mask.shape)
+    val["category"] = np.where(mask, class_of(ids), -1).astype(np.int32)
+  n = len(val["agent_mask"]) if not events else min(events, len(val["agent_mask"]))
+  share_id = data.tokenizer(SHARE_TEXT, add_special_tokens=False)["input_ids"][0]
+  chunk = min(plan.stage("mf").batch_events, n)
+  fn = jax.jit(lambda b, r: probe_chunk(trained.model, trained.encoder, params, b, data.tags, share_id, r))
+  rows, mus = [], []
+  for i in range(0, n - n % chunk, chunk):
+    r, mu = jax.device_get(fn({k: v[i:i + chunk] for k, v in val.items()}, jax.random.PRNGKey(seed + i)))
+    rows.append(r)
+    mus.append(mu)
+  return summarise(rows, np.concatenate(mus), {k: v[:len(mus) * chunk] for k, v in val.items()})
+
+
+def summarise(rows, mu, val) -> dict:
+  cat = lambda name, key: np.concatenate([r[name][key] for r in rows])
+  mask = np.asarray(val["agent_mask"], bool)
+  real = real_rates(val)  # [E, T] per rate
+  step_ok = mask.any(-1)
+  out = {"events": int(mask.shape[0]), "variants": {}}
+  base = cat("sampled", "p_share")
+  for name in VARIANTS:
+    p = cat(name, "p_share")
+    step_p = (p * mask).sum(-1) / np.maximum(mask.sum(-1), 1)
+    corr, slope = _corr_slope(real["share"][step_ok], step_p[step_ok])
+    tok = cat(name, "tokens")
+    v = {"nll": float((cat(name, "nll_sum") * mask).sum() / (tok * mask).sum()),
+         "nll_first": float((cat(name, "nll_first") * mask).sum() / mask.sum()),
+         "p_share_mean": float(p[mask].mean()), "p_share_sd": float(p[mask].std()),
+         "p_share_corr": corr, "p_share_slope": slope,
+         "p_share_change": float(np.abs(p - base)[mask].mean())}
+    if "population" in rows[0][name]:
+      v["population"] = float(np.mean([r[name]["population"] for r in rows]))
+    out["variants"][name] = v
+  E, T = mu.shape[:2]
+  X = mu.reshape(E * T, -1)
+  Y = np.stack([real[k].reshape(-1) for k in ("share", "doubt", "negative")], -1)
+  ok = step_ok.reshape(-1)
+  groups = np.repeat(np.arange(E), T)
+  out["readout_r2"] = dict(zip(("share", "doubt", "negative"), ridge_r2(X[ok], Y[ok], groups[ok])))
+  out["real_share_rate_sd"] = float(real["share"][step_ok].std())
+  out["real_share_rate"] = float((real["share"] * mask.sum(-1)).sum() / mask.sum())
+  return out
+
+
+def real_rates(val) -> dict:
+  """The real proportion of shares, doubting and negative actions of every (event, step) [E, T]."""
+  c = np.asarray(val["category"])
+  mask = np.asarray(val["agent_mask"], bool)
+  dims = class_dimensions()
+  n = np.maximum(mask.sum(-1), 1)
+  of = lambda dim, k: ((np.asarray(dims[dim])[np.maximum(c, 0)] == k) & mask).sum(-1) / n
+  return {"share": of("behaviour", 0), "doubt": of("belief", 1), "negative": of("sentiment", 0)}
+
+
+def table(result: dict) -> str:
+  lines = [f"{result['events']} validation events; the real share rate {result['real_share_rate']:.3f}, its SD "
+           f"over (event, step) {result['real_share_rate_sd']:.3f}",
+           f"{'variant':<10}{'NLL':>8}{'NLL 1st':>9}{'pop CE':>8}{'P(share)':>10}{'SD':>7}{'corr':>7}{'slope':>7}"
+           f"{'|change|':>10}"]
+  for name, v in result["variants"].items():
+    pop = f"{v['population']:8.3f}" if "population" in v else f"{'-':>8}"
+    lines.append(f"{name:<10}{v['nll']:8.3f}{v['nll_first']:9.3f}{pop}{v['p_share_mean']:10.3f}{v['p_share_sd']:7.3f}"
+                 f"{v['p_share_corr']:7.2f}{v['p_share_slope']:7.2f}{v['p_share_change']:10.4f}")
+  r2 = result["readout_r2"]
+  lines.append("linear read-out of q's mean (ridge, 4-fold over events), R^2: "
+               + ", ".join(f"{k} {v:.2f}" for k, v in r2.items()))
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--run", required=True, metavar="DIR", help="a run folder with a trained mf stage")
+  ap.add_argument("--events", type=int, default=0, help="validation events to probe (default: all of the run's)")
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--json", metavar="PATH", help="also write the result as JSON here (never over an existing file)")
+  a = ap.parse_args(argv)
+  if a.json and os.path.exists(a.json):
+    ap.error(f"--json: {a.json} exists; give a new path")
+  with one_line_errors():
+    result = probe(a.run, a.events, a.seed)
+  print(table(result))
+  if a.json:
+    with open(a.json, "x") as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
