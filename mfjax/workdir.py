@@ -77,6 +77,26 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
+# Config keys added after run folders were made, each with the value that does what those runs did: a
+# config.json without one reads as having that value (`saved_config`), so that such a run resumes, is
+# evaluated again and lends its stages (--trained-from) as before.
+ADDED_KEYS = {"ib.population_weight": 0.0, "mf.attributes": False, "mf.head_hidden": 128}
+
+
+def saved_config(path: str) -> dict:
+  """A run folder's config.json (as JSON), with every key of ADDED_KEYS it lacks at its old value."""
+  saved = read_json(path)
+  have = _flat(saved)
+  for key, value in ADDED_KEYS.items():
+    if key not in have:
+      *parents, leaf = key.split(".")
+      node = saved
+      for p in parents:
+        node = node.setdefault(p, {})
+      node[leaf] = value
+  return saved
+
+
 def differing_keys(a: dict, b: dict) -> list[str]:
   """The dotted keys whose values differ between two resolved configs (as JSON)."""
   fa, fb = _flat(a), _flat(b)
@@ -113,7 +133,7 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, may_differ: tupl
     return
   resolved = json.loads(cfg.to_json())
   if os.path.exists(path):
-    saved = read_json(path)
+    saved = saved_config(path)
     diff = differing_keys(saved, resolved)
     if [k for k in diff if not k.startswith(may_differ + (adopt if training else ()))]:
       then = "use another --workdir or remove that folder"
@@ -149,7 +169,7 @@ def check_trained_from(trained_from: str, workdir: str, cfg: ml_collections.Conf
     raise FileNotFoundError(f"--trained-from {trained_from} holds no run (no config.json there)")
   if os.path.realpath(trained_from) == os.path.realpath(workdir):
     raise WorkdirError(f"--trained-from names the workdir itself ({workdir}); leave it out to resume that run")
-  saved = read_json(path)
+  saved = saved_config(path)
   diff = [k for k in differing_keys(saved, json.loads(cfg.to_json())) if not k.startswith(may_differ)]
   if diff:
     keys = ", ".join(k + "*" if k.endswith(".") else k for k in may_differ)

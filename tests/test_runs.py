@@ -175,3 +175,25 @@ def test_a_rollout_is_saved_whole_under_its_key_list(tmp_path):
     with pytest.raises(ValueError, match="a rollout holds"):
       workdir.save_rollout(str(tmp_path), "state", 0, bad)
   assert not os.path.exists(workdir.rollout_path(str(tmp_path), "state", 0))
+
+
+def test_a_run_folder_from_before_a_config_key_was_added_reads_as_its_old_value(tmp_path):
+  from mfjax import configs
+  quick = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "quickstart.py")
+  cfg = configs.load_config(quick)
+  old = json.loads(cfg.to_json())
+  for key in workdir.ADDED_KEYS:  # a config.json written before these keys existed
+    *parents, leaf = key.split(".")
+    node = old
+    for p in parents:
+      node = node[p]
+    del node[leaf]
+  wd = tmp_path / "old"
+  wd.mkdir()
+  (wd / "config.json").write_text(json.dumps(old))
+  check_workdir(str(wd), cfg)  # the same run: it resumes
+  assert workdir.saved_config(str(wd / "config.json")) == json.loads(cfg.to_json())
+  with pytest.raises(WorkdirError, match=r"keys \['ib.population_weight'\]"):
+    check_workdir(str(wd), configs.load_config(quick, ["ib.population_weight=1.0"]))
+  # and its trained stages may be read by a run of the same config
+  workdir.check_trained_from(str(wd), str(tmp_path / "new"), cfg, ())
