@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mf_setup import EOS, PAD, make_batch, make_model
+from mf_setup import PAD, make_batch, make_model
 from mfjax import configs
 from mfjax.categories import CLASSES, DIMENSIONS, class_dimensions, class_of
 from mfjax.configs import ConfigError
-from mfjax.data import load_tokenizer, make_step_batch, synthetic
+from mfjax.data import make_step_batch, synthetic
 from mfjax.data.batching import BatchConfig
 from mfjax.data.prompts import attribute_tag
 from mfjax.evaluation.report import CachedLabeler, attribute_agreement, make_labeler
