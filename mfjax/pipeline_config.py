@@ -154,6 +154,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.rollout.temperature = 1.0  # 1.0 = the policy's own distribution
   c.rollout.top_k = 0
   c.rollout.top_p = 1.0
+  # sample only actions that decode as valid UTF-8: a byte-level token that would break a character is never
+  # drawn (mfjax.sampling.ValidUtf8; a draw that was valid is the same draw with it, same keys)
+  c.rollout.valid_utf8 = False
 
   # The paper's intervention application (mfjax.data.intervention): after the rollouts, every method named here is
   # rolled out again, with the same keys, on the eval events with the last `agents` agents of step `step` writing
@@ -430,6 +433,7 @@ class SamplingPlan:
   temperature: float
   top_k: int
   top_p: float
+  valid_utf8: bool  # rollout.valid_utf8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -495,7 +499,7 @@ def plan(cfg) -> RunPlan:
                           bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta),
                           float(cfg.ib.population_weight))
   sampling = SamplingPlan(int(r.seeds), int(r.warmup), int(r.batch_events), float(r.temperature), int(r.top_k),
-                          float(r.top_p))
+                          float(r.top_p), bool(r.valid_utf8))
   return RunPlan(tuple(_methods(cfg)), tuple(stages), tuple(rollouts), _intervention_of(cfg), lora_config(cfg),
                  int(cfg.seed), data, _model_plan(cfg), training, sampling, MeshConfig.from_config(cfg.parallel),
                  bool(cfg.parallel.pin_activations))

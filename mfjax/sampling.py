@@ -5,7 +5,10 @@ iteration of a `lax.while_loop` whose carry (`SamplerState`) holds the KV cache
 and the output buffers; the loop stops early once every row has emitted eos.
 Nothing on the hot path is a Python loop over tokens or rows.
 `score_and_generate` also scores given continuations of the prompts
-(teacher-forced) in the pass that fills the prompts' cache.
+(teacher-forced) in the pass that fills the prompts' cache. With `utf8`
+(`ValidUtf8`, built from the tokens' bytes), every sample is valid UTF-8: a
+byte-level token that would break a character, or leave one unfinished by the
+last slot, is never drawn (the row's decoder state rides in the carry).
 
 Letters: B batch, P prompt tokens, K prefix vectors, N new tokens, A scored
 tokens, S = K + P + max(N, A) cache slots, V vocab.
@@ -14,7 +17,9 @@ tokens, S = K + P + max(N, A) cache slots, V vocab.
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Optional, Sequence
+
+import numpy as np
 
 import flax.struct
 import jax
@@ -22,6 +27,62 @@ import jax.numpy as jnp
 
 from mfjax.model.transformer import Decoder, KVCache, positions_from_mask, unrolled
 from mfjax.parallel.mesh import pinning
+
+
+# The UTF-8 decoder's states: 0 between characters; then how many continuation bytes are still due
+# and, after the lead bytes E0, ED, F0 and F4, the narrower range of the next one (no overlong form,
+# no surrogate, nothing past U+10FFFF).
+_UTF8_PENDING = np.array([0, 1, 2, 2, 2, 3, 3, 3], np.int32)
+_UTF8_STATES = len(_UTF8_PENDING)
+
+
+def _utf8_step(state: int, b: int) -> int:
+  """The decoder state after byte `b` in `state`, or -1 where `b` cannot come there."""
+  if state == 0:
+    if b < 0x80:
+      return 0
+    if 0xC2 <= b <= 0xDF:
+      return 1
+    return {0xE0: 3, 0xED: 4, 0xF0: 6, 0xF4: 7}.get(b, 2 if 0xE1 <= b <= 0xEF else 5 if 0xF1 <= b <= 0xF3 else -1)
+  low, high, after = {1: (0x80, 0xBF, 0), 2: (0x80, 0xBF, 1), 3: (0xA0, 0xBF, 1), 4: (0x80, 0x9F, 1),
+                      5: (0x80, 0xBF, 2), 6: (0x90, 0xBF, 2), 7: (0x80, 0x8F, 2)}[state]
+  return after if low <= b <= high else -1
+
+
+class ValidUtf8:
+  """What a sampler may draw so that its text decodes as valid UTF-8: for every token id and decoder
+  state, the state after the token's bytes (-1: the token breaks a character, has no bytes, or is
+  a special token). Hashed by identity (a static argument of the jitted sampler): build it once per
+  tokenizer (`mfjax.data.tokenizers.token_bytes` gives the bytes)."""
+
+  def __init__(self, token_bytes: Sequence[Optional[bytes]]):
+    table = np.full((len(token_bytes), _UTF8_STATES), -1, np.int8)
+    for i, data in enumerate(token_bytes):
+      if not data:
+        continue
+      for start in range(_UTF8_STATES):
+        state = start
+        for b in data:
+          state = _utf8_step(state, b)
+          if state < 0:
+            break
+        table[i, start] = state
+    self.table = table  # [V, states]
+
+  def allowed(self, state_B, slots_left, eos_id, vocab: int):
+    """[B, vocab] bool: the tokens a row in `state_B` may draw with `slots_left` tokens after this one
+    (each continuation byte may need a token of its own); eos only between characters."""
+    table = jnp.asarray(self.table, jnp.int32)
+    nxt = table.T[state_B]  # [B, V]
+    ok = (nxt >= 0) & (jnp.asarray(_UTF8_PENDING)[jnp.maximum(nxt, 0)] <= slots_left)
+    ok = jnp.pad(ok, ((0, 0), (0, vocab - ok.shape[1]))) if vocab > ok.shape[1] else ok[:, :vocab]
+    return jnp.where(jnp.arange(vocab)[None] == eos_id, (state_B == 0)[:, None], ok)
+
+  def next_state(self, state_B, token_B):
+    """The rows' states after their drawn tokens (0 after a token the table does not cover)."""
+    table = jnp.asarray(self.table, jnp.int32)
+    safe = jnp.clip(token_B, 0, table.shape[0] - 1)
+    return jnp.maximum(table[safe, state_B], 0)
 
 
 @flax.struct.dataclass
@@ -37,6 +98,7 @@ class SamplerState:
   tokens_BxN: jax.Array  # int32 output buffer (pad after eos)
   logprobs_BxN: jax.Array  # float32 output buffer (0 after eos)
   mask_BxN: jax.Array  # bool: token is real (up to and including eos)
+  utf8_B: jax.Array  # int32: the UTF-8 decoder's state after the row's tokens (0 without `ValidUtf8`)
 
 
 @flax.struct.dataclass
@@ -157,7 +219,7 @@ def token_logprobs(logits_BxAxV, ids_BxA, mask_BxA):
 
 def _generate_impl(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperature, eos_id, pad_id,
                    prefix_BxKxD, score_BxA, score_mask_BxA, *, max_new_tokens: int, top_k: int, top_p: float,
-                   unroll: bool) -> tuple[SampleOutput, Optional[jax.Array]]:
+                   unroll: bool, utf8: Optional[ValidUtf8] = None) -> tuple[SampleOutput, Optional[jax.Array]]:
   if unroll:  # a scanned loop would copy every layer's weights at every decode step
     model, params = unrolled(model, params)
   B, P = prompt_BxP.shape
@@ -165,8 +227,17 @@ def _generate_impl(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, tem
   N = max_new_tokens
   head_mask = jnp.concatenate([jnp.ones((B, K), jnp.int32), prompt_mask_BxP.astype(jnp.int32)], axis=1)
   variables = {"params": params}
-  sample = functools.partial(sample_token, temperature=temperature, top_k=top_k, top_p=top_p)
+  draw = functools.partial(sample_token, temperature=temperature, top_k=top_k, top_p=top_p)
   extend = functools.partial(model.apply, variables, method=Decoder.extend)
+
+  def sample(logits_BxV, key, step, utf8_B):
+    """(token, its unfiltered log-prob, the row's UTF-8 state after it)."""
+    if utf8 is None:
+      return (*draw(logits_BxV, key), utf8_B)
+    ok = utf8.allowed(utf8_B, N - 1 - step, eos_id, logits_BxV.shape[-1])
+    token, _ = draw(jnp.where(ok, logits_BxV, -jnp.inf), key)
+    logprob = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV.astype(jnp.float32), -1), token[:, None], -1)[:, 0]
+    return token, logprob, utf8.next_state(utf8_B, token)
 
   # Prefill: prefix + prompt (+ the continuations to score, teacher-forced) in one
   # pass; the prompt's last slot is a real token in every row because prompts are
@@ -191,14 +262,14 @@ def _generate_impl(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, tem
   first_logits = logits[:, 0]
   G = max(N, A)  # generation slots
   cache = jax.tree.map(lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, G - A), (0, 0)]), cache)
-  token, logprob = sample(first_logits, jax.random.fold_in(rng, 0))
+  token, logprob, utf8_B = sample(first_logits, jax.random.fold_in(rng, 0), 0, jnp.zeros((B,), jnp.int32))
   done = token == eos_id
   state = SamplerState(
       step=jnp.int32(1), cache=cache, kv_mask_BxS=jnp.concatenate([head_mask, jnp.ones((B, G), jnp.int32)], axis=1),
       last_token_B=token, position_B=jnp.sum(head_mask, axis=1), done_B=done,
       tokens_BxN=jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(token),
       logprobs_BxN=jnp.zeros((B, N), jnp.float32).at[:, 0].set(logprob),
-      mask_BxN=jnp.zeros((B, N), bool).at[:, 0].set(True))
+      mask_BxN=jnp.zeros((B, N), bool).at[:, 0].set(True), utf8_B=utf8_B)
 
   def cond(s: SamplerState):
     return (s.step < N) & ~jnp.all(s.done_B)
@@ -206,7 +277,7 @@ def _generate_impl(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, tem
   def body(s: SamplerState):
     logits, _, cache = extend(s.last_token_B[:, None], s.kv_mask_BxS, s.position_B[:, None], s.cache,
                               K + P + s.step - 1)
-    token, logprob = sample(logits[:, -1], jax.random.fold_in(rng, s.step))
+    token, logprob, utf8_B = sample(logits[:, -1], jax.random.fold_in(rng, s.step), s.step, s.utf8_B)
     live = ~s.done_B
     token = jnp.where(live, token, pad_id)
     col = lambda buf, v: jax.lax.dynamic_update_slice(buf, v[:, None].astype(buf.dtype), (0, s.step))
@@ -214,13 +285,13 @@ def _generate_impl(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, tem
         step=s.step + 1, cache=cache, kv_mask_BxS=s.kv_mask_BxS, last_token_B=token,
         position_B=s.position_B + 1, done_B=s.done_B | (token == eos_id),
         tokens_BxN=col(s.tokens_BxN, token), logprobs_BxN=col(s.logprobs_BxN, jnp.where(live, logprob, 0.0)),
-        mask_BxN=col(s.mask_BxN, live))
+        mask_BxN=col(s.mask_BxN, live), utf8_B=jnp.where(live, utf8_B, s.utf8_B))
 
   state = jax.lax.while_loop(cond, body, state)
   return SampleOutput(state.tokens_BxN, state.logprobs_BxN, state.mask_BxN), scored
 
 
-_generate = jax.jit(_generate_impl, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "unroll"))
+_generate = jax.jit(_generate_impl, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "unroll", "utf8"))
 
 
 def _sampler():
@@ -245,7 +316,8 @@ def _arguments(prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id):
 
 def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: Optional[int] = None,
-             pad_id: Optional[int] = None, prefix_embeds=None, unroll_layers: bool = True) -> SampleOutput:
+             pad_id: Optional[int] = None, prefix_embeds=None, unroll_layers: bool = True,
+             utf8: Optional[ValidUtf8] = None) -> SampleOutput:
   """Sample `max_new_tokens` continuations of left-padded prompts.
 
   prompt_ids, prompt_mask: [B, P] (mask 1 on real tokens; padding on the left).
@@ -255,19 +327,21 @@ def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_to
   tokens are `pad_id` (default: eos_id, else 0) with log-prob 0 and mask False.
   `unroll_layers` runs a scanned model's layers unrolled inside the sampler
   (faster decoding; compile time grows with depth). Jitted once per (model,
-  shapes, max_new_tokens, top_k, top_p, unroll_layers).
+  shapes, max_new_tokens, top_k, top_p, unroll_layers, utf8). With `utf8` every
+  row's tokens decode as valid UTF-8 (module docstring); the log-probs stay the
+  model's own.
   """
   prompt_ids, prompt_mask, eos, pad = _arguments(prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id)
   out, _ = _sampler()(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad,
                       prefix_embeds, None, None, max_new_tokens=int(max_new_tokens), top_k=int(top_k),
-                      top_p=float(top_p), unroll=bool(unroll_layers))
+                      top_p=float(top_p), unroll=bool(unroll_layers), utf8=utf8)
   return out
 
 
 def score_and_generate(model: Decoder, params, prompt_ids, prompt_mask, score_ids, score_mask, *, rng,
                        max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                        eos_id: Optional[int] = None, pad_id: Optional[int] = None, prefix_embeds=None,
-                       unroll_layers: bool = True) -> tuple[jax.Array, SampleOutput]:
+                       unroll_layers: bool = True, utf8: Optional[ValidUtf8] = None) -> tuple[jax.Array, SampleOutput]:
   """(log p(score_ids | prompt) [B, A], `generate`'s samples) from one pass over the prompts.
 
   score_ids, score_mask: [B, A] given continuations of the prompts, scored
@@ -284,5 +358,5 @@ def score_and_generate(model: Decoder, params, prompt_ids, prompt_mask, score_id
                      f"prompts' {prompt_ids.shape[0]} rows")
   out, scored = _sampler()(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad,
                            prefix_embeds, score_ids, score_mask, max_new_tokens=int(max_new_tokens),
-                           top_k=int(top_k), top_p=float(top_p), unroll=bool(unroll_layers))
+                           top_k=int(top_k), top_p=float(top_p), unroll=bool(unroll_layers), utf8=utf8)
   return scored, out

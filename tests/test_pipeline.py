@@ -467,10 +467,11 @@ def test_an_ib_sweep_trains_a_stage_per_beta_and_scores_each(tmp_path, capsys):
 
 def test_an_attribute_conditioned_run_labels_trains_the_head_and_reports_agreement(tmp_path, capsys):
   """mf.attributes: the actions' categories labelled once, the population term in the mf stage's
-  log and validation, each agent's drawn category saved with the rollout and scored for agreement."""
+  log and validation, each agent's drawn category saved with the rollout and scored for agreement;
+  with rollout.valid_utf8 no action holds a broken character."""
   wd = tmp_path / "attr"
   _cli("run", wd, extra=["mf.attributes=True", "ib.population_weight=1.0", "rollout.methods=state,mf",
-                         "rollout.seeds=1"])
+                         "rollout.seeds=1", "rollout.valid_utf8=True"])
   out = capsys.readouterr().out
   assert "actions' categories for the population head" in out and "[data] attribute tags: " in out
   results = _check_results(wd, seeds=1, methods={"state", "mf"})
@@ -482,6 +483,13 @@ def test_an_attribute_conditioned_run_labels_trains_the_head_and_reports_agreeme
   drawn = load_rollout(str(wd), "mf", 0)["category"]
   assert drawn.min() >= -1 and drawn.max() < 19 and (drawn >= 0).any()
   assert "category" not in load_rollout(str(wd), "state", 0)
+  # rollout.valid_utf8: no sampled action of any method holds a broken character
+  from mfjax.data import load_tokenizer
+  from mfjax.evaluation.report import decode_actions
+  tok = load_tokenizer(str(wd / "tokenizer"))
+  for method in ("state", "mf"):
+    r = load_rollout(str(wd), method, 0)
+    assert not any("\ufffd" in t for t in decode_actions(tok, r["tokens"], r["mask"])), method
   # the probe of the run: P(share) from the head, which reads m; the tagged policy's NLL under each variant
   probe_policy.main(["--run", str(wd), "--json", str(tmp_path / "probe.json")])
   probe = json.load(open(tmp_path / "probe.json"))

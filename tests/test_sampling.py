@@ -194,3 +194,74 @@ def test_bad_arguments_are_errors(tiny):
     sampling.generate(model, params, tokens, mask, rng=jax.random.PRNGKey(0), max_new_tokens=0)
   with pytest.raises(ValueError, match="differ in shape"):
     sampling.generate(model, params, tokens, mask[:, 1:], rng=jax.random.PRNGKey(0), max_new_tokens=2)
+
+
+def _byte_vocab(vocab: int, seed: int = 0):
+  """Bytes of a made-up byte-level vocabulary: ids 0-2 special, then ASCII letters, lone lead and
+  continuation bytes, and whole Chinese characters (some cut in two)."""
+  rng = np.random.default_rng(seed)
+  pieces = [None, None, None]
+  chars = [c.encode() for c in "中文微博谣言转发评论"]
+  while len(pieces) < vocab:
+    kind = rng.choice(4, p=[0.7, 0.02, 0.02, 0.26])
+    pieces.append(bytes([rng.integers(0x61, 0x7B)]) if kind == 0 else
+                  bytes([rng.choice([0xC3, 0xE4, 0xE5, 0xE6, 0xE8, 0xF0])]) if kind == 1 else
+                  bytes([rng.integers(0x80, 0xC0)]) if kind == 2 else
+                  chars[rng.integers(len(chars))][:rng.choice([1, 2, 3, 3, 3, 3])])
+  return pieces
+
+
+def _decodes(pieces, tokens, mask, eos):
+  out = []
+  for row, keep in zip(np.asarray(tokens), np.asarray(mask)):
+    data = b"".join(pieces[t] or b"" for t, k in zip(row, keep) if k and t != eos)  # special: skipped
+    try:
+      data.decode("utf-8")
+      out.append(True)
+    except UnicodeDecodeError:
+      out.append(False)
+  return np.array(out)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (8, 0.9)])
+def test_valid_utf8_samples_decode_and_a_valid_draw_is_the_same_draw(tiny, top_k, top_p):
+  model, params = tiny
+  pieces = _byte_vocab(model.cfg.vocab_size)
+  utf8 = sampling.ValidUtf8(pieces)
+  rng = np.random.default_rng(3)
+  mask = np.ones((64, 6), np.int32)
+  tokens = rng.integers(3, model.cfg.vocab_size, mask.shape)
+  kw = dict(rng=jax.random.PRNGKey(1), max_new_tokens=9, eos_id=2, pad_id=0, top_k=top_k, top_p=top_p)
+  free = sampling.generate(model, params, tokens, mask, **kw)
+  valid = sampling.generate(model, params, tokens, mask, utf8=utf8, **kw)
+  assert _decodes(pieces, valid.tokens, valid.mask, 2).all()  # every row, eos or cut at the last slot
+  ok = _decodes(pieces, free.tokens, free.mask, 2)
+  assert 0 < ok.sum() < len(ok)  # unconstrained, this vocabulary breaks some rows and not others
+  # a special token other than eos is never drawn under the constraint (it stands for no text)
+  special = ((np.asarray(free.tokens) < 2) & np.asarray(free.mask)).any(-1)
+  assert not ((np.asarray(valid.tokens) < 2) & np.asarray(valid.mask)).any()
+  ok &= ~special
+  if top_k == 0:  # with the full distribution a row that was valid is drawn the same (same keys)
+    assert ok.sum() > 5
+    np.testing.assert_array_equal(np.asarray(valid.tokens)[ok], np.asarray(free.tokens)[ok])
+    np.testing.assert_array_equal(np.asarray(valid.logprobs)[ok], np.asarray(free.logprobs)[ok])
+  # score_and_generate samples under the same constraint
+  scored, both = sampling.score_and_generate(model, params, tokens, mask, tokens[:, :3], mask[:, :3], utf8=utf8, **kw)
+  np.testing.assert_array_equal(both.tokens, valid.tokens)
+
+
+def test_the_utf8_automaton_refuses_what_python_refuses():
+  # every 1-3 byte sequence: the table's verdict (from the start, ending between characters) is Python's
+  pieces = [bytes([b]) for b in range(256)]
+  table = sampling.ValidUtf8(pieces).table
+  rng = np.random.default_rng(0)
+  for _ in range(3000):
+    seq = bytes(rng.integers(0, 256, rng.integers(1, 5)))
+    state = 0
+    for b in seq:
+      state = table[b, state] if state >= 0 else -1
+    try:
+      seq.decode("utf-8")
+      assert state == 0, seq
+    except UnicodeDecodeError:
+      assert state != 0, seq

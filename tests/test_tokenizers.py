@@ -57,3 +57,34 @@ def test_a_trained_tokenizer_appears_whole_and_a_broken_one_is_an_error_naming_i
     f.truncate(100)
   with pytest.raises(TokenizerError, match=f"{tmp_path / 'tok'}: its tokenizer files cannot be read"):
     load_tokenizer(str(tmp_path / "tok"))
+
+
+def test_token_bytes_are_what_each_token_decodes_to(tmp_path):
+  from mfjax.data.tokenizers import token_bytes
+  tok = train_tokenizer(TEXTS, 320, str(tmp_path))
+  pieces = token_bytes(tok)
+  assert len(pieces) == len(tok) and all(pieces[i] is None for i in tok.all_special_ids)
+  whole = [i for i, b in enumerate(pieces) if b is not None and b.decode("utf-8", "ignore").encode() == b]
+  assert len(whole) > 50  # whole characters and words, beside the lone bytes
+  for i in whole:
+    assert pieces[i].decode() == tok.decode([i])
+  ids = tok("真的吗？求真相 [泪]", add_special_tokens=False)["input_ids"]
+  assert b"".join(pieces[i] for i in ids).decode() == "真的吗？求真相 [泪]"
+
+
+def test_token_bytes_of_a_byte_fallback_sentencepiece_vocabulary():
+  from mfjax.data.tokenizers import token_bytes
+
+  class Fallback:  # what token_bytes reads of a Llama-2-style tokenizer
+    all_special_ids = [0, 1]
+    backend_tokenizer = type("B", (), {"to_str": lambda self: '{"decoder": {"type": "Sequence", "decoders": '
+                                                             '[{"type": "ByteFallback"}]}}'})()
+    pieces = ["<unk>", "<s>", "<0xE4>", "<0xB8>", "▁真的", "吗"]
+
+    def __len__(self):
+      return len(self.pieces)
+
+    def convert_ids_to_tokens(self, ids):
+      return [self.pieces[i] for i in ids]
+
+  assert token_bytes(Fallback()) == [None, None, b"\xe4", b"\xb8", " 真的".encode(), "吗".encode()]

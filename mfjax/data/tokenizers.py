@@ -7,6 +7,7 @@ Both return a `transformers` fast tokenizer; a trained one is saved so that
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Iterable
@@ -70,3 +71,38 @@ def load_tokenizer(path: str, padding_side: str = "left"):
   if tok.pad_token is None:
     tok.pad_token = tok.eos_token
   return tok
+
+
+def _byte_level_alphabet() -> dict:
+  """The printable character that byte-level BPE writes for each byte (GPT-2's mapping): bytes that
+  are printable and not a space stand for themselves, the others for 256 + their rank among them."""
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+  out, extra = {}, 0
+  for b in range(256):
+    if b in printable:
+      out[chr(b)] = b
+    else:
+      out[chr(256 + extra)] = b
+      extra += 1
+  return out
+
+
+def token_bytes(tokenizer) -> list:
+  """The bytes each token id stands for (None for special tokens), for byte-level BPE tokenizers
+  (trained here, GPT-2, Qwen, Llama 3) and byte-fallback SentencePiece ones (<0xAB> pieces, ▁ for a
+  space: Llama 2, Mistral); `mfjax.sampling.ValidUtf8` is built from them."""
+  special = set(tokenizer.all_special_ids)
+  spec = json.loads(tokenizer.backend_tokenizer.to_str())
+  byte_level = "ByteLevel" in json.dumps(spec.get("decoder"))
+  alphabet = _byte_level_alphabet()
+  out = []
+  for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+    if i in special or piece is None:
+      out.append(None)
+    elif byte_level:
+      out.append(bytes(alphabet[c] for c in piece) if all(c in alphabet for c in piece) else piece.encode())
+    elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+      out.append(bytes([int(piece[3:5], 16)]))
+    else:
+      out.append(piece.replace("▁", " ").encode())
+  return out

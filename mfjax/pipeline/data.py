@@ -16,6 +16,7 @@ from mfjax.categories import CLASSES, class_of
 from mfjax.data import (StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
                         make_step_batch, policy_prompt, step_texts, synthetic, train_tokenizer)
 from mfjax.data.prompts import attribute_tag
+from mfjax.data.tokenizers import token_bytes
 from mfjax.data.intervention import forced_mask, inject
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler
 from mfjax.meanfield import TextMFSpec
@@ -23,6 +24,7 @@ from mfjax.model import hf
 from mfjax.parallel import distributed
 from mfjax.pipeline_config import DataPlan, RunPlan, check_data_choices
 from mfjax.policy import AttributeTags
+from mfjax.sampling import ValidUtf8
 from mfjax.rollout import ContextSpec
 from mfjax.rollout.context import CONTEXT_HEADER, CONTEXT_SEP
 from mfjax.runs import log
@@ -46,6 +48,7 @@ class Data:
   # agent mask [N, T, B] and labels, and the eval events' labels
   references: Optional[dict] = None
   tags: Optional[AttributeTags] = None  # an attribute-conditioned policy's tag tokens (data.attributes)
+  utf8: Optional[ValidUtf8] = None  # what the rollouts may sample (rollout.valid_utf8)
 
 
 def data_files(d: DataPlan) -> dict:
@@ -128,6 +131,13 @@ def label_categories(labeler: CachedLabeler, batch: StepBatch) -> np.ndarray:
 
 def prepare(plan: RunPlan, workdir: str) -> Data:
   """Events, tokenizer (trained once into workdir/tokenizer) and step tensors."""
+  data = _prepare(plan, workdir)
+  if plan.sampling.valid_utf8:
+    data.utf8 = ValidUtf8(token_bytes(data.tokenizer))
+  return data
+
+
+def _prepare(plan: RunPlan, workdir: str) -> Data:
   t0 = time.time()
   d = plan.data
   train, val, test, truth, split = split_events(d)

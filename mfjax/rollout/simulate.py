@@ -78,6 +78,7 @@ class RolloutSpec:
   score_real: bool = True  # compute the real actions' log-probs (the NLL column); False leaves zeros
   text: Optional[text_mf.TextMFSpec] = None  # read and write the text mean field (mf_text)
   tags: Optional[AttributeTags] = None  # mf: draw each agent's category from the population head, write given it
+  utf8: Optional[sampling.ValidUtf8] = None  # sample only actions that decode as valid UTF-8
 
 
 @flax.struct.dataclass
@@ -144,7 +145,7 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
       in_ids, in_mask = with_context(per_agent(c_ids, B), per_agent(c_mask, B), in_ids, in_mask)
     prefix = per_agent(read.prefix, B) if read.prefix is not None else None
     sample = dict(rng=k_s, max_new_tokens=A, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p,
-                  eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, prefix_embeds=prefix)
+                  eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, prefix_embeds=prefix, utf8=spec.utf8)
     drawn = jnp.full((E * B,), -1, jnp.int32)
     if spec.tags is not None:  # the category from the head, then the action given its tag
       state_NxD = prompt_state(model, lm, in_ids, in_mask)
@@ -223,9 +224,10 @@ def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec:
 
 def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSpec] = None, top_k: int = 0,
                 top_p: float = 1.0, score_real: bool = True, text: Optional[text_mf.TextMFSpec] = None,
-                tags: Optional[AttributeTags] = None) -> tuple[RolloutSpec, int]:
+                tags: Optional[AttributeTags] = None,
+                utf8: Optional[sampling.ValidUtf8] = None) -> tuple[RolloutSpec, int]:
   """(static spec, traced context kind) of a method; `tags` makes `mf` attribute-conditioned (other
-  methods ignore them)."""
+  methods ignore them); `utf8`: every method samples valid UTF-8 only."""
   """(static spec, traced context kind) of a method."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -237,7 +239,7 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
   spec = RolloutSpec(use_context=use_context, use_mf=method == "mf", max_new_tokens=int(max_new_tokens),
                      top_k=int(top_k), top_p=float(top_p), context=context if use_context else None,
                      score_real=bool(score_real), text=text if method == "mf_text" else None,
-                     tags=tags if method == "mf" else None)
+                     tags=tags if method == "mf" else None, utf8=utf8)
   return spec, KINDS.get(method, NONE)
 
 
@@ -245,7 +247,8 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
              context: Optional[ContextSpec] = None, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, score_real: bool = True, mesh=None, rules=RULES,
              donate_batch: bool = False, pin_activations: bool = True,
-             text: Optional[text_mf.TextMFSpec] = None, tags: Optional[AttributeTags] = None) -> RolloutOutput:
+             text: Optional[text_mf.TextMFSpec] = None, tags: Optional[AttributeTags] = None,
+             utf8: Optional[sampling.ValidUtf8] = None) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`, + "mf_lm",
   the summary writer, for `mf_text`, whose token layout is `text`).
@@ -254,7 +257,9 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   ([E, T, B] bool: an intervention's agents, whose batch actions are taken as
   in warm-up). `tags` (`mf` only): the attribute-conditioned policy (module
   docstring), whose real actions are scored under the batch key `category`
-  ([E, T, B] their joint categories). Jitted once per (model, encoder, shapes, spec). score_real=False
+  ([E, T, B] their joint categories). `utf8` (`sampling.ValidUtf8` of the
+  tokenizer): the actions are sampled as valid UTF-8 only (the text mean field's
+  summaries are not constrained). Jitted once per (model, encoder, shapes, spec). score_real=False
   skips scoring the real actions (pure simulation; real_logprobs are zeros).
 
   With a mesh, the events split over data x fsdp and the parameters (and, with
@@ -265,7 +270,7 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   mesh): the batch's `action_ids` buffer is donated to the sampled tokens; the
   caller must not use that array again (the pipeline builds each batch afresh)."""
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
-                           top_p=top_p, score_real=score_real, text=text, tags=tags)
+                           top_p=top_p, score_real=score_real, text=text, tags=tags, utf8=utf8)
   if spec.use_mf and (encoder is None or PARAMS.mf not in params):
     raise ValueError("method 'mf' needs the encoder and params['mf']")
   if spec.tags is not None and not encoder.cfg.classes:
