@@ -474,6 +474,7 @@ def test_an_attribute_conditioned_run_labels_trains_the_head_and_reports_agreeme
                          "rollout.seeds=1", "rollout.valid_utf8=True"])
   out = capsys.readouterr().out
   assert "actions' categories for the population head" in out and "[data] attribute tags: " in out
+  assert "(mf: the labeler reads the category each agent drew in " in out
   results = _check_results(wd, seeds=1, methods={"state", "mf"})
   agreement = results["methods"]["mf"]["attribute_agreement"]
   assert set(agreement) == {"joint", *DIMENSIONS} and all(0 <= v <= 1 for v in agreement.values())

@@ -360,6 +360,11 @@ def table(results: dict) -> str:
     dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
     rows.append(f"{m:<14}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}{r['js_mean']:>8.4f}{r['dtw_mean']:>8.3f}"
                 f"{r['nll']:>8.3f}   {dims}")
+  for m, r in results["methods"].items():
+    if "attribute_agreement" in r:
+      a = r["attribute_agreement"]
+      rows.append(f"({m}: the labeler reads the category each agent drew in {a['joint']:.1%} of its actions; "
+                  + ", ".join(f"{d} {a[d]:.1%}" for d in DIMENSIONS) + ")")
   if "simulators" in results:
     world = ("; world*: the synthetic world's own equations run free from the warm-up"
              if "world" in results["simulators"]["methods"] else "")
