@@ -83,17 +83,20 @@ def _flat(d: dict, prefix: str = "") -> dict:
 ADDED_KEYS = {"ib.population_weight": 0.0, "mf.attributes": False, "mf.head_hidden": 128, "rollout.valid_utf8": False}
 
 
-def saved_config(path: str) -> dict:
-  """A run folder's config.json (as JSON), with every key of ADDED_KEYS it lacks at its old value."""
+def saved_config(path: str, like: Optional[dict] = None) -> dict:
+  """A run folder's config.json (as JSON), with each key of ADDED_KEYS it lacks at its old value:
+  those `like` (the config it is compared with) has, or, without `like`, those whose section it has
+  (a pipeline run's; another command's config, the LM demo's, gains none)."""
   saved = read_json(path)
-  have = _flat(saved)
+  have, wanted = _flat(saved), None if like is None else _flat(like)
   for key, value in ADDED_KEYS.items():
-    if key not in have:
-      *parents, leaf = key.split(".")
-      node = saved
-      for p in parents:
-        node = node.setdefault(p, {})
-      node[leaf] = value
+    *parents, leaf = key.split(".")
+    if key in have or (wanted is not None and key not in wanted) or (wanted is None and parents[0] not in saved):
+      continue
+    node = saved
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
   return saved
 
 
@@ -133,7 +136,7 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, may_differ: tupl
     return
   resolved = json.loads(cfg.to_json())
   if os.path.exists(path):
-    saved = saved_config(path)
+    saved = saved_config(path, like=resolved)
     diff = differing_keys(saved, resolved)
     if [k for k in diff if not k.startswith(may_differ + (adopt if training else ()))]:
       then = "use another --workdir or remove that folder"
@@ -169,8 +172,9 @@ def check_trained_from(trained_from: str, workdir: str, cfg: ml_collections.Conf
     raise FileNotFoundError(f"--trained-from {trained_from} holds no run (no config.json there)")
   if os.path.realpath(trained_from) == os.path.realpath(workdir):
     raise WorkdirError(f"--trained-from names the workdir itself ({workdir}); leave it out to resume that run")
-  saved = saved_config(path)
-  diff = [k for k in differing_keys(saved, json.loads(cfg.to_json())) if not k.startswith(may_differ)]
+  resolved = json.loads(cfg.to_json())
+  saved = saved_config(path, like=resolved)
+  diff = [k for k in differing_keys(saved, resolved) if not k.startswith(may_differ)]
   if diff:
     keys = ", ".join(k + "*" if k.endswith(".") else k for k in may_differ)
     raise WorkdirError(f"{trained_from} was trained with other values of {diff}; only {keys} may differ "

@@ -197,3 +197,10 @@ def test_a_run_folder_from_before_a_config_key_was_added_reads_as_its_old_value(
     check_workdir(str(wd), configs.load_config(quick, ["ib.population_weight=1.0"]))
   # and its trained stages may be read by a run of the same config
   workdir.check_trained_from(str(wd), str(tmp_path / "new"), cfg, ())
+
+
+def test_another_commands_config_gains_no_added_key(tmp_path):
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps({"train": {"steps": 3}, "model": {"width": 8}}))  # e.g. the LM demo's
+  assert workdir.saved_config(str(path)) == {"train": {"steps": 3}, "model": {"width": 8}}
+  assert workdir.saved_config(str(path), like={"train": {"steps": 4}}) == {"train": {"steps": 3}, "model": {"width": 8}}
