@@ -91,6 +91,7 @@ def probe_chunk(model, encoder, params, batch, tags, share_id, rng):
   head = bool(encoder.cfg.classes)
   if tags is not None:
     prompt_ids, prompt_mask = with_tags(prompt_ids, prompt_mask, tags, _flat(batch["category"], 0))
+  state = prompt_state(model, lm, batch["prompt_ids"], batch["prompt_mask"]) if head else None  # the same m-free input
   out = {}
   for name in VARIANTS:
     field = variant_field(name, m, mu, k_s)
@@ -101,7 +102,6 @@ def probe_chunk(model, encoder, params, batch, tags, share_id, rng):
     row = {"nll_first": -logp[:, 0].reshape(E, T, B), "nll_sum": -(logp * w).sum(-1).reshape(E, T, B),
            "tokens": w.sum(-1).reshape(E, T, B)}
     if head:
-      state = prompt_state(model, lm, batch["prompt_ids"], batch["prompt_mask"])
       logits = encoder.apply({"params": params[PARAMS.mf]}, jnp.broadcast_to(field[:, :, None], (E, T, B) + field.shape[2:]),
                              state, method=MeanFieldEncoder.class_logits)
       row["p_head_share"] = jax.nn.softmax(logits, -1)[..., 0]
