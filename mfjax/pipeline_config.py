@@ -106,6 +106,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # mf stage learns the tags from the real actions' labels (eval.labeler); needs ib.population_weight > 0.
   c.mf.attributes = False
   c.mf.head_hidden = 128  # the population head's hidden width
+  # The encoder reads each action's joint category too (a learned vector per class added to its feature): the
+  # real labels (eval.labeler) in training and warm-up, the drawn classes after. Needs mf.attributes.
+  c.mf.category_features = False
 
   c.ib = ml_collections.ConfigDict()
   c.ib.beta = 1e-3  # weight of the compression term (0 = no compression)
@@ -214,6 +217,9 @@ def check_config(cfg) -> None:
                  "rollout.top_k", "mf.attention_queries")
   check_at_least(cfg, 1, "mf.slots", "mf.feature_size", "mf.hidden_size", "mf.head_hidden", "mf_text.summary_len")
   check_at_least(cfg, 0, "ib.population_weight")
+  check("mf.category_features", not cfg.mf.category_features or cfg.mf.attributes,
+        "the mean field reads a sampled action's category as the class its agent drew, which only the "
+        "attribute-conditioned policy draws: set mf.attributes=True")
   check("mf.attributes", not cfg.mf.attributes or cfg.ib.population_weight > 0,
         "an attribute-conditioned policy draws from the population head, which ib.population_weight = 0 "
         "leaves untrained: set ib.population_weight > 0")
@@ -528,7 +534,8 @@ def _model_plan(cfg) -> ModelPlan:
                tie_word_embeddings=m.tie_word_embeddings)
   mf = dict(slots=f.slots, feature_size=f.feature_size, hidden_size=f.hidden_size,
             attention_queries=f.attention_queries, init_logvar=f.init_logvar,
-            classes=len(CLASSES) if _population_head(cfg) else 0, head_hidden=f.head_hidden)
+            classes=len(CLASSES) if _population_head(cfg) else 0, head_hidden=f.head_hidden,
+            category_features=bool(f.category_features))
   return ModelPlan(m.checkpoint, bool(m.checkpoint_required), m.dtype, sizes, layer_fields(cfg), mf, bool(f.lm_grad))
 
 

@@ -2,6 +2,8 @@
 IB-Tune's population term, the rollout that draws each agent's category from the head and
 writes given its tag, the data's category labels, and the agreement the evaluation reports."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -206,3 +208,64 @@ def test_attributes_without_a_population_weight_is_a_config_error():
   with pytest.raises(ConfigError, match="ib.population_weight: must be >= 0"):
     check_config(configs.load_config(quick, ["ib.population_weight=-1.0"]))
   check_config(configs.load_config(quick, ["mf.attributes=True", "ib.population_weight=1.0"]))
+
+
+def _reading_categories(seed=0):
+  model, _, params = make_model(seed)
+  encoder = MeanFieldEncoder(MeanFieldConfig(slots=2, width=32, feature_size=16, hidden_size=24, init_logvar=-3.0,
+                                             classes=C, head_hidden=16, category_features=True))
+  params["mf"] = init_encoder(encoder, jax.random.PRNGKey(seed + 2), 32)
+  return model, encoder, params
+
+
+def test_category_features_add_one_learned_vector_per_class_and_none_for_unlabelled():
+  _, encoder, params = _reading_categories()
+  pooled = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 32))
+  category = jnp.array([[0, 5, -1], [18, 5, 2]])
+  plain = MeanFieldEncoder(dataclasses.replace(encoder.cfg, category_features=False))
+  base = plain.apply({"params": params["mf"]}, pooled, method=MeanFieldEncoder.features)
+  feats = encoder.apply({"params": params["mf"]}, pooled, category, method=MeanFieldEncoder.features)
+  embed = np.asarray(params["mf"]["class_embed"])
+  want = np.asarray(base) + np.where((np.asarray(category) >= 0)[..., None], embed[np.maximum(category, 0)], 0.0)
+  np.testing.assert_allclose(feats, want, rtol=1e-6)
+  with pytest.raises(ValueError, match="category_features"):
+    encoder.apply({"params": params["mf"]}, pooled, method=MeanFieldEncoder.features)
+  with pytest.raises(ValueError, match="classes"):
+    init_encoder(MeanFieldEncoder(MeanFieldConfig(width=32, category_features=True)), jax.random.PRNGKey(0), 32)
+
+
+def test_the_mean_field_reads_the_real_categories_in_warm_up_and_the_drawn_classes_after():
+  from mfjax.ibtune.objective import mean_field_path
+  model, encoder, params = _reading_categories()
+  batch = _categorised(make_batch())
+  W, c = 2, 7
+  params = _forcing(params, c)  # every agent draws class c
+  out = simulate(model, params, batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(5), warmup=W, tags=TAGS)
+  assert (np.asarray(out.category)[batch["agent_mask"]] == c).all()
+  # teacher-forced along what the rollout took: the real steps < W, then the sampled actions with their class
+  taken = {k: np.array(v) for k, v in batch.items()}
+  taken["action_ids"][:, W:] = np.asarray(out.tokens)[:, W:]
+  taken["action_mask"][:, W:] = np.asarray(out.mask)[:, W:]
+  taken["category"][:, W:] = np.where(batch["agent_mask"][:, W:], c, -1)
+  path = lambda b: mean_field_path(model=model, encoder=encoder, params=params, batch=b, rng=jax.random.PRNGKey(0))
+  _, mu, _ = path(taken)
+  np.testing.assert_allclose(out.mf_mu, mu, rtol=1e-4, atol=1e-5)
+  # the categories are read: other real labels, another mean field from the first step they enter
+  other = {**batch, "category": np.where(batch["agent_mask"], (batch["category"] + 1) % C, -1).astype(np.int32)}
+  _, mu_other, _ = path(other)
+  _, mu_real, _ = path(batch)
+  np.testing.assert_allclose(mu_other[:, 0], mu_real[:, 0], rtol=1e-6)
+  assert not np.allclose(mu_other[:, 1:], mu_real[:, 1:], atol=1e-4)
+  with pytest.raises(ValueError, match="category_features"):  # the untagged mf draws no class to read
+    simulate(model, params, batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(5), warmup=W)
+  with pytest.raises(ValueError, match="category"):
+    simulate(model, params, {k: v for k, v in batch.items() if k != "category"}, method="mf", encoder=encoder,
+             rng=jax.random.PRNGKey(5), warmup=W, tags=TAGS, score_real=False)
+
+
+def test_category_features_without_attributes_is_a_config_error():
+  quick = "experiments/quickstart.py"
+  with pytest.raises(ConfigError, match="mf.category_features: the mean field reads a sampled action's category"):
+    check_config(configs.load_config(quick, ["mf.category_features=True"]))
+  check_config(configs.load_config(quick, ["mf.category_features=True", "mf.attributes=True",
+                                           "ib.population_weight=1.0"]))

@@ -85,6 +85,16 @@ def _per_agent_rows(x_ExTx_, agents: int):
                                                                                             *x_ExTx_.shape[2:])
 
 
+def _categories_read(encoder: MeanFieldEncoder, batch):
+  """The actions' categories [E, T, B] where the encoder reads them (`category_features`), else None."""
+  if not encoder.cfg.category_features:
+    return None
+  if "category" not in batch:
+    raise ValueError("the mean-field encoder reads each action's category (category_features): "
+                     "the batch needs the key 'category' ([E, T, B] joint classes, -1: unlabelled)")
+  return batch["category"]
+
+
 def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, remat: bool = False,
                     lm_grad: bool = True, sample: bool = True):
   """Teacher-forced mean field of each step: a reparameterised sample m and the
@@ -100,7 +110,7 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
   if not lm_grad:
     pooled = jax.lax.stop_gradient(pooled)
   enc = lambda method, *a: encoder.apply({"params": params[PARAMS.mf]}, *a, method=method)
-  feats = enc(MeanFieldEncoder.features, pooled)
+  feats = enc(MeanFieldEncoder.features, pooled, _categories_read(encoder, batch))
 
   def step(state, xs):
     feats_ExBxF, mask_ExB, key = xs

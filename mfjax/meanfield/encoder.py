@@ -18,6 +18,14 @@ its prompt's token embeddings, `mfjax.policy.prompt_state`), the logits of the
 agent's joint category (`mfjax.categories.CLASSES`). Its mean over a step's
 agents is the step's predicted category distribution.
 
+With `category_features` the encoder also reads each action's joint category:
+a learned vector per class is added to the agent's feature (none for an
+unlabelled action, category -1), so the step's mean, and the running mean of
+every step so far, hold the population's category proportions exactly (a
+linear function of them) rather than whatever of them the pooled LM states keep.
+Teacher-forced the categories are the real actions' labels; in a rollout, the
+warm-up's labels and then the classes the agents drew from the head.
+
 Letters: B agents, F feature width, H recurrent width, K slots, D LM width,
 Q attention-pooling queries, C classes.
 """
@@ -52,6 +60,9 @@ class MeanFieldConfig:
   # the real actions' labels (its population term), and an attribute-conditioned policy draws from it.
   classes: int = 0
   head_hidden: int = 128  # the population head's hidden width
+  # Each action's joint category (an index of the C classes; -1: none) enters its feature as a learned
+  # vector (needs classes > 0): the mean field then counts the categories rather than guessing them.
+  category_features: bool = False
 
 
 @flax.struct.dataclass
@@ -129,10 +140,21 @@ class MeanFieldEncoder(nn.Module):
                                      bias_init=_named(nn.initializers.zeros, 1))
       self.class_hidden = dense(c.head_hidden, "class_hidden")
       self.class_out = dense(c.classes, "class_out", kernel=nn.initializers.zeros)
+    if c.category_features:
+      if not c.classes:
+        raise ValueError("category_features needs the population head's classes (MeanFieldConfig.classes > 0)")
+      self.class_embed = self.param("class_embed", _named(nn.initializers.normal(1.0), 2), (c.classes, c.feature_size))
 
-  def features(self, pooled_BxD):
-    """Per-agent features [..., B, F] from pooled LM hidden states."""
-    return self.feature_out(nn.gelu(self.feature_in(pooled_BxD)))
+  def features(self, pooled_BxD, category_B=None):
+    """Per-agent features [..., B, F] from pooled LM hidden states and, with `category_features`, the
+    actions' joint categories ([..., B] int32, -1: none; required then)."""
+    feats = self.feature_out(nn.gelu(self.feature_in(pooled_BxD)))
+    if not self.cfg.category_features:
+      return feats
+    if category_B is None:
+      raise ValueError("this encoder reads each action's category (category_features): pass category_B")
+    known = (category_B >= 0)[..., None]
+    return feats + jnp.where(known, self.class_embed[jnp.maximum(category_B, 0)], 0.0)
 
   def aggregate(self, feats_BxF, mask_B):
     """Permutation-invariant summary of one step: masked mean [..., F] (and
@@ -178,7 +200,8 @@ class MeanFieldEncoder(nn.Module):
     """Init / smoke path: one update from the empty state and its posterior (and, with a
     population head, its logits for the first agent's embedding as the state)."""
     state = MFState.zeros(self.cfg, pooled_BxD.shape[:-2])
-    state = self.update(state, self.features(pooled_BxD), mask_B)
+    category = jnp.zeros(mask_B.shape, jnp.int32) if self.cfg.category_features else None
+    state = self.update(state, self.features(pooled_BxD, category), mask_B)
     q = self.posterior(state)
     if self.cfg.classes:
       self.class_logits(q.mu, pooled_BxD[..., 0, :])

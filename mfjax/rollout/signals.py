@@ -71,6 +71,7 @@ class Step:
   agent_mask: jax.Array  # [E, B] bool
   parent: jax.Array  # [E, B] int32: the real actions' parent slots (-1: the original post)
   real: jax.Array  # [E, B] bool: the action is the real one (warm-up or forced)
+  category: jax.Array  # [E, B] int32: its joint category, the real label or the drawn class (-1: none)
 
 
 @flax.struct.dataclass
@@ -162,7 +163,8 @@ class LatentMeanField:
   def update(self, state: MFState, inputs, step, key):
     pooled = agent_embeddings(inputs.model, inputs.params[PARAMS.lm], step.prompt_ids, step.prompt_mask,
                               step.action_ids, step.action_mask)
-    features = self._apply(inputs, MeanFieldEncoder.features, pooled)
+    category = step.category if self.encoder.cfg.category_features else None
+    features = self._apply(inputs, MeanFieldEncoder.features, pooled, category)
     return self._apply(inputs, MeanFieldEncoder.update, state, features, step.agent_mask), None
 
 

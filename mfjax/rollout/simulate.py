@@ -24,7 +24,8 @@ field's latest summary, or nothing. At step t, for every event at once:
   4. the step's actions enter the signal (`update`): the real ones during
      warm-up (t < warmup) and those of `forced` agents (an intervention's
      injected actions, `mfjax.data.intervention`), the sampled ones otherwise;
-     the mean field is updated from them, or the writer LM, params["mf_lm"],
+     the mean field is updated from them (with `category_features`, from their
+     categories too: the real labels, or the classes the agents drew), or the writer LM, params["mf_lm"],
      writes the next summary from them and the latest one (sampled with k_m).
 
 The step returns one step of `RolloutOutput` (arrays [E, ...]); the scan
@@ -168,7 +169,8 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     ch_ids = jnp.where(take_real_EB[..., None], act_ids, s_ids)
     ch_mask = jnp.where(take_real_EB[..., None], act_mask, s_mask.astype(act_mask.dtype))
     taken = Step(t=t, prompt_ids=prompt_ids, prompt_mask=prompt_mask, action_ids=ch_ids, action_mask=ch_mask,
-                 agent_mask=agent_mask, parent=parent, real=take_real_EB)
+                 agent_mask=agent_mask, parent=parent, real=take_real_EB,
+                 category=jnp.where(take_real_EB, category, drawn.reshape(E, B)))
     state, written = signal.update(carry.signal, inputs, taken, k_m)
     q = read.posterior  # RolloutOutput's zeros without a latent mean field, or without a text one
     zeros = lambda *shape, dtype=jnp.float32: jnp.zeros((E, *shape), dtype)
@@ -278,6 +280,12 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   if spec.tags is not None and spec.score_real and "category" not in batch:
     raise ValueError("an attribute-conditioned 'mf' scores the real actions under batch['category']; "
                      "pass it or score_real=False")
+  if spec.use_mf and encoder.cfg.category_features and spec.tags is None:
+    raise ValueError("a mean field that reads the actions' categories (category_features) needs the "
+                     "attribute-conditioned 'mf' (tags): a sampled action's category is the class it drew")
+  if spec.use_mf and encoder.cfg.category_features and "category" not in batch:
+    raise ValueError("a mean field that reads the actions' categories (category_features) needs batch['category'] "
+                     "(the real actions' joint classes, read in warm-up and for forced agents)")
   if spec.text is not None and PARAMS.mf_lm not in params:
     raise ValueError("method 'mf_text' needs params['mf_lm'] (the summary writer)")
   params = {k: params[k] for k in _param_keys(spec)}  # e.g. a text stage's frozen "prior" is not rolled out
