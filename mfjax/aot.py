@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from mfjax.categories import CLASSES
 from mfjax.ibtune.objective import ib_tune_loss
 from mfjax.ibtune.train import TrainState, jit_train_step, make_optimizer, state_shardings, trainable_labels
 from mfjax.meanfield.encoder import MeanFieldConfig, MeanFieldEncoder
@@ -48,7 +49,11 @@ from mfjax.model.transformer import Decoder
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated
 from mfjax.parallel.state import abstract_policy, policy_shardings
 from mfjax.params_keys import PARAMS
+from mfjax.policy import AttributeTags
 from mfjax.rollout.simulate import BATCH_KEYS, _sharded_simulate, method_spec
+
+
+TAG_TOKENS = 3  # tokens of an attribute tag from a from-scratch tokenizer (at most; `placeholder_tags`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +72,21 @@ def _abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def abstract_batch(shapes: Shapes, mesh: Mesh) -> dict:
+def abstract_batch(shapes: Shapes, mesh: Mesh, category: bool = False) -> dict:
+  """The batch's abstract arrays; `category`: with the actions' joint categories (a population head)."""
   s = batch_sharding(mesh)
   E, T, B, P, A = shapes.events, shapes.steps, shapes.agents, shapes.prompt, shapes.action
   dims = {"prompt_ids": (P, jnp.int32), "prompt_mask": (P, jnp.int32), "action_ids": (A, jnp.int32),
-          "action_mask": (A, jnp.int32), "agent_mask": (None, jnp.bool_), "parent": (None, jnp.int32)}
+          "action_mask": (A, jnp.int32), "agent_mask": (None, jnp.bool_), "parent": (None, jnp.int32),
+          "category": (None, jnp.int32)}
   return {k: jax.ShapeDtypeStruct((E, T, B) + ((d,) if d else ()), dt, sharding=s) for k, (d, dt) in dims.items()
-          if k in BATCH_KEYS}
+          if k in BATCH_KEYS or (category and k == "category")}
+
+
+def placeholder_tags(length: int = TAG_TOKENS) -> AttributeTags:
+  """Tags of `length` tokens for every class (token id 0): the shapes of an attribute-conditioned
+  policy's inputs without a tokenizer (a from-scratch tokenizer writes each tag in at most 3 tokens)."""
+  return AttributeTags(ids=((0,) * length,) * len(CLASSES), mask=((1,) * length,) * len(CLASSES))
 
 
 # an op's result type and kind; an asynchronous pair counts at its -done (whose
@@ -229,10 +242,12 @@ def policy(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, lora: Optional[LoraC
 def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, shapes: Shapes, *,
                       lora: Optional[LoraConfig] = None, trainable: str = "lora+mf", lm_grad: bool = False,
                       remat: bool = False, execute: bool = False, repeats: int = 0,
-                      pin_activations: bool = True) -> dict:
+                      pin_activations: bool = True, population_weight: float = 0.0,
+                      tags: Optional[AttributeTags] = None) -> dict:
   """Compile the IB-Tune train step for `mesh` against abstract shapes; per-device
   bytes (`execute`: also run it once and measure, `repeats` more times timed,
-  see the module docstring)."""
+  see the module docstring). With a population head (`mf_cfg.classes`) the batch has the
+  actions' categories; `tags`: an attribute-conditioned policy (`placeholder_tags`)."""
   check_events(shapes.events, mesh, "events")
   model, encoder, params = policy(model_cfg, mf_cfg, lora)
   p_sh = policy_shardings(model, encoder, params, mesh)
@@ -242,11 +257,11 @@ def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mes
                      _abstract(jax.eval_shape(tx.init, params), state_sh.opt_state))
   loss_fn = lambda params, batch, rng, step: ib_tune_loss(
       model=model, encoder=encoder, params=params, batch=batch, rng=rng, beta=1e-3, remat=remat,
-      agents=shapes.scored_agents, lm_grad=lm_grad)
+      agents=shapes.scored_agents, lm_grad=lm_grad, population_weight=population_weight, tags=tags)
   step = jit_train_step(loss_fn=loss_fn, tx=tx, mesh=mesh, state_shardings=state_sh,
                         labels=trainable_labels(params, trainable), pin_activations=pin_activations)
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(mesh))
-  batch = abstract_batch(shapes, mesh)
+  batch = abstract_batch(shapes, mesh, category=bool(mf_cfg.classes))
   compiled = step.lower(state, batch, rng).compile()
   out = {"what": "train_step", **_stats(compiled), "state_bytes": shard_bytes(state),
          "param_bytes": shard_bytes(state.params)}
@@ -255,12 +270,14 @@ def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mes
 
 def rollout_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, shapes: Shapes, *,
                    lora: Optional[LoraConfig] = None, method: str = "mf", execute: bool = False,
-                   repeats: int = 0, pin_activations: bool = True) -> dict:
+                   repeats: int = 0, pin_activations: bool = True,
+                   tags: Optional[AttributeTags] = None) -> dict:
   """Compile `simulate` (one method) for `mesh` against abstract shapes; per-device
-  bytes (`execute`: also run it once and measure, `repeats` more times timed)."""
+  bytes (`execute`: also run it once and measure, `repeats` more times timed).
+  `tags`: `mf` is attribute-conditioned (`placeholder_tags`)."""
   check_events(shapes.events, mesh, "events")
   model, encoder, params = policy(model_cfg, mf_cfg, lora)
-  spec, _ = method_spec(method, max_new_tokens=shapes.action)
+  spec, _ = method_spec(method, max_new_tokens=shapes.action, tags=tags)
   if not spec.use_mf:
     params = {PARAMS.lm: params[PARAMS.lm]}
   fn, p_sh = _sharded_simulate(model, encoder if spec.use_mf else None, spec, mesh, RULES,
@@ -268,7 +285,8 @@ def rollout_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, 
   rep = replicated(mesh)
   scalars = (jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep), jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
              jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), jax.ShapeDtypeStruct((), jnp.float32, sharding=rep))
-  args = (_abstract(params, p_sh), abstract_batch(shapes, mesh), *scalars)
+  reads_categories = spec.tags is not None or (spec.use_mf and mf_cfg.category_features)
+  args = (_abstract(params, p_sh), abstract_batch(shapes, mesh, category=reads_categories), *scalars)
   compiled = fn.lower(*args).compile()
   # the decode loop stops once every row has emitted eos: at most `action` iterations
   out = {"what": f"simulate[{method}]", **_stats(compiled, shapes.action), "param_bytes": shard_bytes(args[0])}

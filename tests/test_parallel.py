@@ -319,7 +319,8 @@ def test_aot_memory_report_shrinks_with_sharding(capsys):
   quick = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "quickstart.py")
   rows = {}
   for mesh in ("8,1,1", "2,2,2"):
-    small_encoder = ["--set", "mf.slots=1", "--set", "mf.feature_size=8", "--set", "mf.hidden_size=8"]  # LM dominates
+    small_encoder = ["--set", "mf.slots=1", "--set", "mf.feature_size=8", "--set", "mf.hidden_size=8",
+                     "--set", "mf.head_hidden=8"]  # the LM dominates
     tool.main(["--config", quick, "--mesh", mesh, "--what", "train", "--events", "8", *small_encoder])
     rows[mesh] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   for r in rows.values():

@@ -86,7 +86,7 @@ def main(argv=None):
   from mfjax.model.config import PRESETS
   from mfjax.parallel import MeshConfig, ShardingError, distributed, make_mesh
   from mfjax.parallel.mesh import check_events
-  from mfjax.aot import Shapes, rollout_memory, train_step_memory
+  from mfjax.aot import Shapes, placeholder_tags, rollout_memory, train_step_memory
   from mfjax.pipeline_config import check_config, layer_fields, lora_config, mf_config, scratch_model_config
 
   distributed.initialize()  # a multi-host run ($MFJAX_DISTRIBUTED) joins before JAX starts
@@ -112,6 +112,7 @@ def main(argv=None):
                            d.action_len, cfg.mf_train.agents),
            "rollout": Shapes(args.rollout_events or cfg.rollout.batch_events, d.steps, d.agents_per_step,
                              d.prompt_len, d.action_len)}
+  tags = placeholder_tags() if cfg.mf.attributes else None  # the tags' shapes; the ids need no tokenizer
   run = dict(execute=args.execute, repeats=args.repeats, pin_activations=bool(cfg.parallel.pin_activations))
   for shape in meshes:
     try:
@@ -131,9 +132,10 @@ def main(argv=None):
       shapes = steps[what]
       if what == "train":
         r = train_step_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, trainable=cfg.mf_train.trainable,
-                              lm_grad=cfg.mf.lm_grad, remat=cfg.ib.remat, **run)
+                              lm_grad=cfg.mf.lm_grad, remat=cfg.ib.remat,
+                              population_weight=float(cfg.ib.population_weight), tags=tags, **run)
       else:
-        r = rollout_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, method="mf", **run)
+        r = rollout_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, method="mf", tags=tags, **run)
       r.update(common, events=shapes.events, peak_gib=round(r["peak_bytes"] / 2 ** 30, 3))
       if r.get("measured_peak_bytes"):
         r["measured_peak_gib"] = round(r["measured_peak_bytes"] / 2 ** 30, 3)
