@@ -86,6 +86,9 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   out = capsys.readouterr().out
   results = _check_results(wd, seeds=2, methods=METHODS | {"mf_text"})
   assert "method" in out and "KL mean" in out and "reference simulators" in out  # the table is printed
+  # the quickstart's mf: drawn categories, read back by the labeler, which the mean field reads too
+  assert "(mf: the labeler reads the category each agent drew in " in out
+  assert json.load(open(wd / "config.json"))["mf"]["category_features"] is True
   assert "paired over the events: KL(method) - KL(reference)" in out
   assert "[base] training " in out and "[mf] training " in out  # what each stage trains, when it trains
   assert "[mf_text] training " in out and "[simulate] mf_text seed 0: event 0's last summary: " in out
@@ -466,12 +469,13 @@ def test_an_ib_sweep_trains_a_stage_per_beta_and_scores_each(tmp_path, capsys):
 
 
 def test_an_attribute_conditioned_run_labels_trains_the_head_and_reports_agreement(tmp_path, capsys):
-  """mf.attributes: the actions' categories labelled once, the population term in the mf stage's
-  log and validation, each agent's drawn category saved with the rollout and scored for agreement;
-  with rollout.valid_utf8 no action holds a broken character."""
+  """mf.attributes (here without mf.category_features, which the quickstart's own test runs): the
+  actions' categories labelled once, the population term in the mf stage's log and validation, each
+  agent's drawn category saved with the rollout and scored for agreement; with rollout.valid_utf8 no
+  action holds a broken character."""
   wd = tmp_path / "attr"
-  _cli("run", wd, extra=["mf.attributes=True", "ib.population_weight=1.0", "rollout.methods=state,mf",
-                         "rollout.seeds=1", "rollout.valid_utf8=True"])
+  _cli("run", wd, extra=["mf.attributes=True", "ib.population_weight=1.0", "mf.category_features=False",
+                         "rollout.methods=state,mf", "rollout.seeds=1", "rollout.valid_utf8=True"])
   out = capsys.readouterr().out
   assert "actions' categories for the population head" in out and "[data] attribute tags: " in out
   assert "(mf: the labeler reads the category each agent drew in " in out

@@ -180,7 +180,8 @@ def test_a_rollout_is_saved_whole_under_its_key_list(tmp_path):
 def test_a_run_folder_from_before_a_config_key_was_added_reads_as_its_old_value(tmp_path):
   from mfjax import configs
   quick = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "quickstart.py")
-  cfg = configs.load_config(quick)
+  before = [f"{k}={v}" for k, v in workdir.ADDED_KEYS.items()]  # the quickstart as it was before them
+  cfg = configs.load_config(quick, before)
   old = json.loads(cfg.to_json())
   for key in workdir.ADDED_KEYS:  # a config.json written before these keys existed
     *parents, leaf = key.split(".")
@@ -194,7 +195,9 @@ def test_a_run_folder_from_before_a_config_key_was_added_reads_as_its_old_value(
   check_workdir(str(wd), cfg)  # the same run: it resumes
   assert workdir.saved_config(str(wd / "config.json")) == json.loads(cfg.to_json())
   with pytest.raises(WorkdirError, match=r"keys \['ib.population_weight'\]"):
-    check_workdir(str(wd), configs.load_config(quick, ["ib.population_weight=1.0"]))
+    check_workdir(str(wd), configs.load_config(quick, before + ["ib.population_weight=1.0"]))
+  with pytest.raises(WorkdirError, match=r"keys \['ib.population_weight', 'mf.attributes', 'mf.category_features'\]"):
+    check_workdir(str(wd), configs.load_config(quick))  # today's quickstart is another run
   # and its trained stages may be read by a run of the same config
   workdir.check_trained_from(str(wd), str(tmp_path / "new"), cfg, ())
 
