@@ -228,6 +228,10 @@ def test_category_features_add_one_learned_vector_per_class_and_none_for_unlabel
   embed = np.asarray(params["mf"]["class_embed"])
   want = np.asarray(base) + np.where((np.asarray(category) >= 0)[..., None], embed[np.maximum(category, 0)], 0.0)
   np.testing.assert_allclose(feats, want, rtol=1e-6)
+  # host (numpy) parameters, as a checkpoint restores them, under jit with traced categories
+  host = jax.device_get(params["mf"])
+  jitted = jax.jit(lambda c: encoder.apply({"params": host}, pooled, c, method=MeanFieldEncoder.features))
+  np.testing.assert_allclose(jitted(category), feats, rtol=1e-5, atol=1e-7)  # jit fuses: float32 ulps
   with pytest.raises(ValueError, match="category_features"):
     encoder.apply({"params": params["mf"]}, pooled, method=MeanFieldEncoder.features)
   with pytest.raises(ValueError, match="classes"):

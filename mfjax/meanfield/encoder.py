@@ -154,7 +154,7 @@ class MeanFieldEncoder(nn.Module):
     if category_B is None:
       raise ValueError("this encoder reads each action's category (category_features): pass category_B")
     known = (category_B >= 0)[..., None]
-    return feats + jnp.where(known, self.class_embed[jnp.maximum(category_B, 0)], 0.0)
+    return feats + jnp.where(known, jnp.take(self.class_embed, jnp.maximum(category_B, 0), axis=0), 0.0)
 
   def aggregate(self, feats_BxF, mask_B):
     """Permutation-invariant summary of one step: masked mean [..., F] (and
