@@ -17,6 +17,8 @@ from mfjax import configs
 from mfjax.categories import DIMENSIONS
 from mfjax.evaluation import bounds
 from mfjax.configs import ConfigError
+from mfjax.data import load_tokenizer
+from mfjax.evaluation.report import decode_actions
 from mfjax.pipeline_config import check_config, layer_fields, plan, scratch_model_config
 from mfjax.runs import RunFolderError
 from mfjax.workdir import ROLLOUT_ARRAYS, load_rollout, rollout_path
@@ -86,9 +88,13 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   out = capsys.readouterr().out
   results = _check_results(wd, seeds=2, methods=METHODS | {"mf_text"})
   assert "method" in out and "KL mean" in out and "reference simulators" in out  # the table is printed
-  # the quickstart's mf: drawn categories, read back by the labeler, which the mean field reads too
+  # the quickstart's mf: the actions' categories labelled once, the population term in the mf stage's log and
+  # validation, each agent's drawn category read back by the labeler; the mean field reads the categories too
+  assert "actions' categories for the population head" in out and "[data] attribute tags: " in out
   assert "(mf: the labeler reads the category each agent drew in " in out
   assert json.load(open(wd / "config.json"))["mf"]["category_features"] is True
+  rows = [json.loads(line) for line in open(wd / "mf" / "metrics.jsonl")]
+  assert "population" in rows[0] and any("val_population_belief" in r for r in rows)
   assert "paired over the events: KL(method) - KL(reference)" in out
   assert "[base] training " in out and "[mf] training " in out  # what each stage trains, when it trains
   assert "[mf_text] training " in out and "[simulate] mf_text seed 0: event 0's last summary: " in out
@@ -120,7 +126,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   # ... and with an intervention (as experiments/intervention.py): 2 agents of step 2 write a counter-rumor comment
   iv = ["intervention.text=别信谣言，扩散", "intervention.step=2", "intervention.agents=2",
         "intervention.methods=state,mf"]
-  _cli("run", again, extra=["rollout.warmup=2"] + iv, trained_from=wd)
+  _cli("run", again, extra=["rollout.warmup=2", "rollout.valid_utf8=True"] + iv, trained_from=wd)
   assert f"[train] the trained stages of {wd} (read only)" in capsys.readouterr().out
   assert _snapshot(wd) == before
   assert not any(os.path.exists(again / stage) for stage in ("base", "sft", "mf", "tokenizer"))
@@ -144,6 +150,26 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   assert [line for line in tables.splitlines() if line.startswith("### ")] == [
       "### methods", "### simulators", "### paired", "### intervention"]
   assert os.path.exists(rollout_path(str(again), "mf_intervened", 1))
+  # rollout.valid_utf8: no sampled action of any method holds a broken character
+  tok = load_tokenizer(str(wd / "tokenizer"))
+  for method in sorted(METHODS | {"mf_text"}):
+    r = load_rollout(str(again), method, 0)
+    assert not any("\ufffd" in t for t in decode_actions(tok, r["tokens"], r["mask"])), method
+  drawn = load_rollout(str(again), "mf", 0)["category"]  # each agent's drawn category, saved with the rollout
+  assert drawn.min() >= -1 and drawn.max() < 19 and (drawn >= 0).any()
+  assert "category" not in load_rollout(str(again), "state", 0)
+  agreement = moved["methods"]["mf"]["attribute_agreement"]
+  assert set(agreement) == {"joint", *DIMENSIONS} and all(0 <= v <= 1 for v in agreement.values())
+  assert "attribute_agreement" not in moved["methods"]["state"]
+  # the probe of the run: P(share) from the head, which reads m; the tagged policy's NLL under each variant
+  probe_policy.main(["--run", str(wd), "--json", str(tmp_path / "probe.json")])
+  probe = json.load(open(tmp_path / "probe.json"))
+  v = probe["variants"]
+  assert list(v) == ["sampled", "mean", "swapped", "shuffled", "zero"] and probe["events"] == 2
+  assert v["sampled"]["p_share_change"] == 0 and v["zero"]["p_share_change"] > 0
+  assert all(np.isfinite(x["population"]) and x["nll"] > 0 for x in v.values())
+  assert set(probe["readout_r2"]) == {"share", "doubt", "negative"}
+  assert "linear read-out of q's mean" in capsys.readouterr().out
   with pytest.raises(SystemExit, match=r"other values of \['ib.beta'\]; only data.eval_split, .*, rollout\.\*, "):
     _cli("run", tmp_path / "other_beta", extra=["ib.beta=0.5"], trained_from=wd)
   assert not os.path.exists(tmp_path / "other_beta")
@@ -466,41 +492,3 @@ def test_an_ib_sweep_trains_a_stage_per_beta_and_scores_each(tmp_path, capsys):
   assert json.load(open(wd / "config.json"))["ib"]["sweep"] == "0,1,2"
   grown = json.load(open(wd / "results.json"))["ib_sweep"]
   assert grown[:2] == sweep and grown[2]["beta"] == 2.0
-
-
-def test_an_attribute_conditioned_run_labels_trains_the_head_and_reports_agreement(tmp_path, capsys):
-  """mf.attributes (here without mf.category_features, which the quickstart's own test runs): the
-  actions' categories labelled once, the population term in the mf stage's log and validation, each
-  agent's drawn category saved with the rollout and scored for agreement; with rollout.valid_utf8 no
-  action holds a broken character."""
-  wd = tmp_path / "attr"
-  _cli("run", wd, extra=["mf.attributes=True", "ib.population_weight=1.0", "mf.category_features=False",
-                         "rollout.methods=state,mf", "rollout.seeds=1", "rollout.valid_utf8=True"])
-  out = capsys.readouterr().out
-  assert "actions' categories for the population head" in out and "[data] attribute tags: " in out
-  assert "(mf: the labeler reads the category each agent drew in " in out
-  results = _check_results(wd, seeds=1, methods={"state", "mf"})
-  agreement = results["methods"]["mf"]["attribute_agreement"]
-  assert set(agreement) == {"joint", *DIMENSIONS} and all(0 <= v <= 1 for v in agreement.values())
-  assert "attribute_agreement" not in results["methods"]["state"]
-  rows = [json.loads(line) for line in open(wd / "mf" / "metrics.jsonl")]
-  assert "population" in rows[0] and any("val_population_belief" in r for r in rows)
-  drawn = load_rollout(str(wd), "mf", 0)["category"]
-  assert drawn.min() >= -1 and drawn.max() < 19 and (drawn >= 0).any()
-  assert "category" not in load_rollout(str(wd), "state", 0)
-  # rollout.valid_utf8: no sampled action of any method holds a broken character
-  from mfjax.data import load_tokenizer
-  from mfjax.evaluation.report import decode_actions
-  tok = load_tokenizer(str(wd / "tokenizer"))
-  for method in ("state", "mf"):
-    r = load_rollout(str(wd), method, 0)
-    assert not any("\ufffd" in t for t in decode_actions(tok, r["tokens"], r["mask"])), method
-  # the probe of the run: P(share) from the head, which reads m; the tagged policy's NLL under each variant
-  probe_policy.main(["--run", str(wd), "--json", str(tmp_path / "probe.json")])
-  probe = json.load(open(tmp_path / "probe.json"))
-  v = probe["variants"]
-  assert list(v) == ["sampled", "mean", "swapped", "shuffled", "zero"] and probe["events"] == 2
-  assert v["sampled"]["p_share_change"] == 0 and v["zero"]["p_share_change"] > 0
-  assert all(np.isfinite(x["population"]) and x["nll"] > 0 for x in v.values())
-  assert set(probe["readout_r2"]) == {"share", "doubt", "negative"}
-  assert "linear read-out of q's mean" in capsys.readouterr().out
