@@ -39,6 +39,8 @@ def get_config(arg: str = ""):
   c.lora.rank, c.lora.alpha, c.lora.targets = 16, 32.0, "q,k,v,o,gate,up,down"
   c.mf.slots, c.mf.feature_size, c.mf.hidden_size = 4, 256, 512
   c.mf.init_logvar = -4.0
+  # LoRA adapters on the 1.5B backbone (ced_weibo.py fine-tunes its tiny from-scratch policy in full)
+  c.sft.trainable, c.mf_train.trainable = "lora", "lora+mf"
   c.sft.steps, c.sft.lr, c.sft.batch_events = 500, 2e-4, 8
   c.mf_train.steps, c.mf_train.lr, c.mf_train.batch_events = 1000, 2e-4, 8
   c.mf_train.agents = 8

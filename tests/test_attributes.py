@@ -273,3 +273,23 @@ def test_category_features_without_attributes_is_a_config_error():
     check_config(configs.load_config(quick, ["mf.category_features=True"]))
   check_config(configs.load_config(quick, ["mf.category_features=True", "mf.attributes=True",
                                            "ib.population_weight=1.0"]))
+
+
+def test_a_rollout_scored_on_its_drawn_categories_is_scored_as_their_labels_would_be():
+  from mfjax.evaluation.report import drawn_ids, drawn_scores, score
+  rng = np.random.default_rng(3)
+  E, T, B = 3, 4, 6
+  agent_mask = rng.random((E, T, B)) < 0.9
+  weights = (np.arange(T)[None, :] >= 1) & agent_mask.any(-1)
+  drawn = np.where(agent_mask, rng.integers(0, C, (E, T, B)), -1)
+  real = drawn_ids(np.where(agent_mask, rng.integers(0, C, (E, T, B)), -1))
+  ids = drawn_ids(drawn)
+  # each dimension's id is the class's own category (a share is behaviour 0 whatever else)
+  assert (ids["behaviour"][drawn == 0] == 0).all() and (ids["behaviour"][drawn > 0] == 1).all()
+  np.testing.assert_array_equal(class_of(ids)[agent_mask], drawn[agent_mask])
+  # a labeler that reads every drawn category back scores the rollout exactly as the drawn categories do
+  want = score(real, ids, agent_mask, weights, np.zeros((E, T, B, 2)), np.ones((E, T, B, 2)))
+  got = drawn_scores(real, drawn, agent_mask, weights)
+  assert got["kl_mean"] == pytest.approx(want["kl_mean"], rel=1e-12) and got["kl"] == pytest.approx(want["kl"])
+  other = drawn_scores(real, np.where(agent_mask, (drawn + 1) % C, -1), agent_mask, weights)
+  assert other["kl_mean"] != pytest.approx(got["kl_mean"])

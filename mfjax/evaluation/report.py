@@ -9,6 +9,7 @@ results.json:
                "kl_per_event": [E],   (each event's KL over its scored steps, mean over seeds)
                "attribute_agreement": {"joint", dim}}},   (an attribute-conditioned policy: how often the
                labeler reads the category it drew, over the scored agents; mean over seeds)
+               "drawn": {"kl_mean", "kl": {dim}}   (the same: KL scored on the drawn categories themselves)
    "paired": {<method>: {<reference>: {"diff", "ci95", "events"}}}   (`paired`: against shrunk and the best
              method without a mean field, over the same events)
    "ib_sweep": [{"beta", "val_relevance", "val_compression_bits", "val_population", "kl_mean", ...}]   (with
@@ -107,6 +108,19 @@ def attribute_agreement(drawn_ExTxB, sim: dict, agents_ExTxB) -> dict:
   for d, of_class in class_dimensions().items():
     out[d] = float(((np.asarray(of_class)[np.maximum(drawn, 0)] == sim[d]) & agents_ExTxB).sum() / n)
   return out
+
+
+def drawn_ids(drawn_ExTxB) -> dict:
+  """An attribute-conditioned policy's drawn joint classes [E, T, B] as each dimension's category ids
+  (the labeler's id layout; -1, no agent, reads as class 0 and must be masked by the caller)."""
+  drawn = np.maximum(np.asarray(drawn_ExTxB), 0)
+  return {d: np.asarray(of_class)[drawn] for d, of_class in class_dimensions().items()}
+
+
+def drawn_scores(real: dict, drawn_ExTxB, agent_mask, weights) -> dict:
+  """The metrics of a rollout scored on the categories its agents drew rather than on the labeler's
+  reading of the actions written: the population the head forecast, before the text."""
+  return metrics.compare(real, drawn_ids(drawn_ExTxB), agent_mask, agent_mask, step_weights=weights)
 
 
 def kl_per_step(kls, agent_mask) -> np.ndarray:
@@ -255,13 +269,14 @@ def evaluate(req: EvalRequest) -> Evaluation:
 
   scored_agents = agent_mask & weights[..., None]
   for tag, method, _ in runs:
-    per_seed, agreement = [], []
+    per_seed, agreement, drawn = [], [], []
     for seed in range(seeds):
       r = load_rollout(workdir, tag, seed)
       sim = sim_ids(tag, seed, r)
       per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], req.eval_batch.action_mask))
       if "category" in r:
         agreement.append(attribute_agreement(r["category"], sim, scored_agents))
+        drawn.append(drawn_scores(real, r["category"], agent_mask, weights))
       if seed == 0:
         if tag == "mf":
           results["mf_field"] = {"kl_nats_per_step": [float(x) for x in r["mf_kl"].mean(0)]}
@@ -269,6 +284,8 @@ def evaluate(req: EvalRequest) -> Evaluation:
     if agreement:
       results["methods"][tag]["attribute_agreement"] = {k: float(np.mean([a[k] for a in agreement]))
                                                         for k in agreement[0]}
+      results["methods"][tag]["drawn"] = {"kl_mean": float(np.mean([x["kl_mean"] for x in drawn])),
+                                          "kl": {d: float(np.mean([x["kl"][d] for x in drawn])) for d in DIMENSIONS}}
   truth = req.truth
   if truth is not None:
     # The floor set by finite steps: the real B agents of a step against their own exact distribution.
@@ -365,6 +382,10 @@ def table(results: dict) -> str:
       a = r["attribute_agreement"]
       rows.append(f"({m}: the labeler reads the category each agent drew in {a['joint']:.1%} of its actions; "
                   + ", ".join(f"{d} {a[d]:.1%}" for d in DIMENSIONS) + ")")
+    if "drawn" in r:
+      dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["drawn"]["kl"].items())
+      rows.append(f"({m} scored on the categories its agents drew, not on the labeler's reading of their actions: "
+                  f"KL {r['drawn']['kl_mean']:.4f}   {dims})")
   if "simulators" in results:
     world = ("; world*: the synthetic world's own equations run free from the warm-up"
              if "world" in results["simulators"]["methods"] else "")
