@@ -204,7 +204,7 @@ def test_attribute_agreement_counts_the_scored_agents_only():
 def test_attributes_without_a_population_weight_is_a_config_error():
   quick = "experiments/quickstart.py"
   with pytest.raises(ConfigError, match="mf.attributes: an attribute-conditioned policy draws from the population"):
-    check_config(configs.load_config(quick, ["mf.attributes=True"]))
+    check_config(configs.load_config(quick, ["mf.attributes=True", "ib.population_weight=0.0"]))
   with pytest.raises(ConfigError, match="ib.population_weight: must be >= 0"):
     check_config(configs.load_config(quick, ["ib.population_weight=-1.0"]))
   check_config(configs.load_config(quick, ["mf.attributes=True", "ib.population_weight=1.0"]))
@@ -270,9 +270,10 @@ def test_the_mean_field_reads_the_real_categories_in_warm_up_and_the_drawn_class
 def test_category_features_without_attributes_is_a_config_error():
   quick = "experiments/quickstart.py"
   with pytest.raises(ConfigError, match="mf.category_features: the mean field reads a sampled action's category"):
-    check_config(configs.load_config(quick, ["mf.category_features=True"]))
+    check_config(configs.load_config(quick, ["mf.category_features=True", "mf.attributes=False"]))
   check_config(configs.load_config(quick, ["mf.category_features=True", "mf.attributes=True",
                                            "ib.population_weight=1.0"]))
+  check_config(configs.load_config(quick, ["mf.category_features=False", "mf.attributes=False"]))
 
 
 def test_a_rollout_scored_on_its_drawn_categories_is_scored_as_their_labels_would_be():
