@@ -277,15 +277,14 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
     raise ValueError("method 'mf' needs the encoder and params['mf']")
   if spec.tags is not None and not encoder.cfg.classes:
     raise ValueError("an attribute-conditioned 'mf' (tags) needs the encoder's population head (classes > 0)")
-  if spec.tags is not None and spec.score_real and "category" not in batch:
-    raise ValueError("an attribute-conditioned 'mf' scores the real actions under batch['category']; "
-                     "pass it or score_real=False")
-  if spec.use_mf and encoder.cfg.category_features and spec.tags is None:
+  reads_categories = spec.use_mf and encoder.cfg.category_features
+  if reads_categories and spec.tags is None:
     raise ValueError("a mean field that reads the actions' categories (category_features) needs the "
                      "attribute-conditioned 'mf' (tags): a sampled action's category is the class it drew")
-  if spec.use_mf and encoder.cfg.category_features and "category" not in batch:
-    raise ValueError("a mean field that reads the actions' categories (category_features) needs batch['category'] "
-                     "(the real actions' joint classes, read in warm-up and for forced agents)")
+  if ((spec.tags is not None and spec.score_real) or reads_categories) and "category" not in batch:
+    raise ValueError("this 'mf' needs batch['category'], the real actions' joint classes: an attribute-conditioned "
+                     "'mf' scores the real actions under them (score_real=False skips that), and a mean field with "
+                     "category_features reads them in warm-up and for forced agents")
   if spec.text is not None and PARAMS.mf_lm not in params:
     raise ValueError("method 'mf_text' needs params['mf_lm'] (the summary writer)")
   params = {k: params[k] for k in _param_keys(spec)}  # e.g. a text stage's frozen "prior" is not rolled out
