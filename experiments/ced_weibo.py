@@ -61,6 +61,12 @@ def get_config(arg: str = ""):
   c.mf.category_features = True
   # The tiny byte-level policy breaks a character in 11-12% of its actions without it
   c.rollout.valid_utf8 = True
+  # Labels from the labeler learned on the project's hand labels (docs/labeling.md): cross-validated, it beats the
+  # rule lexicons on belief, sentiment and behaviour and ties on intent (tools/labeler_quality.py). It labels the
+  # eval actions, the reference simulators' training events and the population head's targets; results.json also
+  # scores the distributions corrected for its errors ("corrected").
+  c.eval.labeler = "trained"
+  c.eval.corrected = True
   if arg == "smoke":
     c.data.train_events = 24
     c.data.val_events = 4

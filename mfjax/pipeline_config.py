@@ -22,7 +22,7 @@ from mfjax.data.batching import BatchConfig
 from mfjax.data.intervention import Intervention
 from mfjax.data.synthetic import WorldConfig
 from mfjax.data.tokenizers import MIN_VOCAB
-from mfjax.evaluation.report import make_labeler
+from mfjax.evaluation.report import LABELERS
 from mfjax.ibtune import TRAINABLE, beta_schedule
 from mfjax.meanfield import MeanFieldConfig
 from mfjax.model import LoraConfig, ModelConfig, scratch
@@ -181,7 +181,13 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.parallel.distributed = False  # join the hosts of a pod / multi-host GPU job (also: MFJAX_DISTRIBUTED=1)
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.labeler = "rules"  # offline RuleLabeler
+  # rules: the offline RuleLabeler (lexicons); trained: TrainedLabeler, learned from the CED hand labels
+  # (experiments/labels, docs/labeling.md; needs data.source=ced). It labels the eval actions, the reference
+  # simulators' training events and, with a population head, the training targets and warm-up categories.
+  c.eval.labeler = "rules"
+  # also score the distributions corrected for the labeler's errors (its cross-validated confusion on the hand
+  # labels, mfjax.evaluation.correction): results.json "corrected" (needs data.source=ced)
+  c.eval.corrected = False
   return c
 
 
@@ -233,7 +239,13 @@ def check_config(cfg) -> None:
   if cfg.intervention.text:
     check("intervention", lambda: _intervention_of(cfg).check(d.steps, d.agents_per_step, r.warmup))
     check("intervention.methods", lambda: _intervention_methods(cfg))
-  check("eval.labeler", lambda: make_labeler(cfg.eval.labeler))
+  check("eval.labeler", cfg.eval.labeler in LABELERS, f"{cfg.eval.labeler!r} is not one of {LABELERS}")
+  check("eval.labeler", cfg.eval.labeler != "trained" or d.source == "ced",
+        "the trained labeler learns from the CED hand labels, whose texts it reads from data.path: "
+        "it needs data.source=ced")
+  check("eval.corrected", not cfg.eval.corrected or d.source == "ced",
+        "the labeler's errors are measured on the CED hand labels, whose texts are read from data.path: "
+        "it needs data.source=ced")
   check("ib.schedule", lambda: beta_schedule(cfg.ib.beta, cfg.ib.schedule, cfg.ib.warmup))
   check("ib.sweep", lambda: _sweep_stages(cfg))
   check("model.dtype", lambda: _float_dtype(m.dtype))
@@ -389,8 +401,14 @@ class DataPlan:
   context_k: int  # actions the recent / popular baselines quote
   summary_len: int  # tokens of a text mean field's summary
   labeler: str  # eval.labeler: labels the eval actions and an intervention's text
+  corrected: bool  # eval.corrected: score distributions corrected for the labeler's errors too
   categories: bool  # label every action's joint category (the population head's targets)
   attributes: bool  # mf.attributes: the tokenizer learns the tags, and the mf policy reads them
+
+  @property
+  def label_data(self) -> str:
+    """The CED folder whose hand-labelled texts the trained labeler and the correction read ("": none)."""
+    return self.path if self.source == "ced" else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -500,7 +518,7 @@ def plan(cfg) -> RunPlan:
                   d.eval_split, BatchConfig(int(d.steps), int(d.agents_per_step), int(d.prompt_len), int(d.action_len)),
                   WorldConfig(steps=int(d.steps), agents_per_step=int(d.agents_per_step), **cfg.world.to_dict()),
                   cfg.model.checkpoint, int(cfg.tokenizer.vocab_size), int(cfg.context.k), int(cfg.mf_text.summary_len),
-                  cfg.eval.labeler, _population_head(cfg), bool(cfg.mf.attributes))
+                  cfg.eval.labeler, bool(cfg.eval.corrected), _population_head(cfg), bool(cfg.mf.attributes))
   training = TrainingPlan(float(t.weight_decay), int(t.log_every), int(t.ckpt_every), int(t.eval_every),
                           bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta),
                           float(cfg.ib.population_weight))

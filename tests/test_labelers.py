@@ -41,28 +41,85 @@ def test_batch_interface_and_category_ids():
     category_ids({"belief": ["maybe"]})
 
 
-def test_hand_labelled_ced_val_comments_are_scored(ced_dir):
+def _tools(name):
+  import importlib
   import os
   import sys
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
-  import labeler_quality
-  rows = labeler_quality.read_hand_labels()
-  assert len(rows) == 150 and len({(r["eid"], r["mid"]) for r in rows}) == 150
-  for r in rows:
-    assert all(r[d] in cats for d, cats in DIMENSIONS.items())
-  out = labeler_quality.evaluate(os.path.join(ced_dir, "val.jsonl.gz"))  # every (eid, mid) is found in val
-  assert out["n"] == 150 and all(0.0 <= out[d]["accuracy"] <= 1.0 for d in DIMENSIONS)
+  return importlib.import_module(name)
 
 
-def test_labeler_quality_on_a_missing_or_malformed_file_names_it(tmp_path, capsys):
-  import gzip
+def test_hand_labels_are_the_recorded_draw_and_their_texts_are_found(ced_dir, capsys):
+  """The stratified file holds exactly the draw tools/draw_label_sample.py makes (same seed, strata,
+  pool sizes), every labelled (eid, mid) is found in train/val with its text, a row weighs its stratum's
+  pool over its draw, and the blind second labellings agree as the docs say they can be compared."""
   import os
-  import sys
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
-  import labeler_quality
-  with pytest.raises(SystemExit, match="no such event file or folder: .*nope.jsonl.gz"):
-    labeler_quality.main(["--data", str(tmp_path / "nope.jsonl.gz")])
-  with gzip.open(tmp_path / "val.jsonl.gz", "wt") as f:
-    f.write("{oops\n")
-  with pytest.raises(SystemExit, match="val.jsonl.gz:1: invalid JSON"):
-    labeler_quality.main(["--data", str(tmp_path / "val.jsonl.gz")])
+  import numpy as np
+  from mfjax.evaluation import hand_labels
+  _tools("draw_label_sample").main(["--data", ced_dir, "--check", os.path.join(hand_labels.LABELS_DIR,
+                                                                                 hand_labels.STRATIFIED)])
+  assert "the draw and its pool sizes match" in capsys.readouterr().out
+  hand = hand_labels.load(ced_dir)
+  assert len(hand.texts) == 720 + 150 and all(isinstance(t, str) and t for t in hand.texts)
+  assert sum(b == "doubt" for b in hand.labels["belief"][:720]) >= 100  # the issue's floor for the rare class
+  cue = [w for w, g in zip(hand.weights, hand.group) if g.endswith(":cue")]
+  assert len(cue) == 320 and np.allclose(cue, 87503 / 320)
+  for i, b in enumerate(hand.labels["behaviour"]):  # a share reads as SHARE_LABELS, as the guide says
+    if b == "share":
+      assert (hand.labels["belief"][i], hand.labels["sentiment"][i], hand.labels["intent"][i]) == (
+          "believe", "neutral", "promotion")
+  agreement = _tools("labeler_quality").agreement()
+  assert agreement["ced_hand"]["rows"] == 100 and agreement["ced_val_hand"]["rows"] == 150
+  assert all(-1 <= agreement[f][d]["kappa"] <= 1 for f in agreement for d in DIMENSIONS)
+
+
+def test_a_malformed_labels_file_names_file_and_line(tmp_path):
+  from mfjax.evaluation import hand_labels
+  path = tmp_path / "x.tsv"
+  path.write_text("# c\neid\tmid\tbehaviour\tbelief\tsentiment\tintent\ne1\tm1\tcomment\tbelieve\tangry\topinion\n")
+  with pytest.raises(ValueError, match="x.tsv line 3: sentiment 'angry' is not one of"):
+    hand_labels.read_tsv(str(path))
+  path.write_text("eid\tmid\tbehaviour\n")
+  with pytest.raises(ValueError, match=r"x.tsv line 1: missing columns \['belief'"):
+    hand_labels.read_tsv(str(path))
+  path.write_text("eid\tmid\tbehaviour\tbelief\tsentiment\tintent\ne1\tm1\tcomment\n")
+  with pytest.raises(ValueError, match="x.tsv line 2: expected 6 tab-separated values"):
+    hand_labels.read_tsv(str(path))
+  with pytest.raises(ValueError, match="no '# pool: stratum=N"):
+    hand_labels.pool_sizes(["# other"], str(path))
+
+
+# A tiny hand-labelled corpus in the guide's conventions: the trained labeler must learn it
+TRAIN = [("转发微博", "share", "believe", "neutral", "promotion"), ("", "share", "believe", "neutral", "promotion"),
+         ("真的假的？", "comment", "doubt", "neutral", "question"), ("谣言吧[怒]", "comment", "doubt", "negative", "opinion"),
+         ("太好了[哈哈]", "comment", "believe", "positive", "opinion"), ("心疼[泪]", "comment", "believe", "negative", "opinion"),
+         ("扩散！", "comment", "believe", "neutral", "promotion"), ("@王五 看看", "comment", "believe", "neutral", "promotion"),
+         ("在哪里？", "comment", "believe", "neutral", "question"), ("支持加油", "comment", "believe", "positive", "opinion")]
+
+
+def test_trained_labeler_learns_hand_labels_and_keeps_the_share_convention():
+  from mfjax.evaluation.trained_labeler import TrainedLabeler
+  texts = [t for t, *_ in TRAIN] * 8
+  labels = {d: [row[1 + i] for row in TRAIN] * 8 for i, d in enumerate(DIMENSIONS)}
+  model = TrainedLabeler.fit(texts, labels)
+  got = model.label([t for t, *_ in TRAIN])
+  for i, (text, *want) in enumerate(TRAIN):
+    assert [got[d][i] for d in DIMENSIONS] == want, text
+  assert model.label([]) == {d: [] for d in DIMENSIONS}
+  one = {**labels, "belief": ["believe"] * len(texts)}
+  with pytest.raises(ValueError, match="'belief' hold one category only"):
+    TrainedLabeler.fit(texts, one)
+
+
+def test_the_trained_labeler_needs_the_ced_data():
+  from mfjax.evaluation.report import make_labeler
+  with pytest.raises(ValueError, match="'trained' learns from the CED hand labels .* data.source=ced"):
+    make_labeler("trained")
+  with pytest.raises(ValueError, match="eval.labeler 'gpt' is not known offline"):
+    make_labeler("gpt")
+
+
+def test_labeler_quality_on_a_missing_data_folder_names_it(tmp_path):
+  with pytest.raises(SystemExit, match="nope/train.jsonl.gz, which does not exist"):
+    _tools("labeler_quality").main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+  assert not (tmp_path / "out").exists()

@@ -215,6 +215,22 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   assert "[mesh] {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu device(s)" in capsys.readouterr().out
   results = _check_results(tmp_path / "ced", seeds=2)
   assert results["data"]["events"] == 4 and "reference" not in results
+  # the experiment's labeler is the one learned from the hand labels, and the distributions corrected for
+  # its errors are scored beside the raw ones, for every method and reference simulator
+  assert results["data"]["labeler"] == "trained" and "trained: 5-fold" in results["corrected"]["source"]
+  assert set(results["corrected"]["methods"]) == set(results["methods"])
+  assert set(results["corrected"]["simulators"]) == set(results["simulators"]["methods"])
+  # the same rollouts scored under the rule labeler, into a file of its own; the run's results.json untouched
+  sys.path.insert(0, os.path.join(ROOT, "tools"))
+  import rescore
+  before = (tmp_path / "ced" / "results.json").read_text()
+  rescore.main(["--run", str(tmp_path / "ced"), "--labeler", "rules"])
+  rules = json.loads((tmp_path / "ced" / "rescored" / "rules.json").read_text())
+  assert rules["data"]["labeler"] == "rules" and set(rules["corrected"]["methods"]) == set(results["methods"])
+  assert (tmp_path / "ced" / "results.json").read_text() == before
+  with pytest.raises(SystemExit):  # never over an existing file
+    rescore.main(["--run", str(tmp_path / "ced"), "--labeler", "rules"])
+  assert "rules.json exists" in capsys.readouterr().err
 
 
 def test_a_rollout_that_cannot_be_read_is_an_error_naming_it(tmp_path):
@@ -343,7 +359,9 @@ def test_the_run_plan_lists_stages_and_rollouts_in_order():
     ("data.source=weibo", "data.source: must be 'synthetic' or 'ced'"),
     ("data.eval_split=test", "data.eval_split: must be 'val' or 'holdout'"),
     ("data.steps=0", "data.steps: must be >= 1"),
-    ("eval.labeler=gpt4", "eval.labeler 'gpt4' is not known"),
+    ("eval.labeler=gpt4", r"eval.labeler: 'gpt4' is not one of \('rules', 'trained'\)"),
+    ("eval.labeler=trained", "eval.labeler: the trained labeler learns from the CED hand labels.*data.source=ced"),
+    ("eval.corrected=True", "eval.corrected: the labeler's errors are measured on the CED hand labels"),
     ("base.lr=0.0", "base.lr: must be > 0"),
     ("sft.batch_events=0", "sft.batch_events: must be >= 1"),
     ("model.num_heads=0", "model.num_heads: must be >= 1"),

@@ -30,11 +30,10 @@ sys.path.insert(0, REPO)
 from mfjax.data import load_events  # noqa: E402
 from mfjax.errors import one_line_errors  # noqa: E402
 from mfjax.evaluation.hand_labels import read_tsv  # noqa: E402
+from mfjax.evaluation.labelers import CUES  # noqa: E402
 
 DATA = os.path.join(REPO, "..", "shared", "data", "ced")
 OLD_HAND = os.path.join(REPO, "experiments", "labels", "ced_val_hand.tsv")
-CUES = re.compile(r"谣|假|真的|真相|真是假|真实|求证|证实|不信|信吗|谁信|骗|靠谱|可信|[Pp][Ss]|P的|炒作|忽悠|来源|出处|"
-                  r"确定|可能吗|不可能|不会吧|胡说|瞎说|扯淡|编的|[?？]")
 SPLITS = ("train", "val")
 SEED = 2027
 SIZES = {"cue": 320, "rest": 400}

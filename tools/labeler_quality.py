@@ -1,63 +1,94 @@
-"""Accuracy and macro-F1 of a labeler against the hand labels of CED val comments.
+"""How good the labelers are, against the project's hand labels (docs/labeling.md).
 
-Reads experiments/labels/ced_val_hand.tsv (eid, mid, labels), looks the texts up
-in the CED val file, labels them with RuleLabeler, prints one JSON object.
+  python tools/labeler_quality.py [--data ../shared/data/ced] [--out runs/labeler_quality]
 
-  python tools/labeler_quality.py [--data ../shared/data/ced/val.jsonl.gz]
+Prints, and writes to OUT/results.json (docs/labeling.md's tables are made from it by
+`python tools/report_table.py --update docs/labeling.md`):
+- `labeler_quality.cross_validated`: on the stratified hand labels (experiments/labels/ced_hand.tsv,
+  720 train/val comments), each labeler's accuracy, balanced accuracy and macro-F1 per dimension,
+  weighted to the natural distribution of non-empty texts, with 95% bootstrap intervals over rows.
+  RuleLabeler as it is; TrainedLabeler 5-fold cross-validated (a row is scored by a model fitted on
+  the other folds plus the uniform val labels).
+- `labeler_quality.uniform_val`: the same on the 150 uniformly drawn val comments labelled before
+  the guide (experiments/labels/ced_val_hand.tsv), the trained labeler fitted on the stratified
+  labels alone: a check on other labellers' labels, unweighted.
+- `labeler_agreement`: Cohen's kappa (scikit-learn) and raw agreement per dimension between two
+  blind labellings (ced_hand_second.tsv: 100 rows of the stratified draw; ced_val_hand_second.tsv:
+  the 150 val comments): the ceiling a labeler can be held to.
+- `labeler_quality.confusion`: each labeler's weighted cross-validated P(predicted | true), which
+  corrects a run's distributions (`eval.corrected`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from mfjax.categories import DIMENSIONS  # noqa: E402
-from mfjax.data import load_events  # noqa: E402
 from mfjax.errors import one_line_errors  # noqa: E402
-from mfjax.evaluation import RuleLabeler  # noqa: E402
-from mfjax.evaluation.metrics import accuracy_macro_f1  # noqa: E402
+from mfjax.evaluation import hand_labels, quality  # noqa: E402
+from mfjax.evaluation.labelers import RuleLabeler  # noqa: E402
+from mfjax.runs import write_json  # noqa: E402
 
-HAND = os.path.join(REPO, "experiments", "labels", "ced_val_hand.tsv")
-
-
-def read_hand_labels(path: str = HAND) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return list(csv.DictReader((line for line in f if not line.startswith("#")), delimiter="\t"))
+DATA = os.path.join(REPO, "..", "shared", "data", "ced")
+PAIRS = (("ced_hand", hand_labels.STRATIFIED, hand_labels.SECOND),
+         ("ced_val_hand", hand_labels.UNIFORM_VAL, "ced_val_hand_second.tsv"))
 
 
-def evaluate(data: str, labeler=None, hand_path: str = HAND) -> dict:
-  rows = read_hand_labels(hand_path)
-  wanted = {(r["eid"], r["mid"]) for r in rows}
-  texts = {}
-  for e in load_events(data):
-    for a in e.actions:
-      if (e.eid, a.id) in wanted:
-        texts[(e.eid, a.id)] = a.text
-  missing = wanted - set(texts)
-  if missing:
-    raise SystemExit(f"error: {len(missing)} labelled comments are not in {data}, e.g. {sorted(missing)[:3]}")
-  labeler = labeler or RuleLabeler()
-  pred = labeler.label([texts[(r["eid"], r["mid"])] for r in rows])
-  out = {"n": len(rows), "labeler": type(labeler).__name__}
-  for d, cats in DIMENSIONS.items():
-    acc, f1 = accuracy_macro_f1([r[d] for r in rows], pred[d], cats)
-    out[d] = {"accuracy": round(acc, 3), "macro_f1": round(f1, 3)}
+def agreement(labels_dir: str = hand_labels.LABELS_DIR) -> dict:
+  """{file: {"rows", dimension: {"kappa", "agreement"}}} of each pair of blind labellings."""
+  from sklearn.metrics import cohen_kappa_score
+  out = {}
+  for name, first, second in PAIRS:
+    a = {(r["eid"], r["mid"]): r for r in hand_labels.read_tsv(os.path.join(labels_dir, first))[1]}
+    b = hand_labels.read_tsv(os.path.join(labels_dir, second))[1]
+    missing = [(r["eid"], r["mid"]) for r in b if (r["eid"], r["mid"]) not in a]
+    if missing:
+      raise ValueError(f"{second}: {len(missing)} rows are not in {first}, e.g. {missing[0]}")
+    out[name] = {"rows": len(b)}
+    for d in DIMENSIONS:
+      x, y = [a[r["eid"], r["mid"]][d] for r in b], [r[d] for r in b]
+      out[name][d] = {"kappa": round(float(cohen_kappa_score(x, y)), 4),
+                      "agreement": round(sum(u == v for u, v in zip(x, y)) / len(b), 4)}
+  return out
+
+
+def evaluate(data: str) -> dict:
+  hand = hand_labels.load(data, (hand_labels.STRATIFIED,))
+  extra = hand_labels.load(data, (hand_labels.UNIFORM_VAL,))
+  out = {"cross_validated": {}, "uniform_val": {}, "confusion": {},
+         "rows": {"stratified": len(hand.texts), "uniform_val": len(extra.texts)}, "folds": quality.FOLDS}
+  for name in quality.LABELERS:
+    t0 = time.time()
+    pred = quality.cross_validated(hand, extra, name)
+    out["cross_validated"][name] = quality.scores(hand.labels, pred, hand.weights)
+    out["confusion"][name] = {d: m.round(4).tolist() for d, m in quality.confusions(hand.labels, pred,
+                                                                                      hand.weights).items()}
+    print(f"[labelers] {name}: cross-validated in {time.time() - t0:.0f} s", file=sys.stderr)
+  from mfjax.evaluation.trained_labeler import TrainedLabeler
+  for name, labeler in (("rules", RuleLabeler()), ("trained", TrainedLabeler.fit(hand.texts, hand.labels))):
+    out["uniform_val"][name] = quality.scores(extra.labels, labeler.label(extra.texts), extra.weights)
   return out
 
 
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "ced", "val.jsonl.gz"))
+  ap.add_argument("--data", default=DATA, help="the CED folder whose train/val files hold the labelled texts")
+  ap.add_argument("--out", default=os.path.join("runs", "labeler_quality"), help="folder for results.json")
   args = ap.parse_args(argv)
-  with one_line_errors():  # no file there, or a malformed record (named)
-    out = evaluate(args.data)
-  print(json.dumps(out))
+  with one_line_errors():  # no data there, a malformed labels file (named with its line)
+    results = {"labeler_quality": evaluate(args.data), "labeler_agreement": agreement()}
+  os.makedirs(args.out, exist_ok=True)
+  write_json(os.path.join(args.out, "results.json"), results)
+  sys.path.insert(0, os.path.join(REPO, "tools"))
+  import report_table
+  print(report_table.render(results, ["labelers", "agreement"]))
+  print(f"\nwrote {os.path.join(args.out, 'results.json')}")
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ def main(argv=None):
     ap.error(str(e))
   t0 = time.time()
   with one_line_errors():  # data.path: no files there, or a malformed record; a labeler's model folder
-    train, _, scored, truth, split = pipeline.split_events(pipeline_config.plan(cfg).data)
-    labeler = CachedLabeler(make_labeler(cfg.eval.labeler))
+    data = pipeline_config.plan(cfg).data
+    train, _, scored, truth, split = pipeline.split_events(data)
+    labeler = CachedLabeler(make_labeler(data.labeler, data.label_data))
     real_ids, real_mask = labelled(scored, cfg, labeler)
     train_ids, train_mask = labelled(train, cfg, labeler)
   warmup = cfg.rollout.warmup

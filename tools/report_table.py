@@ -10,7 +10,9 @@ simulators that use no model, oracles starred), `paired` (each method against `s
 and the best method without a mean field over the same events: the mean difference and
 its 95% bootstrap interval), `intervention` (each method's change in
 the category each dimension's plot shows, with minus without), `sweep` (the IB sweep:
-beta, validation NLL and bits of compression against KL).
+beta, validation NLL and bits of compression against KL), `corrected` (KL on distributions
+corrected for the labeler's errors, with eval.corrected), `labelers` and `agreement` (the
+labelers against the hand labels: tools/labeler_quality.py's results).
 
 `--update PAGE` rewrites every block of PAGE marked as
 
@@ -50,7 +52,7 @@ SIMULATORS = {
     "step": "the real step itself, resampled (sampling noise alone)",
     "world": "the synthetic world's own equations, run free from the warm-up",
 }
-PARTS = ("methods", "simulators", "paired", "intervention", "sweep")
+PARTS = ("methods", "simulators", "paired", "intervention", "sweep", "corrected", "labelers", "agreement")
 _OPEN = re.compile(r"^<!-- report: (\S+) (\S+) -->\s*$")
 _CLOSE = "<!-- /report -->"
 
@@ -120,10 +122,46 @@ def sweep(results: dict) -> str:
   return _table(["beta", "val NLL", "bits", "KL mean", "± std"], rows)
 
 
+def _ci(v: dict) -> str:
+  return f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+
+
+def labelers(results: dict) -> str:
+  q = results["labeler_quality"]
+  header = ["labeler", "dimension", "accuracy", "balanced accuracy", "macro-F1"]
+
+  def rows(block):
+    return [[name, d, *(_ci(s[d][k]) for k in ("accuracy", "balanced_accuracy", "macro_f1"))]
+            for name, s in block.items() for d in DIMENSIONS]
+  return (f"Cross-validated ({q['folds']} folds) on the {q['rows']['stratified']} stratified hand labels, weighted "
+          "to the natural distribution of non-empty texts (95% bootstrap intervals over rows):\n\n"
+          + _table(header, rows(q["cross_validated"]))
+          + f"\n\nOn the {q['rows']['uniform_val']} uniformly drawn val comments labelled before the guide (the "
+          "trained labeler fitted on the stratified labels alone; unweighted):\n\n" + _table(header, rows(q["uniform_val"])))
+
+
+def agreement(results: dict) -> str:
+  a = results["labeler_agreement"]
+  rows = [[name, str(v["rows"]), *(f"{v[d]['kappa']:.3f} ({v[d]['agreement']:.2f})" for d in DIMENSIONS)]
+          for name, v in a.items()]
+  return "Cohen's kappa (raw agreement) of two blind labellings:\n\n" + _table(["file", "rows", *DIMENSIONS], rows)
+
+
+def corrected(results: dict) -> str:
+  c = results["corrected"]
+  rows = [[m, f"{results['methods'][m]['kl_mean']:.3f}", f"{r['kl_mean']:.3f}", *_dims(r["kl"])]
+          for m, r in c["methods"].items()]
+  rows += [[f"{name}*" if name in ORACLES else name, f"{results['simulators']['methods'][name]['kl_mean']:.3f}",
+            f"{r['kl_mean']:.3f}", *_dims(r["kl"])] for name, r in c.get("simulators", {}).items()]
+  return (f"KL on distributions corrected for the labeler's errors ({c['source']}), beside the raw KL:\n\n"
+          + _table(["method", "KL raw", "KL corrected", *(f"corrected {d}" for d in DIMENSIONS)], rows))
+
+
 _KEYS = {"methods": "methods", "simulators": "simulators", "paired": "paired", "intervention": "intervention",
-         "sweep": "ib_sweep"}
+         "sweep": "ib_sweep", "corrected": "corrected", "labelers": "labeler_quality",
+         "agreement": "labeler_agreement"}
 _MAKE = {"methods": methods, "simulators": simulators, "paired": paired, "intervention": intervention,
-         "sweep": sweep}
+         "sweep": sweep, "corrected": corrected, "labelers": labelers, "agreement": agreement}
 
 
 def load(run: str) -> dict:

@@ -34,8 +34,9 @@ Letters: E events, T steps, B agents, C categories of a dimension, N training ev
 
 from __future__ import annotations
 
+import functools
 import zlib
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -102,30 +103,41 @@ def predictors(real_ExTxC, train_NxTxC, real_labels: Sequence, train_labels: Seq
   return out, k
 
 
-def kls(real_ExTxC, sim_ExTxC, eps: float = metrics.DEFAULT_EPS) -> np.ndarray:
+def kls(real_ExTxC, sim_ExTxC, eps: float = metrics.DEFAULT_EPS, correct: Optional[Callable] = None) -> np.ndarray:
   """[E, T]: the pipeline's KL(real || simulated) per (event, step) between the proportions of
-  two steps' category counts."""
+  two steps' category counts; `correct` maps proportions [..., C] to corrected ones first (the
+  labeler's errors: `mfjax.evaluation.correction`)."""
   p = [np.asarray(c, np.float64) for c in (real_ExTxC, sim_ExTxC)]
   p_real, p_sim = (c / np.maximum(c.sum(-1, keepdims=True), 1) for c in p)
+  if correct is not None:
+    p_real, p_sim = correct(p_real), correct(p_sim)
   return np.asarray(metrics.kl(p_real, p_sim, eps), np.float64)
+
+
+def sampled_counts(real_ExTxC, q_ExTxC, rng: np.random.Generator) -> np.ndarray:
+  """[E, T, C]: as many agents as each real step has, drawn from q."""
+  real = np.asarray(real_ExTxC, np.float64)
+  q = np.asarray(q_ExTxC, np.float64)
+  return rng.multinomial(real.sum(-1).astype(np.int64), q / q.sum(-1, keepdims=True))
 
 
 def sampled_kls(real_ExTxC, q_ExTxC, rng: np.random.Generator, eps: float = metrics.DEFAULT_EPS) -> np.ndarray:
   """[E, T]: `kls` with the simulated side as many agents as the real step has, drawn from q."""
-  real = np.asarray(real_ExTxC, np.float64)
-  q = np.asarray(q_ExTxC, np.float64)
-  return kls(real, rng.multinomial(real.sum(-1).astype(np.int64), q / q.sum(-1, keepdims=True)), eps)
+  return kls(real_ExTxC, sampled_counts(real_ExTxC, q_ExTxC, rng), eps)
 
 
 def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, train_mask, train_labels: Sequence,
-           *, warmup: int, draws: int = 3, seed: int = 0, simulated: Optional[dict] = None) -> dict:
+           *, warmup: int, draws: int = 3, seed: int = 0, simulated: Optional[dict] = None,
+           correct: Optional[Callable] = None) -> dict:
   """Every predictor's sampled KL, from category ids {dimension: [E, T, B]} and agent masks of the
   scored events and of the training events; `simulated`: name -> one set of category ids per draw
   of simulators that run (`world`), scored over the real agent mask. Returns
   {"methods": {name: {"kl_mean" (mean over draws of the mean over dimensions), "kl_mean_std" (over
   draws), "kl": {dimension}, "kl_per_step": [T] (the mean over the events scored at each step; None
   where none is), "kl_per_event": [E] (each event's mean over its scored steps, draws and dimensions;
-  None for an event with none)}}, "scored_steps", "draws", "shrunk_pseudocounts": {dimension: k}}."""
+  None for an event with none)}}, "scored_steps", "draws", "shrunk_pseudocounts": {dimension: k}}; with
+  `correct` (dimension, proportions [..., C]) -> corrected proportions, also "corrected": {name: {"kl_mean",
+  "kl": {dimension}}}, the same draws scored on corrected proportions."""
   real_mask = np.asarray(real_mask, bool)
   T = real_mask.shape[1]
   scored = (np.arange(T)[None] >= warmup) & real_mask.any(-1)
@@ -137,17 +149,24 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
     if len(runs) != draws:
       raise ValueError(f"simulated[{name!r}] has {len(runs)} runs for {draws} draws")
   per_draw = {name: {d: [] for d in DIMENSIONS} for name in (*PREDICTORS, *simulated)}  # each draw's KL [E, T]
+  per_draw_corrected = {name: {d: [] for d in DIMENSIONS} for name in per_draw}
   pseudocounts = {}
   for d, cats in DIMENSIONS.items():
     real = counts(real_ids[d], real_mask, len(cats))
     train = counts(train_ids[d], train_mask, len(cats))
     qs, pseudocounts[d] = predictors(real, train, real_labels, train_labels, warmup, scored)
+    fix = None if correct is None else functools.partial(correct, d)
+    sims = {name: [] for name in per_draw}  # each draw's simulated counts [E, T, C]
     for name in PREDICTORS:
       for k in range(draws):  # keyed by names: a predictor's draws do not move when another is added
         rng = np.random.default_rng([seed, k, zlib.crc32(name.encode()), zlib.crc32(d.encode())])
-        per_draw[name][d].append(sampled_kls(real, qs[name], rng))
+        sims[name].append(sampled_counts(real, qs[name], rng))
     for name, runs in simulated.items():
-      per_draw[name][d] += [kls(real, counts(ids[d], real_mask, len(cats))) for ids in runs]
+      sims[name] = [counts(ids[d], real_mask, len(cats)) for ids in runs]
+    for name, drawn in sims.items():
+      per_draw[name][d] = [kls(real, c) for c in drawn]
+      if fix is not None:
+        per_draw_corrected[name][d] = [kls(real, c, correct=fix) for c in drawn]
   out = {}
   for name, dims in per_draw.items():
     kl = {d: (np.stack(v) * w).sum((1, 2)) / w.sum() for d, v in dims.items()}  # [draws] per dimension
@@ -160,7 +179,13 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
                  "kl": {d: float(v.mean()) for d, v in kl.items()},
                  "kl_per_step": [float(x) if scored[:, t].any() else None for t, x in enumerate(per_step)],
                  "kl_per_event": [None if np.isnan(x) else float(x) for x in per_event]}
-  return {"methods": out, "scored_steps": int(scored.sum()), "draws": draws, "shrunk_pseudocounts": pseudocounts}
+  result = {"methods": out, "scored_steps": int(scored.sum()), "draws": draws, "shrunk_pseudocounts": pseudocounts}
+  if correct is not None:
+    result["corrected"] = {}
+    for name, dims in per_draw_corrected.items():
+      kl = {d: float(np.mean([(x * w).sum() / w.sum() for x in v])) for d, v in dims.items()}
+      result["corrected"][name] = {"kl_mean": float(np.mean(list(kl.values()))), "kl": kl}
+  return result
 
 
 def table(result: dict, first: str = "simulator") -> str:

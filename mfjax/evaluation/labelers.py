@@ -49,6 +49,11 @@ NEGATIVE_WORDS = ("恶心", "可怕", "悲哀", "愤怒", "垃圾", "无耻", "�
                   "RIP", "卑鄙", "黑心", "丧心病狂", "没人性", "作孽")
 QUESTION_MARKERS = ("?", "？", "吗", "谁知道", "有人知道", "为什么", "为啥", "怎么回事", "什么情况", "是不是",
                     "有没有", "哪里", "哪儿", "咋回事", "几时", "多少")
+# A broad net for texts that may doubt or ask (rumour, fake, true?, source, a question mark...): not a labeler. The
+# stratified draw of experiments/labels/ced_hand.tsv is defined by it (tools/draw_label_sample.py): changing it
+# changes what that file's strata mean.
+CUES = re.compile(r"谣|假|真的|真相|真是假|真实|求证|证实|不信|信吗|谁信|骗|靠谱|可信|[Pp][Ss]|P的|炒作|忽悠|来源|出处|"
+                  r"确定|可能吗|不可能|不会吧|胡说|瞎说|扯淡|编的|[?？]")
 PROMOTION_MARKERS = ("转发", "扩散", "转起", "帮转", "求转", "快转", "转给", "转走", "大家", "周知", "提醒", "注意",
                      "看看", "速转", "互相转告", "告诉", "分享")
 

@@ -17,6 +17,9 @@ results.json:
    "intervention": {"text", "step", "agents", "labels", "events", "scored_steps",
                     "methods": {<method>: {"effect": {dim: {category}}, "effect_std", "seeds"}},
                     "world": {"effect": ...}}   (with intervention.text; world: synthetic data)
+   "corrected": {"source", "matrices": {dim: [C][C] P(predicted | true)}, "methods": {<method>: {"kl_mean",
+                 "kl": {dim}}}, "simulators": {<name>: ...}}   (with eval.corrected: KL of proportions corrected
+                 for the labeler's errors, `mfjax.evaluation.correction`, beside the raw ones above)
    "simulators": {"methods": {<name>: {"kl_mean", "kl_mean_std", "kl": {dim}, "kl_per_event"}}, ...}   (`bounds.bounds`:
                  no-model reference simulators, from the training events and the eval events' real steps;
                  on synthetic data also "world", the world's own equations run free from the warm-up)
@@ -39,6 +42,7 @@ intervention, every random draw unchanged).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Optional
 
@@ -68,11 +72,28 @@ class CachedLabeler:
     return {d: np.array([self.cache[t][d] for t in texts], np.int64) for d in DIMENSIONS}
 
 
-def make_labeler(name: str):
+LABELERS = ("rules", "trained")  # eval.labeler: RuleLabeler, TrainedLabeler (learned from the CED hand labels)
+
+
+def make_labeler(name: str, data: str = ""):
+  """The labeler `eval.labeler` names. `data`: the CED folder whose train/val files hold the texts of
+  the hand labels (experiments/labels) that the trained labeler learns from ("": none, e.g. the
+  synthetic world)."""
   if name == "rules":
     return RuleLabeler()
-  raise ValueError(f"eval.labeler {name!r} is not known offline; use 'rules' "
+  if name == "trained":
+    if not data:
+      raise ValueError("eval.labeler 'trained' learns from the CED hand labels (experiments/labels), whose texts "
+                       "are read from the CED data folder: it needs data.source=ced (data.path)")
+    return _trained_labeler(os.path.abspath(data))
+  raise ValueError(f"eval.labeler {name!r} is not known offline; use one of {LABELERS} "
                    "(OpenAICompatLabeler is available from Python: mfjax.evaluation.OpenAICompatLabeler)")
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_labeler(data: str):
+  from mfjax.evaluation.trained_labeler import TrainedLabeler  # scikit-learn, only where it is used
+  return TrainedLabeler.from_hand_labels(data)
 
 
 def decode_actions(tokenizer, tokens_ExTxBxA, mask_ExTxBxA) -> list[str]:
@@ -88,12 +109,16 @@ def label_ids(labeler: CachedLabeler, texts: list[str], shape) -> dict:
   return {d: v.reshape(shape) for d, v in labeler.ids(texts).items()}
 
 
-def step_kls(real: dict, sim: dict, agent_mask) -> np.ndarray:
-  """[D, E, T]: each dimension's KL(real || simulated) of every (event, step)'s proportions."""
+def step_kls(real: dict, sim: dict, agent_mask, correct=None) -> np.ndarray:
+  """[D, E, T]: each dimension's KL(real || simulated) of every (event, step)'s proportions; with
+  `correct` ((dimension, proportions) -> corrected proportions: a `correction.Correction`), of the
+  proportions corrected for the labeler's errors."""
   out = []
   for d, cats in DIMENSIONS.items():
     p = metrics.step_distributions(real[d], agent_mask, len(cats))[0]
     q = metrics.step_distributions(sim[d], agent_mask, len(cats))[0]
+    if correct is not None:
+      p, q = correct(d, np.asarray(p)), correct(d, np.asarray(q))
     out.append(np.asarray(metrics.kl(p, q), np.float64))
   return np.stack(out)
 
@@ -167,9 +192,14 @@ def paired(results: dict, seed: int = 0) -> dict:
   return out
 
 
-def score(real: dict, sim: dict, agent_mask, weights, real_logprobs, action_mask) -> dict:
-  """Metrics of one rollout (dimension ids [E, T, B])."""
+def score(real: dict, sim: dict, agent_mask, weights, real_logprobs, action_mask, correct=None) -> dict:
+  """Metrics of one rollout (dimension ids [E, T, B]); with `correct`, also "kl_corrected": {dimension:
+  KL over the scored steps of proportions corrected for the labeler's errors}."""
   out = metrics.compare(real, sim, agent_mask, agent_mask, step_weights=weights)
+  if correct is not None:
+    w = np.asarray(weights, np.float64)
+    out["kl_corrected"] = {d: float((k * w).sum() / w.sum())
+                           for d, k in zip(DIMENSIONS, step_kls(real, sim, agent_mask, correct))}
   kls = step_kls(real, sim, agent_mask)
   out["kl_per_event"] = kl_per_event(kls, weights)
   w = action_mask.astype(np.float32) * agent_mask[..., None] * weights[..., None, None]
@@ -222,6 +252,8 @@ class EvalRequest:
   seeds: int
   warmup: int
   labeler_name: str = "rules"
+  label_data: str = ""  # the CED folder the trained labeler's hand labels read their texts from ("": none)
+  corrected: bool = False  # also score distributions corrected for the labeler's errors (needs label_data)
   truth: Optional[object] = None  # synthetic.GroundTruth of the eval events: the sampling-noise floor, `world*`
   sweep: Optional[dict] = None  # tag -> validation terms of each IB sweep stage
   # {"intervention": mfjax.data.intervention.Intervention, "labels": its text's categories, "forced": [E, T, B]
@@ -250,7 +282,14 @@ def evaluate(req: EvalRequest) -> Evaluation:
   workdir, runs, seeds, warmup = req.workdir, list(req.runs), req.seeds, req.warmup
   intervention = req.intervention
   check_rollouts(workdir, runs + [(tag, None, None) for tag, _ in (intervention or {}).get("runs", [])], seeds)
-  labeler = CachedLabeler(make_labeler(req.labeler_name))
+  labeler = CachedLabeler(make_labeler(req.labeler_name, req.label_data))
+  correct = None
+  if req.corrected:
+    if not req.label_data:
+      raise ValueError("eval.corrected estimates the labeler's errors on the CED hand labels (experiments/labels), "
+                       "whose texts are read from the CED data folder: it needs data.source=ced (data.path)")
+    from mfjax.evaluation import quality  # scikit-learn, only where it is used
+    correct = quality.correction(req.labeler_name, req.label_data)
   E, T, B = req.eval_batch.agent_mask.shape
   agent_mask = req.eval_batch.agent_mask
   real = label_ids(labeler, [t for row in req.eval_batch.texts for t in row], (E, T, B))
@@ -259,6 +298,8 @@ def evaluate(req: EvalRequest) -> Evaluation:
     raise ValueError(f"no rollout step to score: warm-up {warmup} covers all {T} steps or the events are empty")
   results = {"methods": {}, "data": {"events": E, "steps": T, "agents_per_step": B, "warmup": warmup,
                                      "scored_steps": int(weights.sum()), "labeler": req.labeler_name}}
+  if correct is not None:
+    results["corrected"] = {"source": correct.source, "matrices": correct.to_json()["matrices"], "methods": {}}
   labelled = {}  # (tag, seed) -> category ids [E, T, B] per dimension: each rollout decoded and labelled once
 
   def sim_ids(tag: str, seed: int, r=None) -> dict:
@@ -273,7 +314,7 @@ def evaluate(req: EvalRequest) -> Evaluation:
     for seed in range(seeds):
       r = load_rollout(workdir, tag, seed)
       sim = sim_ids(tag, seed, r)
-      per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], req.eval_batch.action_mask))
+      per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], req.eval_batch.action_mask, correct))
       if "category" in r:
         agreement.append(attribute_agreement(r["category"], sim, scored_agents))
         drawn.append(drawn_scores(real, r["category"], agent_mask, weights))
@@ -281,6 +322,9 @@ def evaluate(req: EvalRequest) -> Evaluation:
         if tag == "mf":
           results["mf_field"] = {"kl_nats_per_step": [float(x) for x in r["mf_kl"].mean(0)]}
     results["methods"][tag] = summarise(per_seed)
+    if correct is not None:
+      kl = results["methods"][tag].pop("kl_corrected")
+      results["corrected"]["methods"][tag] = {"kl_mean": float(np.mean(list(kl.values()))), "kl": kl}
     if agreement:
       results["methods"][tag]["attribute_agreement"] = {k: float(np.mean([a[k] for a in agreement]))
                                                         for k in agreement[0]}
@@ -299,7 +343,9 @@ def evaluate(req: EvalRequest) -> Evaluation:
     train = label_ids(labeler, [t for row in refs["train_texts"] for t in row], train_mask.shape)
     results["simulators"] = bounds.bounds(real, agent_mask, refs["eval_labels"], train, train_mask,
                                           refs["train_labels"], warmup=warmup, draws=seeds,
-                                          simulated=world_runs(truth, warmup, seeds))
+                                          simulated=world_runs(truth, warmup, seeds), correct=correct)
+    if correct is not None:
+      results["corrected"]["simulators"] = results["simulators"].pop("corrected")
   if req.sweep:
     results["ib_sweep"] = [{"beta": v["beta"], "val_relevance": v.get("val_relevance"),
                             "val_compression_bits": v.get("val_compression_bits"),
@@ -395,6 +441,13 @@ def table(results: dict) -> str:
       dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
       label = f"{name}*" if name in bounds.ORACLES else name
       rows.append(f"{label:<14}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}{'':>24}   {dims}")
+  if "corrected" in results:
+    c = results["corrected"]
+    rows.append(f"KL of proportions corrected for the labeler's errors ({c['source']}; raw KL above):")
+    for name, r in [*c["methods"].items(), *c.get("simulators", {}).items()]:
+      dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
+      label = f"{name}*" if name in bounds.ORACLES else name
+      rows.append(f"{label:<14}{r['kl_mean']:>10.4f}{'':>32}   {dims}")
   if "reference" in results:
     rows.append(f"(sampling-noise floor, real vs exact truth: KL {results['reference']['kl_real_vs_truth_mean']:.4f})")
   if results.get("paired"):

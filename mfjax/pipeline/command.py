@@ -59,6 +59,16 @@ def _intervention_report(plan: RunPlan, data: Data) -> Optional[dict]:
           "runs": [(r.tag, r.tag[:-len("_intervened")]) for r in plan.intervened]}
 
 
+def eval_request(plan: RunPlan, workdir: str, stages: str, data: Data) -> report.EvalRequest:
+  """What `evaluate` scores: the rollouts in `workdir`, the trained stages' validation in `stages`."""
+  return report.EvalRequest(
+      workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=tuple(_triples(plan.plain)),
+      seeds=plan.sampling.seeds, warmup=plan.sampling.warmup, labeler_name=plan.data.labeler,
+      label_data=plan.data.label_data, corrected=plan.data.corrected, truth=data.truth,
+      sweep=_sweep_validation(plan, stages) or None, intervention=_intervention_report(plan, data),
+      references=data.references)
+
+
 def _start(cfg, plan: RunPlan, workdir: str, commands: tuple, trained_from: Optional[str]):
   """Every refusal before the first write (a refused command leaves a fresh workdir unmade), then
   the workdir bound to `trained_from`'s stages where asked. Returns (the commands to run, the mesh
@@ -122,11 +132,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
     simulate_all(plan, workdir, data, trained, mesh=mesh)
   results = None
   if "evaluate" in commands and distributed.is_main():  # host-side work on the saved rollouts: process 0 only
-    scored = report.evaluate(report.EvalRequest(
-        workdir=workdir, tokenizer=data.tokenizer, eval_batch=data.eval, runs=tuple(_triples(plan.plain)),
-        seeds=plan.sampling.seeds, warmup=plan.sampling.warmup, labeler_name=plan.data.labeler, truth=data.truth,
-        sweep=_sweep_validation(plan, stages) or None, intervention=_intervention_report(plan, data),
-        references=data.references))
+    scored = report.evaluate(eval_request(plan, workdir, stages, data))
     results = scored.results
     results["environment"] = {"evaluate": environment(),
                               "stages": stage_environments(stages, [s.name for s in plan.stages])}

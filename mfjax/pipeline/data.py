@@ -160,7 +160,7 @@ def _prepare(plan: RunPlan, workdir: str) -> Data:
   bc = d.batch
   batches = {name: make_step_batch(ev, tok, bc, activity=activity) for name, ev in
              (("train", train), ("val", val), ("eval", test))}
-  labeler = CachedLabeler(make_labeler(d.labeler)) if d.categories else None
+  labeler = CachedLabeler(make_labeler(d.labeler, d.label_data)) if d.categories else None
   if labeler is not None:  # the population head's targets, by the run's labeler
     t1 = time.time()
     for b in batches.values():
@@ -204,4 +204,4 @@ def text_spec(d: DataPlan, tokenizer) -> TextMFSpec:
 
 def intervention_labels(d: DataPlan, iv) -> dict:
   """dimension -> category of the injected action `iv`, as `eval.labeler` reads it."""
-  return {dim: v[0] for dim, v in make_labeler(d.labeler).label([iv.text]).items()}
+  return {dim: v[0] for dim, v in make_labeler(d.labeler, d.label_data).label([iv.text]).items()}

@@ -1,0 +1,118 @@
+"""`TrainedLabeler`: a labeler learned from the project's hand labels (docs/labeling.md).
+
+Per dimension, a logistic regression (scikit-learn; class-balanced, its strength chosen by an
+inner cross-validation on balanced accuracy) over
+- character 1-3-grams (TF-IDF) of the author's own text: the repost chain and reply prefix removed,
+  emoticons kept, every @mention read as one symbol (names say nothing about a stance), and
+- the lexicons of `RuleLabeler` as counts (positive / negative emoticons and words, doubt,
+  question and promotion markers, the broad doubt-or-question `CUES`, mentions, question marks), its own reading of the text one-hot,
+  whether the text is a bare share, and its length.
+Behaviour is learned on every text; belief, sentiment and intent on the comments, and a text read
+as a share gets `SHARE_LABELS`, as the guide says. It fits in about a second on the ~870 hand
+labels (`fit`); `from_hand_labels(data_dir)` reads them with their texts from the CED files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+
+from mfjax.categories import DIMENSIONS, SHARE_LABELS
+from mfjax.evaluation import labelers as rules
+from mfjax.evaluation.labelers import RuleLabeler, collate
+
+COMMENT_DIMENSIONS = ("belief", "sentiment", "intent")
+C_GRID = (0.3, 1.0, 3.0, 10.0)
+NGRAMS = (1, 3)  # character n-gram lengths  # inverse regularisation strengths the inner cross-validation picks from
+_MENTION = re.compile(r"@[\w\-\u4e00-\u9fff]+[:：]?")
+
+
+def own_text(text: str) -> str:
+  """The author's words with emoticons, each @mention as '@'."""
+  return _MENTION.sub(" @ ", rules._without_chain(text or "")).strip()
+
+
+def rule_features(texts: Sequence[str]) -> np.ndarray:
+  """[N, F] dense features from the rule lexicons and the rule labeler's reading."""
+  rule = RuleLabeler()
+  rows = []
+  for text in texts:
+    own = rules._without_chain(text or "")
+    words = rules.strip_forwarding(own)
+    read = rule.label_one(text or "")
+    row = [float(rules.is_share(text or "")), np.log1p(len(words)), np.log1p(len(own)),
+           sum(own.count(e) for e in rules.POSITIVE_EMOTICONS), sum(own.count(e) for e in rules.NEGATIVE_EMOTICONS),
+           len(rules._EMOTICON.findall(own)),
+           sum(words.count(w) for w in rules.POSITIVE_WORDS), sum(words.count(w) for w in rules.NEGATIVE_WORDS),
+           sum(m in own for m in rules.DOUBT_MARKERS), sum(m in words for m in rules.QUESTION_MARKERS),
+           sum(m in words for m in rules.PROMOTION_MARKERS), len(_MENTION.findall(own)),
+           own.count("?") + own.count("？"), own.count("!") + own.count("！"), len(rules.CUES.findall(own))]
+    row += [float(read[d] == c) for d, cats in DIMENSIONS.items() for c in cats]
+    rows.append(row)
+  return np.log1p(np.asarray(rows, np.float64))
+
+
+def _pipeline(seed: int):
+  from sklearn.feature_extraction.text import TfidfVectorizer
+  from sklearn.linear_model import LogisticRegressionCV
+  from sklearn.model_selection import StratifiedKFold
+  from sklearn.pipeline import FeatureUnion, make_pipeline
+  from sklearn.preprocessing import FunctionTransformer
+  features = FeatureUnion([
+      ("chars", TfidfVectorizer(analyzer="char", ngram_range=NGRAMS, min_df=2, sublinear_tf=True,
+                                preprocessor=own_text, lowercase=True)),
+      ("rules", FunctionTransformer(rule_features)),
+  ])
+  model = LogisticRegressionCV(Cs=list(C_GRID), cv=StratifiedKFold(4, shuffle=True, random_state=seed),
+                               scoring="balanced_accuracy", class_weight="balanced", max_iter=5000,
+                               l1_ratios=(0.0,), use_legacy_attributes=False)
+  return make_pipeline(features, model)
+
+
+class TrainedLabeler:
+  """Learned from hand labels; the `Labeler` interface (texts -> {dimension: [category]})."""
+
+  def __init__(self, models: dict, version: str):
+    self.models, self.version = models, version
+
+  @classmethod
+  def fit(cls, texts: Sequence[str], labels: dict, seed: int = 0, version: str = "trained") -> "TrainedLabeler":
+    """Fit on texts with their hand labels {dimension: [category]}."""
+    texts = list(texts)
+    comment = np.asarray([b == "comment" for b in labels["behaviour"]])
+    models = {}
+    for d in DIMENSIONS:
+      rows = np.arange(len(texts)) if d == "behaviour" else np.flatnonzero(comment)
+      y = np.asarray(labels[d])[rows]
+      if len(set(y)) < 2:
+        raise ValueError(f"TrainedLabeler: the hand labels of {d!r} hold one category only ({set(y)})")
+      models[d] = _pipeline(seed).fit([texts[i] for i in rows], y)
+    return cls(models, version)
+
+  @classmethod
+  def from_hand_labels(cls, data_dir: str) -> "TrainedLabeler":
+    """Fit on every hand-labelled file (`mfjax.evaluation.hand_labels`), texts read from `data_dir`."""
+    from mfjax.evaluation import hand_labels
+    hand = hand_labels.load(data_dir)
+    digest = hashlib.sha256()
+    for name in (hand_labels.STRATIFIED, hand_labels.UNIFORM_VAL):
+      with open(os.path.join(hand_labels.LABELS_DIR, name), "rb") as f:
+        digest.update(f.read())
+    return cls.fit(hand.texts, hand.labels, version=f"trained-1:{digest.hexdigest()[:12]}")
+
+  def label(self, texts: Sequence[str]) -> dict[str, list[str]]:
+    texts = [t or "" for t in texts]
+    if not texts:
+      return {d: [] for d in DIMENSIONS}
+    share = self.models["behaviour"].predict(texts) == "share"
+    out = {d: np.asarray([SHARE_LABELS[d]] * len(texts), dtype=object) for d in DIMENSIONS}
+    out["behaviour"] = np.where(share, "share", "comment").astype(object)
+    comments = np.flatnonzero(~share)
+    if comments.size:
+      for d in COMMENT_DIMENSIONS:
+        out[d][comments] = self.models[d].predict([texts[i] for i in comments])
+    return collate([{d: str(out[d][i]) for d in DIMENSIONS} for i in range(len(texts))])
