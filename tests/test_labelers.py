@@ -60,10 +60,10 @@ def test_hand_labels_are_the_recorded_draw_and_their_texts_are_found(ced_dir, ca
                                                                                  hand_labels.STRATIFIED)])
   assert "the draw and its pool sizes match" in capsys.readouterr().out
   hand = hand_labels.load(ced_dir)
-  assert len(hand.texts) == 720 + 150 and all(isinstance(t, str) and t for t in hand.texts)
-  assert sum(b == "doubt" for b in hand.labels["belief"][:720]) >= 100  # the floor for the rare class
+  assert len(hand.texts) == 1320 + 150 and all(isinstance(t, str) and t for t in hand.texts)
+  assert sum(b == "doubt" for b in hand.labels["belief"][:1320]) >= 100  # the floor for the rare class
   cue = [w for w, g in zip(hand.weights, hand.group) if g.endswith(":cue")]
-  assert len(cue) == 320 and np.allclose(cue, 87503 / 320)
+  assert len(cue) == 620 and np.allclose(cue, 87503 / 620)
   for i, b in enumerate(hand.labels["behaviour"]):  # a share reads as SHARE_LABELS, as the guide says
     if b == "share":
       assert (hand.labels["belief"][i], hand.labels["sentiment"][i], hand.labels["intent"][i]) == (

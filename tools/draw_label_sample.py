@@ -36,7 +36,7 @@ DATA = os.path.join(REPO, "..", "shared", "data", "ced")
 OLD_HAND = os.path.join(REPO, "experiments", "labels", "ced_val_hand.tsv")
 SPLITS = ("train", "val")
 SEED = 2027
-SIZES = {"cue": 320, "rest": 400}
+SIZES = {"cue": 620, "rest": 700}
 
 
 def stratum(text: str) -> str:

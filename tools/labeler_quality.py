@@ -5,7 +5,7 @@
 Prints, and writes to OUT/results.json (docs/labeling.md's tables are made from it by
 `python tools/report_table.py --update docs/labeling.md`):
 - `labeler_quality.cross_validated`: on the stratified hand labels (experiments/labels/ced_hand.tsv,
-  720 train/val comments), each labeler's accuracy, balanced accuracy and macro-F1 per dimension,
+  1,320 train/val comments), each labeler's accuracy, balanced accuracy and macro-F1 per dimension,
   weighted to the natural distribution of non-empty texts, with 95% bootstrap intervals over rows.
   RuleLabeler as it is; TrainedLabeler 5-fold cross-validated (a row is scored by a model fitted on
   the other folds plus the uniform val labels).

@@ -8,7 +8,7 @@ inner cross-validation on balanced accuracy) over
   question and promotion markers, the broad doubt-or-question `CUES`, mentions, question marks), its own reading of the text one-hot,
   whether the text is a bare share, and its length.
 Behaviour is learned on every text; belief, sentiment and intent on the comments, and a text read
-as a share gets `SHARE_LABELS`, as the guide says. It fits in about a second on the ~870 hand
+as a share gets `SHARE_LABELS`, as the guide says. It fits in a few seconds on the ~1,470 hand
 labels (`fit`); `from_hand_labels(data_dir)` reads them with their texts from the CED files.
 """
 
@@ -20,6 +20,7 @@ import re
 from typing import Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from mfjax.categories import DIMENSIONS, SHARE_LABELS
 from mfjax.evaluation import labelers as rules
@@ -82,7 +83,11 @@ class TrainedLabeler:
   @classmethod
   def fit(cls, texts: Sequence[str], labels: dict, seed: int = 0, version: str = "trained") -> "TrainedLabeler":
     """Fit on texts with their hand labels {dimension: [category]}."""
-    texts = list(texts)
+    with threadpool_limits(1):  # small sparse problems: BLAS threads beside XLA's made a fit 15x slower
+      return cls._fit(list(texts), labels, seed, version)
+
+  @classmethod
+  def _fit(cls, texts: list, labels: dict, seed: int, version: str) -> "TrainedLabeler":
     comment = np.asarray([b == "comment" for b in labels["behaviour"]])
     models = {}
     for d in DIMENSIONS:
@@ -105,7 +110,10 @@ class TrainedLabeler:
     return cls.fit(hand.texts, hand.labels, version=f"trained-1:{digest.hexdigest()[:12]}")
 
   def label(self, texts: Sequence[str]) -> dict[str, list[str]]:
-    texts = [t or "" for t in texts]
+    with threadpool_limits(1):
+      return self._label([t or "" for t in texts])
+
+  def _label(self, texts: list) -> dict[str, list[str]]:
     if not texts:
       return {d: [] for d in DIMENSIONS}
     share = self.models["behaviour"].predict(texts) == "share"
