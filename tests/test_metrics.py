@@ -184,3 +184,24 @@ def test_intervention_effect_and_weights_by_hand():
   for d in DIMENSIONS:  # the mean over the three weighted (event, step)s
     cells = [(0, 2), (0, 3), (1, 2)]
     np.testing.assert_allclose(got[d], np.mean([with_[d][c] - without[d][c] for c in cells], 0), rtol=1e-12)
+
+
+def test_horizon_skill_is_paired_over_the_events_scored_at_each_step():
+  from mfjax.evaluation.report import horizon
+  E, T, warmup = 6, 5, 2
+  rng = np.random.default_rng(0)
+  base = rng.uniform(0.1, 1.0, (E, T))
+  weights = np.ones((E, T), bool)
+  weights[:, :warmup] = False
+  weights[0, 4] = False  # event 0 has no step 4: left out there, for every name alike
+  cells = {"warmup": base, "half": base / 2, "noisy": base * rng.uniform(0.5, 1.5, (E, T))}
+  out = horizon(cells, weights, warmup, draws=500)
+  assert out["h"] == [1, 2, 3] and out["persistence"] == "warmup"
+  assert out["methods"]["warmup"]["skill"] == [0.0] * 3
+  half = out["methods"]["half"]
+  np.testing.assert_allclose(half["skill"], 0.5)  # half the KL on every event: skill 1/2, and so in every resample
+  np.testing.assert_allclose(np.asarray(half["skill_ci95"]), 0.5)
+  np.testing.assert_allclose(half["kl"][2], base[1:, 4].mean() / 2)  # step 4 without event 0
+  noisy = out["methods"]["noisy"]
+  for (lo, hi), s in zip(noisy["skill_ci95"], noisy["skill"]):
+    assert lo <= s <= hi and hi > lo

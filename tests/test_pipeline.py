@@ -77,7 +77,18 @@ def _check_results(workdir, seeds, methods=METHODS):
                for r in row.values())
     np.testing.assert_allclose(row["shrunk"]["diff"], np.mean(results["methods"][m]["kl_per_event"])
                                - np.mean(sims["methods"]["shrunk"]["kl_per_event"]), rtol=1e-6)
-  for plot in ("trajectories_mean.png", "kl_per_step.png", "training.png"):
+  # forecast skill against persistence at every step after the warm-up: each method's and reference's KL there
+  # is the mean over events of its per-step KL (the same cells as kl_per_step)
+  hz = results["horizon"]
+  warmup, steps = results["data"]["warmup"], results["data"]["steps"]
+  assert hz["h"] == list(range(1, steps - warmup + 1)) and set(hz["methods"]) == set(methods) | {"warmup", "shrunk",
+                                                                                                 "global"}
+  assert hz["methods"]["warmup"]["skill"] == [0.0] * len(hz["h"])
+  for m in methods:
+    np.testing.assert_allclose(hz["methods"][m]["kl"], results["methods"][m]["kl_per_step"][warmup:], rtol=1e-5)
+  np.testing.assert_allclose(hz["methods"]["shrunk"]["kl"], sims["methods"]["shrunk"]["kl_per_step"][warmup:],
+                             rtol=1e-5)
+  for plot in ("trajectories_mean.png", "kl_per_step.png", "training.png", "horizon.png"):
     assert os.path.getsize(os.path.join(workdir, "plots", plot)) > 0
   return results
 
@@ -148,7 +159,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   tables = report_table.render(moved)  # the docs' tables, made from a real results.json
   assert f"| mf | {moved['methods']['mf']['kl_mean']:.3f} | " in tables
   assert [line for line in tables.splitlines() if line.startswith("### ")] == [
-      "### methods", "### simulators", "### paired", "### intervention"]
+      "### methods", "### simulators", "### paired", "### horizon", "### intervention"]
   assert os.path.exists(rollout_path(str(again), "mf_intervened", 1))
   # rollout.valid_utf8: no sampled action of any method holds a broken character
   tok = load_tokenizer(str(wd / "tokenizer"))

@@ -104,3 +104,29 @@ def test_a_bad_marker_is_an_error_naming_page_and_line(tmp_path, monkeypatch, pa
   with pytest.raises(SystemExit, match=message):
     report_table.main(["--update", "page.md"])
   assert (tmp_path / "page.md").read_text() == page
+
+
+def test_corrected_horizon_and_labeler_tables():
+  per_dim = {d: 0.1 * (i + 1) for i, d in enumerate(DIMS)}
+  results = {**RESULTS,
+             "corrected": {"source": "trained: cv", "methods": {"mf": {"kl_mean": 0.31, "kl": per_dim}},
+                           "simulators": {"step": {"kl_mean": 0.05, "kl": per_dim}}},
+             "horizon": {"h": [1, 2, 3], "persistence": "warmup",
+                         "methods": {"mf": {"kl": [0.2, 0.25, 0.3], "skill": [0.1, 0.0, -0.2],
+                                            "skill_ci95": [[0.05, 0.15], [-0.1, 0.1], [-0.3, -0.1]]}}}}
+  md = report_table.render(results, ["corrected", "horizon"])
+  assert _cells(md, "mf")[:3] == ["mf", "0.205", "0.310"] and _cells(md, "step*")[1:3] == ["0.043", "0.050"]
+  assert "(trained: cv)" in md
+  hz = md[md.index("### horizon"):]
+  assert _cells(hz, "method") == ["method", "KL h=1", "KL h=3", "skill h=1", "skill h=3"]
+  assert _cells(hz, "mf")[1:] == ["0.200", "0.300", "+0.100 [+0.050, +0.150]", "-0.200 [-0.300, -0.100]"]
+  score = {k: {"value": 0.8, "ci95": [0.7, 0.9]} for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+  quality = {"labeler_quality": {"folds": 5, "rows": {"stratified": 1320, "uniform_val": 150},
+                                 "cross_validated": {"rules": {d: score for d in DIMS}},
+                                 "uniform_val": {"rules": {d: score for d in DIMS}}},
+             "labeler_agreement": {"ced_hand": {"rows": 100, **{d: {"kappa": 0.9, "agreement": 0.95} for d in DIMS}}}}
+  md = report_table.render(quality)
+  assert [line for line in md.splitlines() if line.startswith("### ")] == ["### labelers", "### agreement"]
+  assert "5 folds) on the 1320 stratified" in md
+  assert _cells(md, "rules")[1:3] == ["behaviour", "0.800 [0.700, 0.900]"]
+  assert _cells(md, "ced_hand")[1:3] == ["100", "0.900 (0.95)"]

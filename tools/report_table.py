@@ -12,7 +12,8 @@ its 95% bootstrap interval), `intervention` (each method's change in
 the category each dimension's plot shows, with minus without), `sweep` (the IB sweep:
 beta, validation NLL and bits of compression against KL), `corrected` (KL on distributions
 corrected for the labeler's errors, with eval.corrected), `labelers` and `agreement` (the
-labelers against the hand labels: tools/labeler_quality.py's results).
+labelers against the hand labels: tools/labeler_quality.py's results), `horizon` (forecast skill
+against persistence, the warm-up held fixed, at the first and last step after the warm-up).
 
 `--update PAGE` rewrites every block of PAGE marked as
 
@@ -52,7 +53,8 @@ SIMULATORS = {
     "step": "the real step itself, resampled (sampling noise alone)",
     "world": "the synthetic world's own equations, run free from the warm-up",
 }
-PARTS = ("methods", "simulators", "paired", "intervention", "sweep", "corrected", "labelers", "agreement")
+PARTS = ("methods", "simulators", "paired", "horizon", "intervention", "sweep", "corrected", "labelers",
+         "agreement")
 _OPEN = re.compile(r"^<!-- report: (\S+) (\S+) -->\s*$")
 _CLOSE = "<!-- /report -->"
 
@@ -157,11 +159,24 @@ def corrected(results: dict) -> str:
           + _table(["method", "KL raw", "KL corrected", *(f"corrected {d}" for d in DIMENSIONS)], rows))
 
 
+def horizon(results: dict) -> str:
+  hz = results["horizon"]
+  ends = sorted({0, len(hz["h"]) - 1})
+  header = ["method", *(f"KL h={hz['h'][i]}" for i in ends), *(f"skill h={hz['h'][i]}" for i in ends)]
+  rows = [[name, *(f"{r['kl'][i]:.3f}" for i in ends),
+           *(f"{r['skill'][i]:+.3f} [{r['skill_ci95'][i][0]:+.3f}, {r['skill_ci95'][i][1]:+.3f}]" for i in ends)]
+          for name, r in hz["methods"].items()]
+  return (f"Forecast skill against persistence (`{hz['persistence']}`): 1 - KL / KL({hz['persistence']}) at h steps "
+          "after the warm-up, with its 95% bootstrap interval over events (paired: the same events for every "
+          "row; above 0: better than persistence).\n\n" + _table(header, rows))
+
+
 _KEYS = {"methods": "methods", "simulators": "simulators", "paired": "paired", "intervention": "intervention",
          "sweep": "ib_sweep", "corrected": "corrected", "labelers": "labeler_quality",
-         "agreement": "labeler_agreement"}
+         "agreement": "labeler_agreement", "horizon": "horizon"}
 _MAKE = {"methods": methods, "simulators": simulators, "paired": paired, "intervention": intervention,
-         "sweep": sweep, "corrected": corrected, "labelers": labelers, "agreement": agreement}
+         "sweep": sweep, "corrected": corrected, "labelers": labelers, "agreement": agreement,
+         "horizon": horizon}
 
 
 def load(run: str) -> dict:

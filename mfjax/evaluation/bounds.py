@@ -128,7 +128,7 @@ def sampled_kls(real_ExTxC, q_ExTxC, rng: np.random.Generator, eps: float = metr
 
 def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, train_mask, train_labels: Sequence,
            *, warmup: int, draws: int = 3, seed: int = 0, simulated: Optional[dict] = None,
-           correct: Optional[Callable] = None) -> dict:
+           correct: Optional[Callable] = None, keep_cells: bool = False) -> dict:
   """Every predictor's sampled KL, from category ids {dimension: [E, T, B]} and agent masks of the
   scored events and of the training events; `simulated`: name -> one set of category ids per draw
   of simulators that run (`world`), scored over the real agent mask. Returns
@@ -137,7 +137,8 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
   where none is), "kl_per_event": [E] (each event's mean over its scored steps, draws and dimensions;
   None for an event with none)}}, "scored_steps", "draws", "shrunk_pseudocounts": {dimension: k}}; with
   `correct` (dimension, proportions [..., C]) -> corrected proportions, also "corrected": {name: {"kl_mean",
-  "kl": {dimension}}}, the same draws scored on corrected proportions."""
+  "kl": {dimension}}}, the same draws scored on corrected proportions; with `keep_cells`, also "cells": {name:
+  [E, T] KL per (event, step), the mean over draws and dimensions} (arrays: for the caller, not for JSON)."""
   real_mask = np.asarray(real_mask, bool)
   T = real_mask.shape[1]
   scored = (np.arange(T)[None] >= warmup) & real_mask.any(-1)
@@ -167,11 +168,12 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
       per_draw[name][d] = [kls(real, c) for c in drawn]
       if fix is not None:
         per_draw_corrected[name][d] = [kls(real, c, correct=fix) for c in drawn]
-  out = {}
+  out, cells = {}, {}
   for name, dims in per_draw.items():
     kl = {d: (np.stack(v) * w).sum((1, 2)) / w.sum() for d, v in dims.items()}  # [draws] per dimension
     means = np.mean([kl[d] for d in DIMENSIONS], 0)  # [draws]: the mean over dimensions of each draw
     steps = np.mean([np.mean(v, 0) for v in dims.values()], 0)  # [E, T]: over draws and dimensions
+    cells[name] = steps
     per_step = metrics.event_mean(steps, w)
     n = w.sum(1)
     per_event = np.where(n > 0, (steps * w).sum(1) / np.maximum(n, 1e-300), np.nan)  # [E]
@@ -180,6 +182,8 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
                  "kl_per_step": [float(x) if scored[:, t].any() else None for t, x in enumerate(per_step)],
                  "kl_per_event": [None if np.isnan(x) else float(x) for x in per_event]}
   result = {"methods": out, "scored_steps": int(scored.sum()), "draws": draws, "shrunk_pseudocounts": pseudocounts}
+  if keep_cells:
+    result["cells"] = cells
   if correct is not None:
     result["corrected"] = {}
     for name, dims in per_draw_corrected.items():

@@ -1,5 +1,5 @@
 """PNG plots of a run (matplotlib, Agg): proportion trajectories real vs
-simulated, KL per step, the IB curve, training losses, an intervention's effect."""
+simulated, KL per step, forecast skill by horizon, the IB curve, training losses, an intervention's effect."""
 
 from __future__ import annotations
 
@@ -74,6 +74,9 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
   fig.savefig(os.path.join(out, "kl_per_step.png"), dpi=110)
   plt.close(fig)
 
+  if results.get("horizon", {}).get("h"):
+    horizon(out, results["horizon"])
+
   if results.get("ib_sweep"):
     rows = [r for r in results["ib_sweep"] if r["val_relevance"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -90,6 +93,31 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
     fig.tight_layout()
     fig.savefig(os.path.join(out, "ib_curve.png"), dpi=110)
     plt.close(fig)
+
+
+def horizon(out: str, hz: dict) -> None:
+  """horizon.png: KL and forecast skill against persistence (with its 95% interval) at each step after the
+  warm-up, for every method (solid) and forecast reference (dashed)."""
+  plt = _plt()
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  h = np.asarray(hz["h"])
+  for i, (name, r) in enumerate(hz["methods"].items()):
+    style = dict(ls="--", color="0.5" if name == hz["persistence"] else "0.25") if name in ("warmup", "shrunk", "global") \
+        else dict(color=f"C{i}", marker="o", ms=3)
+    label = f"{name} (no model)" if "ls" in style else name
+    axes[0].plot(h, r["kl"], label=label, **style)
+    axes[1].plot(h, r["skill"], label=label, **style)
+    if "ls" not in style:
+      lo, hi = np.asarray(r["skill_ci95"]).T
+      axes[1].fill_between(h, lo, hi, color=style["color"], alpha=0.15)
+  axes[0].set(xlabel="h: steps after the warm-up", ylabel="KL(real || sim), mean over dimensions", title="KL by horizon")
+  axes[1].axhline(0, color="k", lw=0.8)
+  axes[1].set(xlabel="h: steps after the warm-up", ylabel=f"skill: 1 - KL / KL({hz['persistence']})",
+              title="forecast skill against persistence (95% band)")
+  axes[1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "horizon.png"), dpi=110)
+  plt.close(fig)
 
 
 def intervention(workdir: str, traces: dict, agent_mask, section: dict) -> None:

@@ -20,6 +20,9 @@ results.json:
    "corrected": {"source", "matrices": {dim: [C][C] P(predicted | true)}, "methods": {<method>: {"kl_mean",
                  "kl": {dim}}}, "simulators": {<name>: ...}}   (with eval.corrected: KL of proportions corrected
                  for the labeler's errors, `mfjax.evaluation.correction`, beside the raw ones above)
+   "horizon": {"h": [H], "persistence": "warmup", "methods": {<method or reference>: {"kl": [H], "skill": [H],
+               "skill_ci95": [H][2]}}}   (with the reference simulators: `horizon`, forecast skill against
+               persistence at each step after the warm-up, paired bootstrap over events)
    "simulators": {"methods": {<name>: {"kl_mean", "kl_mean_std", "kl": {dim}, "kl_per_event"}}, ...}   (`bounds.bounds`:
                  no-model reference simulators, from the training events and the eval events' real steps;
                  on synthetic data also "world", the world's own equations run free from the warm-up)
@@ -165,6 +168,35 @@ def kl_per_event(kls, weights) -> np.ndarray:
 
 
 PAIRED_DRAWS = 2000  # bootstrap resamples of the events
+HORIZON_REFERENCES = ("warmup", "shrunk", "global")  # the forecast references of `horizon`; warmup: persistence
+
+
+def horizon(cells: dict, weights, warmup: int, persistence: str = "warmup", seed: int = 0,
+            draws: int = PAIRED_DRAWS) -> dict:
+  """Forecast skill at every horizon. cells: name -> [E, T] KL per (event, step) (each method's mean over seeds,
+  each reference's over draws; all over dimensions); h = t - warmup + 1 for the scored steps t. Returns {"h": [H],
+  "persistence", "methods": {name: {"kl": [H] (the mean over the events scored at that step), "skill": [H]
+  (1 - KL / KL of `persistence`), "skill_ci95": [H][2] (percentile bootstrap over those events, the same
+  resamples for every name: paired)}}}."""
+  w = np.asarray(weights, bool)
+  rng = np.random.default_rng(seed)
+  base = np.asarray(cells[persistence], np.float64)
+  out = {"h": [], "persistence": persistence, "methods": {n: {"kl": [], "skill": [], "skill_ci95": []} for n in cells}}
+  for t in range(warmup, w.shape[1]):
+    events = np.flatnonzero(w[:, t])
+    if not events.size:
+      continue
+    out["h"].append(t - warmup + 1)
+    resample = rng.integers(0, events.size, (draws, events.size))
+    b = base[events, t]
+    for name, c in cells.items():
+      x = np.asarray(c, np.float64)[events, t]
+      boot = 1.0 - x[resample].mean(1) / np.maximum(b[resample].mean(1), 1e-300)
+      row = out["methods"][name]
+      row["kl"].append(float(x.mean()))
+      row["skill"].append(float(1.0 - x.mean() / max(b.mean(), 1e-300)))
+      row["skill_ci95"].append([float(v) for v in np.percentile(boot, [2.5, 97.5])])
+  return out
 BLIND = ("state", "recent", "popular", "sft")  # the methods without a mean field
 
 
@@ -205,6 +237,7 @@ def score(real: dict, sim: dict, agent_mask, weights, real_logprobs, action_mask
   w = action_mask.astype(np.float32) * agent_mask[..., None] * weights[..., None, None]
   out["nll"] = float(-(real_logprobs * w).sum() / max(w.sum(), 1.0))
   out["kl_per_step"] = kl_per_step(kls, agent_mask)
+  out["kl_cells"] = kls.mean(0)  # [E, T]: the mean over dimensions (`horizon`; not written)
   return out
 
 
@@ -221,6 +254,8 @@ def summarise(per_seed: list[dict]) -> dict:
       steps = np.mean([s[k] for s in per_seed], 0)  # [D, T]
       out["kl_per_step"] = _steps(steps.mean(0))
       out["kl_dim_per_step"] = {d: _steps(x) for d, x in zip(DIMENSIONS, steps)}
+    elif k == "kl_cells":
+      out[k] = np.mean([s[k] for s in per_seed], 0)  # [E, T], the mean over seeds
     elif k == "kl_per_event":
       out[k] = _steps(np.mean([s[k] for s in per_seed], 0))  # [E], the mean over seeds
     elif isinstance(v, dict):
@@ -300,6 +335,7 @@ def evaluate(req: EvalRequest) -> Evaluation:
                                      "scored_steps": int(weights.sum()), "labeler": req.labeler_name}}
   if correct is not None:
     results["corrected"] = {"source": correct.source, "matrices": correct.to_json()["matrices"], "methods": {}}
+  cells = {}  # name -> [E, T] KL per (event, step): each method's and forecast reference's (`horizon`)
   labelled = {}  # (tag, seed) -> category ids [E, T, B] per dimension: each rollout decoded and labelled once
 
   def sim_ids(tag: str, seed: int, r=None) -> dict:
@@ -322,6 +358,7 @@ def evaluate(req: EvalRequest) -> Evaluation:
         if tag == "mf":
           results["mf_field"] = {"kl_nats_per_step": [float(x) for x in r["mf_kl"].mean(0)]}
     results["methods"][tag] = summarise(per_seed)
+    cells[tag] = results["methods"][tag].pop("kl_cells")
     if correct is not None:
       kl = results["methods"][tag].pop("kl_corrected")
       results["corrected"]["methods"][tag] = {"kl_mean": float(np.mean(list(kl.values()))), "kl": kl}
@@ -343,7 +380,11 @@ def evaluate(req: EvalRequest) -> Evaluation:
     train = label_ids(labeler, [t for row in refs["train_texts"] for t in row], train_mask.shape)
     results["simulators"] = bounds.bounds(real, agent_mask, refs["eval_labels"], train, train_mask,
                                           refs["train_labels"], warmup=warmup, draws=seeds,
-                                          simulated=world_runs(truth, warmup, seeds), correct=correct)
+                                          simulated=world_runs(truth, warmup, seeds), correct=correct,
+                                          keep_cells=True)
+    sim_cells = results["simulators"].pop("cells")
+    cells.update({name: sim_cells[name] for name in HORIZON_REFERENCES if name in sim_cells})
+    results["horizon"] = horizon(cells, weights, warmup)
     if correct is not None:
       results["corrected"]["simulators"] = results["simulators"].pop("corrected")
   if req.sweep:
@@ -458,6 +499,15 @@ def table(results: dict) -> str:
     for m, row in results["paired"].items():
       rows.append(f"{m:<14}" + "".join(f"{row[r]['diff']:>+12.4f} [{row[r]['ci95'][0]:+.4f}, {row[r]['ci95'][1]:+.4f}]"
                                        for r in refs))
+  if results.get("horizon", {}).get("h"):
+    hz = results["horizon"]
+    first, last = 0, len(hz["h"]) - 1
+    rows.append(f"\nforecast skill against persistence ({hz['persistence']}): 1 - KL / KL({hz['persistence']}) at h "
+                f"steps after the warm-up, 95% bootstrap interval over events")
+    rows.append(f"{'method':<14}" + "".join(f"{'h=' + str(hz['h'][i]):>30}" for i in sorted({first, last})))
+    for name, r in hz["methods"].items():
+      rows.append(f"{name:<14}" + "".join(f"{r['skill'][i]:>+12.3f} [{r['skill_ci95'][i][0]:+.3f}, "
+                                          f"{r['skill_ci95'][i][1]:+.3f}]" for i in sorted({first, last})))
   if "intervention" in results:
     rows.append(intervention_table(results["intervention"]))
   if "ib_sweep" in results:
