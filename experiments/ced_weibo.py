@@ -13,9 +13,9 @@ command below rolls out the first one's trained stages on holdout, read only.
 
 `mf` is the attribute-conditioned policy: each agent's category is drawn from the
 population head on the mean field (which reads every action's category) and its
-state, then written after its tag. About an hour on 2 CPU cores with the defaults
-(not timed alone: 5952 s with two to three other training runs beside it the whole
-time, 3189 s for the earlier LoRA stages with less beside them); its results are in
+state, then written after its tag. Actions are labelled by the labeler learned from the
+project's hand labels (docs/labeling.md). About an hour on 2 CPU cores with the
+defaults (3119 s, with other work beside it part of the time); its results are in
 docs/experiments/ced.md. `smoke`, which CI runs, takes about a minute:
 
   python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced --workdir runs/ced_weibo
@@ -51,9 +51,9 @@ def get_config(arg: str = ""):
   c.rollout.batch_events = 32
   # The attribute-conditioned mf policy: each agent's category drawn from the population head on (m, state),
   # the action written after its tag, on a mean field that reads every action's category. With the tiny
-  # policy fine-tuned in full (the labeler reads the drawn category back in 65% of the actions, against 50%
-  # with LoRA) it is the lowest KL of the five methods on 64 val events: 0.203 against 0.217 for popular
-  # (paired -0.014 [-0.034, +0.006]), still 0.032 above shrunk; the ablation is in docs/experiments/ced.md.
+  # policy fine-tuned in full (the rule labeler read the drawn category back in 65% of the actions, against 50%
+  # with LoRA) it is the lowest KL of the five methods on 64 val events (trained labeler): 0.186 against 0.208 for
+  # state (paired -0.023 [-0.042, -0.004]), level with shrunk (+0.004 [-0.038, +0.037]); docs/experiments/ced.md.
   c.sft.trainable = "full"
   c.mf_train.trainable = "full"
   c.mf.attributes = True
