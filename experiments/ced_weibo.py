@@ -53,7 +53,8 @@ def get_config(arg: str = ""):
   # the action written after its tag, on a mean field that reads every action's category. With the tiny
   # policy fine-tuned in full (the rule labeler read the drawn category back in 65% of the actions, against 50%
   # with LoRA) it is the lowest KL of the five methods on 64 val events (trained labeler): 0.186 against 0.208 for
-  # state (paired -0.023 [-0.042, -0.004]), level with shrunk (+0.004 [-0.038, +0.037]); docs/experiments/ced.md.
+  # state (paired -0.023 [-0.042, -0.004]); on all 364 val events 0.193, below state (-0.037 [-0.048, -0.024])
+  # and above shrunk (+0.025 [+0.012, +0.037]); docs/experiments/ced.md.
   c.sft.trainable = "full"
   c.mf_train.trainable = "full"
   c.mf.attributes = True
