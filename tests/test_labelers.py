@@ -82,6 +82,9 @@ def test_a_malformed_labels_file_names_file_and_line(tmp_path):
   path.write_text("eid\tmid\tbehaviour\n")
   with pytest.raises(ValueError, match=r"x.tsv line 1: missing columns \['belief'"):
     hand_labels.read_tsv(str(path))
+  path.write_text("eid\tmid\tbehaviour\tbelief\tsentiment\tintent\ne1\t\tcomment\tbelieve\tneutral\topinion\n")
+  with pytest.raises(ValueError, match=r"x.tsv line 2: no value for \['mid'\]"):  # a missing id
+    hand_labels.read_tsv(str(path))
   path.write_text("eid\tmid\tbehaviour\tbelief\tsentiment\tintent\ne1\tm1\tcomment\n")
   with pytest.raises(ValueError, match="x.tsv line 2: expected 6 tab-separated values"):
     hand_labels.read_tsv(str(path))
@@ -123,3 +126,45 @@ def test_labeler_quality_on_a_missing_data_folder_names_it(tmp_path):
   with pytest.raises(SystemExit, match="nope/train.jsonl.gz, which does not exist"):
     _tools("labeler_quality").main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
   assert not (tmp_path / "out").exists()
+
+
+def test_trained_labeler_fits_deterministically():
+  import numpy as np
+  from mfjax.evaluation.trained_labeler import TrainedLabeler
+  texts = [t for t, *_ in TRAIN] * 8
+  labels = {d: [row[1 + i] for row in TRAIN] * 8 for i, d in enumerate(DIMENSIONS)}
+  a, b = TrainedLabeler.fit(texts, labels), TrainedLabeler.fit(texts, labels)
+  for d in DIMENSIONS:
+    np.testing.assert_array_equal(a.models[d].steps[-1][1].coef_, b.models[d].steps[-1][1].coef_)
+  probe = ["真的吗", "哈哈好", "[泪]", "转发"]
+  assert a.label(probe) == b.label(probe)
+
+
+def test_cross_validation_never_scores_a_comment_it_trained_on(monkeypatch):
+  import numpy as np
+  from mfjax.evaluation import quality
+  from mfjax.evaluation.hand_labels import HandLabels
+  from mfjax.evaluation.trained_labeler import TrainedLabeler
+  n = 40
+  texts = [f"{TRAIN[i % len(TRAIN)][0]}#{i}" for i in range(n)]  # every text distinct
+  labels = {d: [TRAIN[i % len(TRAIN)][1 + j] for i in range(n)] for j, d in enumerate(DIMENSIONS)}
+  hand = HandLabels(texts, labels, np.ones(n), ["x"] * n, [("e", str(i)) for i in range(n)])
+  extra = HandLabels(["额外的"] * 2, {d: [TRAIN[2][1 + j], TRAIN[3][1 + j]] for j, d in enumerate(DIMENSIONS)},
+                     np.ones(2), ["y"] * 2, [("e", "x1"), ("e", "x2")])
+  seen = []
+
+  class Spy:
+    def __init__(self, fit_on):
+      self.fit_on = set(fit_on)
+
+    def label(self, batch):
+      seen.append((self.fit_on, list(batch)))
+      return {d: [TRAIN[0][1 + j]] * len(batch) for j, d in enumerate(DIMENSIONS)}
+
+  monkeypatch.setattr(TrainedLabeler, "fit", classmethod(lambda cls, t, y, seed=0: Spy(t)))
+  pred = quality.cross_validated(hand, extra, "trained", folds=4)
+  assert len(seen) == 4 and all(len(v) == n for v in pred.values())
+  scored = [t for _, batch in seen for t in batch]
+  assert sorted(scored) == sorted(texts)  # every row scored once
+  for fit_on, batch in seen:
+    assert not fit_on & set(batch) and "额外的" in fit_on  # never on what it trained on; the extra rows always fit

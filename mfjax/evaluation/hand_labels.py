@@ -46,9 +46,13 @@ def read_tsv(path: str) -> tuple[list[str], list[dict]]:
     raise ValueError(f"{path} line {body[0][0]}: missing columns {missing}")
   rows = []
   for lineno, line in body[1:]:
-    row = dict(zip(names, line.split("\t")))
-    if len(row) != len(names) or any(v == "" for v in row.values()):
+    values = line.split("\t")
+    if len(values) != len(names):
       raise ValueError(f"{path} line {lineno}: expected {len(names)} tab-separated values, got {line!r}")
+    row = dict(zip(names, values))
+    empty = [k for k, v in row.items() if not v.strip()]
+    if empty:
+      raise ValueError(f"{path} line {lineno}: no value for {empty}")
     for d, cats in DIMENSIONS.items():
       if row[d] not in cats:
         raise ValueError(f"{path} line {lineno}: {d} {row[d]!r} is not one of {cats}")
