@@ -32,6 +32,15 @@ def _pipeline(args) -> None:
   pipeline.run(cfg, workdir, commands, trained_from=getattr(args, "trained_from", None))
 
 
+def _forecast(args) -> None:
+  from mfjax.pipeline.forecast import ForecastRequest, forecast
+  from mfjax.runs import use_compile_cache
+  use_compile_cache()
+  forecast(ForecastRequest(trained_from=args.trained_from, events=args.events, out=args.out, horizon=args.horizon,
+                           seeds=args.seeds, eid=args.eid, observed=args.observed, methods=tuple(args.methods or ()),
+                           future_states=args.future_states, seed=args.seed))
+
+
 def _generate(args) -> None:
   import jax
 
@@ -97,6 +106,37 @@ def main(argv=None) -> None:
                           "parallel.* and intervention.*: e.g. --set data.eval_split=holdout for the final "
                           "report of a run selected on val")
     p.set_defaults(fn=_pipeline)
+
+  p = sub.add_parser("forecast", help="forecast an unfolding event from its actions so far with a trained run",
+                     description="Roll every method of a trained run out from an event's observed steps for "
+                                 "--horizon steps with --seeds seeds, label the actions, and write "
+                                 "OUT/forecast.json (each future step's mean proportions and 10-90%% band per "
+                                 "method, the no-model references persistence/shrunk/global, and the KL to the "
+                                 "real continuation where the file has it) and OUT/plots/forecast_<dimension>.png. "
+                                 "Docs: docs/forecast.md.",
+                     epilog="examples:\n"
+                            "  python -m mfjax forecast --trained-from runs/ced_weibo --events data/ced/val.jsonl.gz "
+                            "--eid EID --observed 3 --horizon 9 --out runs/forecast_EID\n"
+                            "  python -m mfjax forecast --trained-from runs/quickstart --events my_event.jsonl "
+                            "--horizon 8 --out runs/forecast_live",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--trained-from", required=True, metavar="DIR", help="a trained run's folder (read only)")
+  p.add_argument("--events", required=True, metavar="FILE",
+                 help="an event file in any format the loaders read (ced, ced-raw, rumdect, jsonl), or a JSONL "
+                      "file of one event's actions so far (the canonical record)")
+  p.add_argument("--eid", default=None, help="the event of --events (default: the file's only event)")
+  p.add_argument("--horizon", type=positive_int, required=True, help="H: steps to forecast")
+  p.add_argument("--observed", type=positive_int, default=None, metavar="K",
+                 help="observed steps of the run's agents_per_step actions (default: every full step of the event)")
+  p.add_argument("--seeds", type=positive_int, default=8, help="rollouts per method (default: %(default)s)")
+  p.add_argument("--methods", nargs="+", default=None, metavar="TAG",
+                 help="the run's methods to forecast with (default: all it rolls out)")
+  p.add_argument("--future-states", default="last", choices=("last", "real"),
+                 help="the future agents' states: the last observed step's, or (a recorded event) the real "
+                      "ones, which read future information (default: %(default)s)")
+  p.add_argument("--seed", type=int, default=0, help="of the sampling keys (default: %(default)s)")
+  p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not hold a forecast already)")
+  p.set_defaults(fn=_forecast)
 
   p = sub.add_parser("lm-demo", help="train a tiny LM on the built-in corpus and sample from it",
                      description="Train a tokenizer and a tiny LM from scratch on the built-in Weibo-style "

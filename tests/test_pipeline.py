@@ -17,7 +17,7 @@ from mfjax import configs
 from mfjax.categories import DIMENSIONS
 from mfjax.evaluation import bounds
 from mfjax.configs import ConfigError
-from mfjax.data import load_tokenizer
+from mfjax.data import load_events, load_tokenizer
 from mfjax.evaluation.report import decode_actions
 from mfjax.pipeline_config import check_config, layer_fields, plan, scratch_model_config
 from mfjax.runs import RunFolderError
@@ -242,6 +242,16 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   with pytest.raises(SystemExit):  # never over an existing file
     rescore.main(["--run", str(tmp_path / "ced"), "--labeler", "rules"])
   assert "rules.json exists" in capsys.readouterr().err
+  # a CED val event forecast from its first 2 steps, by eid, on the run's mesh (2 seeds: rows padded to its 4
+  # event shards), the agents' states counting their actions in the run's training events
+  event = next(load_events(os.path.join(ced_dir, "val.jsonl.gz")))
+  main(["forecast", "--trained-from", str(tmp_path / "ced"), "--events", os.path.join(ced_dir, "val.jsonl.gz"),
+        "--eid", event.eid, "--observed", "2", "--horizon", "2", "--seeds", "2", "--methods", "state", "mf",
+        "--out", str(tmp_path / "forecast")])
+  fc = json.loads((tmp_path / "forecast" / "forecast.json").read_text())
+  assert fc["event"]["eid"] == event.eid and fc["event"]["observed_actions"] == 16 and fc["labeler"] == "trained"
+  assert set(fc["kl_to_real"]) == {"state", "mf", "persistence", "shrunk", "global"}  # the file holds what came next
+  assert all(len(v) == 2 and None not in v for v in fc["kl_to_real"].values())
 
 
 def test_a_rollout_that_cannot_be_read_is_an_error_naming_it(tmp_path):

@@ -20,32 +20,17 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import ml_collections  # noqa: E402
-
-from mfjax import pipeline_config  # noqa: E402
-from mfjax.configs import ConfigError  # noqa: E402
 from mfjax.errors import one_line_errors  # noqa: E402
 from mfjax.evaluation import report  # noqa: E402
-from mfjax.pipeline.command import eval_request  # noqa: E402
+from mfjax.pipeline.command import eval_request, open_run  # noqa: E402
 from mfjax.pipeline.data import prepare  # noqa: E402
-from mfjax.runs import read_json, write_json  # noqa: E402
-from mfjax.workdir import CONFIG_FILE, TRAINED_FROM_FILE, RunFolderError, check_rollouts, saved_config  # noqa: E402
+from mfjax.runs import write_json  # noqa: E402
+from mfjax.workdir import check_rollouts  # noqa: E402
 
 
 def rescore(run: str, labeler: str, corrected: bool) -> dict:
-  path = os.path.join(run, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise SystemExit(f"--run: {path} not found: not a run folder of `python -m mfjax`")
-  try:
-    cfg = ml_collections.ConfigDict(saved_config(path))
-    cfg.eval.labeler, cfg.eval.corrected = labeler, corrected
-    pipeline_config.check_config(cfg)
-  except (RunFolderError, ConfigError) as e:
-    raise SystemExit(f"--run: {e}") from None
-  plan = pipeline_config.plan(cfg)
+  _, plan, stages = open_run(run, **{"eval.labeler": labeler, "eval.corrected": corrected})
   check_rollouts(run, [(r.tag, r.method, r.params) for r in plan.plain], plan.sampling.seeds)
-  bound = os.path.join(run, TRAINED_FROM_FILE)  # a run made with --trained-from: its stages are there
-  stages = read_json(bound)["trained_from"] if os.path.exists(bound) else run
   data = prepare(plan, stages)  # the stages' tokenizer; the eval events' texts and the references
   return report.evaluate(eval_request(plan, run, stages, data)).results
 

@@ -69,12 +69,14 @@ def step_texts(events: Sequence[Event], steps: int, agents: int) -> tuple[list, 
 
 
 def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = BatchConfig(), *,
-                    activity: Optional[UidActivity] = None, contexts: Optional[Sequence[Sequence[str]]] = None
-                    ) -> StepBatch:
+                    activity: Optional[UidActivity] = None, contexts: Optional[Sequence[Sequence[str]]] = None,
+                    states: Optional[Sequence[Sequence[str]]] = None) -> StepBatch:
   """Tokenise and lay out events as fixed-shape step tensors.
 
   contexts: optional [E][T] population-context strings (one per step, shared by
   its agents), e.g. from a baseline; omitted = no context slot.
+  states: optional [E][actions used] agent state lines in place of `agent_states` (a forecast's
+  agents to come, whose states are not in the data: `mfjax.pipeline.forecast`).
   """
   E, T, B, P, A = len(events), config.steps, config.agents_per_step, config.prompt_len, config.action_len
   pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -88,13 +90,17 @@ def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = Ba
   parent = np.full((E, T, B), -1, np.int32)
   report = {"events": E, "actions_used": 0, "actions_dropped": 0, "agent_slots_empty": 0,
             "prompts_truncated": 0, "actions_truncated": 0}
+  states_of = states
   for e, event in enumerate(events):  # Python over events only to build the arrays (data prep, not the hot path)
     n = min(len(event.actions), T * B)
     report["actions_used"] += n
     report["actions_dropped"] += len(event.actions) - n
     report["agent_slots_empty"] += T * B - n
     actions = event.actions[:n]
-    states = agent_states(dataclasses.replace(event, actions=actions), activity)
+    states = (agent_states(dataclasses.replace(event, actions=actions), activity) if states_of is None
+              else list(states_of[e][:n]))
+    if len(states) != n:
+      raise ValueError(f"event {event.eid}: {len(states)} agent states for {n} actions")
     slot = {a.id: i for i, a in enumerate(actions)}
     parent[e].reshape(-1)[:n] = [slot.get(a.parent, -1) if a.parent else -1 for a in actions]
     ctx = contexts[e] if contexts is not None else None

@@ -120,6 +120,39 @@ def horizon(out: str, hz: dict) -> None:
   plt.close(fig)
 
 
+def forecast(out: str, fc: dict) -> None:
+  """plots/forecast_<dimension>.png of a forecast (`mfjax.pipeline.forecast`): per category, the
+  observed steps, the real continuation where known, each method's mean with its band over seeds,
+  and the no-model references held over the horizon."""
+  plt = _plt()
+  folder = os.path.join(out, "plots")
+  os.makedirs(folder, exist_ok=True)
+  K, H = fc["event"]["observed_steps"], fc["horizon"]
+  seen, ahead = np.arange(1, K + 1), np.arange(K + 1, K + H + 1)
+  lo, hi = (f"p{p}" for p in fc["band"])
+  for d, cats in fc["categories"].items():
+    as_array = lambda rows: np.array([[np.nan] * len(cats) if r is None else r for r in rows], np.float64)  # noqa: E731
+    fig, axes = plt.subplots(1, len(cats), figsize=(4 * len(cats), 3.4), squeeze=False)
+    for j, (ax, cat) in enumerate(zip(axes[0], cats)):
+      ax.plot(seen, as_array(fc["observed"][d])[:, j], "k-o", ms=3, label="observed")
+      real = as_array(fc["real"][d])[:, j]
+      if not np.isnan(real).all():
+        ax.plot(ahead, real, "k--o", ms=3, mfc="none", label="real continuation")
+      for i, (tag, m) in enumerate(fc["methods"].items()):
+        ax.plot(ahead, as_array(m[d]["mean"])[:, j], color=f"C{i}", label=tag)
+        ax.fill_between(ahead, as_array(m[d][lo])[:, j], as_array(m[d][hi])[:, j], color=f"C{i}", alpha=0.15)
+      for k, (name, r) in enumerate(fc["references"].items()):
+        ax.hlines(r[d]["distribution"][j], K + 0.5, K + H + 0.5, colors=str(0.2 + 0.25 * k), linestyles=":", label=f"{name} (no model)")
+      ax.axvline(K + 0.5, color="0.7", lw=0.8)
+      ax.set(title=f"{d}: {cat}", xlabel="step", ylabel="proportion" if j == 0 else None, ylim=(-0.02, 1.02))
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"event {fc['event']['eid']}: {K} observed steps, {H} forecast "
+                 f"({fc['seeds']} seeds, band {lo}-{hi})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, f"forecast_{d}.png"), dpi=100)
+    plt.close(fig)
+
+
 def intervention(workdir: str, traces: dict, agent_mask, section: dict) -> None:
   """plots/intervention.png: per dimension, the shown category's proportion
   (mean over events) of each method's rollout without the intervention (solid)

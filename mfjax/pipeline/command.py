@@ -27,9 +27,29 @@ from mfjax.pipeline.data import Data, check_inputs, intervention_labels, prepare
 from mfjax.pipeline.rollouts import simulate_all
 from mfjax.pipeline.stages import check_mesh, load_trained, mesh_from, train
 from mfjax.pipeline_config import EVAL_ONLY_KEYS, LAYOUT_KEYS, STAGE_SET_KEYS, Rollout, RunPlan, check_config
-from mfjax.runs import COMPILE_CACHE_ENV, environment, log
-from mfjax.workdir import (check_bound_to, check_rollouts, check_trained_from, check_workdir, last_validation,
-                           record_trained_from, stage_environments)
+from mfjax.runs import COMPILE_CACHE_ENV, RunFolderError, environment, log, read_json
+from mfjax.workdir import (CONFIG_FILE, TRAINED_FROM_FILE, check_bound_to, check_rollouts, check_trained_from,
+                           check_workdir, last_validation, record_trained_from, saved_config, stage_environments)
+
+
+def open_run(run: str, flag: str = "--run", **overrides) -> tuple[ml_collections.ConfigDict, RunPlan, str]:
+  """(config, plan, stages folder) of the run folder `run` for a tool that reads it: its config.json with
+  `overrides` ({"eval.labeler": "rules"}) set and checked, and where its trained stages and tokenizer
+  are (its own folder, or the run it was made --trained-from). Errors name `flag` and the file."""
+  path = os.path.join(run, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{flag}: {path} not found: not a run folder of `python -m mfjax`")
+  try:
+    cfg = ml_collections.ConfigDict(saved_config(path))
+    for key, value in overrides.items():
+      section, name = key.split(".")
+      cfg[section][name] = value
+    check_config(cfg)
+  except (RunFolderError, ConfigError) as e:
+    raise ConfigError(f"{flag}: {e}") from None
+  bound = os.path.join(run, TRAINED_FROM_FILE)
+  stages = read_json(bound)["trained_from"] if os.path.exists(bound) else run
+  return cfg, pipeline_config.plan(cfg), stages
 
 
 def _triples(rollouts: tuple[Rollout, ...]) -> list[tuple[str, str, str]]:

@@ -91,6 +91,18 @@ def split_events(d: DataPlan):
   return train, val, test, None, d.eval_split
 
 
+def training_events(d: DataPlan) -> list:
+  """The run's training events alone, as `split_events` draws them (a tool that needs the
+  training population, such as `forecast`, without reading the other splits)."""
+  check_data_choices(d)
+  if d.source == "synthetic":
+    return synthetic.generate(d.train_events, seed=d.seed, config=d.world)[0]
+  path = os.path.join(d.path, "train.jsonl.gz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"data.path: {path} not found (get the data with: python tools/download_data.py)")
+  return sample_events(list(load_events(path, "ced")), d.train_events, seed=(d.seed, 0))
+
+
 def sample_events(events: list, n: int, *, seed) -> list:
   """`n` of `events` (all of them when n covers them), never a file's first n: the CED files list
   every rumor before the first non-rumor. A seeded draw stratified by label: each label keeps its
@@ -131,10 +143,27 @@ def label_categories(labeler: CachedLabeler, batch: StepBatch) -> np.ndarray:
 
 def prepare(plan: RunPlan, workdir: str) -> Data:
   """Events, tokenizer (trained once into workdir/tokenizer) and step tensors."""
-  data = _prepare(plan, workdir)
-  if plan.sampling.valid_utf8:
-    data.utf8 = ValidUtf8(token_bytes(data.tokenizer))
-  return data
+  return _prepare(plan, workdir)
+
+
+def tokenizer_specs(plan: RunPlan, tok) -> dict:
+  """The `Data` fields the model and the sampler derive from the tokenizer: the quoted context's, the
+  text mean field's and the attribute tags' token layouts, and the tokens that keep UTF-8 valid."""
+  d = plan.data
+  return {"context": ContextSpec.from_tokenizer(tok, k=d.context_k, action_len=d.batch.action_len),
+          "text": text_spec(d, tok), "tags": AttributeTags.from_tokenizer(tok) if d.attributes else None,
+          "utf8": ValidUtf8(token_bytes(tok)) if plan.sampling.valid_utf8 else None}
+
+
+def trained_tokenizer(plan: RunPlan, workdir: str):
+  """The tokenizer of the trained run in `workdir` (the checkpoint's with model.checkpoint);
+  FileNotFoundError where that run has none."""
+  if plan.data.checkpoint:
+    return load_tokenizer(plan.data.checkpoint)
+  path = os.path.join(workdir, "tokenizer")
+  if not os.path.exists(os.path.join(path, "tokenizer.json")):
+    raise FileNotFoundError(f"{workdir} has no trained tokenizer (tokenizer/tokenizer.json): train that run first")
+  return load_tokenizer(path)
 
 
 def _prepare(plan: RunPlan, workdir: str) -> Data:
@@ -172,17 +201,15 @@ def _prepare(plan: RunPlan, workdir: str) -> Data:
     log(f"[data] {name}: {r['events']} events, {r['actions_used']} actions in {bc.steps}x{bc.agents_per_step} "
         f"steps ({r['agent_slots_empty']} empty slots); truncated: {r['prompts_truncated']} prompts, "
         f"{r['actions_truncated']} actions")
-  ctx = ContextSpec.from_tokenizer(tok, k=d.context_k, action_len=bc.action_len)
-  log(f"[data] tokenizer: {len(tok)} tokens; context: {ctx.length} tokens ({time.time() - t0:.1f} s)")
-  text = text_spec(d, tok)
+  specs = tokenizer_specs(plan, tok)
+  log(f"[data] tokenizer: {len(tok)} tokens; context: {specs['context'].length} tokens ({time.time() - t0:.1f} s)")
   train_texts, train_mask = step_texts(train, bc.steps, bc.agents_per_step)
   references = {"train_texts": train_texts, "train_mask": train_mask, "train_labels": [e.label for e in train],
                 "eval_labels": [e.label for e in test]}
-  tags = AttributeTags.from_tokenizer(tok) if d.attributes else None
-  if tags is not None:
-    log(f"[data] attribute tags: {tags.length} tokens at most")
-  data = Data(tok, ctx, batches["train"].arrays(), batches["val"].arrays(), batches["eval"], truth, split, text,
-              references=references, tags=tags)
+  if specs["tags"] is not None:
+    log(f"[data] attribute tags: {specs['tags'].length} tokens at most")
+  data = Data(tok, train=batches["train"].arrays(), val=batches["val"].arrays(), eval=batches["eval"], truth=truth,
+              eval_split=split, references=references, **specs)
   iv = plan.intervention
   if iv is not None:
     # the same eval events with the injected actions; only their action tokens differ (prompts are the states)
