@@ -47,6 +47,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.data.val_events = 32  # validation events (loss terms during training)
   c.data.eval_events = 64  # events the rollouts are scored on
   c.data.eval_split = "val"  # ced: 'val' (selection) or 'holdout' (final reports only)
+  # ced: score only the eval split's events with at least this many actions (0: all), e.g. the long ones that fill
+  # rollout.steps x rollout.agents_per_step (experiments/ced_long.py)
+  c.data.eval_min_actions = 0
   c.data.steps = 12  # T: steps per event
   c.data.agents_per_step = 16  # B: agents (consecutive actions) per step
   c.data.prompt_len = 16  # P: tokens of topic + state (longer prompts keep their end)
@@ -160,6 +163,11 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # sample only actions that decode as valid UTF-8: a byte-level token that would break a character is never
   # drawn (mfjax.sampling.ValidUtf8; a draw that was valid is the same draw with it, same keys)
   c.rollout.valid_utf8 = False
+  # The eval events' layout, when it is not the training events' (0: data.steps, data.agents_per_step): a trained
+  # run rolled out over a longer horizon than it trained on (experiments/ced_long.py, synthetic_long.py). The
+  # text mean field's writer reads data.agents_per_step actions a step: mf_text needs the same agents_per_step.
+  c.rollout.steps = 0
+  c.rollout.agents_per_step = 0
 
   # The paper's intervention application (mfjax.data.intervention): after the rollouts, every method named here is
   # rolled out again, with the same keys, on the eval events with the last `agents` agents of step `step` writing
@@ -188,6 +196,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # also score the distributions corrected for the labeler's errors (its cross-validated confusion on the hand
   # labels, mfjax.evaluation.correction): results.json "corrected" (needs data.source=ced)
   c.eval.corrected = False
+  # drift: step windows "a-b,c-d" (1-based, inclusive, after the warm-up) whose mean KL results.json's "drift"
+  # compares, the last against the first, for every method and reference simulator ("": none)
+  c.eval.drift = ""
   return c
 
 
@@ -196,7 +207,7 @@ def mf_llm_config() -> ml_collections.ConfigDict:
 # The config keys (prefixes) that change only what is rolled out and how it is scored, never a
 # trained stage: a run with --trained-from may differ from the run it reads in these alone
 # (e.g. data.eval_split=holdout for the final report of a run selected on val).
-EVAL_ONLY_KEYS = ("data.eval_split", "data.eval_events", "rollout.", "eval.", "parallel.", "intervention.")
+EVAL_ONLY_KEYS = ("data.eval_split", "data.eval_events", "data.eval_min_actions", "rollout.", "eval.", "parallel.", "intervention.")
 # How a run is laid out on devices, not what it computes: a run resumes in its workdir with other
 # values of these (a pod job restarted on another slice shape; its checkpoints restore onto the new mesh).
 LAYOUT_KEYS = ("parallel.",)
@@ -232,12 +243,20 @@ def check_config(cfg) -> None:
   check_at_least(cfg, 0, "mf_text.beta")
   check("mf_text_train.trainable", cfg.mf_text_train.trainable in ("lora", "full"),
         f"{cfg.mf_text_train.trainable!r}: the text mean field trains 'lora' (adapters) or 'full'")
-  check("rollout.warmup", r.warmup < d.steps,
-        f"{r.warmup} warm-up steps leave no step of data.steps={d.steps} to simulate and score")
+  check_at_least(cfg, 0, "rollout.steps", "rollout.agents_per_step", "data.eval_min_actions")
+  steps, agents = eval_layout(cfg)
+  check("rollout.warmup", r.warmup < steps,
+        f"{r.warmup} warm-up steps leave no step of {steps} (rollout.steps or data.steps) to simulate and score")
+  check("rollout.agents_per_step", agents == d.agents_per_step or "mf_text" not in _methods(cfg),
+        f"{agents}: the text mean field's writer reads data.agents_per_step={d.agents_per_step} actions a step; "
+        "leave rollout.agents_per_step at 0 with mf_text")
+  check("data.eval_min_actions", not d.eval_min_actions or d.source == "ced",
+        "filters the CED eval split by length; the synthetic world's events all have steps x agents actions")
+  check("eval.drift", lambda: drift_windows(cfg.eval.drift, r.warmup, steps))
   check("rollout.top_p", 0 < r.top_p <= 1, f"must be in (0, 1], got {r.top_p!r}")
   check("rollout.methods", lambda: _methods(cfg))
   if cfg.intervention.text:
-    check("intervention", lambda: _intervention_of(cfg).check(d.steps, d.agents_per_step, r.warmup))
+    check("intervention", lambda: _intervention_of(cfg).check(steps, agents, r.warmup))
     check("intervention.methods", lambda: _intervention_methods(cfg))
   check("eval.labeler", cfg.eval.labeler in LABELERS, f"{cfg.eval.labeler!r} is not one of {LABELERS}")
   check("eval.labeler", cfg.eval.labeler != "trained" or d.source == "ced",
@@ -263,6 +282,30 @@ def check_config(cfg) -> None:
     check(f"{name}.lr", stage.lr > 0, f"must be > 0, got {stage.lr!r}")
     if "trainable" in stage:
       check(f"{name}.trainable", stage.trainable in TRAINABLE, f"{stage.trainable!r} is none of {TRAINABLE}")
+
+
+def eval_layout(cfg) -> tuple[int, int]:
+  """(steps, agents per step) of the eval events: rollout.steps / rollout.agents_per_step, or data's where 0."""
+  d, r = cfg.data, cfg.rollout
+  return int(r.steps or d.steps), int(r.agents_per_step or d.agents_per_step)
+
+
+def drift_windows(text: str, warmup: int, steps: int) -> tuple[tuple[int, int], ...]:
+  """eval.drift "a-b,c-d" as ((a, b), (c, d)): 1-based inclusive step windows within the scored steps
+  (warmup + 1 .. steps), at least two of them (the last is compared with the first), or () for ""."""
+  out = []
+  for part in (p.strip() for p in str(text).split(",") if p.strip()):
+    try:
+      a, b = (int(x) for x in part.split("-"))
+    except ValueError:
+      raise ValueError(f"{part!r} is not a window 'first-last' of steps, e.g. '4-16'") from None
+    if not warmup < a <= b <= steps:
+      raise ValueError(f"window {part}: steps {warmup + 1}..{steps} are scored (1-based, after the {warmup} "
+                       "warm-up steps); first <= last")
+    out.append((a, b))
+  if len(out) == 1:
+    raise ValueError("give at least two windows, e.g. '4-16,193-256': the last is compared with the first")
+  return tuple(out)
 
 
 def _float_dtype(name: str):
@@ -404,6 +447,10 @@ class DataPlan:
   corrected: bool  # eval.corrected: score distributions corrected for the labeler's errors too
   categories: bool  # label every action's joint category (the population head's targets)
   attributes: bool  # mf.attributes: the tokenizer learns the tags, and the mf policy reads them
+  eval_batch: BatchConfig  # the eval events' layout (rollout.steps / rollout.agents_per_step, else `batch`'s)
+  eval_world: WorldConfig  # the synthetic world of the eval events (`world` with their layout)
+  eval_min_actions: int  # data.eval_min_actions: score only eval events this long (ced)
+  drift: tuple  # eval.drift: ((first, last), ...) 1-based step windows (`drift_windows`)
 
   @property
   def label_data(self) -> str:
@@ -514,11 +561,15 @@ def plan(cfg) -> RunPlan:
   rollouts = [Rollout(*run) for run in _rollout_runs(cfg)]
   rollouts += [Rollout(*run, intervened=True) for run in _intervention_runs(cfg)]
   d, r, t = cfg.data, cfg.rollout, cfg.train
+  steps, agents = eval_layout(cfg)
   data = DataPlan(d.source, d.path, int(d.seed), int(d.train_events), int(d.val_events), int(d.eval_events),
                   d.eval_split, BatchConfig(int(d.steps), int(d.agents_per_step), int(d.prompt_len), int(d.action_len)),
                   WorldConfig(steps=int(d.steps), agents_per_step=int(d.agents_per_step), **cfg.world.to_dict()),
                   cfg.model.checkpoint, int(cfg.tokenizer.vocab_size), int(cfg.context.k), int(cfg.mf_text.summary_len),
-                  cfg.eval.labeler, bool(cfg.eval.corrected), _population_head(cfg), bool(cfg.mf.attributes))
+                  cfg.eval.labeler, bool(cfg.eval.corrected), _population_head(cfg), bool(cfg.mf.attributes),
+                  BatchConfig(steps, agents, int(d.prompt_len), int(d.action_len)),
+                  WorldConfig(steps=steps, agents_per_step=agents, **cfg.world.to_dict()), int(d.eval_min_actions),
+                  drift_windows(cfg.eval.drift, int(r.warmup), steps))
   training = TrainingPlan(float(t.weight_decay), int(t.log_every), int(t.ckpt_every), int(t.eval_every),
                           bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta),
                           float(cfg.ib.population_weight))

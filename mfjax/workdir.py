@@ -81,7 +81,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 # config.json without one reads as having that value (`saved_config`), so that such a run resumes, is
 # evaluated again and lends its stages (--trained-from) as before.
 ADDED_KEYS = {"ib.population_weight": 0.0, "mf.attributes": False, "mf.head_hidden": 128, "rollout.valid_utf8": False,
-              "mf.category_features": False, "eval.corrected": False}
+              "mf.category_features": False, "eval.corrected": False, "rollout.steps": 0,
+              "rollout.agents_per_step": 0, "data.eval_min_actions": 0, "eval.drift": ""}
 
 
 def saved_config(path: str, like: Optional[dict] = None) -> dict:

@@ -205,3 +205,33 @@ def test_horizon_skill_is_paired_over_the_events_scored_at_each_step():
   noisy = out["methods"]["noisy"]
   for (lo, hi), s in zip(noisy["skill_ci95"], noisy["skill"]):
     assert lo <= s <= hi and hi > lo
+
+
+def test_drift_compares_the_last_window_with_the_first_over_the_events_scored_in_both():
+  from mfjax.evaluation.report import drift
+  E, T = 5, 10
+  rng = np.random.default_rng(1)
+  flat = rng.uniform(0.1, 1.0, (E, 1)) * np.ones((1, T))  # each event's KL the same at every step
+  growing = flat * np.linspace(1, 2, T)[None]  # step 10's twice step 1's
+  weights = np.ones((E, T), bool)
+  weights[:, :2] = False  # warm-up
+  weights[4, 6:] = False  # event 4 ends early: not in the late window, left out of every row
+  out = drift({"flat": flat, "growing": growing}, weights, ((3, 4), (9, 10)),
+              {"flat": {"belief": [0.5] * 8 + [1.0, None]}}, draws=300)
+  assert out["windows"] == [[3, 4], [9, 10]] and out["events"] == 4
+  f, g = out["methods"]["flat"], out["methods"]["growing"]
+  assert f["ratio"] == pytest.approx(1.0) and f["ratio_ci95"] == pytest.approx([1.0, 1.0])
+  np.testing.assert_allclose(f["kl"], [flat[:4, 0].mean()] * 2)
+  scale = np.linspace(1, 2, T)
+  assert g["ratio"] == pytest.approx(scale[8:].mean() / scale[2:4].mean())
+  assert g["ratio_ci95"] == pytest.approx([g["ratio"]] * 2)  # the same factor for every event
+  assert f["kl_dim"] == {"belief": [0.5, 1.0]} and "kl_dim" not in g  # a missing step is skipped
+
+
+@pytest.mark.parametrize("text, message", [("4-10", "at least two windows"), ("2-5,8-9", "steps 4..12 are scored"),
+                                           ("5-4,8-9", "first <= last"), ("4-x,8-9", "'4-x' is not a window")])
+def test_a_bad_drift_window_is_an_error_naming_it(text, message):
+  from mfjax.pipeline_config import drift_windows
+  with pytest.raises(ValueError, match=message):
+    drift_windows(text, 3, 12)
+  assert drift_windows("4-6, 10-12", 3, 12) == ((4, 6), (10, 12)) and drift_windows("", 3, 12) == ()

@@ -19,6 +19,7 @@ from mfjax.evaluation import bounds
 from mfjax.configs import ConfigError
 from mfjax.data import load_events, load_tokenizer
 from mfjax.evaluation.report import decode_actions
+from mfjax.pipeline.data import split_events
 from mfjax.pipeline_config import check_config, layer_fields, plan, scratch_model_config
 from mfjax.runs import RunFolderError
 from mfjax.workdir import ROLLOUT_ARRAYS, load_rollout, rollout_path
@@ -137,17 +138,26 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   # ... and with an intervention (as experiments/intervention.py): 2 agents of step 2 write a counter-rumor comment
   iv = ["intervention.text=别信谣言，扩散", "intervention.step=2", "intervention.agents=2",
         "intervention.methods=state,mf"]
-  _cli("run", again, extra=["rollout.warmup=2", "rollout.valid_utf8=True"] + iv, trained_from=wd)
+  # ... over a longer horizon than the stages trained on (6 steps, not 4), KL's drift from steps 3-4 to 5-6 reported
+  _cli("run", again, extra=["rollout.warmup=2", "rollout.valid_utf8=True", "rollout.steps=6", "eval.drift=3-4,5-6"]
+       + iv, trained_from=wd)
   assert f"[train] the trained stages of {wd} (read only)" in capsys.readouterr().out
   assert _snapshot(wd) == before
   assert not any(os.path.exists(again / stage) for stage in ("base", "sft", "mf", "tokenizer"))
   moved = _check_results(again, seeds=2, methods=METHODS | {"mf_text"})
   assert moved["data"]["warmup"] == 2 and results["data"]["warmup"] == 1
+  assert moved["data"]["steps"] == 6 and results["data"]["steps"] == 4
+  assert moved["simulators"]["methods"]["global"]["kl_per_step"][5] is not None  # past the training layout's steps
+  dr = moved["drift"]
+  assert dr["windows"] == [[3, 4], [5, 6]] and dr["events"] == 4 and "drift" not in results
+  assert set(dr["methods"]) == METHODS | {"mf_text", *bounds.PREDICTORS, "world"}
+  for m in METHODS:  # a window's KL: the mean of the per-step KL over its steps (every event has every step)
+    np.testing.assert_allclose(dr["methods"][m]["kl"][1], np.mean(moved["methods"][m]["kl_per_step"][4:6]), rtol=1e-6)
   assert moved["methods"]["mf"]["kl_mean"] != results["methods"]["mf"]["kl_mean"]
   assert json.load(open(again / "trained_from.json")) == {"trained_from": os.path.abspath(wd)}
   assert moved["environment"]["stages"] == env["stages"]  # the stages' own, read from wd
   section = moved["intervention"]
-  assert section["step"] == 2 and section["agents"] == 2 and section["scored_steps"] == [3] and section["events"] == 4
+  assert section["step"] == 2 and section["agents"] == 2 and section["scored_steps"] == [3, 4, 5] and section["events"] == 4
   assert section["labels"] == {"behaviour": "comment", "belief": "doubt", "sentiment": "neutral", "intent": "promotion"}
   assert set(section["methods"]) == {"state", "mf"} and set(moved["methods"]) == set(results["methods"])
   # state reads no population: with the same keys its rollout is the same, token for token
@@ -159,7 +169,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   tables = report_table.render(moved)  # the docs' tables, made from a real results.json
   assert f"| mf | {moved['methods']['mf']['kl_mean']:.3f} | " in tables
   assert [line for line in tables.splitlines() if line.startswith("### ")] == [
-      "### methods", "### simulators", "### paired", "### horizon", "### intervention"]
+      "### methods", "### simulators", "### paired", "### horizon", "### drift", "### intervention"]
   assert os.path.exists(rollout_path(str(again), "mf_intervened", 1))
   # rollout.valid_utf8: no sampled action of any method holds a broken character
   tok = load_tokenizer(str(wd / "tokenizer"))
@@ -315,6 +325,19 @@ def test_scratch_model_has_only_its_family_switches():
   assert model("qwen3").qk_norm and not model("qwen3").qkv_bias
 
 
+def test_ced_eval_events_can_be_the_long_ones_in_a_longer_layout(ced_dir):
+  cfg = configs.load_config(os.path.join(ROOT, "experiments", "ced_weibo.py") + ":smoke",
+                            [f"data.path={ced_dir}", "data.eval_min_actions=400", "rollout.steps=16",
+                             "rollout.agents_per_step=4", "eval.drift=3-6,13-16"])
+  check_config(cfg)
+  p = plan(cfg)
+  assert (p.data.batch.steps, p.data.batch.agents_per_step) == (4, 8)  # the training layout stays
+  assert (p.data.eval_batch.steps, p.data.eval_batch.agents_per_step) == (16, 4) and p.data.drift == ((3, 6), (13, 16))
+  train, _, test, _, _ = split_events(p.data)
+  assert len(test) == 4 and all(len(e.actions) >= 400 for e in test)
+  assert min(len(e.actions) for e in train) < 400  # the filter is the eval split's alone
+
+
 def test_ced_missing_path_is_a_clear_error(tmp_path):
   cfg = os.path.join(ROOT, "experiments", "ced_weibo.py") + ":smoke"
   with pytest.raises(SystemExit, match="train.jsonl.gz not found"):
@@ -369,7 +392,14 @@ def test_the_run_plan_lists_stages_and_rollouts_in_order():
     ("model.dtype=int32", "model.dtype: 'int32' is not a floating-point dtype"),
     ("model.remat=dotz", "model.remat: unknown remat_policy 'dotz'"),
     ("rollout.methods=state,foo", r"rollout.methods: unknown \['foo'\]"),
-    ("rollout.warmup=12", "rollout.warmup: 12 warm-up steps leave no step of data.steps=12"),
+    ("rollout.warmup=12", r"rollout.warmup: 12 warm-up steps leave no step of 12 \(rollout.steps or data.steps\)"),
+    ("rollout.steps=3", r"rollout.warmup: 3 warm-up steps leave no step of 3 \(rollout.steps"),
+    ("rollout.agents_per_step=8 rollout.methods=state,mf_text", "rollout.agents_per_step: 8: the text mean field's"),
+    ("data.eval_min_actions=256", "data.eval_min_actions: filters the CED eval split"),
+    ("eval.drift=4-12", "eval.drift: give at least two windows"),
+    ("eval.drift=4-6,10-13", r"eval.drift: window 10-13: steps 4..12 are scored"),
+    ("rollout.agents_per_step=8 intervention.text=x intervention.agents=9",  # of the eval layout's agents
+     "intervention: agents 9 must be 1 to the 8 agents"),
     ("rollout.top_p=0", r"rollout.top_p: must be in \(0, 1\]"),
     ("rollout.top_k=-1", "rollout.top_k: must be >= 0"),
     ("ib.schedule=cosine", "ib.schedule: unknown beta schedule 'cosine'"),

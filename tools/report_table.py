@@ -13,7 +13,9 @@ the category each dimension's plot shows, with minus without), `sweep` (the IB s
 beta, validation NLL and bits of compression against KL), `corrected` (KL on distributions
 corrected for the labeler's errors, with eval.corrected), `labelers` and `agreement` (the
 labelers against the hand labels: tools/labeler_quality.py's results), `horizon` (forecast skill
-against persistence, the warm-up held fixed, at the first and last step after the warm-up).
+against persistence, the warm-up held fixed, at the first and last step after the warm-up), `drift`
+(eval.drift: the mean KL of each method and reference simulator over the first and last step windows,
+and their ratio, for long rollouts).
 
 `--update PAGE` rewrites every block of PAGE marked as
 
@@ -53,7 +55,7 @@ SIMULATORS = {
     "step": "the real step itself, resampled (sampling noise alone)",
     "world": "the synthetic world's own equations, run free from the warm-up",
 }
-PARTS = ("methods", "simulators", "paired", "horizon", "intervention", "sweep", "corrected", "labelers",
+PARTS = ("methods", "simulators", "paired", "horizon", "drift", "intervention", "sweep", "corrected", "labelers",
          "agreement")
 _OPEN = re.compile(r"^<!-- report: (\S+) (\S+) -->\s*$")
 _CLOSE = "<!-- /report -->"
@@ -171,12 +173,28 @@ def horizon(results: dict) -> str:
           "row; above 0: better than persistence).\n\n" + _table(header, rows))
 
 
+def drift(results: dict) -> str:
+  dr = results["drift"]
+  spans = [f"{a}-{b}" for a, b in dr["windows"]]
+  dims = list(DIMENSIONS)
+  rows = []
+  for name, r in dr["methods"].items():
+    star = f"{name}*" if name in ORACLES and name not in results["methods"] else name
+    shift = [f"{r['kl_dim'][d][0]:.3f} → {r['kl_dim'][d][-1]:.3f}" if "kl_dim" in r else "" for d in dims]
+    rows.append([star, *(f"{x:.3f}" for x in r["kl"]),
+                 f"{r['ratio']:.3f} [{r['ratio_ci95'][0]:.3f}, {r['ratio_ci95'][1]:.3f}]", *shift])
+  return (f"Drift: the mean KL over steps {spans[0]} and {spans[-1]} (1-based), and the last window's against the "
+          f"first, with its 95% bootstrap interval over {dr['events']} events; per dimension, a method's KL in the "
+          "first window → the last.\n\n"
+          + _table(["method", *(f"KL steps {x}" for x in spans), "ratio", *dims], rows))
+
+
 _KEYS = {"methods": "methods", "simulators": "simulators", "paired": "paired", "intervention": "intervention",
          "sweep": "ib_sweep", "corrected": "corrected", "labelers": "labeler_quality",
-         "agreement": "labeler_agreement", "horizon": "horizon"}
+         "agreement": "labeler_agreement", "horizon": "horizon", "drift": "drift"}
 _MAKE = {"methods": methods, "simulators": simulators, "paired": paired, "intervention": intervention,
          "sweep": sweep, "corrected": corrected, "labelers": labelers, "agreement": agreement,
-         "horizon": horizon}
+         "horizon": horizon, "drift": drift}
 
 
 def load(run: str) -> dict:

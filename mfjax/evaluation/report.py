@@ -197,6 +197,35 @@ def horizon(cells: dict, weights, warmup: int, persistence: str = "warmup", seed
       row["skill"].append(float(1.0 - x.mean() / max(b.mean(), 1e-300)))
       row["skill_ci95"].append([float(v) for v in np.percentile(boot, [2.5, 97.5])])
   return out
+def drift(cells: dict, weights, windows, per_dimension: Optional[dict] = None, seed: int = 0,
+          draws: int = PAIRED_DRAWS) -> dict:
+  """How KL moves over a long rollout. cells: name -> [E, T] KL per (event, step) (as `horizon`'s);
+  windows: ((first, last), ...) 1-based inclusive steps; per_dimension: name -> {dimension: [T] KL per
+  step} (a method's kl_dim_per_step). Over the events scored in every window: {"windows", "events",
+  "methods": {name: {"kl": [per window: the mean over events of each event's mean over the window's
+  scored steps], "ratio": the last window's KL / the first's, "ratio_ci95": percentile bootstrap over
+  the events (the same resamples for every name), "kl_dim": {dimension: [per window]} where given}}}."""
+  w = np.asarray(weights, bool)
+  T = w.shape[1]
+  masks = [w & ((np.arange(T) >= a - 1) & (np.arange(T) <= b - 1))[None] for a, b in windows]
+  events = np.flatnonzero(np.all([m.any(1) for m in masks], 0))
+  out = {"windows": [list(x) for x in windows], "events": int(events.size), "methods": {}}
+  if not events.size:
+    return out
+  resample = np.random.default_rng(seed).integers(0, events.size, (draws, events.size))
+  for name, c in cells.items():
+    c = np.asarray(c, np.float64)
+    means = [((c * m).sum(1) / np.maximum(m.sum(1), 1))[events] for m in masks]  # [window][events]
+    boot = means[-1][resample].mean(1) / np.maximum(means[0][resample].mean(1), 1e-300)
+    row = {"kl": [float(x.mean()) for x in means], "ratio": float(means[-1].mean() / max(means[0].mean(), 1e-300)),
+           "ratio_ci95": [float(v) for v in np.percentile(boot, [2.5, 97.5])]}
+    if per_dimension and name in per_dimension:
+      row["kl_dim"] = {d: [float(np.nanmean([np.nan if v is None else v for v in x[a - 1:b]])) for a, b in windows]
+                       for d, x in per_dimension[name].items()}
+    out["methods"][name] = row
+  return out
+
+
 BLIND = ("state", "recent", "popular", "sft")  # the methods without a mean field
 
 
@@ -298,6 +327,7 @@ class EvalRequest:
   # {"train_texts" [N][T*B], "train_mask" [N, T, B], "train_labels" [N], "eval_labels" [E]}: the reference
   # simulators (`bounds`), scored with as many draws as seeds, into results' "simulators"
   references: Optional[dict] = None
+  drift: tuple = ()  # eval.drift: ((first, last), ...) step windows compared in results' "drift"
 
 
 @dataclasses.dataclass
@@ -383,10 +413,17 @@ def evaluate(req: EvalRequest) -> Evaluation:
                                           simulated=world_runs(truth, warmup, seeds), correct=correct,
                                           keep_cells=True)
     sim_cells = results["simulators"].pop("cells")
+    if req.drift:  # every reference simulator drifts (or not) beside the methods
+      method_cells = {tag: cells[tag] for tag, _, _ in runs}
+      results["drift"] = drift({**method_cells, **sim_cells}, weights, req.drift,
+                               {tag: results["methods"][tag]["kl_dim_per_step"] for tag in method_cells})
     cells.update({name: sim_cells[name] for name in HORIZON_REFERENCES if name in sim_cells})
     results["horizon"] = horizon(cells, weights, warmup)
     if correct is not None:
       results["corrected"]["simulators"] = results["simulators"].pop("corrected")
+  if req.drift and "drift" not in results:
+    results["drift"] = drift(cells, weights, req.drift,
+                             {tag: results["methods"][tag]["kl_dim_per_step"] for tag in cells})
   if req.sweep:
     results["ib_sweep"] = [{"beta": v["beta"], "val_relevance": v.get("val_relevance"),
                             "val_compression_bits": v.get("val_compression_bits"),
@@ -508,6 +545,16 @@ def table(results: dict) -> str:
     for name, r in hz["methods"].items():
       rows.append(f"{name:<14}" + "".join(f"{r['skill'][i]:>+12.3f} [{r['skill_ci95'][i][0]:+.3f}, "
                                           f"{r['skill_ci95'][i][1]:+.3f}]" for i in sorted({first, last})))
+  if results.get("drift", {}).get("methods"):
+    dr = results["drift"]
+    spans = [f"steps {a}-{b}" for a, b in dr["windows"]]
+    rows.append(f"\ndrift: mean KL in each window of steps and the last against the first (95% bootstrap "
+                f"interval over {dr['events']} events)")
+    rows.append(f"{'':<14}" + "".join(f"{x:>14}" for x in spans) + f"{'ratio':>26}")
+    for name, r in dr["methods"].items():
+      label = f"{name}*" if name in bounds.ORACLES and name not in results["methods"] else name
+      rows.append(f"{label:<14}" + "".join(f"{x:>14.4f}" for x in r["kl"])
+                  + f"{r['ratio']:>10.3f} [{r['ratio_ci95'][0]:.3f}, {r['ratio_ci95'][1]:.3f}]")
   if "intervention" in results:
     rows.append(intervention_table(results["intervention"]))
   if "ib_sweep" in results:

@@ -86,7 +86,7 @@ def eval_request(plan: RunPlan, workdir: str, stages: str, data: Data) -> report
       seeds=plan.sampling.seeds, warmup=plan.sampling.warmup, labeler_name=plan.data.labeler,
       label_data=plan.data.label_data, corrected=plan.data.corrected, truth=data.truth,
       sweep=_sweep_validation(plan, stages) or None, intervention=_intervention_report(plan, data),
-      references=data.references)
+      references=data.references, drift=plan.data.drift)
 
 
 def _start(cfg, plan: RunPlan, workdir: str, commands: tuple, trained_from: Optional[str]):

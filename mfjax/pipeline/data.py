@@ -80,14 +80,17 @@ def split_events(d: DataPlan):
   if d.source == "synthetic":
     train, _ = synthetic.generate(d.train_events, seed=d.seed, config=world)
     val, _ = synthetic.generate(d.val_events, seed=d.seed + 1, config=world)
-    test, truth = synthetic.generate(d.eval_events, seed=d.seed + 2, config=world)
+    test, truth = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.eval_world)
     return train, val, test, truth, "synthetic-test"
   files = data_files(d)
   # holdout is read only for the final report, never for training or selection
   read = {split: list(load_events(path, "ced")) for split, path in files.items()}
   train = sample_events(read["train"], d.train_events, seed=(d.seed, 0))
   val = sample_events(read["val"], d.val_events, seed=(d.seed, 1))
-  test = sample_events(read[d.eval_split], d.eval_events, seed=(d.seed, 2))
+  long = [e for e in read[d.eval_split] if len(e.actions) >= d.eval_min_actions]
+  if not long:
+    raise ValueError(f"data.eval_min_actions={d.eval_min_actions}: no {d.eval_split} event has that many actions")
+  test = sample_events(long, d.eval_events, seed=(d.seed, 2))
   return train, val, test, None, d.eval_split
 
 
@@ -187,8 +190,8 @@ def _prepare(plan: RunPlan, workdir: str) -> Data:
   else:
     tok = train_tokenizer(_tokenizer_texts(train, activity, d.attributes), d.vocab_size, tok_dir)
   bc = d.batch
-  batches = {name: make_step_batch(ev, tok, bc, activity=activity) for name, ev in
-             (("train", train), ("val", val), ("eval", test))}
+  batches = {name: make_step_batch(ev, tok, layout, activity=activity) for name, ev, layout in
+             (("train", train, bc), ("val", val, bc), ("eval", test, d.eval_batch))}
   labeler = CachedLabeler(make_labeler(d.labeler, d.label_data)) if d.categories else None
   if labeler is not None:  # the population head's targets, by the run's labeler
     t1 = time.time()
@@ -198,12 +201,14 @@ def _prepare(plan: RunPlan, workdir: str) -> Data:
         f"the population head ({time.time() - t1:.1f} s)")
   for name, b in batches.items():
     r = b.report
-    log(f"[data] {name}: {r['events']} events, {r['actions_used']} actions in {bc.steps}x{bc.agents_per_step} "
+    T, B = b.agent_mask.shape[1:]
+    log(f"[data] {name}: {r['events']} events, {r['actions_used']} actions in {T}x{B} "
         f"steps ({r['agent_slots_empty']} empty slots); truncated: {r['prompts_truncated']} prompts, "
         f"{r['actions_truncated']} actions")
   specs = tokenizer_specs(plan, tok)
   log(f"[data] tokenizer: {len(tok)} tokens; context: {specs['context'].length} tokens ({time.time() - t0:.1f} s)")
-  train_texts, train_mask = step_texts(train, bc.steps, bc.agents_per_step)
+  # the reference simulators read the training events in the eval events' layout
+  train_texts, train_mask = step_texts(train, d.eval_batch.steps, d.eval_batch.agents_per_step)
   references = {"train_texts": train_texts, "train_mask": train_mask, "train_labels": [e.label for e in train],
                 "eval_labels": [e.label for e in test]}
   if specs["tags"] is not None:
@@ -213,12 +218,13 @@ def _prepare(plan: RunPlan, workdir: str) -> Data:
   iv = plan.intervention
   if iv is not None:
     # the same eval events with the injected actions; only their action tokens differ (prompts are the states)
-    intervened = make_step_batch(inject(test, iv, bc.agents_per_step), tok, bc, activity=activity)
+    eb = d.eval_batch
+    intervened = make_step_batch(inject(test, iv, eb.agents_per_step), tok, eb, activity=activity)
     if labeler is not None:
       intervened.category = label_categories(labeler, intervened)
     data.intervened = {**intervened.arrays(), "forced": forced_mask(batches["eval"].agent_mask, iv)}
     if truth is not None:
-      data.truth_intervened = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.world, intervention=iv,
+      data.truth_intervened = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.eval_world, intervention=iv,
                                                  labels=intervention_labels(d, iv))[1]
   return data
 

@@ -62,6 +62,6 @@ def simulate_all(plan: RunPlan, workdir: str, data: Data, trained: Trained, *, m
         last = saved["summary"][0, -1][saved["summary_mask"][0, -1]]
         log(f"[simulate] {tag} seed {seed}: event 0's last summary: "
             f"{data.tokenizer.decode(last, skip_special_tokens=True)!r}")
-      b = plan.data.batch
+      b = plan.data.eval_batch
       log(f"[simulate] {tag} seed {seed}: {E} events x {b.steps} steps x {b.agents_per_step} agents "
           f"in {time.time() - t0:.1f} s")
