@@ -50,6 +50,7 @@ from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated
 from mfjax.parallel.state import abstract_policy, policy_shardings
 from mfjax.params_keys import PARAMS
 from mfjax.policy import AttributeTags
+from mfjax.rollout.context import ContextSpec
 from mfjax.rollout.simulate import BATCH_KEYS, _sharded_simulate, method_spec
 
 
@@ -87,6 +88,12 @@ def placeholder_tags(length: int = TAG_TOKENS) -> AttributeTags:
   """Tags of `length` tokens for every class (token id 0): the shapes of an attribute-conditioned
   policy's inputs without a tokenizer (a from-scratch tokenizer writes each tag in at most 3 tokens)."""
   return AttributeTags(ids=((0,) * length,) * len(CLASSES), mask=((1,) * length,) * len(CLASSES))
+
+
+def placeholder_context(k: int, action_len: int) -> ContextSpec:
+  """The quoted history's layout (`recent`, `popular`) with `k` quotes of `action_len` tokens and a
+  header and separator of a few tokens (ids 0): its shapes without a tokenizer."""
+  return ContextSpec(header=(0,) * 4, sep=(0,), eos_id=1, k=int(k), action_len=int(action_len))
 
 
 # an op's result type and kind; an asynchronous pair counts at its -done (whose
@@ -271,13 +278,15 @@ def train_step_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mes
 def rollout_memory(model_cfg: ModelConfig, mf_cfg: MeanFieldConfig, mesh: Mesh, shapes: Shapes, *,
                    lora: Optional[LoraConfig] = None, method: str = "mf", execute: bool = False,
                    repeats: int = 0, pin_activations: bool = True,
-                   tags: Optional[AttributeTags] = None) -> dict:
+                   tags: Optional[AttributeTags] = None, context_k: int = 5) -> dict:
   """Compile `simulate` (one method) for `mesh` against abstract shapes; per-device
   bytes (`execute`: also run it once and measure, `repeats` more times timed).
-  `tags`: `mf` is attribute-conditioned (`placeholder_tags`)."""
+  `tags`: `mf` is attribute-conditioned (`placeholder_tags`); `recent` and `popular` quote
+  `context_k` actions (`placeholder_context`)."""
   check_events(shapes.events, mesh, "events")
   model, encoder, params = policy(model_cfg, mf_cfg, lora)
-  spec, _ = method_spec(method, max_new_tokens=shapes.action, tags=tags)
+  spec, _ = method_spec(method, max_new_tokens=shapes.action, tags=tags,
+                        context=placeholder_context(context_k, shapes.action))
   if not spec.use_mf:
     params = {PARAMS.lm: params[PARAMS.lm]}
   fn, p_sh = _sharded_simulate(model, encoder if spec.use_mf else None, spec, mesh, RULES,

@@ -10,6 +10,7 @@ import pytest
 from mf_setup import CONTEXT, EOS, TEXT, T, make_batch, make_model
 from mfjax.ibtune import mean_field_path
 from mfjax.rollout import KINDS, quote_context, repost_counts, simulate, step_contexts
+from mfjax.policy import action_logprobs, with_context
 from mfjax.rollout.context import selection_scores
 
 simulate_module = importlib.import_module("mfjax.rollout.simulate")  # the module (the package exports the function)
@@ -99,9 +100,10 @@ def test_simulate_compiles_once_per_method_family(setup):
   assert simulate_module._simulate._cache_size() == before
 
 
-@pytest.mark.parametrize("method,signal_leaves", [("state", 0), ("recent", 4), ("mf", 3), ("mf_text", 2)])
-def test_the_scan_carries_the_key_and_only_the_methods_signal(setup, method, signal_leaves):
-  """state: nothing; recent: the history (ids, mask, valid, counts); mf: MFState; mf_text: the summary."""
+@pytest.mark.parametrize("method,signal_leaves", [("state", 0), ("recent", 3), ("mf", 3), ("mf_text", 2)])
+def test_the_scan_carries_the_key_the_methods_signal_and_the_outputs(setup, method, signal_leaves):
+  """state: nothing; recent: the history (valid, real, counts: no tokens); mf: MFState; mf_text: the
+  summary; then the output buffers, written in place (the scan stacks nothing)."""
   model, encoder, params, batch = setup
   spec, kind = simulate_module.method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=CONTEXT,
                                            text=TEXT)
@@ -111,7 +113,33 @@ def test_the_scan_carries_the_key_and_only_the_methods_signal(setup, method, sig
                                                      spec=spec)
   jaxpr = jax.make_jaxpr(impl)(params, {k: jnp.asarray(v) for k, v in batch.items()})
   (scan,) = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "scan"]
-  assert scan.params["num_carry"] == 1 + signal_leaves  # the PRNG key, then the signal's state
+  outputs = len(simulate_module.RolloutOutput.__dataclass_fields__)
+  assert scan.params["num_carry"] == 1 + signal_leaves + outputs  # the PRNG key, the signal's state, the outputs
+  assert len(scan.outvars) == scan.params["num_carry"]
+
+
+def test_recent_quotes_the_actions_the_history_took_real_then_sampled(setup):
+  """The quoted history keeps no tokens: a quote reads the real action (warm-up) or the agent's
+  sample (the rollout's output). Each step's real actions, scored under the context that the
+  training code quotes from those taken actions, score as the rollout scored them."""
+  model, _, params, batch = setup
+  W = 1
+  out = _run(setup, "recent", batch, warmup=W)
+  E, T_, B, A = batch["action_ids"].shape
+  real = (np.arange(T_) < W)[None, :, None, None]
+  taken_ids = np.where(real, batch["action_ids"], np.asarray(out.tokens))
+  taken_mask = np.where(real, batch["action_mask"] > 0, np.asarray(out.mask))
+  lm = params["lm"]
+  for e in range(E):
+    ctx, ctx_mask = step_contexts(CONTEXT, KINDS["recent"], jnp.asarray(taken_ids[e]), jnp.asarray(taken_mask[e]),
+                                  jnp.asarray(batch["agent_mask"][e]), jnp.asarray(batch["parent"][e]))
+    for t in range(W, T_):
+      ids, mask = with_context(jnp.repeat(ctx[t][None], B, 0), jnp.repeat(ctx_mask[t][None], B, 0),
+                               jnp.asarray(batch["prompt_ids"][e, t]), jnp.asarray(batch["prompt_mask"][e, t]))
+      lp = action_logprobs(model, lm, ids, mask, jnp.asarray(batch["action_ids"][e, t]),
+                           jnp.asarray(batch["action_mask"][e, t]))
+      np.testing.assert_allclose(lp, out.real_logprobs[e, t], rtol=1e-5, atol=1e-5)
+  assert int(np.asarray(ctx_mask[T_ - 1]).sum()) > len(CONTEXT.header)  # the last step quotes samples
 
 
 def test_rollout_outputs(setup):

@@ -35,6 +35,7 @@ from-scratch sizes), or from `--preset` (no checkpoint needed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -54,6 +55,11 @@ def parse_args(argv=None):
   p.add_argument("--events", type=int, default=None, help="events per train step (default: mf_train.batch_events)")
   p.add_argument("--rollout-events", type=int, default=None, help="events per rollout call (default: rollout.batch_events)")
   p.add_argument("--what", default="train,rollout", help="comma-separated: train, rollout")
+  p.add_argument("--method", default="mf", choices=("state", "recent", "popular", "sft", "mf"),
+                 help="the rolled-out method (default: %(default)s)")
+  p.add_argument("--rollout-steps", default="", metavar="T,T,...",
+                 help="rollout lengths, a line each (default: the config's eval steps): with --execute, whether "
+                      "time and memory per step stay flat as T grows")
   p.add_argument("--execute", action="store_true",
                  help="also run each compiled step once (allocates for real) and measure the device's peak bytes")
   p.add_argument("--repeats", type=int, default=0,
@@ -87,7 +93,8 @@ def main(argv=None):
   from mfjax.parallel import MeshConfig, ShardingError, distributed, make_mesh
   from mfjax.parallel.mesh import check_events
   from mfjax.aot import Shapes, placeholder_tags, rollout_memory, train_step_memory
-  from mfjax.pipeline_config import check_config, layer_fields, lora_config, mf_config, scratch_model_config
+  from mfjax.pipeline_config import (check_config, eval_layout, layer_fields, lora_config, mf_config,
+                                     scratch_model_config)
 
   distributed.initialize()  # a multi-host run ($MFJAX_DISTRIBUTED) joins before JAX starts
   with one_line_errors():  # a bad config key or value, or a checkpoint folder that cannot be read
@@ -110,8 +117,12 @@ def main(argv=None):
   d = cfg.data
   steps = {"train": Shapes(args.events or cfg.mf_train.batch_events, d.steps, d.agents_per_step, d.prompt_len,
                            d.action_len, cfg.mf_train.agents),
-           "rollout": Shapes(args.rollout_events or cfg.rollout.batch_events, d.steps, d.agents_per_step,
-                             d.prompt_len, d.action_len)}
+           "rollout": Shapes(args.rollout_events or cfg.rollout.batch_events, *eval_layout(cfg), d.prompt_len,
+                             d.action_len)}
+  try:
+    lengths = [int(x) for x in args.rollout_steps.split(",") if x.strip()] or [steps["rollout"].steps]
+  except ValueError:
+    sys.exit(f"error: --rollout-steps {args.rollout_steps!r}: give step counts, e.g. 12,64,256")
   tags = placeholder_tags() if cfg.mf.attributes else None  # the tags' shapes; the ids need no tokenizer
   run = dict(execute=args.execute, repeats=args.repeats, pin_activations=bool(cfg.parallel.pin_activations))
   for shape in meshes:
@@ -134,12 +145,23 @@ def main(argv=None):
         r = train_step_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, trainable=cfg.mf_train.trainable,
                               lm_grad=cfg.mf.lm_grad, remat=cfg.ib.remat,
                               population_weight=float(cfg.ib.population_weight), tags=tags, **run)
+        _emit(r, common, shapes)
       else:
-        r = rollout_memory(model_cfg, mf_cfg, mesh, shapes, lora=lora, method="mf", tags=tags, **run)
-      r.update(common, events=shapes.events, peak_gib=round(r["peak_bytes"] / 2 ** 30, 3))
-      if r.get("measured_peak_bytes"):
-        r["measured_peak_gib"] = round(r["measured_peak_bytes"] / 2 ** 30, 3)
-      print(json.dumps(r), flush=True)
+        for T in lengths:
+          at = dataclasses.replace(shapes, steps=T)
+          r = rollout_memory(model_cfg, mf_cfg, mesh, at, lora=lora, method=args.method, tags=tags,
+                             context_k=int(cfg.context.k), **run)
+          r["steps"] = T
+          if "seconds" in r:
+            r["seconds_per_step"] = r["seconds"] / T
+          _emit(r, common, at)
+
+
+def _emit(r: dict, common: dict, shapes) -> None:
+  r.update(common, events=shapes.events, peak_gib=round(r["peak_bytes"] / 2 ** 30, 3))
+  if r.get("measured_peak_bytes"):
+    r["measured_peak_gib"] = round(r["measured_peak_bytes"] / 2 ** 30, 3)
+  print(json.dumps(r), flush=True)
 
 
 def sweep_meshes(n: int) -> list[tuple[int, int, int]]:

@@ -61,24 +61,35 @@ def selection_scores(kind, counts_N):
   return jnp.where(kind == POPULAR, counts_N * (N + 1) - index, index)
 
 
-def quote_context(spec: ContextSpec, hist_ids_NxA, hist_mask_NxA, hist_valid_N, scores_N):
-  """Context tokens [C] and mask [C] quoting the k best-scoring valid slots;
-  all masked when the history is empty (the prompt then reads as no context)."""
-  k = spec.k
+def quoted_slots(k: int, hist_valid_N, scores_N):
+  """The k best-scoring valid history slots, in history order: (slot indices [k], ok [k]: the slot
+  holds a valid action; False where fewer than k are valid)."""
   masked = jnp.where(hist_valid_N, scores_N, -jnp.inf)
   top, idx = jax.lax.top_k(masked, k)
   ok = top > -jnp.inf
   order = jnp.argsort(jnp.where(ok, idx, hist_valid_N.shape[-1] + jnp.arange(k)))  # history order
-  idx, ok = idx[order], ok[order]
-  q_ids = hist_ids_NxA[idx]
-  q_mask = (hist_mask_NxA[idx] > 0) & (q_ids != spec.eos_id) & ok[:, None]
+  return idx[order], ok[order]
+
+
+def context_tokens(spec: ContextSpec, q_ids_kxA, q_mask_kxA, ok_k):
+  """Context tokens [C] and mask [C] quoting the k actions given (their rows `ok`): the header, then
+  each action's tokens (its <eos> dropped) and the separator; all masked when none is ok."""
+  k = spec.k
+  q_mask = (q_mask_kxA > 0) & (q_ids_kxA != spec.eos_id) & ok_k[:, None]
   sep = jnp.broadcast_to(jnp.asarray(spec.sep, jnp.int32), (k, len(spec.sep)))
-  body_ids = jnp.concatenate([q_ids.astype(jnp.int32), sep], -1).reshape(-1)
-  body_mask = jnp.concatenate([q_mask, jnp.broadcast_to(ok[:, None], sep.shape)], -1).reshape(-1)
+  body_ids = jnp.concatenate([q_ids_kxA.astype(jnp.int32), sep], -1).reshape(-1)
+  body_mask = jnp.concatenate([q_mask, jnp.broadcast_to(ok_k[:, None], sep.shape)], -1).reshape(-1)
   header = jnp.asarray(spec.header, jnp.int32)
   ids = jnp.concatenate([header, body_ids])
-  mask = jnp.concatenate([jnp.broadcast_to(ok.any(), header.shape), body_mask]).astype(jnp.int32)
+  mask = jnp.concatenate([jnp.broadcast_to(ok_k.any(), header.shape), body_mask]).astype(jnp.int32)
   return ids, mask
+
+
+def quote_context(spec: ContextSpec, hist_ids_NxA, hist_mask_NxA, hist_valid_N, scores_N):
+  """Context tokens [C] and mask [C] quoting the k best-scoring valid slots;
+  all masked when the history is empty (the prompt then reads as no context)."""
+  idx, ok = quoted_slots(spec.k, hist_valid_N, scores_N)
+  return context_tokens(spec, hist_ids_NxA[idx], hist_mask_NxA[idx], ok)
 
 
 def step_contexts(spec: ContextSpec, kind, action_ids_TxBxA, action_mask_TxBxA, agent_mask_TxB, parent_TxB):

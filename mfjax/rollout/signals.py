@@ -8,10 +8,12 @@ three methods:
   init(E, T, B, A) -> state
       the state before the first step; the scan carries it (and the PRNG key)
       and nothing else, so a method carries only the signal it reads;
-  read(state, inputs, key) -> Reading
+  read(state, inputs, key, past) -> Reading
       the policy's part of the step: context tokens quoted before every
       agent's prompt, or prefix embeddings before its input; a latent mean
-      field also gives q, which the rollout records;
+      field also gives q, which the rollout records. `past`: the rollout's
+      sampled actions so far (tokens, mask) [E, T, B, A] (the steps before
+      this one written), where the quoted history finds those it quotes;
   update(state, inputs, step, key) -> (state, written)
       the state after the step's actions (`Step`), and the summary written
       from them (recorded; None where a signal writes none).
@@ -19,9 +21,11 @@ three methods:
 `key` is one key a step: a signal draws from it in `read` or in `update`, not
 in both. `inputs` (`Inputs`) holds what is the same at every step.
 
-Signals: `NoSignal` (state, sft), `QuotedHistory` (recent, popular: every
-action so far and its repost count; the traced kind picks what is quoted, so
-both share one compilation), `LatentMeanField` (mf: m_{t-1} sampled from q and
+Signals: `NoSignal` (state, sft), `QuotedHistory` (recent, popular: which
+slots hold an action so far, whether it was the real one, and its repost count,
+but no tokens: a quoted action's are read from the real actions or from the
+rollout's output, so the state grows with T by three numbers a slot; the traced
+kind picks what is quoted, so both share one compilation), `LatentMeanField` (mf: m_{t-1} sampled from q and
 read as K prefix vectors) and `TextMeanField` (mf_text: the latest summary
 quoted, the next one written by the writer LM). A new kind of mean field is one
 new class here and a branch in `simulate._signal`.
@@ -44,7 +48,7 @@ from mfjax.meanfield import text as text_mf
 from mfjax.meanfield.encoder import MeanFieldEncoder, MFState, Posterior, agent_embeddings
 from mfjax.model.transformer import Decoder
 from mfjax.params_keys import PARAMS
-from mfjax.rollout.context import NONE, ContextSpec, quote_context, repost_counts, selection_scores
+from mfjax.rollout.context import NONE, ContextSpec, context_tokens, quoted_slots, repost_counts, selection_scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Inputs:
   model: Decoder  # the policy's architecture, layers unrolled (`mfjax.model.transformer.unrolled`)
   params: dict  # the rollout's params by `PARAMS` key, LMs (lm, mf_lm) unrolled
   kind: jax.Array  # int32: what the quoted history quotes (`mfjax.rollout.context.KINDS`)
+  real_actions: Optional[tuple]  # (ids, mask) [E, N, A]: the real actions, slot t * B + b (the quoted history's)
   temperature: jax.Array  # float32: of the policy's and the writer's samples
   top_k: int
   top_p: float
@@ -89,7 +94,7 @@ class PopulationSignal(Protocol):
   def init(self, E: int, T: int, B: int, A: int) -> Any:
     ...
 
-  def read(self, state, inputs: Inputs, key) -> Reading:
+  def read(self, state, inputs: Inputs, key, past) -> Reading:
     ...
 
   def update(self, state, inputs: Inputs, step: Step, key) -> tuple[Any, Optional[tuple]]:
@@ -103,7 +108,7 @@ class NoSignal:
   def init(self, E, T, B, A):
     return ()
 
-  def read(self, state, inputs, key):
+  def read(self, state, inputs, key, past):
     return Reading()
 
   def update(self, state, inputs, step, key):
@@ -112,36 +117,43 @@ class NoSignal:
 
 @flax.struct.dataclass
 class History:
-  """Every action so far (the quoted history's state)."""
+  """Which actions so far a quote may take, and how (the quoted history's state; no tokens)."""
 
-  ids: jax.Array  # [E, N, A] int32: step t's actions in slots t * B ...
-  mask: jax.Array  # [E, N, A] int32
   valid: jax.Array  # [E, N] bool: slot holds an action of an earlier step
+  real: jax.Array  # [E, N] bool: that action is the real one (warm-up, forced), else the agent's sample
   counts: jax.Array  # [E, N] float32: reposts of each slot (real parent links of real actions only)
 
 
 @dataclasses.dataclass(frozen=True)
 class QuotedHistory:
-  """Actions so far quoted before the prompt (recent, popular; `mfjax.rollout.context`)."""
+  """Actions so far quoted before the prompt (recent, popular; `mfjax.rollout.context`). A quoted
+  action's tokens come from the real actions (`Inputs.real_actions`) where the history took the real
+  one, else from the rollout's samples (`past`)."""
 
   context: ContextSpec
 
   def init(self, E, T, B, A):
     N = T * B
-    return History(ids=jnp.zeros((E, N, A), jnp.int32), mask=jnp.zeros((E, N, A), jnp.int32),
-                   valid=jnp.zeros((E, N), bool), counts=jnp.zeros((E, N), jnp.float32))
+    return History(valid=jnp.zeros((E, N), bool), real=jnp.zeros((E, N), bool), counts=jnp.zeros((E, N), jnp.float32))
 
-  def read(self, state: History, inputs, key):
+  def read(self, state: History, inputs, key, past):
+    sampled_ids, sampled_mask = past
+    E, T, B, A = sampled_ids.shape
     scores = jax.vmap(selection_scores, (None, 0))(inputs.kind, state.counts)
-    ids, mask = jax.vmap(functools.partial(quote_context, self.context))(state.ids, state.mask, state.valid, scores)
+    idx, ok = jax.vmap(functools.partial(quoted_slots, self.context.k))(state.valid, scores)  # [E, k]
+    take = lambda x: jnp.take_along_axis(x.reshape(E, T * B, A), idx[..., None], 1)
+    real = jnp.take_along_axis(state.real, idx, 1)[..., None]
+    real_ids, real_mask = inputs.real_actions
+    ids = jnp.where(real, take(real_ids), take(sampled_ids))
+    mask = jnp.where(real, take(real_mask) > 0, take(sampled_mask))
+    ids, mask = jax.vmap(functools.partial(context_tokens, self.context))(ids, mask, ok)
     return Reading(context=(ids, mask * (inputs.kind != NONE)))
 
   def update(self, state: History, inputs, step, key):
     B, N = step.agent_mask.shape[1], state.counts.shape[1]
     put = lambda buf, v: jax.lax.dynamic_update_slice_in_dim(buf, v.astype(buf.dtype), step.t * B, axis=1)
     counts = state.counts + jax.vmap(lambda p, v: repost_counts(p, v, N))(step.parent, step.agent_mask & step.real)
-    return History(ids=put(state.ids, step.action_ids), mask=put(state.mask, step.action_mask),
-                   valid=put(state.valid, step.agent_mask), counts=counts), None
+    return History(valid=put(state.valid, step.agent_mask), real=put(state.real, step.real), counts=counts), None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +168,7 @@ class LatentMeanField:
   def init(self, E, T, B, A):
     return MFState.zeros(self.encoder.cfg, (E,))
 
-  def read(self, state: MFState, inputs, key):
+  def read(self, state: MFState, inputs, key, past):
     q = self._apply(inputs, MeanFieldEncoder.posterior, state)
     return Reading(prefix=q.sample(key), posterior=q)
 
@@ -177,7 +189,7 @@ class TextMeanField:
   def init(self, E, T, B, A):
     return text_mf.empty_summary(self.text, (E,))  # (ids, mask) [E, S]
 
-  def read(self, state, inputs, key):
+  def read(self, state, inputs, key, past):
     return Reading(context=text_mf.policy_context(self.text, *state))
 
   def update(self, state, inputs, step, key):

@@ -1,10 +1,13 @@
 """Rollouts: one jitted `lax.scan` over the T steps of a batch of events.
 
-The carry (`RolloutState`) holds the PRNG key and the state of the method's
+The carry (`RolloutState`) holds the PRNG key, the state of the method's
 population signal (`mfjax.rollout.signals`: init, read, update), and only
-that one: the history buffer of the quoting baselines (every action so far,
-its validity and repost count), the latent mean field's state, the text mean
-field's latest summary, or nothing. At step t, for every event at once:
+that one: the quoting baselines' history (which slots hold an action, whether
+the real one, its repost count), the latent mean field's state, the text mean
+field's latest summary, or nothing; and the output buffers ([E, T, ...], step t
+written in place at step t: no stacked copy, so the memory beyond the output
+does not grow with T, but for the quoting baselines' three numbers a slot).
+At step t, for every event at once:
 
   1. the key splits into (next key, k_m, k_s); the method's input is the prompt
      (topic + state) and what the signal reads (`read`): the population context
@@ -28,8 +31,7 @@ field's latest summary, or nothing. At step t, for every event at once:
      categories too: the real labels, or the classes the agents drew), or the writer LM, params["mf_lm"],
      writes the next summary from them and the latest one (sampled with k_m).
 
-The step returns one step of `RolloutOutput` (arrays [E, ...]); the scan
-stacks them over T.
+The step writes one step of `RolloutOutput` (arrays [E, ...]) into the carry's buffers.
 
 Methods: `state` and `sft` (prompt only: the base and the fine-tuned policy),
 `recent`, `popular` (context), `mf` (latent mean field), `mf_text` (the paper's
@@ -88,11 +90,12 @@ class RolloutState:
 
   rng: jax.Array  # PRNG key, split at every step
   signal: Any  # the population signal's state after the steps so far ([E, ...] arrays; () for none)
+  out: Any  # RolloutOutput [E, T, ...]: the steps so far written, zeros after
 
 
 @flax.struct.dataclass
 class RolloutOutput:
-  """A rollout's outputs; the scan's step returns one step of them ([E, ...], no T axis)."""
+  """A rollout's outputs; the scan's step writes one step of them ([E, ...], no T axis) into the carry's."""
 
   tokens: jax.Array  # [E, T, B, A] int32 sampled actions (pad after eos; warm-up and forced agents sample too)
   mask: jax.Array  # [E, T, B, A] bool: sampled token is real (up to and including eos)
@@ -103,10 +106,6 @@ class RolloutOutput:
   summary: jax.Array  # [E, T, S] int32: the text mean field's summary written after step t ([E, T, 1] without one)
   summary_mask: jax.Array  # [E, T, S] bool: its tokens up to and including <eos>
   category: jax.Array  # [E, T, B] int32: the category each agent drew (`RolloutSpec.tags`; -1 without)
-
-
-def _t_first(x):
-  return jnp.swapaxes(x, 0, 1)
 
 
 def _signal(spec: RolloutSpec, encoder: Optional[MeanFieldEncoder]) -> PopulationSignal:
@@ -130,16 +129,24 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
   lms = {k: unrolled(model, params[k]) for k in (PARAMS.lm, PARAMS.mf_lm) if k in params}
   model, lm = lms[PARAMS.lm]
   cfg = model.cfg
+  real_actions = ((batch["action_ids"].reshape(E, T * B, A), batch["action_mask"].reshape(E, T * B, A))
+                  if spec.use_context else None)  # what the quoted history quotes of the real actions
   inputs = Inputs(model=model, params={**params, **{k: p for k, (_, p) in lms.items()}}, kind=context_kind,
-                  temperature=temperature, top_k=spec.top_k, top_p=spec.top_p)
+                  real_actions=real_actions, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p)
   flat = lambda x: x.reshape(E * B, *x.shape[2:])
   forced = batch["forced"] if "forced" in batch else jnp.zeros((E, T, B), bool)
   categories = batch["category"] if "category" in batch else jnp.zeros((E, T, B), jnp.int32)
 
-  def step(carry: RolloutState, xs) -> tuple[RolloutState, RolloutOutput]:
-    t, prompt_ids, prompt_mask, act_ids, act_mask, agent_mask, parent, forced_EB, category = xs
-    rng, k_m, k_s = jax.random.split(carry.rng, 3)
-    read = signal.read(carry.signal, inputs, k_m)
+  steps_of = (batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"], batch["action_mask"],
+              batch["agent_mask"], batch["parent"], forced.astype(bool), categories.astype(jnp.int32))
+
+  def one_step(rng, signal_state, past, t) -> tuple[jax.Array, Any, RolloutOutput]:
+    """(next key, the signal's next state, step t's outputs [E, ...]); past: the (tokens, mask) buffers.
+    Step t's inputs are read from the batch in place (a [T, E, ...] copy of it would grow with T)."""
+    prompt_ids, prompt_mask, act_ids, act_mask, agent_mask, parent, forced_EB, category = (
+        jax.lax.dynamic_index_in_dim(x, t, 1, keepdims=False) for x in steps_of)
+    rng, k_m, k_s = jax.random.split(rng, 3)
+    read = signal.read(signal_state, inputs, k_m, past)
     in_ids, in_mask = flat(prompt_ids), flat(prompt_mask)
     if read.context is not None:
       c_ids, c_mask = read.context
@@ -171,7 +178,7 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     taken = Step(t=t, prompt_ids=prompt_ids, prompt_mask=prompt_mask, action_ids=ch_ids, action_mask=ch_mask,
                  agent_mask=agent_mask, parent=parent, real=take_real_EB,
                  category=jnp.where(take_real_EB, category, drawn.reshape(E, B)))
-    state, written = signal.update(carry.signal, inputs, taken, k_m)
+    state, written = signal.update(signal_state, inputs, taken, k_m)
     q = read.posterior  # RolloutOutput's zeros without a latent mean field, or without a text one
     zeros = lambda *shape, dtype=jnp.float32: jnp.zeros((E, *shape), dtype)
     kl, mu, logvar = (zeros(), zeros(1, 1), zeros(1, 1)) if q is None else (q.kl_to_standard_normal(), q.mu, q.logvar)
@@ -179,14 +186,20 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     out = RolloutOutput(tokens=s_ids, mask=s_mask, real_logprobs=real_lp.reshape(E, B, A), mf_kl=kl, mf_mu=mu,
                         mf_logvar=logvar, summary=summary, summary_mask=summary_mask,
                         category=drawn.reshape(E, B))
-    return RolloutState(rng=rng, signal=state), out
+    return rng, state, out
 
-  init = RolloutState(rng=rng, signal=signal.init(E, T, B, A))
-  xs = (jnp.arange(T), *(_t_first(batch[k]) for k in ("prompt_ids", "prompt_mask", "action_ids", "action_mask",
-                                                       "agent_mask", "parent")), _t_first(forced.astype(bool)),
-        _t_first(categories.astype(jnp.int32)))
-  _, ys = jax.lax.scan(step, init, xs)
-  return jax.tree.map(_t_first, ys)
+  def step(carry: RolloutState, t) -> tuple[RolloutState, None]:
+    rng, state, out = one_step(carry.rng, carry.signal, (carry.out.tokens, carry.out.mask), t)
+    put = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x.astype(buf.dtype), t, 1)
+    return RolloutState(rng=rng, signal=state, out=jax.tree.map(put, carry.out, out)), None
+
+  signal_state = signal.init(E, T, B, A)
+  tokens = (jnp.zeros((E, T, B, A), jnp.int32), jnp.zeros((E, T, B, A), bool))
+  # the output buffers [E, T, ...]: one step's outputs (their shapes, traced abstractly) with a T axis
+  shapes = jax.eval_shape(lambda: one_step(rng, signal_state, tokens, jnp.int32(0))[2])
+  out = jax.tree.map(lambda x: jnp.zeros((x.shape[0], T, *x.shape[1:]), x.dtype), shapes)
+  carry, _ = jax.lax.scan(step, RolloutState(rng=rng, signal=signal_state, out=out), jnp.arange(T))
+  return carry.out
 
 
 _simulate = jax.jit(_simulate_impl, static_argnames=("model", "encoder", "spec"))
