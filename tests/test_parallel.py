@@ -480,3 +480,27 @@ def test_checkpoint_loads_on_the_host_and_is_cut_per_device(hf_checkpoints):
   tokens, mask = _batch()
   logits = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m))(params, jnp.asarray(tokens), jnp.asarray(mask))
   assert _max_diff(logits, _torch_logits(ref, tokens, mask), mask) <= TOL
+
+
+def test_rollout_memory_beyond_the_output_does_not_grow_with_the_steps(capsys):
+  """The scan writes its outputs in place and reads the batch in place: XLA's temporaries of the mf
+  rollout stay the same from 4 to 64 steps, and the quoted history's grow by its three numbers a slot
+  (valid, real: a byte each; the repost count: 4), however long the actions."""
+  import json
+  import os
+  tool = _tool("aot_memory.py")
+  quick = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "quickstart.py")
+  rows = {}
+  for method in ("mf", "recent"):
+    tool.main(["--config", quick + ":smoke", "--mesh", "1,1,1", "--what", "rollout", "--rollout-events", "2",
+               "--method", method, "--rollout-steps", "4,64"])
+    rows[method] = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  E, B = 2, 16
+  for method, (short, long) in rows.items():
+    assert (short["what"], short["steps"], long["steps"]) == (f"simulate[{method}]", 4, 64)
+    assert long["output_bytes"] > 10 * short["output_bytes"]  # the output itself grows with T
+    slots = E * B * (64 - 4)
+    grown = long["temp_bytes"] - short["temp_bytes"]
+    assert grown <= (6 * slots if method == "recent" else 0) + 4096, (method, grown)
+  with pytest.raises(SystemExit, match="--rollout-steps 'x'"):
+    tool.main(["--config", quick + ":smoke", "--what", "rollout", "--rollout-steps", "x"])
