@@ -102,7 +102,7 @@ def main(argv=None) -> None:
     if name != "train":
       p.add_argument("--trained-from", metavar="DIR", default=None,
                      help="roll out and score the trained stages of the run in DIR (read only, no training), "
-                          "whose config may differ only in data.eval_split, data.eval_events, rollout.*, eval.*, "
+                          "whose config may differ only in data.eval_split, data.eval_events, data.eval_min_actions, rollout.*, eval.*, "
                           "parallel.* and intervention.*: e.g. --set data.eval_split=holdout for the final "
                           "report of a run selected on val")
     p.set_defaults(fn=_pipeline)

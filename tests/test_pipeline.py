@@ -153,6 +153,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   assert set(dr["methods"]) == METHODS | {"mf_text", *bounds.PREDICTORS, "world"}
   for m in METHODS:  # a window's KL: the mean of the per-step KL over its steps (every event has every step)
     np.testing.assert_allclose(dr["methods"][m]["kl"][1], np.mean(moved["methods"][m]["kl_per_step"][4:6]), rtol=1e-6)
+  assert os.path.getsize(again / "plots" / "drift.png") > 0 and not os.path.exists(wd / "plots" / "drift.png")
   assert moved["methods"]["mf"]["kl_mean"] != results["methods"]["mf"]["kl_mean"]
   assert json.load(open(again / "trained_from.json")) == {"trained_from": os.path.abspath(wd)}
   assert moved["environment"]["stages"] == env["stages"]  # the stages' own, read from wd

@@ -77,6 +77,9 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
   if results.get("horizon", {}).get("h"):
     horizon(out, results["horizon"])
 
+  if results.get("drift", {}).get("methods"):
+    drift(out, results)
+
   if results.get("ib_sweep"):
     rows = [r for r in results["ib_sweep"] if r["val_relevance"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -117,6 +120,40 @@ def horizon(out: str, hz: dict) -> None:
   axes[1].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(os.path.join(out, "horizon.png"), dpi=110)
+  plt.close(fig)
+
+
+def drift(out: str, results: dict) -> None:
+  """drift.png (eval.drift): KL per step over a long rollout, a moving mean over T/32 steps, for every
+  method (solid) and the references persistence (warmup), shrunk, step* (sampling noise) and world* (the
+  synthetic world run free); then each dimension's for the methods. The drift windows are shaded."""
+  plt = _plt()
+  T = results["data"]["steps"]
+  width = max(1, T // 32)
+  smooth = lambda xs: np.convolve(np.nan_to_num(np.array([np.nan if v is None else v for v in xs], np.float64)),
+                                  np.ones(width) / width, mode="same")
+  fig, axes = plt.subplots(1, 1 + len(DIMENSIONS), figsize=(4 * (1 + len(DIMENSIONS)), 3.4))
+  x = np.arange(1, T + 1)
+  w = results["data"]["warmup"]
+  for i, (m, r) in enumerate(results["methods"].items()):
+    axes[0].plot(x[w:], smooth(r["kl_per_step"])[w:], color=f"C{i}", label=m)
+    for ax, d in zip(axes[1:], DIMENSIONS):
+      ax.plot(x[w:], smooth(r["kl_dim_per_step"][d])[w:], color=f"C{i}", label=m)
+  refs = results.get("simulators", {}).get("methods", {})
+  for name, grey, style in (("warmup", "0.6", "--"), ("shrunk", "0.35", "--"), ("step", "0.1", ":"),
+                            ("world", "0.1", "-.")):
+    if name in refs:
+      label = name + ("*" if name in bounds.ORACLES else "") + (" (persistence)" if name == "warmup" else "")
+      axes[0].plot(x[w:], smooth(refs[name]["kl_per_step"])[w:], style, color=grey, label=label)
+  for ax in axes:
+    for a, b in results["drift"]["windows"]:
+      ax.axvspan(a - 0.5, b + 0.5, color="0.92")
+  axes[0].set(xlabel="step", ylabel=f"KL(real || sim), moving mean over {width} step(s)", title="KL per step")
+  for ax, d in zip(axes[1:], DIMENSIONS):
+    ax.set(xlabel="step", title=f"{d} (methods)")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "drift.png"), dpi=100)
   plt.close(fig)
 
 
