@@ -348,7 +348,20 @@ def test_ced_missing_path_is_a_clear_error(tmp_path):
 
 EXPERIMENTS = ["quickstart.py", "quickstart.py:smoke", "ced_weibo.py", "ced_weibo.py:smoke", "ib_beta_sweep.py",
                "ib_beta_sweep.py:smoke", "qwen2_lora.py", "intervention.py", "intervention.py:smoke",
-               "text_mean_field.py", "text_mean_field.py:smoke"]
+               "text_mean_field.py", "text_mean_field.py:smoke", "ced_long.py", "ced_long.py:smoke",
+               "synthetic_long.py", "synthetic_long.py:40k", "synthetic_long.py:smoke"]
+
+
+@pytest.mark.parametrize("spec, base", [("ced_long.py", "ced_weibo.py"), ("ced_long.py:smoke", "ced_weibo.py:smoke"),
+                                        ("synthetic_long.py", "quickstart.py"), ("synthetic_long.py:40k", "quickstart.py"),
+                                        ("synthetic_long.py:smoke", "quickstart.py:smoke")])
+def test_the_long_experiments_change_only_what_a_trained_run_may_roll_out_with(spec, base):
+  """They read --trained-from the run they extend: their configs differ in rollout and scoring keys only."""
+  from mfjax.pipeline_config import EVAL_ONLY_KEYS
+  from mfjax.workdir import differing_keys
+  long, trained = (configs.load_config(os.path.join(ROOT, "experiments", x), []).to_dict() for x in (spec, base))
+  differ = differing_keys(long, trained)
+  assert differ and all(k.startswith(EVAL_ONLY_KEYS) for k in differ), differ
 
 
 @pytest.mark.parametrize("spec", EXPERIMENTS)
