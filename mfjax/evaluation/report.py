@@ -496,10 +496,10 @@ def _intervention(sim_ids, spec: dict, agent_mask, seeds: int) -> tuple[dict, di
 
 
 def table(results: dict) -> str:
-  rows = [f"{'method':<14}{'KL mean':>10}{'± std':>8}{'JS':>8}{'DTW':>8}{'NLL':>8}   KL per dimension"]
+  rows = [f"{'method':<14}{'KL mean':>10}{'± std':>8}{'JS':>8}{'DTW':>9}{'NLL':>8}   KL per dimension"]
   for m, r in results["methods"].items():
     dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
-    rows.append(f"{m:<14}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}{r['js_mean']:>8.4f}{r['dtw_mean']:>8.3f}"
+    rows.append(f"{m:<14}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}{r['js_mean']:>8.4f}{r['dtw_mean']:>9.3f}"
                 f"{r['nll']:>8.3f}   {dims}")
   for m, r in results["methods"].items():
     if "attribute_agreement" in r:
@@ -518,14 +518,14 @@ def table(results: dict) -> str:
     for name, r in results["simulators"]["methods"].items():
       dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
       label = f"{name}*" if name in bounds.ORACLES else name
-      rows.append(f"{label:<14}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}{'':>24}   {dims}")
+      rows.append(f"{label:<14}{r['kl_mean']:>10.4f}{r['kl_mean_std']:>8.4f}{'':>25}   {dims}")
   if "corrected" in results:
     c = results["corrected"]
     rows.append(f"KL of proportions corrected for the labeler's errors ({c['source']}; raw KL above):")
     for name, r in [*c["methods"].items(), *c.get("simulators", {}).items()]:
       dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["kl"].items())
       label = f"{name}*" if name in bounds.ORACLES else name
-      rows.append(f"{label:<14}{r['kl_mean']:>10.4f}{'':>32}   {dims}")
+      rows.append(f"{label:<14}{r['kl_mean']:>10.4f}{'':>33}   {dims}")
   if "reference" in results:
     rows.append(f"(sampling-noise floor, real vs exact truth: KL {results['reference']['kl_real_vs_truth_mean']:.4f})")
   if results.get("paired"):
@@ -550,10 +550,10 @@ def table(results: dict) -> str:
     spans = [f"steps {a}-{b}" for a, b in dr["windows"]]
     rows.append(f"\ndrift: mean KL in each window of steps and the last against the first (95% bootstrap "
                 f"interval over {dr['events']} events)")
-    rows.append(f"{'':<14}" + "".join(f"{x:>14}" for x in spans) + f"{'ratio':>26}")
+    rows.append(f"{'':<14}" + "".join(f"{x:>17}" for x in spans) + f"{'ratio':>26}")
     for name, r in dr["methods"].items():
       label = f"{name}*" if name in bounds.ORACLES and name not in results["methods"] else name
-      rows.append(f"{label:<14}" + "".join(f"{x:>14.4f}" for x in r["kl"])
+      rows.append(f"{label:<14}" + "".join(f"{x:>17.4f}" for x in r["kl"])
                   + f"{r['ratio']:>10.3f} [{r['ratio_ci95'][0]:.3f}, {r['ratio_ci95'][1]:.3f}]")
   if "intervention" in results:
     rows.append(intervention_table(results["intervention"]))
