@@ -5,8 +5,9 @@ and reference simulator's KL per step and its drift from steps 4-12 to steps 25-
 
 It reads the stages of a finished `experiments/ced_weibo.py` run (--trained-from; its config may
 differ only in the rollout and scoring keys, which is all this file changes) and trains nothing:
-`state`, `sft` and `mf`, 2 seeds, over the 230 long val events. Its time on 2 CPU cores and its
-results are in docs/experiments/long_horizons.md.
+`state`, `sft` and `mf`, 2 seeds, over the 230 long val events: 39 min on 2 CPU cores (rollouts,
+labelling and scoring, with other jobs beside it part of the time). Results and analysis:
+docs/experiments/long_horizons.md.
 
   python -m mfjax run --config experiments/ced_long.py --set data.path=data/ced \
     --trained-from runs/ced_weibo --workdir runs/ced_long

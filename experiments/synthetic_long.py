@@ -5,9 +5,9 @@ from steps 4-16 to steps 193-256 (results.json "drift", plots/kl_per_step.png).
 
 It changes only rollout and scoring keys of experiments/quickstart.py, so it reads a finished
 quickstart run's stages (--trained-from; nothing is trained) or, run alone, trains the same stages
-first. 16 events, 2 seeds, every quickstart method. `40k` goes past MF-MDP's anchor once: 2,500 steps
-of 16 agents (40,000 actions an event), 8 events, `state` and `mf`, 1 seed. Times and results:
-docs/experiments/long_horizons.md.
+first. 16 events, 2 seeds, every quickstart method: 5 min on 2 CPU cores with --trained-from. `40k`
+goes past MF-MDP's anchor once: 2,500 steps of 16 agents (40,000 actions an event), 8 events, `state`
+and `mf`, 1 seed: 6 min. Results and analysis: docs/experiments/long_horizons.md.
 
   python -m mfjax run --trained-from runs/quickstart --config experiments/synthetic_long.py \
     --workdir runs/synthetic_long
