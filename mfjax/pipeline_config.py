@@ -112,6 +112,10 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # The encoder reads each action's joint category too (a learned vector per class added to its feature): the
   # real labels (eval.labeler) in training and warm-up, the drawn classes after. Needs mf.attributes.
   c.mf.category_features = False
+  # The population head starts from the model-free `shrunk` forecast: the real classes of the event's first
+  # anchor_steps steps (at most rollout.warmup: those a rollout sees) shrunk towards a learned prior by a learned
+  # pseudo-count, and learns what the mean field and the agent's state add (mfjax.meanfield.encoder; 0 = off).
+  c.mf.anchor_steps = 0
 
   c.ib = ml_collections.ConfigDict()
   c.ib.beta = 1e-3  # weight of the compression term (0 = no compression)
@@ -237,6 +241,12 @@ def check_config(cfg) -> None:
   check("mf.category_features", not cfg.mf.category_features or cfg.mf.attributes,
         "the mean field reads a sampled action's category as the class its agent drew, which only the "
         "attribute-conditioned policy draws: set mf.attributes=True")
+  check_at_least(cfg, 0, "mf.anchor_steps")
+  check("mf.anchor_steps", not cfg.mf.anchor_steps or cfg.mf.attributes,
+        "the anchored head is the one an attribute-conditioned policy draws from: set mf.attributes=True")
+  check("mf.anchor_steps", cfg.mf.anchor_steps <= cfg.rollout.warmup,
+        f"{cfg.mf.anchor_steps}: the anchor counts the real classes of the first steps, which a rollout sees only in "
+        f"its rollout.warmup={cfg.rollout.warmup} steps")
   check("mf.attributes", not cfg.mf.attributes or cfg.ib.population_weight > 0,
         "an attribute-conditioned policy draws from the population head, which ib.population_weight = 0 "
         "leaves untrained: set ib.population_weight > 0")
@@ -604,7 +614,7 @@ def _model_plan(cfg) -> ModelPlan:
   mf = dict(slots=f.slots, feature_size=f.feature_size, hidden_size=f.hidden_size,
             attention_queries=f.attention_queries, init_logvar=f.init_logvar,
             classes=len(CLASSES) if _population_head(cfg) else 0, head_hidden=f.head_hidden,
-            category_features=bool(f.category_features))
+            category_features=bool(f.category_features), anchor_steps=int(f.anchor_steps))
   return ModelPlan(m.checkpoint, bool(m.checkpoint_required), m.dtype, sizes, layer_fields(cfg), mf, bool(f.lm_grad))
 
 

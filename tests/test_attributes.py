@@ -294,3 +294,55 @@ def test_a_rollout_scored_on_its_drawn_categories_is_scored_as_their_labels_woul
   assert got["kl_mean"] == pytest.approx(want["kl_mean"], rel=1e-12) and got["kl"] == pytest.approx(want["kl"])
   other = drawn_scores(real, np.where(agent_mask, (drawn + 1) % C, -1), agent_mask, weights)
   assert other["kl_mean"] != pytest.approx(got["kl_mean"])
+
+
+def test_anchor_counts_are_the_classes_of_the_first_steps_before_each_step():
+  from mfjax.meanfield.encoder import anchor_counts
+  batch = _categorised(make_batch())
+  cat, valid = batch["category"], batch["agent_mask"]
+  counts = np.asarray(anchor_counts(jnp.asarray(cat), jnp.asarray(valid), 2, C))
+  E, T_ = valid.shape[:2]
+  for e in range(E):
+    for t in range(T_):
+      want = np.zeros(C)
+      for s in range(min(t, 2)):
+        np.add.at(want, cat[e, s][valid[e, s]], 1)
+      np.testing.assert_array_equal(counts[e, t], want)
+
+
+def test_an_untrained_anchored_head_is_the_shrunk_estimator_and_learns_its_prior():
+  """Its layers start at zero: the head's distribution is (c + k / C) / (n + k), the warm-up's class
+  counts shrunk towards a uniform prior by k = softplus(2.7) pseudo-agents; the population term's
+  gradient reaches the prior and k. A rollout draws from it and needs the real classes."""
+  from mfjax.ibtune.objective import population_terms
+  model, _, params = make_model()
+  encoder = MeanFieldEncoder(MeanFieldConfig(slots=2, width=32, feature_size=16, hidden_size=24, init_logvar=-3.0,
+                                             classes=C, head_hidden=16, anchor_steps=1))
+  params["mf"] = init_encoder(encoder, jax.random.PRNGKey(2), 32)
+  counts = jnp.asarray(np.random.default_rng(0).integers(0, 5, (3, C)), jnp.float32)
+  m, state = jnp.ones((3, 2, 32)), jnp.ones((3, 32))
+  p = jax.nn.softmax(encoder.apply({"params": params["mf"]}, m, state, counts, method=MeanFieldEncoder.class_logits))
+  k = np.log1p(np.exp(2.7))
+  np.testing.assert_allclose(p, (counts + k / C) / (counts.sum(-1, keepdims=True) + k), rtol=1e-5)
+  with pytest.raises(ValueError, match="pass the anchor class counts"):
+    encoder.apply({"params": params["mf"]}, m, state, method=MeanFieldEncoder.class_logits)
+  batch = {k_: jnp.asarray(v) for k_, v in _categorised(make_batch()).items()}
+  mu = jnp.zeros(batch["agent_mask"].shape[:2] + (2, 32))
+  grads = jax.grad(lambda mf: population_terms(model=model, encoder=encoder, params={**params, "mf": mf}, batch=batch,
+                                               m_ExTxKxD=mu)["population"])(params["mf"])
+  assert np.abs(grads["anchor_prior"]).max() > 0 and np.abs(grads["anchor_k"]).max() > 0
+  out = simulate(model, params, {k_: np.asarray(v) for k_, v in batch.items()}, method="mf", encoder=encoder,
+                 rng=jax.random.PRNGKey(5), warmup=1, tags=TAGS)
+  assert ((np.asarray(out.category) >= 0) | ~np.asarray(batch["agent_mask"])).all()
+  with pytest.raises(ValueError, match="anchored head counts"):
+    simulate(model, params, {k_: np.asarray(v) for k_, v in batch.items() if k_ != "category"}, method="mf",
+             encoder=encoder, rng=jax.random.PRNGKey(5), warmup=1, tags=TAGS, score_real=False)
+
+
+def test_an_anchor_the_warm_up_does_not_cover_is_a_config_error():
+  quick = "experiments/quickstart.py"
+  with pytest.raises(ConfigError, match="mf.anchor_steps: 4: the anchor counts the real classes of the first steps"):
+    check_config(configs.load_config(quick, ["mf.anchor_steps=4"]))
+  with pytest.raises(ConfigError, match="mf.anchor_steps: the anchored head is the one an attribute-conditioned"):
+    check_config(configs.load_config(quick, ["mf.anchor_steps=2", "mf.attributes=False", "mf.category_features=False"]))
+  check_config(configs.load_config(quick, ["mf.anchor_steps=3"]))

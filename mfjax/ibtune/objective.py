@@ -43,7 +43,7 @@ from typing import Optional
 
 from mfjax.categories import class_dimensions
 from mfjax.meanfield import text as text_mf
-from mfjax.meanfield.encoder import MeanFieldEncoder, MFState, Posterior, agent_embeddings
+from mfjax.meanfield.encoder import MeanFieldEncoder, MFState, Posterior, agent_embeddings, anchor_counts
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.params_keys import PARAMS
 from mfjax.policy import AttributeTags, action_logprobs, prompt_state, with_context, with_tags
@@ -130,7 +130,11 @@ def population_terms(*, model: Decoder, encoder: MeanFieldEncoder, params, batch
   `population` (the joint class) and `population_<dimension>` (each dimension's marginal; in aux only)."""
   state = prompt_state(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"])  # [E, T, B, D]
   m = jnp.broadcast_to(m_ExTxKxD[:, :, None], state.shape[:3] + m_ExTxKxD.shape[2:])
-  logits = encoder.apply({"params": params[PARAMS.mf]}, m, state, method=MeanFieldEncoder.class_logits)
+  anchor = None
+  if encoder.cfg.anchor_steps:  # the real classes of the first steps, as a rollout's warm-up shows them
+    counts = anchor_counts(batch["category"], batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
+    anchor = jnp.broadcast_to(counts[:, :, None], state.shape[:3] + counts.shape[-1:])
+  logits = encoder.apply({"params": params[PARAMS.mf]}, m, state, anchor, method=MeanFieldEncoder.class_logits)
   logp = jax.nn.log_softmax(logits, -1)  # [E, T, B, C]
   cat = batch["category"]
   w = (batch["agent_mask"] & (cat >= 0)).astype(jnp.float32)

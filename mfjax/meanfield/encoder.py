@@ -26,6 +26,15 @@ linear function of them) rather than whatever of them the pooled LM states keep.
 Teacher-forced the categories are the real actions' labels; in a rollout, the
 warm-up's labels and then the classes the agents drew from the head.
 
+With `anchor_steps` > 0 the head starts from the model-free `shrunk` forecast
+(`mfjax.evaluation.bounds`): its logits are log((c + k pi) / (n + k)) plus what
+the head's layers add, where c counts the joint classes of the real actions of
+the event's first `anchor_steps` steps (`anchor_counts`: those a rollout's
+warm-up shows; fewer before them), n is their sum, and the prior pi and the
+pseudo-count k are learned. The layers' output starts at zero, so an untrained
+head is that estimator with a uniform prior; training learns the prior, k, and
+what the mean field and the agent's state add to it.
+
 Letters: B agents, F feature width, H recurrent width, K slots, D LM width,
 Q attention-pooling queries, C classes.
 """
@@ -63,6 +72,9 @@ class MeanFieldConfig:
   # Each action's joint category (an index of the C classes; -1: none) enters its feature as a learned
   # vector (needs classes > 0): the mean field then counts the categories rather than guessing them.
   category_features: bool = False
+  # The head's anchor (module docstring): the real classes of the first `anchor_steps` steps, shrunk towards a
+  # learned prior (needs classes > 0; 0 = none). A rollout's warm-up must cover them.
+  anchor_steps: int = 0
 
 
 @flax.struct.dataclass
@@ -140,6 +152,12 @@ class MeanFieldEncoder(nn.Module):
                                      bias_init=_named(nn.initializers.zeros, 1))
       self.class_hidden = dense(c.head_hidden, "class_hidden")
       self.class_out = dense(c.classes, "class_out", kernel=nn.initializers.zeros)
+    if c.anchor_steps:
+      if not c.classes:
+        raise ValueError("anchor_steps needs the population head's classes (MeanFieldConfig.classes > 0)")
+      self.anchor_prior = self.param("anchor_prior", _named(nn.initializers.zeros, 1), (c.classes,))
+      # softplus(2.7) ~ 2.77 pseudo-agents to start (the `shrunk` fits on CED chose 2-16)
+      self.anchor_k = self.param("anchor_k", _named(nn.initializers.constant(2.7), 1), (1,))
     if c.category_features:
       if not c.classes:
         raise ValueError("category_features needs the population head's classes (MeanFieldConfig.classes > 0)")
@@ -190,11 +208,19 @@ class MeanFieldEncoder(nn.Module):
     logvar = jnp.clip(self.logvar_out(x).reshape(*lead, c.slots, c.width), LOGVAR_MIN, LOGVAR_MAX)
     return Posterior(mu=mu, logvar=logvar)
 
-  def class_logits(self, m_KxD, state_D):
+  def class_logits(self, m_KxD, state_D, anchor_C=None):
     """The population head: logits [..., C] of an agent's joint category given the mean field it
-    reads (m [..., K, D]) and its state ([..., D]); float32."""
+    reads (m [..., K, D]) and its state ([..., D]); float32. With `anchor_steps`, `anchor_C` [..., C]:
+    the event's anchor class counts (`anchor_counts`; required then)."""
     x = jnp.concatenate([m_KxD.reshape(*m_KxD.shape[:-2], -1), state_D], -1).astype(jnp.float32)
-    return self.class_out(nn.gelu(self.class_hidden(self.class_norm(x))))
+    logits = self.class_out(nn.gelu(self.class_hidden(self.class_norm(x))))
+    if not self.cfg.anchor_steps:
+      return logits
+    if anchor_C is None:
+      raise ValueError("this head starts from its anchor (anchor_steps): pass the anchor class counts")
+    k = jax.nn.softplus(self.anchor_k[0])
+    shrunk = (anchor_C + k * jax.nn.softmax(self.anchor_prior)) / (anchor_C.sum(-1, keepdims=True) + k)
+    return logits + jnp.log(shrunk)
 
   def __call__(self, pooled_BxD, mask_B):
     """Init / smoke path: one update from the empty state and its posterior (and, with a
@@ -204,8 +230,18 @@ class MeanFieldEncoder(nn.Module):
     state = self.update(state, self.features(pooled_BxD, category), mask_B)
     q = self.posterior(state)
     if self.cfg.classes:
-      self.class_logits(q.mu, pooled_BxD[..., 0, :])
+      anchor = jnp.zeros((*pooled_BxD.shape[:-2], self.cfg.classes)) if self.cfg.anchor_steps else None
+      self.class_logits(q.mu, pooled_BxD[..., 0, :], anchor)
     return q
+
+
+def anchor_counts(category_ExTxB, agent_mask_ExTxB, steps: int, classes: int):
+  """[E, T, C] float32: at each step t, how many of the event's valid agents of steps
+  s < min(t, steps) had each joint class (category -1: none); the head's anchor (`anchor_steps`)."""
+  T = category_ExTxB.shape[1]
+  known = agent_mask_ExTxB & (category_ExTxB >= 0) & (jnp.arange(T) < steps)[None, :, None]
+  per_step = (jax.nn.one_hot(jnp.maximum(category_ExTxB, 0), classes) * known[..., None]).sum(2)  # [E, T, C]
+  return jnp.cumsum(per_step, 1) - per_step  # the steps before t
 
 
 def _boxed_init(encoder: MeanFieldEncoder, rng, lm_width: int):

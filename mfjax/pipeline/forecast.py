@@ -211,8 +211,9 @@ def forecast(req: ForecastRequest) -> dict:
   batch: StepBatch = make_step_batch([laid], tok, dataclasses.replace(plan.data.batch, steps=T), activity=activity,
                                      states=[states])
   labeler = CachedLabeler(make_labeler(plan.data.labeler, plan.data.label_data))
-  if plan.data.categories:
+  if plan.data.categories:  # the observed actions' classes (the future's placeholders have none)
     batch.category = label_categories(labeler, batch)
+    batch.category[:, K:] = -1
   data = Data(tok, train={}, val={}, eval=batch, truth=None, eval_split="forecast", **tokenizer_specs(plan, tok))
   mesh = mesh_from(plan)
   try:

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 from mfjax import sampling
 from mfjax.meanfield import text as text_mf
-from mfjax.meanfield.encoder import MeanFieldEncoder
+from mfjax.meanfield.encoder import MeanFieldEncoder, anchor_counts
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, with_activation_sharding
 from mfjax.parallel.state import abstract_policy, place, policy_shardings
@@ -137,6 +137,9 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
   forced = batch["forced"] if "forced" in batch else jnp.zeros((E, T, B), bool)
   categories = batch["category"] if "category" in batch else jnp.zeros((E, T, B), jnp.int32)
 
+  anchors = None  # an anchored head's class counts [E, T, C] (the warm-up's real classes: `anchor_counts`)
+  if spec.tags is not None and encoder.cfg.anchor_steps:
+    anchors = anchor_counts(categories, batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
   steps_of = (batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"], batch["action_mask"],
               batch["agent_mask"], batch["parent"], forced.astype(bool), categories.astype(jnp.int32))
 
@@ -157,7 +160,9 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     drawn = jnp.full((E * B,), -1, jnp.int32)
     if spec.tags is not None:  # the category from the head, then the action given its tag
       state_NxD = prompt_state(model, lm, in_ids, in_mask)
-      logits = encoder.apply({"params": params[PARAMS.mf]}, prefix, state_NxD, method=MeanFieldEncoder.class_logits)
+      anchor = None if anchors is None else per_agent(jax.lax.dynamic_index_in_dim(anchors, t, 1, keepdims=False), B)
+      logits = encoder.apply({"params": params[PARAMS.mf]}, prefix, state_NxD, anchor,
+                             method=MeanFieldEncoder.class_logits)
       drawn = sampling.sample_token(logits, jax.random.fold_in(k_s, 1), temperature=temperature)[0]
       out = sampling.generate(model, lm, *with_tags(in_ids, in_mask, spec.tags, drawn), **sample)
       real_lp = jnp.zeros((E * B, A), jnp.float32)
@@ -294,10 +299,12 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   if reads_categories and spec.tags is None:
     raise ValueError("a mean field that reads the actions' categories (category_features) needs the "
                      "attribute-conditioned 'mf' (tags): a sampled action's category is the class it drew")
-  if ((spec.tags is not None and spec.score_real) or reads_categories) and "category" not in batch:
+  anchored = spec.tags is not None and encoder.cfg.anchor_steps
+  if ((spec.tags is not None and spec.score_real) or reads_categories or anchored) and "category" not in batch:
     raise ValueError("this 'mf' needs batch['category'], the real actions' joint classes: an attribute-conditioned "
-                     "'mf' scores the real actions under them (score_real=False skips that), and a mean field with "
-                     "category_features reads them in warm-up and for forced agents")
+                     "'mf' scores the real actions under them (score_real=False skips that), a mean field with "
+                     "category_features reads them in warm-up and for forced agents, and an anchored head counts "
+                     "those of its first anchor_steps steps")
   if spec.text is not None and PARAMS.mf_lm not in params:
     raise ValueError("method 'mf_text' needs params['mf_lm'] (the summary writer)")
   params = {k: params[k] for k in _param_keys(spec)}  # e.g. a text stage's frozen "prior" is not rolled out
