@@ -110,7 +110,7 @@ def main(argv=None) -> None:
   p = sub.add_parser("forecast", help="forecast an unfolding event from its actions so far with a trained run",
                      description="Roll every method of a trained run out from an event's observed steps for "
                                  "--horizon steps with --seeds seeds, label the actions, and write "
-                                 "OUT/forecast.json (each future step's mean proportions and 10-90%% band per "
+                                 "OUT/forecast.json (each future step's mean proportions and 10-90% band per "
                                  "method, the no-model references persistence/shrunk/global, and the KL to the "
                                  "real continuation where the file has it) and OUT/plots/forecast_<dimension>.png. "
                                  "Docs: docs/forecast.md.",
