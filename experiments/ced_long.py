@@ -15,22 +15,17 @@ docs/experiments/long_horizons.md.
     --trained-from runs/ced_smoke --workdir runs/ced_long_smoke   # from a ced_weibo.py:smoke run
 """
 
-import importlib.util
 import os
 
+from mfjax.configs import load_config
 
-def _ced_weibo():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ced_weibo.py")
-  spec = importlib.util.spec_from_file_location("ced_weibo", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+CED_WEIBO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ced_weibo.py")
 
 
 def get_config(arg: str = ""):
   if arg not in ("", "smoke"):
     raise ValueError(f"unknown argument {arg!r} for ced_long (use '' or 'smoke')")
-  c = _ced_weibo().get_config(arg)  # the trained run's config: only rollout and scoring keys change below
+  c = load_config(CED_WEIBO + (":" + arg if arg else ""), [])  # only rollout and scoring keys change below
   c.data.eval_min_actions = 256  # 230 of the 364 val events
   c.data.eval_events = 364  # every one of them
   c.rollout.steps, c.rollout.agents_per_step = 32, 8

@@ -15,22 +15,17 @@ and `mf`, 1 seed: 6 min. Results and analysis: docs/experiments/long_horizons.md
     --workdir runs/synthetic_40k
 """
 
-import importlib.util
 import os
 
+from mfjax.configs import load_config
 
-def _quickstart():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")
-  spec = importlib.util.spec_from_file_location("quickstart", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+QUICKSTART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")
 
 
 def get_config(arg: str = ""):
   if arg not in ("", "40k", "smoke"):
     raise ValueError(f"unknown argument {arg!r} for synthetic_long (use '', '40k' or 'smoke')")
-  c = _quickstart().get_config("smoke" if arg == "smoke" else "")  # only rollout and scoring keys change below
+  c = load_config(QUICKSTART + (":smoke" if arg == "smoke" else ""), [])  # only rollout and scoring keys change below
   c.data.eval_events = 16
   c.rollout.steps = 256
   c.rollout.seeds = 2
