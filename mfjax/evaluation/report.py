@@ -197,6 +197,8 @@ def horizon(cells: dict, weights, warmup: int, persistence: str = "warmup", seed
       row["skill"].append(float(1.0 - x.mean() / max(b.mean(), 1e-300)))
       row["skill_ci95"].append([float(v) for v in np.percentile(boot, [2.5, 97.5])])
   return out
+
+
 def drift(cells: dict, weights, windows, per_dimension: Optional[dict] = None, seed: int = 0,
           draws: int = PAIRED_DRAWS) -> dict:
   """How KL moves over a long rollout. cells: name -> [E, T] KL per (event, step) (as `horizon`'s);
@@ -366,6 +368,7 @@ def evaluate(req: EvalRequest) -> Evaluation:
   if correct is not None:
     results["corrected"] = {"source": correct.source, "matrices": correct.to_json()["matrices"], "methods": {}}
   cells = {}  # name -> [E, T] KL per (event, step): each method's and forecast reference's (`horizon`)
+  sim_cells = {}  # name -> [E, T] of every reference simulator (`drift`)
   labelled = {}  # (tag, seed) -> category ids [E, T, B] per dimension: each rollout decoded and labelled once
 
   def sim_ids(tag: str, seed: int, r=None) -> dict:
@@ -413,17 +416,14 @@ def evaluate(req: EvalRequest) -> Evaluation:
                                           simulated=world_runs(truth, warmup, seeds), correct=correct,
                                           keep_cells=True)
     sim_cells = results["simulators"].pop("cells")
-    if req.drift:  # every reference simulator drifts (or not) beside the methods
-      method_cells = {tag: cells[tag] for tag, _, _ in runs}
-      results["drift"] = drift({**method_cells, **sim_cells}, weights, req.drift,
-                               {tag: results["methods"][tag]["kl_dim_per_step"] for tag in method_cells})
     cells.update({name: sim_cells[name] for name in HORIZON_REFERENCES if name in sim_cells})
     results["horizon"] = horizon(cells, weights, warmup)
     if correct is not None:
       results["corrected"]["simulators"] = results["simulators"].pop("corrected")
-  if req.drift and "drift" not in results:
-    results["drift"] = drift(cells, weights, req.drift,
-                             {tag: results["methods"][tag]["kl_dim_per_step"] for tag in cells})
+  if req.drift:  # each method and every reference simulator (where the run has them) over the same windows
+    tags = [tag for tag, _, _ in runs]
+    results["drift"] = drift({**{tag: cells[tag] for tag in tags}, **sim_cells}, weights, req.drift,
+                             {tag: results["methods"][tag]["kl_dim_per_step"] for tag in tags})
   if req.sweep:
     results["ib_sweep"] = [{"beta": v["beta"], "val_relevance": v.get("val_relevance"),
                             "val_compression_bits": v.get("val_compression_bits"),
