@@ -76,16 +76,14 @@ def check_inputs(plan: RunPlan) -> None:
 def split_events(d: DataPlan):
   """(train, val, eval events, eval truth, eval split name)."""
   check_data_choices(d)
-  world = d.world
   if d.source == "synthetic":
-    train, _ = synthetic.generate(d.train_events, seed=d.seed, config=world)
-    val, _ = synthetic.generate(d.val_events, seed=d.seed + 1, config=world)
+    val, _ = synthetic.generate(d.val_events, seed=d.seed + 1, config=d.world)
     test, truth = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.eval_world)
-    return train, val, test, truth, "synthetic-test"
-  files = data_files(d)
+    return training_events(d), val, test, truth, "synthetic-test"
+  files = data_files(d)  # every file checked before any is read
+  train = training_events(d)
   # holdout is read only for the final report, never for training or selection
-  read = {split: list(load_events(path, "ced")) for split, path in files.items()}
-  train = sample_events(read["train"], d.train_events, seed=(d.seed, 0))
+  read = {split: list(load_events(path, "ced")) for split, path in files.items() if split != "train"}
   val = sample_events(read["val"], d.val_events, seed=(d.seed, 1))
   long = [e for e in read[d.eval_split] if len(e.actions) >= d.eval_min_actions]
   if not long:
@@ -144,11 +142,6 @@ def label_categories(labeler: CachedLabeler, batch: StepBatch) -> np.ndarray:
   return np.where(batch.agent_mask, class_of(ids), -1).astype(np.int32)
 
 
-def prepare(plan: RunPlan, workdir: str) -> Data:
-  """Events, tokenizer (trained once into workdir/tokenizer) and step tensors."""
-  return _prepare(plan, workdir)
-
-
 def tokenizer_specs(plan: RunPlan, tok) -> dict:
   """The `Data` fields the model and the sampler derive from the tokenizer: the quoted context's, the
   text mean field's and the attribute tags' token layouts, and the tokens that keep UTF-8 valid."""
@@ -169,7 +162,8 @@ def trained_tokenizer(plan: RunPlan, workdir: str):
   return load_tokenizer(path)
 
 
-def _prepare(plan: RunPlan, workdir: str) -> Data:
+def prepare(plan: RunPlan, workdir: str) -> Data:
+  """Events, tokenizer (trained once into workdir/tokenizer) and step tensors."""
   t0 = time.time()
   d = plan.data
   train, val, test, truth, split = split_events(d)
