@@ -90,21 +90,20 @@ def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = Ba
   parent = np.full((E, T, B), -1, np.int32)
   report = {"events": E, "actions_used": 0, "actions_dropped": 0, "agent_slots_empty": 0,
             "prompts_truncated": 0, "actions_truncated": 0}
-  states_of = states
   for e, event in enumerate(events):  # Python over events only to build the arrays (data prep, not the hot path)
     n = min(len(event.actions), T * B)
     report["actions_used"] += n
     report["actions_dropped"] += len(event.actions) - n
     report["agent_slots_empty"] += T * B - n
     actions = event.actions[:n]
-    states = (agent_states(dataclasses.replace(event, actions=actions), activity) if states_of is None
-              else list(states_of[e][:n]))
-    if len(states) != n:
-      raise ValueError(f"event {event.eid}: {len(states)} agent states for {n} actions")
+    lines = (agent_states(dataclasses.replace(event, actions=actions), activity) if states is None
+             else list(states[e][:n]))
+    if len(lines) != n:
+      raise ValueError(f"event {event.eid}: {len(lines)} agent states for {n} actions")
     slot = {a.id: i for i, a in enumerate(actions)}
     parent[e].reshape(-1)[:n] = [slot.get(a.parent, -1) if a.parent else -1 for a in actions]
     ctx = contexts[e] if contexts is not None else None
-    prompts = [policy_prompt(event.topic, s, ctx[i // B] if ctx is not None else "") for i, s in enumerate(states)]
+    prompts = [policy_prompt(event.topic, s, ctx[i // B] if ctx is not None else "") for i, s in enumerate(lines)]
     texts = [action_text(a) for a in actions]
     for i, (p_ids, a_ids) in enumerate(zip(_encode(tokenizer, prompts), _encode(tokenizer, texts))):
       t, b = divmod(i, B)
