@@ -67,6 +67,14 @@ def _shrunk(counts_ExTxC, per_step_TxC, warmup: int, k: float):
   return (warm + k * per_step_TxC[None]) / (warm.sum(-1, keepdims=True) + k)
 
 
+def training_proportions(train_NxTxC) -> tuple[np.ndarray, np.ndarray]:
+  """(pooled [C], per step [T, C]) category proportions of the training events' counts: `global`'s,
+  each falling back to the coarser one (to uniform for pooled) where it has no agent."""
+  train = np.asarray(train_NxTxC, np.float64)
+  pooled = _normalise(train.sum((0, 1)), np.full(train.shape[-1], 1.0 / train.shape[-1]))
+  return pooled, _normalise(train.sum(0), pooled)
+
+
 def fit_pseudocount(train_NxTxC, per_step_TxC, warmup: int) -> float:
   """The k of PSEUDOCOUNTS under which the training events' warm-ups best predict their later
   steps' agents (the highest log-likelihood; ties go to the smaller k)."""
@@ -85,8 +93,7 @@ def predictors(real_ExTxC, train_NxTxC, real_labels: Sequence, train_labels: Seq
   E, T, C = real.shape
   if train.shape[1:] != (T, C):
     raise ValueError(f"training counts {train.shape} do not match the scored events' steps and categories {real.shape}")
-  pooled = _normalise(train.sum((0, 1)), np.full(C, 1.0 / C))  # [C]: the fallback of every estimate
-  per_step = _normalise(train.sum(0), pooled)  # [T, C]
+  pooled, per_step = training_proportions(train)  # [C], the fallback of every estimate; [T, C]
   out = {"global": np.broadcast_to(per_step, real.shape)}
   train_labels = np.asarray(train_labels, object)
   by_label = {lab: _normalise(train[train_labels == lab].sum(0), per_step) for lab in set(real_labels)}

@@ -42,7 +42,7 @@ import jax
 import numpy as np
 
 from mfjax.categories import DIMENSIONS
-from mfjax.data import StepBatch, UidActivity, agent_states, load_events, make_step_batch
+from mfjax.data import StepBatch, UidActivity, agent_states, load_events, make_step_batch, step_texts
 from mfjax.data.events import Event
 from mfjax.errors import UserError
 from mfjax.evaluation import bounds, plots
@@ -140,17 +140,12 @@ def proportions(ids: dict, mask) -> dict:
 def training_references(plan, train: list, labeler: CachedLabeler, observed_ids: dict) -> dict:
   """{reference: {dimension: [C]}}: the no-model forecasts (module docstring) of the observed steps'
   category ids {dimension: [K, B]}, from the run's training events `train` labelled by `labeler`."""
-  b = plan.data.batch
-  T, B = b.steps, b.agents_per_step
-  texts = [[a.text for a in e.actions[:T * B]] + [""] * (T * B - min(len(e.actions), T * B)) for e in train]
-  mask = (np.arange(T * B)[None] < np.asarray([min(len(e.actions), T * B) for e in train])[:, None])
-  mask = mask.reshape(len(train), T, B)
+  texts, mask = step_texts(train, plan.data.batch.steps, plan.data.batch.agents_per_step)  # as the run lays them out
   train_ids = label_ids(labeler, [t for row in texts for t in row], mask.shape)
   out = {name: {} for name in REFERENCES}
   for d, cats in DIMENSIONS.items():
     counts = bounds.counts(train_ids[d], mask, len(cats))  # [N, T, C]
-    pooled = counts.sum((0, 1)) / max(counts.sum(), 1)
-    per_step = counts.sum(0) / np.maximum(counts.sum((0, 2))[:, None], 1)
+    pooled, per_step = bounds.training_proportions(counts)
     k = bounds.fit_pseudocount(counts, per_step, plan.sampling.warmup)
     seen = bounds.counts(observed_ids[d], np.ones(observed_ids[d].shape, bool), len(cats)).sum(0)  # [C]
     out["persistence"][d] = seen / seen.sum()
