@@ -126,6 +126,12 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # Weight of IB-Tune's population term: from m_t a head predicts each next-step agent's joint category, scored
   # by cross-entropy against the real action's label (eval.labeler); 0 = no head (unless mf.attributes).
   c.ib.population_weight = 0.0
+  # Scheduled sampling of the categories the mean field reads (needs mf.category_features): from step
+  # ib.drawn_after on (set it to rollout.warmup), each agent's category enters the teacher-forced mean field as a
+  # class drawn from the population head, as in a rollout, with this probability (else its real label; 0 = off).
+  # The head, still scored against the real labels, then learns to forecast from its own earlier draws.
+  c.ib.drawn_categories = 0.0
+  c.ib.drawn_after = 3
 
   # The paper's text mean field, method mf_text (mfjax.meanfield.text): after every step a writer LM (the policy's
   # architecture with its own weights) writes a summary that the policy reads in its prompt. Stage mf_text trains
@@ -237,7 +243,11 @@ def check_config(cfg) -> None:
   check_at_least(cfg, 0, "train.eval_every", "ib.beta", "ib.warmup", "rollout.warmup", "rollout.temperature",
                  "rollout.top_k", "mf.attention_queries")
   check_at_least(cfg, 1, "mf.slots", "mf.feature_size", "mf.hidden_size", "mf.head_hidden", "mf_text.summary_len")
-  check_at_least(cfg, 0, "ib.population_weight")
+  check_at_least(cfg, 0, "ib.population_weight", "ib.drawn_categories", "ib.drawn_after")
+  check("ib.drawn_categories", cfg.ib.drawn_categories <= 1,
+        f"{cfg.ib.drawn_categories}: a probability, at most 1")
+  check("ib.drawn_categories", not cfg.ib.drawn_categories or cfg.mf.category_features,
+        "the drawn categories are what the mean field reads of each action: set mf.category_features=True")
   check("mf.category_features", not cfg.mf.category_features or cfg.mf.attributes,
         "the mean field reads a sampled action's category as the class its agent drew, which only the "
         "attribute-conditioned policy draws: set mf.attributes=True")
@@ -502,6 +512,8 @@ class TrainingPlan:
   ib_warmup: int
   text_beta: float  # mf_text.beta
   population_weight: float  # ib.population_weight
+  drawn_categories: float  # ib.drawn_categories
+  drawn_after: int  # ib.drawn_after
 
 
 @dataclasses.dataclass(frozen=True)
@@ -582,7 +594,7 @@ def plan(cfg) -> RunPlan:
                   drift_windows(cfg.eval.drift, int(r.warmup), steps))
   training = TrainingPlan(float(t.weight_decay), int(t.log_every), int(t.ckpt_every), int(t.eval_every),
                           bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta),
-                          float(cfg.ib.population_weight))
+                          float(cfg.ib.population_weight), float(cfg.ib.drawn_categories), int(cfg.ib.drawn_after))
   sampling = SamplingPlan(int(r.seeds), int(r.warmup), int(r.batch_events), float(r.temperature), int(r.top_k),
                           float(r.top_p), bool(r.valid_utf8))
   return RunPlan(tuple(_methods(cfg)), tuple(stages), tuple(rollouts), _intervention_of(cfg), lora_config(cfg),

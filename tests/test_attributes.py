@@ -267,6 +267,47 @@ def test_the_mean_field_reads_the_real_categories_in_warm_up_and_the_drawn_class
              rng=jax.random.PRNGKey(5), warmup=W, tags=TAGS, score_real=False)
 
 
+@pytest.mark.parametrize("anchor_steps", [0, 1])
+def test_scheduled_sampling_reads_the_heads_draws_from_drawn_after_on(anchor_steps):
+  """ib.drawn_categories: the teacher-forced mean field reads, from step drawn_after on, the classes
+  the head draws (every agent here draws class c) in place of the real labels, as a rollout does."""
+  from mfjax.ibtune.objective import mean_field_path
+  model, encoder, params = _reading_categories()
+  if anchor_steps:
+    encoder = MeanFieldEncoder(dataclasses.replace(encoder.cfg, anchor_steps=anchor_steps))
+    params["mf"] = init_encoder(encoder, jax.random.PRNGKey(2), 32)
+  batch = _categorised(make_batch())
+  W, c = 2, 7
+  params = _forcing(params, c)
+  path = lambda b, **kw: mean_field_path(model=model, encoder=encoder, params=params, batch=b,
+                                         rng=jax.random.PRNGKey(0), **kw)
+  taken = {**batch, "category": np.where((np.arange(batch["agent_mask"].shape[1]) >= W)[None, :, None],
+                                         np.int32(c), batch["category"])}
+  drawn = path(batch, drawn=1.0, drawn_after=W)
+  for got, want in zip(drawn, path(taken)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  real = path(batch)
+  assert not np.allclose(drawn[1][:, W + 1:], real[1][:, W + 1:], atol=1e-4)
+  np.testing.assert_allclose(drawn[1][:, :W + 1], real[1][:, :W + 1], rtol=1e-5, atol=1e-6)
+  for same in (path(batch, drawn=0.0, drawn_after=W), path(batch, drawn=1.0, drawn_after=batch["category"].shape[1])):
+    np.testing.assert_allclose(same[1], real[1], rtol=1e-5, atol=1e-6)
+  half = path(batch, drawn=0.5, drawn_after=W)[1][:, W + 1:]  # some agents' real labels, some draws
+  assert not np.allclose(half, real[1][:, W + 1:], atol=1e-4) and not np.allclose(half, drawn[1][:, W + 1:], atol=1e-4)
+  plain = dataclasses.replace(encoder, cfg=dataclasses.replace(encoder.cfg, category_features=False))
+  with pytest.raises(ValueError, match="category_features"):
+    mean_field_path(model=model, encoder=plain, params=params, batch=batch, rng=jax.random.PRNGKey(0), drawn=1.0)
+
+
+def test_drawn_categories_need_category_features_and_are_a_probability():
+  quick = "experiments/quickstart.py"
+  with pytest.raises(ConfigError, match="ib.drawn_categories: the drawn categories are what the mean field reads"):
+    check_config(configs.load_config(quick, ["ib.drawn_categories=1.0", "mf.category_features=False"]))
+  with pytest.raises(ConfigError, match="ib.drawn_categories: 1.5: a probability"):
+    check_config(configs.load_config(quick, ["ib.drawn_categories=1.5"]))
+  check_config(configs.load_config(quick, ["ib.drawn_categories=1.0", "mf.category_features=True",
+                                           "mf.attributes=True", "ib.population_weight=1.0"]))
+
+
 def test_category_features_without_attributes_is_a_config_error():
   quick = "experiments/quickstart.py"
   with pytest.raises(ConfigError, match="mf.category_features: the mean field reads a sampled action's category"):

@@ -96,31 +96,59 @@ def _categories_read(encoder: MeanFieldEncoder, batch):
 
 
 def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, remat: bool = False,
-                    lm_grad: bool = True, sample: bool = True):
+                    lm_grad: bool = True, sample: bool = True, drawn: float = 0.0, drawn_after: int = 0):
   """Teacher-forced mean field of each step: a reparameterised sample m and the
   posteriors (mu, logvar) read at steps 0..T-1, each [E, T, K, D].
 
   lm_grad=False treats the LM's agent embeddings as fixed inputs of the
   encoder (no backward pass through that LM forward: about a third cheaper;
   the LM still trains through the policy term). sample=False reads the
-  posterior mean instead of a draw (deterministic evaluation)."""
+  posterior mean instead of a draw (deterministic evaluation).
+
+  `drawn` > 0 (with `category_features`): scheduled sampling of the categories
+  the encoder reads. From step `drawn_after` on (a rollout's warm-up), each
+  agent's category enters the mean field as a class drawn from the population
+  head on the m of its step and its state, as in a rollout, with probability
+  `drawn` (1: always), else its real label. The draws carry no gradient; the
+  head is still scored against the real labels (`population_terms`), so it
+  learns to forecast from a mean field that holds its own earlier draws."""
   E, T = batch["agent_mask"].shape[:2]
   pooled = agent_embeddings(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"],
                             batch["action_mask"])  # [E, T, B, D]
   if not lm_grad:
     pooled = jax.lax.stop_gradient(pooled)
   enc = lambda method, *a: encoder.apply({"params": params[PARAMS.mf]}, *a, method=method)
-  feats = enc(MeanFieldEncoder.features, pooled, _categories_read(encoder, batch))
+  category = _categories_read(encoder, batch)
+  if drawn and category is None:
+    raise ValueError("drawn categories (scheduled sampling) need an encoder that reads them (category_features)")
+  per_step = lambda x: jnp.swapaxes(x, 0, 1)  # [E, T, ...] -> [T, E, ...], the scan's leading axis
+  if not drawn:
+    xs = (per_step(enc(MeanFieldEncoder.features, pooled, category)),)
+  else:  # the text's part of the features; the categories' part is added per step, real or drawn
+    xs = (per_step(enc(MeanFieldEncoder.features, pooled, jnp.full_like(category, -1))), per_step(category),
+          per_step(jax.lax.stop_gradient(prompt_state(model, params[PARAMS.lm], batch["prompt_ids"],
+                                                      batch["prompt_mask"]))),
+          per_step(anchor_counts(category, batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
+                   if encoder.cfg.anchor_steps else jnp.zeros((E, T, encoder.cfg.classes))), jnp.arange(T))
 
   def step(state, xs):
-    feats_ExBxF, mask_ExB, key = xs
+    mask_ExB, key, (feats_ExBxF, *rest) = xs[0], xs[1], xs[2:]
     q = enc(MeanFieldEncoder.posterior, state)
     m = q.sample(key) if sample else q.mu
+    if drawn:
+      real, state_ExBxD, anchor_ExC, t = rest
+      B = real.shape[-1]
+      m_B = jnp.broadcast_to(m[:, None], (E, B) + m.shape[1:])
+      anchor = jnp.broadcast_to(anchor_ExC[:, None], (E, B, anchor_ExC.shape[-1])) if encoder.cfg.anchor_steps else None
+      logits = jax.lax.stop_gradient(enc(MeanFieldEncoder.class_logits, m_B, state_ExBxD, anchor))
+      c = jax.random.categorical(jax.random.fold_in(key, 1), logits)
+      swap = (t >= drawn_after) & (jax.random.uniform(jax.random.fold_in(key, 2), real.shape) < drawn)
+      feats_ExBxF = feats_ExBxF + enc(MeanFieldEncoder.category_vectors, jnp.where(swap, c, real))
     return enc(MeanFieldEncoder.update, state, feats_ExBxF, mask_ExB), (m, q.mu, q.logvar)
 
   if remat:
     step = jax.checkpoint(step)
-  xs = (jnp.swapaxes(feats, 0, 1), jnp.swapaxes(batch["agent_mask"], 0, 1), jax.random.split(rng, T))
+  xs = (per_step(batch["agent_mask"]), jax.random.split(rng, T)) + xs
   _, (m, mu, logvar) = jax.lax.scan(step, MFState.zeros(encoder.cfg, (E,)), xs)
   return tuple(jnp.swapaxes(x, 0, 1) for x in (m, mu, logvar))
 
@@ -152,10 +180,10 @@ def population_terms(*, model: Decoder, encoder: MeanFieldEncoder, params, batch
 
 def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, beta, remat: bool = False,
                  agents: int = 0, lm_grad: bool = True, sample: bool = True, population_weight: float = 0.0,
-                 tags: Optional[AttributeTags] = None):
+                 tags: Optional[AttributeTags] = None, drawn: float = 0.0, drawn_after: int = 0):
   """IB-Tune loss (module docstring). params = {"lm": ..., "mf": ...}; beta may
   be traced; `agents` > 0 scores that many random agents per step (the mean
-  field still reads all of them); `lm_grad` and `sample` as in `mean_field_path`.
+  field still reads all of them); `lm_grad`, `sample`, `drawn` and `drawn_after` as in `mean_field_path`.
   With a population head (encoder.cfg.classes) the population term is in aux (and,
   weighted by `population_weight`, in the loss); `tags`: the policy reads the real
   action's tag after its prompt (an attribute-conditioned policy; needs the head)."""
@@ -163,7 +191,7 @@ def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rn
     raise ValueError("a population term or tags need the encoder's population head (MeanFieldConfig.classes)")
   k_m, k_a = jax.random.split(rng)
   m, mu, logvar = mean_field_path(model=model, encoder=encoder, params=params, batch=batch, rng=k_m, remat=remat,
-                                  lm_grad=lm_grad, sample=sample)
+                                  lm_grad=lm_grad, sample=sample, drawn=drawn, drawn_after=drawn_after)
   scored = subsample_agents(batch, k_a, agents)
   prefix = _per_agent_rows(m, scored["agent_mask"].shape[2])
   prompt_ids, prompt_mask = _flat(scored["prompt_ids"], 1), _flat(scored["prompt_mask"], 1)

@@ -171,8 +171,13 @@ class MeanFieldEncoder(nn.Module):
       return feats
     if category_B is None:
       raise ValueError("this encoder reads each action's category (category_features): pass category_B")
+    return feats + self.category_vectors(category_B)
+
+  def category_vectors(self, category_B):
+    """What each action's joint category adds to its feature with `category_features`: [..., B, F]
+    (zero for -1, an unlabelled action)."""
     known = (category_B >= 0)[..., None]
-    return feats + jnp.where(known, jnp.take(self.class_embed, jnp.maximum(category_B, 0), axis=0), 0.0)
+    return jnp.where(known, jnp.take(self.class_embed, jnp.maximum(category_B, 0), axis=0), 0.0)
 
   def aggregate(self, feats_BxF, mask_B):
     """Permutation-invariant summary of one step: masked mean [..., F] (and

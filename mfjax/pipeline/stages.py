@@ -95,7 +95,7 @@ def _ib_loss(x: LossInputs, agents: int):
   return lambda params, batch, rng, step, beta: ib_tune_loss(
       model=x.model, encoder=x.encoder, params=params, batch=batch, rng=rng, remat=t.ib_remat, agents=agents,
       beta=beta_schedule(beta, t.ib_schedule, t.ib_warmup)(step), lm_grad=x.plan.model.lm_grad,
-      population_weight=t.population_weight, tags=x.data.tags)
+      population_weight=t.population_weight, tags=x.data.tags, drawn=t.drawn_categories, drawn_after=t.drawn_after)
 
 
 def _text_ib_loss(x: LossInputs, agents: int):
