@@ -333,6 +333,8 @@ def test_a_rollout_scored_on_its_drawn_categories_is_scored_as_their_labels_woul
   want = score(real, ids, agent_mask, weights, np.zeros((E, T, B, 2)), np.ones((E, T, B, 2)))
   got = drawn_scores(real, drawn, agent_mask, weights)
   assert got["kl_mean"] == pytest.approx(want["kl_mean"], rel=1e-12) and got["kl"] == pytest.approx(want["kl"])
+  np.testing.assert_allclose(got["kl_per_event"], want["kl_per_event"], rtol=1e-12)
+  np.testing.assert_allclose(got["kl_cells"], want["kl_cells"], rtol=1e-12)
   other = drawn_scores(real, np.where(agent_mask, (drawn + 1) % C, -1), agent_mask, weights)
   assert other["kl_mean"] != pytest.approx(got["kl_mean"])
 

@@ -71,19 +71,25 @@ def _check_results(workdir, seeds, methods=METHODS):
   # each method against shrunk and the best method without a mean field, over the same events
   blind = min((m for m in ("state", "recent", "popular", "sft") if m in methods),
               key=lambda m: results["methods"][m]["kl_mean"])
-  assert set(results["paired"]) == set(results["methods"])
+  # an attribute-conditioned method's drawn categories (the head's forecast before the text) are rows of their own
+  drawn = {f"{m} (drawn)": r["drawn"] for m, r in results["methods"].items() if "drawn" in r}
+  per_event = {**{m: r["kl_per_event"] for m, r in results["methods"].items()},
+               **{m: r["kl_per_event"] for m, r in drawn.items()}}
+  assert set(results["paired"]) == set(per_event)
   for m, row in results["paired"].items():
     assert set(row) == {"shrunk", blind}
     assert all(r["ci95"][0] <= r["diff"] <= r["ci95"][1] and r["events"] == results["data"]["events"]
                for r in row.values())
-    np.testing.assert_allclose(row["shrunk"]["diff"], np.mean(results["methods"][m]["kl_per_event"])
+    np.testing.assert_allclose(row["shrunk"]["diff"], np.mean(per_event[m])
                                - np.mean(sims["methods"]["shrunk"]["kl_per_event"]), rtol=1e-6)
+  for r in drawn.values():  # one KL per event, as the methods'
+    assert len(r["kl_per_event"]) == results["data"]["events"] and np.all(np.isfinite(r["kl_per_event"]))
   # forecast skill against persistence at every step after the warm-up: each method's and reference's KL there
   # is the mean over events of its per-step KL (the same cells as kl_per_step)
   hz = results["horizon"]
   warmup, steps = results["data"]["warmup"], results["data"]["steps"]
-  assert hz["h"] == list(range(1, steps - warmup + 1)) and set(hz["methods"]) == set(methods) | {"warmup", "shrunk",
-                                                                                                 "global"}
+  assert hz["h"] == list(range(1, steps - warmup + 1))
+  assert set(hz["methods"]) == set(methods) | set(drawn) | {"warmup", "shrunk", "global"}
   assert hz["methods"]["warmup"]["skill"] == [0.0] * len(hz["h"])
   for m in methods:
     np.testing.assert_allclose(hz["methods"][m]["kl"], results["methods"][m]["kl_per_step"][warmup:], rtol=1e-5)

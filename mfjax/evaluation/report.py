@@ -9,7 +9,9 @@ results.json:
                "kl_per_event": [E],   (each event's KL over its scored steps, mean over seeds)
                "attribute_agreement": {"joint", dim}}},   (an attribute-conditioned policy: how often the
                labeler reads the category it drew, over the scored agents; mean over seeds)
-               "drawn": {"kl_mean", "kl": {dim}}   (the same: KL scored on the drawn categories themselves)
+               "drawn": {"kl_mean", "kl": {dim}, "kl_per_event": [E]}   (the same: KL scored on the drawn
+               categories themselves, the head's forecast before the text; `horizon` and `paired` hold it
+               as the row "<method> (drawn)")
    "paired": {<method>: {<reference>: {"diff", "ci95", "events"}}}   (`paired`: against shrunk and the best
              method without a mean field, over the same events)
    "ib_sweep": [{"beta", "val_relevance", "val_compression_bits", "val_population", "kl_mean", ...}]   (with
@@ -147,8 +149,12 @@ def drawn_ids(drawn_ExTxB) -> dict:
 
 def drawn_scores(real: dict, drawn_ExTxB, agent_mask, weights) -> dict:
   """The metrics of a rollout scored on the categories its agents drew rather than on the labeler's
-  reading of the actions written: the population the head forecast, before the text."""
-  return metrics.compare(real, drawn_ids(drawn_ExTxB), agent_mask, agent_mask, step_weights=weights)
+  reading of the actions written: the population the head forecast, before the text. Also "kl_cells"
+  [E, T] (the mean over dimensions, as `score`'s) and "kl_per_event" [E]."""
+  sim = drawn_ids(drawn_ExTxB)
+  kls = step_kls(real, sim, agent_mask)
+  return {**metrics.compare(real, sim, agent_mask, agent_mask, step_weights=weights), "kl_cells": kls.mean(0),
+          "kl_per_event": kl_per_event(kls, weights)}
 
 
 def kl_per_step(kls, agent_mask) -> np.ndarray:
@@ -235,8 +241,13 @@ def paired(results: dict, seed: int = 0) -> dict:
   """Every method against each reference over the same events: {method: {reference: {"diff": the mean
   over events of KL(method) - KL(reference), "ci95": its 95% percentile bootstrap interval over events
   (scipy.stats.bootstrap, `seed`), "events"}}}. References: the `shrunk` simulator (where the results
-  have it) and the best method without a mean field (lowest KL of state, recent, popular, sft)."""
-  per_event = {m: np.asarray(r["kl_per_event"], np.float64) for m, r in results["methods"].items()}
+  have it) and the best method without a mean field (lowest KL of state, recent, popular, sft). An
+  attribute-conditioned method's drawn categories are a row of their own, "<method> (drawn)"."""
+  per_event = {}
+  for m, r in results["methods"].items():
+    per_event[m] = np.asarray(r["kl_per_event"], np.float64)
+    if "kl_per_event" in r.get("drawn", {}):  # an attribute-conditioned method's forecast, before the text
+      per_event[f"{m} (drawn)"] = np.asarray(r["drawn"]["kl_per_event"], np.float64)
   refs = {}
   if "shrunk" in results.get("simulators", {}).get("methods", {}):
     refs["shrunk"] = np.asarray(results["simulators"]["methods"]["shrunk"]["kl_per_event"], np.float64)
@@ -399,7 +410,9 @@ def evaluate(req: EvalRequest) -> Evaluation:
       results["methods"][tag]["attribute_agreement"] = {k: float(np.mean([a[k] for a in agreement]))
                                                         for k in agreement[0]}
       results["methods"][tag]["drawn"] = {"kl_mean": float(np.mean([x["kl_mean"] for x in drawn])),
-                                          "kl": {d: float(np.mean([x["kl"][d] for x in drawn])) for d in DIMENSIONS}}
+                                          "kl": {d: float(np.mean([x["kl"][d] for x in drawn])) for d in DIMENSIONS},
+                                          "kl_per_event": _steps(np.mean([x["kl_per_event"] for x in drawn], 0))}
+      cells[f"{tag} (drawn)"] = np.mean([x["kl_cells"] for x in drawn], 0)
   truth = req.truth
   if truth is not None:
     # The floor set by finite steps: the real B agents of a step against their own exact distribution.
