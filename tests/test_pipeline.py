@@ -197,6 +197,8 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   assert v["sampled"]["p_share_change"] == 0 and v["zero"]["p_share_change"] > 0
   assert all(np.isfinite(x["population"]) and x["nll"] > 0 for x in v.values())
   assert set(probe["readout_r2"]) == {"share", "doubt", "negative"}
+  assert set(probe["forecast"]["h1"]) == {"head", "shrunk", "global"}  # the head's forecast beside the no-model ones
+  assert all(np.isfinite(r["mean"]) for span in probe["forecast"].values() for r in span.values())
   assert "linear read-out of q's mean" in capsys.readouterr().out
   with pytest.raises(SystemExit, match=r"other values of \['ib.beta'\]; only data.eval_split, .*, rollout\.\*, "):
     _cli("run", tmp_path / "other_beta", extra=["ib.beta=0.5"], trained_from=wd)

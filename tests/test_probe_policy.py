@@ -6,6 +6,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from mf_setup import make_batch, make_model
 
@@ -46,3 +47,38 @@ def test_the_read_out_recovers_a_linear_signal_and_not_noise():
   Y = np.stack([X @ rng.normal(size=6), rng.normal(size=400)], -1)
   r2 = probe_policy.ridge_r2(X, Y, groups, alpha=1e-4)
   assert r2[0] > 0.99 and r2[1] < 0.05
+
+
+def test_the_head_forecast_is_scored_against_the_real_steps_beside_shrunk_and_global():
+  from mfjax.categories import CLASSES, class_dimensions
+  from mfjax.evaluation import bounds
+  rng = np.random.default_rng(2)
+  C, W = len(CLASSES), 2
+  mask = rng.random((5, 6, 8)) < 0.9
+  mask[0, 4:] = False  # an event that ends early: its empty steps are not scored
+  val = {"agent_mask": mask, "category": np.where(mask, rng.integers(0, C, mask.shape), -1)}
+  tmask = rng.random((7, 6, 8)) < 0.9
+  train = {"agent_mask": tmask, "category": np.where(tmask, rng.integers(0, C, tmask.shape), -1)}
+  exact = np.eye(C)[np.maximum(val["category"], 0)]  # each agent's own class: the step's real proportions
+  out = probe_policy.head_forecast(exact, val, train, W)
+  assert set(out) == {"h1", "all"} and set(out["h1"]) == {"head", "shrunk", "global"}
+  dims = class_dimensions()
+  for span in out.values():
+    assert all(abs(span["head"][d]) < 1e-6 for d in dims)  # a perfect forecast
+    assert span["head"]["mean"] < 1e-6 < span["shrunk"]["mean"]
+  # shrunk and global as the reference simulators forecast them, scored over the steps after the warm-up
+  scored = mask.any(-1) & (np.arange(6) >= W)[None]
+  for d, of in dims.items():
+    count = lambda c, m: (np.eye(max(of) + 1)[np.asarray(of)[np.maximum(c, 0)]] * m[..., None]).sum(2)
+    real, tr = count(val["category"], mask), count(train["category"], tmask)
+    q, _ = bounds.predictors(real, tr, ["a"] * 5, ["a"] * 7, W, scored)
+    for name in ("shrunk", "global"):
+      kl = bounds.kls(real, q[name])
+      assert out["all"][name][d] == pytest.approx(kl[scored].mean(), rel=1e-9)
+      h1 = scored & (np.arange(6) == W)[None]
+      assert out["h1"][name][d] == pytest.approx(kl[h1].mean(), rel=1e-9)
+    # agents that spread evenly over the classes forecast each category in proportion to its classes
+    even = probe_policy.head_forecast(np.full(exact.shape, 1.0 / C), val, train, W)
+    spread = np.bincount(of, minlength=max(of) + 1) / C
+    want = bounds.kls(real, np.broadcast_to(spread, real.shape))[scored].mean()
+    assert even["all"]["head"][d] == pytest.approx(want, rel=1e-9)

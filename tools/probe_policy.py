@@ -22,7 +22,12 @@ and for each it prints:
             correlation and slope against the real share rate of the same (event, step), and the mean
             |change| from `sampled` (what the variant moves)
 
-then a linear read-out of q's mean: ridge regression from the mean read at step t to the real
+then, for a run with a population head, the head's forecast of each step's category distribution
+(the mean over the step's agents of its distribution, as trained: the mean field read holds the
+real history before the step) against the model-free `shrunk` and `global` forecasts, as
+KL(real step proportions || forecast) per dimension with no sampling noise, at the first step after
+the warm-up (h1: what a rollout forecasts from the same mean field) and over every later step (all;
+teacher-forced, where a rollout would read its own draws); then a linear read-out of q's mean: ridge regression from the mean read at step t to the real
 proportion of shares, doubting actions and negative actions in step t, R^2 by 4-fold
 cross-validation over events (does the mean field hold the population?). A policy that reads its
 mean field shows a P(share) that follows the real share rate and moves when m is swapped.
@@ -55,6 +60,7 @@ from mfjax.model import Decoder  # noqa: E402
 from mfjax.params_keys import PARAMS  # noqa: E402
 from mfjax.categories import class_dimensions, class_of  # noqa: E402
 from mfjax.data import step_texts  # noqa: E402
+from mfjax.evaluation import bounds  # noqa: E402
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler  # noqa: E402
 from mfjax.pipeline.data import prepare, split_events  # noqa: E402
 from mfjax.pipeline.stages import load_trained, mesh_from  # noqa: E402
@@ -110,6 +116,8 @@ def probe_chunk(model, encoder, params, batch, tags, share_id, rng):
       logits = encoder.apply({"params": params[PARAMS.mf]}, jnp.broadcast_to(field[:, :, None], (E, T, B) + field.shape[2:]),
                              state, anchor, method=MeanFieldEncoder.class_logits)
       row["p_head_share"] = jax.nn.softmax(logits, -1)[..., 0]
+      if name == "sampled":
+        row["head_probs"] = jax.nn.softmax(logits, -1)  # [E, T, B, C]: the head's forecast (`head_forecast`)
       row["population"] = population_terms(model=model, encoder=encoder, params=params, batch=batch,
                                            m_ExTxKxD=field)["population"]
     if tags is None:  # the policy's own first-token distribution after the untagged prompt
@@ -185,7 +193,12 @@ def probe(run_dir: str, events: int = 0, seed: int = 0) -> dict:
     r, mu = jax.device_get(fn({k: v[i:i + chunk] for k, v in val.items()}, jax.random.PRNGKey(seed + i)))
     rows.append(r)
     mus.append(mu)
-  return summarise(rows, np.concatenate(mus), {k: v[:len(mus) * chunk] for k, v in val.items()})
+  val = {k: v[:len(mus) * chunk] for k, v in val.items()}
+  out = summarise(rows, np.concatenate(mus), val)
+  if "head_probs" in rows[0]["sampled"]:
+    probs = np.concatenate([r["sampled"]["head_probs"] for r in rows])
+    out["forecast"] = head_forecast(probs, val, data.train, plan.sampling.warmup)
+  return out
 
 
 def summarise(rows, mu, val) -> dict:
@@ -219,6 +232,45 @@ def summarise(rows, mu, val) -> dict:
   return out
 
 
+def _dimension_counts(category, mask) -> dict:
+  """dimension -> [E, T, C_dim] counts of each category among a step's valid, labelled agents."""
+  c, ok = np.asarray(category), np.asarray(mask, bool) & (np.asarray(category) >= 0)
+  return {d: (np.eye(max(of) + 1)[np.asarray(of)[np.maximum(c, 0)]] * ok[..., None]).sum(2)
+          for d, of in class_dimensions().items()}
+
+
+def head_forecast(probs_ExTxBxC, val, train, warmup: int) -> dict:
+  """The population head's forecast of each step's category distribution (the mean over the step's
+  agents of its per-agent distribution, teacher-forced: the mean field holds the real history before the
+  step) against the model-free `shrunk` and `global` forecasts (`mfjax.evaluation.bounds`, from the
+  training events' categories): KL(real step proportions || forecast) per dimension, the mean over the
+  (event, step)s after the `warmup`, at h = 1 (the first step after it, which a rollout forecasts from
+  the same mean field) and over all of them. No sampling noise: the forecasts are scored as
+  distributions. {"h1" | "all": {name: {dimension: KL, "mean"}}}."""
+  mask = np.asarray(val["agent_mask"], bool)
+  real = _dimension_counts(val["category"], mask)
+  trained = _dimension_counts(train["category"], train["agent_mask"])
+  T = mask.shape[1]
+  scored = mask.any(-1) & (np.arange(T) >= warmup)[None]
+  spans = {"h1": scored & (np.arange(T) == warmup)[None], "all": scored}
+  w = mask[..., None].astype(np.float64)
+  out = {span: {"head": {}, "shrunk": {}, "global": {}} for span in spans}
+  for d, of in class_dimensions().items():
+    onehot = np.eye(max(of) + 1)[np.asarray(of)]  # [C, C_dim]
+    head = (np.asarray(probs_ExTxBxC, np.float64) @ onehot * w).sum(2) / np.maximum(w.sum(2), 1.0)
+    _, per_step = bounds.training_proportions(trained[d])
+    forecasts = {"head": head, "shrunk": bounds.shrunk_forecast(real[d], trained[d], warmup, per_step)[0],
+                 "global": np.broadcast_to(per_step, real[d].shape)}
+    for name, q in forecasts.items():
+      kl = bounds.kls(real[d], q)
+      for span, cells in spans.items():
+        out[span][name][d] = float(np.where(cells, kl, 0.0).sum() / max(cells.sum(), 1))
+  for span in out.values():
+    for row in span.values():
+      row["mean"] = float(np.mean(list(row.values())))
+  return out
+
+
 def real_rates(val) -> dict:
   """The real proportion of shares, doubting and negative actions of every (event, step) [E, T]."""
   c = np.asarray(val["category"])
@@ -238,6 +290,14 @@ def table(result: dict) -> str:
     pop = f"{v['population']:8.3f}" if "population" in v else f"{'-':>8}"
     lines.append(f"{name:<10}{v['nll']:8.3f}{v['nll_first']:9.3f}{pop}{v['p_share_mean']:10.3f}{v['p_share_sd']:7.3f}"
                  f"{v['p_share_corr']:7.2f}{v['p_share_slope']:7.2f}{v['p_share_change']:10.4f}")
+  if "forecast" in result:
+    lines.append("the head's forecast of each step's distribution against the model-free ones, KL(real || forecast), "
+                 "teacher-forced, no sampling noise:")
+    dims = list(result["forecast"]["h1"]["head"])
+    lines.append(f"{'':<10}{'span':<6}" + "".join(f"{d:>11}" for d in dims))
+    for span, rows in result["forecast"].items():
+      for name, row in rows.items():
+        lines.append(f"{name:<10}{span:<6}" + "".join(f"{row[d]:11.4f}" for d in dims))
   r2 = result["readout_r2"]
   lines.append("linear read-out of q's mean (ridge, 4-fold over events), R^2: "
                + ", ".join(f"{k} {v:.2f}" for k, v in r2.items()))

@@ -84,6 +84,17 @@ def fit_pseudocount(train_NxTxC, per_step_TxC, warmup: int) -> float:
   return PSEUDOCOUNTS[int(np.argmax(ll))]
 
 
+def shrunk_forecast(real_ExTxC, train_NxTxC, warmup: int, per_step_TxC=None) -> tuple[np.ndarray, float]:
+  """(`shrunk`'s forecast [E, T, C] of every step of the scored events from their warm-up's counts, its
+  pseudo-count k fitted on the training events' counts); per_step_TxC: the training proportions per step
+  (`training_proportions`, computed when not given)."""
+  train = np.asarray(train_NxTxC, np.float64)
+  if per_step_TxC is None:
+    _, per_step_TxC = training_proportions(train)
+  k = fit_pseudocount(train, per_step_TxC, warmup)
+  return _shrunk(np.asarray(real_ExTxC, np.float64), per_step_TxC, warmup, k), k
+
+
 def predictors(real_ExTxC, train_NxTxC, real_labels: Sequence, train_labels: Sequence, warmup: int,
                scored_ExT) -> dict:
   """(name -> q [E, T, C], shrunk's k) for one dimension, from category counts of the scored
@@ -100,8 +111,8 @@ def predictors(real_ExTxC, train_NxTxC, real_labels: Sequence, train_labels: Seq
   out["label"] = np.stack([by_label[lab] for lab in real_labels]) if E else np.zeros_like(real)
   warm = real[:, :warmup].sum(1, keepdims=True)  # [E, 1, C]
   out["warmup"] = np.broadcast_to(_normalise(warm, per_step[None]), real.shape)
-  k = fit_pseudocount(train, per_step, warmup)
-  out["shrunk"] = np.broadcast_to(_shrunk(real, per_step, warmup, k), real.shape)
+  shrunk, k = shrunk_forecast(real, train, warmup, per_step)
+  out["shrunk"] = np.broadcast_to(shrunk, real.shape)
   step = _normalise(real, per_step[None])
   out["previous"] = np.concatenate([per_step[None, :1].repeat(E, 0), step[:, :-1]], 1)
   scored = np.asarray(scored_ExT, bool)[..., None]
