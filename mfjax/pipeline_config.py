@@ -116,6 +116,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # anchor_steps steps (at most rollout.warmup: those a rollout sees) shrunk towards a learned prior by a learned
   # pseudo-count, and learns what the mean field and the agent's state add (mfjax.meanfield.encoder; 0 = off).
   c.mf.anchor_steps = 0
+  # The population head's agent state also reads the embeddings of the prompt's last state_tail tokens in order
+  # (the agent's own state line, which the whole prompt's mean dilutes in the topic); 0 = that mean only.
+  c.mf.state_tail = 0
 
   c.ib = ml_collections.ConfigDict()
   c.ib.beta = 1e-3  # weight of the compression term (0 = no compression)
@@ -251,7 +254,9 @@ def check_config(cfg) -> None:
   check("mf.category_features", not cfg.mf.category_features or cfg.mf.attributes,
         "the mean field reads a sampled action's category as the class its agent drew, which only the "
         "attribute-conditioned policy draws: set mf.attributes=True")
-  check_at_least(cfg, 0, "mf.anchor_steps")
+  check_at_least(cfg, 0, "mf.anchor_steps", "mf.state_tail")
+  check("mf.state_tail", cfg.mf.state_tail <= d.prompt_len,
+        f"{cfg.mf.state_tail}: the head reads the prompt's last tokens, and prompts hold data.prompt_len={d.prompt_len}")
   check("mf.anchor_steps", not cfg.mf.anchor_steps or cfg.mf.attributes,
         "the anchored head is the one an attribute-conditioned policy draws from: set mf.attributes=True")
   check("mf.anchor_steps", cfg.mf.anchor_steps <= cfg.rollout.warmup,
@@ -626,7 +631,8 @@ def _model_plan(cfg) -> ModelPlan:
   mf = dict(slots=f.slots, feature_size=f.feature_size, hidden_size=f.hidden_size,
             attention_queries=f.attention_queries, init_logvar=f.init_logvar,
             classes=len(CLASSES) if _population_head(cfg) else 0, head_hidden=f.head_hidden,
-            category_features=bool(f.category_features), anchor_steps=int(f.anchor_steps))
+            category_features=bool(f.category_features), anchor_steps=int(f.anchor_steps),
+            state_tail=int(f.state_tail))
   return ModelPlan(m.checkpoint, bool(m.checkpoint_required), m.dtype, sizes, layer_fields(cfg), mf, bool(f.lm_grad))
 
 

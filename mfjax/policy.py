@@ -58,14 +58,22 @@ def with_tags(prompt_ids_NxP, prompt_mask_NxP, tags: AttributeTags, classes_N):
           jnp.concatenate([prompt_mask_NxP, t_mask.astype(prompt_mask_NxP.dtype)], -1))
 
 
-def prompt_state(model: Decoder, params, prompt_ids_NxP, prompt_mask_NxP):
+def prompt_state(model: Decoder, params, prompt_ids_NxP, prompt_mask_NxP, tail: int = 0):
   """An agent's state as the population head reads it: the mean of its prompt's token embeddings,
-  [..., D] float32, without a gradient into the LM."""
+  [..., D] float32, without a gradient into the LM. With `tail` > 0 also the embeddings of the prompt's
+  last `tail` positions, in order (zero where padded): prompts are left-padded and end with the agent's
+  own state line, which the whole prompt's mean dilutes in the topic and a mean would scramble (its
+  numbers share tokens): [..., (1 + tail) D]."""
   lead, P = prompt_ids_NxP.shape[:-1], prompt_ids_NxP.shape[-1]
-  emb = model.apply({"params": params}, prompt_ids_NxP.reshape(-1, P), method=Decoder.embed)
+  emb = model.apply({"params": params}, prompt_ids_NxP.reshape(-1, P), method=Decoder.embed).astype(jnp.float32)
   w = prompt_mask_NxP.reshape(-1, P).astype(jnp.float32)
-  mean = jnp.einsum("npd,np->nd", emb.astype(jnp.float32), w) / jnp.maximum(w.sum(-1), 1.0)[:, None]
-  return jax.lax.stop_gradient(mean).reshape(*lead, -1)
+  state = jnp.einsum("npd,np->nd", emb, w) / jnp.maximum(w.sum(-1), 1.0)[:, None]
+  if tail:
+    if tail > P:
+      raise ValueError(f"the head's state reads the prompt's last {tail} tokens, but prompts have {P}")
+    last = (emb * w[..., None])[:, P - tail:]  # [N, tail, D]
+    state = jnp.concatenate([state, last.reshape(last.shape[0], -1)], -1)
+  return jax.lax.stop_gradient(state).reshape(*lead, -1)
 
 
 def with_context(ctx_ids_NxC, ctx_mask_NxC, prompt_ids_NxP, prompt_mask_NxP):

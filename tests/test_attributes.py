@@ -298,6 +298,38 @@ def test_scheduled_sampling_reads_the_heads_draws_from_drawn_after_on(anchor_ste
     mean_field_path(model=model, encoder=plain, params=params, batch=batch, rng=jax.random.PRNGKey(0), drawn=1.0)
 
 
+def test_the_heads_state_can_read_the_prompts_last_tokens_in_order():
+  """mf.state_tail: the head's state is the prompt's mean embedding and the embeddings of its last tokens
+  (the agent's state line; zero where padded); the head trains on it and a rollout draws from it."""
+  from mfjax.ibtune.objective import population_terms
+  from mfjax.model import Decoder
+  model, encoder, params = _reading_categories()
+  tail = 3
+  encoder = MeanFieldEncoder(dataclasses.replace(encoder.cfg, state_tail=tail))
+  params["mf"] = init_encoder(encoder, jax.random.PRNGKey(2), 32)
+  params["mf"]["class_out"]["kernel"] = jax.random.normal(jax.random.PRNGKey(9), (16, C)) * 0.5  # not uniform
+  batch = _categorised(make_batch())
+  ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+  state = np.asarray(prompt_state(model, params["lm"], ids, mask, tail))
+  emb = np.asarray(model.apply({"params": params["lm"]}, ids.reshape(-1, ids.shape[-1]), method=Decoder.embed))
+  emb = emb.reshape(ids.shape + (-1,)) * mask[..., None]
+  D = emb.shape[-1]
+  assert state.shape == ids.shape[:-1] + ((1 + tail) * D,)
+  np.testing.assert_allclose(state[..., :D], np.asarray(prompt_state(model, params["lm"], ids, mask)), rtol=1e-6)
+  np.testing.assert_allclose(state[..., D:], emb[..., -tail:, :].reshape(ids.shape[:-1] + (-1,)), rtol=1e-6)
+  with pytest.raises(ValueError, match="last 99 tokens"):
+    prompt_state(model, params["lm"], ids, mask, 99)
+  m = jnp.zeros(batch["agent_mask"].shape[:2] + (2, 32))
+  grads = jax.grad(lambda mf: population_terms(model=model, encoder=encoder, params={**params, "mf": mf}, batch=batch,
+                                               m_ExTxKxD=m)["population"])(params["mf"])
+  assert grads["class_hidden"]["kernel"].shape[0] == 2 * 32 + (1 + tail) * 32  # m's K x D and the state
+  assert np.abs(grads["class_hidden"]["kernel"][-D:]).max() > 0  # the last token reaches the head
+  out = simulate(model, params, batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(5), warmup=1, tags=TAGS)
+  assert ((np.asarray(out.category) >= 0) | ~np.asarray(batch["agent_mask"])).all()
+  with pytest.raises(ConfigError, match="mf.state_tail: 999: the head reads the prompt's last tokens"):
+    check_config(configs.load_config("experiments/quickstart.py", ["mf.state_tail=999"]))
+
+
 def test_drawn_categories_need_category_features_and_are_a_probability():
   quick = "experiments/quickstart.py"
   with pytest.raises(ConfigError, match="ib.drawn_categories: the drawn categories are what the mean field reads"):

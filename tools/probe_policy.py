@@ -98,7 +98,8 @@ def probe_chunk(model, encoder, params, batch, tags, share_id, rng):
   head = bool(encoder.cfg.classes)
   if tags is not None:
     prompt_ids, prompt_mask = with_tags(prompt_ids, prompt_mask, tags, _flat(batch["category"], 0))
-  state = prompt_state(model, lm, batch["prompt_ids"], batch["prompt_mask"]) if head else None  # the same m-free input
+  state = (prompt_state(model, lm, batch["prompt_ids"], batch["prompt_mask"], encoder.cfg.state_tail) if head
+           else None)  # the same m-free input for every variant
   out = {}
   for name in VARIANTS:
     field = variant_field(name, m, mu, k_s)

@@ -126,8 +126,8 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
     xs = (per_step(enc(MeanFieldEncoder.features, pooled, category)),)
   else:  # the text's part of the features; the categories' part is added per step, real or drawn
     xs = (per_step(enc(MeanFieldEncoder.features, pooled, jnp.full_like(category, -1))), per_step(category),
-          per_step(jax.lax.stop_gradient(prompt_state(model, params[PARAMS.lm], batch["prompt_ids"],
-                                                      batch["prompt_mask"]))),
+          per_step(prompt_state(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"],
+                                encoder.cfg.state_tail)),
           per_step(anchor_counts(category, batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
                    if encoder.cfg.anchor_steps else jnp.zeros((E, T, encoder.cfg.classes))), jnp.arange(T))
 
@@ -156,7 +156,7 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
 def population_terms(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, m_ExTxKxD) -> dict:
   """The population head's cross-entropies against the real actions' categories, nats per real agent:
   `population` (the joint class) and `population_<dimension>` (each dimension's marginal; in aux only)."""
-  state = prompt_state(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"])  # [E, T, B, D]
+  state = prompt_state(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"], encoder.cfg.state_tail)
   m = jnp.broadcast_to(m_ExTxKxD[:, :, None], state.shape[:3] + m_ExTxKxD.shape[2:])
   anchor = None
   if encoder.cfg.anchor_steps:  # the real classes of the first steps, as a rollout's warm-up shows them

@@ -75,6 +75,9 @@ class MeanFieldConfig:
   # The head's anchor (module docstring): the real classes of the first `anchor_steps` steps, shrunk towards a
   # learned prior (needs classes > 0; 0 = none). A rollout's warm-up must cover them.
   anchor_steps: int = 0
+  # The head's agent state also reads the prompt's last `state_tail` token embeddings in order (the agent's own
+  # state line; `mfjax.policy.prompt_state`), besides the whole prompt's mean, where the topic dominates.
+  state_tail: int = 0
 
 
 @flax.struct.dataclass
@@ -215,7 +218,7 @@ class MeanFieldEncoder(nn.Module):
 
   def class_logits(self, m_KxD, state_D, anchor_C=None):
     """The population head: logits [..., C] of an agent's joint category given the mean field it
-    reads (m [..., K, D]) and its state ([..., D]); float32. With `anchor_steps`, `anchor_C` [..., C]:
+    reads (m [..., K, D]) and its state ([..., (1 + state_tail) D]: `mfjax.policy.prompt_state`); float32. With `anchor_steps`, `anchor_C` [..., C]:
     the event's anchor class counts (`anchor_counts`; required then)."""
     x = jnp.concatenate([m_KxD.reshape(*m_KxD.shape[:-2], -1), state_D], -1).astype(jnp.float32)
     logits = self.class_out(nn.gelu(self.class_hidden(self.class_norm(x))))
@@ -236,7 +239,8 @@ class MeanFieldEncoder(nn.Module):
     q = self.posterior(state)
     if self.cfg.classes:
       anchor = jnp.zeros((*pooled_BxD.shape[:-2], self.cfg.classes)) if self.cfg.anchor_steps else None
-      self.class_logits(q.mu, pooled_BxD[..., 0, :], anchor)
+      state = pooled_BxD[..., 0, :]
+      self.class_logits(q.mu, jnp.tile(state, 1 + self.cfg.state_tail), anchor)
     return q
 
 

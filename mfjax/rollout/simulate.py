@@ -159,7 +159,7 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
                   eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, prefix_embeds=prefix, utf8=spec.utf8)
     drawn = jnp.full((E * B,), -1, jnp.int32)
     if spec.tags is not None:  # the category from the head, then the action given its tag
-      state_NxD = prompt_state(model, lm, in_ids, in_mask)
+      state_NxD = prompt_state(model, lm, in_ids, in_mask, encoder.cfg.state_tail)
       anchor = None if anchors is None else per_agent(jax.lax.dynamic_index_in_dim(anchors, t, 1, keepdims=False), B)
       logits = encoder.apply({"params": params[PARAMS.mf]}, prefix, state_NxD, anchor,
                              method=MeanFieldEncoder.class_logits)
