@@ -200,6 +200,12 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   assert set(probe["forecast"]["h1"]) == {"head", "shrunk", "global"}  # the head's forecast beside the no-model ones
   assert all(np.isfinite(r["mean"]) for span in probe["forecast"].values() for r in span.values())
   assert "linear read-out of q's mean" in capsys.readouterr().out
+  # the events a --trained-from run's rollouts are scored on, in its longer layout (6 steps, training's 4)
+  probe_policy.main(["--run", str(again), "--split", "eval", "--json", str(tmp_path / "probe_eval.json")])
+  probe = json.load(open(tmp_path / "probe_eval.json"))
+  assert probe["split"] == "eval" and probe["events"] == results["data"]["events"]
+  assert all(np.isfinite(r["mean"]) for span in probe["forecast"].values() for r in span.values())
+  assert "scored events" in capsys.readouterr().out
   with pytest.raises(SystemExit, match=r"other values of \['ib.beta'\]; only data.eval_split, .*, rollout\.\*, "):
     _cli("run", tmp_path / "other_beta", extra=["ib.beta=0.5"], trained_from=wd)
   assert not os.path.exists(tmp_path / "other_beta")

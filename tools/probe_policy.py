@@ -34,6 +34,7 @@ mean field shows a P(share) that follows the real share rate and moves when m is
 
   python tools/probe_policy.py --run runs/quickstart
   python tools/probe_policy.py --run runs/ced_weibo --json runs/ced_weibo/probe.json
+  python tools/probe_policy.py --run runs/ced_val364 --split eval   # on the events its rollouts scored
 """
 
 import argparse
@@ -46,10 +47,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mfjax import pipeline_config  # noqa: E402
 from mfjax.configs import ConfigError  # noqa: E402
 from mfjax.data import SHARE_TEXT  # noqa: E402
 from mfjax.errors import one_line_errors  # noqa: E402
@@ -62,11 +61,11 @@ from mfjax.categories import class_dimensions, class_of  # noqa: E402
 from mfjax.data import step_texts  # noqa: E402
 from mfjax.evaluation import bounds  # noqa: E402
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler  # noqa: E402
-from mfjax.pipeline.data import prepare, split_events  # noqa: E402
+from mfjax.pipeline.command import open_run  # noqa: E402
+from mfjax.pipeline.data import label_categories, prepare, split_events  # noqa: E402
 from mfjax.pipeline.stages import load_trained, mesh_from  # noqa: E402
 from mfjax.policy import action_logprobs, prompt_state, with_tags  # noqa: E402
-from mfjax.runs import RunFolderError  # noqa: E402
-from mfjax.workdir import CONFIG_FILE, saved_config, stage_dir  # noqa: E402
+from mfjax.workdir import stage_dir  # noqa: E402
 
 VARIANTS = ("sampled", "mean", "swapped", "shuffled", "zero")
 
@@ -159,25 +158,28 @@ def ridge_r2(X, Y, groups, folds: int = 4, alpha: float = 1.0):
           for c in range(Y.shape[1])]
 
 
-def probe(run_dir: str, events: int = 0, seed: int = 0) -> dict:
-  path = os.path.join(run_dir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise SystemExit(f"--run: {path} not found: not a run folder of `python -m mfjax`")
+def probe(run_dir: str, events: int = 0, seed: int = 0, split: str = "val") -> dict:
+  """The probe's results on the run's validation events (`split` "val") or on the events its rollouts
+  are scored on ("eval"); a run made --trained-from another reads that run's stages."""
   try:
-    cfg = ml_collections.ConfigDict(saved_config(path))
-    pipeline_config.check_config(cfg)
-  except (RunFolderError, ConfigError) as e:
-    raise SystemExit(f"--run: {e}") from None
-  plan = pipeline_config.plan(cfg)
+    cfg, plan, stages = open_run(run_dir)
+  except (FileNotFoundError, ConfigError) as e:
+    raise SystemExit(str(e)) from None
   if not any(s.name == "mf" for s in plan.stages):
     raise SystemExit(f"--run: {run_dir} trains no mf stage (rollout.methods={cfg.rollout.methods!r})")
-  if not os.path.isdir(stage_dir(run_dir, "mf")):
-    raise SystemExit(f"--run: {run_dir} has no trained mf stage yet (run `python -m mfjax train` there)")
-  data = prepare(plan, run_dir)
+  if not os.path.isdir(stage_dir(stages, "mf")):
+    raise SystemExit(f"--run: {stages} has no trained mf stage yet (run `python -m mfjax train` there)")
+  data = prepare(plan, stages)
   mesh = mesh_from(plan)
-  trained = load_trained(plan, run_dir, data, mesh=mesh)
+  trained = load_trained(plan, stages, data, mesh=mesh)
   params = jax.device_get(trained.params["mf"])
-  val = dict(data.val)
+  if split == "eval":
+    val = data.eval.arrays()
+    if "category" not in val:  # labelled as a head's targets would be
+      val["category"] = label_categories(CachedLabeler(make_labeler(plan.data.labeler, plan.data.label_data)),
+                                         data.eval)
+  else:
+    val = dict(data.val)
   if "category" not in val:  # the real rates need the actions' categories: labelled as a head's would be
     _, val_events, _, _, _ = split_events(plan.data)
     b = plan.data.batch
@@ -195,7 +197,7 @@ def probe(run_dir: str, events: int = 0, seed: int = 0) -> dict:
     rows.append(r)
     mus.append(mu)
   val = {k: v[:len(mus) * chunk] for k, v in val.items()}
-  out = summarise(rows, np.concatenate(mus), val)
+  out = {"split": split, **summarise(rows, np.concatenate(mus), val)}
   if "head_probs" in rows[0]["sampled"]:
     probs = np.concatenate([r["sampled"]["head_probs"] for r in rows])
     out["forecast"] = head_forecast(probs, val, data.train, plan.sampling.warmup)
@@ -247,11 +249,13 @@ def head_forecast(probs_ExTxBxC, val, train, warmup: int) -> dict:
   training events' categories): KL(real step proportions || forecast) per dimension, the mean over the
   (event, step)s after the `warmup`, at h = 1 (the first step after it, which a rollout forecasts from
   the same mean field) and over all of them. No sampling noise: the forecasts are scored as
-  distributions. {"h1" | "all": {name: {dimension: KL, "mean"}}}."""
-  mask = np.asarray(val["agent_mask"], bool)
-  real = _dimension_counts(val["category"], mask)
+  distributions; over the steps the training events' layout holds (a longer eval layout's later steps are
+  not scored). {"h1" | "all": {name: {dimension: KL, "mean"}}}."""
+  T = min(np.shape(val["agent_mask"])[1], np.shape(train["agent_mask"])[1])  # the steps both layouts hold
+  mask = np.asarray(val["agent_mask"], bool)[:, :T]
+  probs_ExTxBxC = np.asarray(probs_ExTxBxC)[:, :T]
+  real = _dimension_counts(np.asarray(val["category"])[:, :T], mask)
   trained = _dimension_counts(train["category"], train["agent_mask"])
-  T = mask.shape[1]
   scored = mask.any(-1) & (np.arange(T) >= warmup)[None]
   spans = {"h1": scored & (np.arange(T) == warmup)[None], "all": scored}
   w = mask[..., None].astype(np.float64)
@@ -283,7 +287,7 @@ def real_rates(val) -> dict:
 
 
 def table(result: dict) -> str:
-  lines = [f"{result['events']} validation events; the real share rate {result['real_share_rate']:.3f}, its SD "
+  lines = [f"{result['events']} {'scored' if result.get('split') == 'eval' else 'validation'} events; the real share rate {result['real_share_rate']:.3f}, its SD "
            f"over (event, step) {result['real_share_rate_sd']:.3f}",
            f"{'variant':<10}{'NLL':>8}{'NLL 1st':>9}{'pop CE':>8}{'P(share)':>10}{'SD':>7}{'corr':>7}{'slope':>7}"
            f"{'|change|':>10}"]
@@ -308,14 +312,16 @@ def table(result: dict) -> str:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--run", required=True, metavar="DIR", help="a run folder with a trained mf stage")
-  ap.add_argument("--events", type=int, default=0, help="validation events to probe (default: all of the run's)")
+  ap.add_argument("--events", type=int, default=0, help="events to probe (default: all of the split's)")
+  ap.add_argument("--split", choices=("val", "eval"), default="val",
+                  help="the run's validation events (default) or the events its rollouts are scored on")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--json", metavar="PATH", help="also write the result as JSON here (never over an existing file)")
   a = ap.parse_args(argv)
   if a.json and os.path.exists(a.json):
     ap.error(f"--json: {a.json} exists; give a new path")
   with one_line_errors():
-    result = probe(a.run, a.events, a.seed)
+    result = probe(a.run, a.events, a.seed, a.split)
   print(table(result))
   if a.json:
     with open(a.json, "x") as f:
