@@ -54,7 +54,7 @@ from mfjax.data import SHARE_TEXT  # noqa: E402
 from mfjax.errors import one_line_errors  # noqa: E402
 from mfjax.ibtune.objective import _flat, _per_agent_rows, mean_field_path, population_terms  # noqa: E402
 from mfjax.meanfield import MeanFieldEncoder  # noqa: E402
-from mfjax.meanfield.encoder import anchor_counts  # noqa: E402
+from mfjax.meanfield.encoder import agent_anchors  # noqa: E402
 from mfjax.model import Decoder  # noqa: E402
 from mfjax.params_keys import PARAMS  # noqa: E402
 from mfjax.categories import class_dimensions, class_of  # noqa: E402
@@ -109,12 +109,9 @@ def probe_chunk(model, encoder, params, batch, tags, share_id, rng):
     row = {"nll_first": -logp[:, 0].reshape(E, T, B), "nll_sum": -(logp * w).sum(-1).reshape(E, T, B),
            "tokens": w.sum(-1).reshape(E, T, B)}
     if head:
-      anchor = None
-      if encoder.cfg.anchor_steps:  # an anchored head: the first steps' real classes, as in training
-        counts = anchor_counts(batch["category"], batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
-        anchor = jnp.broadcast_to(counts[:, :, None], (E, T, B, counts.shape[-1]))
       logits = encoder.apply({"params": params[PARAMS.mf]}, jnp.broadcast_to(field[:, :, None], (E, T, B) + field.shape[2:]),
-                             state, anchor, method=MeanFieldEncoder.class_logits)
+                             state, agent_anchors(encoder.cfg, batch["category"], batch["agent_mask"]),
+                             method=MeanFieldEncoder.class_logits)
       row["p_head_share"] = jax.nn.softmax(logits, -1)[..., 0]
       if name == "sampled":
         row["head_probs"] = jax.nn.softmax(logits, -1)  # [E, T, B, C]: the head's forecast (`head_forecast`)

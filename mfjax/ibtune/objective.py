@@ -43,7 +43,7 @@ from typing import Optional
 
 from mfjax.categories import class_dimensions
 from mfjax.meanfield import text as text_mf
-from mfjax.meanfield.encoder import MeanFieldEncoder, MFState, Posterior, agent_embeddings, anchor_counts
+from mfjax.meanfield.encoder import MeanFieldEncoder, MFState, Posterior, agent_embeddings, agent_anchors
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.params_keys import PARAMS
 from mfjax.policy import AttributeTags, action_logprobs, prompt_state, with_context, with_tags
@@ -128,19 +128,16 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
     xs = (per_step(enc(MeanFieldEncoder.features, pooled, jnp.full_like(category, -1))), per_step(category),
           per_step(prompt_state(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"],
                                 encoder.cfg.state_tail)),
-          per_step(anchor_counts(category, batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
-                   if encoder.cfg.anchor_steps else jnp.zeros((E, T, encoder.cfg.classes))), jnp.arange(T))
+          jax.tree.map(per_step, agent_anchors(encoder.cfg, category, batch["agent_mask"])), jnp.arange(T))
 
   def step(state, xs):
     mask_ExB, key, (feats_ExBxF, *rest) = xs[0], xs[1], xs[2:]
     q = enc(MeanFieldEncoder.posterior, state)
     m = q.sample(key) if sample else q.mu
     if drawn:
-      real, state_ExBxD, anchor_ExC, t = rest
-      B = real.shape[-1]
-      m_B = jnp.broadcast_to(m[:, None], (E, B) + m.shape[1:])
-      anchor = jnp.broadcast_to(anchor_ExC[:, None], (E, B, anchor_ExC.shape[-1])) if encoder.cfg.anchor_steps else None
-      logits = jax.lax.stop_gradient(enc(MeanFieldEncoder.class_logits, m_B, state_ExBxD, anchor))
+      real, state_ExBxD, anchor_ExBxC, t = rest  # anchor None without one
+      m_B = jnp.broadcast_to(m[:, None], (E, real.shape[-1]) + m.shape[1:])
+      logits = jax.lax.stop_gradient(enc(MeanFieldEncoder.class_logits, m_B, state_ExBxD, anchor_ExBxC))
       c = jax.random.categorical(jax.random.fold_in(key, 1), logits)
       swap = (t >= drawn_after) & (jax.random.uniform(jax.random.fold_in(key, 2), real.shape) < drawn)
       feats_ExBxF = feats_ExBxF + enc(MeanFieldEncoder.category_vectors, jnp.where(swap, c, real))
@@ -158,10 +155,7 @@ def population_terms(*, model: Decoder, encoder: MeanFieldEncoder, params, batch
   `population` (the joint class) and `population_<dimension>` (each dimension's marginal; in aux only)."""
   state = prompt_state(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"], encoder.cfg.state_tail)
   m = jnp.broadcast_to(m_ExTxKxD[:, :, None], state.shape[:3] + m_ExTxKxD.shape[2:])
-  anchor = None
-  if encoder.cfg.anchor_steps:  # the real classes of the first steps, as a rollout's warm-up shows them
-    counts = anchor_counts(batch["category"], batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
-    anchor = jnp.broadcast_to(counts[:, :, None], state.shape[:3] + counts.shape[-1:])
+  anchor = agent_anchors(encoder.cfg, batch["category"], batch["agent_mask"])  # the warm-up's real classes
   logits = encoder.apply({"params": params[PARAMS.mf]}, m, state, anchor, method=MeanFieldEncoder.class_logits)
   logp = jax.nn.log_softmax(logits, -1)  # [E, T, B, C]
   cat = batch["category"]

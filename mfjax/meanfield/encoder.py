@@ -253,6 +253,15 @@ def anchor_counts(category_ExTxB, agent_mask_ExTxB, steps: int, classes: int):
   return jnp.cumsum(per_step, 1) - per_step  # the steps before t
 
 
+def agent_anchors(cfg, category_ExTxB, agent_mask_ExTxB):
+  """[E, T, B, C]: the anchor each agent's head reads (its step's `anchor_counts`), or None for a
+  head without one (`cfg.anchor_steps` 0)."""
+  if not cfg.anchor_steps:
+    return None
+  counts = anchor_counts(category_ExTxB, agent_mask_ExTxB, cfg.anchor_steps, cfg.classes)
+  return jnp.broadcast_to(counts[:, :, None], category_ExTxB.shape + counts.shape[-1:])
+
+
 def _boxed_init(encoder: MeanFieldEncoder, rng, lm_width: int):
   dummy = jnp.zeros((1, 2, lm_width), jnp.float32)
   return encoder.init(rng, dummy, jnp.ones((1, 2), bool))["params"]
