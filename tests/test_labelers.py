@@ -168,3 +168,32 @@ def test_cross_validation_never_scores_a_comment_it_trained_on(monkeypatch):
   assert sorted(scored) == sorted(texts)  # every row scored once
   for fit_on, batch in seen:
     assert not fit_on & set(batch) and "额外的" in fit_on  # never on what it trained on; the extra rows always fit
+
+
+def test_the_natural_weighted_fit_weighs_each_row_as_its_stratum_and_the_weights_reach_the_model(monkeypatch):
+  import numpy as np
+  from mfjax.evaluation import quality
+  from mfjax.evaluation.hand_labels import HandLabels
+  from mfjax.evaluation.trained_labeler import TrainedLabeler
+  n = 40
+  texts = [f"{TRAIN[i % len(TRAIN)][0]}#{i}" for i in range(n)]
+  labels = {d: [TRAIN[i % len(TRAIN)][1 + j] for i in range(n)] for j, d in enumerate(DIMENSIONS)}
+  weights = np.where(np.arange(n) % 2 == 0, 6.0, 1.0)  # two strata, one drawn 6x less often than its pool
+  hand = HandLabels(texts, labels, weights, ["x"] * n, [("e", str(i)) for i in range(n)])
+  extra = HandLabels(["额外的"] * 2, {d: [TRAIN[2][1 + j], TRAIN[3][1 + j]] for j, d in enumerate(DIMENSIONS)},
+                     np.ones(2), ["y"] * 2, [("e", "x1"), ("e", "x2")])
+  fits = []
+
+  def spy(cls, t, y, seed=0, sample_weight=None):
+    fits.append((list(t), sample_weight))
+    return TrainedLabeler._fit(list(t), y, seed, "spy", sample_weight)
+  monkeypatch.setattr(TrainedLabeler, "fit", classmethod(spy))
+  quality.cross_validated(hand, extra, "trained_natural", folds=4)
+  assert len(fits) == 4
+  by_text = dict(zip(texts, weights / weights.mean()))
+  for t, w in fits:
+    np.testing.assert_allclose(w, [by_text.get(x, 1.0) for x in t])  # extra rows: 1 each
+  # the weights reach the fitted model
+  a = TrainedLabeler.fit(texts, labels, sample_weight=weights)
+  b = TrainedLabeler.fit(texts, labels)
+  assert not np.array_equal(a.models["belief"].steps[-1][1].coef_, b.models["belief"].steps[-1][1].coef_)

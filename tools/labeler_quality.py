@@ -8,7 +8,8 @@ Prints, and writes to OUT/results.json (docs/labeling.md's tables are made from 
   1,320 train/val comments), each labeler's accuracy, balanced accuracy and macro-F1 per dimension,
   weighted to the natural distribution of non-empty texts, with 95% bootstrap intervals over rows.
   RuleLabeler as it is; TrainedLabeler 5-fold cross-validated (a row is scored by a model fitted on
-  the other folds plus the uniform val labels).
+  the other folds plus the uniform val labels). `trained_natural`: TrainedLabeler fitted with each
+  row weighted as in the natural distribution (compared only; not a labeler the pipeline offers).
 - `labeler_quality.uniform_val`: the same on the 150 uniformly drawn val comments labelled before
   the guide (experiments/labels/ced_val_hand.tsv), the trained labeler fitted on the stratified
   labels alone: a check on other labellers' labels, unweighted.
@@ -63,7 +64,7 @@ def evaluate(data: str) -> dict:
   extra = hand_labels.load(data, (hand_labels.UNIFORM_VAL,))
   out = {"cross_validated": {}, "uniform_val": {}, "confusion": {},
          "rows": {"stratified": len(hand.texts), "uniform_val": len(extra.texts)}, "folds": quality.FOLDS}
-  for name in quality.LABELERS:
+  for name in quality.COMPARED:
     t0 = time.time()
     pred = quality.cross_validated(hand, extra, name)
     out["cross_validated"][name] = quality.scores(hand.labels, pred, hand.weights)

@@ -2,7 +2,9 @@
 
 `cross_validated(hand, extra, name)`: each row of `hand` (the stratified draw) labelled by a labeler
 that never saw it: the rule labeler as it is; the trained one fitted, per fold of a k-fold split,
-on the other folds plus `extra` (the uniform val labels, never scored here). `scores`: accuracy,
+on the other folds plus `extra` (the uniform val labels, never scored here). `trained_natural` (compared,
+not a pipeline labeler): the trained one fitted with each row weighted as in the natural distribution
+(the stratified rows by their stratum weights, scaled to a mean of 1; `extra`, a uniform draw, 1 each). `scores`: accuracy,
 balanced accuracy and macro-F1 (scikit-learn, weighted to the natural distribution by the rows'
 weights) with 95% bootstrap intervals over rows. `correction(name, data_dir)`: the weighted
 cross-validated P(predicted | true) of each dimension, as a `Correction`.
@@ -22,6 +24,7 @@ from mfjax.evaluation.labelers import RuleLabeler, category_ids
 FOLDS = 5
 BOOTSTRAP = 1000
 LABELERS = ("rules", "trained")
+COMPARED = LABELERS + ("trained_natural",)  # tools/labeler_quality.py's table
 
 
 def cross_validated(hand: hand_labels.HandLabels, extra: hand_labels.HandLabels, name: str, folds: int = FOLDS,
@@ -30,8 +33,8 @@ def cross_validated(hand: hand_labels.HandLabels, extra: hand_labels.HandLabels,
   not see it (see the module docstring)."""
   if name == "rules":
     return RuleLabeler().label(hand.texts)
-  if name != "trained":
-    raise ValueError(f"unknown labeler {name!r}; known: {LABELERS}")
+  if name not in COMPARED:
+    raise ValueError(f"unknown labeler {name!r}; known: {COMPARED}")
   from sklearn.model_selection import StratifiedKFold
   from mfjax.evaluation.trained_labeler import TrainedLabeler
   n = len(hand.texts)
@@ -40,8 +43,11 @@ def cross_validated(hand: hand_labels.HandLabels, extra: hand_labels.HandLabels,
   split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), hand.labels["belief"])
   for train, test in split:
     fit_on = hand.subset(train)
+    weights = {}
+    if name == "trained_natural":
+      weights["sample_weight"] = np.concatenate([fit_on.weights / hand.weights.mean(), np.ones(len(extra.texts))])
     model = TrainedLabeler.fit(fit_on.texts + extra.texts,
-                               {d: fit_on.labels[d] + extra.labels[d] for d in DIMENSIONS}, seed=seed)
+                               {d: fit_on.labels[d] + extra.labels[d] for d in DIMENSIONS}, seed=seed, **weights)
     got = model.label([hand.texts[i] for i in test])
     for d in DIMENSIONS:
       pred[d][test] = got[d]

@@ -81,13 +81,15 @@ class TrainedLabeler:
     self.models, self.version = models, version
 
   @classmethod
-  def fit(cls, texts: Sequence[str], labels: dict, seed: int = 0, version: str = "trained") -> "TrainedLabeler":
-    """Fit on texts with their hand labels {dimension: [category]}."""
+  def fit(cls, texts: Sequence[str], labels: dict, seed: int = 0, version: str = "trained",
+          sample_weight=None) -> "TrainedLabeler":
+    """Fit on texts with their hand labels {dimension: [category]}; sample_weight [N]: each row's
+    weight in the fit (on top of the class balance; None: every row alike, the default labeler)."""
     with threadpool_limits(1):  # small sparse problems: BLAS threads beside XLA's made a fit 15x slower
-      return cls._fit(list(texts), labels, seed, version)
+      return cls._fit(list(texts), labels, seed, version, sample_weight)
 
   @classmethod
-  def _fit(cls, texts: list, labels: dict, seed: int, version: str) -> "TrainedLabeler":
+  def _fit(cls, texts: list, labels: dict, seed: int, version: str, sample_weight=None) -> "TrainedLabeler":
     comment = np.asarray([b == "comment" for b in labels["behaviour"]])
     models = {}
     for d in DIMENSIONS:
@@ -95,7 +97,8 @@ class TrainedLabeler:
       y = np.asarray(labels[d])[rows]
       if len(set(y)) < 2:
         raise ValueError(f"TrainedLabeler: the hand labels of {d!r} hold one category only ({set(y)})")
-      models[d] = _pipeline(seed).fit([texts[i] for i in rows], y)
+      weights = {} if sample_weight is None else {"logisticregressioncv__sample_weight": np.asarray(sample_weight)[rows]}
+      models[d] = _pipeline(seed).fit([texts[i] for i in rows], y, **weights)
     return cls(models, version)
 
   @classmethod
