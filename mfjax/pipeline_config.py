@@ -176,6 +176,10 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # sample only actions that decode as valid UTF-8: a byte-level token that would break a character is never
   # drawn (mfjax.sampling.ValidUtf8; a draw that was valid is the same draw with it, same keys)
   c.rollout.valid_utf8 = False
+  # mf with mf.attributes: after the warm-up the population head reads the mean field of the first step after it
+  # (the real warm-up's actions) instead of each later step's, which holds the simulation's own actions; the
+  # policy and the mean field run on as before (docs/experiments/ced.md)
+  c.rollout.head_warmup_m = False
   # The eval events' layout, when it is not the training events' (0: data.steps, data.agents_per_step): a trained
   # run rolled out over a longer horizon than it trained on (experiments/ced_long.py, synthetic_long.py). The
   # text mean field's writer reads data.agents_per_step actions a step: mf_text needs the same agents_per_step.
@@ -257,6 +261,8 @@ def check_config(cfg) -> None:
   check_at_least(cfg, 0, "mf.anchor_steps", "mf.state_tail")
   check("mf.state_tail", cfg.mf.state_tail <= d.prompt_len,
         f"{cfg.mf.state_tail}: the head reads the prompt's last tokens, and prompts hold data.prompt_len={d.prompt_len}")
+  check("rollout.head_warmup_m", not cfg.rollout.head_warmup_m or cfg.mf.attributes,
+        "only the attribute-conditioned policy's population head reads the mean field: set mf.attributes=True")
   check("mf.anchor_steps", not cfg.mf.anchor_steps or cfg.mf.attributes,
         "the anchored head is the one an attribute-conditioned policy draws from: set mf.attributes=True")
   check("mf.anchor_steps", cfg.mf.anchor_steps <= cfg.rollout.warmup,
@@ -532,6 +538,7 @@ class SamplingPlan:
   top_k: int
   top_p: float
   valid_utf8: bool  # rollout.valid_utf8
+  head_warmup_m: bool = False  # rollout.head_warmup_m
 
 
 @dataclasses.dataclass(frozen=True)
@@ -601,7 +608,7 @@ def plan(cfg) -> RunPlan:
                           bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta),
                           float(cfg.ib.population_weight), float(cfg.ib.drawn_categories), int(cfg.ib.drawn_after))
   sampling = SamplingPlan(int(r.seeds), int(r.warmup), int(r.batch_events), float(r.temperature), int(r.top_k),
-                          float(r.top_p), bool(r.valid_utf8))
+                          float(r.top_p), bool(r.valid_utf8), bool(r.head_warmup_m))
   return RunPlan(tuple(_methods(cfg)), tuple(stages), tuple(rollouts), _intervention_of(cfg), lora_config(cfg),
                  int(cfg.seed), data, _model_plan(cfg), training, sampling, MeshConfig.from_config(cfg.parallel),
                  bool(cfg.parallel.pin_activations))

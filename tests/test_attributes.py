@@ -421,3 +421,32 @@ def test_an_anchor_the_warm_up_does_not_cover_is_a_config_error():
   with pytest.raises(ConfigError, match="mf.anchor_steps: the anchored head is the one an attribute-conditioned"):
     check_config(configs.load_config(quick, ["mf.anchor_steps=2", "mf.attributes=False", "mf.category_features=False"]))
   check_config(configs.load_config(quick, ["mf.anchor_steps=3"]))
+
+
+def test_a_head_reading_the_warm_ups_mean_field_draws_the_same_whatever_enters_the_mean_field_after_it():
+  """rollout.head_warmup_m: from the first step after the warm-up on, the head reads that step's m.
+  Forced agents' real actions enter the mean field after the warm-up: changing them (and their
+  categories) moves the head's later draws when it reads each step's m, and leaves them when it
+  reads the warm-up's (the same keys)."""
+  model, encoder, params = _reading_categories()
+  params["mf"]["class_out"]["kernel"] = jax.random.normal(jax.random.PRNGKey(9), (16, C)) * 3.0  # reads m
+  batch = _categorised(make_batch())
+  W = 1
+  forced = np.zeros(batch["agent_mask"].shape, bool)
+  forced[:, W:, 0] = True  # one agent a step after the warm-up takes its batch action
+  a = {**batch, "forced": forced}
+  b = {k: np.array(v) for k, v in a.items()}
+  b["action_ids"][:, W:, 0] = np.roll(b["action_ids"][:, W:, 0], 1, axis=0)  # another event's actions
+  b["category"][:, W:, 0] = np.where(b["agent_mask"][:, W:, 0], (b["category"][:, W:, 0] + 5) % C, -1)
+  run = lambda batch, frozen: np.asarray(simulate(
+      model, params, batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(5), warmup=W, tags=TAGS,
+      head_warmup_m=frozen).category)
+  frozen_a, frozen_b, live_a, live_b = run(a, True), run(b, True), run(a, False), run(b, False)
+  np.testing.assert_array_equal(frozen_a, frozen_b)
+  # up to the first step after the warm-up both read the same m, so they draw alike there
+  np.testing.assert_array_equal(frozen_a[:, :W + 1], live_a[:, :W + 1])
+  assert (live_a[:, W + 1:] != live_b[:, W + 1:]).any()  # the head that reads each step's m moves
+  with pytest.raises(ConfigError, match="rollout.head_warmup_m"):
+    check_config(configs.load_config("experiments/quickstart.py", ["rollout.head_warmup_m=True", "mf.attributes=False",
+                                                                   "mf.category_features=False"]))
+  check_config(configs.load_config("experiments/quickstart.py", ["rollout.head_warmup_m=True"]))

@@ -193,11 +193,11 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   probe_policy.main(["--run", str(wd), "--json", str(tmp_path / "probe.json")])
   probe = json.load(open(tmp_path / "probe.json"))
   v = probe["variants"]
-  assert list(v) == ["sampled", "mean", "swapped", "shuffled", "zero"] and probe["events"] == 2
+  assert list(v) == ["sampled", "mean", "swapped", "shuffled", "zero", "warmup"] and probe["events"] == 2
   assert v["sampled"]["p_share_change"] == 0 and v["zero"]["p_share_change"] > 0
   assert all(np.isfinite(x["population"]) and x["nll"] > 0 for x in v.values())
   assert set(probe["readout_r2"]) == {"share", "doubt", "negative"}
-  assert set(probe["forecast"]["h1"]) == {"head", "shrunk", "global"}  # the head's forecast beside the no-model ones
+  assert set(probe["forecast"]["h1"]) == {"head", "head_warmup_m", "shrunk", "global"}  # the head's forecasts beside the no-model ones
   assert all(np.isfinite(r["mean"]) for span in probe["forecast"].values() for r in span.values())
   assert "linear read-out of q's mean" in capsys.readouterr().out
   # the events a --trained-from run's rollouts are scored on, in its longer layout (6 steps, training's 4)

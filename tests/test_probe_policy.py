@@ -17,8 +17,11 @@ import probe_policy  # noqa: E402
 def test_the_variants_are_the_mean_field_moved_as_named():
   rng = np.random.default_rng(0)
   m, mu = (rng.normal(size=(3, 4, 2, 5)).astype(np.float32) for _ in range(2))
-  f = lambda name: np.asarray(probe_policy.variant_field(name, m, mu, jax.random.PRNGKey(0)))
+  f = lambda name: np.asarray(probe_policy.variant_field(name, m, mu, jax.random.PRNGKey(0), warmup=2))
   np.testing.assert_array_equal(f("sampled"), m)
+  # the warm-up's mean field from the first step after it on: steps 0-2 read their own, step 3 reads step 2's
+  np.testing.assert_array_equal(f("warmup")[:, :3], m[:, :3])
+  np.testing.assert_array_equal(f("warmup")[:, 3], m[:, 2])
   np.testing.assert_array_equal(f("mean"), mu)
   np.testing.assert_array_equal(f("swapped")[1], m[0])  # each event reads another's, at the same step
   np.testing.assert_array_equal(f("zero"), 0)
@@ -82,3 +85,7 @@ def test_the_head_forecast_is_scored_against_the_real_steps_beside_shrunk_and_gl
     spread = np.bincount(of, minlength=max(of) + 1) / C
     want = bounds.kls(real, np.broadcast_to(spread, real.shape))[scored].mean()
     assert even["all"]["head"][d] == pytest.approx(want, rel=1e-9)
+    # several heads at once: each its own row, scored as it would be alone
+    both = probe_policy.head_forecast({"head": exact, "head_warmup_m": np.full(exact.shape, 1.0 / C)}, val, train, W)
+    assert both["all"]["head_warmup_m"][d] == pytest.approx(want, rel=1e-9) and abs(both["all"]["head"][d]) < 1e-6
+    assert both["h1"]["shrunk"] == out["h1"]["shrunk"]

@@ -9,6 +9,8 @@ On the run's validation events, teacher-forced along their real history (as IB-T
   swapped   another event's m at the same step (each event reads the next one's)
   shuffled  m of a random step of the same event
   zero      m = 0
+  warmup    m of the first step after the warm-up (the real warm-up's alone) at every later step: what
+            a rollout's mean field holds of the real history (after the warm-up it holds its own draws)
 
 and for each it prints:
 
@@ -27,7 +29,9 @@ then, for a run with a population head, the head's forecast of each step's categ
 real history before the step) against the model-free `shrunk` and `global` forecasts, as
 KL(real step proportions || forecast) per dimension with no sampling noise, at the first step after
 the warm-up (h1: what a rollout forecasts from the same mean field) and over every later step (all;
-teacher-forced, where a rollout would read its own draws); then a linear read-out of q's mean: ridge regression from the mean read at step t to the real
+teacher-forced, where a rollout would read its own draws), and the same head reading the `warmup`
+variant (`head_warmup_m`: a forecast from the warm-up's mean field, as a rollout could make without
+reading its own draws); then a linear read-out of q's mean: ridge regression from the mean read at step t to the real
 proportion of shares, doubting actions and negative actions in step t, R^2 by 4-fold
 cross-validation over events (does the mean field hold the population?). A policy that reads its
 mean field shows a P(share) that follows the real share rate and moves when m is swapped.
@@ -67,11 +71,13 @@ from mfjax.pipeline.stages import load_trained, mesh_from  # noqa: E402
 from mfjax.policy import action_logprobs, prompt_state, with_tags  # noqa: E402
 from mfjax.workdir import stage_dir  # noqa: E402
 
-VARIANTS = ("sampled", "mean", "swapped", "shuffled", "zero")
+VARIANTS = ("sampled", "mean", "swapped", "shuffled", "zero", "warmup")
+FORECAST_VARIANTS = {"sampled": "head", "warmup": "head_warmup_m"}  # the variants whose head forecast is scored
 
 
-def variant_field(name: str, m, mu, rng):
-  """The mean field [E, T, K, D] a variant reads, from the sampled m and the posterior mean mu."""
+def variant_field(name: str, m, mu, rng, warmup: int = 0):
+  """The mean field [E, T, K, D] a variant reads, from the sampled m and the posterior mean mu
+  (`warmup`: the rollout's warm-up steps, for the variant of that name)."""
   E, T = m.shape[:2]
   if name == "sampled":
     return m
@@ -83,10 +89,12 @@ def variant_field(name: str, m, mu, rng):
     return m[jnp.arange(E)[:, None], jax.random.randint(rng, (E, T), 0, T)]
   if name == "zero":
     return jnp.zeros_like(m)
+  if name == "warmup":  # step t reads m of step min(t, warmup): the mean field of the real warm-up from then on
+    return m[:, jnp.minimum(jnp.arange(T), warmup)]
   raise ValueError(name)
 
 
-def probe_chunk(model, encoder, params, batch, tags, share_id, rng):
+def probe_chunk(model, encoder, params, batch, tags, share_id, rng, warmup: int = 0):
   """{variant: per-agent arrays [E, T, B]}: the NLL of the action's first token and of all its
   tokens (summed), its token count, P(share), and the head's cross-entropy (NaN without a head)."""
   k_m, k_s = jax.random.split(rng)
@@ -101,7 +109,7 @@ def probe_chunk(model, encoder, params, batch, tags, share_id, rng):
            else None)  # the same m-free input for every variant
   out = {}
   for name in VARIANTS:
-    field = variant_field(name, m, mu, k_s)
+    field = variant_field(name, m, mu, k_s, warmup)
     prefix = _per_agent_rows(field, B)
     logp = action_logprobs(model, lm, prompt_ids, prompt_mask, _flat(batch["action_ids"], 1),
                            _flat(batch["action_mask"], 1), prefix_NxKxD=prefix)  # [N, A]
@@ -113,7 +121,7 @@ def probe_chunk(model, encoder, params, batch, tags, share_id, rng):
                              state, agent_anchors(encoder.cfg, batch["category"], batch["agent_mask"]),
                              method=MeanFieldEncoder.class_logits)
       row["p_head_share"] = jax.nn.softmax(logits, -1)[..., 0]
-      if name == "sampled":
+      if name in FORECAST_VARIANTS:
         row["head_probs"] = jax.nn.softmax(logits, -1)  # [E, T, B, C]: the head's forecast (`head_forecast`)
       row["population"] = population_terms(model=model, encoder=encoder, params=params, batch=batch,
                                            m_ExTxKxD=field)["population"]
@@ -187,7 +195,8 @@ def probe(run_dir: str, events: int = 0, seed: int = 0, split: str = "val") -> d
   n = len(val["agent_mask"]) if not events else min(events, len(val["agent_mask"]))
   share_id = data.tokenizer(SHARE_TEXT, add_special_tokens=False)["input_ids"][0]
   chunk = min(plan.stage("mf").batch_events, n)
-  fn = jax.jit(lambda b, r: probe_chunk(trained.model, trained.encoder, params, b, data.tags, share_id, r))
+  fn = jax.jit(lambda b, r: probe_chunk(trained.model, trained.encoder, params, b, data.tags, share_id, r,
+                                        plan.sampling.warmup))
   rows, mus = [], []
   for i in range(0, n - n % chunk, chunk):
     r, mu = jax.device_get(fn({k: v[i:i + chunk] for k, v in val.items()}, jax.random.PRNGKey(seed + i)))
@@ -196,7 +205,7 @@ def probe(run_dir: str, events: int = 0, seed: int = 0, split: str = "val") -> d
   val = {k: v[:len(mus) * chunk] for k, v in val.items()}
   out = {"split": split, **summarise(rows, np.concatenate(mus), val)}
   if "head_probs" in rows[0]["sampled"]:
-    probs = np.concatenate([r["sampled"]["head_probs"] for r in rows])
+    probs = {name: np.concatenate([r[v]["head_probs"] for r in rows]) for v, name in FORECAST_VARIANTS.items()}
     out["forecast"] = head_forecast(probs, val, data.train, plan.sampling.warmup)
   return out
 
@@ -247,21 +256,23 @@ def head_forecast(probs_ExTxBxC, val, train, warmup: int) -> dict:
   (event, step)s after the `warmup`, at h = 1 (the first step after it, which a rollout forecasts from
   the same mean field) and over all of them. No sampling noise: the forecasts are scored as
   distributions; over the steps the training events' layout holds (a longer eval layout's later steps are
-  not scored). {"h1" | "all": {name: {dimension: KL, "mean"}}}."""
+  not scored). probs_ExTxBxC: one array (the row "head"), or {row name: array} for several heads.
+  {"h1" | "all": {name: {dimension: KL, "mean"}}}."""
   T = min(np.shape(val["agent_mask"])[1], np.shape(train["agent_mask"])[1])  # the steps both layouts hold
   mask = np.asarray(val["agent_mask"], bool)[:, :T]
-  probs_ExTxBxC = np.asarray(probs_ExTxBxC)[:, :T]
+  heads = probs_ExTxBxC if isinstance(probs_ExTxBxC, dict) else {"head": probs_ExTxBxC}
+  heads = {name: np.asarray(p, np.float64)[:, :T] for name, p in heads.items()}
   real = _dimension_counts(np.asarray(val["category"])[:, :T], mask)
   trained = _dimension_counts(train["category"], train["agent_mask"])
   scored = mask.any(-1) & (np.arange(T) >= warmup)[None]
   spans = {"h1": scored & (np.arange(T) == warmup)[None], "all": scored}
   w = mask[..., None].astype(np.float64)
-  out = {span: {"head": {}, "shrunk": {}, "global": {}} for span in spans}
+  out = {span: {**{name: {} for name in heads}, "shrunk": {}, "global": {}} for span in spans}
   for d, of in class_dimensions().items():
     onehot = np.eye(max(of) + 1)[np.asarray(of)]  # [C, C_dim]
-    head = (np.asarray(probs_ExTxBxC, np.float64) @ onehot * w).sum(2) / np.maximum(w.sum(2), 1.0)
     _, per_step = bounds.training_proportions(trained[d])
-    forecasts = {"head": head, "shrunk": bounds.shrunk_forecast(real[d], trained[d], warmup, per_step)[0],
+    forecasts = {**{name: (p @ onehot * w).sum(2) / np.maximum(w.sum(2), 1.0) for name, p in heads.items()},
+                 "shrunk": bounds.shrunk_forecast(real[d], trained[d], warmup, per_step)[0],
                  "global": np.broadcast_to(per_step, real[d].shape)}
     for name, q in forecasts.items():
       kl = bounds.kls(real[d], q)
@@ -296,10 +307,10 @@ def table(result: dict) -> str:
     lines.append("the head's forecast of each step's distribution against the model-free ones, KL(real || forecast), "
                  "teacher-forced, no sampling noise:")
     dims = list(result["forecast"]["h1"]["head"])
-    lines.append(f"{'':<10}{'span':<6}" + "".join(f"{d:>11}" for d in dims))
+    lines.append(f"{'':<14}{'span':<6}" + "".join(f"{d:>11}" for d in dims))
     for span, rows in result["forecast"].items():
       for name, row in rows.items():
-        lines.append(f"{name:<10}{span:<6}" + "".join(f"{row[d]:11.4f}" for d in dims))
+        lines.append(f"{name:<14}{span:<6}" + "".join(f"{row[d]:11.4f}" for d in dims))
   r2 = result["readout_r2"]
   lines.append("linear read-out of q's mean (ridge, 4-fold over events), R^2: "
                + ", ".join(f"{k} {v:.2f}" for k, v in r2.items()))

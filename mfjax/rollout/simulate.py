@@ -82,6 +82,9 @@ class RolloutSpec:
   text: Optional[text_mf.TextMFSpec] = None  # read and write the text mean field (mf_text)
   tags: Optional[AttributeTags] = None  # mf: draw each agent's category from the population head, write given it
   utf8: Optional[sampling.ValidUtf8] = None  # sample only actions that decode as valid UTF-8
+  # with tags: after the warm-up the head reads the m it read at the first step after it (the real warm-up's
+  # mean field), not the m of its own later draws; the policy and the mean field run on as before
+  head_warmup_m: bool = False
 
 
 @flax.struct.dataclass
@@ -91,6 +94,7 @@ class RolloutState:
   rng: jax.Array  # PRNG key, split at every step
   signal: Any  # the population signal's state after the steps so far ([E, ...] arrays; () for none)
   out: Any  # RolloutOutput [E, T, ...]: the steps so far written, zeros after
+  head_m: Any = ()  # [E, K, D] the m the head reads after the warm-up (`RolloutSpec.head_warmup_m`; () without)
 
 
 @flax.struct.dataclass
@@ -143,9 +147,10 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
   steps_of = (batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"], batch["action_mask"],
               batch["agent_mask"], batch["parent"], forced.astype(bool), categories.astype(jnp.int32))
 
-  def one_step(rng, signal_state, past, t) -> tuple[jax.Array, Any, RolloutOutput]:
-    """(next key, the signal's next state, step t's outputs [E, ...]); past: the (tokens, mask) buffers.
-    Step t's inputs are read from the batch in place (a [T, E, ...] copy of it would grow with T)."""
+  def one_step(rng, signal_state, past, t, head_m) -> tuple[jax.Array, Any, RolloutOutput, Any]:
+    """(next key, the signal's next state, step t's outputs [E, ...], the head's m after the warm-up);
+    past: the (tokens, mask) buffers. Step t's inputs are read from the batch in place (a [T, E, ...]
+    copy of it would grow with T)."""
     prompt_ids, prompt_mask, act_ids, act_mask, agent_mask, parent, forced_EB, category = (
         jax.lax.dynamic_index_in_dim(x, t, 1, keepdims=False) for x in steps_of)
     rng, k_m, k_s = jax.random.split(rng, 3)
@@ -161,7 +166,11 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     if spec.tags is not None:  # the category from the head, then the action given its tag
       state_NxD = prompt_state(model, lm, in_ids, in_mask, encoder.cfg.state_tail)
       anchor = None if anchors is None else per_agent(jax.lax.dynamic_index_in_dim(anchors, t, 1, keepdims=False), B)
-      logits = encoder.apply({"params": params[PARAMS.mf]}, prefix, state_NxD, anchor,
+      head_prefix = prefix
+      if spec.head_warmup_m:  # m of step min(t, warmup): the warm-up's real actions, never the head's own draws
+        head_m = jnp.where(t <= warmup, read.prefix.astype(head_m.dtype), head_m)
+        head_prefix = per_agent(head_m.astype(read.prefix.dtype), B)
+      logits = encoder.apply({"params": params[PARAMS.mf]}, head_prefix, state_NxD, anchor,
                              method=MeanFieldEncoder.class_logits)
       drawn = sampling.sample_token(logits, jax.random.fold_in(k_s, 1), temperature=temperature)[0]
       out = sampling.generate(model, lm, *with_tags(in_ids, in_mask, spec.tags, drawn), **sample)
@@ -191,19 +200,21 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     out = RolloutOutput(tokens=s_ids, mask=s_mask, real_logprobs=real_lp.reshape(E, B, A), mf_kl=kl, mf_mu=mu,
                         mf_logvar=logvar, summary=summary, summary_mask=summary_mask,
                         category=drawn.reshape(E, B))
-    return rng, state, out
+    return rng, state, out, head_m
 
   def step(carry: RolloutState, t) -> tuple[RolloutState, None]:
-    rng, state, out = one_step(carry.rng, carry.signal, (carry.out.tokens, carry.out.mask), t)
+    rng, state, out, head_m = one_step(carry.rng, carry.signal, (carry.out.tokens, carry.out.mask), t, carry.head_m)
     put = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x.astype(buf.dtype), t, 1)
-    return RolloutState(rng=rng, signal=state, out=jax.tree.map(put, carry.out, out)), None
+    return RolloutState(rng=rng, signal=state, out=jax.tree.map(put, carry.out, out), head_m=head_m), None
 
   signal_state = signal.init(E, T, B, A)
   tokens = (jnp.zeros((E, T, B, A), jnp.int32), jnp.zeros((E, T, B, A), bool))
+  head_m = (jnp.zeros((E, encoder.cfg.slots, encoder.cfg.width), jnp.float32)
+            if spec.tags is not None and spec.head_warmup_m else ())
   # the output buffers [E, T, ...]: one step's outputs (their shapes, traced abstractly) with a T axis
-  shapes = jax.eval_shape(lambda: one_step(rng, signal_state, tokens, jnp.int32(0))[2])
+  shapes = jax.eval_shape(lambda: one_step(rng, signal_state, tokens, jnp.int32(0), head_m)[2])
   out = jax.tree.map(lambda x: jnp.zeros((x.shape[0], T, *x.shape[1:]), x.dtype), shapes)
-  carry, _ = jax.lax.scan(step, RolloutState(rng=rng, signal=signal_state, out=out), jnp.arange(T))
+  carry, _ = jax.lax.scan(step, RolloutState(rng=rng, signal=signal_state, out=out, head_m=head_m), jnp.arange(T))
   return carry.out
 
 
@@ -245,10 +256,10 @@ def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec:
 def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSpec] = None, top_k: int = 0,
                 top_p: float = 1.0, score_real: bool = True, text: Optional[text_mf.TextMFSpec] = None,
                 tags: Optional[AttributeTags] = None,
-                utf8: Optional[sampling.ValidUtf8] = None) -> tuple[RolloutSpec, int]:
+                utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False) -> tuple[RolloutSpec, int]:
   """(static spec, traced context kind) of a method; `tags` makes `mf` attribute-conditioned (other
-  methods ignore them); `utf8`: every method samples valid UTF-8 only."""
-  """(static spec, traced context kind) of a method."""
+  methods ignore them; `head_warmup_m`: its head reads the warm-up's mean field after it); `utf8`: every
+  method samples valid UTF-8 only."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
   use_context = method in ("recent", "popular")
@@ -259,7 +270,8 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
   spec = RolloutSpec(use_context=use_context, use_mf=method == "mf", max_new_tokens=int(max_new_tokens),
                      top_k=int(top_k), top_p=float(top_p), context=context if use_context else None,
                      score_real=bool(score_real), text=text if method == "mf_text" else None,
-                     tags=tags if method == "mf" else None, utf8=utf8)
+                     tags=tags if method == "mf" else None, utf8=utf8,
+                     head_warmup_m=bool(head_warmup_m) and method == "mf" and tags is not None)
   return spec, KINDS.get(method, NONE)
 
 
@@ -268,7 +280,7 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
              top_p: float = 1.0, score_real: bool = True, mesh=None, rules=RULES,
              donate_batch: bool = False, pin_activations: bool = True,
              text: Optional[text_mf.TextMFSpec] = None, tags: Optional[AttributeTags] = None,
-             utf8: Optional[sampling.ValidUtf8] = None) -> RolloutOutput:
+             utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`, + "mf_lm",
   the summary writer, for `mf_text`, whose token layout is `text`).
@@ -279,7 +291,9 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   docstring), whose real actions are scored under the batch key `category`
   ([E, T, B] their joint categories). `utf8` (`sampling.ValidUtf8` of the
   tokenizer): the actions are sampled as valid UTF-8 only (the text mean field's
-  summaries are not constrained). Jitted once per (model, encoder, shapes, spec). score_real=False
+  summaries are not constrained). head_warmup_m (with `tags`): from the first step
+  after the warm-up on, the head reads that step's m (the real warm-up's mean field)
+  instead of each later step's, which holds the head's own earlier draws. Jitted once per (model, encoder, shapes, spec). score_real=False
   skips scoring the real actions (pure simulation; real_logprobs are zeros).
 
   With a mesh, the events split over data x fsdp and the parameters (and, with
@@ -290,7 +304,8 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   mesh): the batch's `action_ids` buffer is donated to the sampled tokens; the
   caller must not use that array again (the pipeline builds each batch afresh)."""
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
-                           top_p=top_p, score_real=score_real, text=text, tags=tags, utf8=utf8)
+                           top_p=top_p, score_real=score_real, text=text, tags=tags, utf8=utf8,
+                           head_warmup_m=head_warmup_m)
   if spec.use_mf and (encoder is None or PARAMS.mf not in params):
     raise ValueError("method 'mf' needs the encoder and params['mf']")
   if spec.tags is not None and not encoder.cfg.classes:
