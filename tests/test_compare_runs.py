@@ -41,7 +41,7 @@ def test_two_runs_are_paired_over_their_events_as_a_run_pairs_its_methods(tmp_pa
   assert compare_runs.compare(f"{a}:mf (drawn)", f"{a}:mf")["diff"] == pytest.approx(0.1)
   assert compare_runs.compare(f"{a}:shrunk", f"{b}:shrunk")["diff"] == 0.0
   compare_runs.main([f"{a}:mf", f"{b}:mf"])
-  assert "over 4 events" in capsys.readouterr().out
+  assert "the 4 events" in capsys.readouterr().out
 
 
 def test_runs_that_scored_other_events_or_a_missing_method_are_errors(tmp_path):
@@ -52,6 +52,11 @@ def test_runs_that_scored_other_events_or_a_missing_method_are_errors(tmp_path):
     compare_runs.compare(f"{a}:mf", f"{other}:mf")
   with pytest.raises(ValueError, match=r"no 'state'; it has \['mf', 'mf \(drawn\)', 'shrunk'\]"):
     compare_runs.compare(f"{a}:state", f"{a}:mf")
+  old = json.loads((tmp_path / "a" / "results.json").read_text())
+  del old["methods"]["mf"]["drawn"]["kl_per_event"]  # a run evaluated before drawn categories were scored per event
+  (tmp_path / "a" / "results.json").write_text(json.dumps(old))
+  with pytest.raises(ValueError, match=r"no 'mf \(drawn\)'; it has \['mf', 'shrunk'\]"):
+    compare_runs.compare(f"{a}:mf (drawn)", f"{a}:mf")
   with pytest.raises(ValueError, match="RUN:METHOD"):
     compare_runs.compare(a, f"{a}:mf")
   with pytest.raises(SystemExit, match="not an evaluated run"):

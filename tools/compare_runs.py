@@ -37,7 +37,8 @@ def per_event(results: dict, name: str, where: str) -> np.ndarray:
     return np.asarray(methods[name]["kl_per_event"], np.float64)
   if name in sims:
     return np.asarray(sims[name]["kl_per_event"], np.float64)
-  known = list(methods) + [f"{m} (drawn)" for m, r in methods.items() if "drawn" in r] + list(sims)
+  known = list(methods) + [f"{m} (drawn)" for m, r in methods.items() if "kl_per_event" in r.get("drawn", {})]
+  known += list(sims)
   raise ValueError(f"{where}: no {name!r}; it has {known}")
 
 
@@ -75,8 +76,8 @@ def main(argv=None) -> None:
     r = compare(a.first, a.second)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  print(f"{r['first']} (KL {r['kl_first']:.4f}) - {r['second']} (KL {r['kl_second']:.4f}) over {r['events']} events: "
-        f"{r['diff']:+.4f} [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]")
+  print(f"{r['first']} (KL {r['kl_first']:.4f}) - {r['second']} (KL {r['kl_second']:.4f}), means over the "
+        f"{r['events']} events: {r['diff']:+.4f} [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]")
 
 
 if __name__ == "__main__":
