@@ -23,7 +23,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mfjax.evaluation.report import PAIRED_DRAWS  # noqa: E402
+from mfjax.evaluation.report import paired_difference  # noqa: E402
 
 SAME = ("events", "steps", "agents_per_step", "warmup", "scored_steps", "labeler")
 
@@ -44,7 +44,6 @@ def per_event(results: dict, name: str, where: str) -> np.ndarray:
 
 def compare(first: str, second: str, seed: int = 0) -> dict:
   """{"diff", "ci95", "events", "first", "second"} for two RUN:METHOD specs."""
-  from scipy import stats
   sides = []
   for spec in (first, second):
     run, sep, name = spec.partition(":")
@@ -60,11 +59,8 @@ def compare(first: str, second: str, seed: int = 0) -> dict:
   differ = [k for k in SAME if ra.get("data", {}).get(k) != rb.get("data", {}).get(k)]
   if differ or a.shape != b.shape:
     raise ValueError(f"{pa} and {pb} did not score the same events alike (data keys {differ or ['events']} differ)")
-  d = (a - b)[np.isfinite(a) & np.isfinite(b)]
-  ci = stats.bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=PAIRED_DRAWS, method="percentile",
-                       vectorized=True, random_state=np.random.default_rng(seed)).confidence_interval
-  return {"first": first, "second": second, "diff": float(d.mean()), "ci95": [float(ci.low), float(ci.high)],
-          "events": int(d.size), "kl_first": float(a[np.isfinite(a)].mean()), "kl_second": float(b[np.isfinite(b)].mean())}
+  return {"first": first, "second": second, **paired_difference(a, b, seed),
+          "kl_first": float(a[np.isfinite(a)].mean()), "kl_second": float(b[np.isfinite(b)].mean())}
 
 
 def main(argv=None) -> None:

@@ -2,9 +2,10 @@
 
 `cross_validated(hand, extra, name)`: each row of `hand` (the stratified draw) labelled by a labeler
 that never saw it: the rule labeler as it is; the trained one fitted, per fold of a k-fold split,
-on the other folds plus `extra` (the uniform val labels, never scored here). `trained_natural` (compared,
-not a pipeline labeler): the trained one fitted with each row weighted as in the natural distribution
-(the stratified rows by their stratum weights, scaled to a mean of 1; `extra`, a uniform draw, 1 each). `scores`: accuracy,
+on the other folds plus `extra` (the uniform val labels, never scored here). `trained_natural`
+(compared, not a pipeline labeler): the trained one fitted with each row weighted as in the natural
+distribution (the stratified rows by their stratum weights, scaled to a mean of 1; `extra`, a uniform
+draw, 1 each). `scores`: accuracy,
 balanced accuracy and macro-F1 (scikit-learn, weighted to the natural distribution by the rows'
 weights) with 95% bootstrap intervals over rows. `correction(name, data_dir)`: the weighted
 cross-validated P(predicted | true) of each dimension, as a `Correction`.

@@ -255,15 +255,17 @@ def paired(results: dict, seed: int = 0) -> dict:
   if blind:
     best = min(blind, key=lambda m: results["methods"][m]["kl_mean"])
     refs[best] = per_event[best]
-  out = {}
-  for m, x in per_event.items():
-    out[m] = {}
-    for name, y in refs.items():
-      d = (x - y)[np.isfinite(x) & np.isfinite(y)]
-      ci = stats.bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=PAIRED_DRAWS, method="percentile",
-                           vectorized=True, random_state=np.random.default_rng(seed)).confidence_interval
-      out[m][name] = {"diff": float(d.mean()), "ci95": [float(ci.low), float(ci.high)], "events": int(d.size)}
-  return out
+  return {m: {name: paired_difference(x, y, seed) for name, y in refs.items()} for m, x in per_event.items()}
+
+
+def paired_difference(x, y, seed: int = 0) -> dict:
+  """{"diff": the mean over events of x - y ([E] KL per event, events where both are finite), "ci95":
+  its 95% percentile bootstrap interval over events (scipy.stats.bootstrap, `seed`), "events"}."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  d = (x - y)[np.isfinite(x) & np.isfinite(y)]
+  ci = stats.bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=PAIRED_DRAWS, method="percentile",
+                       vectorized=True, random_state=np.random.default_rng(seed)).confidence_interval
+  return {"diff": float(d.mean()), "ci95": [float(ci.low), float(ci.high)], "events": int(d.size)}
 
 
 def score(real: dict, sim: dict, agent_mask, weights, real_logprobs, action_mask, correct=None) -> dict:
