@@ -180,6 +180,11 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # (the real warm-up's actions) instead of each later step's, which holds the simulation's own actions; the
   # policy and the mean field run on as before (docs/experiments/ced.md)
   c.rollout.head_warmup_m = False
+  # mf with mf.attributes: the temperature of the text written given each agent's drawn category (< 0: the same as
+  # rollout.temperature). The head still draws the categories at rollout.temperature, so the population's spread
+  # stays the head's; a cooler writer writes text the labeler reads as the drawn category more often
+  # (docs/experiments/ced.md)
+  c.rollout.writer_temperature = -1.0
   # The eval events' layout, when it is not the training events' (0: data.steps, data.agents_per_step): a trained
   # run rolled out over a longer horizon than it trained on (experiments/ced_long.py, synthetic_long.py). The
   # text mean field's writer reads data.agents_per_step actions a step: mf_text needs the same agents_per_step.
@@ -263,6 +268,9 @@ def check_config(cfg) -> None:
         f"{cfg.mf.state_tail}: the head reads the prompt's last tokens, and prompts hold data.prompt_len={d.prompt_len}")
   check("rollout.head_warmup_m", not cfg.rollout.head_warmup_m or cfg.mf.attributes,
         "only the attribute-conditioned policy's population head reads the mean field: set mf.attributes=True")
+  check("rollout.writer_temperature", cfg.rollout.writer_temperature < 0 or cfg.mf.attributes,
+        "only the attribute-conditioned policy writes given a drawn category: set mf.attributes=True "
+        "(or leave it at -1, rollout.temperature)")
   check("mf.anchor_steps", not cfg.mf.anchor_steps or cfg.mf.attributes,
         "the anchored head is the one an attribute-conditioned policy draws from: set mf.attributes=True")
   check("mf.anchor_steps", cfg.mf.anchor_steps <= cfg.rollout.warmup,
@@ -539,6 +547,7 @@ class SamplingPlan:
   top_p: float
   valid_utf8: bool  # rollout.valid_utf8
   head_warmup_m: bool = False  # rollout.head_warmup_m
+  writer_temperature: Optional[float] = None  # rollout.writer_temperature (None: `temperature`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -608,7 +617,8 @@ def plan(cfg) -> RunPlan:
                           bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta),
                           float(cfg.ib.population_weight), float(cfg.ib.drawn_categories), int(cfg.ib.drawn_after))
   sampling = SamplingPlan(int(r.seeds), int(r.warmup), int(r.batch_events), float(r.temperature), int(r.top_k),
-                          float(r.top_p), bool(r.valid_utf8), bool(r.head_warmup_m))
+                          float(r.top_p), bool(r.valid_utf8), bool(r.head_warmup_m),
+                          None if r.writer_temperature < 0 else float(r.writer_temperature))
   return RunPlan(tuple(_methods(cfg)), tuple(stages), tuple(rollouts), _intervention_of(cfg), lora_config(cfg),
                  int(cfg.seed), data, _model_plan(cfg), training, sampling, MeshConfig.from_config(cfg.parallel),
                  bool(cfg.parallel.pin_activations))

@@ -84,7 +84,8 @@ ADDED_KEYS = {"ib.population_weight": 0.0, "mf.attributes": False, "mf.head_hidd
               "mf.category_features": False, "eval.corrected": False, "rollout.steps": 0,
               "rollout.agents_per_step": 0, "data.eval_min_actions": 0, "eval.drift": "",
               "mf.anchor_steps": 0, "ib.drawn_categories": 0.0, "ib.drawn_after": 3,
-              "mf.state_tail": 0, "rollout.head_warmup_m": False}
+              "mf.state_tail": 0, "rollout.head_warmup_m": False,
+              "rollout.writer_temperature": -1.0}
 
 
 def saved_config(path: str, like: Optional[dict] = None) -> dict:

@@ -450,3 +450,28 @@ def test_a_head_reading_the_warm_ups_mean_field_draws_the_same_whatever_enters_t
     check_config(configs.load_config("experiments/quickstart.py", ["rollout.head_warmup_m=True", "mf.attributes=False",
                                                                    "mf.category_features=False"]))
   check_config(configs.load_config("experiments/quickstart.py", ["rollout.head_warmup_m=True"]))
+
+
+def test_the_writer_temperature_moves_the_text_and_leaves_the_heads_draws():
+  """rollout.writer_temperature: the head draws at the rollout's temperature, the text is written at
+  the writer's. At the first step after the warm-up (the m read is the warm-up's in every run), a
+  cool writer draws the categories of a plain rollout at a warm temperature, and, wherever its draw
+  equals that of a rollout whose head and text both run cool, writes the same action (same keys)."""
+  model, encoder, params = _reading_categories()
+  params["mf"]["class_out"]["kernel"] = jax.random.normal(jax.random.PRNGKey(9), (16, C)) * 3.0  # spread draws
+  batch = _categorised(make_batch())
+  W = 1
+  run = lambda temperature, writer: simulate(model, params, batch, method="mf", encoder=encoder,
+                                             rng=jax.random.PRNGKey(5), warmup=W, tags=TAGS,
+                                             temperature=temperature, writer_temperature=writer)
+  plain, writer, cool = run(2.0, None), run(2.0, 0.2), run(0.2, None)
+  agents = np.asarray(batch["agent_mask"][:, W])
+  np.testing.assert_array_equal(np.asarray(writer.category[:, W]), np.asarray(plain.category[:, W]))
+  same = agents & (np.asarray(writer.category[:, W]) == np.asarray(cool.category[:, W]))
+  assert same.any() and not same[agents].all()  # both cases occur: the head's temperature matters
+  np.testing.assert_array_equal(np.asarray(writer.tokens[:, W])[same], np.asarray(cool.tokens[:, W])[same])
+  assert (np.asarray(writer.tokens[:, W]) != np.asarray(plain.tokens[:, W]))[agents].any()  # the text moved
+  with pytest.raises(ConfigError, match="rollout.writer_temperature"):
+    check_config(configs.load_config("experiments/quickstart.py", ["rollout.writer_temperature=0.5",
+                                                                   "mf.attributes=False", "mf.category_features=False"]))
+  check_config(configs.load_config("experiments/quickstart.py", ["rollout.writer_temperature=0.5"]))

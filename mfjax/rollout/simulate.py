@@ -85,6 +85,9 @@ class RolloutSpec:
   # with tags: after the warm-up the head reads the m it read at the first step after it (the real warm-up's
   # mean field), not the m of its own later draws; the policy and the mean field run on as before
   head_warmup_m: bool = False
+  # with tags: the temperature of the text written given the drawn category (None: the rollout's temperature,
+  # at which the head still draws)
+  writer_temperature: Optional[float] = None
 
 
 @flax.struct.dataclass
@@ -173,6 +176,8 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
       logits = encoder.apply({"params": params[PARAMS.mf]}, head_prefix, state_NxD, anchor,
                              method=MeanFieldEncoder.class_logits)
       drawn = sampling.sample_token(logits, jax.random.fold_in(k_s, 1), temperature=temperature)[0]
+      if spec.writer_temperature is not None:
+        sample["temperature"] = jnp.float32(spec.writer_temperature)
       out = sampling.generate(model, lm, *with_tags(in_ids, in_mask, spec.tags, drawn), **sample)
       real_lp = jnp.zeros((E * B, A), jnp.float32)
       if spec.score_real:
@@ -256,10 +261,11 @@ def _sharded_simulate(model: Decoder, encoder: Optional[MeanFieldEncoder], spec:
 def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSpec] = None, top_k: int = 0,
                 top_p: float = 1.0, score_real: bool = True, text: Optional[text_mf.TextMFSpec] = None,
                 tags: Optional[AttributeTags] = None,
-                utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False) -> tuple[RolloutSpec, int]:
+                utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False,
+                writer_temperature: Optional[float] = None) -> tuple[RolloutSpec, int]:
   """(static spec, traced context kind) of a method; `tags` makes `mf` attribute-conditioned (other
-  methods ignore them; `head_warmup_m`: its head reads the warm-up's mean field after it); `utf8`: every
-  method samples valid UTF-8 only."""
+  methods ignore them; `head_warmup_m`: its head reads the warm-up's mean field after it;
+  `writer_temperature`: its text's temperature, not None); `utf8`: every method samples valid UTF-8 only."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
   use_context = method in ("recent", "popular")
@@ -271,7 +277,9 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
                      top_k=int(top_k), top_p=float(top_p), context=context if use_context else None,
                      score_real=bool(score_real), text=text if method == "mf_text" else None,
                      tags=tags if method == "mf" else None, utf8=utf8,
-                     head_warmup_m=bool(head_warmup_m) and method == "mf" and tags is not None)
+                     head_warmup_m=bool(head_warmup_m) and method == "mf" and tags is not None,
+                     writer_temperature=(float(writer_temperature) if writer_temperature is not None
+                                         and method == "mf" and tags is not None else None))
   return spec, KINDS.get(method, NONE)
 
 
@@ -280,7 +288,8 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
              top_p: float = 1.0, score_real: bool = True, mesh=None, rules=RULES,
              donate_batch: bool = False, pin_activations: bool = True,
              text: Optional[text_mf.TextMFSpec] = None, tags: Optional[AttributeTags] = None,
-             utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False) -> RolloutOutput:
+             utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False,
+             writer_temperature: Optional[float] = None) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`, + "mf_lm",
   the summary writer, for `mf_text`, whose token layout is `text`).
@@ -293,7 +302,9 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   tokenizer): the actions are sampled as valid UTF-8 only (the text mean field's
   summaries are not constrained). head_warmup_m (with `tags`): from the first step
   after the warm-up on, the head reads that step's m (the real warm-up's mean field)
-  instead of each later step's, which holds the head's own earlier draws. Jitted once per (model, encoder, shapes, spec). score_real=False
+  instead of each later step's, which holds the head's own earlier draws. writer_temperature (with
+  `tags`): the temperature of the text written given the drawn categories, which the head draws at
+  `temperature` (None: `temperature` for both). Jitted once per (model, encoder, shapes, spec). score_real=False
   skips scoring the real actions (pure simulation; real_logprobs are zeros).
 
   With a mesh, the events split over data x fsdp and the parameters (and, with
@@ -305,7 +316,7 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   caller must not use that array again (the pipeline builds each batch afresh)."""
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
                            top_p=top_p, score_real=score_real, text=text, tags=tags, utf8=utf8,
-                           head_warmup_m=head_warmup_m)
+                           head_warmup_m=head_warmup_m, writer_temperature=writer_temperature)
   if spec.use_mf and (encoder is None or PARAMS.mf not in params):
     raise ValueError("method 'mf' needs the encoder and params['mf']")
   if spec.tags is not None and not encoder.cfg.classes:
