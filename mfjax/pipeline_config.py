@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mfjax.categories import CLASSES
+from mfjax.data.prompts import NUMBER_FEATURES
 from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least, flat_keys
 from mfjax.data.batching import BatchConfig
 from mfjax.data.intervention import Intervention
@@ -119,6 +120,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # The population head's agent state also reads the embeddings of the prompt's last state_tail tokens in order
   # (the agent's own state line, which the whole prompt's mean dilutes in the topic); 0 = that mean only.
   c.mf.state_tail = 0
+  # The population head's agent state also reads the state line as numbers (mfjax.data.prompts.NUMBER_FEATURES:
+  # the cascade depth, the hours since the post and the uid's activity elsewhere, log1p), after its LayerNorm
+  c.mf.state_numbers = False
 
   c.ib = ml_collections.ConfigDict()
   c.ib.beta = 1e-3  # weight of the compression term (0 = no compression)
@@ -266,6 +270,9 @@ def check_config(cfg) -> None:
   check_at_least(cfg, 0, "mf.anchor_steps", "mf.state_tail")
   check("mf.state_tail", cfg.mf.state_tail <= d.prompt_len,
         f"{cfg.mf.state_tail}: the head reads the prompt's last tokens, and prompts hold data.prompt_len={d.prompt_len}")
+  check("mf.state_numbers", not cfg.mf.state_numbers or _population_head(cfg),
+        "only the population head reads the agents' states as numbers: set mf.attributes=True or "
+        "ib.population_weight > 0")
   check("rollout.head_warmup_m", not cfg.rollout.head_warmup_m or cfg.mf.attributes,
         "only the attribute-conditioned policy's population head reads the mean field: set mf.attributes=True")
   check("rollout.writer_temperature", cfg.rollout.writer_temperature < 0 or cfg.mf.attributes,
@@ -490,6 +497,7 @@ class DataPlan:
   eval_world: WorldConfig  # the synthetic world of the eval events (`world` with their layout)
   eval_min_actions: int  # data.eval_min_actions: score only eval events this long (ced)
   drift: tuple  # eval.drift: ((first, last), ...) 1-based step windows (`drift_windows`)
+  numbers: bool = False  # mf.state_numbers: every batch holds each agent's state as numbers (`step_numbers`)
 
   @property
   def label_data(self) -> str:
@@ -612,7 +620,7 @@ def plan(cfg) -> RunPlan:
                   cfg.eval.labeler, bool(cfg.eval.corrected), _population_head(cfg), bool(cfg.mf.attributes),
                   BatchConfig(steps, agents, int(d.prompt_len), int(d.action_len)),
                   WorldConfig(steps=steps, agents_per_step=agents, **cfg.world.to_dict()), int(d.eval_min_actions),
-                  drift_windows(cfg.eval.drift, int(r.warmup), steps))
+                  drift_windows(cfg.eval.drift, int(r.warmup), steps), bool(cfg.mf.state_numbers))
   training = TrainingPlan(float(t.weight_decay), int(t.log_every), int(t.ckpt_every), int(t.eval_every),
                           bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta),
                           float(cfg.ib.population_weight), float(cfg.ib.drawn_categories), int(cfg.ib.drawn_after))
@@ -649,7 +657,7 @@ def _model_plan(cfg) -> ModelPlan:
             attention_queries=f.attention_queries, init_logvar=f.init_logvar,
             classes=len(CLASSES) if _population_head(cfg) else 0, head_hidden=f.head_hidden,
             category_features=bool(f.category_features), anchor_steps=int(f.anchor_steps),
-            state_tail=int(f.state_tail))
+            state_tail=int(f.state_tail), state_numbers=len(NUMBER_FEATURES) if f.state_numbers else 0)
   return ModelPlan(m.checkpoint, bool(m.checkpoint_required), m.dtype, sizes, layer_fields(cfg), mf, bool(f.lm_grad))
 
 

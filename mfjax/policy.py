@@ -76,6 +76,15 @@ def prompt_state(model: Decoder, params, prompt_ids_NxP, prompt_mask_NxP, tail: 
   return jax.lax.stop_gradient(state).reshape(*lead, -1)
 
 
+def head_state(model: Decoder, params, prompt_ids_NxP, prompt_mask_NxP, tail: int = 0, numbers_NxF=None):
+  """The population head's agent state: `prompt_state`, then the agent's state as numbers where the
+  head reads them ([..., F] float32, `mfjax.data.step_numbers`; None: none): [..., (1 + tail) D + F]."""
+  state = prompt_state(model, params, prompt_ids_NxP, prompt_mask_NxP, tail)
+  if numbers_NxF is None:
+    return state
+  return jnp.concatenate([state, jnp.asarray(numbers_NxF, jnp.float32).reshape(*state.shape[:-1], -1)], -1)
+
+
 def with_context(ctx_ids_NxC, ctx_mask_NxC, prompt_ids_NxP, prompt_mask_NxP):
   """[context | prompt] ids and mask; no context (None) leaves the prompt as it is."""
   if ctx_ids_NxC is None:

@@ -475,3 +475,44 @@ def test_the_writer_temperature_moves_the_text_and_leaves_the_heads_draws():
     check_config(configs.load_config("experiments/quickstart.py", ["rollout.writer_temperature=0.5",
                                                                    "mf.attributes=False", "mf.category_features=False"]))
   check_config(configs.load_config("experiments/quickstart.py", ["rollout.writer_temperature=0.5"]))
+
+
+def test_the_head_can_read_the_agents_state_as_numbers():
+  """mf.state_numbers: the head's state ends with the agent's numbers (`step_numbers`), which enter after
+  its LayerNorm; the population term trains on them, and a rollout's draws follow them (the same keys)."""
+  from mfjax.ibtune.objective import batch_head_state, population_terms
+  from mfjax.policy import head_state
+  model, encoder, params = _reading_categories()
+  F = 4
+  encoder = MeanFieldEncoder(dataclasses.replace(encoder.cfg, state_numbers=F))
+  params["mf"] = init_encoder(encoder, jax.random.PRNGKey(2), 32)
+  params["mf"]["class_out"]["kernel"] = jax.random.normal(jax.random.PRNGKey(9), (16, C)) * 3.0  # not uniform
+  params["mf"]["class_hidden"]["kernel"] = params["mf"]["class_hidden"]["kernel"].at[-F:].multiply(5.0)
+  batch = _categorised(make_batch())
+  numbers = np.random.default_rng(0).normal(size=batch["agent_mask"].shape + (F,)).astype(np.float32)
+  plain = prompt_state(model, params["lm"], batch["prompt_ids"], batch["prompt_mask"])
+  state = np.asarray(batch_head_state(model, encoder, params["lm"], {**batch, "numbers": numbers}))
+  np.testing.assert_allclose(state[..., :-F], plain, rtol=1e-6)
+  np.testing.assert_array_equal(state[..., -F:], numbers)
+  np.testing.assert_array_equal(state, head_state(model, params["lm"], batch["prompt_ids"], batch["prompt_mask"],
+                                                  0, numbers))
+  with pytest.raises(ValueError, match="needs `numbers`"):
+    batch_head_state(model, encoder, params["lm"], batch)
+  with pytest.raises(ValueError, match="state_numbers=4 numbers"):  # a state without them
+    m = jnp.zeros(plain.shape[:-1] + (2, 32))
+    encoder.apply({"params": params["mf"]}, m, plain, method=MeanFieldEncoder.class_logits)
+  m = jnp.zeros(batch["agent_mask"].shape[:2] + (2, 32))
+  grads = jax.grad(lambda mf: population_terms(model=model, encoder=encoder, params={**params, "mf": mf},
+                                               batch={**batch, "numbers": numbers}, m_ExTxKxD=m)["population"])(params["mf"])
+  assert grads["class_hidden"]["kernel"].shape[0] == 2 * 32 + 32 + F
+  assert np.abs(grads["class_hidden"]["kernel"][-F:]).max() > 0  # the numbers reach the head
+  run = lambda x: np.asarray(simulate(model, params, {**batch, "numbers": x}, method="mf", encoder=encoder,
+                                      rng=jax.random.PRNGKey(5), warmup=1, tags=TAGS).category)
+  a, b = run(numbers), run(numbers + 3.0)
+  assert (a[:, 1] != b[:, 1]).any()  # the first step after the warm-up draws from numbers that moved
+  with pytest.raises(ValueError, match="state_numbers"):
+    simulate(model, params, batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(5), warmup=1, tags=TAGS)
+  with pytest.raises(ConfigError, match="mf.state_numbers"):
+    check_config(configs.load_config("experiments/quickstart.py", ["mf.state_numbers=True", "mf.attributes=False",
+                                                                   "mf.category_features=False",
+                                                                   "ib.population_weight=0.0"]))

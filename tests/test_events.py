@@ -212,6 +212,35 @@ def test_an_agents_activity_leaves_out_its_own_event():
   assert [s.split("，")[-1] for s in agent_states(a, activity)] == ["历史活跃1次", "历史活跃1次", "历史活跃0次"]
 
 
+def test_an_agents_state_as_numbers_says_what_its_state_line_says(val_events):
+  """agent_numbers (mf.state_numbers): per action log1p of the cascade depth, of the hours since the post
+  (0 and a flag where a time is missing) and of the uid's actions in other events, as the state line
+  renders them; step_numbers lays them out as make_step_batch lays out the actions."""
+  import math
+  from mfjax.data import NUMBER_FEATURES, agent_numbers, step_numbers
+  act = lambda i, uid, t, parent="": ev.Action(id=i, agent=uid, time=t, text="", parent=parent)
+  a = ev.Event("a", "t", 0.0, None, (act("1", "u", 7200.0), act("2", "v", None, parent="1"),
+                                     act("3", "u", 3600.0, parent="2")))
+  activity = UidActivity.fit([a, ev.Event("b", "t", 0.0, None, (act("1", "u", 1.0),))])
+  rows = agent_numbers(a, activity)
+  assert len(rows[0]) == len(NUMBER_FEATURES)
+  np.testing.assert_allclose(rows, [[math.log1p(1), math.log1p(2.0), 0, math.log1p(1)],
+                                    [math.log1p(2), 0, 1, 0],
+                                    [math.log1p(3), math.log1p(1.0), 0, math.log1p(1)]])
+  assert [s.split("，")[0] for s in agent_states(a, activity)] == ["转发层级1", "转发层级2", "转发层级3"]
+  laid = step_numbers([a], 2, 2, activity)
+  assert laid.shape == (1, 2, 2, len(NUMBER_FEATURES)) and laid.dtype == np.float32
+  np.testing.assert_allclose(laid.reshape(4, -1)[:3], rows, rtol=1e-6)
+  assert not laid[0, 1, 1].any()  # an empty slot
+  events, _ = val_events  # real CED events: every action has a depth of at least 1, and times
+  real = step_numbers(events[:8], 12, 16)
+  from mfjax.data import step_texts
+  mask = step_texts(events[:8], 12, 16)[1]
+  assert (real[..., 0][mask] >= math.log1p(1) - 1e-6).all() and real[..., 1][mask].max() > 0
+  with pytest.raises(ValueError, match="rows of agent numbers"):
+    step_numbers([a], 2, 2, rows=[rows[:1]])
+
+
 def test_a_split_is_drawn_stratified_by_label_never_its_first_n(val_events):
   """pipeline.data.sample_events: the CED files list every rumor first; a draw of n keeps each label's
   share of the file, is the same for the same seed, differs for another, and takes all for n >= len."""

@@ -56,7 +56,8 @@ import numpy as np  # noqa: E402
 from mfjax.configs import ConfigError  # noqa: E402
 from mfjax.data import SHARE_TEXT  # noqa: E402
 from mfjax.errors import one_line_errors  # noqa: E402
-from mfjax.ibtune.objective import _flat, _per_agent_rows, mean_field_path, population_terms  # noqa: E402
+from mfjax.ibtune.objective import (_flat, _per_agent_rows, batch_head_state, mean_field_path,  # noqa: E402
+                                    population_terms)
 from mfjax.meanfield import MeanFieldEncoder  # noqa: E402
 from mfjax.meanfield.encoder import agent_anchors  # noqa: E402
 from mfjax.model import Decoder  # noqa: E402
@@ -68,7 +69,7 @@ from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler  # no
 from mfjax.pipeline.command import open_run  # noqa: E402
 from mfjax.pipeline.data import label_categories, prepare, split_events  # noqa: E402
 from mfjax.pipeline.stages import load_trained, mesh_from  # noqa: E402
-from mfjax.policy import action_logprobs, prompt_state, with_tags  # noqa: E402
+from mfjax.policy import action_logprobs, with_tags  # noqa: E402
 from mfjax.workdir import stage_dir  # noqa: E402
 
 VARIANTS = ("sampled", "mean", "swapped", "shuffled", "zero", "warmup")
@@ -105,8 +106,7 @@ def probe_chunk(model, encoder, params, batch, tags, share_id, rng, warmup: int 
   head = bool(encoder.cfg.classes)
   if tags is not None:
     prompt_ids, prompt_mask = with_tags(prompt_ids, prompt_mask, tags, _flat(batch["category"], 0))
-  state = (prompt_state(model, lm, batch["prompt_ids"], batch["prompt_mask"], encoder.cfg.state_tail) if head
-           else None)  # the same m-free input for every variant
+  state = batch_head_state(model, encoder, lm, batch) if head else None  # the same m-free input for every variant
   out = {}
   for name in VARIANTS:
     field = variant_field(name, m, mu, k_s, warmup)

@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mfjax.data.events import Event
-from mfjax.data.prompts import UidActivity, action_text, agent_states, policy_prompt
+from mfjax.data.prompts import (NUMBER_FEATURES, UidActivity, action_text, agent_numbers, agent_states,
+                                policy_prompt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +50,15 @@ class StepBatch:
   # [E, T, B] int32: each action's joint category (mfjax.categories.CLASSES; -1 in empty slots), where the
   # run's population head needs them (`mfjax.pipeline.data.prepare` labels the texts)
   category: Optional[np.ndarray] = None
+  # [E, T, B, F] float32: each agent's state as numbers (`mfjax.data.prompts.NUMBER_FEATURES`; 0 in empty
+  # slots), where the run's population head reads them (mf.state_numbers: `step_numbers`)
+  numbers: Optional[np.ndarray] = None
 
   def arrays(self) -> dict:
-    """The numeric fields, as the training and rollout functions take them (`category` where labelled)."""
-    return {k: getattr(self, k) for k in ARRAY_FIELDS} | ({} if self.category is None else {"category": self.category})
+    """The numeric fields, as the training and rollout functions take them (`category` where labelled,
+    `numbers` where set)."""
+    return ({k: getattr(self, k) for k in ARRAY_FIELDS} | ({} if self.category is None else {"category": self.category})
+            | ({} if self.numbers is None else {"numbers": self.numbers}))
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -66,6 +72,23 @@ def step_texts(events: Sequence[Event], steps: int, agents: int) -> tuple[list, 
   texts = [[a.text for a in e.actions[:k]] + [""] * (steps * agents - k) for e, k in zip(events, n)]
   mask = np.arange(steps * agents)[None] < np.asarray(n, np.int64).reshape(-1, 1)
   return texts, mask.reshape(len(events), steps, agents)
+
+
+def step_numbers(events: Sequence[Event], steps: int, agents: int, activity: Optional[UidActivity] = None,
+                 rows: Optional[Sequence[Sequence]] = None) -> np.ndarray:
+  """[E, T, B, F] float32: `agent_numbers` of the first T*B actions of each event, laid out as
+  `make_step_batch` lays out the actions (0 past an event's end); `rows`: [E][actions used] rows in
+  their place (a forecast's agents to come)."""
+  out = np.zeros((len(events), steps * agents, len(NUMBER_FEATURES)), np.float32)
+  for e, event in enumerate(events):
+    n = min(len(event.actions), steps * agents)
+    got = agent_numbers(dataclasses.replace(event, actions=event.actions[:n]), activity) if rows is None \
+        else list(rows[e][:n])
+    if len(got) != n:
+      raise ValueError(f"event {event.eid}: {len(got)} rows of agent numbers for {n} actions")
+    if n:
+      out[e, :n] = got
+  return out.reshape(len(events), steps, agents, -1)
 
 
 def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = BatchConfig(), *,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from typing import Iterable, Optional
 
 from mfjax.data.events import Action, Event
@@ -107,6 +108,23 @@ def agent_states(event: Event, activity: Optional[UidActivity] = None) -> list[s
     if activity is not None:
       parts.append(f"历史活跃{activity(a.agent, event.eid)}次")
     out.append("，".join(parts))
+  return out
+
+
+# What `agent_numbers` gives of each action's agent, as numbers (the population head's `mf.state_numbers`).
+NUMBER_FEATURES = ("log1p cascade depth", "log1p hours since the post", "hours unknown",
+                   "log1p actions in other events")
+
+
+def agent_numbers(event: Event, activity: Optional[UidActivity] = None) -> list[tuple[float, ...]]:
+  """One row of NUMBER_FEATURES per action of the event: what the CED state line says, as numbers
+  (the cascade depth, the hours since the original post, 0 with the flag where a time is missing, and
+  the uid's actions in other events where `activity` is given, else 0). Every source has the depth."""
+  out = []
+  for a, d in zip(event.actions, cascade_depths(event)):
+    since = None if (a.time is None or event.time is None) else max(a.time - event.time, 0.0) / 3600
+    count = 0 if activity is None else activity(a.agent, event.eid)
+    out.append((math.log1p(d), 0.0 if since is None else math.log1p(since), float(since is None), math.log1p(count)))
   return out
 
 

@@ -46,7 +46,7 @@ from mfjax.meanfield import text as text_mf
 from mfjax.meanfield.encoder import MeanFieldEncoder, MFState, Posterior, agent_embeddings, agent_anchors
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.params_keys import PARAMS
-from mfjax.policy import AttributeTags, action_logprobs, prompt_state, with_context, with_tags
+from mfjax.policy import AttributeTags, action_logprobs, head_state, with_context, with_tags
 from mfjax.rollout.context import ContextSpec, step_contexts
 
 
@@ -95,6 +95,18 @@ def _categories_read(encoder: MeanFieldEncoder, batch):
   return batch["category"]
 
 
+def batch_head_state(model: Decoder, encoder: MeanFieldEncoder, lm_params, batch):
+  """[E, T, B, ...]: the population head's agent state of every agent of the batch (`head_state`), with the
+  batch's `numbers` where the head reads them (`MeanFieldConfig.state_numbers`)."""
+  numbers = None
+  if encoder.cfg.state_numbers:
+    if "numbers" not in batch:
+      raise ValueError("this population head reads the agents' states as numbers (state_numbers): the batch needs "
+                       "`numbers` [E, T, B, F] (mfjax.data.step_numbers)")
+    numbers = batch["numbers"]
+  return head_state(model, lm_params, batch["prompt_ids"], batch["prompt_mask"], encoder.cfg.state_tail, numbers)
+
+
 def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, remat: bool = False,
                     lm_grad: bool = True, sample: bool = True, drawn: float = 0.0, drawn_after: int = 0):
   """Teacher-forced mean field of each step: a reparameterised sample m and the
@@ -126,8 +138,7 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
     xs = (per_step(enc(MeanFieldEncoder.features, pooled, category)),)
   else:  # the text's part of the features; the categories' part is added per step, real or drawn
     xs = (per_step(enc(MeanFieldEncoder.features, pooled, jnp.full_like(category, -1))), per_step(category),
-          per_step(prompt_state(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"],
-                                encoder.cfg.state_tail)),
+          per_step(batch_head_state(model, encoder, params[PARAMS.lm], batch)),
           jax.tree.map(per_step, agent_anchors(encoder.cfg, category, batch["agent_mask"])), jnp.arange(T))
 
   def step(state, xs):
@@ -153,7 +164,7 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
 def population_terms(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, m_ExTxKxD) -> dict:
   """The population head's cross-entropies against the real actions' categories, nats per real agent:
   `population` (the joint class) and `population_<dimension>` (each dimension's marginal; in aux only)."""
-  state = prompt_state(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"], encoder.cfg.state_tail)
+  state = batch_head_state(model, encoder, params[PARAMS.lm], batch)
   m = jnp.broadcast_to(m_ExTxKxD[:, :, None], state.shape[:3] + m_ExTxKxD.shape[2:])
   anchor = agent_anchors(encoder.cfg, batch["category"], batch["agent_mask"])  # the warm-up's real classes
   logits = encoder.apply({"params": params[PARAMS.mf]}, m, state, anchor, method=MeanFieldEncoder.class_logits)

@@ -78,6 +78,9 @@ class MeanFieldConfig:
   # The head's agent state also reads the prompt's last `state_tail` token embeddings in order (the agent's own
   # state line; `mfjax.policy.prompt_state`), besides the whole prompt's mean, where the topic dominates.
   state_tail: int = 0
+  # The head's agent state ends with this many numbers (`mfjax.data.prompts.NUMBER_FEATURES`: the state line's
+  # depth, hours and activity as numbers; `mfjax.policy.head_state`), which enter after the head's LayerNorm.
+  state_numbers: int = 0
 
 
 @flax.struct.dataclass
@@ -218,10 +221,21 @@ class MeanFieldEncoder(nn.Module):
 
   def class_logits(self, m_KxD, state_D, anchor_C=None):
     """The population head: logits [..., C] of an agent's joint category given the mean field it
-    reads (m [..., K, D]) and its state ([..., (1 + state_tail) D]: `mfjax.policy.prompt_state`); float32. With `anchor_steps`, `anchor_C` [..., C]:
-    the event's anchor class counts (`anchor_counts`; required then)."""
-    x = jnp.concatenate([m_KxD.reshape(*m_KxD.shape[:-2], -1), state_D], -1).astype(jnp.float32)
-    logits = self.class_out(nn.gelu(self.class_hidden(self.class_norm(x))))
+    reads (m [..., K, D]) and its state ([..., (1 + state_tail) D + state_numbers]: `mfjax.policy.head_state`);
+    float32. With `anchor_steps`, `anchor_C` [..., C]: the event's anchor class counts (`anchor_counts`;
+    required then)."""
+    c = self.cfg
+    want = (1 + c.state_tail) * c.width + c.state_numbers
+    if state_D.shape[-1] != want:
+      raise ValueError(f"the head's agent state has width {state_D.shape[-1]}, not {want}: (1 + state_tail) x the "
+                       f"LM width, then state_numbers={c.state_numbers} numbers (mfjax.policy.head_state; a head "
+                       f"with state_numbers needs the batch's `numbers`)")
+    embedded = state_D[..., :want - c.state_numbers]
+    x = jnp.concatenate([m_KxD.reshape(*m_KxD.shape[:-2], -1), embedded], -1).astype(jnp.float32)
+    x = self.class_norm(x)
+    if c.state_numbers:
+      x = jnp.concatenate([x, state_D[..., want - c.state_numbers:].astype(jnp.float32)], -1)
+    logits = self.class_out(nn.gelu(self.class_hidden(x)))
     if not self.cfg.anchor_steps:
       return logits
     if anchor_C is None:
@@ -240,7 +254,8 @@ class MeanFieldEncoder(nn.Module):
     if self.cfg.classes:
       anchor = jnp.zeros((*pooled_BxD.shape[:-2], self.cfg.classes)) if self.cfg.anchor_steps else None
       state = pooled_BxD[..., 0, :]
-      self.class_logits(q.mu, jnp.tile(state, 1 + self.cfg.state_tail), anchor)
+      numbers = jnp.zeros((*state.shape[:-1], self.cfg.state_numbers), state.dtype)
+      self.class_logits(q.mu, jnp.concatenate([jnp.tile(state, 1 + self.cfg.state_tail), numbers], -1), anchor)
     return q
 
 

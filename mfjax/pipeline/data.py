@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 
 from mfjax.categories import CLASSES, class_of
 from mfjax.data import (StepBatch, UidActivity, action_text, agent_states, load_events, load_tokenizer,
-                        make_step_batch, policy_prompt, step_texts, synthetic, train_tokenizer)
+                        make_step_batch, policy_prompt, step_numbers, step_texts, synthetic, train_tokenizer)
 from mfjax.data.prompts import attribute_tag
 from mfjax.data.tokenizers import token_bytes
 from mfjax.data.intervention import forced_mask, inject
@@ -186,6 +186,9 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
   bc = d.batch
   batches = {name: make_step_batch(ev, tok, layout, activity=activity) for name, ev, layout in
              (("train", train, bc), ("val", val, bc), ("eval", test, d.eval_batch))}
+  if d.numbers:  # the population head reads each agent's state as numbers too (mf.state_numbers)
+    for name, ev, layout in (("train", train, bc), ("val", val, bc), ("eval", test, d.eval_batch)):
+      batches[name].numbers = step_numbers(ev, layout.steps, layout.agents_per_step, activity)
   labeler = CachedLabeler(make_labeler(d.labeler, d.label_data)) if d.categories else None
   if labeler is not None:  # the population head's targets, by the run's labeler
     t1 = time.time()
@@ -213,7 +216,10 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
   if iv is not None:
     # the same eval events with the injected actions; only their action tokens differ (prompts are the states)
     eb = d.eval_batch
-    intervened = make_step_batch(inject(test, iv, eb.agents_per_step), tok, eb, activity=activity)
+    injected = inject(test, iv, eb.agents_per_step)
+    intervened = make_step_batch(injected, tok, eb, activity=activity)
+    if d.numbers:
+      intervened.numbers = step_numbers(injected, eb.steps, eb.agents_per_step, activity)
     if labeler is not None:
       intervened.category = label_categories(labeler, intervened)
     data.intervened = {**intervened.arrays(), "forced": forced_mask(batches["eval"].agent_mask, iv)}

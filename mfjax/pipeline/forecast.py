@@ -42,7 +42,8 @@ import jax
 import numpy as np
 
 from mfjax.categories import DIMENSIONS
-from mfjax.data import StepBatch, UidActivity, agent_states, load_events, make_step_batch, step_texts
+from mfjax.data import (StepBatch, UidActivity, agent_numbers, agent_states, load_events, make_step_batch,
+                        step_numbers, step_texts)
 from mfjax.data.events import Event
 from mfjax.errors import UserError
 from mfjax.evaluation import bounds, plots
@@ -205,6 +206,10 @@ def forecast(req: ForecastRequest) -> dict:
       f"{H} forecast with {S} seeds; future agents' states: {req.future_states}")
   batch: StepBatch = make_step_batch([laid], tok, dataclasses.replace(plan.data.batch, steps=T), activity=activity,
                                      states=[states])
+  if plan.data.numbers:  # the head reads the states as numbers too: the future agents' as their state lines
+    last = req.future_states == "last"
+    rows = agent_numbers(dataclasses.replace(laid, actions=laid.actions[:K * B]) if last else laid, activity)
+    batch.numbers = step_numbers([laid], T, B, rows=[rows + rows[-B:] * H if last else rows])
   labeler = CachedLabeler(make_labeler(plan.data.labeler, plan.data.label_data))
   if plan.data.categories:  # the observed actions' classes (the future's placeholders have none)
     batch.category = label_categories(labeler, batch)

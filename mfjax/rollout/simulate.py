@@ -59,7 +59,7 @@ from mfjax.model.transformer import Decoder, unrolled
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, with_activation_sharding
 from mfjax.parallel.state import abstract_policy, place, policy_shardings
 from mfjax.params_keys import PARAMS
-from mfjax.policy import AttributeTags, action_logprobs, per_agent, prompt_state, with_context, with_tags
+from mfjax.policy import AttributeTags, action_logprobs, head_state, per_agent, with_context, with_tags
 from mfjax.rollout.context import KINDS, NONE, ContextSpec
 from mfjax.rollout.signals import (Inputs, LatentMeanField, NoSignal, PopulationSignal, QuotedHistory, Step,
                                    TextMeanField)
@@ -147,6 +147,11 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
   anchors = None  # an anchored head's class counts [E, T, C] (the warm-up's real classes: `anchor_counts`)
   if spec.tags is not None and encoder.cfg.anchor_steps:
     anchors = anchor_counts(categories, batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
+  numbers = None  # a head that reads the agents' states as numbers: [E, T, B, F]
+  if spec.tags is not None and encoder.cfg.state_numbers:
+    if "numbers" not in batch:
+      raise ValueError("this 'mf' head reads the agents' states as numbers (state_numbers): pass batch['numbers']")
+    numbers = batch["numbers"]
   steps_of = (batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"], batch["action_mask"],
               batch["agent_mask"], batch["parent"], forced.astype(bool), categories.astype(jnp.int32))
 
@@ -167,7 +172,8 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
                   eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, prefix_embeds=prefix, utf8=spec.utf8)
     drawn = jnp.full((E * B,), -1, jnp.int32)
     if spec.tags is not None:  # the category from the head, then the action given its tag
-      state_NxD = prompt_state(model, lm, in_ids, in_mask, encoder.cfg.state_tail)
+      state_NxD = head_state(model, lm, in_ids, in_mask, encoder.cfg.state_tail,
+                             None if numbers is None else flat(jax.lax.dynamic_index_in_dim(numbers, t, 1, False)))
       anchor = None if anchors is None else per_agent(jax.lax.dynamic_index_in_dim(anchors, t, 1, keepdims=False), B)
       head_prefix = prefix
       if spec.head_warmup_m:  # m of step min(t, warmup): the warm-up's real actions, never the head's own draws
@@ -336,7 +342,7 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   params = {k: params[k] for k in _param_keys(spec)}  # e.g. a text stage's frozen "prior" is not rolled out
   encoder = encoder if spec.use_mf else None
   scalars = (rng, jnp.int32(warmup), jnp.int32(kind), jnp.float32(temperature))
-  keys = BATCH_KEYS + tuple(k for k in ("forced", "category") if k in batch)
+  keys = BATCH_KEYS + tuple(k for k in ("forced", "category", "numbers") if k in batch)
   if "forced" in batch and tuple(batch["forced"].shape) != tuple(batch["agent_mask"].shape):
     raise ValueError(f"batch['forced'] has shape {tuple(batch['forced'].shape)}; it marks agents: "
                      f"[E, T, B] = {tuple(batch['agent_mask'].shape)}, as batch['agent_mask']")
