@@ -160,13 +160,42 @@ def test_bounds_order_the_oracles_on_a_world_whose_events_differ():
                   simulated={"copy": [scored]})
 
 
+def test_the_agents_forecaster_reads_who_acts_where_the_warm_up_cannot():
+  """`agents`: where each agent's category follows its state (a number) and the steps mix the states
+  differently, the per-agent forecaster knows each step's population from its agents and beats `shrunk`,
+  which knows only the warm-up; its q is a distribution, `shrunk`'s before the warm-up's end."""
+  rng = np.random.default_rng(4)
+  E, T, B = 80, 6, 16
+  x = (rng.uniform(size=(E, T, B)) < rng.uniform(0.05, 0.95, (E, T, 1))).astype(float)  # a state per agent
+  ids = np.where(rng.uniform(size=(E, T, B)) < 0.9, x, 1 - x).astype(int)  # its category follows the state
+  mask = np.ones((E, T, B), bool)
+  numbers = np.stack([x, rng.normal(size=x.shape)], -1)  # the state and a number that tells nothing
+  real = {d: np.minimum(ids, len(cats) - 1) for d, cats in DIMENSIONS.items()}
+  split = lambda v: (v[:30], v[30:])
+  out = bounds.bounds(*(lambda a, b: (a, mask[:30], ["a"] * 30, b, mask[30:], ["a"] * 50))(
+      {d: v[:30] for d, v in real.items()}, {d: v[30:] for d, v in real.items()}),
+      warmup=2, draws=2, numbers=split(numbers))["methods"]
+  assert list(out) == [*bounds.PREDICTORS, "agents"]
+  assert out["agents"]["kl_mean"] < 0.5 * out["shrunk"]["kl_mean"]
+  counts = bounds.counts(real["belief"], mask, 2)
+  per_step = bounds.training_proportions(counts[30:])[1]
+  shrunk = bounds.shrunk_forecast(counts[:30], counts[30:], 2, per_step)[0]
+  q = bounds.agent_forecast(real["belief"][:30], mask[:30], numbers[:30], real["belief"][30:], mask[30:],
+                            numbers[30:], shrunk, bounds.shrunk_forecast(counts[30:], counts[30:], 2, per_step)[0], 2)
+  np.testing.assert_allclose(q.sum(-1), 1.0, rtol=1e-9)
+  np.testing.assert_array_equal(q[:, :2], np.broadcast_to(shrunk, q.shape)[:, :2])
+  with pytest.raises(ValueError, match="no training agent after the warm-up"):
+    bounds.agent_forecast(real["belief"][:30], mask[:30], numbers[:30], real["belief"][30:], mask[30:] & False,
+                          numbers[30:], shrunk, shrunk, 2)
+
+
 def test_tool_on_the_synthetic_world_and_against_a_run(tmp_path, capsys):
   out = tmp_path / "b.json"
   population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"),
                           "--draws", "2", "--json", str(out)])
   printed = capsys.readouterr().out
   result = json.loads(out.read_text())
-  assert list(result["methods"]) == [*bounds.PREDICTORS, "world"] and result["split"] == "synthetic-test"
+  assert list(result["methods"]) == [*bounds.PREDICTORS, "agents", "world"] and result["split"] == "synthetic-test"
   rows = {line.split()[0] for line in printed.splitlines()[1:] if line.strip() and not line.startswith("(")}
   assert rows == {f"{n}*" if n in bounds.ORACLES else n for n in result["methods"]}  # oracles starred, as in a run
   with pytest.raises(SystemExit):  # never over an existing file
@@ -215,7 +244,7 @@ def test_tool_on_real_ced_events(ced_dir, tmp_path, capsys):
                           "data.val_events=64", "--set", "data.eval_events=64", "--draws", "2", "--json", str(out)])
   result = json.loads(out.read_text())
   assert result["split"] == "val" and result["events"] == 64 and result["train_events"] == 200
-  assert list(result["methods"]) == list(bounds.PREDICTORS)  # no world to run free on real events
+  assert list(result["methods"]) == [*bounds.PREDICTORS, "agents"]  # no world to run free on real events
   kl = {name: r["kl_mean"] for name, r in result["methods"].items()}
   # the oracles: the step itself, then the event's own distribution, well below what knows nothing of the event
   assert kl["step"] < kl["event"] < min(kl["global"], kl["label"]) - 0.05

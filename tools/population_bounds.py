@@ -8,6 +8,9 @@ has), simulators that draw each step's agents from fixed distributions (`mfjax.e
   label     the same from the training events with the event's label (rumor / non-rumor)
   warmup    the event's own warm-up steps, pooled (buildable from the warm-up alone)
   shrunk    the warm-up plus k agents' worth of `global`, k fitted on the training events
+  agents    a per-agent logistic regression from shrunk's forecast, the step and the agent's state
+            as numbers (depth, hours since the post, activity elsewhere), fitted on the training events'
+            agents: what a population head that reads the agent's state reaches with no LM
   previous  the event's real previous step (teacher-forced history)
   event     the event's own scored steps, pooled (an oracle: its static distribution)
   step      the real step itself, resampled (an oracle: sampling noise alone)
@@ -36,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from mfjax import configs, pipeline, pipeline_config  # noqa: E402
-from mfjax.data import step_texts  # noqa: E402
+from mfjax.data import UidActivity, step_numbers, step_texts  # noqa: E402
 from mfjax.errors import one_line_errors, positive_int  # noqa: E402
 from mfjax.evaluation import bounds  # noqa: E402
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler, world_runs  # noqa: E402
@@ -109,12 +112,15 @@ def main(argv=None):
     labeler = CachedLabeler(make_labeler(data.labeler, data.label_data))
     real_ids, real_mask = labelled(scored, cfg, labeler)
     train_ids, train_mask = labelled(train, cfg, labeler)
+    activity = UidActivity.fit(train) if data.source == "ced" else None  # as the pipeline's CED states count
+    T, B = cfg.data.steps, cfg.data.agents_per_step
+    numbers = (step_numbers(scored, T, B, activity), step_numbers(train, T, B, activity))
   warmup = cfg.rollout.warmup
   print(f"[bounds] {len(scored)} {split} events x {cfg.data.steps} steps x {cfg.data.agents_per_step} agents, "
         f"warm-up {warmup}; {len(train)} training events; labelled in {time.time() - t0:.1f} s", file=sys.stderr)
   result = bounds.bounds(real_ids, real_mask, [e.label for e in scored], train_ids, train_mask,
                          [e.label for e in train], warmup=warmup, draws=a.draws, seed=a.seed,
-                         simulated=world_runs(truth, warmup, a.draws, a.seed))
+                         simulated=world_runs(truth, warmup, a.draws, a.seed), numbers=numbers)
   data = {"events": len(scored), "steps": cfg.data.steps, "agents_per_step": cfg.data.agents_per_step,
           "warmup": warmup}
   result = {"config": a.config, "overrides": a.set, "split": split, "train_events": len(train),

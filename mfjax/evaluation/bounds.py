@@ -18,6 +18,14 @@ Here the simulated side is n agents (the step's valid ones) drawn from a distrib
   event     the event's own scored steps, pooled: an oracle, its static distribution
   step      the real step itself, resampled: an oracle, the sampling noise of n agents alone
 
+and, where the agents' states are given as numbers (`mfjax.data.step_numbers`), a forecaster that reads
+each agent:
+
+  agents    a per-agent logistic regression (scikit-learn) from the `shrunk` forecast's log-probabilities,
+            the step and the agent's state as numbers (cascade depth, hours since the post, activity
+            elsewhere), fitted on the training events' agents after the warm-up; a step's q is the mean
+            over its agents: what a population head that reads the agent's state reaches with no LM
+
 and, on the synthetic world (whose equations are known), a simulator that runs rather than draws:
 
   world     the world's own equations run free from the real warm-up (`synthetic.run_free`), each
@@ -121,6 +129,39 @@ def predictors(real_ExTxC, train_NxTxC, real_labels: Sequence, train_labels: Seq
   return out, k
 
 
+def agent_forecast(real_ExTxB, real_mask, real_numbers, train_NxTxB, train_mask, train_numbers, shrunk_real,
+                   shrunk_train, warmup: int) -> np.ndarray:
+  """`agents`' q [E, T, C] for one dimension: category ids [., T, B] of the scored and the training
+  events' agents, their masks, their states as numbers [., T, B, F] and the `shrunk` forecasts [., T, C]
+  of each. Before the warm-up's end, and at a step with no agent, q is `shrunk`'s."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+
+  T, C = np.shape(shrunk_real)[1:]
+
+  def features(shrunk, numbers):
+    n = np.asarray(numbers, np.float64)
+    lead = n.shape[:3]
+    logq = np.broadcast_to(np.log(np.maximum(np.asarray(shrunk, np.float64), 1e-6))[:, :, None], lead + (C,))
+    step = np.broadcast_to(np.eye(T)[None, :, None], lead + (T,))
+    return np.concatenate([logq, step, n], -1)
+
+  after = (np.arange(T) >= warmup)[None, :, None]
+  fit = np.asarray(train_mask, bool) & after
+  if not fit.any():
+    raise ValueError("the `agents` forecaster has no training agent after the warm-up")
+  model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+  model.fit(features(shrunk_train, train_numbers)[fit], np.asarray(train_NxTxB)[fit])
+  X = features(shrunk_real, real_numbers)
+  p = np.zeros(X.shape[:3] + (C,))
+  p[..., model.classes_] = model.predict_proba(X.reshape(-1, X.shape[-1])).reshape(X.shape[:3] + (-1,))
+  w = (np.asarray(real_mask, bool) & after).astype(np.float64)
+  n = w.sum(-1)[..., None]
+  q = (p * w[..., None]).sum(2) / np.maximum(n, 1.0)
+  return np.where(n > 0, q, np.asarray(shrunk_real, np.float64))
+
+
 def kls(real_ExTxC, sim_ExTxC, eps: float = metrics.DEFAULT_EPS, correct: Optional[Callable] = None) -> np.ndarray:
   """[E, T]: the pipeline's KL(real || simulated) per (event, step) between the proportions of
   two steps' category counts; `correct` maps proportions [..., C] to corrected ones first (the
@@ -146,10 +187,11 @@ def sampled_kls(real_ExTxC, q_ExTxC, rng: np.random.Generator, eps: float = metr
 
 def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, train_mask, train_labels: Sequence,
            *, warmup: int, draws: int = 3, seed: int = 0, simulated: Optional[dict] = None,
-           correct: Optional[Callable] = None, keep_cells: bool = False) -> dict:
+           correct: Optional[Callable] = None, keep_cells: bool = False, numbers: Optional[tuple] = None) -> dict:
   """Every predictor's sampled KL, from category ids {dimension: [E, T, B]} and agent masks of the
   scored events and of the training events; `simulated`: name -> one set of category ids per draw
-  of simulators that run (`world`), scored over the real agent mask. Returns
+  of simulators that run (`world`), scored over the real agent mask; `numbers`: (scored, training)
+  agents' states as numbers [., T, B, F] (`mfjax.data.step_numbers`), which add the `agents` forecaster. Returns
   {"methods": {name: {"kl_mean" (mean over draws of the mean over dimensions), "kl_mean_std" (over
   draws), "kl": {dimension}, "kl_per_step": [T] (the mean over the events scored at each step; None
   where none is), "kl_per_event": [E] (each event's mean over its scored steps, draws and dimensions;
@@ -167,16 +209,21 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
   for name, runs in simulated.items():
     if len(runs) != draws:
       raise ValueError(f"simulated[{name!r}] has {len(runs)} runs for {draws} draws")
-  per_draw = {name: {d: [] for d in DIMENSIONS} for name in (*PREDICTORS, *simulated)}  # each draw's KL [E, T]
+  predicted = PREDICTORS + (("agents",) if numbers is not None else ())
+  per_draw = {name: {d: [] for d in DIMENSIONS} for name in (*predicted, *simulated)}  # each draw's KL [E, T]
   per_draw_corrected = {name: {d: [] for d in DIMENSIONS} for name in per_draw}
   pseudocounts = {}
   for d, cats in DIMENSIONS.items():
     real = counts(real_ids[d], real_mask, len(cats))
     train = counts(train_ids[d], train_mask, len(cats))
     qs, pseudocounts[d] = predictors(real, train, real_labels, train_labels, warmup, scored)
+    if numbers is not None:
+      per_step = training_proportions(train)[1]
+      qs["agents"] = agent_forecast(real_ids[d], real_mask, numbers[0], train_ids[d], train_mask, numbers[1],
+                                    qs["shrunk"], shrunk_forecast(train, train, warmup, per_step)[0], warmup)
     fix = None if correct is None else functools.partial(correct, d)
     sims = {name: [] for name in per_draw}  # each draw's simulated counts [E, T, C]
-    for name in PREDICTORS:
+    for name in predicted:
       for k in range(draws):  # keyed by names: a predictor's draws do not move when another is added
         rng = np.random.default_rng([seed, k, zlib.crc32(name.encode()), zlib.crc32(d.encode())])
         sims[name].append(sampled_counts(real, qs[name], rng))
