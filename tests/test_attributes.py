@@ -16,7 +16,8 @@ from mfjax.configs import ConfigError
 from mfjax.data import make_step_batch, synthetic
 from mfjax.data.batching import BatchConfig
 from mfjax.data.prompts import attribute_tag
-from mfjax.evaluation.report import CachedLabeler, attribute_agreement, make_labeler
+from mfjax.evaluation.report import (CachedLabeler, attribute_agreement, attribute_confusion, attribute_counts,
+                                    make_labeler)
 from mfjax.ibtune import ib_tune_loss
 from mfjax.meanfield import MeanFieldConfig, MeanFieldEncoder, init_encoder
 from mfjax.pipeline.data import _tokenizer_texts, label_categories
@@ -199,6 +200,15 @@ def test_attribute_agreement_counts_the_scored_agents_only():
   assert a["intent"] == pytest.approx(2 / 3) and a["behaviour"] == 1.0 and a["sentiment"] == 1.0
   a = attribute_agreement(drawn, sim, np.array([[[True, True, False]]]))
   assert all(v == 1.0 for v in a.values())
+  # P(labelled | drawn) per dimension: the doubting draw read as doubt, the believing one as doubt too
+  counts = attribute_counts(drawn, sim, np.ones((1, 1, 3), bool))
+  np.testing.assert_array_equal(counts["belief"], [[1, 1], [0, 1]])
+  conf = attribute_confusion({d: 2 * c for d, c in counts.items()})  # summed over two seeds
+  assert conf["belief"] == [[0.5, 0.5], [0.0, 1.0]]
+  assert conf["intent"] == [[0.5, 0.0, 0.5], [0.0, 1.0, 0.0], None]  # a share reads as promotion; no opinion drawn
+  for d, rows in conf.items():  # every drawn row's agreement weighs back to the agreement
+    diag = sum(counts[d][i, i] for i in range(len(rows)))
+    assert diag / counts[d].sum() == pytest.approx(attribute_agreement(drawn, sim, np.ones((1, 1, 3), bool))[d])
 
 
 def test_attributes_without_a_population_weight_is_a_config_error():

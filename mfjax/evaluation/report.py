@@ -9,6 +9,8 @@ results.json:
                "kl_per_event": [E],   (each event's KL over its scored steps, mean over seeds)
                "attribute_agreement": {"joint", dim}}},   (an attribute-conditioned policy: how often the
                labeler reads the category it drew, over the scored agents; mean over seeds)
+               "attribute_confusion": {dim: [C][C]}   (the same: P(labelled category | drawn one), rows the
+               drawn categories in DIMENSIONS order, over the scored agents of every seed; None: never drawn)
                "drawn": {"kl_mean", "kl": {dim}, "kl_per_event": [E]}   (the same: KL scored on the drawn
                categories themselves, the head's forecast before the text; `horizon` and `paired` hold it
                as the row "<method> (drawn)")
@@ -138,6 +140,25 @@ def attribute_agreement(drawn_ExTxB, sim: dict, agents_ExTxB) -> dict:
   for d, of_class in class_dimensions().items():
     out[d] = float(((np.asarray(of_class)[np.maximum(drawn, 0)] == sim[d]) & agents_ExTxB).sum() / n)
   return out
+
+
+def attribute_counts(drawn_ExTxB, sim: dict, agents_ExTxB) -> dict:
+  """{dimension: [C_d, C_d] float64}: over the given agents, how many drew each category (rows) and the
+  labeler read each category in their actions (columns); `attribute_confusion` normalises the rows."""
+  drawn = drawn_ids(drawn_ExTxB)
+  ok = np.asarray(agents_ExTxB, bool)
+  out = {}
+  for d, cats in DIMENSIONS.items():
+    m = np.zeros((len(cats), len(cats)))
+    np.add.at(m, (drawn[d][ok], np.asarray(sim[d])[ok]), 1.0)
+    out[d] = m
+  return out
+
+
+def attribute_confusion(counts: dict) -> dict:
+  """{dimension: [C_d][C_d] P(labelled | drawn)} from `attribute_counts` (summed over seeds); None for a
+  category no agent drew."""
+  return {d: [[float(x) for x in row / row.sum()] if row.sum() > 0 else None for row in m] for d, m in counts.items()}
 
 
 def drawn_ids(drawn_ExTxB) -> dict:
@@ -392,13 +413,14 @@ def evaluate(req: EvalRequest) -> Evaluation:
 
   scored_agents = agent_mask & weights[..., None]
   for tag, method, _ in runs:
-    per_seed, agreement, drawn = [], [], []
+    per_seed, agreement, drawn, confusion = [], [], [], []
     for seed in range(seeds):
       r = load_rollout(workdir, tag, seed)
       sim = sim_ids(tag, seed, r)
       per_seed.append(score(real, sim, agent_mask, weights, r["real_logprobs"], req.eval_batch.action_mask, correct))
       if "category" in r:
         agreement.append(attribute_agreement(r["category"], sim, scored_agents))
+        confusion.append(attribute_counts(r["category"], sim, scored_agents))
         drawn.append(drawn_scores(real, r["category"], agent_mask, weights))
       if seed == 0:
         if tag == "mf":
@@ -411,6 +433,8 @@ def evaluate(req: EvalRequest) -> Evaluation:
     if agreement:
       results["methods"][tag]["attribute_agreement"] = {k: float(np.mean([a[k] for a in agreement]))
                                                         for k in agreement[0]}
+      results["methods"][tag]["attribute_confusion"] = attribute_confusion(
+          {d: sum(c[d] for c in confusion) for d in DIMENSIONS})
       results["methods"][tag]["drawn"] = {"kl_mean": float(np.mean([x["kl_mean"] for x in drawn])),
                                           "kl": {d: float(np.mean([x["kl"][d] for x in drawn])) for d in DIMENSIONS},
                                           "kl_per_event": _steps(np.mean([x["kl_per_event"] for x in drawn], 0))}
