@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -198,10 +199,15 @@ def probe(run_dir: str, events: int = 0, seed: int = 0, split: str = "val") -> d
   fn = jax.jit(lambda b, r: probe_chunk(trained.model, trained.encoder, params, b, data.tags, share_id, r,
                                         plan.sampling.warmup))
   rows, mus = [], []
-  for i in range(0, n - n % chunk, chunk):
+  chunks, t0 = n // chunk, time.time()
+  for j, i in enumerate(range(0, n - n % chunk, chunk)):
     r, mu = jax.device_get(fn({k: v[i:i + chunk] for k, v in val.items()}, jax.random.PRNGKey(seed + i)))
     rows.append(r)
     mus.append(mu)
+    if (j + 1) % max(chunks // 10, 1) == 0 or j + 1 == chunks:  # progress on stderr: stdout is the table
+      spent = time.time() - t0
+      print(f"[probe] {(j + 1) * chunk}/{chunks * chunk} events in {spent:.0f} s (about "
+            f"{spent / (j + 1) * (chunks - j - 1):.0f} s left)", file=sys.stderr, flush=True)
   val = {k: v[:len(mus) * chunk] for k, v in val.items()}
   out = {"split": split, **summarise(rows, np.concatenate(mus), val)}
   if "head_probs" in rows[0]["sampled"]:
