@@ -12,9 +12,9 @@ import pytest
 
 from mfjax.__main__ import main
 from mfjax.categories import DIMENSIONS
-from mfjax.data import agent_states, train_tokenizer, write_jsonl
+from mfjax.data import agent_numbers, agent_states, train_tokenizer, write_jsonl
 from mfjax.data.events import Action, Event
-from mfjax.pipeline.forecast import ForecastError, forecast_layout, pick_event
+from mfjax.pipeline.forecast import ForecastError, forecast_layout, forecast_numbers, pick_event
 from test_pipeline import QUICK, TINY
 
 B = 4
@@ -35,8 +35,14 @@ def test_the_future_agents_take_the_last_observed_steps_states_or_the_real_ones(
   assert states[K * B:] == states[(K - 1) * B:K * B] * 3  # every future step: the last observed step's agents
   assert all(a.text == "" and a.parent == "" for a in laid.actions[K * B:])
   assert len({a.id for a in laid.actions}) == len(laid.actions)
+  # a head that reads the states as numbers (mf.state_numbers) reads them as the state lines lay them out
+  rows = forecast_numbers(laid, K, B, "last", None)
+  seen = dataclasses.replace(event, actions=event.actions[:K * B])
+  assert len(rows) == len(states) and rows[:K * B] == agent_numbers(seen)
+  assert rows[K * B:] == rows[(K - 1) * B:K * B] * 3
   laid, states, K = forecast_layout(event, agents=B, observed=2, horizon=3, future_states="real", activity=None)
   assert K == 2 and laid.actions == event.actions[:5 * B] and states == agent_states(laid)
+  assert forecast_numbers(laid, K, B, "real", None) == agent_numbers(laid)
 
 
 @pytest.mark.parametrize("n, observed, horizon, states, message", [

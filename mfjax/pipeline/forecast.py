@@ -81,6 +81,17 @@ class ForecastRequest:
   seed: int = 0  # of the sampling keys (every method reads the same ones)
 
 
+def forecast_numbers(laid: Event, observed: int, agents: int, future_states: str,
+                     activity: Optional[UidActivity]) -> list:
+  """The agents' states as numbers (`agent_numbers`) of an event laid out by `forecast_layout`, as its
+  state lines are: with `last`, every future step repeats the last observed step's agents' rows."""
+  if future_states != "last":
+    return agent_numbers(laid, activity)
+  B = agents
+  rows = agent_numbers(dataclasses.replace(laid, actions=laid.actions[:observed * B]), activity)
+  return rows + rows[-B:] * ((len(laid.actions) - observed * B) // B)
+
+
 def pick_event(path: str, eid: Optional[str]) -> Event:
   """The event `eid` of the file `path`, or its only event where `eid` is None."""
   seen = []
@@ -206,10 +217,8 @@ def forecast(req: ForecastRequest) -> dict:
       f"{H} forecast with {S} seeds; future agents' states: {req.future_states}")
   batch: StepBatch = make_step_batch([laid], tok, dataclasses.replace(plan.data.batch, steps=T), activity=activity,
                                      states=[states])
-  if plan.data.numbers:  # the head reads the states as numbers too: the future agents' as their state lines
-    last = req.future_states == "last"
-    rows = agent_numbers(dataclasses.replace(laid, actions=laid.actions[:K * B]) if last else laid, activity)
-    batch.numbers = step_numbers([laid], T, B, rows=[rows + rows[-B:] * H if last else rows])
+  if plan.data.numbers:  # the head reads the states as numbers too
+    batch.numbers = step_numbers([laid], T, B, rows=[forecast_numbers(laid, K, B, req.future_states, activity)])
   labeler = CachedLabeler(make_labeler(plan.data.labeler, plan.data.label_data))
   if plan.data.categories:  # the observed actions' classes (the future's placeholders have none)
     batch.category = label_categories(labeler, batch)
