@@ -482,8 +482,8 @@ def test_the_writer_temperature_moves_the_text_and_leaves_the_heads_draws():
   np.testing.assert_array_equal(np.asarray(writer.tokens[:, W])[same], np.asarray(cool.tokens[:, W])[same])
   assert (np.asarray(writer.tokens[:, W]) != np.asarray(plain.tokens[:, W]))[agents].any()  # the text moved
   with pytest.raises(ConfigError, match="rollout.writer_temperature"):
-    check_config(configs.load_config("experiments/quickstart.py", ["rollout.writer_temperature=0.5",
-                                                                   "mf.attributes=False", "mf.category_features=False"]))
+    check_config(configs.load_config("experiments/quickstart.py", [
+        "rollout.writer_temperature=0.5", "mf.attributes=False", "mf.category_features=False"]))
   check_config(configs.load_config("experiments/quickstart.py", ["rollout.writer_temperature=0.5"]))
 
 
@@ -512,8 +512,9 @@ def test_the_head_can_read_the_agents_state_as_numbers():
     m = jnp.zeros(plain.shape[:-1] + (2, 32))
     encoder.apply({"params": params["mf"]}, m, plain, method=MeanFieldEncoder.class_logits)
   m = jnp.zeros(batch["agent_mask"].shape[:2] + (2, 32))
+  with_numbers = {**batch, "numbers": numbers}
   grads = jax.grad(lambda mf: population_terms(model=model, encoder=encoder, params={**params, "mf": mf},
-                                               batch={**batch, "numbers": numbers}, m_ExTxKxD=m)["population"])(params["mf"])
+                                               batch=with_numbers, m_ExTxKxD=m)["population"])(params["mf"])
   assert grads["class_hidden"]["kernel"].shape[0] == 2 * 32 + 32 + F
   assert np.abs(grads["class_hidden"]["kernel"][-F:]).max() > 0  # the numbers reach the head
   run = lambda x: np.asarray(simulate(model, params, {**batch, "numbers": x}, method="mf", encoder=encoder,

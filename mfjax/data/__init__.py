@@ -11,8 +11,8 @@ from mfjax.data.prompts import (NUMBER_FEATURES, SHARE_TEXT, UidActivity, action
 from mfjax.data.tokenizers import BOS, EOS, PAD, load_tokenizer, train_tokenizer
 
 __all__ = [
-    "synthetic", "BatchConfig", "StepBatch", "make_step_batch", "step_numbers", "step_texts", "FORMATS", "Action", "Event",
-    "EventFormatError", "LoadReport", "detect_format", "load_events", "split_of", "write_jsonl", "SHARE_TEXT",
-    "NUMBER_FEATURES", "UidActivity", "action_text", "agent_numbers", "agent_states", "cascade_depths", "policy_prompt", "BOS", "EOS", "PAD",
-    "load_tokenizer", "train_tokenizer", "Intervention", "forced_mask", "inject",
+    "synthetic", "BatchConfig", "StepBatch", "make_step_batch", "step_numbers", "step_texts", "FORMATS", "Action",
+    "Event", "EventFormatError", "LoadReport", "detect_format", "load_events", "split_of", "write_jsonl", "SHARE_TEXT",
+    "NUMBER_FEATURES", "UidActivity", "action_text", "agent_numbers", "agent_states", "cascade_depths", "policy_prompt",
+    "BOS", "EOS", "PAD", "load_tokenizer", "train_tokenizer", "Intervention", "forced_mask", "inject",
 ]
