@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from mfjax.categories import CLASSES
-from mfjax.data.prompts import NUMBER_FEATURES
 from mfjax.configs import MODEL_SIZES, ConfigError, check, check_at_least, flat_keys
 from mfjax.data.batching import BatchConfig
+from mfjax.data.prompts import NUMBER_FEATURES
 from mfjax.data.intervention import Intervention
 from mfjax.data.synthetic import WorldConfig
 from mfjax.data.tokenizers import MIN_VOCAB

@@ -95,6 +95,11 @@ def _profile_state(p: dict) -> str:
   return "，".join(parts)
 
 
+def _since_post(a: Action, event: Event) -> Optional[float]:
+  """Seconds from the original post to the action (None where either time is missing)."""
+  return None if (a.time is None or event.time is None) else a.time - event.time
+
+
 def agent_states(event: Event, activity: Optional[UidActivity] = None) -> list[str]:
   """One state line per action of the event."""
   depths = cascade_depths(event)
@@ -103,8 +108,7 @@ def agent_states(event: Event, activity: Optional[UidActivity] = None) -> list[s
     if a.profile:
       out.append(_profile_state(a.profile))
       continue
-    since = None if (a.time is None or event.time is None) else a.time - event.time
-    parts = [f"转发层级{d}", f"发布后{_hours(since)}"]
+    parts = [f"转发层级{d}", f"发布后{_hours(_since_post(a, event))}"]
     if activity is not None:
       parts.append(f"历史活跃{activity(a.agent, event.eid)}次")
     out.append("，".join(parts))
@@ -122,7 +126,8 @@ def agent_numbers(event: Event, activity: Optional[UidActivity] = None) -> list[
   the uid's actions in other events where `activity` is given, else 0). Every source has the depth."""
   out = []
   for a, d in zip(event.actions, cascade_depths(event)):
-    since = None if (a.time is None or event.time is None) else max(a.time - event.time, 0.0) / 3600
+    seconds = _since_post(a, event)
+    since = None if seconds is None else max(seconds, 0.0) / 3600
     count = 0 if activity is None else activity(a.agent, event.eid)
     out.append((math.log1p(d), 0.0 if since is None else math.log1p(since), float(since is None), math.log1p(count)))
   return out

@@ -218,9 +218,9 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
     train = counts(train_ids[d], train_mask, len(cats))
     qs, pseudocounts[d] = predictors(real, train, real_labels, train_labels, warmup, scored)
     if numbers is not None:
-      per_step = training_proportions(train)[1]
+      shrunk_train = _shrunk(train, training_proportions(train)[1], warmup, pseudocounts[d])  # the k just fitted
       qs["agents"] = agent_forecast(real_ids[d], real_mask, numbers[0], train_ids[d], train_mask, numbers[1],
-                                    qs["shrunk"], shrunk_forecast(train, train, warmup, per_step)[0], warmup)
+                                    qs["shrunk"], shrunk_train, warmup)
     fix = None if correct is None else functools.partial(correct, d)
     sims = {name: [] for name in per_draw}  # each draw's simulated counts [E, T, C]
     for name in predicted:

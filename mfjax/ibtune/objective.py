@@ -43,7 +43,8 @@ from typing import Optional
 
 from mfjax.categories import class_dimensions
 from mfjax.meanfield import text as text_mf
-from mfjax.meanfield.encoder import MeanFieldEncoder, MFState, Posterior, agent_embeddings, agent_anchors
+from mfjax.meanfield.encoder import (MeanFieldEncoder, MFState, Posterior, agent_anchors, agent_embeddings,
+                                    agent_numbers_of)
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.params_keys import PARAMS
 from mfjax.policy import AttributeTags, action_logprobs, head_state, with_context, with_tags
@@ -98,13 +99,8 @@ def _categories_read(encoder: MeanFieldEncoder, batch):
 def batch_head_state(model: Decoder, encoder: MeanFieldEncoder, lm_params, batch):
   """[E, T, B, ...]: the population head's agent state of every agent of the batch (`head_state`), with the
   batch's `numbers` where the head reads them (`MeanFieldConfig.state_numbers`)."""
-  numbers = None
-  if encoder.cfg.state_numbers:
-    if "numbers" not in batch:
-      raise ValueError("this population head reads the agents' states as numbers (state_numbers): the batch needs "
-                       "`numbers` [E, T, B, F] (mfjax.data.step_numbers)")
-    numbers = batch["numbers"]
-  return head_state(model, lm_params, batch["prompt_ids"], batch["prompt_mask"], encoder.cfg.state_tail, numbers)
+  return head_state(model, lm_params, batch["prompt_ids"], batch["prompt_mask"], encoder.cfg.state_tail,
+                    agent_numbers_of(encoder.cfg, batch))
 
 
 def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, remat: bool = False,

@@ -277,6 +277,17 @@ def agent_anchors(cfg, category_ExTxB, agent_mask_ExTxB):
   return jnp.broadcast_to(counts[:, :, None], category_ExTxB.shape + counts.shape[-1:])
 
 
+def agent_numbers_of(cfg, batch):
+  """The batch's agents' states as numbers [E, T, B, F] (`mfjax.data.step_numbers`) where the head reads
+  them (`cfg.state_numbers`), else None; ValueError where it reads them and the batch has none."""
+  if not cfg.state_numbers:
+    return None
+  if "numbers" not in batch:
+    raise ValueError("this population head reads the agents' states as numbers (state_numbers): the batch needs "
+                     "`numbers` [E, T, B, F] (mfjax.data.step_numbers)")
+  return batch["numbers"]
+
+
 def _boxed_init(encoder: MeanFieldEncoder, rng, lm_width: int):
   dummy = jnp.zeros((1, 2, lm_width), jnp.float32)
   return encoder.init(rng, dummy, jnp.ones((1, 2), bool))["params"]

@@ -184,10 +184,10 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
   else:
     tok = train_tokenizer(_tokenizer_texts(train, activity, d.attributes), d.vocab_size, tok_dir)
   bc = d.batch
-  batches = {name: make_step_batch(ev, tok, layout, activity=activity) for name, ev, layout in
-             (("train", train, bc), ("val", val, bc), ("eval", test, d.eval_batch))}
+  splits = (("train", train, bc), ("val", val, bc), ("eval", test, d.eval_batch))
+  batches = {name: make_step_batch(ev, tok, layout, activity=activity) for name, ev, layout in splits}
   if d.numbers:  # the population head reads each agent's state as numbers too (mf.state_numbers)
-    for name, ev, layout in (("train", train, bc), ("val", val, bc), ("eval", test, d.eval_batch)):
+    for name, ev, layout in splits:
       batches[name].numbers = step_numbers(ev, layout.steps, layout.agents_per_step, activity)
   labeler = CachedLabeler(make_labeler(d.labeler, d.label_data)) if d.categories else None
   if labeler is not None:  # the population head's targets, by the run's labeler

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 from mfjax import sampling
 from mfjax.meanfield import text as text_mf
-from mfjax.meanfield.encoder import MeanFieldEncoder, anchor_counts
+from mfjax.meanfield.encoder import MeanFieldEncoder, agent_numbers_of, anchor_counts
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, with_activation_sharding
 from mfjax.parallel.state import abstract_policy, place, policy_shardings
@@ -147,11 +147,8 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
   anchors = None  # an anchored head's class counts [E, T, C] (the warm-up's real classes: `anchor_counts`)
   if spec.tags is not None and encoder.cfg.anchor_steps:
     anchors = anchor_counts(categories, batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
-  numbers = None  # a head that reads the agents' states as numbers: [E, T, B, F]
-  if spec.tags is not None and encoder.cfg.state_numbers:
-    if "numbers" not in batch:
-      raise ValueError("this 'mf' head reads the agents' states as numbers (state_numbers): pass batch['numbers']")
-    numbers = batch["numbers"]
+  # a head that reads the agents' states as numbers: [E, T, B, F]
+  numbers = agent_numbers_of(encoder.cfg, batch) if spec.tags is not None else None
   steps_of = (batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"], batch["action_mask"],
               batch["agent_mask"], batch["parent"], forced.astype(bool), categories.astype(jnp.int32))
 
