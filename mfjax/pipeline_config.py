@@ -162,6 +162,14 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.sft = stage(60, 2e-3, 4, 4, "lora")
   c.mf_train = stage(300, 2e-3, 4, 4, "lora+mf")
   c.mf_text_train = stage(300, 2e-3, 4, 4, "lora")  # the mf_text stage: lora (policy and writer adapters) or full
+  # The mf_head stage (steps > 0; needs the population head): after mf, the head alone fitted on the mean field the
+  # trained mf stage computes once over the training events (mfjax.ibtune.head_loss), batch_events events a step;
+  # the mf rollouts then draw from it. In the mf stage the head sees each training agent about once.
+  c.mf_head = ml_collections.ConfigDict()
+  c.mf_head.steps = 0
+  c.mf_head.lr = 3e-3
+  c.mf_head.warmup = 10
+  c.mf_head.batch_events = 32
 
   c.train = ml_collections.ConfigDict()
   c.train.weight_decay = 0.01
@@ -321,9 +329,11 @@ def check_config(cfg) -> None:
     check_at_least(cfg, 1, *MODEL_SIZES)
     check("model", lambda: scratch_model_config(cfg, cfg.tokenizer.vocab_size))
   check("lora", lambda: lora_config(cfg))
-  for name in ("base", "sft", "mf_train", "mf_text_train"):
+  check("mf_head.steps", cfg.mf_head.steps <= 0 or _population_head(cfg),
+        "a head-only stage needs the population head (mf.attributes or ib.population_weight > 0)")
+  for name in ("base", "sft", "mf_train", "mf_text_train", "mf_head"):
     stage = cfg[name]
-    check_at_least(cfg, 0, f"{name}.steps", f"{name}.agents")  # agents 0 (or B and more): every agent
+    check_at_least(cfg, 0, f"{name}.steps", *([f"{name}.agents"] if "agents" in stage else []))  # agents 0: all
     check_at_least(cfg, 1, f"{name}.batch_events")
     check(f"{name}.lr", stage.lr > 0, f"must be > 0, got {stage.lr!r}")
     if "trainable" in stage:
@@ -376,8 +386,14 @@ def _trained_stages(cfg) -> dict[str, str]:
   out = {} if cfg.model.checkpoint else {"base": "base"}
   out.update({"sft": "sft"} if "sft" in want else {})
   out.update(dict.fromkeys(_ib_stages(cfg), "mf_train"))
+  out.update({"mf_head": "mf_head"} if _head_stage(cfg) else {})
   out.update({"mf_text": "mf_text_train"} if "mf_text" in want else {})
   return out
+
+
+def _head_stage(cfg) -> bool:
+  """Whether the run fits the mf stage's head alone after it (stage mf_head), which the mf rollouts draw from."""
+  return "mf" in _methods(cfg) and cfg.mf_head.steps > 0
 
 
 def _ib_stages(cfg) -> dict[str, float]:
@@ -431,7 +447,8 @@ def check_data_choices(d) -> None:
 
 def _rollout_runs(cfg) -> list[tuple[str, str, str]]:
   """(tag, method, params key) of every rollout: the methods, then the sweep."""
-  runs = [(m, m, "base" if m in ("state", "recent", "popular") else m) for m in _methods(cfg)]
+  of = lambda m: "base" if m in ("state", "recent", "popular") else "mf_head" if m == "mf" and _head_stage(cfg) else m
+  runs = [(m, m, of(m)) for m in _methods(cfg)]
   runs += [(tag, "mf", tag) for tag in _sweep_stages(cfg)]
   return runs
 
@@ -449,11 +466,12 @@ def _intervention_runs(cfg) -> list[tuple[str, str, str]]:
 class Stage:
   """A training stage: its folder, the loss it trains by, what it trains, and its schedule."""
 
-  name: str  # its folder in the workdir: base, sft, mf, mf_beta<b> (the IB sweep's), mf_text
+  name: str  # its folder in the workdir: base, sft, mf, mf_beta<b> (the IB sweep's), mf_head, mf_text
   loss: str  # base (the policy over every context kind), policy (state-only prompts), ib (IB-Tune with the
-  # latent mean field), text_ib (IB-Tune with the text mean field): the keys of mfjax.pipeline's LOSSES
-  section: str  # the config section its schedule comes from: base | sft | mf_train | mf_text_train
-  trainable: str  # full | lora | lora+mf | mf (mfjax.ibtune.TRAINABLE)
+  # latent mean field), head (mf's population head alone, on its cached mean field), text_ib (IB-Tune with the
+  # text mean field): the keys of mfjax.pipeline's LOSSES
+  section: str  # the config section its schedule comes from: base | sft | mf_train | mf_head | mf_text_train
+  trainable: str  # full | lora | lora+mf | mf | head (mfjax.ibtune.TRAINABLE)
   steps: int  # optimizer steps
   lr: float  # peak learning rate (warmup, then cosine decay)
   warmup: int
@@ -564,7 +582,8 @@ class RunPlan:
   in order, and the rollouts it makes and scores."""
 
   methods: tuple[str, ...]  # rollout.methods
-  stages: tuple[Stage, ...]  # in training order: base (unless model.checkpoint), sft, mf, the sweep, mf_text
+  stages: tuple[Stage, ...]  # in training order: base (unless model.checkpoint), sft, mf, the sweep, mf_head,
+  # mf_text
   rollouts: tuple[Rollout, ...]  # the methods', the sweep's, then those with the intervention
   intervention: Optional[Intervention]
   lora: LoraConfig
@@ -609,6 +628,10 @@ def plan(cfg) -> RunPlan:
       stages.append(stage(name, "ib", section, cfg.mf_train.trainable, _ib_stages(cfg)[name]))
     elif section == "mf_text_train":
       stages.append(stage(name, "text_ib", section, cfg.mf_text_train.trainable))
+    elif section == "mf_head":
+      h = cfg.mf_head
+      stages.append(Stage(name, "head", section, "head", int(h.steps), float(h.lr), int(h.warmup),
+                          int(h.batch_events), 0))
   rollouts = [Rollout(*run) for run in _rollout_runs(cfg)]
   rollouts += [Rollout(*run, intervened=True) for run in _intervention_runs(cfg)]
   d, r, t = cfg.data, cfg.rollout, cfg.train

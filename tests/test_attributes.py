@@ -527,3 +527,49 @@ def test_the_head_can_read_the_agents_state_as_numbers():
     check_config(configs.load_config("experiments/quickstart.py", ["mf.state_numbers=True", "mf.attributes=False",
                                                                    "mf.category_features=False",
                                                                    "ib.population_weight=0.0"]))
+
+
+def test_a_head_only_stage_trains_the_head_alone_on_the_cached_mean_field():
+  """`teacher_forced_posteriors` is q along the real history (mean_field_path's mu and logvar); `head_loss` is
+  the population term on a draw of that q; trainable "head" moves the head's parameters and nothing else,
+  and a few steps lower the loss."""
+  from mfjax.ibtune import (TrainState, head_loss, make_optimizer, teacher_forced_posteriors, train_step,
+                            trainable_labels)
+  from mfjax.ibtune.objective import mean_field_path, population_terms
+  from mfjax.meanfield.encoder import HEAD_PARAMS, Posterior
+  model, encoder, params = _with_head()
+  batch = {k: jnp.asarray(v) for k, v in _categorised(make_batch()).items()}
+  cached = teacher_forced_posteriors(model=model, encoder=encoder, params=params, batch=batch)
+  _, mu, logvar = mean_field_path(model=model, encoder=encoder, params=params, batch=batch,
+                                  rng=jax.random.PRNGKey(7), sample=False)
+  np.testing.assert_allclose(cached["mf_mu"], mu, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(cached["mf_logvar"], logvar, rtol=1e-5, atol=1e-6)
+  batch = {**batch, **cached}
+  key = jax.random.PRNGKey(3)
+  loss, aux = head_loss(model=model, encoder=encoder, params=params, batch=batch, rng=key)
+  m = Posterior(mu=cached["mf_mu"], logvar=cached["mf_logvar"]).sample(key)
+  want = population_terms(model=model, encoder=encoder, params=params, batch=batch, m_ExTxKxD=m)["population"]
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
+  assert float(aux["tokens"]) == float((batch["agent_mask"] & (batch["category"] >= 0)).sum())
+  with pytest.raises(ValueError, match="needs 'mf_mu'"):
+    head_loss(model=model, encoder=encoder, params=params, batch={k: v for k, v in batch.items() if k != "mf_mu"},
+              rng=key)
+
+  labels = trainable_labels(params, "head")
+  trained = {path[1].key for path, label in jax.tree_util.tree_leaves_with_path(labels) if label == "train"}
+  assert trained == set(HEAD_PARAMS) & set(params["mf"])
+  with pytest.raises(ValueError, match="selects no parameter"):
+    trainable_labels({"lm": params["lm"]}, "head")
+  tx = make_optimizer(params, trainable="head", lr=1e-2, steps=20)
+  loss_fn = lambda params, batch, rng, step: head_loss(model=model, encoder=encoder, params=params, batch=batch,
+                                                       rng=rng)
+  step = jax.jit(lambda s, b, r: train_step(s, b, r, loss_fn=loss_fn, tx=tx, labels=labels))
+  state = TrainState(jnp.int32(0), params, tx.init(params))
+  losses = []
+  for _ in range(20):
+    state, metrics = step(state, batch, jax.random.PRNGKey(0))
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0] - 0.05
+  moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), params, state.params)
+  for path, changed in jax.tree_util.tree_leaves_with_path(moved):
+    assert changed == (path[0].key == "mf" and path[1].key in HEAD_PARAMS), path

@@ -213,6 +213,35 @@ def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rn
   return loss, {"loss": loss, **aux}
 
 
+# The batch keys of a head-only stage's cached mean field (`teacher_forced_posteriors`): q's mean and log-variance
+# read at every step, [E, T, K, D]
+MF_MU, MF_LOGVAR = "mf_mu", "mf_logvar"
+
+
+def teacher_forced_posteriors(*, model: Decoder, encoder: MeanFieldEncoder, params, batch):
+  """{MF_MU, MF_LOGVAR}: q(m_t) read at every step along the batch's real history ([E, T, K, D] each,
+  float32; `mean_field_path` without a sample, a gradient or scheduled sampling), what `head_loss` reads."""
+  _, mu, logvar = mean_field_path(model=model, encoder=encoder, params=params, batch=batch,
+                                  rng=jax.random.PRNGKey(0), lm_grad=False, sample=False)
+  return {MF_MU: jax.lax.stop_gradient(mu).astype(jnp.float32),
+          MF_LOGVAR: jax.lax.stop_gradient(logvar).astype(jnp.float32)}
+
+
+def head_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng):
+  """The population head's loss on a mean field computed once (a head-only stage): the population term of
+  IB-Tune (`population_terms`, nats per real agent) with m drawn from the cached q of each step (batch keys
+  MF_MU, MF_LOGVAR from `teacher_forced_posteriors`), as a rollout's head reads a draw of q. Only the head's
+  parameters get a gradient that matters: nothing else is between them and the loss but the LM's token
+  embeddings, which `head_state` reads without one."""
+  for key in (MF_MU, MF_LOGVAR, "category"):
+    if key not in batch:
+      raise ValueError(f"a head-only stage's batch needs {key!r} (teacher_forced_posteriors; the real labels)")
+  q = Posterior(mu=batch[MF_MU], logvar=batch[MF_LOGVAR])
+  terms = population_terms(model=model, encoder=encoder, params=params, batch=batch, m_ExTxKxD=q.sample(rng))
+  labelled = (batch["agent_mask"] & (batch["category"] >= 0)).sum().astype(jnp.float32)
+  return terms["population"], {"loss": terms["population"], **terms, "tokens": labelled}
+
+
 def _leave_one_out(x_ExT, valid_ExT):
   """Per (event, step): the mean of x over the other valid events of the step (0 where there is none)."""
   v = valid_ExT.astype(jnp.float32)

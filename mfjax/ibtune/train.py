@@ -11,6 +11,7 @@ zero updates and no optimizer state (`optax.multi_transform` with `set_to_zero`)
   lora     LoRA adapters only (the default for sft; with a text mean field, the policy's and the writer's)
   full     everything (from-scratch pre-training, full fine-tuning)
   mf       the encoder only (a frozen policy)
+  head     the encoder's population head only (`HEAD_PARAMS`; a head fitted on a trained mean field)
 
 The batch of step s is a pure function of (seed, s), so a checkpoint's step is
 also its data position: a rerun restores params, optimizer state and step from
@@ -31,6 +32,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from mfjax.meanfield.encoder import HEAD_PARAMS
 from mfjax.model.lora import is_lora_path
 from mfjax.parallel.mesh import (batch_sharding, global_batch, opt_state_shardings, process_rows, replicated,
                                  with_activation_sharding)
@@ -39,7 +41,7 @@ from mfjax.params_keys import PARAMS
 from mfjax.runs import Preempted, append_jsonl, environment, restore_latest, restore_params, resume_jsonl
 from mfjax.workdir import CHECKPOINTS, ENVIRONMENT_FILE, METRICS_FILE
 
-TRAINABLE = ("lora+mf", "lora", "full", "mf")
+TRAINABLE = ("lora+mf", "lora", "full", "mf", "head")
 
 
 @flax.struct.dataclass
@@ -57,7 +59,9 @@ def trainable_labels(params, trainable: str):
   def label(path, _):
     top = getattr(path[0], "key", None)
     lora = is_lora_path(path)
-    train = {"full": True, "lora": lora, "mf": top == PARAMS.mf, "lora+mf": lora or top == PARAMS.mf}[trainable]
+    head = top == PARAMS.mf and len(path) > 1 and getattr(path[1], "key", None) in HEAD_PARAMS
+    train = {"full": True, "lora": lora, "mf": top == PARAMS.mf, "lora+mf": lora or top == PARAMS.mf,
+             "head": head}[trainable]
     train = train and top != PARAMS.prior
     return "train" if train else "frozen"
 

@@ -52,6 +52,8 @@ from mfjax.model.transformer import Decoder
 from mfjax.parallel import axes
 
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 4.0
+# The population head's parameters (`class_logits`): what a head-only stage trains (trainable "head")
+HEAD_PARAMS = ("class_norm", "class_hidden", "class_out", "anchor_prior", "anchor_k")
 
 
 @dataclasses.dataclass(frozen=True)

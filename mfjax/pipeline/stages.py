@@ -12,20 +12,24 @@ IB sweep's) share one compiled step, their beta an argument of it.
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
-from mfjax.ibtune import (beta_schedule, fit, ib_tune_loss, jit_train_step, make_optimizer, policy_loss, sharded_state,
-                          state_shardings, text_ib_tune_loss, trainable_labels, trained_params)
+from mfjax.ibtune import (beta_schedule, fit, head_loss, ib_tune_loss, jit_train_step, make_optimizer, policy_loss,
+                          sharded_state, state_shardings, teacher_forced_posteriors, text_ib_tune_loss,
+                          trainable_labels, trained_params)
 from mfjax.meanfield import MeanFieldEncoder, TextMFSpec, init_encoder
 from mfjax.model import Decoder, ModelConfig, hf
 from mfjax.model.lora import add_lora
 from mfjax.parallel import global_batch, init_sharded, make_mesh
-from mfjax.parallel.mesh import check_events, process_rows, with_activation_sharding
+from mfjax.parallel.mesh import check_events, process_rows, replicated, with_activation_sharding
 from mfjax.parallel.state import place, policy_shardings
 from mfjax.params_keys import PARAMS
 from mfjax.pipeline.data import Data
@@ -33,7 +37,7 @@ from mfjax.pipeline_config import RunPlan, Stage
 from mfjax.rollout import ContextSpec
 from mfjax.rollout.context import KINDS
 from mfjax.runs import log
-from mfjax.workdir import stage_dir
+from mfjax.workdir import CHECKPOINTS, stage_dir
 
 
 def _model_config(plan: RunPlan, tok, ctx: ContextSpec, text: TextMFSpec, tags) -> ModelConfig:
@@ -104,9 +108,14 @@ def _text_ib_loss(x: LossInputs, agents: int):
                                                             agents=agents)
 
 
+def _head_loss(x: LossInputs, agents: int):
+  return lambda params, batch, rng, step: head_loss(model=x.model, encoder=x.encoder, params=params, batch=batch,
+                                                    rng=rng)
+
+
 # Stage.loss -> (inputs, agents scored per step) -> loss_fn(params, batch, rng, step, **hparams) -> (loss, aux);
 # an ib loss takes its beta as an hparam, so that one compiled step serves every beta of a sweep
-LOSSES = {"base": _base_loss, "policy": _policy_loss, "ib": _ib_loss, "text_ib": _text_ib_loss}
+LOSSES = {"base": _base_loss, "policy": _policy_loss, "ib": _ib_loss, "head": _head_loss, "text_ib": _text_ib_loss}
 
 
 # ----------------------------------------------------------------------------- training
@@ -187,6 +196,47 @@ def _restored(stage: Stage, *, params, model: Decoder, encoder: MeanFieldEncoder
                         shardings=shardings, log=log)
 
 
+def _mean_field_of(inputs: LossInputs, *, events: int, mesh) -> Callable:
+  """(params, arrays [E, T, B, ...], stage name) -> the arrays with the mean field the trained `params` read
+  along each event's real history (`teacher_forced_posteriors`), computed `events` events at a time over the
+  mesh (the last chunk wraps around: one static shape) and gathered on the host, with a progress line every
+  30 s: what a head-only stage trains on."""
+  rows = process_rows(events)
+  fn = jax.jit(with_activation_sharding(
+      lambda p, b: teacher_forced_posteriors(model=inputs.model, encoder=inputs.encoder, params=p, batch=b),
+      mesh if inputs.plan.pin_activations else None), out_shardings=replicated(mesh))
+
+  def run(params, arrays: dict, name: str) -> dict:
+    E = len(arrays["agent_mask"])
+    parts, n, t0, shown = [], -(-E // events), time.time(), time.time()
+    for c in range(n):
+      idx = np.arange(c * events, (c + 1) * events) % E
+      parts.append(jax.device_get(fn(params, global_batch({k: v[idx][rows] for k, v in arrays.items()}, mesh))))
+      if time.time() - shown > 30 and c + 1 < n:
+        shown = time.time()
+        rate = (c + 1) / (shown - t0)
+        log(f"[{name}] mean field: {min((c + 1) * events, E)}/{E} events  eta {(n - c - 1) / rate:.0f}s")
+    return {**arrays, **{k: np.concatenate([p[k] for p in parts])[:E] for k in parts[0]}}
+
+  return run
+
+
+def _train_head(stage: Stage, inputs: LossInputs, *, params, plan: RunPlan, data: Data, workdir: str, mesh):
+  """The head-only stage (`mfjax.ibtune.head_loss`): the trained mean field is computed once over the
+  training and validation events, then the population head alone trains on it (resumable like any stage;
+  a finished one is only restored)."""
+  ckpt_dir = os.path.abspath(os.path.join(stage_dir(workdir, stage.name), CHECKPOINTS))
+  if not (os.path.isdir(ckpt_dir) and (ocp.CheckpointManager(ckpt_dir).latest_step() or 0) >= stage.steps):
+    t0 = time.time()
+    with_mf = _mean_field_of(inputs, events=stage.batch_events, mesh=mesh)
+    data = dataclasses.replace(data, train=with_mf(params, data.train, stage.name),
+                               val=with_mf(params, data.val, stage.name))
+    log(f"[{stage.name}] the mf stage's mean field along {len(data.train['agent_mask'])} training and "
+        f"{len(data.val['agent_mask'])} validation events ({time.time() - t0:.1f} s)")
+  fns = _stage_fns(stage, dataclasses.replace(inputs, data=data), params=params, mesh=mesh)
+  return _train(stage, fns, params=params, plan=plan, data=data, workdir=workdir, mesh=mesh)
+
+
 @dataclasses.dataclass
 class Trained:
   model: Decoder  # with LoRA adapters (fresh ones on the base params)
@@ -242,9 +292,12 @@ def train(plan: RunPlan, workdir: str, data: Data, *, mesh, trained_only: bool =
   for stage in plan.stages:
     if stage.name == "base":
       continue
-    params = start(stage.loss)
+    params = out["mf"] if stage.loss == "head" else start(stage.loss)
     if trained_only:
       out[stage.name] = _restored(stage, params=params, model=model, encoder=encoder, workdir=workdir, mesh=mesh)
+      continue
+    if stage.loss == "head":  # from the trained mf stage, on the mean field it computes
+      out[stage.name] = _train_head(stage, inputs, params=out["mf"], **where)
       continue
     key = (stage.loss, stage.section)  # an IB sweep's stages: one compile for every beta
     if key not in compiled:
