@@ -170,6 +170,7 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.mf_head.lr = 3e-3
   c.mf_head.warmup = 10
   c.mf_head.batch_events = 32
+  c.mf_head.events = 0  # training events the mean field is computed over (a seeded draw; 0: all): its time
 
   c.train = ml_collections.ConfigDict()
   c.train.weight_decay = 0.01
@@ -333,7 +334,7 @@ def check_config(cfg) -> None:
         "a head-only stage needs the population head (mf.attributes or ib.population_weight > 0)")
   for name in ("base", "sft", "mf_train", "mf_text_train", "mf_head"):
     stage = cfg[name]
-    check_at_least(cfg, 0, f"{name}.steps", *([f"{name}.agents"] if "agents" in stage else []))  # agents 0: all
+    check_at_least(cfg, 0, f"{name}.steps", *(f"{name}.{k}" for k in ("agents", "events") if k in stage))  # 0: all
     check_at_least(cfg, 1, f"{name}.batch_events")
     check(f"{name}.lr", stage.lr > 0, f"must be > 0, got {stage.lr!r}")
     if "trainable" in stage:
@@ -478,6 +479,7 @@ class Stage:
   batch_events: int  # events per step
   agents: int  # agents per step scored by the NLL (0: all of them)
   beta: Optional[float] = None  # an ib stage's compression weight (an argument of its compiled step)
+  events: int = 0  # a head stage's training events (a seeded draw; 0: all of them)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -631,7 +633,7 @@ def plan(cfg) -> RunPlan:
     elif section == "mf_head":
       h = cfg.mf_head
       stages.append(Stage(name, "head", section, "head", int(h.steps), float(h.lr), int(h.warmup),
-                          int(h.batch_events), 0))
+                          int(h.batch_events), 0, events=int(h.events)))
   rollouts = [Rollout(*run) for run in _rollout_runs(cfg)]
   rollouts += [Rollout(*run, intervened=True) for run in _intervention_runs(cfg)]
   d, r, t = cfg.data, cfg.rollout, cfg.train

@@ -248,10 +248,11 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   cfg = os.path.join(ROOT, "experiments", "ced_weibo.py") + ":smoke"
   # (with the head-only stage: the mean field computed over the mesh, the head fitted on it)
   _cli("run", tmp_path / "ced", config=cfg, extra=[f"data.path={ced_dir}", "parallel.data=2", "parallel.fsdp=2",
-                                                   "parallel.tensor=2", "mf_head.steps=2", "mf_head.batch_events=8"])
+                                                   "parallel.tensor=2", "mf_head.steps=2", "mf_head.batch_events=8",
+                                                   "mf_head.events=16"])
   out = capsys.readouterr().out
   assert "[mesh] {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu device(s)" in out
-  assert "[mf_head] the mf stage's mean field along 24 training and 4 validation events" in out
+  assert "[mf_head] the mf stage's mean field along 16 training and 4 validation events" in out  # of 24
   assert "[mf_head] training" in out and (tmp_path / "ced" / "mf_head" / "checkpoints").is_dir()
   results = _check_results(tmp_path / "ced", seeds=2)
   assert results["data"]["events"] == 4 and "reference" not in results
@@ -419,12 +420,13 @@ def test_a_head_only_stage_follows_mf_and_its_rollouts_draw_from_it():
   """mf_head.steps > 0: stage mf_head (loss head, trainable head, its own schedule) after the mf stage and its
   sweep, and the mf rollouts read its parameters; the sweep's rollouts still read their own stages."""
   cfg = configs.load_config(QUICK, ["ib.sweep=0", "rollout.methods=state,mf", "mf_head.steps=9",
-                                    "mf_head.batch_events=8"])
+                                    "mf_head.batch_events=8", "mf_head.events=100"])
   check_config(cfg)
   p = plan(cfg)
   assert [(s.name, s.loss, s.section, s.trainable) for s in p.stages][-2:] == [
       ("mf_beta0", "ib", "mf_train", "full"), ("mf_head", "head", "mf_head", "head")]
-  assert (p.stage("mf_head").steps, p.stage("mf_head").batch_events, p.stage("mf_head").lr) == (9, 8, cfg.mf_head.lr)
+  head = p.stage("mf_head")
+  assert (head.steps, head.batch_events, head.lr, head.events) == (9, 8, cfg.mf_head.lr, 100)
   assert [(r.tag, r.params) for r in p.plain] == [("state", "base"), ("mf", "mf_head"), ("mf_beta0", "mf_beta0")]
   # without the mf method there is nothing to fit the head of
   assert "mf_head" not in [s.name for s in plan(configs.load_config(QUICK, ["rollout.methods=state,sft",
@@ -466,6 +468,7 @@ def test_a_head_only_stage_follows_mf_and_its_rollouts_draw_from_it():
      "mf_head.steps: a head-only stage needs the population head"),
     ("mf_head.lr=0.0", "mf_head.lr: must be > 0"),
     ("mf_head.batch_events=0", "mf_head.batch_events: must be >= 1"),
+    ("mf_head.events=-1", "mf_head.events: must be >= 0"),
     ("sft.batch_events=0", "sft.batch_events: must be >= 1"),
     ("model.num_heads=0", "model.num_heads: must be >= 1"),
     ("tokenizer.vocab_size=100", "tokenizer.vocab_size: must be >= 259"),

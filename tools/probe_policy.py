@@ -178,7 +178,7 @@ def probe(run_dir: str, events: int = 0, seed: int = 0, split: str = "val") -> d
   data = prepare(plan, stages)
   mesh = mesh_from(plan)
   trained = load_trained(plan, stages, data, mesh=mesh)
-  params = jax.device_get(trained.params["mf"])
+  params = jax.device_get(trained.params[next(r.params for r in plan.plain if r.tag == "mf")])  # mf_head's, if fitted
   if split == "eval":
     val = data.eval.arrays()
     if "category" not in val:  # labelled as a head's targets would be

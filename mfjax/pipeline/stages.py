@@ -223,13 +223,18 @@ def _mean_field_of(inputs: LossInputs, *, events: int, mesh) -> Callable:
 
 def _train_head(stage: Stage, inputs: LossInputs, *, params, plan: RunPlan, data: Data, workdir: str, mesh):
   """The head-only stage (`mfjax.ibtune.head_loss`): the trained mean field is computed once over the
-  training and validation events, then the population head alone trains on it (resumable like any stage;
-  a finished one is only restored)."""
+  training events (`stage.events` of them, a seeded draw, or all) and the validation events, then the
+  population head alone trains on it (resumable like any stage; a finished one is only restored)."""
   ckpt_dir = os.path.abspath(os.path.join(stage_dir(workdir, stage.name), CHECKPOINTS))
   if not (os.path.isdir(ckpt_dir) and (ocp.CheckpointManager(ckpt_dir).latest_step() or 0) >= stage.steps):
     t0 = time.time()
     with_mf = _mean_field_of(inputs, events=stage.batch_events, mesh=mesh)
-    data = dataclasses.replace(data, train=with_mf(params, data.train, stage.name),
+    train = data.train
+    E = len(train["agent_mask"])
+    if 0 < stage.events < E:  # a seeded draw, in the data's order
+      keep = np.sort(np.random.default_rng([plan.seed, E]).choice(E, stage.events, replace=False))
+      train = {k: v[keep] for k, v in train.items()}
+    data = dataclasses.replace(data, train=with_mf(params, train, stage.name),
                                val=with_mf(params, data.val, stage.name))
     log(f"[{stage.name}] the mf stage's mean field along {len(data.train['agent_mask'])} training and "
         f"{len(data.val['agent_mask'])} validation events ({time.time() - t0:.1f} s)")
