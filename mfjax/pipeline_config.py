@@ -129,7 +129,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.ib.schedule = "constant"  # 'constant' or 'linear' (0 -> beta over ib.warmup steps)
   c.ib.warmup = 0
   c.ib.remat = False  # rematerialise the mean-field scan in the backward pass (memory for compute)
-  c.ib.sweep = ""  # comma-separated betas: one extra mf stage + rollouts per beta (experiments/ib_beta_sweep.py)
+  # comma-separated betas: one extra mf stage + rollouts per beta (experiments/ib_beta_sweep.py); `beta@w` also sets
+  # that stage's population weight (default ib.population_weight): "0,1e-3,1e-3@0.3"
+  c.ib.sweep = ""
   # Weight of IB-Tune's population term: from m_t a head predicts each next-step agent's joint category, scored
   # by cross-entropy against the real action's label (eval.labeler); 0 = no head (unless mf.attributes).
   c.ib.population_weight = 0.0
@@ -397,21 +399,33 @@ def _head_stage(cfg) -> bool:
   return "mf" in _methods(cfg) and cfg.mf_head.steps > 0
 
 
-def _ib_stages(cfg) -> dict[str, float]:
-  """{stage: beta} of every stage IB-Tune trains with the latent mean field: `mf` for that method
-  (ib.beta), then the sweep's."""
-  return {**({"mf": float(cfg.ib.beta)} if "mf" in _methods(cfg) else {}), **_sweep_stages(cfg)}
+def _ib_stages(cfg) -> dict[str, tuple[float, float]]:
+  """{stage: (beta, population weight)} of every stage IB-Tune trains with the latent mean field: `mf`
+  for that method (ib.beta, ib.population_weight), then the sweep's."""
+  own = {"mf": (float(cfg.ib.beta), float(cfg.ib.population_weight))} if "mf" in _methods(cfg) else {}
+  return {**own, **_sweep_stages(cfg)}
 
 
-def _sweep_stages(cfg) -> dict[str, float]:
-  """{stage: beta} of the IB sweep, one stage `mf_beta<b>` per beta of ib.sweep (a beta given
-  twice is a ValueError: both would be one stage)."""
+def _sweep_stages(cfg) -> dict[str, tuple[float, float]]:
+  """{stage: (beta, population weight)} of the IB sweep, one stage per entry of ib.sweep: `mf_beta<b>` for
+  a beta b (at ib.population_weight), `mf_beta<b>_pop<w>` for `b@w` (an entry given twice is a
+  ValueError: both would be one stage; a weight > 0 needs the population head)."""
   out = {}
-  for b in (float(b) for b in str(cfg.ib.sweep).split(",") if b.strip()):
-    name = f"mf_beta{b:g}"
+  for entry in (e.strip() for e in str(cfg.ib.sweep).split(",") if e.strip()):
+    b, at, w = entry.partition("@")
+    beta, weight = float(b), float(w) if at else float(cfg.ib.population_weight)
+    if beta < 0 or weight < 0:
+      raise ValueError(f"{entry!r}: beta and the population weight must be >= 0")
+    if weight > 0 and not _population_head(cfg):
+      raise ValueError(f"{entry!r}: a population weight needs the population head (mf.attributes or "
+                       "ib.population_weight > 0)")
+    if weight == 0 and cfg.mf.attributes:
+      raise ValueError(f"{entry!r}: the attribute-conditioned policy draws from the population head, which a "
+                       "population weight of 0 leaves untrained")
+    name = f"mf_beta{beta:g}" + (f"_pop{weight:g}" if at else "")
     if name in out:
-      raise ValueError(f"ib.sweep: beta {b:g} is given twice")
-    out[name] = b
+      raise ValueError(f"beta {beta:g}" + (f" with population weight {weight:g}" if at else "") + " is given twice")
+    out[name] = (beta, weight)
   return out
 
 
@@ -467,7 +481,7 @@ def _intervention_runs(cfg) -> list[tuple[str, str, str]]:
 class Stage:
   """A training stage: its folder, the loss it trains by, what it trains, and its schedule."""
 
-  name: str  # its folder in the workdir: base, sft, mf, mf_beta<b> (the IB sweep's), mf_head, mf_text
+  name: str  # its folder in the workdir: base, sft, mf, mf_beta<b>[_pop<w>] (the IB sweep's), mf_head, mf_text
   loss: str  # base (the policy over every context kind), policy (state-only prompts), ib (IB-Tune with the
   # latent mean field), head (mf's population head alone, on its cached mean field), text_ib (IB-Tune with the
   # text mean field): the keys of mfjax.pipeline's LOSSES
@@ -479,6 +493,7 @@ class Stage:
   batch_events: int  # events per step
   agents: int  # agents per step scored by the NLL (0: all of them)
   beta: Optional[float] = None  # an ib stage's compression weight (an argument of its compiled step)
+  population_weight: Optional[float] = None  # an ib stage's population weight (an argument too)
   events: int = 0  # a head stage's training events (a seeded draw; 0: all of them)
 
 
@@ -617,17 +632,17 @@ class RunPlan:
 def plan(cfg) -> RunPlan:
   """The run `cfg` describes (checked by `check_config` first): nothing downstream splits its
   comma-separated fields again."""
-  def stage(name, loss, section, trainable, beta=None):
+  def stage(name, loss, section, trainable, beta=None, population_weight=None):
     s = cfg[section]
     return Stage(name, loss, section, trainable, int(s.steps), float(s.lr), int(s.warmup), int(s.batch_events),
-                 int(s.agents), beta)
+                 int(s.agents), beta, population_weight=population_weight)
 
   stages = [] if cfg.model.checkpoint else [stage("base", "base", "base", "full")]
   for name, section in _trained_stages(cfg).items():
     if section == "sft":
       stages.append(stage(name, "policy", section, cfg.sft.trainable))
     elif section == "mf_train":
-      stages.append(stage(name, "ib", section, cfg.mf_train.trainable, _ib_stages(cfg)[name]))
+      stages.append(stage(name, "ib", section, cfg.mf_train.trainable, *_ib_stages(cfg)[name]))
     elif section == "mf_text_train":
       stages.append(stage(name, "text_ib", section, cfg.mf_text_train.trainable))
     elif section == "mf_head":

@@ -391,18 +391,20 @@ def test_every_pipeline_experiment_passes_the_config_check(spec):
 def test_the_run_plan_lists_stages_and_rollouts_in_order():
   """plan(cfg): the stages a run trains, in order, each with its loss, schedule and beta, and the
   rollouts it makes: the methods', the sweep's, then the intervention's (only the methods it names)."""
-  cfg = configs.load_config(QUICK, ["ib.sweep=0,1e-2", "rollout.methods=state,recent,sft,mf,mf_text",
+  cfg = configs.load_config(QUICK, ["ib.sweep=0,1e-2@3", "rollout.methods=state,recent,sft,mf,mf_text",
                                     "intervention.text=别信", "intervention.methods=state,mf", "mf_train.steps=7"])
   check_config(cfg)
   p = plan(cfg)
   assert [(s.name, s.loss, s.section, s.trainable, s.beta) for s in p.stages] == [
       ("base", "base", "base", "full", None), ("sft", "policy", "sft", cfg.sft.trainable, None),
       ("mf", "ib", "mf_train", cfg.mf_train.trainable, cfg.ib.beta), ("mf_beta0", "ib", "mf_train", "full", 0.0),
-      ("mf_beta0.01", "ib", "mf_train", "full", 0.01), ("mf_text", "text_ib", "mf_text_train", "lora", None)]
-  assert p.stage("mf").steps == 7 and [s.name for s in p.sweep] == ["mf_beta0", "mf_beta0.01"]
+      ("mf_beta0.01_pop3", "ib", "mf_train", "full", 0.01), ("mf_text", "text_ib", "mf_text_train", "lora", None)]
+  # each ib stage's population weight: ib.population_weight, or its sweep entry's @w
+  assert [s.population_weight for s in p.stages if s.loss == "ib"] == [cfg.ib.population_weight] * 2 + [3.0]
+  assert p.stage("mf").steps == 7 and [s.name for s in p.sweep] == ["mf_beta0", "mf_beta0.01_pop3"]
   assert [(r.tag, r.method, r.params) for r in p.plain] == [
       ("state", "state", "base"), ("recent", "recent", "base"), ("sft", "sft", "sft"), ("mf", "mf", "mf"),
-      ("mf_text", "mf_text", "mf_text"), ("mf_beta0", "mf", "mf_beta0"), ("mf_beta0.01", "mf", "mf_beta0.01")]
+      ("mf_text", "mf_text", "mf_text"), ("mf_beta0", "mf", "mf_beta0"), ("mf_beta0.01_pop3", "mf", "mf_beta0.01_pop3")]
   assert [(r.tag, r.params) for r in p.intervened] == [("state_intervened", "base"), ("mf_intervened", "mf")]
   assert p.intervention.text == "别信" and p.lora.targets == tuple(cfg.lora.targets.split(","))
   # every value the pipeline reads, typed: nothing downstream reads the ConfigDict
@@ -455,6 +457,11 @@ def test_a_head_only_stage_follows_mf_and_its_rollouts_draw_from_it():
     ("ib.schedule=cosine", "ib.schedule: unknown beta schedule 'cosine'"),
     ("ib.sweep=1e-3,x", "ib.sweep: could not convert"),
     ("ib.sweep=0.1,1e-3,1e-1", "ib.sweep: beta 0.1 is given twice"),  # both would be stage mf_beta0.1
+    ("ib.sweep=0.1@2,1e-1@2.0", "ib.sweep: beta 0.1 with population weight 2 is given twice"),
+    ("ib.sweep=0.1@0", "ib.sweep: '0.1@0': the attribute-conditioned policy draws from the population head"),
+    ("ib.sweep=0.1@-1", "ib.sweep: '0.1@-1': beta and the population weight must be >= 0"),
+    ("ib.sweep=0.1@1 mf.attributes=False mf.category_features=False ib.population_weight=0.0",
+     "ib.sweep: '0.1@1': a population weight needs the population head"),
     ("ib.beta=-1.0", "ib.beta: must be >= 0"),
     ("lora.targets=q,w", r"lora: unknown LoRA target\(s\) \['w'\]"),
     ("data.source=weibo", "data.source: must be 'synthetic' or 'ced'"),
@@ -575,44 +582,56 @@ def test_a_run_resumes_on_another_mesh_and_refuses_a_mesh_that_does_not_fit_befo
 
 
 def test_an_ib_sweep_trains_a_stage_per_beta_and_scores_each(tmp_path, capsys):
-  """ib.sweep: one mean-field stage per beta from the same base, each rolled out (`mf_beta<b>`) and
-  reported with its last validation terms, in results.json, the table and plots/ib_curve.png. The
-  betas share one compiled train step and one validation step (beta is an argument, not a constant)."""
+  """ib.sweep: one mean-field stage per beta (and `beta@w`: population weight) from the same base, each
+  rolled out (`mf_beta<b>`, `mf_beta<b>_pop<w>`) and reported with its last validation terms, in
+  results.json, the table and plots/ib_curve.png. The stages share one compiled train step and one
+  validation step (beta and the weight are arguments, not constants)."""
   wd = tmp_path / "sweep"
   compiled = []
   listener = lambda event, _, fun_name="", **kw: compiled.append(fun_name) if event == BACKEND_COMPILE else None
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    _cli("run", wd, extra=["ib.sweep=0,1", "rollout.methods=state", "rollout.seeds=1"])
+    _cli("run", wd, extra=["ib.sweep=0,1,1@0.5", "rollout.methods=state", "rollout.seeds=1"])
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   # base's, then the sweep's: one each, not one per beta
   assert compiled.count("jit(train_step)") == 2 and compiled.count("jit(validation_terms)") == 2, compiled
   out = capsys.readouterr().out
   assert "[mf_beta0] training " in out and "[mf_beta1] training " in out and "[mf] training" not in out
-  results = _check_results(wd, seeds=1, methods={"state", "mf_beta0", "mf_beta1"})
+  tags = ["mf_beta0", "mf_beta1", "mf_beta1_pop0.5"]
+  results = _check_results(wd, seeds=1, methods={"state", *tags})
   sweep = results["ib_sweep"]
-  assert [r["beta"] for r in sweep] == [0.0, 1.0]
-  for r in sweep:  # each stage's last validation row, and its rollouts' KL
-    rows = map(json.loads, open(wd / f"mf_beta{r['beta']:g}" / "metrics.jsonl"))
+  weight = configs.load_config(QUICK, []).ib.population_weight  # the entries without @ train at it
+  assert [(r["beta"], r["population_weight"]) for r in sweep] == [(0.0, weight), (1.0, weight), (1.0, 0.5)]
+  for tag, r in zip(tags, sweep):  # each stage's last validation row, and its rollouts' KL
+    rows = map(json.loads, open(wd / tag / "metrics.jsonl"))
     last = [row for row in rows if "val_relevance" in row][-1]
-    assert (r["val_relevance"], r["val_compression_bits"]) == (last["val_relevance"], last["val_compression_bits"])
-    assert r["kl_mean"] == results["methods"][f"mf_beta{r['beta']:g}"]["kl_mean"]
-  assert sweep[0]["val_relevance"] != sweep[1]["val_relevance"]  # two stages, not one trained twice
-  assert f"{'beta':>8}{'val NLL':>10}" in out
+    assert [r[k] for k in ("val_relevance", "val_compression_bits", "val_population")] == [
+        last[k] for k in ("val_relevance", "val_compression_bits", "val_population")]
+    assert r["kl_mean"] == results["methods"][tag]["kl_mean"]
+  # three stages, not one trained thrice: the weight moves the loss (population term 0.5x, not 1x)
+  assert len({r["val_relevance"] for r in sweep}) == 3
+  last_loss = lambda tag: [json.loads(x) for x in open(wd / tag / "metrics.jsonl")][-1]
+  for tag, w in (("mf_beta1", weight), ("mf_beta1_pop0.5", 0.5)):
+    row = last_loss(tag)
+    np.testing.assert_allclose(row["loss"], row["relevance"] + w * row["population"] + row["beta"] * row["compression"],
+                               rtol=1e-4)
+  assert f"{'beta':>8}{'pop w':>8}{'val NLL':>10}{'val pop':>10}" in out
   assert os.path.getsize(wd / "plots" / "ib_curve.png") > 0
 
   # the sweep grown by a beta in the same workdir: only evaluate refuses it (nothing written), run
-  # trains and rolls out the new stage alone and reports all three
+  # trains and rolls out the new stage alone and reports all four
   config = (wd / "config.json").read_text()
+  grow = ["ib.sweep=0,1,1@0.5,2", "rollout.methods=state", "rollout.seeds=1"]
   with pytest.raises(SystemExit, match=r"keys \['ib.sweep'\]\); they change which stages the run trains: use "):
-    _cli("evaluate", wd, extra=["ib.sweep=0,1,2", "rollout.methods=state", "rollout.seeds=1"])
+    _cli("evaluate", wd, extra=grow)
   assert (wd / "config.json").read_text() == config
-  _cli("run", wd, extra=["ib.sweep=0,1,2", "rollout.methods=state", "rollout.seeds=1"])
+  _cli("run", wd, extra=grow)
   out = capsys.readouterr().out
-  assert "goes on with ib.sweep='0,1,2', its finished stages kept (config.json updated from ib.sweep='0,1')" in out
-  assert "[mf_beta0] already trained" in out and "[mf_beta1] already trained" in out
+  assert ("goes on with ib.sweep='0,1,1@0.5,2', its finished stages kept (config.json updated from "
+          "ib.sweep='0,1,1@0.5')") in out
+  assert "[mf_beta0] already trained" in out and "[mf_beta1_pop0.5] already trained" in out
   assert "[mf_beta2] training " in out and "[simulate] mf_beta2 seed 0" in out and "[simulate] mf_beta1" not in out
-  assert json.load(open(wd / "config.json"))["ib"]["sweep"] == "0,1,2"
+  assert json.load(open(wd / "config.json"))["ib"]["sweep"] == "0,1,1@0.5,2"
   grown = json.load(open(wd / "results.json"))["ib_sweep"]
-  assert grown[:2] == sweep and grown[2]["beta"] == 2.0
+  assert grown[:3] == sweep and grown[3]["beta"] == 2.0

@@ -121,9 +121,13 @@ def paired(results: dict) -> str:
 def sweep(results: dict) -> str:
   def num(v, spec):
     return "n/a" if v is None else format(v, spec)
-  rows = [[f"{r['beta']:g}", num(r["val_relevance"], ".4f"), num(r["val_compression_bits"], ".2f"),
-           f"{r['kl_mean']:.3f}", f"{r['kl_mean_std']:.3f}"] for r in results["ib_sweep"]]
-  return _table(["beta", "val NLL", "bits", "KL mean", "± std"], rows)
+  pop = any(r.get("val_population") is not None for r in results["ib_sweep"])  # the head's columns, with one
+  rows = [[f"{r['beta']:g}", *([num(r.get("population_weight"), "g")] if pop else []),
+           num(r["val_relevance"], ".4f"), *([num(r.get("val_population"), ".4f")] if pop else []),
+           num(r["val_compression_bits"], ".2f"), f"{r['kl_mean']:.3f}", f"{r['kl_mean_std']:.3f}"]
+          for r in results["ib_sweep"]]
+  return _table(["beta", *(["population weight"] if pop else []), "val NLL", *(["val population CE"] if pop else []),
+                 "bits", "KL mean", "± std"], rows)
 
 
 def _ci(v: dict) -> str:

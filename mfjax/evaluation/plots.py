@@ -82,17 +82,27 @@ def write_all(workdir: str, real: dict, sims: dict, agent_mask, weights, results
 
   if results.get("ib_sweep"):
     rows = [r for r in results["ib_sweep"] if r["val_relevance"] is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    pop = [r for r in rows if r.get("val_population") is not None]  # with a population head: its CE too
+    weights = {r.get("population_weight") for r in rows}
+    name = lambda r: f"β={r['beta']:g}" + (f", w={r['population_weight']:g}" if len(weights) > 1 else "")
+    fig, axes = plt.subplots(1, 3 if pop else 2, figsize=(13.5 if pop else 9, 3.4))
     x = [r["val_compression_bits"] for r in rows]
-    axes[0].plot(x, [r["val_relevance"] for r in rows], marker="o")
+    axes[0].plot(x, [r["val_relevance"] for r in rows], marker="o", linestyle="none" if len(weights) > 1 else "-")
     for r in rows:
-      axes[0].annotate(f"β={r['beta']:g}", (r["val_compression_bits"], r["val_relevance"]), fontsize=7)
+      axes[0].annotate(name(r), (r["val_compression_bits"], r["val_relevance"]), fontsize=7)
     axes[0].set(xlabel="compression: KL(q || prior) per step (bits)", ylabel="relevance: val NLL per token",
                 title="IB curve")
+    if pop:
+      axes[2].plot([r["val_compression_bits"] for r in pop], [r["val_population"] for r in pop], marker="o",
+                   linestyle="none")
+      for r in pop:
+        axes[2].annotate(name(r), (r["val_compression_bits"], r["val_population"]), fontsize=7)
+      axes[2].set(xlabel="compression: KL(q || prior) per step (bits)",
+                  ylabel="population CE per agent (val)", title="the head's forecast vs compression")
     axes[1].errorbar(range(len(rows)), [r["kl_mean"] for r in rows], yerr=[r["kl_mean_std"] for r in rows],
                      marker="o")
-    axes[1].set(xticks=range(len(rows)), xticklabels=[f"{r['beta']:g}" for r in rows], xlabel="beta",
-                ylabel="rollout KL mean", title="rollout KL vs beta")
+    axes[1].set(xticks=range(len(rows)), xticklabels=[name(r) for r in rows], xlabel="stage",
+                ylabel="rollout KL mean", title="rollout KL by stage")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "ib_curve.png"), dpi=110)
     plt.close(fig)

@@ -16,8 +16,9 @@ results.json:
                as the row "<method> (drawn)")
    "paired": {<method>: {<reference>: {"diff", "ci95", "events"}}}   (`paired`: against shrunk and the best
              method without a mean field, over the same events)
-   "ib_sweep": [{"beta", "val_relevance", "val_compression_bits", "val_population", "kl_mean", ...}]   (with
-               ib.sweep; val_population: the population head's cross-entropy, None without one)
+   "ib_sweep": [{"beta", "population_weight", "val_relevance", "val_compression_bits", "val_population",
+                 "kl_mean", ...}]   (with ib.sweep; val_population: the population head's cross-entropy, None
+               without one)
    "intervention": {"text", "step", "agents", "labels", "events", "scored_steps",
                     "methods": {<method>: {"effect": {dim: {category}}, "effect_std", "seeds"}},
                     "world": {"effect": ...}}   (with intervention.text; world: synthetic data)
@@ -464,7 +465,8 @@ def evaluate(req: EvalRequest) -> Evaluation:
     results["drift"] = drift({**{tag: cells[tag] for tag in tags}, **sim_cells}, weights, req.drift,
                              {tag: results["methods"][tag]["kl_dim_per_step"] for tag in tags})
   if req.sweep:
-    results["ib_sweep"] = [{"beta": v["beta"], "val_relevance": v.get("val_relevance"),
+    results["ib_sweep"] = [{"beta": v["beta"], "population_weight": v.get("population_weight"),
+                            "val_relevance": v.get("val_relevance"),
                             "val_compression_bits": v.get("val_compression_bits"),
                             "val_population": v.get("val_population"),  # None without a population head
                             **{k: results["methods"][tag][k] for k in ("kl_mean", "kl_mean_std", "js_mean", "nll")}}
@@ -597,10 +599,12 @@ def table(results: dict) -> str:
   if "intervention" in results:
     rows.append(intervention_table(results["intervention"]))
   if "ib_sweep" in results:
-    rows.append(f"\n{'beta':>8}{'val NLL':>10}{'bits':>10}{'KL mean':>10}")
+    rows.append(f"\n{'beta':>8}{'pop w':>8}{'val NLL':>10}{'val pop':>10}{'bits':>10}{'KL mean':>10}")
+    nan = lambda x: float("nan") if x is None else x
     for r in results["ib_sweep"]:
-      rows.append(f"{r['beta']:>8g}{r['val_relevance'] or float('nan'):>10.4f}"
-                  f"{r['val_compression_bits'] or float('nan'):>10.2f}{r['kl_mean']:>10.4f}")
+      rows.append(f"{r['beta']:>8g}{nan(r.get('population_weight')):>8g}{nan(r['val_relevance']):>10.4f}"
+                  f"{nan(r.get('val_population')):>10.4f}{nan(r['val_compression_bits']):>10.2f}"
+                  f"{r['kl_mean']:>10.4f}")
   return "\n".join(rows)
 
 

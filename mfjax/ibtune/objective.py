@@ -182,13 +182,15 @@ def population_terms(*, model: Decoder, encoder: MeanFieldEncoder, params, batch
 def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, beta, remat: bool = False,
                  agents: int = 0, lm_grad: bool = True, sample: bool = True, population_weight: float = 0.0,
                  tags: Optional[AttributeTags] = None, drawn: float = 0.0, drawn_after: int = 0):
-  """IB-Tune loss (module docstring). params = {"lm": ..., "mf": ...}; beta may
+  """IB-Tune loss (module docstring). params = {"lm": ..., "mf": ...}; beta and population_weight may
   be traced; `agents` > 0 scores that many random agents per step (the mean
   field still reads all of them); `lm_grad`, `sample`, `drawn` and `drawn_after` as in `mean_field_path`.
   With a population head (encoder.cfg.classes) the population term is in aux (and,
   weighted by `population_weight`, in the loss); `tags`: the policy reads the real
   action's tag after its prompt (an attribute-conditioned policy; needs the head)."""
-  if (tags is not None or population_weight) and not encoder.cfg.classes:
+  # an array weight (traced: a sweep's) is not checked here; the pipeline's config check refuses one > 0 without a head
+  weighted = not isinstance(population_weight, jax.Array) and bool(population_weight)
+  if (tags is not None or weighted) and not encoder.cfg.classes:
     raise ValueError("a population term or tags need the encoder's population head (MeanFieldConfig.classes)")
   k_m, k_a = jax.random.split(rng)
   m, mu, logvar = mean_field_path(model=model, encoder=encoder, params=params, batch=batch, rng=k_m, remat=remat,

@@ -58,12 +58,13 @@ def _triples(rollouts: tuple[Rollout, ...]) -> list[tuple[str, str, str]]:
 
 
 def _sweep_validation(plan: RunPlan, workdir: str) -> dict:
-  """tag -> {"beta", "val_relevance", "val_compression_bits"} from each sweep stage's last validation."""
+  """tag -> {"beta", "population_weight", "val_relevance", "val_compression_bits", "val_population"} from
+  each sweep stage's last validation (val_population: None without a population head)."""
   out = {}
   for s in plan.sweep:
     last = last_validation(workdir, s.name)
-    out[s.name] = {"beta": s.beta, "val_relevance": last.get("val_relevance"),
-                   "val_compression_bits": last.get("val_compression_bits")}
+    out[s.name] = {"beta": s.beta, "population_weight": s.population_weight,
+                   **{k: last.get(k) for k in ("val_relevance", "val_compression_bits", "val_population")}}
   return out
 
 

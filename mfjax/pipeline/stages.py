@@ -96,10 +96,10 @@ def _policy_loss(x: LossInputs, agents: int):
 
 def _ib_loss(x: LossInputs, agents: int):
   t = x.plan.training
-  return lambda params, batch, rng, step, beta: ib_tune_loss(
+  return lambda params, batch, rng, step, beta, population_weight: ib_tune_loss(
       model=x.model, encoder=x.encoder, params=params, batch=batch, rng=rng, remat=t.ib_remat, agents=agents,
       beta=beta_schedule(beta, t.ib_schedule, t.ib_warmup)(step), lm_grad=x.plan.model.lm_grad,
-      population_weight=t.population_weight, tags=x.data.tags, drawn=t.drawn_categories, drawn_after=t.drawn_after)
+      population_weight=population_weight, tags=x.data.tags, drawn=t.drawn_categories, drawn_after=t.drawn_after)
 
 
 def _text_ib_loss(x: LossInputs, agents: int):
@@ -114,7 +114,7 @@ def _head_loss(x: LossInputs, agents: int):
 
 
 # Stage.loss -> (inputs, agents scored per step) -> loss_fn(params, batch, rng, step, **hparams) -> (loss, aux);
-# an ib loss takes its beta as an hparam, so that one compiled step serves every beta of a sweep
+# an ib loss takes its beta and population weight as hparams, so that one compiled step serves a whole sweep
 LOSSES = {"base": _base_loss, "policy": _policy_loss, "ib": _ib_loss, "head": _head_loss, "text_ib": _text_ib_loss}
 
 
@@ -177,9 +177,10 @@ def _stage_fns(stage: Stage, inputs: LossInputs, *, params, mesh) -> _StageFns:
 
 
 def _train(stage: Stage, fns: _StageFns, *, params, plan: RunPlan, data: Data, workdir: str, mesh):
-  """Train (or resume) `stage` from `params` with `fns` (`_stage_fns`); an ib stage's beta goes to
-  its loss as a traced hparam."""
-  hparams = {} if stage.beta is None else {"beta": jnp.float32(stage.beta)}
+  """Train (or resume) `stage` from `params` with `fns` (`_stage_fns`); an ib stage's beta and population
+  weight go to its loss as traced hparams."""
+  hparams = {} if stage.beta is None else {"beta": jnp.float32(stage.beta),
+                                           "population_weight": jnp.float32(stage.population_weight)}
   state, _ = sharded_state(params, fns.tx, mesh=mesh, param_shardings=fns.shardings)
   state = fit(name=stage.name, workdir=stage_dir(workdir, stage.name), state=state,
               step_fn=lambda *a: fns.step(*a, hparams), data=data.train, batch_events=stage.batch_events,
