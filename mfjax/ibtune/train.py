@@ -155,15 +155,21 @@ def _trained(name: str, step: int, ckpt_dir: str) -> str:
   return f"[{name}] already trained ({step} steps in {ckpt_dir})"
 
 
+def trained_steps(workdir: str) -> int:
+  """The optimizer steps of the latest checkpoint of the stage in `workdir` (0: none)."""
+  ckpt_dir = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
+  return (ocp.CheckpointManager(ckpt_dir).latest_step() or 0) if os.path.isdir(ckpt_dir) else 0
+
+
 def trained_params(*, name: str, workdir: str, steps: int, params, shardings, log: Callable = print):
   """The parameters of a stage that `fit` finished in `workdir` (`steps` steps), restored alone
   (no optimizer state, nothing compiled, nothing written: the stage may be another run's, read with
   --trained-from) onto `shardings`; `params` gives their tree and shapes. FileNotFoundError naming
   the stage where it is not trained that far."""
   ckpt_dir = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
-  step = ocp.CheckpointManager(ckpt_dir).latest_step() if os.path.isdir(ckpt_dir) else None
-  if step is None or step < steps:
-    why = f"{step or 0}/{steps} steps in {ckpt_dir}" if os.path.isdir(ckpt_dir) else f"no {ckpt_dir}"
+  step = trained_steps(workdir)
+  if step < steps:
+    why = f"{step}/{steps} steps in {ckpt_dir}" if os.path.isdir(ckpt_dir) else f"no {ckpt_dir}"
     raise FileNotFoundError(f"stage {name!r} is not trained ({why}); run `python -m mfjax train` with this config "
                             "and workdir first")
   log(_trained(name, step, ckpt_dir))

@@ -12,7 +12,6 @@ IB sweep's) share one compiled step, their beta an argument of it.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Callable, Optional
 
@@ -20,11 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from mfjax.ibtune import (beta_schedule, fit, head_loss, ib_tune_loss, jit_train_step, make_optimizer, policy_loss,
                           sharded_state, state_shardings, teacher_forced_posteriors, text_ib_tune_loss,
-                          trainable_labels, trained_params)
+                          trainable_labels, trained_params, trained_steps)
 from mfjax.meanfield import MeanFieldEncoder, TextMFSpec, init_encoder
 from mfjax.model import Decoder, ModelConfig, hf
 from mfjax.model.lora import add_lora
@@ -37,7 +35,7 @@ from mfjax.pipeline_config import RunPlan, Stage
 from mfjax.rollout import ContextSpec
 from mfjax.rollout.context import KINDS
 from mfjax.runs import log
-from mfjax.workdir import CHECKPOINTS, stage_dir
+from mfjax.workdir import stage_dir
 
 
 def _model_config(plan: RunPlan, tok, ctx: ContextSpec, text: TextMFSpec, tags) -> ModelConfig:
@@ -226,8 +224,7 @@ def _train_head(stage: Stage, inputs: LossInputs, *, params, plan: RunPlan, data
   """The head-only stage (`mfjax.ibtune.head_loss`): the trained mean field is computed once over the
   training events (`stage.events` of them, a seeded draw, or all) and the validation events, then the
   population head alone trains on it (resumable like any stage; a finished one is only restored)."""
-  ckpt_dir = os.path.abspath(os.path.join(stage_dir(workdir, stage.name), CHECKPOINTS))
-  if not (os.path.isdir(ckpt_dir) and (ocp.CheckpointManager(ckpt_dir).latest_step() or 0) >= stage.steps):
+  if trained_steps(stage_dir(workdir, stage.name)) < stage.steps:
     t0 = time.time()
     with_mf = _mean_field_of(inputs, events=stage.batch_events, mesh=mesh)
     train = data.train
@@ -303,7 +300,7 @@ def train(plan: RunPlan, workdir: str, data: Data, *, mesh, trained_only: bool =
       out[stage.name] = _restored(stage, params=params, model=model, encoder=encoder, workdir=workdir, mesh=mesh)
       continue
     if stage.loss == "head":  # from the trained mf stage, on the mean field it computes
-      out[stage.name] = _train_head(stage, inputs, params=out["mf"], **where)
+      out[stage.name] = _train_head(stage, inputs, params=params, **where)
       continue
     key = (stage.loss, stage.section)  # an IB sweep's stages: one compile for every beta
     if key not in compiled:
