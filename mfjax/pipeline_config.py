@@ -117,6 +117,10 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # anchor_steps steps (at most rollout.warmup: those a rollout sees) shrunk towards a learned prior by a learned
   # pseudo-count, and learns what the mean field and the agent's state add (mfjax.meanfield.encoder; 0 = off).
   c.mf.anchor_steps = 0
+  # What the anchored head starts from: 'shrunk' (above), or 'agents': a per-agent logistic regression (scikit-learn,
+  # no LM) from that shrunk forecast over joint classes, the step and the agent's state as numbers, fitted on the
+  # training events when the data is prepared (mfjax.evaluation.bounds.AgentAnchor; the `agents` forecaster's)
+  c.mf.anchor = "shrunk"
   # The population head's agent state also reads the embeddings of the prompt's last state_tail tokens in order
   # (the agent's own state line, which the whole prompt's mean dilutes in the topic); 0 = that mean only.
   c.mf.state_tail = 0
@@ -251,6 +255,7 @@ LAYOUT_KEYS = ("parallel.",)
 # Which extra stages a run trains, each in its own folder, not how any stage trains: a run goes on
 # in its workdir with another value (an IB sweep grown by a beta: its finished stages reused).
 STAGE_SET_KEYS = ("ib.sweep",)
+ANCHORS = ("shrunk", "agents")  # mf.anchor: what an anchored population head starts from
 
 
 def check_config(cfg) -> None:
@@ -291,6 +296,9 @@ def check_config(cfg) -> None:
         "(or leave it at -1, rollout.temperature)")
   check("mf.anchor_steps", not cfg.mf.anchor_steps or cfg.mf.attributes,
         "the anchored head is the one an attribute-conditioned policy draws from: set mf.attributes=True")
+  check("mf.anchor", cfg.mf.anchor in ANCHORS, f"{cfg.mf.anchor!r}: choose from {ANCHORS}")
+  check("mf.anchor", cfg.mf.anchor == "shrunk" or cfg.mf.anchor_steps > 0,
+        f"{cfg.mf.anchor!r} is what the anchored head starts from: set mf.anchor_steps > 0 (the steps it reads)")
   check("mf.anchor_steps", cfg.mf.anchor_steps <= cfg.rollout.warmup,
         f"{cfg.mf.anchor_steps}: the anchor counts the real classes of the first steps, which a rollout sees only in "
         f"its rollout.warmup={cfg.rollout.warmup} steps")
@@ -533,6 +541,9 @@ class DataPlan:
   eval_min_actions: int  # data.eval_min_actions: score only eval events this long (ced)
   drift: tuple  # eval.drift: ((first, last), ...) 1-based step windows (`drift_windows`)
   numbers: bool = False  # mf.state_numbers: every batch holds each agent's state as numbers (`step_numbers`)
+  # mf.anchor='agents': every batch holds each agent's anchor (`mfjax.evaluation.bounds.AgentAnchor`) reading
+  # the first `agent_anchor` steps' classes (mf.anchor_steps); 0: none
+  agent_anchor: int = 0
 
   @property
   def label_data(self) -> str:
@@ -660,7 +671,8 @@ def plan(cfg) -> RunPlan:
                   cfg.eval.labeler, bool(cfg.eval.corrected), _population_head(cfg), bool(cfg.mf.attributes),
                   BatchConfig(steps, agents, int(d.prompt_len), int(d.action_len)),
                   WorldConfig(steps=steps, agents_per_step=agents, **cfg.world.to_dict()), int(d.eval_min_actions),
-                  drift_windows(cfg.eval.drift, int(r.warmup), steps), bool(cfg.mf.state_numbers))
+                  drift_windows(cfg.eval.drift, int(r.warmup), steps), bool(cfg.mf.state_numbers),
+                  int(cfg.mf.anchor_steps) if cfg.mf.anchor == "agents" else 0)
   training = TrainingPlan(float(t.weight_decay), int(t.log_every), int(t.ckpt_every), int(t.eval_every),
                           bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta),
                           float(cfg.ib.population_weight), float(cfg.ib.drawn_categories), int(cfg.ib.drawn_after))
@@ -697,7 +709,8 @@ def _model_plan(cfg) -> ModelPlan:
             attention_queries=f.attention_queries, init_logvar=f.init_logvar,
             classes=len(CLASSES) if _population_head(cfg) else 0, head_hidden=f.head_hidden,
             category_features=bool(f.category_features), anchor_steps=int(f.anchor_steps),
-            state_tail=int(f.state_tail), state_numbers=len(NUMBER_FEATURES) if f.state_numbers else 0)
+            state_tail=int(f.state_tail), state_numbers=len(NUMBER_FEATURES) if f.state_numbers else 0,
+            anchor_given=f.anchor == "agents")
   return ModelPlan(m.checkpoint, bool(m.checkpoint_required), m.dtype, sizes, layer_fields(cfg), mf, bool(f.lm_grad))
 
 

@@ -573,3 +573,51 @@ def test_a_head_only_stage_trains_the_head_alone_on_the_cached_mean_field():
   moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), params, state.params)
   for path, changed in jax.tree_util.tree_leaves_with_path(moved):
     assert changed == (path[0].key == "mf" and path[1].key in HEAD_PARAMS), path
+
+
+def test_a_head_with_a_given_anchor_starts_from_it_and_a_rollout_draws_from_it():
+  """mf.anchor='agents' (`anchor_given`): the head has no prior or k of its own; untrained (its layers
+  start at zero) its distribution is the batch's per-agent anchor; the population term and a rollout read
+  the batch's `anchor`, and a batch without one is an error naming it."""
+  from mfjax.ibtune.objective import population_terms
+  model, _, params = make_model()
+  encoder = MeanFieldEncoder(MeanFieldConfig(slots=2, width=32, feature_size=16, hidden_size=24, init_logvar=-3.0,
+                                             classes=C, head_hidden=16, anchor_steps=1, anchor_given=True))
+  params["mf"] = init_encoder(encoder, jax.random.PRNGKey(2), 32)
+  assert "anchor_prior" not in params["mf"] and "anchor_k" not in params["mf"]
+  batch = _categorised(make_batch())
+  shape = batch["agent_mask"].shape
+  rng = np.random.default_rng(3)
+  anchor = np.log(rng.dirichlet(np.ones(C), shape)).astype(np.float32)
+  m, state = jnp.ones(shape + (2, 32)), jnp.ones(shape + (32,))
+  p = jax.nn.softmax(encoder.apply({"params": params["mf"]}, m, state, anchor, method=MeanFieldEncoder.class_logits))
+  np.testing.assert_allclose(p, np.exp(anchor), rtol=1e-5, atol=1e-7)
+  with_anchor = {**batch, "anchor": anchor}
+  mu = jnp.zeros(shape[:2] + (2, 32))
+  got = population_terms(model=model, encoder=encoder, params=params, batch=with_anchor, m_ExTxKxD=mu)["population"]
+  w = batch["agent_mask"]
+  want = -np.take_along_axis(anchor, np.maximum(batch["category"], 0)[..., None], -1)[..., 0][w].mean()
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  with pytest.raises(ValueError, match="the batch needs `anchor`"):
+    population_terms(model=model, encoder=encoder, params=params, batch=batch, m_ExTxKxD=mu)
+  # an anchor sure of one class per agent: after the warm-up every agent draws it
+  sure = rng.integers(0, C, shape)
+  certain = np.where(np.eye(C, dtype=bool)[sure], 0.0, -50.0).astype(np.float32)
+  out = simulate(model, params, {**batch, "anchor": certain}, method="mf", encoder=encoder,
+                 rng=jax.random.PRNGKey(5), warmup=1, tags=TAGS)
+  drawn = np.asarray(out.category)
+  np.testing.assert_array_equal(drawn[:, 1:][w[:, 1:]], sure[:, 1:][w[:, 1:]])
+  with pytest.raises(ValueError, match="the batch needs `anchor`"):
+    simulate(model, params, batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(5), warmup=1, tags=TAGS)
+
+
+def test_an_agents_anchor_needs_anchor_steps_and_a_known_name():
+  quick = "experiments/quickstart.py"
+  with pytest.raises(ConfigError, match="mf.anchor: 'agent': choose from"):
+    check_config(configs.load_config(quick, ["mf.anchor=agent", "mf.anchor_steps=3"]))
+  with pytest.raises(ConfigError, match="mf.anchor: 'agents' is what the anchored head starts from"):
+    check_config(configs.load_config(quick, ["mf.anchor=agents", "mf.anchor_steps=0"]))
+  check_config(configs.load_config(quick, ["mf.anchor=agents", "mf.anchor_steps=3"]))
+  with pytest.raises(ValueError, match="anchor_given"):
+    MeanFieldEncoder(MeanFieldConfig(slots=2, width=32, classes=C, anchor_given=True)).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 3, 32)), jnp.ones((1, 3)))

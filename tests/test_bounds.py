@@ -249,3 +249,46 @@ def test_tool_on_real_ced_events(ced_dir, tmp_path, capsys):
   # the oracles: the step itself, then the event's own distribution, well below what knows nothing of the event
   assert kl["step"] < kl["event"] < min(kl["global"], kl["label"]) - 0.05
   assert all(np.isfinite(list(kl.values())))
+
+
+def test_causal_shrunk_reads_only_the_first_steps_before_each_step():
+  """What an anchored head reads at step t: the classes of steps s < min(t, steps) plus k agents of step t's
+  training proportions (`mfjax.meanfield.encoder.anchor_counts`' counts), never t's own or later ones."""
+  rng = np.random.default_rng(0)
+  c = rng.integers(0, 4, (3, 5, 3)).astype(float)
+  per_step = rng.dirichlet(np.ones(3), 4)  # 4 rows for 5 steps: the last step reads the last row
+  got = bounds.causal_shrunk(c, per_step, 2, 3.0)
+  for t in range(5):
+    before = c[:, :min(t, 2)].sum(1)
+    prior = per_step[min(t, 3)]
+    np.testing.assert_allclose(got[:, t], (before + 3.0 * prior) / (before.sum(-1, keepdims=True) + 3.0))
+
+
+def test_the_agent_anchor_follows_who_acts_and_never_reads_past_its_steps():
+  """`AgentAnchor` (mf.anchor='agents'): fitted on training agents whose joint class follows a number of their
+  state, each agent's anchor puts its mass on the class its number says; changing the classes of steps at or
+  past `steps` (a rollout's or a forecast's future, -1 placeholders included) leaves every anchor as it was."""
+  rng = np.random.default_rng(1)
+  N, T, B, C = 60, 5, 8, 4
+  x = rng.uniform(size=(N, T, B)) < 0.5
+  y = np.where(rng.uniform(size=(N, T, B)) < 0.9, np.where(x, 2, 1), 0)
+  mask = np.ones((N, T, B), bool)
+  mask[:5, -1] = False
+  numbers = np.stack([x.astype(float), rng.normal(size=x.shape)], -1)
+  anchor = bounds.AgentAnchor.fit(np.where(mask, y, -1), mask, numbers, steps=2, classes=C)
+  lp = anchor.logprobs(y, mask, numbers)
+  assert lp.shape == (N, T, B, C) and lp.dtype == np.float32
+  np.testing.assert_allclose(np.exp(lp).sum(-1), 1.0, rtol=1e-5)
+  p = np.exp(lp)
+  assert (p[..., 2][x] > 0.7).mean() > 0.95 and (p[..., 1][~x] > 0.7).mean() > 0.95
+  later = y.copy()
+  later[:, 2:] = rng.integers(-1, C, later[:, 2:].shape)
+  np.testing.assert_array_equal(anchor.logprobs(later, mask, numbers), lp)
+  earlier = y.copy()
+  earlier[:, 0] = (earlier[:, 0] + 1) % C
+  assert not np.array_equal(anchor.logprobs(earlier, mask, numbers)[:, 1:], lp[:, 1:])  # steps 1.. read step 0
+  np.testing.assert_array_equal(anchor.logprobs(earlier, mask, numbers)[:, 0], lp[:, 0])  # step 0 reads none
+  with pytest.raises(ValueError, match="steps=0 must be >= 1"):
+    bounds.AgentAnchor.fit(y, mask, numbers, steps=0, classes=C)
+  with pytest.raises(ValueError, match="every training action is unlabelled"):
+    bounds.AgentAnchor.fit(np.full_like(y, -1), mask, numbers, steps=2, classes=C)

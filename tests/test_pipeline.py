@@ -246,11 +246,13 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
 def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   # on a (2, 2, 2) mesh of the 8 forced CPU devices: every stage and rollout sharded
   cfg = os.path.join(ROOT, "experiments", "ced_weibo.py") + ":smoke"
-  # (with the head-only stage: the mean field computed over the mesh, the head fitted on it)
+  # (with the head-only stage: the mean field computed over the mesh, the head fitted on it; and the head
+  # starting from the per-agent anchor fitted on the training events, which the forecast below fits again)
   _cli("run", tmp_path / "ced", config=cfg, extra=[f"data.path={ced_dir}", "parallel.data=2", "parallel.fsdp=2",
                                                    "parallel.tensor=2", "mf_head.steps=2", "mf_head.batch_events=8",
-                                                   "mf_head.events=16"])
+                                                   "mf_head.events=16", "mf.anchor=agents"])
   out = capsys.readouterr().out
+  assert "[data] the head's agents anchor fitted on the training agents" in out
   assert "[mesh] {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu device(s)" in out
   assert "[mf_head] the mf stage's mean field along 16 training and 4 validation events" in out  # of 24
   assert "[mf_head] training" in out and (tmp_path / "ced" / "mf_head" / "checkpoints").is_dir()

@@ -119,7 +119,7 @@ def probe_chunk(model, encoder, params, batch, tags, share_id, rng, warmup: int 
            "tokens": w.sum(-1).reshape(E, T, B)}
     if head:
       logits = encoder.apply({"params": params[PARAMS.mf]}, jnp.broadcast_to(field[:, :, None], (E, T, B) + field.shape[2:]),
-                             state, agent_anchors(encoder.cfg, batch["category"], batch["agent_mask"]),
+                             state, agent_anchors(encoder.cfg, batch),
                              method=MeanFieldEncoder.class_logits)
       row["p_head_share"] = jax.nn.softmax(logits, -1)[..., 0]
       if name in FORECAST_VARIANTS:

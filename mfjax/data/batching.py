@@ -53,12 +53,15 @@ class StepBatch:
   # [E, T, B, F] float32: each agent's state as numbers (`mfjax.data.prompts.NUMBER_FEATURES`; 0 in empty
   # slots), where the run's population head reads them (mf.state_numbers: `step_numbers`)
   numbers: Optional[np.ndarray] = None
+  # [E, T, B, C] float32: each agent's anchor log-probabilities, where the run's population head starts from a
+  # given per-agent anchor (mf.anchor='agents': `mfjax.evaluation.bounds.AgentAnchor.logprobs`)
+  anchor: Optional[np.ndarray] = None
 
   def arrays(self) -> dict:
     """The numeric fields, as the training and rollout functions take them (`category` where labelled,
-    `numbers` where set)."""
-    return ({k: getattr(self, k) for k in ARRAY_FIELDS} | ({} if self.category is None else {"category": self.category})
-            | ({} if self.numbers is None else {"numbers": self.numbers}))
+    `numbers` and `anchor` where set)."""
+    return ({k: getattr(self, k) for k in ARRAY_FIELDS}
+            | {k: getattr(self, k) for k in ("category", "numbers", "anchor") if getattr(self, k) is not None})
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:

@@ -25,6 +25,7 @@ each agent:
             the step and the agent's state as numbers (cascade depth, hours since the post, activity
             elsewhere), fitted on the training events' agents after the warm-up; a step's q is the mean
             over its agents: what a population head that reads the agent's state reaches with no LM
+            (`AgentAnchor`: the same over joint classes, per agent, as an anchored head's start)
 
 and, on the synthetic world (whose equations are known), a simulator that runs rather than draws:
 
@@ -42,6 +43,7 @@ Letters: E events, T steps, B agents, C categories of a dimension, N training ev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import zlib
 from typing import Callable, Optional, Sequence
@@ -129,37 +131,99 @@ def predictors(real_ExTxC, train_NxTxC, real_labels: Sequence, train_labels: Seq
   return out, k
 
 
+def _agent_features(shrunk_ExTxC, numbers_ExTxBxF, steps: int) -> np.ndarray:
+  """[E, T, B, C + steps + F]: what the `agents` forecaster reads of each agent: the log of its step's
+  `shrunk`-style forecast, the step one-hot (`steps` of them; a later step reads as the last) and its
+  state as numbers."""
+  n = np.asarray(numbers_ExTxBxF, np.float64)
+  lead, C = n.shape[:3], np.shape(shrunk_ExTxC)[-1]
+  logq = np.broadcast_to(np.log(np.maximum(np.asarray(shrunk_ExTxC, np.float64), 1e-6))[:, :, None], lead + (C,))
+  onehot = np.eye(steps)[np.minimum(np.arange(lead[1]), steps - 1)]
+  return np.concatenate([logq, np.broadcast_to(onehot[None, :, None], lead + (steps,)), n], -1)
+
+
+def _agent_model(X, y):
+  """The `agents` forecaster's logistic regression (scikit-learn), fitted on rows X [N, F] of classes y [N]."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+  return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
+
+
+def _class_probs(model, X, C: int) -> np.ndarray:
+  """[..., C] the fitted model's probabilities of rows X [..., F] (0 for a class it never saw)."""
+  p = np.zeros(X.shape[:-1] + (C,))
+  p[..., model.classes_] = model.predict_proba(X.reshape(-1, X.shape[-1])).reshape(X.shape[:-1] + (-1,))
+  return p
+
+
 def agent_forecast(real_ExTxB, real_mask, real_numbers, train_NxTxB, train_mask, train_numbers, shrunk_real,
                    shrunk_train, warmup: int) -> np.ndarray:
   """`agents`' q [E, T, C] for one dimension: category ids [., T, B] of the scored and the training
   events' agents, their masks, their states as numbers [., T, B, F] and the `shrunk` forecasts [., T, C]
   of each. Before the warm-up's end, and at a step with no agent, q is `shrunk`'s."""
-  from sklearn.linear_model import LogisticRegression
-  from sklearn.pipeline import make_pipeline
-  from sklearn.preprocessing import StandardScaler
-
   T, C = np.shape(shrunk_real)[1:]
-
-  def features(shrunk, numbers):
-    n = np.asarray(numbers, np.float64)
-    lead = n.shape[:3]
-    logq = np.broadcast_to(np.log(np.maximum(np.asarray(shrunk, np.float64), 1e-6))[:, :, None], lead + (C,))
-    step = np.broadcast_to(np.eye(T)[None, :, None], lead + (T,))
-    return np.concatenate([logq, step, n], -1)
-
   after = (np.arange(T) >= warmup)[None, :, None]
   fit = np.asarray(train_mask, bool) & after
   if not fit.any():
     raise ValueError("the `agents` forecaster has no training agent after the warm-up")
-  model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-  model.fit(features(shrunk_train, train_numbers)[fit], np.asarray(train_NxTxB)[fit])
-  X = features(shrunk_real, real_numbers)
-  p = np.zeros(X.shape[:3] + (C,))
-  p[..., model.classes_] = model.predict_proba(X.reshape(-1, X.shape[-1])).reshape(X.shape[:3] + (-1,))
+  model = _agent_model(_agent_features(shrunk_train, train_numbers, T)[fit], np.asarray(train_NxTxB)[fit])
+  p = _class_probs(model, _agent_features(shrunk_real, real_numbers, T), C)
   w = (np.asarray(real_mask, bool) & after).astype(np.float64)
   n = w.sum(-1)[..., None]
   q = (p * w[..., None]).sum(2) / np.maximum(n, 1.0)
   return np.where(n > 0, q, np.asarray(shrunk_real, np.float64))
+
+
+def causal_shrunk(counts_ExTxC, per_step_TxC, steps: int, k: float) -> np.ndarray:
+  """[E, T, C]: at each step t, (the counts of the steps s < min(t, steps) + k * the training proportions
+  of step t) / (their agents + k): `shrunk` as an anchored head reads it at t (`mfjax.meanfield.encoder.
+  anchor_counts`), never from t's own agents or later ones. A step past per_step's reads its last row."""
+  c = np.asarray(counts_ExTxC, np.float64)
+  T = c.shape[1]
+  first = c * (np.arange(T) < steps)[None, :, None]
+  before = np.cumsum(first, 1) - first
+  prior = np.asarray(per_step_TxC, np.float64)[np.minimum(np.arange(T), len(per_step_TxC) - 1)]
+  return (before + k * prior[None]) / (before.sum(-1, keepdims=True) + k)
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentAnchor:
+  """A population head's per-agent anchor (`mf.anchor='agents'`): the `agents` forecaster over joint classes
+  (`mfjax.categories.CLASSES`), each agent's class from `causal_shrunk` (k and the per-step proportions
+  fitted on the training events), its step and its state as numbers, a logistic regression fitted on every
+  labelled training agent. `logprobs` gives each agent's log-probabilities: what the head adds its layers to."""
+
+  model: object
+  per_step: np.ndarray  # [T, C] the training events' class proportions per step
+  k: float
+  steps: int  # the anchor reads the classes of the events' first `steps` steps (mf.anchor_steps)
+
+  @classmethod
+  def fit(cls, classes_NxTxB, mask_NxTxB, numbers_NxTxBxF, *, steps: int, classes: int) -> "AgentAnchor":
+    """Fitted on the training events' joint classes [N, T, B] (-1: unlabelled), agent mask and numbers."""
+    if steps < 1:
+      raise ValueError(f"an agents anchor reads the classes of the first steps: steps={steps} must be >= 1")
+    y = np.asarray(classes_NxTxB)
+    known = np.asarray(mask_NxTxB, bool) & (y >= 0)
+    if not known.any():
+      raise ValueError("an agents anchor needs labelled training agents: every training action is unlabelled")
+    c = counts(np.maximum(y, 0), known, classes)
+    _, per_step = training_proportions(c)
+    k = fit_pseudocount(c, per_step, steps)
+    X = _agent_features(causal_shrunk(c, per_step, steps, k), numbers_NxTxBxF, c.shape[1])
+    return cls(_agent_model(X[known], y[known]), per_step, k, steps)
+
+  def logprobs(self, classes_ExTxB, mask_ExTxB, numbers_ExTxBxF) -> np.ndarray:
+    """[E, T, B, C] float32: each agent's anchor log-probabilities, from the labelled classes of its event's
+    first `steps` steps (later classes, e.g. a forecast's placeholders, are never read)."""
+    y = np.asarray(classes_ExTxB)
+    T = y.shape[1]
+    known = np.asarray(mask_ExTxB, bool) & (y >= 0) & (np.arange(T) < self.steps)[None, :, None]
+    C = self.per_step.shape[-1]
+    shrunk = causal_shrunk(counts(np.maximum(y, 0), known, C), self.per_step, self.steps, self.k)
+    p = _class_probs(self.model, _agent_features(shrunk, numbers_ExTxBxF, len(self.per_step)), C)
+    return np.log(np.maximum(p, 1e-12)).astype(np.float32)
 
 
 def kls(real_ExTxC, sim_ExTxC, eps: float = metrics.DEFAULT_EPS, correct: Optional[Callable] = None) -> np.ndarray:

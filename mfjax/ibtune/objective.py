@@ -71,7 +71,7 @@ def subsample_agents(batch, rng, agents: int):
     return batch
   order = jnp.argsort(jax.random.uniform(rng, batch["agent_mask"].shape), axis=-1)[..., :agents]  # [E, T, b]
   take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 3)), axis=2)
-  return {**batch, **{k: take(batch[k]) for k in AGENT_FIELDS + ("category",) if k in batch}}
+  return {**batch, **{k: take(batch[k]) for k in AGENT_FIELDS + ("category", "numbers", "anchor") if k in batch}}
 
 
 def _flat(x, trailing: int):
@@ -135,7 +135,7 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
   else:  # the text's part of the features; the categories' part is added per step, real or drawn
     xs = (per_step(enc(MeanFieldEncoder.features, pooled, jnp.full_like(category, -1))), per_step(category),
           per_step(batch_head_state(model, encoder, params[PARAMS.lm], batch)),
-          jax.tree.map(per_step, agent_anchors(encoder.cfg, category, batch["agent_mask"])), jnp.arange(T))
+          jax.tree.map(per_step, agent_anchors(encoder.cfg, batch)), jnp.arange(T))
 
   def step(state, xs):
     mask_ExB, key, (feats_ExBxF, *rest) = xs[0], xs[1], xs[2:]
@@ -162,7 +162,7 @@ def population_terms(*, model: Decoder, encoder: MeanFieldEncoder, params, batch
   `population` (the joint class) and `population_<dimension>` (each dimension's marginal; in aux only)."""
   state = batch_head_state(model, encoder, params[PARAMS.lm], batch)
   m = jnp.broadcast_to(m_ExTxKxD[:, :, None], state.shape[:3] + m_ExTxKxD.shape[2:])
-  anchor = agent_anchors(encoder.cfg, batch["category"], batch["agent_mask"])  # the warm-up's real classes
+  anchor = agent_anchors(encoder.cfg, batch)  # from the warm-up's real classes
   logits = encoder.apply({"params": params[PARAMS.mf]}, m, state, anchor, method=MeanFieldEncoder.class_logits)
   logp = jax.nn.log_softmax(logits, -1)  # [E, T, B, C]
   cat = batch["category"]

@@ -33,7 +33,11 @@ the event's first `anchor_steps` steps (`anchor_counts`: those a rollout's
 warm-up shows; fewer before them), n is their sum, and the prior pi and the
 pseudo-count k are learned. The layers' output starts at zero, so an untrained
 head is that estimator with a uniform prior; training learns the prior, k, and
-what the mean field and the agent's state add to it.
+what the mean field and the agent's state add to it. With `anchor_given` the
+anchor is given per agent instead, as log-probabilities (the batch's `anchor`:
+`mfjax.evaluation.bounds.AgentAnchor`, a logistic regression on the same counts,
+the step and the agent's state as numbers, fitted on the training events before
+any stage), and the head has no prior or k of its own.
 
 Letters: B agents, F feature width, H recurrent width, K slots, D LM width,
 Q attention-pooling queries, C classes.
@@ -83,6 +87,9 @@ class MeanFieldConfig:
   # The head's agent state ends with this many numbers (`mfjax.data.prompts.NUMBER_FEATURES`: the state line's
   # depth, hours and activity as numbers; `mfjax.policy.head_state`), which enter after the head's LayerNorm.
   state_numbers: int = 0
+  # The anchor is given per agent as log-probabilities (the batch's `anchor` [E, T, B, C]) rather than counted
+  # here from the first anchor_steps steps' classes (module docstring)
+  anchor_given: bool = False
 
 
 @flax.struct.dataclass
@@ -160,9 +167,11 @@ class MeanFieldEncoder(nn.Module):
                                      bias_init=_named(nn.initializers.zeros, 1))
       self.class_hidden = dense(c.head_hidden, "class_hidden")
       self.class_out = dense(c.classes, "class_out", kernel=nn.initializers.zeros)
-    if c.anchor_steps:
-      if not c.classes:
-        raise ValueError("anchor_steps needs the population head's classes (MeanFieldConfig.classes > 0)")
+    if c.anchor_steps and not c.classes:
+      raise ValueError("anchor_steps needs the population head's classes (MeanFieldConfig.classes > 0)")
+    if c.anchor_given and not c.anchor_steps:
+      raise ValueError("anchor_given: a given anchor reads the first anchor_steps steps' classes; set anchor_steps")
+    if c.anchor_steps and not c.anchor_given:
       self.anchor_prior = self.param("anchor_prior", _named(nn.initializers.zeros, 1), (c.classes,))
       # softplus(2.7) ~ 2.77 pseudo-agents to start (the `shrunk` fits on CED chose 2-16)
       self.anchor_k = self.param("anchor_k", _named(nn.initializers.constant(2.7), 1), (1,))
@@ -225,7 +234,7 @@ class MeanFieldEncoder(nn.Module):
     """The population head: logits [..., C] of an agent's joint category given the mean field it
     reads (m [..., K, D]) and its state ([..., (1 + state_tail) D + state_numbers]: `mfjax.policy.head_state`);
     float32. With `anchor_steps`, `anchor_C` [..., C]: the event's anchor class counts (`anchor_counts`;
-    required then)."""
+    required then), or with `anchor_given` the agent's anchor log-probabilities."""
     c = self.cfg
     want = (1 + c.state_tail) * c.width + c.state_numbers
     if state_D.shape[-1] != want:
@@ -242,6 +251,8 @@ class MeanFieldEncoder(nn.Module):
       return logits
     if anchor_C is None:
       raise ValueError("this head starts from its anchor (anchor_steps): pass the anchor class counts")
+    if c.anchor_given:
+      return logits + jax.nn.log_softmax(anchor_C.astype(jnp.float32), -1)
     k = jax.nn.softplus(self.anchor_k[0])
     shrunk = (anchor_C + k * jax.nn.softmax(self.anchor_prior)) / (anchor_C.sum(-1, keepdims=True) + k)
     return logits + jnp.log(shrunk)
@@ -270,13 +281,25 @@ def anchor_counts(category_ExTxB, agent_mask_ExTxB, steps: int, classes: int):
   return jnp.cumsum(per_step, 1) - per_step  # the steps before t
 
 
-def agent_anchors(cfg, category_ExTxB, agent_mask_ExTxB):
-  """[E, T, B, C]: the anchor each agent's head reads (its step's `anchor_counts`), or None for a
-  head without one (`cfg.anchor_steps` 0)."""
+def agent_anchors(cfg, batch):
+  """[E, T, B, C]: the anchor each agent's head reads (its step's `anchor_counts` of the batch's `category`, or
+  with `cfg.anchor_given` the batch's `anchor`), or None for a head without one (`cfg.anchor_steps` 0)."""
   if not cfg.anchor_steps:
     return None
-  counts = anchor_counts(category_ExTxB, agent_mask_ExTxB, cfg.anchor_steps, cfg.classes)
-  return jnp.broadcast_to(counts[:, :, None], category_ExTxB.shape + counts.shape[-1:])
+  if cfg.anchor_given:
+    return given_anchor(batch)
+  category = batch["category"]
+  counts = anchor_counts(category, batch["agent_mask"], cfg.anchor_steps, cfg.classes)
+  return jnp.broadcast_to(counts[:, :, None], category.shape + counts.shape[-1:])
+
+
+def given_anchor(batch):
+  """The batch's per-agent anchor log-probabilities [E, T, B, C] (`anchor_given`); ValueError naming the key
+  where it has none."""
+  if "anchor" not in batch:
+    raise ValueError("this population head starts from a given per-agent anchor (mf.anchor='agents'): the batch "
+                     "needs `anchor` [E, T, B, C] (mfjax.evaluation.bounds.AgentAnchor.logprobs)")
+  return batch["anchor"]
 
 
 def agent_numbers_of(cfg, batch):

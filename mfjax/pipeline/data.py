@@ -18,6 +18,7 @@ from mfjax.data import (StepBatch, UidActivity, action_text, agent_states, load_
 from mfjax.data.prompts import attribute_tag
 from mfjax.data.tokenizers import token_bytes
 from mfjax.data.intervention import forced_mask, inject
+from mfjax.evaluation.bounds import AgentAnchor
 from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler
 from mfjax.meanfield import TextMFSpec
 from mfjax.model import hf
@@ -196,6 +197,16 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
       b.category = label_categories(labeler, b)
     log(f"[data] labelled {sum(int(b.agent_mask.sum()) for b in batches.values())} actions' categories for "
         f"the population head ({time.time() - t1:.1f} s)")
+  anchor = None
+  if d.agent_anchor:  # the population head starts from a per-agent forecaster fitted on the training events
+    t1 = time.time()
+    anchor = fitted_anchor(d, train, labeler, activity)
+    for name, ev, layout in splits:
+      b = batches[name]
+      numbers = b.numbers if b.numbers is not None else step_numbers(ev, layout.steps, layout.agents_per_step, activity)
+      b.anchor = anchor.logprobs(b.category, b.agent_mask, numbers)
+    log(f"[data] the head's agents anchor fitted on the training agents and computed for every split "
+        f"({time.time() - t1:.1f} s)")
   for name, b in batches.items():
     r = b.report
     T, B = b.agent_mask.shape[1:]
@@ -222,11 +233,25 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
       intervened.numbers = step_numbers(injected, eb.steps, eb.agents_per_step, activity)
     if labeler is not None:
       intervened.category = label_categories(labeler, intervened)
+    if anchor is not None:
+      numbers = intervened.numbers if intervened.numbers is not None else step_numbers(
+          injected, eb.steps, eb.agents_per_step, activity)
+      intervened.anchor = anchor.logprobs(intervened.category, intervened.agent_mask, numbers)
     data.intervened = {**intervened.arrays(), "forced": forced_mask(batches["eval"].agent_mask, iv)}
     if truth is not None:
       data.truth_intervened = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.eval_world, intervention=iv,
                                                  labels=intervention_labels(d, iv))[1]
   return data
+
+
+def fitted_anchor(d: DataPlan, train: list, labeler: CachedLabeler, activity) -> AgentAnchor:
+  """The population head's per-agent anchor (mf.anchor='agents'), fitted on the training events `train` laid
+  out as the run's batches, their actions labelled by the run's labeler (the head's targets)."""
+  bc = d.batch
+  texts, mask = step_texts(train, bc.steps, bc.agents_per_step)
+  classes = np.where(mask, class_of(label_ids(labeler, [t for row in texts for t in row], mask.shape)), -1)
+  return AgentAnchor.fit(classes, mask, step_numbers(train, bc.steps, bc.agents_per_step, activity),
+                         steps=d.agent_anchor, classes=len(CLASSES))
 
 
 def text_spec(d: DataPlan, tokenizer) -> TextMFSpec:

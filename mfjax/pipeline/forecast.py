@@ -51,7 +51,8 @@ from mfjax.evaluation.report import CachedLabeler, decode_actions, label_ids, ma
 from mfjax.parallel.mesh import batch_shards
 from mfjax.parallel.state import to_host
 from mfjax.pipeline.command import open_run
-from mfjax.pipeline.data import Data, label_categories, tokenizer_specs, trained_tokenizer, training_events
+from mfjax.pipeline.data import (Data, fitted_anchor, label_categories, tokenizer_specs, trained_tokenizer,
+                                 training_events)
 from mfjax.pipeline.stages import load_trained, mesh_from
 from mfjax.rollout import simulate
 from mfjax.runs import RunFolderError, log, write_json
@@ -223,6 +224,11 @@ def forecast(req: ForecastRequest) -> dict:
   if plan.data.categories:  # the observed actions' classes (the future's placeholders have none)
     batch.category = label_categories(labeler, batch)
     batch.category[:, K:] = -1
+  if plan.data.agent_anchor:  # the head's per-agent anchor, fitted on the run's training events as the run did
+    numbers = batch.numbers if batch.numbers is not None else step_numbers(
+        [laid], T, B, rows=[forecast_numbers(laid, K, B, req.future_states, activity)])
+    batch.anchor = fitted_anchor(plan.data, train, labeler, activity).logprobs(batch.category, batch.agent_mask,
+                                                                                numbers)
   data = Data(tok, train={}, val={}, eval=batch, truth=None, eval_split="forecast", **tokenizer_specs(plan, tok))
   mesh = mesh_from(plan)
   try:

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 from mfjax import sampling
 from mfjax.meanfield import text as text_mf
-from mfjax.meanfield.encoder import MeanFieldEncoder, agent_numbers_of, anchor_counts
+from mfjax.meanfield.encoder import MeanFieldEncoder, agent_numbers_of, anchor_counts, given_anchor
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, with_activation_sharding
 from mfjax.parallel.state import abstract_policy, place, policy_shardings
@@ -144,9 +144,12 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
   forced = batch["forced"] if "forced" in batch else jnp.zeros((E, T, B), bool)
   categories = batch["category"] if "category" in batch else jnp.zeros((E, T, B), jnp.int32)
 
-  anchors = None  # an anchored head's class counts [E, T, C] (the warm-up's real classes: `anchor_counts`)
+  # an anchored head's class counts [E, T, C] (the warm-up's real classes: `anchor_counts`), or its given
+  # per-agent anchor [E, T, B, C] (`anchor_given`)
+  anchors = None
   if spec.tags is not None and encoder.cfg.anchor_steps:
-    anchors = anchor_counts(categories, batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
+    anchors = given_anchor(batch) if encoder.cfg.anchor_given else anchor_counts(
+        categories, batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
   # a head that reads the agents' states as numbers: [E, T, B, F]
   numbers = agent_numbers_of(encoder.cfg, batch) if spec.tags is not None else None
   steps_of = (batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"], batch["action_mask"],
@@ -171,7 +174,10 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     if spec.tags is not None:  # the category from the head, then the action given its tag
       state_NxD = head_state(model, lm, in_ids, in_mask, encoder.cfg.state_tail,
                              None if numbers is None else flat(jax.lax.dynamic_index_in_dim(numbers, t, 1, False)))
-      anchor = None if anchors is None else per_agent(jax.lax.dynamic_index_in_dim(anchors, t, 1, keepdims=False), B)
+      anchor = None
+      if anchors is not None:
+        anchor_t = jax.lax.dynamic_index_in_dim(anchors, t, 1, keepdims=False)
+        anchor = flat(anchor_t) if encoder.cfg.anchor_given else per_agent(anchor_t, B)
       head_prefix = prefix
       if spec.head_warmup_m:  # m of step min(t, warmup): the warm-up's real actions, never the head's own draws
         head_m = jnp.where(t <= warmup, read.prefix.astype(head_m.dtype), head_m)
@@ -339,7 +345,7 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   params = {k: params[k] for k in _param_keys(spec)}  # e.g. a text stage's frozen "prior" is not rolled out
   encoder = encoder if spec.use_mf else None
   scalars = (rng, jnp.int32(warmup), jnp.int32(kind), jnp.float32(temperature))
-  keys = BATCH_KEYS + tuple(k for k in ("forced", "category", "numbers") if k in batch)
+  keys = BATCH_KEYS + tuple(k for k in ("forced", "category", "numbers", "anchor") if k in batch)
   if "forced" in batch and tuple(batch["forced"].shape) != tuple(batch["agent_mask"].shape):
     raise ValueError(f"batch['forced'] has shape {tuple(batch['forced'].shape)}; it marks agents: "
                      f"[E, T, B] = {tuple(batch['agent_mask'].shape)}, as batch['agent_mask']")
