@@ -13,7 +13,7 @@ inner cross-validation on balanced accuracy) over
   ~1,400 hand labels never show.
 Behaviour is learned on every text; belief, sentiment and intent on the comments, and a text read
 as a share gets `SHARE_LABELS`, as the guide says. It fits in a few seconds on the ~1,470 hand
-labels (`fit`), the emoticon model in about 15 s on the ~130,000 train comments with one kind of
+labels (`fit`), the emoticon model in about 17 s on the ~130,000 train comments with one kind of
 emoticon (`EmoticonSentiment.from_data`, once per process); `from_hand_labels(data_dir)` reads the
 hand labels with their texts from the CED files and learns both.
 """
