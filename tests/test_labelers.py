@@ -161,7 +161,7 @@ def test_cross_validation_never_scores_a_comment_it_trained_on(monkeypatch):
       seen.append((self.fit_on, list(batch)))
       return {d: [TRAIN[0][1 + j]] * len(batch) for j, d in enumerate(DIMENSIONS)}
 
-  monkeypatch.setattr(TrainedLabeler, "fit", classmethod(lambda cls, t, y, seed=0: Spy(t)))
+  monkeypatch.setattr(TrainedLabeler, "fit", classmethod(lambda cls, t, y, seed=0, **kw: Spy(t)))
   pred = quality.cross_validated(hand, extra, "trained", folds=4)
   assert len(seen) == 4 and all(len(v) == n for v in pred.values())
   scored = [t for _, batch in seen for t in batch]
@@ -184,9 +184,9 @@ def test_the_natural_weighted_fit_weighs_each_row_as_its_stratum_and_the_weights
                      np.ones(2), ["y"] * 2, [("e", "x1"), ("e", "x2")])
   fits = []
 
-  def spy(cls, t, y, seed=0, sample_weight=None):
+  def spy(cls, t, y, seed=0, sample_weight=None, emoticons=None):
     fits.append((list(t), sample_weight))
-    return TrainedLabeler._fit(list(t), y, seed, "spy", sample_weight)
+    return TrainedLabeler._fit(list(t), y, seed, "spy", sample_weight, emoticons)
   monkeypatch.setattr(TrainedLabeler, "fit", classmethod(spy))
   quality.cross_validated(hand, extra, "trained_natural", folds=4)
   assert len(fits) == 4
@@ -197,3 +197,29 @@ def test_the_natural_weighted_fit_weighs_each_row_as_its_stratum_and_the_weights
   a = TrainedLabeler.fit(texts, labels, sample_weight=weights)
   b = TrainedLabeler.fit(texts, labels)
   assert not np.array_equal(a.models["belief"].steps[-1][1].coef_, b.models["belief"].steps[-1][1].coef_)
+
+
+def test_the_emoticon_sentiment_model_learns_words_from_emoticons_and_feeds_the_sentiment_model_only():
+  import numpy as np
+  from mfjax.evaluation.trained_labeler import EmoticonSentiment, TrainedLabeler
+  corpus = (["好开心啊[哈哈]", "真棒[赞]", "开心死了[爱你]", "棒棒哒[鼓掌]"] * 5
+            + ["气死了[怒]", "太惨了[泪]", "气人[抓狂]", "惨不忍睹[衰]"] * 5
+            + ["[哈哈][怒]混着的不算", "没有表情的不算", "转发微博//@某人:开心[哈哈]"])  # neither: left out
+  kept, y = EmoticonSentiment.distant_labels(corpus)
+  assert len(kept) == 40 and y.sum() == 20
+  model = EmoticonSentiment.fit(corpus)
+  pos, neg, bare_pos, bare_neg = model.score(["开心", "气死", "开心[怒]", "气死[哈哈]"])[:, 0]
+  assert pos > 0 > neg
+  assert (bare_pos, bare_neg) == (pos, neg)  # it reads the words, not the emoticons (the labeler reads those)
+  with pytest.raises(ValueError, match="both positive and negative"):
+    EmoticonSentiment.fit(corpus[:20])
+  texts = [t for t, *_ in TRAIN] * 8
+  labels = {d: [row[1 + i] for row in TRAIN] * 8 for i, d in enumerate(DIMENSIONS)}
+  labeler = TrainedLabeler.fit(texts, labels, emoticons=model)
+  for d in DIMENSIONS:
+    names = [n for n, _ in labeler.models[d].steps[0][1].transformer_list]
+    assert ("emoticons" in names) == (d == "sentiment"), d
+  plain = TrainedLabeler.fit(texts, labels)
+  width = {d: m.steps[-1][1].coef_.shape[1] for d, m in plain.models.items()}
+  assert labeler.models["sentiment"].steps[-1][1].coef_.shape[1] == width["sentiment"] + 1
+  np.testing.assert_array_equal(labeler.models["belief"].steps[-1][1].coef_, plain.models["belief"].steps[-1][1].coef_)

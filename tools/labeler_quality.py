@@ -8,7 +8,8 @@ Prints, and writes to OUT/results.json (docs/labeling.md's tables are made from 
   1,320 train/val comments), each labeler's accuracy, balanced accuracy and macro-F1 per dimension,
   weighted to the natural distribution of non-empty texts, with 95% bootstrap intervals over rows.
   RuleLabeler as it is; TrainedLabeler 5-fold cross-validated (a row is scored by a model fitted on
-  the other folds plus the uniform val labels). `trained_natural`: TrainedLabeler fitted with each
+  the other folds plus the uniform val labels; its sentiment model with the `EmoticonSentiment` learned
+  from the train file's unlabelled comments). `trained_natural`: TrainedLabeler fitted with each
   row weighted as in the natural distribution (compared only; not a labeler the pipeline offers).
 - `labeler_quality.uniform_val`: the same on the 150 uniformly drawn val comments labelled before
   the guide (experiments/labels/ced_val_hand.tsv), the trained labeler fitted on the stratified
@@ -64,15 +65,19 @@ def evaluate(data: str) -> dict:
   extra = hand_labels.load(data, (hand_labels.UNIFORM_VAL,))
   out = {"cross_validated": {}, "uniform_val": {}, "confusion": {},
          "rows": {"stratified": len(hand.texts), "uniform_val": len(extra.texts)}, "folds": quality.FOLDS}
+  from mfjax.evaluation.trained_labeler import EmoticonSentiment, TrainedLabeler
+  t0 = time.time()
+  emoticons = EmoticonSentiment.from_data(data)  # learned without hand labels: one serves every fold
+  print(f"[labelers] the emoticon sentiment model learned in {time.time() - t0:.0f} s", file=sys.stderr)
   for name in quality.COMPARED:
     t0 = time.time()
-    pred = quality.cross_validated(hand, extra, name)
+    pred = quality.cross_validated(hand, extra, name, emoticons=emoticons)
     out["cross_validated"][name] = quality.scores(hand.labels, pred, hand.weights)
     out["confusion"][name] = {d: m.round(4).tolist() for d, m in quality.confusions(hand.labels, pred,
                                                                                       hand.weights).items()}
     print(f"[labelers] {name}: cross-validated in {time.time() - t0:.0f} s", file=sys.stderr)
-  from mfjax.evaluation.trained_labeler import TrainedLabeler
-  for name, labeler in (("rules", RuleLabeler()), ("trained", TrainedLabeler.fit(hand.texts, hand.labels))):
+  trained = TrainedLabeler.fit(hand.texts, hand.labels, emoticons=emoticons)
+  for name, labeler in (("rules", RuleLabeler()), ("trained", trained)):
     out["uniform_val"][name] = quality.scores(extra.labels, labeler.label(extra.texts), extra.weights)
   return out
 

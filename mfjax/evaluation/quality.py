@@ -5,7 +5,8 @@ that never saw it: the rule labeler as it is; the trained one fitted, per fold o
 on the other folds plus `extra` (the uniform val labels, never scored here). `trained_natural`
 (compared, not a pipeline labeler): the trained one fitted with each row weighted as in the natural
 distribution (the stratified rows by their stratum weights, scaled to a mean of 1; `extra`, a uniform
-draw, 1 each). `scores`: accuracy,
+draw, 1 each). Both get the `EmoticonSentiment` passed as `emoticons` (learned without hand labels, so
+one serves every fold). `scores`: accuracy,
 balanced accuracy and macro-F1 (scikit-learn, weighted to the natural distribution by the rows'
 weights) with 95% bootstrap intervals over rows. `correction(name, data_dir)`: the weighted
 cross-validated P(predicted | true) of each dimension, as a `Correction`.
@@ -29,7 +30,7 @@ COMPARED = LABELERS + ("trained_natural",)  # tools/labeler_quality.py's table
 
 
 def cross_validated(hand: hand_labels.HandLabels, extra: hand_labels.HandLabels, name: str, folds: int = FOLDS,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, emoticons=None) -> dict:
   """{dimension: [N] predicted category names} for the rows of `hand`, each from a labeler that did
   not see it (see the module docstring)."""
   if name == "rules":
@@ -44,7 +45,7 @@ def cross_validated(hand: hand_labels.HandLabels, extra: hand_labels.HandLabels,
   split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), hand.labels["belief"])
   for train, test in split:
     fit_on = hand.subset(train)
-    weights = {}
+    weights = {} if emoticons is None else {"emoticons": emoticons}
     if name == "trained_natural":
       weights["sample_weight"] = np.concatenate([fit_on.weights / hand.weights.mean(), np.ones(len(extra.texts))])
     model = TrainedLabeler.fit(fit_on.texts + extra.texts,
@@ -95,7 +96,11 @@ def _hand(data_dir: str) -> tuple:
 def correction(name: str, data_dir: str) -> Correction:
   """The labeler's cross-validated confusion on the stratified hand labels (natural weights)."""
   hand, extra = _hand(data_dir)
-  pred = cross_validated(hand, extra, name)
+  emoticons = None
+  if name != "rules":
+    from mfjax.evaluation.trained_labeler import EmoticonSentiment
+    emoticons = EmoticonSentiment.from_data(data_dir)
+  pred = cross_validated(hand, extra, name, emoticons=emoticons)
   return Correction(confusions(hand.labels, pred, hand.weights),
                     source=f"{name}: {FOLDS}-fold cross-validated confusion on {len(hand.texts)} hand labels "
                            f"(experiments/labels/{hand_labels.STRATIFIED}, natural weights)")

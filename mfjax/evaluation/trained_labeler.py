@@ -5,15 +5,22 @@ inner cross-validation on balanced accuracy) over
 - character 1-3-grams (TF-IDF) of the author's own text: the repost chain and reply prefix removed,
   emoticons kept, every @mention read as one symbol (names say nothing about a stance), and
 - the lexicons of `RuleLabeler` as counts (positive / negative emoticons and words, doubt,
-  question and promotion markers, the broad doubt-or-question `CUES`, mentions, question marks), its own reading of the text one-hot,
-  whether the text is a bare share, and its length.
+  question and promotion markers, the broad doubt-or-question `CUES`, mentions, question marks), its own
+  reading of the text one-hot, whether the text is a bare share, and its length;
+- sentiment also, where an `EmoticonSentiment` is given: its score of the text, learned by distant
+  supervision from the unlabelled CED train comments (their emoticons as noisy positive / negative
+  labels, the words without the emoticons as features), which reads feelings in words that the
+  ~1,400 hand labels never show.
 Behaviour is learned on every text; belief, sentiment and intent on the comments, and a text read
 as a share gets `SHARE_LABELS`, as the guide says. It fits in a few seconds on the ~1,470 hand
-labels (`fit`); `from_hand_labels(data_dir)` reads them with their texts from the CED files.
+labels (`fit`), the emoticon model in about 17 s on the ~130,000 train comments with one kind of
+emoticon (`EmoticonSentiment.from_data`, once per process); `from_hand_labels(data_dir)` reads the
+hand labels with their texts from the CED files and learns both.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -27,8 +34,9 @@ from mfjax.evaluation import labelers as rules
 from mfjax.evaluation.labelers import RuleLabeler, collate
 
 COMMENT_DIMENSIONS = ("belief", "sentiment", "intent")
-C_GRID = (0.3, 1.0, 3.0, 10.0)
-NGRAMS = (1, 3)  # character n-gram lengths  # inverse regularisation strengths the inner cross-validation picks from
+C_GRID = (0.3, 1.0, 3.0, 10.0)  # inverse regularisation strengths the inner cross-validation picks from
+NGRAMS = (1, 3)  # character n-gram lengths
+VERSION = "trained-2"  # with the hand labels' digest, `TrainedLabeler.version` (from_hand_labels)
 _MENTION = re.compile(r"@[\w\-\u4e00-\u9fff]+[:：]?")
 
 
@@ -57,17 +65,81 @@ def rule_features(texts: Sequence[str]) -> np.ndarray:
   return np.log1p(np.asarray(rows, np.float64))
 
 
-def _pipeline(seed: int):
+def without_emoticons(text: str) -> str:
+  """`own_text` with its emoticons blanked: what `EmoticonSentiment` reads."""
+  return rules._EMOTICON.sub(" ", own_text(text)).strip()
+
+
+class EmoticonSentiment:
+  """Distant supervision for sentiment: a logistic regression over character 1-3-grams of the words
+  (`without_emoticons`) of comments that carry positive emoticons only (`rules.POSITIVE_EMOTICONS`) or
+  negative ones only, told apart by those emoticons. `score(texts)`: [N, 1] log-odds of positive."""
+
+  def __init__(self, model):
+    self.model = model
+
+  @staticmethod
+  def distant_labels(texts: Sequence[str]) -> tuple[list, np.ndarray]:
+    """The texts that carry one kind of emoticon only, and 1 (positive) or 0 (negative) for each."""
+    kept, y = [], []
+    for text in texts:
+      own = rules._without_chain(text or "")
+      pos = any(e in own for e in rules.POSITIVE_EMOTICONS)
+      neg = any(e in own for e in rules.NEGATIVE_EMOTICONS)
+      if pos != neg:
+        kept.append(text)
+        y.append(float(pos))
+    return kept, np.asarray(y)
+
+  @classmethod
+  def fit(cls, texts: Sequence[str]) -> "EmoticonSentiment":
+    """Learn from unlabelled texts (those with one kind of emoticon; both kinds must occur)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    kept, y = cls.distant_labels(texts)
+    if len(set(y)) < 2:
+      raise ValueError("EmoticonSentiment: the texts need both positive and negative emoticons")
+    with threadpool_limits(1):
+      model = make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=NGRAMS, min_df=3, sublinear_tf=True,
+                                            preprocessor=without_emoticons, max_features=200_000),
+                            LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000))
+      return cls(model.fit(kept, y))
+
+  @classmethod
+  def from_data(cls, data_dir: str) -> "EmoticonSentiment":
+    """Learned from the comments of `data_dir`'s train file, the hand-labelled ones left out (cached)."""
+    return _emoticon_sentiment(os.path.abspath(data_dir))
+
+  def score(self, texts: Sequence[str]) -> np.ndarray:
+    return self.model.decision_function(list(texts))[:, None]
+
+
+@functools.lru_cache(maxsize=None)
+def _emoticon_sentiment(data_dir: str) -> EmoticonSentiment:
+  from mfjax.data import load_events  # a heavy import, only where texts are read
+  from mfjax.evaluation import hand_labels
+  path = os.path.join(data_dir, "train.jsonl.gz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"EmoticonSentiment learns from {path}, which does not exist "
+                            "(python tools/download_data.py --out <folder>)")
+  labelled = hand_labels.all_keys()
+  texts = [a.text for e in load_events(path) for a in e.actions if a.text and (e.eid, a.id) not in labelled]
+  return EmoticonSentiment.fit(texts)
+
+
+def _pipeline(seed: int, emoticons: EmoticonSentiment | None = None):
   from sklearn.feature_extraction.text import TfidfVectorizer
   from sklearn.linear_model import LogisticRegressionCV
   from sklearn.model_selection import StratifiedKFold
   from sklearn.pipeline import FeatureUnion, make_pipeline
   from sklearn.preprocessing import FunctionTransformer
-  features = FeatureUnion([
-      ("chars", TfidfVectorizer(analyzer="char", ngram_range=NGRAMS, min_df=2, sublinear_tf=True,
-                                preprocessor=own_text, lowercase=True)),
-      ("rules", FunctionTransformer(rule_features)),
-  ])
+  parts = [("chars", TfidfVectorizer(analyzer="char", ngram_range=NGRAMS, min_df=2, sublinear_tf=True,
+                                     preprocessor=own_text, lowercase=True)),
+           ("rules", FunctionTransformer(rule_features))]
+  if emoticons is not None:
+    parts.append(("emoticons", FunctionTransformer(emoticons.score)))
+  features = FeatureUnion(parts)
   model = LogisticRegressionCV(Cs=list(C_GRID), cv=StratifiedKFold(4, shuffle=True, random_state=seed),
                                scoring="balanced_accuracy", class_weight="balanced", max_iter=5000,
                                l1_ratios=(0.0,), use_legacy_attributes=False)
@@ -82,14 +154,16 @@ class TrainedLabeler:
 
   @classmethod
   def fit(cls, texts: Sequence[str], labels: dict, seed: int = 0, version: str = "trained",
-          sample_weight=None) -> "TrainedLabeler":
+          sample_weight=None, emoticons: EmoticonSentiment | None = None) -> "TrainedLabeler":
     """Fit on texts with their hand labels {dimension: [category]}; sample_weight [N]: each row's
-    weight in the fit (on top of the class balance; None: every row alike, the default labeler)."""
+    weight in the fit (on top of the class balance; None: every row alike, the default labeler);
+    emoticons: the sentiment model's distant score (None: without it, e.g. with no CED data)."""
     with threadpool_limits(1):  # small sparse problems: BLAS threads beside XLA's made a fit 15x slower
-      return cls._fit(list(texts), labels, seed, version, sample_weight)
+      return cls._fit(list(texts), labels, seed, version, sample_weight, emoticons)
 
   @classmethod
-  def _fit(cls, texts: list, labels: dict, seed: int, version: str, sample_weight=None) -> "TrainedLabeler":
+  def _fit(cls, texts: list, labels: dict, seed: int, version: str, sample_weight=None,
+           emoticons: EmoticonSentiment | None = None) -> "TrainedLabeler":
     comment = np.asarray([b == "comment" for b in labels["behaviour"]])
     models = {}
     for d in DIMENSIONS:
@@ -97,20 +171,24 @@ class TrainedLabeler:
       y = np.asarray(labels[d])[rows]
       if len(set(y)) < 2:
         raise ValueError(f"TrainedLabeler: the hand labels of {d!r} hold one category only ({set(y)})")
-      weights = {} if sample_weight is None else {"logisticregressioncv__sample_weight": np.asarray(sample_weight)[rows]}
-      models[d] = _pipeline(seed).fit([texts[i] for i in rows], y, **weights)
+      weights = ({} if sample_weight is None
+                 else {"logisticregressioncv__sample_weight": np.asarray(sample_weight)[rows]})
+      pipeline = _pipeline(seed, emoticons if d == "sentiment" else None)
+      models[d] = pipeline.fit([texts[i] for i in rows], y, **weights)
     return cls(models, version)
 
   @classmethod
   def from_hand_labels(cls, data_dir: str) -> "TrainedLabeler":
-    """Fit on every hand-labelled file (`mfjax.evaluation.hand_labels`), texts read from `data_dir`."""
+    """Fit on every hand-labelled file (`mfjax.evaluation.hand_labels`), texts read from `data_dir`,
+    with the `EmoticonSentiment` of `data_dir`'s train comments."""
     from mfjax.evaluation import hand_labels
     hand = hand_labels.load(data_dir)
     digest = hashlib.sha256()
     for name in (hand_labels.STRATIFIED, hand_labels.UNIFORM_VAL):
       with open(os.path.join(hand_labels.LABELS_DIR, name), "rb") as f:
         digest.update(f.read())
-    return cls.fit(hand.texts, hand.labels, version=f"trained-1:{digest.hexdigest()[:12]}")
+    return cls.fit(hand.texts, hand.labels, version=f"{VERSION}:{digest.hexdigest()[:12]}",
+                   emoticons=EmoticonSentiment.from_data(data_dir))
 
   def label(self, texts: Sequence[str]) -> dict[str, list[str]]:
     with threadpool_limits(1):
