@@ -261,6 +261,7 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   # the experiment's labeler is the one learned from the hand labels, and the distributions corrected for
   # its errors are scored beside the raw ones, for every method and reference simulator
   assert results["data"]["labeler"] == "trained" and "trained: 5-fold" in results["corrected"]["source"]
+  assert results["data"]["labeler_version"].startswith("trained-2:")  # which fit of it labelled this run
   assert set(results["corrected"]["methods"]) == set(results["methods"])
   assert set(results["corrected"]["simulators"]) == set(results["simulators"]["methods"])
   # the same rollouts scored under the rule labeler, into a file of its own; the run's results.json untouched

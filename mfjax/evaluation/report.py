@@ -399,7 +399,8 @@ def evaluate(req: EvalRequest) -> Evaluation:
   if not weights.any():
     raise ValueError(f"no rollout step to score: warm-up {warmup} covers all {T} steps or the events are empty")
   results = {"methods": {}, "data": {"events": E, "steps": T, "agents_per_step": B, "warmup": warmup,
-                                     "scored_steps": int(weights.sum()), "labeler": req.labeler_name}}
+                                     "scored_steps": int(weights.sum()), "labeler": req.labeler_name,
+                                     "labeler_version": getattr(labeler.labeler, "version", req.labeler_name)}}
   if correct is not None:
     results["corrected"] = {"source": correct.source, "matrices": correct.to_json()["matrices"], "methods": {}}
   cells = {}  # name -> [E, T] KL per (event, step): each method's and forecast reference's (`horizon`)
