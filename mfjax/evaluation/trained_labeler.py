@@ -183,9 +183,12 @@ class TrainedLabeler:
     with the `EmoticonSentiment` of `data_dir`'s train comments."""
     from mfjax.evaluation import hand_labels
     hand = hand_labels.load(data_dir)
+    # the version names what the fit reads: the labels, and the files of their texts and of the emoticon model's
+    read = [os.path.join(hand_labels.LABELS_DIR, name) for name in (hand_labels.STRATIFIED, hand_labels.UNIFORM_VAL)]
+    read += [os.path.join(data_dir, f"{split}.jsonl.gz") for split in ("train", "val")]
     digest = hashlib.sha256()
-    for name in (hand_labels.STRATIFIED, hand_labels.UNIFORM_VAL):
-      with open(os.path.join(hand_labels.LABELS_DIR, name), "rb") as f:
+    for path in read:
+      with open(path, "rb") as f:
         digest.update(f.read())
     return cls.fit(hand.texts, hand.labels, version=f"{VERSION}:{digest.hexdigest()[:12]}",
                    emoticons=EmoticonSentiment.from_data(data_dir))
