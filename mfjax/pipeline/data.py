@@ -200,11 +200,12 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
   anchor = None
   if d.agent_anchor:  # the population head starts from a per-agent forecaster fitted on the training events
     t1 = time.time()
-    anchor = fitted_anchor(d, train, labeler, activity)
-    for name, ev, layout in splits:
-      b = batches[name]
-      numbers = b.numbers if b.numbers is not None else step_numbers(ev, layout.steps, layout.agents_per_step, activity)
-      b.anchor = anchor.logprobs(b.category, b.agent_mask, numbers)
+    numbers = {name: batches[name].numbers if d.numbers else step_numbers(ev, layout.steps, layout.agents_per_step,
+                                                                          activity) for name, ev, layout in splits}
+    tb = batches["train"]  # its classes and numbers, as `fitted_anchor` reads them from the events
+    anchor = AgentAnchor.fit(tb.category, tb.agent_mask, numbers["train"], steps=d.agent_anchor, classes=len(CLASSES))
+    for name, b in batches.items():
+      b.anchor = anchor.logprobs(b.category, b.agent_mask, numbers[name])
     log(f"[data] the head's agents anchor fitted on the training agents and computed for every split "
         f"({time.time() - t1:.1f} s)")
   for name, b in batches.items():
@@ -234,8 +235,7 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
     if labeler is not None:
       intervened.category = label_categories(labeler, intervened)
     if anchor is not None:
-      numbers = intervened.numbers if intervened.numbers is not None else step_numbers(
-          injected, eb.steps, eb.agents_per_step, activity)
+      numbers = intervened.numbers if d.numbers else step_numbers(injected, eb.steps, eb.agents_per_step, activity)
       intervened.anchor = anchor.logprobs(intervened.category, intervened.agent_mask, numbers)
     data.intervened = {**intervened.arrays(), "forced": forced_mask(batches["eval"].agent_mask, iv)}
     if truth is not None:
@@ -246,7 +246,8 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
 
 def fitted_anchor(d: DataPlan, train: list, labeler: CachedLabeler, activity) -> AgentAnchor:
   """The population head's per-agent anchor (mf.anchor='agents'), fitted on the training events `train` laid
-  out as the run's batches, their actions labelled by the run's labeler (the head's targets)."""
+  out as the run's batches, their actions labelled by the run's labeler (the head's targets): what `prepare`
+  fits from its training batch, for a command that has the events alone (`forecast`)."""
   bc = d.batch
   texts, mask = step_texts(train, bc.steps, bc.agents_per_step)
   classes = np.where(mask, class_of(label_ids(labeler, [t for row in texts for t in row], mask.shape)), -1)

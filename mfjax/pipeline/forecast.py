@@ -218,15 +218,16 @@ def forecast(req: ForecastRequest) -> dict:
       f"{H} forecast with {S} seeds; future agents' states: {req.future_states}")
   batch: StepBatch = make_step_batch([laid], tok, dataclasses.replace(plan.data.batch, steps=T), activity=activity,
                                      states=[states])
+  numbers = None  # the agents' states as numbers, where the head or its anchor reads them
+  if plan.data.numbers or plan.data.agent_anchor:
+    numbers = step_numbers([laid], T, B, rows=[forecast_numbers(laid, K, B, req.future_states, activity)])
   if plan.data.numbers:  # the head reads the states as numbers too
-    batch.numbers = step_numbers([laid], T, B, rows=[forecast_numbers(laid, K, B, req.future_states, activity)])
+    batch.numbers = numbers
   labeler = CachedLabeler(make_labeler(plan.data.labeler, plan.data.label_data))
   if plan.data.categories:  # the observed actions' classes (the future's placeholders have none)
     batch.category = label_categories(labeler, batch)
     batch.category[:, K:] = -1
   if plan.data.agent_anchor:  # the head's per-agent anchor, fitted on the run's training events as the run did
-    numbers = batch.numbers if batch.numbers is not None else step_numbers(
-        [laid], T, B, rows=[forecast_numbers(laid, K, B, req.future_states, activity)])
     batch.anchor = fitted_anchor(plan.data, train, labeler, activity).logprobs(batch.category, batch.agent_mask,
                                                                                 numbers)
   data = Data(tok, train={}, val={}, eval=batch, truth=None, eval_split="forecast", **tokenizer_specs(plan, tok))
