@@ -54,6 +54,10 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.data.steps = 12  # T: steps per event
   c.data.agents_per_step = 16  # B: agents (consecutive actions) per step
   c.data.prompt_len = 16  # P: tokens of topic + state (longer prompts keep their end)
+  # Pt > 0: the prompt's first Pt tokens are the topic's own block (its start kept), the same for all of an event's
+  # agents, computed once for a step's agents in training, scoring and rollouts (`mfjax.model.shared_extend`); the
+  # agent's part (context slot, state) has the other P - Pt (its end kept). 0: one block, no part computed once.
+  c.data.topic_len = 0
   c.data.action_len = 8  # A: tokens of an action incl. <eos> (the sampled length too)
 
   c.world = ml_collections.ConfigDict()  # synthetic world coefficients (mfjax.data.synthetic.WorldConfig)
@@ -284,8 +288,11 @@ def check_config(cfg) -> None:
         "the mean field reads a sampled action's category as the class its agent drew, which only the "
         "attribute-conditioned policy draws: set mf.attributes=True")
   check_at_least(cfg, 0, "mf.anchor_steps", "mf.state_tail")
-  check("mf.state_tail", cfg.mf.state_tail <= d.prompt_len,
-        f"{cfg.mf.state_tail}: the head reads the prompt's last tokens, and prompts hold data.prompt_len={d.prompt_len}")
+  check("data.topic_len", 0 <= d.topic_len < d.prompt_len,
+        f"{d.topic_len}: the topic's block must leave the agent's part a token of data.prompt_len={d.prompt_len}")
+  check("mf.state_tail", cfg.mf.state_tail <= d.prompt_len - d.topic_len,
+        f"{cfg.mf.state_tail}: the head reads the prompt's last tokens, and prompts hold "
+        f"data.prompt_len={d.prompt_len} (data.topic_len={d.topic_len} of them the topic's)")
   check("mf.state_numbers", not cfg.mf.state_numbers or _population_head(cfg),
         "only the population head reads the agents' states as numbers: set mf.attributes=True or "
         "ib.population_weight > 0")
@@ -665,11 +672,12 @@ def plan(cfg) -> RunPlan:
   d, r, t = cfg.data, cfg.rollout, cfg.train
   steps, agents = eval_layout(cfg)
   data = DataPlan(d.source, d.path, int(d.seed), int(d.train_events), int(d.val_events), int(d.eval_events),
-                  d.eval_split, BatchConfig(int(d.steps), int(d.agents_per_step), int(d.prompt_len), int(d.action_len)),
+                  d.eval_split, BatchConfig(int(d.steps), int(d.agents_per_step), int(d.prompt_len), int(d.action_len),
+                                            int(d.topic_len)),
                   WorldConfig(steps=int(d.steps), agents_per_step=int(d.agents_per_step), **cfg.world.to_dict()),
                   cfg.model.checkpoint, int(cfg.tokenizer.vocab_size), int(cfg.context.k), int(cfg.mf_text.summary_len),
                   cfg.eval.labeler, bool(cfg.eval.corrected), _population_head(cfg), bool(cfg.mf.attributes),
-                  BatchConfig(steps, agents, int(d.prompt_len), int(d.action_len)),
+                  BatchConfig(steps, agents, int(d.prompt_len), int(d.action_len), int(d.topic_len)),
                   WorldConfig(steps=steps, agents_per_step=agents, **cfg.world.to_dict()), int(d.eval_min_actions),
                   drift_windows(cfg.eval.drift, int(r.warmup), steps), bool(cfg.mf.state_numbers),
                   int(cfg.mf.anchor_steps) if cfg.mf.anchor == "agents" else 0)

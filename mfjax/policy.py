@@ -22,7 +22,7 @@ import numpy as np
 
 from mfjax.categories import CLASSES
 from mfjax.data.prompts import attribute_tag
-from mfjax.model.transformer import Decoder
+from mfjax.model.transformer import Decoder, shared_extend
 from mfjax.sampling import token_logprobs
 
 
@@ -94,18 +94,28 @@ def with_context(ctx_ids_NxC, ctx_mask_NxC, prompt_ids_NxP, prompt_mask_NxP):
 
 
 def action_logprobs(model: Decoder, params, prompt_ids_NxP, prompt_mask_NxP, action_ids_NxA, action_mask_NxA, *,
-                    prefix_NxKxD=None):
+                    prefix_NxKxD=None, shared: int = 0, group: int = 1):
   """log pi(a_j | input, a_<j) of every action token [N, A] (float32; 0 where
   the action mask is 0). Prompts are left-padded so the token before the first
-  action token is the prompt's last, which predicts it."""
+  action token is the prompt's last, which predicts it.
+
+  `shared` > 0: the prefix vectors and the prompts' first `shared` tokens are alike in every `group`
+  consecutive rows (`shared_extend`: computed once per group; the same log-probabilities)."""
   P = prompt_ids_NxP.shape[-1]
   tokens = jnp.concatenate([prompt_ids_NxP, action_ids_NxA], -1)
   mask = jnp.concatenate([prompt_mask_NxP, action_mask_NxA.astype(prompt_mask_NxP.dtype)], -1)
   variables = {"params": params}
   # Only positions P-1.. predict action tokens: the last layer's queries and MLP
   # run for those alone (queries_from), and the LM head for all but the last.
-  _, hidden = model.apply(variables, tokens, mask, prefix_embeds_BxKxD=prefix_NxKxD, return_hidden=True,
-                          queries_from=P - 1)
+  if shared:
+    if shared >= P:
+      raise ValueError(f"{shared} shared tokens leave no prompt token of a row's own in prompts of {P}")
+    K = 0 if prefix_NxKxD is None else prefix_NxKxD.shape[1]
+    _, hidden, _ = shared_extend(model, params, tokens, mask, shared=shared, group=group, slots=K + tokens.shape[1],
+                                 prefix_embeds_BxKxD=prefix_NxKxD, queries_from=P - 1 - shared)
+  else:
+    _, hidden = model.apply(variables, tokens, mask, prefix_embeds_BxKxD=prefix_NxKxD, return_hidden=True,
+                            queries_from=P - 1)
   logits = model.apply(variables, hidden[:, :-1], method=Decoder.logits)
   return token_logprobs(logits, action_ids_NxA, action_mask_NxA)
 

@@ -25,7 +25,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from mfjax.model.transformer import Decoder, KVCache, positions_from_mask, unrolled
+from mfjax.model.transformer import Decoder, KVCache, positions_from_mask, shared_extend, unrolled
 from mfjax.parallel.mesh import pinning
 
 
@@ -219,7 +219,8 @@ def token_logprobs(logits_BxAxV, ids_BxA, mask_BxA):
 
 def _generate_impl(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, temperature, eos_id, pad_id,
                    prefix_BxKxD, score_BxA, score_mask_BxA, *, max_new_tokens: int, top_k: int, top_p: float,
-                   unroll: bool, utf8: Optional[ValidUtf8] = None) -> tuple[SampleOutput, Optional[jax.Array]]:
+                   unroll: bool, utf8: Optional[ValidUtf8] = None, shared: int = 0,
+                   group: int = 1) -> tuple[SampleOutput, Optional[jax.Array]]:
   if unroll:  # a scanned loop would copy every layer's weights at every decode step
     model, params = unrolled(model, params)
   B, P = prompt_BxP.shape
@@ -254,9 +255,16 @@ def _generate_impl(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, tem
     mask = jnp.concatenate([head_mask, score_mask_BxA.astype(jnp.int32)], axis=1)
   # Only positions P-1.. predict (the first sampled token, and the scored ones):
   # the last layer's queries and MLP run for those alone.
-  _, hidden, cache = extend(tokens, mask, positions_from_mask(mask), KVCache.zeros(model.cfg, B, K + P + A),
-                            jnp.int32(0), prefix_embeds_BxKxD=prefix_BxKxD, return_logits=False,
-                            queries_from=P - 1)
+  # With `shared`, the prefix and the prompts' first `shared` tokens are computed once per group of rows.
+  if shared:
+    if shared >= P:
+      raise ValueError(f"{shared} shared tokens leave no prompt token of a row's own in prompts of {P}")
+    _, hidden, cache = shared_extend(model, params, tokens, mask[:, K:], shared=shared, group=group,
+                                     slots=K + P + A, prefix_embeds_BxKxD=prefix_BxKxD, queries_from=P - 1 - shared)
+  else:
+    _, hidden, cache = extend(tokens, mask, positions_from_mask(mask), KVCache.zeros(model.cfg, B, K + P + A),
+                              jnp.int32(0), prefix_embeds_BxKxD=prefix_BxKxD, return_logits=False,
+                              queries_from=P - 1)
   logits = model.apply(variables, hidden[:, :max(A, 1)], method=Decoder.logits)
   scored = token_logprobs(logits[:, :A], score_BxA, score_mask_BxA) if scoring else None
   first_logits = logits[:, 0]
@@ -291,7 +299,8 @@ def _generate_impl(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, tem
   return SampleOutput(state.tokens_BxN, state.logprobs_BxN, state.mask_BxN), scored
 
 
-_generate = jax.jit(_generate_impl, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "unroll", "utf8"))
+_generate = jax.jit(_generate_impl, static_argnames=("model", "max_new_tokens", "top_k", "top_p", "unroll", "utf8",
+                                                    "shared", "group"))
 
 
 def _sampler():
@@ -317,7 +326,7 @@ def _arguments(prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id):
 def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: Optional[int] = None,
              pad_id: Optional[int] = None, prefix_embeds=None, unroll_layers: bool = True,
-             utf8: Optional[ValidUtf8] = None) -> SampleOutput:
+             utf8: Optional[ValidUtf8] = None, shared: int = 0, group: int = 1) -> SampleOutput:
   """Sample `max_new_tokens` continuations of left-padded prompts.
 
   prompt_ids, prompt_mask: [B, P] (mask 1 on real tokens; padding on the left).
@@ -329,19 +338,23 @@ def generate(model: Decoder, params, prompt_ids, prompt_mask, *, rng, max_new_to
   (faster decoding; compile time grows with depth). Jitted once per (model,
   shapes, max_new_tokens, top_k, top_p, unroll_layers, utf8). With `utf8` every
   row's tokens decode as valid UTF-8 (module docstring); the log-probs stay the
-  model's own.
+  model's own. `shared` > 0: the prefix and the prompts' first `shared` tokens are alike in every
+  `group` consecutive rows (an event's topic, a step's mean field): the prefill computes them once per
+  group (`mfjax.model.shared_extend`); the samples are the same.
   """
   prompt_ids, prompt_mask, eos, pad = _arguments(prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id)
   out, _ = _sampler()(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad,
                       prefix_embeds, None, None, max_new_tokens=int(max_new_tokens), top_k=int(top_k),
-                      top_p=float(top_p), unroll=bool(unroll_layers), utf8=utf8)
+                      top_p=float(top_p), unroll=bool(unroll_layers), utf8=utf8, shared=int(shared),
+                      group=int(group))
   return out
 
 
 def score_and_generate(model: Decoder, params, prompt_ids, prompt_mask, score_ids, score_mask, *, rng,
                        max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                        eos_id: Optional[int] = None, pad_id: Optional[int] = None, prefix_embeds=None,
-                       unroll_layers: bool = True, utf8: Optional[ValidUtf8] = None) -> tuple[jax.Array, SampleOutput]:
+                       unroll_layers: bool = True, utf8: Optional[ValidUtf8] = None, shared: int = 0,
+                       group: int = 1) -> tuple[jax.Array, SampleOutput]:
   """(log p(score_ids | prompt) [B, A], `generate`'s samples) from one pass over the prompts.
 
   score_ids, score_mask: [B, A] given continuations of the prompts, scored
@@ -358,5 +371,6 @@ def score_and_generate(model: Decoder, params, prompt_ids, prompt_mask, score_id
                      f"prompts' {prompt_ids.shape[0]} rows")
   out, scored = _sampler()(model, params, prompt_ids, prompt_mask, rng, jnp.float32(temperature), eos, pad,
                            prefix_embeds, score_ids, score_mask, max_new_tokens=int(max_new_tokens),
-                           top_k=int(top_k), top_p=float(top_p), unroll=bool(unroll_layers), utf8=utf8)
+                           top_k=int(top_k), top_p=float(top_p), unroll=bool(unroll_layers), utf8=utf8,
+                           shared=int(shared), group=int(group))
   return scored, out

@@ -54,6 +54,19 @@ def make_batch(seed=0, e=E, t=T, b=B, empty_last=True):
           "action_mask": action_mask, "agent_mask": agent_mask, "parent": parent}
 
 
+def with_topic(batch, topic_len: int, seed: int = 0):
+  """`batch` with a topic block in front of every prompt (`BatchConfig.topic_len`): `topic_len` tokens, left-padded,
+  one per event, the same for all its agents (empty slots included, as `make_step_batch` lays them out)."""
+  rng = np.random.default_rng(seed)
+  e, t, b = batch["agent_mask"].shape
+  n = rng.integers(1, topic_len + 1, (e,))
+  mask = (np.arange(topic_len) >= topic_len - n[:, None]).astype(np.int32)
+  ids = np.where(mask == 1, rng.integers(3, V, (e, topic_len)), PAD).astype(np.int32)
+  spread = lambda x: np.broadcast_to(x[:, None, None], (e, t, b, topic_len))
+  return {**batch, "prompt_ids": np.concatenate([spread(ids), batch["prompt_ids"]], -1),
+          "prompt_mask": np.concatenate([spread(mask), batch["prompt_mask"]], -1)}
+
+
 CONTEXT = ContextSpec(header=(5, 6), sep=(7,), eos_id=EOS, k=2, action_len=A)
 # the text mean field's layout (summary of S = 3 tokens) over the same vocabulary
 TEXT = TextMFSpec(summary_header=(5, 6), writer_header=(8,), actions_header=(10, 11), writer_end=(12,), sep=(7,),

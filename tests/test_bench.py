@@ -127,3 +127,36 @@ def test_flop_counts_match_a_hand_count():
   # two layers: the first in full, the last's queries for 1 output
   Cfg.num_layers = 2
   assert bench.forward_flops(Cfg, 1, 3, 0, outputs=1) == 2 * 144 * 3 + 2 * 8 * 6 + 2 * (16 * 3 + 128) + 2 * 8 * 3
+  # 2 tokens after 4 already cached (`before`): each query also reads the 4
+  Cfg.num_layers = 1
+  assert bench.forward_flops(Cfg, 1, 2, 0, before=4) == 2 * 144 * 2 + 2 * 8 * (3 + 2 * 4)
+  # 3 rows of 6 tokens whose first 4 are alike: those once, then 3 rows of 2 reading them
+  assert bench.shared_forward_flops(Cfg, 3, 3, 4, 6, 1) == (bench.forward_flops(Cfg, 1, 4, 0, outputs=1)
+                                                             + bench.forward_flops(Cfg, 3, 2, 1, before=4))
+  assert bench.shared_forward_flops(Cfg, 3, 3, 4, 6, 1) < bench.forward_flops(Cfg, 3, 6, 1)
+  assert bench.shared_forward_flops(Cfg, 3, 3, 0, 6, 1) == bench.forward_flops(Cfg, 3, 6, 1)
+
+
+def test_shared_times_the_topic_computed_once_against_every_agent(capsys):
+  """`shared --topic N`: each case twice in one process on the same prompts, the second line with the
+  speedup; the FLOPs the math needs count the topic once (fewer than without a topic)."""
+  bench = _bench()
+  args = [a for a in TINY] + ["--topic", "5", "--cases", "mf_step"]
+  bench.main(["shared", *args])
+  rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  assert [(r["case"], r["computed_once"]) for r in rows] == [("mf_step", False), ("mf_step", True),
+                                                             ("ib_tune", False), ("ib_tune", True)]
+  assert all(r["seconds"] > 0 and r["topic"] == 5 for r in rows)
+  assert rows[1]["speedup"] > 0 and rows[3]["speedup"] > 0 and "speedup" not in rows[0]
+  a = bench.parse_args(["train", *TINY])
+  assert bench.train_step_flops(_cfg(bench), 1, 2, 4, 8, 4, 4, 5) < bench.train_step_flops(_cfg(bench), 1, 2, 4, 8, 4, 4)
+  assert a.topic == 0
+  for bad, says in ((["shared", *TINY, "--topic", "8"], "--topic 8"), (["train", *TINY, "--unshared"], "--unshared")):
+    with pytest.raises(SystemExit):
+      bench.parse_args(bad)
+    assert says in capsys.readouterr().err
+
+
+def _cfg(bench):
+  from mfjax.model import tiny
+  return tiny("qwen2", hidden_size=64, num_layers=2, vocab_size=256)

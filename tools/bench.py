@@ -6,6 +6,8 @@
   python tools/bench.py all
   python tools/bench.py rollout --mfjax-only    # mfjax alone, no reference (to compare two commits)
   python tools/bench.py rollout --mfjax-only --score-real   # as the pipeline's rollouts: real actions scored too
+  python tools/bench.py rollout --topic 96   # prompts of a 96-token topic (the event's) + 32 tokens per agent
+  python tools/bench.py shared --topic 96    # mfjax alone: the topic computed once per step against every agent
 
 Both sides use the same random Qwen2 (width 512, 8 layers, vocab 8192; the
 weights are written by transformers and loaded by mfjax), B=16 agents per
@@ -43,6 +45,12 @@ causal attention, the LM head where logits are used, the last layer's
 queries and MLP where its outputs are used; backward = 2x forward)
 and divides by the peak FLOP/s of a large `jnp.dot` in the same process and
 dtype (2048^3 on a CPU, 8192^3 on an accelerator).
+
+With `--topic N`, the first N of each prompt's tokens are its event's topic, the same for all its agents;
+mfjax computes them once for a step's agents, with the mean field's vectors before them
+(`mfjax.model.shared_extend`, the pipeline's `data.topic_len`), unless `--unshared`; the reference reads the
+same prompts as before. The FLOPs the math needs then count the topic once per step. `shared` times mfjax's
+rollout cases and train step on the same prompts both ways in one process and prints each pair's ratio.
 
 For an accelerator's numbers in one run: `tools/gpu_check.sh` (docs/benchmarks.md).
 """
@@ -102,43 +110,58 @@ def _per_token(cfg) -> tuple[int, int, int]:
   return D * 2 * Nkv * Dh, D * H * Dh + H * Dh * D + 3 * D * F, 2 * H * Dh
 
 
-def forward_flops(cfg, rows: int, length: int, head_positions: int, outputs: Optional[int] = None) -> float:
+def forward_flops(cfg, rows: int, length: int, head_positions: int, outputs: Optional[int] = None,
+                  before: int = 0) -> float:
   """A causal forward of `rows` sequences of `length` positions, logits at
   `head_positions` of each. Only the last `outputs` positions' final hidden
   states are used (default: all): the last layer needs the keys and values of
-  every position, but its queries, output projection and MLP for those alone."""
+  every position, but its queries, output projection and MLP for those alone.
+  `before`: keys and values of that many earlier positions, already computed, that every query also reads."""
   kv, rest, attn = _per_token(cfg)
   Y, n = cfg.num_layers, length if outputs is None else outputs
-  pairs = lambda q: q * length - q * (q - 1) / 2  # causal (query, key) pairs of the last q queries
+  pairs = lambda q: q * length - q * (q - 1) / 2 + q * before  # (query, key) pairs of the last q queries
   macs = Y * kv * length + (Y - 1) * (rest * length + attn * pairs(length)) + rest * n + attn * pairs(n)
   return rows * 2 * (macs + cfg.hidden_size * cfg.vocab_size * head_positions)
 
 
-def generate_flops(cfg, rows: int, prompt: int, new: int) -> float:
-  """Prefill of `prompt` positions (logits of the last) and new-1 cached decode steps."""
+def shared_forward_flops(cfg, rows: int, group: int, shared: int, length: int, head_positions: int,
+                         outputs: Optional[int] = None) -> float:
+  """`forward_flops` of rows whose first `shared` positions are alike in each `group` of them, computed once
+  per group (0 shared: the plain forward)."""
+  if not shared:
+    return forward_flops(cfg, rows, length, head_positions, outputs)
+  return (forward_flops(cfg, rows // group, shared, 0, outputs=1)
+          + forward_flops(cfg, rows, length - shared, head_positions, outputs, before=shared))
+
+
+def generate_flops(cfg, rows: int, prompt: int, new: int, group: int = 1, shared: int = 0) -> float:
+  """Prefill of `prompt` positions (logits of the last; the first `shared` once per `group` rows) and new-1
+  cached decode steps."""
   kv, rest, attn = _per_token(cfg)
   Y = cfg.num_layers
-  prefill = forward_flops(cfg, rows, prompt, 1, outputs=1)
+  prefill = shared_forward_flops(cfg, rows, group, shared, prompt, 1, outputs=1)
   ctx = sum(prompt + i + 1 for i in range(new - 1))
   decode = rows * ((new - 1) * 2 * (Y * (kv + rest) + cfg.hidden_size * cfg.vocab_size) + 2 * Y * attn * ctx)
   return prefill + decode
 
 
-def train_step_flops(cfg, E, T, B, P, A, K) -> float:
+def train_step_flops(cfg, E, T, B, P, A, K, topic: int = 0) -> float:
   """IB-Tune step: agent embeddings (forward, no head, no backward; outputs at
   the A action positions) + the policy on every agent with K prefix vectors
   (forward + backward = 3x forward; outputs at the A positions that predict an
-  action token)."""
+  action token); the first `topic` prompt tokens (and the prefix vectors before them) once per step."""
   N = E * T * B
-  return forward_flops(cfg, N, P + A, 0, outputs=A) + 3 * forward_flops(cfg, N, K + P + A, A, outputs=A)
+  return (shared_forward_flops(cfg, N, B, topic, P + A, 0, outputs=A)
+          + 3 * shared_forward_flops(cfg, N, B, K + topic if topic else 0, K + P + A, A, outputs=A))
 
 
-def simulate_flops(cfg, E, T, B, P, A, K, mf: bool) -> float:
-  """Per step: sampling A tokens and (mf) the agent embeddings (the real actions are not scored)."""
+def simulate_flops(cfg, E, T, B, P, A, K, mf: bool, topic: int = 0) -> float:
+  """Per step: sampling A tokens and (mf) the agent embeddings (the real actions are not scored); the first
+  `topic` prompt tokens (and the prefix vectors before them) once per event and step."""
   k = K if mf else 0
-  per_step = generate_flops(cfg, E * B, k + P, A)
+  per_step = generate_flops(cfg, E * B, k + P, A, group=B, shared=k + topic if topic else 0)
   if mf:
-    per_step += forward_flops(cfg, E * B, P + A, 0, outputs=A)
+    per_step += shared_forward_flops(cfg, E * B, B, topic, P + A, 0, outputs=A)
   return T * per_step
 
 
@@ -211,10 +234,13 @@ def make_encoder(model, K: int, init_logvar: float = -4.0):
 
 
 def events(args, E: int, T: int, seed: int = 0) -> dict:
-  """E events of T steps x B agents, every prompt and action full length (no padding)."""
+  """E events of T steps x B agents, every prompt and action full length (no padding); with `--topic`, the
+  prompts' first tokens are the event's, alike for its agents."""
   rng = np.random.default_rng(seed)
   B, P, A, V = args.agents, args.prompt, args.action, args.vocab
-  return {"prompt_ids": rng.integers(3, V, (E, T, B, P)).astype(np.int32),
+  prompts = rng.integers(3, V, (E, T, B, P)).astype(np.int32)
+  prompts[..., :args.topic] = rng.integers(3, V, (E, 1, 1, args.topic))
+  return {"prompt_ids": prompts,
           "prompt_mask": np.ones((E, T, B, P), np.int32),
           "action_ids": rng.integers(3, V, (E, T, B, A)).astype(np.int32),
           "action_mask": np.ones((E, T, B, A), np.int32), "agent_mask": np.ones((E, T, B), bool),
@@ -268,12 +294,13 @@ def text_spec(args):
                     eos_id=-1, pad_id=0, summary_len=args.summary, action_len=args.action, agents=args.agents)
 
 
-def mfjax_rollout(model, params, batch, *, method, encoder, repeats: int, score_real: bool = False, text=None
-                  ) -> tuple[float, float]:
-  """(median seconds of `simulate` over `batch`, compile seconds)."""
+def mfjax_rollout(model, params, batch, *, method, encoder, repeats: int, score_real: bool = False, text=None,
+                  topic: int = 0) -> tuple[float, float]:
+  """(median seconds of `simulate` over `batch`, compile seconds); `topic`: its topic_len."""
   from mfjax.rollout import simulate
   run = lambda: simulate(model, params, batch, method=method, encoder=encoder, rng=jax.random.PRNGKey(0), warmup=0,
-                         temperature=1.0, score_real=score_real, text=text, **SAMPLING).tokens.block_until_ready()
+                         temperature=1.0, score_real=score_real, text=text, topic_len=topic,
+                         **SAMPLING).tokens.block_until_ready()
   first = timed(run)
   secs = float(np.median([timed(run) for _ in range(repeats)]))
   return secs, first - secs
@@ -292,9 +319,9 @@ def bench_rollout(args, built) -> None:
     batch = events(args, E, T)
     p = {"lm": params, "mf": mf} if method == "mf" else {"lm": params, "mf_lm": params}
     secs, compile_s = mfjax_rollout(model, p, batch, method=method, encoder=encoder, repeats=args.repeats,
-                                    score_real=args.score_real, text=text_spec(args))
+                                    score_real=args.score_real, text=text_spec(args), topic=_topic_len(args))
     n = E * T * B
-    common = _common(args, "rollout", case, events=E, steps=T, agents=B)
+    common = _common(args, "rollout", case, events=E, steps=T, agents=B, topic=args.topic, unshared=args.unshared)
     row = {**common, "impl": "mfjax", "method": method, "seconds": secs, "compile_s": compile_s,
            "actions_per_s": n / secs, "tokens_per_s": n * A / secs, "score_real": args.score_real}
     if args.mfjax_only:
@@ -390,19 +417,19 @@ def reference_ib_loss(ref, enc, batch, *, K, beta, hidden_size, feature_size, st
   return relevance + beta * compression
 
 
-def train_step_and_state(model, encoder, ps, *, beta: float):
+def train_step_and_state(model, encoder, ps, *, beta: float, topic: int = 0):
   """(the jitted IB-Tune train step, full fine-tuning with AdamW; its initial state,
-  on a copy of `ps`, since the step donates its state)."""
+  on a copy of `ps`, since the step donates its state); `topic`: its topic_len."""
   from mfjax.ibtune import TrainState, ib_tune_loss, jit_train_step, make_optimizer
   loss_fn = lambda params, batch, rng, step: ib_tune_loss(model=model, encoder=encoder, params=params, batch=batch,
-                                                          rng=rng, beta=beta, lm_grad=False)
+                                                          rng=rng, beta=beta, lm_grad=False, topic_len=topic)
   tx = make_optimizer(ps, trainable="full", lr=1e-5, steps=1000, warmup=1)
   return jit_train_step(loss_fn=loss_fn, tx=tx), TrainState(jnp.int32(0), jax.tree.map(jnp.array, ps), tx.init(ps))
 
 
-def mfjax_train_seconds(model, encoder, ps, batch, *, beta: float, repeats: int) -> float:
+def mfjax_train_seconds(model, encoder, ps, batch, *, beta: float, repeats: int, topic: int = 0) -> float:
   """Median seconds of the jitted IB-Tune train step (`train_step_and_state`) after its compile."""
-  step, state = train_step_and_state(model, encoder, ps, beta=beta)
+  step, state = train_step_and_state(model, encoder, ps, beta=beta, topic=topic)
   jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
   state, _ = step(state, jbatch, jax.random.PRNGKey(0))
   jax.block_until_ready(state)
@@ -428,9 +455,9 @@ def bench_train(args, built) -> float:
   jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
   loss0 = float(jax.jit(lambda p, b: ib_tune_loss(model=model, encoder=encoder, params=p, batch=b, beta=beta,
                                                   rng=jax.random.PRNGKey(0), lm_grad=False, sample=False)[0])(ps, jbatch))
-  secs = mfjax_train_seconds(model, encoder, ps, batch, beta=beta, repeats=args.repeats)
+  secs = mfjax_train_seconds(model, encoder, ps, batch, beta=beta, repeats=args.repeats, topic=_topic_len(args))
   tokens = E * T * B * A
-  common = _common(args, "train", "ib_tune", events=E, steps=T, agents=B)
+  common = _common(args, "train", "ib_tune", events=E, steps=T, agents=B, topic=args.topic, unshared=args.unshared)
   row = {**common, "impl": "mfjax", "seconds": secs, "tokens_per_s": tokens / secs, "actions_per_s": E * T * B / secs,
          "loss_step0": loss0, "unroll_layers": args.unroll_layers, "unroll_stacked": args.unroll_stacked,
          "remat_policy": args.remat_policy}
@@ -476,8 +503,8 @@ def bench_mfu(args, built, peak_at_start: float = 0.0, train_seconds: Optional[f
   encoder, mf = make_encoder(model, K)
   ps = {"lm": params, "mf": mf}
   secs = train_seconds or mfjax_train_seconds(model, encoder, ps, events(args, E, T, seed=1), beta=1e-3,
-                                              repeats=args.repeats)
-  flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K)
+                                              repeats=args.repeats, topic=_topic_len(args))
+  flops = train_step_flops(model.cfg, E, T, B, args.prompt, A, K, args.topic)
   base = {"impl": "mfjax", "peak_gflops_per_s": peak / 1e9}
   emit({**_common(args, "mfu", "train_step"), **base, "unroll_layers": args.unroll_layers,
         "unroll_stacked": args.unroll_stacked, "remat_policy": args.remat_policy, "seconds": secs,
@@ -487,12 +514,53 @@ def bench_mfu(args, built, peak_at_start: float = 0.0, train_seconds: Optional[f
   Er = args.mfu_events
   batch = events(args, Er, args.steps)
   secs, _ = mfjax_rollout(model, {"lm": cast(params, args.dtype), "mf": mf}, batch, method="mf", encoder=encoder,
-                          repeats=args.repeats)
-  flops = simulate_flops(model.cfg, Er, args.steps, B, args.prompt, A, K, True)
+                          repeats=args.repeats, topic=_topic_len(args))
+  flops = simulate_flops(model.cfg, Er, args.steps, B, args.prompt, A, K, True, args.topic)
   n = Er * args.steps * B
   emit({**_common(args, "mfu", "simulate", events=Er), **base, "seconds": secs, "model_gflops": flops / 1e9,
         "mfu": flops / secs / peak, "actions_per_s": n / secs, "tokens_per_s": n * A / secs,
         "target": TARGETS[("mfu", "simulate")]})
+
+
+def bench_shared(args, built) -> None:
+  """mfjax alone on prompts with a `--topic`: each rollout case (`--cases`) and the train step, with the topic
+  computed for every agent and once per step, in one process; the second line of a pair carries `speedup`
+  (unshared seconds over shared) and both the model FLOPs the math needs (the topic once)."""
+  _, model, params, _ = built
+  if not args.topic:
+    raise SystemExit("bench shared: give --topic N, the prompt tokens alike for an event's agents")
+  encoder, mf = make_encoder(model, args.slots)
+  T, B, A, K = args.steps, args.agents, args.action, args.slots
+  rollout_params = cast(params, args.dtype)
+  for case, E, method in [("policy_1event", 1, "state"), ("policy_8events", 8, "state"), ("mf_step", 1, "mf")]:
+    if args.cases and case not in args.cases.split(","):
+      continue
+    batch = events(args, E, T)
+    p = {"lm": rollout_params, "mf": mf}
+    flops = simulate_flops(model.cfg, E, T, B, args.prompt, A, K, method == "mf", args.topic)
+    secs = {}
+    for topic in (0, args.topic):
+      secs[topic], _ = mfjax_rollout(model, p, batch, method=method, encoder=encoder, repeats=args.repeats,
+                                     score_real=args.score_real, topic=topic)
+      emit({**_common(args, "shared", case, events=E, steps=T, agents=B, topic=args.topic), "impl": "mfjax",
+            "method": method, "computed_once": bool(topic), "seconds": secs[topic], "model_gflops": flops / 1e9,
+            "actions_per_s": E * T * B / secs[topic], "score_real": args.score_real,
+            **({"speedup": secs[0] / secs[topic]} if topic else {})})
+  E, Tt = args.train_events, args.train_steps
+  ps = {"lm": params, "mf": mf}
+  batch = events(args, E, Tt, seed=1)
+  flops = train_step_flops(model.cfg, E, Tt, B, args.prompt, A, K, args.topic)
+  secs = {}
+  for topic in (0, args.topic):
+    secs[topic] = mfjax_train_seconds(model, encoder, ps, batch, beta=1e-3, repeats=args.repeats, topic=topic)
+    emit({**_common(args, "shared", "ib_tune", events=E, steps=Tt, agents=B, topic=args.topic), "impl": "mfjax",
+          "computed_once": bool(topic), "seconds": secs[topic], "model_gflops": flops / 1e9,
+          "tokens_per_s": E * Tt * B * A / secs[topic], **({"speedup": secs[0] / secs[topic]} if topic else {})})
+
+
+def _topic_len(args) -> int:
+  """The topic_len mfjax runs with: `--topic`, or 0 with `--unshared`."""
+  return 0 if args.unshared else args.topic
 
 
 def _remat_policy(name: str) -> str:
@@ -528,7 +596,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("bench", choices=["rollout", "train", "mfu", "all"])
+  p.add_argument("bench", choices=["rollout", "train", "mfu", "shared", "all"],
+                 help="all: rollout, train and mfu (shared is run on its own)")
   add_model_args(p)
   p.add_argument("--summary", type=positive_int, default=200,
                  help="tokens of a text mean-field summary (the reference's; mfjax's in text_mf_step)")
@@ -544,11 +613,20 @@ def parse_args(argv=None):
   p.add_argument("--score-real", action="store_true",
                  help="rollout, with --mfjax-only: simulate also scores the real actions, as the pipeline's "
                       "rollouts do (its NLL column); the reference has no such step, so no speedup is printed")
+  p.add_argument("--topic", type=int, default=0,
+                 help="the first N prompt tokens are the event's topic, alike for its agents: mfjax computes them "
+                      "once per step (with the mean field's vectors before them); the reference reads them as before")
+  p.add_argument("--unshared", action="store_true",
+                 help="with --topic: mfjax computes the topic for every agent (the same prompts, the old way)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                  help="numerics of both sides (see above); the MFU peak is measured in it")
   args = p.parse_args(argv)
-  if args.score_real and not args.mfjax_only:
+  if args.score_real and not (args.mfjax_only or args.bench == "shared"):
     p.error("--score-real times work the reference does not do: use it with --mfjax-only")
+  if not 0 <= args.topic < args.prompt:
+    p.error(f"--topic {args.topic}: must leave each agent a prompt token of its own (--prompt {args.prompt})")
+  if args.unshared and not args.topic:
+    p.error("--unshared compares against computing a --topic once: give --topic N")
   return args
 
 
@@ -562,6 +640,8 @@ def main(argv=None) -> None:
   train_seconds = bench_train(args, built) if args.bench in ("train", "all") else None
   if args.bench in ("mfu", "all"):
     bench_mfu(args, built, peak, train_seconds)
+  if args.bench == "shared":
+    bench_shared(args, built)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,14 @@ compilation serves a whole run; what did not fit is counted in the report.
 
 Prompts (topic + state, optional population context) are left-padded to
 `prompt_len` (the sampler's layout) and keep their end when too long (the
-state and the "评论：" cue sit there). Actions are right-padded to `action_len`,
+state and the "评论：" cue sit there). With `topic_len` > 0 a prompt is two
+blocks, each tokenised apart and left-padded in its place: the event's topic in
+the first `topic_len` columns (its start kept when too long), the same for all
+of the event's agents, then the agent's own part (context slot and state, its
+end kept); the padding between them is masked, and positions count real tokens
+only, so the model reads one contiguous prompt. Those first columns are what
+the model may compute once for an event's agents (`mfjax.model.shared_extend`).
+Actions are right-padded to `action_len`,
 end with <eos>, and keep their beginning. Concatenating a step's prompt and
 action gives one contiguous run of real tokens per agent, which is what
 teacher-forced scoring needs.
@@ -23,7 +30,7 @@ import numpy as np
 
 from mfjax.data.events import Event
 from mfjax.data.prompts import (NUMBER_FEATURES, UidActivity, action_text, agent_numbers, agent_states,
-                                policy_prompt)
+                                policy_prompt, prompt_parts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +39,12 @@ class BatchConfig:
   agents_per_step: int = 16  # B: consecutive actions per step
   prompt_len: int = 96  # P: tokens of topic + state (+ context)
   action_len: int = 32  # A: tokens of an action, <eos> included
+  # Pt: the topic's own block at the prompt's start (0: one block, topic and state tokenised together)
+  topic_len: int = 0
+
+  def __post_init__(self):
+    if not 0 <= self.topic_len < self.prompt_len:
+      raise ValueError(f"topic_len {self.topic_len} must be in [0, prompt_len={self.prompt_len})")
 
 
 @dataclasses.dataclass
@@ -114,8 +127,9 @@ def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = Ba
   action_mask = np.zeros((E, T, B, A), np.int32)
   texts_out, agent_mask = step_texts(events, T, B)
   parent = np.full((E, T, B), -1, np.int32)
+  Pt = config.topic_len
   report = {"events": E, "actions_used": 0, "actions_dropped": 0, "agent_slots_empty": 0,
-            "prompts_truncated": 0, "actions_truncated": 0}
+            "prompts_truncated": 0, "actions_truncated": 0} | ({"topics_truncated": 0} if Pt else {})
   for e, event in enumerate(events):  # Python over events only to build the arrays (data prep, not the hot path)
     n = min(len(event.actions), T * B)
     report["actions_used"] += n
@@ -129,13 +143,23 @@ def make_step_batch(events: Sequence[Event], tokenizer, config: BatchConfig = Ba
     slot = {a.id: i for i, a in enumerate(actions)}
     parent[e].reshape(-1)[:n] = [slot.get(a.parent, -1) if a.parent else -1 for a in actions]
     ctx = contexts[e] if contexts is not None else None
-    prompts = [policy_prompt(event.topic, s, ctx[i // B] if ctx is not None else "") for i, s in enumerate(lines)]
+    context = lambda i: ctx[i // B] if ctx is not None else ""
+    if Pt:  # the topic's block, alike for every agent of the event; then each agent's own part
+      topic_ids = _encode(tokenizer, [prompt_parts(event.topic, "")[0]])[0] if n else []
+      if len(topic_ids) > Pt:
+        report["topics_truncated"] += 1
+        topic_ids = topic_ids[:Pt]
+      prompt_ids[e, :, :, Pt - len(topic_ids):Pt] = topic_ids
+      prompt_mask[e, :, :, Pt - len(topic_ids):Pt] = 1
+      prompts = [prompt_parts(event.topic, s, context(i))[1] for i, s in enumerate(lines)]
+    else:
+      prompts = [policy_prompt(event.topic, s, context(i)) for i, s in enumerate(lines)]
     texts = [action_text(a) for a in actions]
     for i, (p_ids, a_ids) in enumerate(zip(_encode(tokenizer, prompts), _encode(tokenizer, texts))):
       t, b = divmod(i, B)
-      if len(p_ids) > P:
+      if len(p_ids) > P - Pt:
         report["prompts_truncated"] += 1
-        p_ids = p_ids[-P:]
+        p_ids = p_ids[-(P - Pt):]
       a_ids = list(a_ids) + [eos]
       if len(a_ids) > A:
         report["actions_truncated"] += 1

@@ -27,7 +27,11 @@ from mfjax.data.events import Action, Event
 
 SHARE_TEXT = "转发微博"
 
-DEFAULT_TEMPLATE = "话题：{topic}\n{context}用户：{state}\n评论："
+# The prompt is the event's part (the topic), then the agent's: a batch laid out with `BatchConfig.topic_len`
+# tokenises them apart, so that every agent of an event reads the same topic tokens (computed once for them).
+TOPIC_TEMPLATE = "话题：{topic}\n"
+AGENT_TEMPLATE = "{context}用户：{state}\n评论："
+DEFAULT_TEMPLATE = TOPIC_TEMPLATE + AGENT_TEMPLATE
 CONTEXT_TEMPLATE = "群体动态：{context}\n"
 
 
@@ -136,6 +140,11 @@ def agent_numbers(event: Event, activity: Optional[UidActivity] = None) -> list[
 def policy_prompt(topic: str, state: str, context: str = "", template: str = DEFAULT_TEMPLATE) -> str:
   """The policy's input text; `context` fills the population slot (or is omitted)."""
   return template.format(topic=topic, state=state, context=CONTEXT_TEMPLATE.format(context=context) if context else "")
+
+
+def prompt_parts(topic: str, state: str, context: str = "") -> tuple[str, str]:
+  """`policy_prompt` cut in two: the event's part (the topic) and the agent's (context slot and state)."""
+  return TOPIC_TEMPLATE.format(topic=topic), policy_prompt(topic, state, context, AGENT_TEMPLATE)
 
 
 # The tag an attribute-conditioned policy reads after its prompt: the action's joint class

@@ -103,8 +103,15 @@ def batch_head_state(model: Decoder, encoder: MeanFieldEncoder, lm_params, batch
                     agent_numbers_of(encoder.cfg, batch))
 
 
+def _shared(topic_len: int, before: int = 0) -> int:
+  """The tokens of an agent's input alike for a step's agents (context, then topic) where the batch has a topic
+  block (`BatchConfig.topic_len`); 0: none computed once."""
+  return topic_len + before if topic_len else 0
+
+
 def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, remat: bool = False,
-                    lm_grad: bool = True, sample: bool = True, drawn: float = 0.0, drawn_after: int = 0):
+                    lm_grad: bool = True, sample: bool = True, drawn: float = 0.0, drawn_after: int = 0,
+                    topic_len: int = 0):
   """Teacher-forced mean field of each step: a reparameterised sample m and the
   posteriors (mu, logvar) read at steps 0..T-1, each [E, T, K, D].
 
@@ -119,10 +126,13 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
   head on the m of its step and its state, as in a rollout, with probability
   `drawn` (1: always), else its real label. The draws carry no gradient; the
   head is still scored against the real labels (`population_terms`), so it
-  learns to forecast from a mean field that holds its own earlier draws."""
+  learns to forecast from a mean field that holds its own earlier draws.
+
+  `topic_len` > 0: the prompts start with the event's topic block of that many tokens (`BatchConfig.topic_len`),
+  computed once for a step's agents here and in the losses below (the same values)."""
   E, T = batch["agent_mask"].shape[:2]
   pooled = agent_embeddings(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"],
-                            batch["action_mask"])  # [E, T, B, D]
+                            batch["action_mask"], shared=_shared(topic_len))  # [E, T, B, D]
   if not lm_grad:
     pooled = jax.lax.stop_gradient(pooled)
   enc = lambda method, *a: encoder.apply({"params": params[PARAMS.mf]}, *a, method=method)
@@ -181,27 +191,31 @@ def population_terms(*, model: Decoder, encoder: MeanFieldEncoder, params, batch
 
 def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, beta, remat: bool = False,
                  agents: int = 0, lm_grad: bool = True, sample: bool = True, population_weight: float = 0.0,
-                 tags: Optional[AttributeTags] = None, drawn: float = 0.0, drawn_after: int = 0):
+                 tags: Optional[AttributeTags] = None, drawn: float = 0.0, drawn_after: int = 0,
+                 topic_len: int = 0):
   """IB-Tune loss (module docstring). params = {"lm": ..., "mf": ...}; beta and population_weight may
   be traced; `agents` > 0 scores that many random agents per step (the mean
   field still reads all of them); `lm_grad`, `sample`, `drawn` and `drawn_after` as in `mean_field_path`.
   With a population head (encoder.cfg.classes) the population term is in aux (and,
   weighted by `population_weight`, in the loss); `tags`: the policy reads the real
-  action's tag after its prompt (an attribute-conditioned policy; needs the head)."""
+  action's tag after its prompt (an attribute-conditioned policy; needs the head); `topic_len` as in
+  `mean_field_path`."""
   # an array weight (traced: a sweep's) is not checked here; the pipeline's config check refuses one > 0 without a head
   weighted = not isinstance(population_weight, jax.Array) and bool(population_weight)
   if (tags is not None or weighted) and not encoder.cfg.classes:
     raise ValueError("a population term or tags need the encoder's population head (MeanFieldConfig.classes)")
   k_m, k_a = jax.random.split(rng)
   m, mu, logvar = mean_field_path(model=model, encoder=encoder, params=params, batch=batch, rng=k_m, remat=remat,
-                                  lm_grad=lm_grad, sample=sample, drawn=drawn, drawn_after=drawn_after)
+                                  lm_grad=lm_grad, sample=sample, drawn=drawn, drawn_after=drawn_after,
+                                  topic_len=topic_len)
   scored = subsample_agents(batch, k_a, agents)
   prefix = _per_agent_rows(m, scored["agent_mask"].shape[2])
   prompt_ids, prompt_mask = _flat(scored["prompt_ids"], 1), _flat(scored["prompt_mask"], 1)
   if tags is not None:
     prompt_ids, prompt_mask = with_tags(prompt_ids, prompt_mask, tags, _flat(scored["category"], 0))
   logp = action_logprobs(model, params[PARAMS.lm], prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
-                         _flat(scored["action_mask"], 1), prefix_NxKxD=prefix)
+                         _flat(scored["action_mask"], 1), prefix_NxKxD=prefix, shared=_shared(topic_len),
+                         group=scored["agent_mask"].shape[2])
   relevance, tokens = _token_nll(logp, scored)
   kl = Posterior(mu=mu, logvar=logvar).kl_to_standard_normal()  # [E, T]
   valid = batch["agent_mask"].any(-1).astype(jnp.float32)
@@ -220,11 +234,11 @@ def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rn
 MF_MU, MF_LOGVAR = "mf_mu", "mf_logvar"
 
 
-def teacher_forced_posteriors(*, model: Decoder, encoder: MeanFieldEncoder, params, batch):
+def teacher_forced_posteriors(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, topic_len: int = 0):
   """{MF_MU, MF_LOGVAR}: q(m_t) read at every step along the batch's real history ([E, T, K, D] each,
   float32; `mean_field_path` without a sample, a gradient or scheduled sampling), what `head_loss` reads."""
   _, mu, logvar = mean_field_path(model=model, encoder=encoder, params=params, batch=batch,
-                                  rng=jax.random.PRNGKey(0), lm_grad=False, sample=False)
+                                  rng=jax.random.PRNGKey(0), lm_grad=False, sample=False, topic_len=topic_len)
   return {MF_MU: jax.lax.stop_gradient(mu).astype(jnp.float32),
           MF_LOGVAR: jax.lax.stop_gradient(logvar).astype(jnp.float32)}
 
@@ -251,7 +265,8 @@ def _leave_one_out(x_ExT, valid_ExT):
   return jnp.where(n - v > 0, (total - x_ExT * v) / jnp.maximum(n - v, 1.0), 0.0)
 
 
-def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch, rng, beta, agents: int = 0):
+def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch, rng, beta, agents: int = 0,
+                      topic_len: int = 0):
   """IB-Tune with the text mean field (`mfjax.meanfield.text`), as the paper
   trains it. params = {"lm": the policy, "mf_lm": the summary writer, and
   optionally "prior": the LM of p0 (not trained; without it, p0 is the writer
@@ -305,7 +320,7 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
   prompt_ids, prompt_mask = with_context(rep(ctx_ids), rep(ctx_mask), _flat(scored["prompt_ids"], 1),
                                          _flat(scored["prompt_mask"], 1))
   logp = action_logprobs(model, params[PARAMS.lm], prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
-                         _flat(scored["action_mask"], 1))
+                         _flat(scored["action_mask"], 1), shared=_shared(topic_len, ctx_ids.shape[-1]), group=b)
   relevance, tokens = _token_nll(logp, scored)
 
   w = (scored["action_mask"].astype(jnp.float32) * scored["agent_mask"][..., None]).reshape(E, T, -1)
@@ -326,25 +341,27 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
 
 
 def policy_loss(*, model: Decoder, params, batch, rng, context: ContextSpec | None = None,
-                context_kinds=(0,), agents: int = 0):
+                context_kinds=(0,), agents: int = 0, topic_len: int = 0):
   """Policy-only NLL of the real actions (the `sft` mode and LM pre-training).
 
   With `context`, each event's prompts carry a population context of a kind
   drawn from `context_kinds` (ids in `mfjax.rollout.context.KINDS`), so that
   one model learns to read the `recent` / `popular` prompts. params = {"lm": ...};
-  `agents` > 0 scores that many random agents per step."""
+  `agents` > 0 scores that many random agents per step; `topic_len` as in `mean_field_path`."""
   lm = params[PARAMS.lm]
   k_kind, k_a = jax.random.split(rng)
   scored = subsample_agents(batch, k_a, agents)
   prompt_ids, prompt_mask = _flat(scored["prompt_ids"], 1), _flat(scored["prompt_mask"], 1)
+  E, T, B = scored["agent_mask"].shape
+  shared = _shared(topic_len)
   if context is not None:
-    E, T, B = scored["agent_mask"].shape
     kinds = jnp.asarray(context_kinds, jnp.int32)[jax.random.randint(k_kind, (E,), 0, len(context_kinds))]
     ctx_ids, ctx_mask = jax.vmap(lambda *a: step_contexts(context, *a))(
         kinds, batch["action_ids"], batch["action_mask"], batch["agent_mask"], batch["parent"])  # [E, T, C]
     prompt_ids, prompt_mask = with_context(_per_agent_rows(ctx_ids, B), _per_agent_rows(ctx_mask, B), prompt_ids,
                                            prompt_mask)
+    shared = _shared(topic_len, ctx_ids.shape[-1])
   logp = action_logprobs(model, lm, prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
-                         _flat(scored["action_mask"], 1))
+                         _flat(scored["action_mask"], 1), shared=shared, group=B)
   nll, tokens = _token_nll(logp, scored)
   return nll, {"loss": nll, "relevance": nll, "tokens": tokens}

@@ -52,7 +52,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from mfjax.model.transformer import Decoder
+from mfjax.model.transformer import Decoder, shared_extend
 from mfjax.parallel import axes
 
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 4.0
@@ -122,15 +122,21 @@ class Posterior:
     return 0.5 * jnp.sum(self.mu ** 2 + jnp.exp(self.logvar) - 1.0 - self.logvar, axis=(-2, -1))
 
 
-def agent_embeddings(model: Decoder, lm_params, prompt_ids, prompt_mask, action_ids, action_mask):
+def agent_embeddings(model: Decoder, lm_params, prompt_ids, prompt_mask, action_ids, action_mask, shared: int = 0):
   """Mean of the LM's final hidden states over each agent's action tokens,
-  reading its prompt (topic + state) first: [..., D] float32 for [..., P] / [..., A]."""
+  reading its prompt (topic + state) first: [..., D] float32 for [..., P] / [..., A].
+  `shared` > 0: the prompts' first `shared` tokens are alike along the last lead axis (a step's
+  agents: an event's topic), computed once for them (`shared_extend`; the same embeddings)."""
   lead = prompt_ids.shape[:-1]
   P, A = prompt_ids.shape[-1], action_ids.shape[-1]
   tokens = jnp.concatenate([prompt_ids, action_ids], -1).reshape(-1, P + A)
   mask = jnp.concatenate([prompt_mask, action_mask], -1).reshape(-1, P + A)
   # The last layer's queries and MLP run for the action positions only (queries_from).
-  _, hidden = model.apply({"params": lm_params}, tokens, mask, return_hidden=True, queries_from=P)
+  if shared:
+    _, hidden, _ = shared_extend(model, lm_params, tokens, mask, shared=shared, group=lead[-1], slots=P + A,
+                                 queries_from=P - shared)
+  else:
+    _, hidden = model.apply({"params": lm_params}, tokens, mask, return_hidden=True, queries_from=P)
   pool = action_mask.reshape(-1, A).astype(jnp.float32)
   pooled = jnp.einsum("nad,na->nd", hidden.astype(jnp.float32), pool) / jnp.maximum(pool.sum(-1), 1.0)[:, None]
   return pooled.reshape(*lead, -1)

@@ -256,6 +256,45 @@ class Decoder(nn.Module):
     return x_BxLxD.shape[1] - L + queries_from if queries_from else 0
 
 
+def shared_extend(model: Decoder, params, tokens_BxL, mask_BxL, *, shared: int, group: int, slots: int,
+                  prefix_embeds_BxKxD=None, queries_from: int = 0, return_logits: bool = False):
+  """[prefix | tokens] of B rows into a fresh KV cache of `slots` slots, where the prefix vectors and the
+  first `shared` tokens (ids and mask) are the same in every `group` consecutive rows (an event's topic,
+  a step's mean field and context, read alike by its agents): their keys and values are computed once
+  per group, on B / group rows, and given to the group's rows, whose own tokens `shared`.. then attend
+  to them. Positions count the valid tokens of the whole row, as `Decoder.__call__` counts them, so the
+  outputs equal `extend`'s of the whole rows (hence `__call__`'s) up to float rounding; nothing checks
+  that the rows of a group are alike.
+
+  Returns (logits or None, hidden, cache): logits and hidden [B, L - shared - queries_from, ...] of the
+  rows' own tokens (from `queries_from` on, counted from `shared`, as in `extend`), and the cache of
+  every row, [B, slots] (prefix, tokens, and any slots after them, empty)."""
+  B, L = tokens_BxL.shape
+  K = 0 if prefix_embeds_BxKxD is None else prefix_embeds_BxKxD.shape[1]
+  if not (isinstance(shared, int) and isinstance(group, int) and 0 < shared < L and group >= 1 and B % group == 0):
+    raise ValueError(f"shared_extend: need 0 < shared < {L} tokens and groups that divide {B} rows, "
+                     f"got shared={shared!r}, group={group!r}")
+  if slots < K + L:
+    raise ValueError(f"shared_extend: {slots} cache slots for {K + L} positions")
+  mask = mask_BxL.astype(jnp.int32)
+  if K:
+    mask = jnp.concatenate([jnp.ones((B, K), jnp.int32), mask], axis=1)
+  positions = positions_from_mask(mask)
+  kv_mask = jnp.pad(mask, ((0, 0), (0, slots - K - L)))
+  variables = {"params": params}
+  ext = functools.partial(model.apply, variables, method=Decoder.extend)
+  first = lambda x: None if x is None else x[::group]  # one row of each group
+  # The shared part: its last layer's queries and MLP only for its last token, whose output nobody reads
+  # but which `extend` needs one of.
+  _, _, cache = ext(first(tokens_BxL[:, :shared]), first(kv_mask), first(positions[:, :K + shared]),
+                    KVCache.zeros(model.cfg, B // group, slots), jnp.int32(0),
+                    prefix_embeds_BxKxD=first(prefix_embeds_BxKxD), return_logits=False, queries_from=shared - 1)
+  # every row of a group starts from its group's keys and values (the batch axis: 1 stacked, 0 per layer)
+  cache = jax.tree.map(lambda a: jnp.repeat(a, group, axis=a.ndim - 4), cache)
+  return ext(tokens_BxL[:, shared:], kv_mask, positions[:, K + shared:], cache, jnp.int32(K + shared),
+             return_logits=return_logits, queries_from=queries_from)
+
+
 def init_params(model: Decoder, rng, batch: int = 1, length: int = 8):
   """Parameters (plain arrays, no partitioning boxes) for `model`."""
   tokens = jnp.zeros((batch, length), jnp.int32)

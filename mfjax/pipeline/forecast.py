@@ -262,7 +262,7 @@ def forecast(req: ForecastRequest) -> dict:
                        context=data.context, rng=key, warmup=K, temperature=sp.temperature, top_k=sp.top_k,
                        top_p=sp.top_p, score_real=False, mesh=mesh, pin_activations=plan.pin_activations,
                        text=data.text, tags=data.tags, utf8=data.utf8, head_warmup_m=sp.head_warmup_m,
-                       writer_temperature=sp.writer_temperature)
+                       writer_temperature=sp.writer_temperature, topic_len=plan.data.batch.topic_len)
     host = to_host(rollout)
     tokens, mask = host.tokens[:S, K:], host.mask[:S, K:]
     texts = decode_actions(tok, tokens, mask)

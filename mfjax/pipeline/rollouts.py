@@ -51,7 +51,7 @@ def simulate_all(plan: RunPlan, workdir: str, data: Data, trained: Trained, *, m
                        top_p=sampling.top_p, mesh=mesh, donate_batch=True,  # a fresh batch each call
                        pin_activations=plan.pin_activations, text=data.text, tags=data.tags,
                        utf8=data.utf8, head_warmup_m=sampling.head_warmup_m,
-                       writer_temperature=sampling.writer_temperature)
+                       writer_temperature=sampling.writer_temperature, topic_len=plan.data.eval_batch.topic_len)
         parts.append(to_host(out))
       if not distributed.is_main():
         continue

@@ -84,12 +84,13 @@ class LossInputs:
 def _base_loss(x: LossInputs, agents: int):
   kinds = tuple(KINDS[k] for k in ("none", "recent", "popular"))
   return lambda params, batch, rng, step: policy_loss(model=x.model, params=params, batch=batch, rng=rng,
-                                                      context=x.data.context, context_kinds=kinds, agents=agents)
+                                                      context=x.data.context, context_kinds=kinds, agents=agents,
+                                                      topic_len=x.plan.data.batch.topic_len)
 
 
 def _policy_loss(x: LossInputs, agents: int):
   return lambda params, batch, rng, step: policy_loss(model=x.model, params=params, batch=batch, rng=rng,
-                                                      agents=agents)
+                                                      agents=agents, topic_len=x.plan.data.batch.topic_len)
 
 
 def _ib_loss(x: LossInputs, agents: int):
@@ -97,13 +98,14 @@ def _ib_loss(x: LossInputs, agents: int):
   return lambda params, batch, rng, step, beta, population_weight: ib_tune_loss(
       model=x.model, encoder=x.encoder, params=params, batch=batch, rng=rng, remat=t.ib_remat, agents=agents,
       beta=beta_schedule(beta, t.ib_schedule, t.ib_warmup)(step), lm_grad=x.plan.model.lm_grad,
-      population_weight=population_weight, tags=x.data.tags, drawn=t.drawn_categories, drawn_after=t.drawn_after)
+      population_weight=population_weight, tags=x.data.tags, drawn=t.drawn_categories, drawn_after=t.drawn_after,
+      topic_len=x.plan.data.batch.topic_len)
 
 
 def _text_ib_loss(x: LossInputs, agents: int):
   return lambda params, batch, rng, step: text_ib_tune_loss(model=x.model, spec=x.data.text, params=params,
                                                             batch=batch, rng=rng, beta=x.plan.training.text_beta,
-                                                            agents=agents)
+                                                            agents=agents, topic_len=x.plan.data.batch.topic_len)
 
 
 def _head_loss(x: LossInputs, agents: int):
@@ -202,7 +204,8 @@ def _mean_field_of(inputs: LossInputs, *, events: int, mesh) -> Callable:
   30 s: what a head-only stage trains on."""
   rows = process_rows(events)
   fn = jax.jit(with_activation_sharding(
-      lambda p, b: teacher_forced_posteriors(model=inputs.model, encoder=inputs.encoder, params=p, batch=b),
+      lambda p, b: teacher_forced_posteriors(model=inputs.model, encoder=inputs.encoder, params=p, batch=b,
+                                             topic_len=inputs.plan.data.batch.topic_len),
       mesh if inputs.plan.pin_activations else None), out_shardings=replicated(mesh))
 
   def run(params, arrays: dict, name: str) -> dict:

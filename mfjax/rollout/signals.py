@@ -62,6 +62,7 @@ class Inputs:
   temperature: jax.Array  # float32: of the policy's and the writer's samples
   top_k: int
   top_p: float
+  topic_len: int = 0  # the prompts' first tokens, the event's topic, alike for its agents (`RolloutSpec.topic_len`)
 
 
 @flax.struct.dataclass
@@ -174,7 +175,7 @@ class LatentMeanField:
 
   def update(self, state: MFState, inputs, step, key):
     pooled = agent_embeddings(inputs.model, inputs.params[PARAMS.lm], step.prompt_ids, step.prompt_mask,
-                              step.action_ids, step.action_mask)
+                              step.action_ids, step.action_mask, shared=inputs.topic_len)
     category = step.category if self.encoder.cfg.category_features else None
     features = self._apply(inputs, MeanFieldEncoder.features, pooled, category)
     return self._apply(inputs, MeanFieldEncoder.update, state, features, step.agent_mask), None

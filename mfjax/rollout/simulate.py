@@ -88,6 +88,9 @@ class RolloutSpec:
   # with tags: the temperature of the text written given the drawn category (None: the rollout's temperature,
   # at which the head still draws)
   writer_temperature: Optional[float] = None
+  # the batch's prompts start with the event's topic block of this many tokens (`BatchConfig.topic_len`): with the
+  # step's mean field and context before it, computed once for the step's agents (`mfjax.model.shared_extend`)
+  topic_len: int = 0
 
 
 @flax.struct.dataclass
@@ -139,7 +142,8 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
   real_actions = ((batch["action_ids"].reshape(E, T * B, A), batch["action_mask"].reshape(E, T * B, A))
                   if spec.use_context else None)  # what the quoted history quotes of the real actions
   inputs = Inputs(model=model, params={**params, **{k: p for k, (_, p) in lms.items()}}, kind=context_kind,
-                  real_actions=real_actions, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p)
+                  real_actions=real_actions, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p,
+                  topic_len=spec.topic_len)
   flat = lambda x: x.reshape(E * B, *x.shape[2:])
   forced = batch["forced"] if "forced" in batch else jnp.zeros((E, T, B), bool)
   categories = batch["category"] if "category" in batch else jnp.zeros((E, T, B), jnp.int32)
@@ -164,12 +168,15 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     rng, k_m, k_s = jax.random.split(rng, 3)
     read = signal.read(signal_state, inputs, k_m, past)
     in_ids, in_mask = flat(prompt_ids), flat(prompt_mask)
+    shared = spec.topic_len  # [mean field | context | topic]: alike for the step's B agents
     if read.context is not None:
       c_ids, c_mask = read.context
       in_ids, in_mask = with_context(per_agent(c_ids, B), per_agent(c_mask, B), in_ids, in_mask)
+      shared += c_ids.shape[-1] if shared else 0
     prefix = per_agent(read.prefix, B) if read.prefix is not None else None
+    once = dict(shared=shared, group=B)
     sample = dict(rng=k_s, max_new_tokens=A, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p,
-                  eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, prefix_embeds=prefix, utf8=spec.utf8)
+                  eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, prefix_embeds=prefix, utf8=spec.utf8, **once)
     drawn = jnp.full((E * B,), -1, jnp.int32)
     if spec.tags is not None:  # the category from the head, then the action given its tag
       state_NxD = head_state(model, lm, in_ids, in_mask, encoder.cfg.state_tail,
@@ -192,7 +199,7 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
       if spec.score_real:
         real_c = jnp.maximum(flat(category), 0)
         real_lp = action_logprobs(model, lm, *with_tags(in_ids, in_mask, spec.tags, real_c), flat(act_ids),
-                                  flat(act_mask), prefix_NxKxD=prefix)
+                                  flat(act_mask), prefix_NxKxD=prefix, **once)
         head_lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), real_c[:, None], -1)[:, 0]
         real_lp = real_lp.at[:, 0].add(head_lp * flat(act_mask)[:, 0])
     elif spec.score_real:  # one pass over the input scores the real actions and fills the sampler's cache
@@ -271,7 +278,7 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
                 top_p: float = 1.0, score_real: bool = True, text: Optional[text_mf.TextMFSpec] = None,
                 tags: Optional[AttributeTags] = None,
                 utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False,
-                writer_temperature: Optional[float] = None) -> tuple[RolloutSpec, int]:
+                writer_temperature: Optional[float] = None, topic_len: int = 0) -> tuple[RolloutSpec, int]:
   """(static spec, traced context kind) of a method; `tags` makes `mf` attribute-conditioned (other
   methods ignore them; `head_warmup_m`: its head reads the warm-up's mean field after it;
   `writer_temperature`: its text's temperature, not None); `utf8`: every method samples valid UTF-8 only."""
@@ -288,7 +295,8 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
                      tags=tags if method == "mf" else None, utf8=utf8,
                      head_warmup_m=bool(head_warmup_m) and method == "mf" and tags is not None,
                      writer_temperature=(float(writer_temperature) if writer_temperature is not None
-                                         and method == "mf" and tags is not None else None))
+                                         and method == "mf" and tags is not None else None),
+                     topic_len=int(topic_len))
   return spec, KINDS.get(method, NONE)
 
 
@@ -298,7 +306,7 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
              donate_batch: bool = False, pin_activations: bool = True,
              text: Optional[text_mf.TextMFSpec] = None, tags: Optional[AttributeTags] = None,
              utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False,
-             writer_temperature: Optional[float] = None) -> RolloutOutput:
+             writer_temperature: Optional[float] = None, topic_len: int = 0) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`, + "mf_lm",
   the summary writer, for `mf_text`, whose token layout is `text`).
@@ -314,7 +322,9 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   instead of each later step's, which holds the head's own earlier draws. writer_temperature (with
   `tags`): the temperature of the text written given the drawn categories, which the head draws at
   `temperature` (None: `temperature` for both). Jitted once per (model, encoder, shapes, spec). score_real=False
-  skips scoring the real actions (pure simulation; real_logprobs are zeros).
+  skips scoring the real actions (pure simulation; real_logprobs are zeros). topic_len: the prompts' first
+  `topic_len` tokens are the event's topic, alike for all its agents (`mfjax.data.BatchConfig.topic_len`),
+  computed once for a step's agents with the mean field and context before them (the same rollout).
 
   With a mesh, the events split over data x fsdp and the parameters (and, with
   `pin_activations`, the LM's activations) follow `rules`; outputs are global
@@ -325,7 +335,8 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   caller must not use that array again (the pipeline builds each batch afresh)."""
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
                            top_p=top_p, score_real=score_real, text=text, tags=tags, utf8=utf8,
-                           head_warmup_m=head_warmup_m, writer_temperature=writer_temperature)
+                           head_warmup_m=head_warmup_m, writer_temperature=writer_temperature,
+                           topic_len=topic_len)
   if spec.use_mf and (encoder is None or PARAMS.mf not in params):
     raise ValueError("method 'mf' needs the encoder and params['mf']")
   if spec.tags is not None and not encoder.cfg.classes:
