@@ -470,6 +470,9 @@ def test_a_head_only_stage_follows_mf_and_its_rollouts_draw_from_it():
     ("data.source=weibo", "data.source: must be 'synthetic' or 'ced'"),
     ("data.eval_split=test", "data.eval_split: must be 'val' or 'holdout'"),
     ("data.steps=0", "data.steps: must be >= 1"),
+    ("data.topic_len=16", r"data.topic_len: 16: the topic's block must leave the agent's part a token of "
+                          r"data.prompt_len=16"),
+    ("data.topic_len=12 mf.state_tail=8", r"mf.state_tail: 8: .* \(data.topic_len=12 of them the topic's\)"),
     ("eval.labeler=gpt4", r"eval.labeler: 'gpt4' is not one of \('rules', 'trained'\)"),
     ("eval.labeler=trained", "eval.labeler: the trained labeler learns from the CED hand labels.*data.source=ced"),
     ("eval.corrected=True", "eval.corrected: the labeler's errors are measured on the CED hand labels"),
