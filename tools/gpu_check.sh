@@ -3,8 +3,9 @@
 # with a GPU), most important first, each step under its own time limit so that
 # one failure or overrun leaves the others' results:
 #
-#   tools/gpu_check.sh [STEP...]      STEP: profile mfu topk layers rollout bench aot generate tests meshes
-#                                     (default: all but rollout, which bench includes, and meshes, in this order)
+#   tools/gpu_check.sh [STEP...]      STEP: profile mfu topk layers rollout bench aot generate tests meshes shared
+#                                     (default: all but rollout, which bench includes, meshes and shared, in this
+#                                     order)
 #
 # Times of each step on one H100 (most of it compiling): profile 70-90 s, mfu 62-80 s,
 # topk 30 s (its first version), layers 27-61 s a variant (156 s for four), rollout
@@ -33,6 +34,11 @@
 #                                its train step with the layers looped (model.layer_loop=unroll) and remat full
 #   generate.jsonl     generate: tools/bench_generate.py at the issue's size and at a larger one
 #   pytest.log         tests:    the test suite on the GPU
+#   shared.jsonl       shared:   tools/bench.py shared --topic 96 --dtype bfloat16: a 96-token topic computed once
+#                                per step and for every agent, the same prompts, one process (issue 36), at the
+#                                bench's size, then at Qwen2-1.5B's width, depth and vocabulary (bench.py's Qwen2:
+#                                24 heads of 64, 6 kv heads, MLP 3x the width, where the real one has 12 of 128,
+#                                2 and 8960); LIMIT_SHARED (default 300 s) each
 #   meshes.jsonl       meshes:   on a host with several GPUs only: tools/aot_memory.py --sweep (all of them)
 #                                --execute --repeats 3 for Qwen2-1.5B + LoRA: every (data, fsdp, tensor) mesh's
 #                                measured peak, step time and collective traffic (docs/scale.md, "Which mesh")
@@ -82,8 +88,8 @@ step() {  # step NAME LIMIT_S FILE CMD...: run CMD, stdout appended to FILE, std
 
 for s in $steps; do
   case $s in
-    bench | aot | mfu | profile | topk | layers | rollout | generate | tests | meshes) ;;
-    *) echo "unknown step $s (profile mfu topk layers rollout bench aot generate tests meshes)" >&2; exit 2 ;;
+    bench | aot | mfu | profile | topk | layers | rollout | generate | tests | meshes | shared) ;;
+    *) echo "unknown step $s (profile mfu topk layers rollout bench aot generate tests meshes shared)" >&2; exit 2 ;;
   esac
 done
 
@@ -145,6 +151,10 @@ for s in $steps; do
         step meshes "${LIMIT_MESHES:-1800}" meshes.jsonl env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 "$py" \
           tools/aot_memory.py --config experiments/qwen2_lora.py --preset qwen2-1.5b --sweep "$n" --execute --repeats 3
       fi ;;
+    shared)
+      step shared "${LIMIT_SHARED:-300}" shared.jsonl "$py" tools/bench.py shared --topic 96 --dtype bfloat16 $bench_args
+      step shared_1.5b "${LIMIT_SHARED:-300}" shared.jsonl "$py" tools/bench.py shared --topic 96 --dtype bfloat16 \
+        --width 1536 --layers 28 --vocab 151936 $bench_args ;;
     tests)
       step tests "${LIMIT_TESTS:-1500}" pytest.log env JAX_DEFAULT_MATMUL_PRECISION=highest MFJAX_TEST_XLA_DEFAULTS=1 \
         XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" "$py" -m pytest -q -p no:cacheprovider -n 0 tests
