@@ -213,7 +213,7 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
     T, B = b.agent_mask.shape[1:]
     log(f"[data] {name}: {r['events']} events, {r['actions_used']} actions in {T}x{B} "
         f"steps ({r['agent_slots_empty']} empty slots); truncated: {r['prompts_truncated']} prompts, "
-        f"{r['actions_truncated']} actions")
+        + (f"{r['topics_truncated']} topics, " if "topics_truncated" in r else "") + f"{r['actions_truncated']} actions")
   specs = tokenizer_specs(plan, tok)
   log(f"[data] tokenizer: {len(tok)} tokens; context: {specs['context'].length} tokens ({time.time() - t0:.1f} s)")
   # the reference simulators read the training events in the eval events' layout
