@@ -12,12 +12,12 @@ for final reports only and never used for training or selection: the second
 command below rolls out the first one's trained stages on holdout, read only.
 
 `mf` is the attribute-conditioned policy: each agent's category is drawn from the
-population head on the mean field (which reads every action's category) and its
-state, then written after its tag. Actions are labelled by the labeler learned from the
-project's hand labels (docs/labeling.md). About an hour on 2 CPU cores with the
-defaults: the stages trained in 35 minutes, the 64 events' rollouts and scoring took
-1,900 s, each with other work beside it; its results are in docs/experiments/ced.md.
-`smoke`, which CI runs, takes about a minute:
+population head on the mean field (which reads every action's category), its state and
+a per-agent anchor, then written after its tag. Actions are labelled by the labeler
+learned from the project's hand labels (docs/labeling.md). 46 minutes on 2 CPU cores
+with the defaults, nothing else running: data 4 minutes, the stages 26 (the 900-step mf
+stage 18), the 64 events' rollouts and scoring 16; its results are in
+docs/experiments/ced.md. `smoke`, which CI runs, takes about a minute:
 
   python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced --workdir runs/ced_weibo
   python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced --set data.eval_split=holdout \
@@ -39,7 +39,11 @@ def get_config(arg: str = ""):
   c.data.train_events = 2645  # all of train.jsonl.gz
   c.data.val_events = 32
   c.data.eval_events = 64
-  c.data.prompt_len = 96  # topic (a Weibo post) + state; the topic's start is cut when longer
+  c.data.prompt_len = 96  # topic (a Weibo post) + state
+  # The topic's own block (its start kept, 72 tokens), computed once for a step's agents in training and rollouts;
+  # the agent's part (state line) has 24 and is never cut. The mf stage ran at 0.82 steps/s, where the one-block
+  # prompt's ran at 0.45-0.48 on earlier days (docs/benchmarks.md, "An event's topic computed once").
+  c.data.topic_len = 72
   c.data.action_len = 32
   c.tokenizer.vocab_size = 4096
   c.model.hidden_size = 128
@@ -48,28 +52,27 @@ def get_config(arg: str = ""):
   # cores, against 4.9 and 4.3 s with the layers in a lax.scan (alternated runs;
   # XLA:CPU zero-fills and copies the scan's stacked activations).
   c.model.scan_layers = False
-  # mf_train.steps=900 makes the writer follow its tags: mf's text 0.022 closer on the 364 val events (3 seeds), level
-  # with shrunk, but it puts the experiment past an hour on 2 cores (docs/experiments/ced.md)
-  c.base.steps, c.sft.steps, c.mf_train.steps = 400, 100, 300
+  # 900 mf steps make the writer follow its tags (300: it follows the share tag only); with the topic computed once
+  # they fit in the hour (docs/experiments/ced.md)
+  c.base.steps, c.sft.steps, c.mf_train.steps = 400, 100, 900
   c.rollout.batch_events = 32
   # The attribute-conditioned mf policy: each agent's category drawn from the population head on (m, state),
-  # the action written after its tag, on a mean field that reads every action's category. With the tiny
-  # policy fine-tuned in full (the rule labeler read the drawn category back in 65% of the actions, against 50%
-  # with LoRA) it is the lowest KL of the five methods on 64 val events (trained labeler): 0.194 against 0.210 for
-  # state; on all 364 val events 0.188, below state (-0.036 [-0.048, -0.023]) and above shrunk (+0.020 [+0.008,
-  # +0.032]), its drawn categories level with shrunk (+0.003 [-0.010, +0.017]); docs/experiments/ced.md.
+  # the action written after its tag, on a mean field that reads every action's category. The tiny policy is
+  # fine-tuned in full (the rule labeler read the drawn category back in 65% of the actions, against 50% with
+  # LoRA); docs/experiments/ced.md.
   c.sft.trainable = "full"
   c.mf_train.trainable = "full"
   c.mf.attributes = True
   c.ib.population_weight = 1.0
   c.mf.category_features = True
-  # The head starts from the warm-up's classes shrunk towards a learned prior (mf.anchor_steps) and reads the agent's
-  # state line token by token (mf.state_tail): teacher-forced, the first head whose forecast beats `shrunk`'s on the
-  # validation events, in two training runs (1,000 and all 2,645 training events); docs/experiments/ced.md.
-  # mf.anchor=agents (a per-agent logistic regression from the same counts, the step and the state's numbers,
-  # fitted when the data is prepared) puts the head's draws below shrunk on the 364 val events (-0.012 [-0.025,
-  # -0.001]) and, with mf_train.steps=900, the text at 0.162 against shrunk's 0.167 (not resolved); not yet the
-  # default: the page's tables would have to be made again with it (docs/experiments/ced.md).
+  # The head starts from an anchor on the first mf.anchor_steps (warm-up) steps' classes and reads the agent's state
+  # line token by token (mf.state_tail). mf.anchor=shrunk (the warm-up's classes shrunk towards a learned prior) was
+  # the first head whose teacher-forced forecast beat `shrunk`'s on the validation events;
+  # mf.anchor=agents: the head starts from a per-agent logistic regression on the same counts, the step and the
+  # state's numbers, fitted when the data is prepared; it put the head's draws below shrunk on the 364 val events
+  # (-0.012 [-0.025, -0.001]). With it, the topic's block and 900 mf steps, mf's text is below shrunk on the 64 val
+  # events (-0.035 [-0.063, -0.013]) and below every method without a mean field (docs/experiments/ced.md).
+  c.mf.anchor = "agents"
   c.mf.anchor_steps = 3
   c.mf.state_tail = 16
   # The tiny byte-level policy breaks a character in 11-12% of its actions without it
@@ -87,6 +90,7 @@ def get_config(arg: str = ""):
     c.data.steps = 4
     c.data.agents_per_step = 8
     c.data.prompt_len = 48
+    c.data.topic_len = 24
     c.data.action_len = 16
     c.tokenizer.vocab_size = 1024
     c.model.hidden_size = 32
