@@ -582,6 +582,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--prompt", type=positive_int, default=128)
   p.add_argument("--action", type=positive_int, default=32)
   p.add_argument("--slots", type=positive_int, default=4, help="K: latent mean-field prefix vectors")
+  p.add_argument("--topic", type=int, default=0,
+                 help="the first N prompt tokens are the event's topic, alike for its agents: mfjax computes them "
+                      "once per step (with the mean field's vectors before them); the reference reads them as before")
   p.add_argument("--unroll-layers", action="store_true",
                  help="train: run the LM's layers as a Python loop, not a lax.scan over stacked weights "
                       "(model.scan_layers=False; rollouts unroll them either way)")
@@ -592,6 +595,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                  help="train: rematerialise each layer in the backward pass by this policy (model.remat_policy: "
                       "none, full, dots, or a jax.checkpoint_policies name such as "
                       "dots_with_no_batch_dims_saveable, which saves the projections but not attention's scores)")
+
+
+def check_topic(p: argparse.ArgumentParser, args) -> None:
+  """`--topic` leaves each agent a prompt token of its own (else a usage error)."""
+  if not 0 <= args.topic < args.prompt:
+    p.error(f"--topic {args.topic}: must leave each agent a prompt token of its own (--prompt {args.prompt})")
 
 
 def parse_args(argv=None):
@@ -613,9 +622,6 @@ def parse_args(argv=None):
   p.add_argument("--score-real", action="store_true",
                  help="rollout, with --mfjax-only: simulate also scores the real actions, as the pipeline's "
                       "rollouts do (its NLL column); the reference has no such step, so no speedup is printed")
-  p.add_argument("--topic", type=int, default=0,
-                 help="the first N prompt tokens are the event's topic, alike for its agents: mfjax computes them "
-                      "once per step (with the mean field's vectors before them); the reference reads them as before")
   p.add_argument("--unshared", action="store_true",
                  help="with --topic: mfjax computes the topic for every agent (the same prompts, the old way)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
@@ -623,8 +629,7 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   if args.score_real and not (args.mfjax_only or args.bench == "shared"):
     p.error("--score-real times work the reference does not do: use it with --mfjax-only")
-  if not 0 <= args.topic < args.prompt:
-    p.error(f"--topic {args.topic}: must leave each agent a prompt token of its own (--prompt {args.prompt})")
+  check_topic(p, args)
   if args.unshared and not args.topic:
     p.error("--unshared compares against computing a --topic once: give --topic N")
   return args

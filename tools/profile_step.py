@@ -6,6 +6,7 @@
   python tools/profile_step.py simulate --method state --events 1   # policy only (bench.py's policy_1event)
   python tools/profile_step.py simulate --score-real # also scoring the real actions, as the pipeline's rollouts
   python tools/profile_step.py train --dtype bfloat16 --events 8 --trace-dir runs/trace
+  python tools/profile_step.py simulate --method state --events 1 --topic 96   # the topic computed once per step
 
 The model is tools/bench.py's random Qwen2 (width 512, 8 layers, vocab 8192;
 no PyTorch needed), B agents of prompts P and actions A. After one compiled
@@ -89,6 +90,7 @@ def parse_args(argv=None):
   p.add_argument("--top", type=positive_int, default=30, help="ops printed")
   p.add_argument("--trace-dir", default="", help="keep the trace here (default: a temporary folder, removed)")
   args = p.parse_args(argv)
+  bench.check_topic(p, args)
   args.events = args.events or (1 if args.what == "train" else 8)
   args.steps = args.steps or (2 if args.what == "train" else 4)
   return args
@@ -102,7 +104,7 @@ def build(args):
   model, lm = bench.layered(model, init_params(model, jax.random.PRNGKey(0)), args)
   encoder, mf = bench.make_encoder(model, args.slots)
   batch = bench.events(argparse.Namespace(agents=args.agents, prompt=args.prompt, action=args.action,
-                                          vocab=args.vocab), args.events, args.steps)
+                                          vocab=args.vocab, topic=args.topic), args.events, args.steps)
   return model, {"lm": lm, "mf": mf}, encoder, {k: jnp.asarray(v) for k, v in batch.items()}
 
 
@@ -111,7 +113,7 @@ def step_fn(args, model, params, encoder, batch):
   text): the step is compiled once, here, and run as that compiled executable."""
   rng = jax.random.PRNGKey(0)
   if args.what == "train":
-    step, state = bench.train_step_and_state(model, encoder, params, beta=1e-3)
+    step, state = bench.train_step_and_state(model, encoder, params, beta=1e-3, topic=args.topic)
     compiled = step.lower(state, batch, rng).compile()
     box = [state]
 
@@ -125,7 +127,7 @@ def step_fn(args, model, params, encoder, batch):
   if args.method == "mf":
     p["mf"] = params["mf"]
   kw = dict(method=args.method, encoder=encoder, warmup=0, temperature=1.0, score_real=args.score_real,
-            **bench.SAMPLING)
+            topic_len=args.topic, **bench.SAMPLING)
 
   def outputs(p, b, rng):
     # simulate's own jitted scan, inlined into one jit so that its compiled HLO can be read (the
