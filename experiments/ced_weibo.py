@@ -15,7 +15,7 @@ command below rolls out the first one's trained stages on holdout, read only.
 population head on the mean field (which reads every action's category), its state and
 a per-agent anchor, then written after its tag. Actions are labelled by the labeler
 learned from the project's hand labels (docs/labeling.md). 46 minutes on 2 CPU cores
-with the defaults, nothing else running: data 4 minutes, the stages 26 (the 900-step mf
+(an Intel Xeon with AVX-512) with the defaults, nothing else running: data 4 minutes, the stages 26 (the 900-step mf
 stage 18), the 64 events' rollouts and scoring 16; its results are in
 docs/experiments/ced.md. `smoke`, which CI runs, takes about a minute:
 
@@ -41,8 +41,8 @@ def get_config(arg: str = ""):
   c.data.eval_events = 64
   c.data.prompt_len = 96  # topic (a Weibo post) + state
   # The topic's own block (its start kept, 72 tokens), computed once for a step's agents in training and rollouts;
-  # the agent's part (state line) has 24 and is never cut. The mf stage ran at 0.82 steps/s, where the one-block
-  # prompt's ran at 0.45-0.48 on earlier days (docs/benchmarks.md, "An event's topic computed once").
+  # the agent's part (state line) has 24 and is never cut. The train step at this size ran 1.98x faster with the topic
+  # computed once (docs/benchmarks.md, "An event's topic computed once").
   c.data.topic_len = 72
   c.data.action_len = 32
   c.tokenizer.vocab_size = 4096
