@@ -22,7 +22,7 @@ import numpy as np
 
 from mfjax.categories import CLASSES
 from mfjax.data.prompts import attribute_tag
-from mfjax.model.transformer import Decoder, shared_extend
+from mfjax.model.transformer import Decoder, prompt_queries_from, shared_extend
 from mfjax.sampling import token_logprobs
 
 
@@ -93,6 +93,13 @@ def with_context(ctx_ids_NxC, ctx_mask_NxC, prompt_ids_NxP, prompt_mask_NxP):
           jnp.concatenate([ctx_mask_NxC.astype(prompt_mask_NxP.dtype), prompt_mask_NxP], -1))
 
 
+def shared_tokens(topic_len: int, context_len: int = 0) -> int:
+  """How many of an agent's input tokens are alike for a step's agents and computed once (`shared=`): the
+  quoted context (`with_context`), then the event's topic block (`BatchConfig.topic_len`). 0 without a
+  topic block: prompts of one block are computed whole, context included."""
+  return topic_len + context_len if topic_len else 0
+
+
 def action_logprobs(model: Decoder, params, prompt_ids_NxP, prompt_mask_NxP, action_ids_NxA, action_mask_NxA, *,
                     prefix_NxKxD=None, shared: int = 0, group: int = 1):
   """log pi(a_j | input, a_<j) of every action token [N, A] (float32; 0 where
@@ -108,11 +115,9 @@ def action_logprobs(model: Decoder, params, prompt_ids_NxP, prompt_mask_NxP, act
   # Only positions P-1.. predict action tokens: the last layer's queries and MLP
   # run for those alone (queries_from), and the LM head for all but the last.
   if shared:
-    if shared >= P:
-      raise ValueError(f"{shared} shared tokens leave no prompt token of a row's own in prompts of {P}")
     K = 0 if prefix_NxKxD is None else prefix_NxKxD.shape[1]
     _, hidden, _ = shared_extend(model, params, tokens, mask, shared=shared, group=group, slots=K + tokens.shape[1],
-                                 prefix_embeds_BxKxD=prefix_NxKxD, queries_from=P - 1 - shared)
+                                 prefix_embeds_BxKxD=prefix_NxKxD, queries_from=prompt_queries_from(shared, P))
   else:
     _, hidden = model.apply(variables, tokens, mask, prefix_embeds_BxKxD=prefix_NxKxD, return_hidden=True,
                             queries_from=P - 1)

@@ -25,7 +25,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from mfjax.model.transformer import Decoder, KVCache, positions_from_mask, shared_extend, unrolled
+from mfjax.model.transformer import (Decoder, KVCache, positions_from_mask, prompt_queries_from, shared_extend,
+                                     unrolled)
 from mfjax.parallel.mesh import pinning
 
 
@@ -257,10 +258,9 @@ def _generate_impl(model: Decoder, params, prompt_BxP, prompt_mask_BxP, rng, tem
   # the last layer's queries and MLP run for those alone.
   # With `shared`, the prefix and the prompts' first `shared` tokens are computed once per group of rows.
   if shared:
-    if shared >= P:
-      raise ValueError(f"{shared} shared tokens leave no prompt token of a row's own in prompts of {P}")
     _, hidden, cache = shared_extend(model, params, tokens, mask[:, K:], shared=shared, group=group,
-                                     slots=K + P + A, prefix_embeds_BxKxD=prefix_BxKxD, queries_from=P - 1 - shared)
+                                     slots=K + P + A, prefix_embeds_BxKxD=prefix_BxKxD,
+                                     queries_from=prompt_queries_from(shared, P))
   else:
     _, hidden, cache = extend(tokens, mask, positions_from_mask(mask), KVCache.zeros(model.cfg, B, K + P + A),
                               jnp.int32(0), prefix_embeds_BxKxD=prefix_BxKxD, return_logits=False,

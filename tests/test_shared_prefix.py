@@ -22,7 +22,7 @@ from mfjax.ibtune.objective import teacher_forced_posteriors
 from mfjax.meanfield.encoder import agent_embeddings
 from mfjax.parallel import global_batch, make_mesh
 from mfjax.parallel.state import policy_shardings, to_host
-from mfjax.policy import action_logprobs
+from mfjax.policy import action_logprobs, shared_tokens
 from mfjax.rollout import simulate
 
 TOPIC = 4  # the topic block's tokens in the mf_setup batches
@@ -134,6 +134,13 @@ def test_shared_extend_refuses_what_it_cannot_share():
     M.shared_extend(model, params, ids, mask, shared=7, group=4, slots=12)
   with pytest.raises(ValueError, match="shared tokens"):
     action_logprobs(model, params, ids, mask, ids[:, :2], mask[:, :2], shared=13, group=4)
+  with pytest.raises(ValueError, match="shared tokens"):
+    sampling.generate(model, params, ids, mask, rng=jax.random.PRNGKey(1), max_new_tokens=2, shared=13, group=4)
+
+
+def test_what_a_step_computes_once():
+  # the topic block, and the quoted context before it; one-block prompts share nothing
+  assert (shared_tokens(72), shared_tokens(72, 135), shared_tokens(0, 135)) == (72, 207, 0)
 
 
 @pytest.mark.parametrize("scan_layers,unroll", [(True, True), (True, False), (False, True)])

@@ -47,7 +47,7 @@ from mfjax.meanfield.encoder import (MeanFieldEncoder, MFState, Posterior, agent
                                     agent_numbers_of)
 from mfjax.model.transformer import Decoder, unrolled
 from mfjax.params_keys import PARAMS
-from mfjax.policy import AttributeTags, action_logprobs, head_state, with_context, with_tags
+from mfjax.policy import AttributeTags, action_logprobs, head_state, shared_tokens, with_context, with_tags
 from mfjax.rollout.context import ContextSpec, step_contexts
 
 
@@ -103,12 +103,6 @@ def batch_head_state(model: Decoder, encoder: MeanFieldEncoder, lm_params, batch
                     agent_numbers_of(encoder.cfg, batch))
 
 
-def _shared(topic_len: int, before: int = 0) -> int:
-  """The tokens of an agent's input alike for a step's agents (context, then topic) where the batch has a topic
-  block (`BatchConfig.topic_len`); 0: none computed once."""
-  return topic_len + before if topic_len else 0
-
-
 def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rng, remat: bool = False,
                     lm_grad: bool = True, sample: bool = True, drawn: float = 0.0, drawn_after: int = 0,
                     topic_len: int = 0):
@@ -132,7 +126,7 @@ def mean_field_path(*, model: Decoder, encoder: MeanFieldEncoder, params, batch,
   computed once for a step's agents here and in the losses below (the same values)."""
   E, T = batch["agent_mask"].shape[:2]
   pooled = agent_embeddings(model, params[PARAMS.lm], batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"],
-                            batch["action_mask"], shared=_shared(topic_len))  # [E, T, B, D]
+                            batch["action_mask"], shared=shared_tokens(topic_len))  # [E, T, B, D]
   if not lm_grad:
     pooled = jax.lax.stop_gradient(pooled)
   enc = lambda method, *a: encoder.apply({"params": params[PARAMS.mf]}, *a, method=method)
@@ -214,7 +208,7 @@ def ib_tune_loss(*, model: Decoder, encoder: MeanFieldEncoder, params, batch, rn
   if tags is not None:
     prompt_ids, prompt_mask = with_tags(prompt_ids, prompt_mask, tags, _flat(scored["category"], 0))
   logp = action_logprobs(model, params[PARAMS.lm], prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
-                         _flat(scored["action_mask"], 1), prefix_NxKxD=prefix, shared=_shared(topic_len),
+                         _flat(scored["action_mask"], 1), prefix_NxKxD=prefix, shared=shared_tokens(topic_len),
                          group=scored["agent_mask"].shape[2])
   relevance, tokens = _token_nll(logp, scored)
   kl = Posterior(mu=mu, logvar=logvar).kl_to_standard_normal()  # [E, T]
@@ -320,7 +314,7 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
   prompt_ids, prompt_mask = with_context(rep(ctx_ids), rep(ctx_mask), _flat(scored["prompt_ids"], 1),
                                          _flat(scored["prompt_mask"], 1))
   logp = action_logprobs(model, params[PARAMS.lm], prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
-                         _flat(scored["action_mask"], 1), shared=_shared(topic_len, ctx_ids.shape[-1]), group=b)
+                         _flat(scored["action_mask"], 1), shared=shared_tokens(topic_len, ctx_ids.shape[-1]), group=b)
   relevance, tokens = _token_nll(logp, scored)
 
   w = (scored["action_mask"].astype(jnp.float32) * scored["agent_mask"][..., None]).reshape(E, T, -1)
@@ -353,14 +347,14 @@ def policy_loss(*, model: Decoder, params, batch, rng, context: ContextSpec | No
   scored = subsample_agents(batch, k_a, agents)
   prompt_ids, prompt_mask = _flat(scored["prompt_ids"], 1), _flat(scored["prompt_mask"], 1)
   E, T, B = scored["agent_mask"].shape
-  shared = _shared(topic_len)
+  shared = shared_tokens(topic_len)
   if context is not None:
     kinds = jnp.asarray(context_kinds, jnp.int32)[jax.random.randint(k_kind, (E,), 0, len(context_kinds))]
     ctx_ids, ctx_mask = jax.vmap(lambda *a: step_contexts(context, *a))(
         kinds, batch["action_ids"], batch["action_mask"], batch["agent_mask"], batch["parent"])  # [E, T, C]
     prompt_ids, prompt_mask = with_context(_per_agent_rows(ctx_ids, B), _per_agent_rows(ctx_mask, B), prompt_ids,
                                            prompt_mask)
-    shared = _shared(topic_len, ctx_ids.shape[-1])
+    shared = shared_tokens(topic_len, ctx_ids.shape[-1])
   logp = action_logprobs(model, lm, prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
                          _flat(scored["action_mask"], 1), shared=shared, group=B)
   nll, tokens = _token_nll(logp, scored)

@@ -295,6 +295,14 @@ def shared_extend(model: Decoder, params, tokens_BxL, mask_BxL, *, shared: int, 
              return_logits=return_logits, queries_from=queries_from)
 
 
+def prompt_queries_from(shared: int, prompt_len: int) -> int:
+  """`shared_extend`'s queries_from where positions prompt_len - 1.. predict (the prompt's last token,
+  then an action's): the shared part must leave the row a prompt token of its own."""
+  if shared >= prompt_len:
+    raise ValueError(f"{shared} shared tokens leave no prompt token of a row's own in prompts of {prompt_len}")
+  return prompt_len - 1 - shared
+
+
 def init_params(model: Decoder, rng, batch: int = 1, length: int = 8):
   """Parameters (plain arrays, no partitioning boxes) for `model`."""
   tokens = jnp.zeros((batch, length), jnp.int32)

@@ -59,7 +59,8 @@ from mfjax.model.transformer import Decoder, unrolled
 from mfjax.parallel.mesh import RULES, batch_sharding, check_events, replicated, with_activation_sharding
 from mfjax.parallel.state import abstract_policy, place, policy_shardings
 from mfjax.params_keys import PARAMS
-from mfjax.policy import AttributeTags, action_logprobs, head_state, per_agent, with_context, with_tags
+from mfjax.policy import (AttributeTags, action_logprobs, head_state, per_agent, shared_tokens, with_context,
+                          with_tags)
 from mfjax.rollout.context import KINDS, NONE, ContextSpec
 from mfjax.rollout.signals import (Inputs, LatentMeanField, NoSignal, PopulationSignal, QuotedHistory, Step,
                                    TextMeanField)
@@ -168,11 +169,11 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     rng, k_m, k_s = jax.random.split(rng, 3)
     read = signal.read(signal_state, inputs, k_m, past)
     in_ids, in_mask = flat(prompt_ids), flat(prompt_mask)
-    shared = spec.topic_len  # [mean field | context | topic]: alike for the step's B agents
+    shared = shared_tokens(spec.topic_len)  # [mean field | context | topic]: alike for the step's B agents
     if read.context is not None:
       c_ids, c_mask = read.context
       in_ids, in_mask = with_context(per_agent(c_ids, B), per_agent(c_mask, B), in_ids, in_mask)
-      shared += c_ids.shape[-1] if shared else 0
+      shared = shared_tokens(spec.topic_len, c_ids.shape[-1])
     prefix = per_agent(read.prefix, B) if read.prefix is not None else None
     once = dict(shared=shared, group=B)
     sample = dict(rng=k_s, max_new_tokens=A, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p,
