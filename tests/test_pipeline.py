@@ -95,6 +95,13 @@ def _check_results(workdir, seeds, methods=METHODS):
     np.testing.assert_allclose(hz["methods"][m]["kl"], results["methods"][m]["kl_per_step"][warmup:], rtol=1e-5)
   np.testing.assert_allclose(hz["methods"]["shrunk"]["kl"], sims["methods"]["shrunk"]["kl_per_step"][warmup:],
                              rtol=1e-5)
+  # each category's share after the warm-up, per method, against the training events' (is a method calibrated?)
+  rates = results["rates"]
+  assert set(rates["methods"]) == set(methods) and set(rates["calibrated"]) == set(methods)
+  for per in [rates["real"], *rates["methods"].values()]:
+    for d, names in DIMENSIONS.items():
+      assert list(per[d]) == list(names) and abs(sum(r["rate"] for r in per[d].values()) - 1.0) < 1e-9
+      assert all(r["ci_family"][0] <= r["ci95"][0] <= r["ci95"][1] <= r["ci_family"][1] for r in per[d].values())
   for plot in ("trajectories_mean.png", "kl_per_step.png", "training.png", "horizon.png"):
     assert os.path.getsize(os.path.join(workdir, "plots", plot)) > 0
   return results

@@ -130,3 +130,19 @@ def test_corrected_horizon_and_labeler_tables():
   assert "5 folds) on the 1320 stratified" in md
   assert _cells(md, "rules")[1:3] == ["behaviour", "0.800 [0.700, 0.900]"]
   assert _cells(md, "ced_hand")[1:3] == ["100", "0.900 (0.95)"]
+
+
+def test_rates_table_marks_what_is_off_the_training_events_rates():
+  within = {"rate": 0.45, "diff": 0.01, "ci95": [-0.01, 0.03], "ci_family": [-0.02, 0.04]}
+  off = {"rate": 0.40, "diff": -0.06, "ci95": [-0.08, -0.04], "ci_family": [-0.09, -0.03]}
+  near = {"rate": 0.42, "diff": -0.03, "ci95": [-0.05, -0.01], "ci_family": [-0.06, 0.00]}
+  per = lambda share: {d: {name: (share if (d, name) == ("behaviour", "share") else within) for name in names}
+                       for d, names in report_table.calibration.DIMENSIONS.items()}
+  rates = {"training": {d: {name: 0.46 for name in names} for d, names in report_table.calibration.DIMENSIONS.items()},
+           "real": per(within), "methods": {"state": per(off), "mf": per(near)},
+           "calibrated": {"state": False, "mf": True}}
+  md = report_table.render({**RESULTS, "rates": rates}, ["rates"])
+  assert _cells(md, "category") == ["category", "training", "real", "state", "mf"]
+  assert _cells(md, "behaviour share")[1:] == ["0.460", "0.450", "0.400**", "0.420*"]
+  assert _cells(md, "belief doubt")[1:] == ["0.460", "0.450", "0.450", "0.450"]
+  assert "every category: `state` no, `mf` yes." in md

@@ -15,7 +15,8 @@ corrected for the labeler's errors, with eval.corrected), `labelers` and `agreem
 labelers against the hand labels: tools/labeler_quality.py's results), `horizon` (forecast skill
 against persistence, the warm-up held fixed, at the first and last step after the warm-up), `drift`
 (eval.drift: the mean KL of each method and reference simulator over the first and last step windows,
-and their ratio, for long rollouts).
+and their ratio, for long rollouts), `rates` (each category's share of the actions after the warm-up, per
+method, against the training events' and the real ones: is a method calibrated?).
 
 `--update PAGE` rewrites every block of PAGE marked as
 
@@ -40,6 +41,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mfjax.categories import DIMENSIONS  # noqa: E402
+from mfjax.evaluation import calibration  # noqa: E402
 from mfjax.errors import UserError, one_line_errors  # noqa: E402
 from mfjax.evaluation.bounds import ORACLES  # noqa: E402
 from mfjax.evaluation.plots import SHOWN  # noqa: E402
@@ -55,8 +57,8 @@ SIMULATORS = {
     "step": "the real step itself, resampled (sampling noise alone)",
     "world": "the synthetic world's own equations, run free from the warm-up",
 }
-PARTS = ("methods", "simulators", "paired", "horizon", "drift", "intervention", "sweep", "corrected", "labelers",
-         "agreement")
+PARTS = ("methods", "simulators", "paired", "horizon", "drift", "rates", "intervention", "sweep", "corrected",
+         "labelers", "agreement")
 _OPEN = re.compile(r"^<!-- report: (\S+) (\S+) -->\s*$")
 _CLOSE = "<!-- /report -->"
 
@@ -193,12 +195,19 @@ def drift(results: dict) -> str:
           + _table(["method", *(f"KL steps {x}" for x in spans), "ratio", *dims], rows))
 
 
+def rates(results: dict) -> str:
+  header, rows = calibration.rate_rows(results["rates"])
+  calibrated = ", ".join(f"`{m}` {'yes' if ok else 'no'}" for m, ok in results["rates"]["calibrated"].items())
+  return (f"{calibration.NOTE} Within noise of the training events' on every category: {calibrated}.\n\n"
+          + _table(header, rows))
+
+
 _KEYS = {"methods": "methods", "simulators": "simulators", "paired": "paired", "intervention": "intervention",
          "sweep": "ib_sweep", "corrected": "corrected", "labelers": "labeler_quality",
-         "agreement": "labeler_agreement", "horizon": "horizon", "drift": "drift"}
+         "agreement": "labeler_agreement", "horizon": "horizon", "drift": "drift", "rates": "rates"}
 _MAKE = {"methods": methods, "simulators": simulators, "paired": paired, "intervention": intervention,
          "sweep": sweep, "corrected": corrected, "labelers": labelers, "agreement": agreement,
-         "horizon": horizon, "drift": drift}
+         "horizon": horizon, "drift": drift, "rates": rates}
 
 
 def load(run: str) -> dict:

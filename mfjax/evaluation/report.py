@@ -33,6 +33,9 @@ results.json:
                  on synthetic data also "world", the world's own equations run free from the warm-up)
    "environment": {"evaluate": {...}, "stages": {<stage>: [{"from_step", "to_step", ...}]}}   (where the
                   scoring ran and where each trained stage's steps were computed: `mfjax.runs.environment`)
+   "rates": {"training", "real", "methods": {<method>: {dim: {category: {"rate", "diff", "ci95"}}}}, "calibrated"}
+            (with the reference simulators: each category's share of the scored steps' actions against the
+            training events', `mfjax.evaluation.calibration`)
    "reference": {...}, "data": {...}}
 
 KL is KL(real || simulated) per (event, step) over the rollout steps
@@ -59,7 +62,7 @@ from scipy import stats
 
 from mfjax.categories import DIMENSIONS, class_dimensions, class_of
 from mfjax.data import synthetic
-from mfjax.evaluation import bounds, metrics, plots
+from mfjax.evaluation import bounds, calibration, metrics, plots
 from mfjax.evaluation.labelers import RuleLabeler, category_ids
 from mfjax.runs import write_json
 from mfjax.workdir import check_rollouts, load_rollout
@@ -457,6 +460,8 @@ def evaluate(req: EvalRequest) -> Evaluation:
                                           simulated=world_runs(truth, warmup, seeds), correct=correct,
                                           keep_cells=True)
     sim_cells = results["simulators"].pop("cells")
+    each_seed = {tag: [sim_ids(tag, s) for s in range(seeds)] for tag, _, _ in runs}
+    results["rates"] = calibration.calibration(real, each_seed, scored_agents, train, train_mask, warmup)
     cells.update({name: sim_cells[name] for name in HORIZON_REFERENCES if name in sim_cells})
     results["horizon"] = horizon(cells, weights, warmup)
     if correct is not None:
@@ -578,6 +583,12 @@ def table(results: dict) -> str:
     for m, row in results["paired"].items():
       rows.append(f"{m:<14}" + "".join(f"{row[r]['diff']:>+12.4f} [{row[r]['ci95'][0]:+.4f}, {row[r]['ci95'][1]:+.4f}]"
                                        for r in refs))
+  if results.get("rates"):
+    header, body = calibration.rate_rows(results["rates"])
+    rows.append(f"\ncategory rates after the warm-up: {calibration.NOTE}")
+    rows.extend(f"{r[0]:<22}" + "".join(f"{x:>10}" for x in r[1:]) for r in [header] + body)
+    rows.append("calibrated (every rate within noise of the training events'): "
+                + ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in results["rates"]["calibrated"].items()))
   if results.get("horizon", {}).get("h"):
     hz = results["horizon"]
     first, last = 0, len(hz["h"]) - 1
