@@ -183,7 +183,7 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   tables = report_table.render(moved)  # the docs' tables, made from a real results.json
   assert f"| mf | {moved['methods']['mf']['kl_mean']:.3f} | " in tables
   assert [line for line in tables.splitlines() if line.startswith("### ")] == [
-      "### methods", "### simulators", "### paired", "### horizon", "### drift", "### intervention"]
+      "### methods", "### simulators", "### paired", "### horizon", "### drift", "### rates", "### intervention"]
   assert os.path.exists(rollout_path(str(again), "mf_intervened", 1))
   # rollout.valid_utf8: no sampled action of any method holds a broken character
   tok = load_tokenizer(str(wd / "tokenizer"))
