@@ -71,8 +71,7 @@ def get_config(arg: str = ""):
   # mf.anchor=agents: the head starts from a per-agent logistic regression on the same counts, the step and the
   # state's numbers, fitted when the data is prepared; it put the head's draws below shrunk on the 364 val events
   # (-0.012 [-0.025, -0.001]). With it, the topic's block and 900 mf steps, mf's text is below shrunk on all 364 val
-  # events (-0.014 [-0.026, -0.003]), below every method without a mean field and 30% below state
-  # (docs/experiments/ced.md).
+  # events (3 seeds: -0.011 [-0.022, -0.001]), below state and popular and 29.7% below state (docs/experiments/ced.md).
   c.mf.anchor = "agents"
   c.mf.anchor_steps = 3
   c.mf.state_tail = 16
