@@ -197,8 +197,8 @@ def drift(results: dict) -> str:
 
 def rates(results: dict) -> str:
   header, rows = calibration.rate_rows(results["rates"])
-  calibrated = ", ".join(f"`{m}` {'yes' if ok else 'no'}" for m, ok in results["rates"]["calibrated"].items())
-  return (f"{calibration.NOTE} Within noise of the training events' on every category: {calibrated}.\n\n"
+  return (f"{calibration.NOTE} Within noise of the training events' on every category: "
+          f"{calibration.verdicts(results['rates'], '`')}.\n\n"
           + _table(header, rows))
 
 

@@ -21,15 +21,18 @@ import numpy as np
 from scipy import stats
 
 from mfjax.categories import DIMENSIONS
+from mfjax.evaluation import bounds
 
 DRAWS = 2000  # bootstrap resamples of the events
 
 
 def event_counts(ids_NxTxB, mask_NxTxB, categories: int) -> np.ndarray:
-  """[N, C]: each event's actions of each category among the masked cells."""
-  ids, mask = np.asarray(ids_NxTxB), np.asarray(mask_NxTxB, bool)
-  onehot = (ids[..., None] == np.arange(categories)) & mask[..., None]
-  return onehot.reshape(ids.shape[0], -1, categories).sum(1).astype(np.float64)
+  """[N, C]: each event's actions of each category among the masked cells (`bounds.counts` summed over steps)."""
+  return bounds.counts(ids_NxTxB, mask_NxTxB, categories).sum(1)
+
+
+def _holds_zero(ci) -> bool:
+  return ci[0] <= 0.0 <= ci[1]
 
 
 def pooled(counts_NxC) -> np.ndarray:
@@ -43,6 +46,7 @@ def rate_difference(counts_ExC, reference_NxC, seed: int = 0, draws: int = DRAWS
   of `reference`, its 95% percentile bootstrap interval (each set's events resampled on their own), and the
   interval at 1 - 0.05 / family (Bonferroni: `family` rates judged together)."""
   a, b = np.asarray(counts_ExC, np.float64), np.asarray(reference_NxC, np.float64)
+  diff = pooled(a) - pooled(b)
   out = {}
   for c in range(a.shape[1]):
     def statistic(i, j, axis=-1, c=c):
@@ -55,7 +59,7 @@ def rate_difference(counts_ExC, reference_NxC, seed: int = 0, draws: int = DRAWS
     tail = 2.5 / family
     wide = np.percentile(res.bootstrap_distribution, [tail, 100.0 - tail])
     ci = res.confidence_interval
-    out[c] = (float(pooled(a)[c] - pooled(b)[c]), (float(ci.low), float(ci.high)), (float(wide[0]), float(wide[1])))
+    out[c] = (float(diff[c]), (float(ci.low), float(ci.high)), (float(wide[0]), float(wide[1])))
   return out
 
 
@@ -81,7 +85,7 @@ def calibration(real: dict, sims: dict, scored_ExTxB, train: dict, train_mask_Nx
     for tag, seeds in sims.items():  # the seeds' actions of an event counted together: one resampling unit
       counts = sum(event_counts(s[d], scored_ExTxB, C) for s in seeds)
       out["methods"][tag][d] = _against(counts, training, names, seed, family)
-  out["calibrated"] = {tag: all(r["ci_family"][0] <= 0.0 <= r["ci_family"][1] for dim in per.values() for r in dim.values())
+  out["calibrated"] = {tag: all(_holds_zero(r["ci_family"]) for dim in per.values() for r in dim.values())
                        for tag, per in out["methods"].items()}
   return out
 
@@ -90,12 +94,16 @@ def rate_rows(rates: dict) -> tuple[list[str], list[list[str]]]:
   """The rates as a table: a header and a row per category (training, real, each method; * where its
   difference from the training events' rate has a 95% interval without 0, ** where the family's does)."""
   tags = list(rates["methods"])
-  within = lambda ci: ci[0] <= 0.0 <= ci[1]
-  mark = lambda r: f"{r['rate']:.3f}" + ("" if within(r["ci95"]) else "*" if within(r["ci_family"]) else "**")
+  mark = lambda r: f"{r['rate']:.3f}" + ("" if _holds_zero(r["ci95"]) else "*" if _holds_zero(r["ci_family"]) else "**")
   rows = [[f"{d} {name}", f"{rates['training'][d][name]:.3f}", mark(rates["real"][d][name]),
            *(mark(rates["methods"][t][d][name]) for t in tags)]
           for d, names in DIMENSIONS.items() for name in names]
   return ["category", "training", "real", *tags], rows
+
+
+def verdicts(rates: dict, quote: str = "") -> str:
+  """"state no, mf yes": each method's `calibrated`, its name between `quote`s."""
+  return ", ".join(f"{quote}{m}{quote} {'yes' if ok else 'no'}" for m, ok in rates["calibrated"].items())
 
 
 NOTE = ("Each category's share of the actions after the warm-up (pooled over events and seeds); * the difference "

@@ -33,7 +33,8 @@ results.json:
                  on synthetic data also "world", the world's own equations run free from the warm-up)
    "environment": {"evaluate": {...}, "stages": {<stage>: [{"from_step", "to_step", ...}]}}   (where the
                   scoring ran and where each trained stage's steps were computed: `mfjax.runs.environment`)
-   "rates": {"training", "real", "methods": {<method>: {dim: {category: {"rate", "diff", "ci95"}}}}, "calibrated"}
+   "rates": {"training", "real", "methods": {<method>: {dim: {category: {"rate", "diff", "ci95", "ci_family"}}}},
+             "calibrated"}
             (with the reference simulators: each category's share of the scored steps' actions against the
             training events', `mfjax.evaluation.calibration`)
    "reference": {...}, "data": {...}}
@@ -588,7 +589,7 @@ def table(results: dict) -> str:
     rows.append(f"\ncategory rates after the warm-up: {calibration.NOTE}")
     rows.extend(f"{r[0]:<22}" + "".join(f"{x:>10}" for x in r[1:]) for r in [header] + body)
     rows.append("calibrated (every rate within noise of the training events'): "
-                + ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in results["rates"]["calibrated"].items()))
+                + calibration.verdicts(results["rates"]))
   if results.get("horizon", {}).get("h"):
     hz = results["horizon"]
     first, last = 0, len(hz["h"]) - 1
