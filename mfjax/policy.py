@@ -93,11 +93,11 @@ def with_context(ctx_ids_NxC, ctx_mask_NxC, prompt_ids_NxP, prompt_mask_NxP):
           jnp.concatenate([ctx_mask_NxC.astype(prompt_mask_NxP.dtype), prompt_mask_NxP], -1))
 
 
-def shared_tokens(topic_len: int, context_len: int = 0) -> int:
+def shared_tokens(topic_len: int, context_len: int = 0, share: bool = True) -> int:
   """How many of an agent's input tokens are alike for a step's agents and computed once (`shared=`): the
-  quoted context (`with_context`), then the event's topic block (`BatchConfig.topic_len`). 0 without a
-  topic block: prompts of one block are computed whole, context included."""
-  return topic_len + context_len if topic_len else 0
+  quoted context (`with_context`), then the event's topic block (`BatchConfig.topic_len`). share=False: 0,
+  every row computed whole (the same values: the reference the exactness tests and benchmarks compare with)."""
+  return topic_len + context_len if share else 0
 
 
 def action_logprobs(model: Decoder, params, prompt_ids_NxP, prompt_mask_NxP, action_ids_NxA, action_mask_NxA, *,

@@ -139,8 +139,9 @@ def test_shared_extend_refuses_what_it_cannot_share():
 
 
 def test_what_a_step_computes_once():
-  # the topic block, and the quoted context before it; one-block prompts share nothing
-  assert (shared_tokens(72), shared_tokens(72, 135), shared_tokens(0, 135)) == (72, 207, 0)
+  # the topic block, and the quoted context before it (with or without a topic block); share=False: nothing
+  assert (shared_tokens(72), shared_tokens(72, 135), shared_tokens(0, 135), shared_tokens(0)) == (72, 207, 135, 0)
+  assert shared_tokens(72, 135, share=False) == shared_tokens(0, 135, False) == 0
 
 
 @pytest.mark.parametrize("scan_layers,unroll", [(True, True), (True, False), (False, True)])
@@ -187,23 +188,28 @@ def setup():
 
 def test_losses_with_a_topic_block_equal_the_unshared(setup):
   """IB-Tune (latent and text mean field), the policy loss with contexts, and the head stage's teacher-forced
-  mean field: the same values and gradients with the topic computed once per step."""
+  mean field: the same values and gradients with the topic (and the context or summary before it) computed once
+  per step, and with the context alone computed once (one-block prompts), as with every prompt computed whole."""
   model, encoder, params, batch = setup
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   params = {**params, "mf_lm": params["lm"]}
   losses = {
-      "ib": lambda p, n: ib_tune_loss(model=model, encoder=encoder, params=p, batch=batch, rng=jax.random.PRNGKey(7),
-                                      beta=0.01, agents=2, topic_len=n)[0],
-      "policy": lambda p, n: policy_loss(model=model, params=p, batch=batch, rng=jax.random.PRNGKey(7),
-                                         context=mf_setup.CONTEXT, context_kinds=(1, 2), topic_len=n)[0],
-      "text": lambda p, n: text_ib_tune_loss(model=model, spec=mf_setup.TEXT, params=p, batch=batch,
-                                             rng=jax.random.PRNGKey(7), beta=0.01, topic_len=n)[0],
+      "ib": lambda p, n, s: ib_tune_loss(model=model, encoder=encoder, params=p, batch=batch,
+                                         rng=jax.random.PRNGKey(7), beta=0.01, agents=2, topic_len=n if s else 0)[0],
+      "policy": lambda p, n, s: policy_loss(model=model, params=p, batch=batch, rng=jax.random.PRNGKey(7),
+                                            context=mf_setup.CONTEXT, context_kinds=(1, 2), topic_len=n,
+                                            share_prefix=s)[0],
+      "text": lambda p, n, s: text_ib_tune_loss(model=model, spec=mf_setup.TEXT, params=p, batch=batch,
+                                                rng=jax.random.PRNGKey(7), beta=0.01, topic_len=n,
+                                                share_prefix=s)[0],
   }
   for name, f in losses.items():
-    grad = jax.jit(jax.value_and_grad(f), static_argnums=1)
-    (l1, g1), (l2, g2) = grad(params, 0), grad(params, TOPIC)
-    np.testing.assert_allclose(float(l2), float(l1), rtol=1e-6, err_msg=name)
-    _same_gradients(g1, g2, name)
+    grad = jax.jit(jax.value_and_grad(f), static_argnums=(1, 2))
+    l1, g1 = grad(params, 0, False)
+    for n in ((0, TOPIC) if name != "ib" else (TOPIC,)):  # ib has no context: topic 0 shares nothing
+      l2, g2 = grad(params, n, True)
+      np.testing.assert_allclose(float(l2), float(l1), rtol=1e-6, err_msg=f"{name}, topic {n}")
+      _same_gradients(g1, g2, f"{name}, topic {n}")
   tf = jax.jit(lambda n: teacher_forced_posteriors(model=model, encoder=encoder, params=params, batch=batch,
                                                    topic_len=n), static_argnums=0)
   jax.tree.map(lambda a, b: _close(b, a, "teacher-forced mean field"), tf(0), tf(TOPIC))
@@ -215,13 +221,15 @@ def test_rollouts_with_a_topic_block_equal_the_unshared(setup, method):
   params = {**params, "mf_lm": params["lm"]}
   kw = dict(method=method, encoder=encoder, context=mf_setup.CONTEXT, rng=jax.random.PRNGKey(11), warmup=2,
             text=mf_setup.TEXT)
-  ref = jax.device_get(simulate(model, params, batch, **kw))
-  out = jax.device_get(simulate(model, params, batch, topic_len=TOPIC, **kw))
-  np.testing.assert_array_equal(out.tokens, ref.tokens)
-  np.testing.assert_array_equal(out.mask, ref.mask)
-  np.testing.assert_array_equal(out.summary, ref.summary)
-  _close(out.real_logprobs, ref.real_logprobs, "real actions' log-probs")
-  _close(out.mf_kl, ref.mf_kl, "mean field's KL")
+  ref = jax.device_get(simulate(model, params, batch, share_prefix=False, **kw))
+  # the topic block with the context (or summary) before it computed once; and the context alone (one block)
+  for topic in ((TOPIC, 0) if method in ("popular", "mf_text") else (TOPIC,)):
+    out = jax.device_get(simulate(model, params, batch, topic_len=topic, **kw))
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.mask, ref.mask)
+    np.testing.assert_array_equal(out.summary, ref.summary)
+    _close(out.real_logprobs, ref.real_logprobs, f"real actions' log-probs, topic {topic}")
+    _close(out.mf_kl, ref.mf_kl, "mean field's KL")
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (conftest forces 8 CPU devices)")

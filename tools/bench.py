@@ -295,11 +295,12 @@ def text_spec(args):
 
 
 def mfjax_rollout(model, params, batch, *, method, encoder, repeats: int, score_real: bool = False, text=None,
-                  topic: int = 0) -> tuple[float, float]:
-  """(median seconds of `simulate` over `batch`, compile seconds); `topic`: its topic_len."""
+                  topic: int = 0, share: bool = True) -> tuple[float, float]:
+  """(median seconds of `simulate` over `batch`, compile seconds); `topic`: its topic_len; share=False: every
+  agent's prompt computed whole (the topic and the text mean field's summary for every agent)."""
   from mfjax.rollout import simulate
   run = lambda: simulate(model, params, batch, method=method, encoder=encoder, rng=jax.random.PRNGKey(0), warmup=0,
-                         temperature=1.0, score_real=score_real, text=text, topic_len=topic,
+                         temperature=1.0, score_real=score_real, text=text, topic_len=topic, share_prefix=share,
                          **SAMPLING).tokens.block_until_ready()
   first = timed(run)
   secs = float(np.median([timed(run) for _ in range(repeats)]))
@@ -319,7 +320,8 @@ def bench_rollout(args, built) -> None:
     batch = events(args, E, T)
     p = {"lm": params, "mf": mf} if method == "mf" else {"lm": params, "mf_lm": params}
     secs, compile_s = mfjax_rollout(model, p, batch, method=method, encoder=encoder, repeats=args.repeats,
-                                    score_real=args.score_real, text=text_spec(args), topic=_topic_len(args))
+                                    score_real=args.score_real, text=text_spec(args), topic=_topic_len(args),
+                                    share=not args.unshared)
     n = E * T * B
     common = _common(args, "rollout", case, events=E, steps=T, agents=B, topic=args.topic, unshared=args.unshared)
     row = {**common, "impl": "mfjax", "method": method, "seconds": secs, "compile_s": compile_s,
@@ -623,15 +625,17 @@ def parse_args(argv=None):
                  help="rollout, with --mfjax-only: simulate also scores the real actions, as the pipeline's "
                       "rollouts do (its NLL column); the reference has no such step, so no speedup is printed")
   p.add_argument("--unshared", action="store_true",
-                 help="with --topic: mfjax computes the topic for every agent (the same prompts, the old way)")
+                 help="mfjax computes the --topic and the text mean field's summary for every agent (the same "
+                      "prompts, the old way)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                  help="numerics of both sides (see above); the MFU peak is measured in it")
   args = p.parse_args(argv)
   if args.score_real and not (args.mfjax_only or args.bench == "shared"):
     p.error("--score-real times work the reference does not do: use it with --mfjax-only")
   check_topic(p, args)
-  if args.unshared and not args.topic:
-    p.error("--unshared compares against computing a --topic once: give --topic N")
+  if args.unshared and not args.topic and args.bench != "rollout":
+    p.error("--unshared compares against computing a --topic once: give --topic N (without one it changes only "
+            "rollout's text_mf_step, whose summary is computed once)")
   return args
 
 

@@ -260,7 +260,7 @@ def _leave_one_out(x_ExT, valid_ExT):
 
 
 def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch, rng, beta, agents: int = 0,
-                      topic_len: int = 0):
+                      topic_len: int = 0, share_prefix: bool = True):
   """IB-Tune with the text mean field (`mfjax.meanfield.text`), as the paper
   trains it. params = {"lm": the policy, "mf_lm": the summary writer, and
   optionally "prior": the LM of p0 (not trained; without it, p0 is the writer
@@ -283,7 +283,9 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
   unbiased; 0 without other events), and the writer follows
   (r_t - baseline) * grad log q(m_t).
   Only summaries that a later step reads are rewarded. `agents` > 0 scores that
-  many random agents per step (the writer still reads all of them)."""
+  many random agents per step (the writer still reads all of them). The summary the policy reads (and the
+  topic block, `topic_len`) is computed once for a step's agents; share_prefix=False computes every agent's
+  prompt whole (the same values)."""
   E, T, B = batch["agent_mask"].shape
   S = spec.summary_len
   k_w, k_a = jax.random.split(rng)
@@ -314,7 +316,8 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
   prompt_ids, prompt_mask = with_context(rep(ctx_ids), rep(ctx_mask), _flat(scored["prompt_ids"], 1),
                                          _flat(scored["prompt_mask"], 1))
   logp = action_logprobs(model, params[PARAMS.lm], prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
-                         _flat(scored["action_mask"], 1), shared=shared_tokens(topic_len, ctx_ids.shape[-1]), group=b)
+                         _flat(scored["action_mask"], 1), shared=shared_tokens(topic_len, ctx_ids.shape[-1], share_prefix),
+                         group=b)
   relevance, tokens = _token_nll(logp, scored)
 
   w = (scored["action_mask"].astype(jnp.float32) * scored["agent_mask"][..., None]).reshape(E, T, -1)
@@ -335,13 +338,14 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
 
 
 def policy_loss(*, model: Decoder, params, batch, rng, context: ContextSpec | None = None,
-                context_kinds=(0,), agents: int = 0, topic_len: int = 0):
+                context_kinds=(0,), agents: int = 0, topic_len: int = 0, share_prefix: bool = True):
   """Policy-only NLL of the real actions (the `sft` mode and LM pre-training).
 
   With `context`, each event's prompts carry a population context of a kind
   drawn from `context_kinds` (ids in `mfjax.rollout.context.KINDS`), so that
   one model learns to read the `recent` / `popular` prompts. params = {"lm": ...};
-  `agents` > 0 scores that many random agents per step; `topic_len` as in `mean_field_path`."""
+  `agents` > 0 scores that many random agents per step; `topic_len` as in `mean_field_path`. The context (and
+  the topic block) is computed once for a step's agents; share_prefix=False computes every prompt whole."""
   lm = params[PARAMS.lm]
   k_kind, k_a = jax.random.split(rng)
   scored = subsample_agents(batch, k_a, agents)
@@ -354,7 +358,7 @@ def policy_loss(*, model: Decoder, params, batch, rng, context: ContextSpec | No
         kinds, batch["action_ids"], batch["action_mask"], batch["agent_mask"], batch["parent"])  # [E, T, C]
     prompt_ids, prompt_mask = with_context(_per_agent_rows(ctx_ids, B), _per_agent_rows(ctx_mask, B), prompt_ids,
                                            prompt_mask)
-    shared = shared_tokens(topic_len, ctx_ids.shape[-1])
+    shared = shared_tokens(topic_len, ctx_ids.shape[-1], share_prefix)
   logp = action_logprobs(model, lm, prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
                          _flat(scored["action_mask"], 1), shared=shared, group=B)
   nll, tokens = _token_nll(logp, scored)

@@ -92,6 +92,9 @@ class RolloutSpec:
   # the batch's prompts start with the event's topic block of this many tokens (`BatchConfig.topic_len`): with the
   # step's mean field and context before it, computed once for the step's agents (`mfjax.model.shared_extend`)
   topic_len: int = 0
+  # the quoted context and the topic block computed once for a step's agents; False: every agent's prompt whole
+  # (the same rollout; the reference of the exactness tests and benchmarks)
+  share_prefix: bool = True
 
 
 @flax.struct.dataclass
@@ -169,11 +172,11 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     rng, k_m, k_s = jax.random.split(rng, 3)
     read = signal.read(signal_state, inputs, k_m, past)
     in_ids, in_mask = flat(prompt_ids), flat(prompt_mask)
-    shared = shared_tokens(spec.topic_len)  # [mean field | context | topic]: alike for the step's B agents
+    shared = shared_tokens(spec.topic_len, share=spec.share_prefix)  # [mean field | context | topic]: alike for the step's B agents
     if read.context is not None:
       c_ids, c_mask = read.context
       in_ids, in_mask = with_context(per_agent(c_ids, B), per_agent(c_mask, B), in_ids, in_mask)
-      shared = shared_tokens(spec.topic_len, c_ids.shape[-1])
+      shared = shared_tokens(spec.topic_len, c_ids.shape[-1], spec.share_prefix)
     prefix = per_agent(read.prefix, B) if read.prefix is not None else None
     once = dict(shared=shared, group=B)
     sample = dict(rng=k_s, max_new_tokens=A, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p,
@@ -279,7 +282,8 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
                 top_p: float = 1.0, score_real: bool = True, text: Optional[text_mf.TextMFSpec] = None,
                 tags: Optional[AttributeTags] = None,
                 utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False,
-                writer_temperature: Optional[float] = None, topic_len: int = 0) -> tuple[RolloutSpec, int]:
+                writer_temperature: Optional[float] = None, topic_len: int = 0,
+                share_prefix: bool = True) -> tuple[RolloutSpec, int]:
   """(static spec, traced context kind) of a method; `tags` makes `mf` attribute-conditioned (other
   methods ignore them; `head_warmup_m`: its head reads the warm-up's mean field after it;
   `writer_temperature`: its text's temperature, not None); `utf8`: every method samples valid UTF-8 only."""
@@ -297,7 +301,7 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
                      head_warmup_m=bool(head_warmup_m) and method == "mf" and tags is not None,
                      writer_temperature=(float(writer_temperature) if writer_temperature is not None
                                          and method == "mf" and tags is not None else None),
-                     topic_len=int(topic_len))
+                     topic_len=int(topic_len), share_prefix=bool(share_prefix))
   return spec, KINDS.get(method, NONE)
 
 
@@ -307,7 +311,8 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
              donate_batch: bool = False, pin_activations: bool = True,
              text: Optional[text_mf.TextMFSpec] = None, tags: Optional[AttributeTags] = None,
              utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False,
-             writer_temperature: Optional[float] = None, topic_len: int = 0) -> RolloutOutput:
+             writer_temperature: Optional[float] = None, topic_len: int = 0,
+             share_prefix: bool = True) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`, + "mf_lm",
   the summary writer, for `mf_text`, whose token layout is `text`).
@@ -325,7 +330,8 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   `temperature` (None: `temperature` for both). Jitted once per (model, encoder, shapes, spec). score_real=False
   skips scoring the real actions (pure simulation; real_logprobs are zeros). topic_len: the prompts' first
   `topic_len` tokens are the event's topic, alike for all its agents (`mfjax.data.BatchConfig.topic_len`),
-  computed once for a step's agents with the mean field and context before them (the same rollout).
+  computed once for a step's agents with the mean field and context before them (the same rollout), as the
+  quoted context is without a topic block; share_prefix=False computes every agent's prompt whole.
 
   With a mesh, the events split over data x fsdp and the parameters (and, with
   `pin_activations`, the LM's activations) follow `rules`; outputs are global
@@ -337,7 +343,7 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
                            top_p=top_p, score_real=score_real, text=text, tags=tags, utf8=utf8,
                            head_warmup_m=head_warmup_m, writer_temperature=writer_temperature,
-                           topic_len=topic_len)
+                           topic_len=topic_len, share_prefix=share_prefix)
   if spec.use_mf and (encoder is None or PARAMS.mf not in params):
     raise ValueError("method 'mf' needs the encoder and params['mf']")
   if spec.tags is not None and not encoder.cfg.classes:
