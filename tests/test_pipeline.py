@@ -127,6 +127,8 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
     assert saved["summary"].shape == (4, 4, 4) and saved["summary_mask"].any()
   assert "reference" in results  # synthetic: the sampling-noise floor against the exact truth
   assert results["seconds"] > 0  # the whole job's wall time, in the one write of results.json
+  assert results["jobs"] == [{"commands": ["train", "simulate", "evaluate"], "seconds": results["seconds"],
+                              "finished": results["jobs"][0]["finished"]}]
   for stage in ("base", "sft", "mf", "mf_text"):
     assert os.path.exists(wd / stage / "metrics.jsonl")
   # where it ran: the scoring process, and each stage's one training session (a resumed stage would have more)
@@ -144,6 +146,9 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   rerun = json.load(open(wd / "results.json"))
   assert rerun["methods"]["mf"]["kl_mean"] == results["methods"]["mf"]["kl_mean"]
   assert rerun["environment"]["stages"] == env["stages"]  # nothing trained: no session recorded
+  # the first job's time is kept beside the rerun's own
+  assert rerun["jobs"][0] == results["jobs"][0] and len(rerun["jobs"]) == 2
+  assert rerun["seconds"] == rerun["jobs"][1]["seconds"] < results["seconds"]
 
   # another workdir rolls out wd's trained stages with other rollout settings, reading wd only
   before = _snapshot(wd)
@@ -245,6 +250,11 @@ def test_quickstart_smoke_runs_resumes_and_refuses(tmp_path, capsys):
   (tmp_path / "torn" / "config.json").write_text((wd / "config.json").read_text()[:50])
   with pytest.raises(SystemExit, match="torn/config.json:.*: not valid JSON"):
     _cli("evaluate", tmp_path / "torn")
+  shutil.copytree(wd, tmp_path / "torn_results")  # a results.json that is not JSON: named before any work, kept
+  (tmp_path / "torn_results" / "results.json").write_text("{")
+  with pytest.raises(SystemExit, match="torn_results/results.json:.*: not valid JSON"):
+    _cli("evaluate", tmp_path / "torn_results")
+  assert (tmp_path / "torn_results" / "results.json").read_text() == "{"
   (tmp_path / "a_file").write_text("x")
   with pytest.raises(SystemExit, match="a_file is a file, not a folder"):
     _cli("run", tmp_path / "a_file")

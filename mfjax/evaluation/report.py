@@ -37,6 +37,8 @@ results.json:
              "calibrated"}
             (with the reference simulators: each category's share of the scored steps' actions against the
             training events', `mfjax.evaluation.calibration`)
+   "seconds": the wall time of the job that wrote this file, "jobs": [{"commands", "seconds", "finished"}]
+              (every job that wrote it, oldest first: `mfjax.pipeline.command.earlier_jobs`)
    "reference": {...}, "data": {...}}
 
 KL is KL(real || simulated) per (event, step) over the rollout steps

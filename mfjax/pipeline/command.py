@@ -131,6 +131,19 @@ def _start(cfg, plan: RunPlan, workdir: str, commands: tuple, trained_from: Opti
   return commands, mesh
 
 
+def earlier_jobs(workdir: str) -> list[dict]:
+  """The jobs that wrote the workdir's results.json before (`results.json["jobs"]`: each one's commands, wall
+  seconds and end), so that evaluating a finished run again keeps the time it took; a results.json written
+  before jobs were kept gives its one `seconds` (commands unknown: None). A torn file is an error naming it."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return []
+  old = read_json(path)
+  if "jobs" in old:
+    return list(old["jobs"])
+  return [{"commands": None, "seconds": old["seconds"], "finished": None}] if "seconds" in old else []
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simulate", "evaluate"),
         trained_from: Optional[str] = None) -> Optional[dict]:
   """`python -m mfjax train|simulate|evaluate|run`: the named parts, in order, in one workdir.
@@ -142,6 +155,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
   plan = pipeline_config.plan(cfg)
   commands, mesh = _start(cfg, plan, workdir, commands, trained_from)
   stages = trained_from or workdir  # where the trained stages and the tokenizer are
+  jobs = earlier_jobs(workdir) if "evaluate" in commands else []  # read first: a torn file stops the job now
   t0 = time.time()
   data = prepare(plan, stages)
   if mesh is not None:  # train, or (simulate alone, --trained-from) restore the trained stages' parameters
@@ -157,7 +171,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, commands=("train", "simula
     results = scored.results
     results["environment"] = {"evaluate": environment(),
                               "stages": stage_environments(stages, [s.name for s in plan.stages])}
-    results["seconds"] = time.time() - t0  # the whole job's wall time
+    results["seconds"] = time.time() - t0  # this job's wall time; with the earlier jobs' in "jobs"
+    results["jobs"] = jobs + [{"commands": list(commands), "seconds": results["seconds"],
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
     report.write(workdir, scored)
     log(report.table(results))
   log(f"[done] {', '.join(commands)} in {time.time() - t0:.0f} s; outputs in {workdir}")
