@@ -189,6 +189,38 @@ def test_the_agents_forecaster_reads_who_acts_where_the_warm_up_cannot():
                           numbers[30:], shrunk, shrunk, 2)
 
 
+def test_the_words_forecaster_reads_what_the_warm_up_says_beyond_its_classes():
+  """`words`: where an event's later course follows a trait that its warm-up's classes do not show but its
+  warm-up's words do, the forecaster that reads the words beats `agents`; the features read the warm-up's
+  texts alone, fitted on the training events."""
+  rng = np.random.default_rng(5)
+  E, T, B, W = 80, 6, 16, 2
+  z = rng.integers(0, 2, E)  # the event's trait
+  ids = np.where(np.arange(T)[None, :, None] < W, rng.integers(0, 2, (E, T, B)),  # the warm-up: a coin
+                 np.where(rng.uniform(size=(E, T, B)) < 0.9, z[:, None, None], 1 - z[:, None, None]))
+  filler = list("天地人和风雨山水火土")
+  texts = [[("甲" if z[e] else "乙") + "".join(rng.choice(filler, 3)) if i < W * B else "丙丁"
+            for i in range(T * B)] for e in range(E)]
+  mask = np.ones((E, T, B), bool)
+  numbers = rng.normal(size=(E, T, B, 1))  # tells nothing
+  real = {d: np.minimum(ids, len(cats) - 1) for d, cats in DIMENSIONS.items()}
+  words = bounds.warmup_words(texts[30:], texts[:30], W * B, dims=2)
+  assert words[0].shape == (30, 2) and words[1].shape == (50, 2)
+  out = bounds.bounds({d: v[:30] for d, v in real.items()}, mask[:30], ["a"] * 30,
+                      {d: v[30:] for d, v in real.items()}, mask[30:], ["a"] * 50, warmup=W, draws=2,
+                      numbers=(numbers[:30], numbers[30:]), words=words)["methods"]
+  assert list(out) == [*bounds.PREDICTORS, "agents", "words"]
+  assert out["words"]["kl_mean"] < 0.5 * out["agents"]["kl_mean"]
+  later = [row[:W * B] + ["甲乙"] * (T - W) * B for row in texts]  # what comes after the warm-up is never read
+  for got, want in zip(bounds.warmup_words(later[30:], later[:30], W * B, dims=2), words):
+    np.testing.assert_allclose(got, want)
+  with pytest.raises(ValueError, match="too few for 500 dimensions"):
+    bounds.warmup_words(texts[30:], texts[:30], W * B, dims=500)
+  with pytest.raises(ValueError, match="give the agents' numbers too"):
+    bounds.bounds({d: v[:30] for d, v in real.items()}, mask[:30], ["a"] * 30, {d: v[30:] for d, v in real.items()},
+                  mask[30:], ["a"] * 50, warmup=W, words=words)
+
+
 def test_tool_on_the_synthetic_world_and_against_a_run(tmp_path, capsys):
   out = tmp_path / "b.json"
   population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"),
@@ -226,6 +258,9 @@ def test_tool_on_the_synthetic_world_and_against_a_run(tmp_path, capsys):
   with pytest.raises(SystemExit):
     population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--set", "dat.x=1"])
   assert "unknown config key 'dat.x'" in capsys.readouterr().err
+  with pytest.raises(SystemExit):  # the world's texts are its labels: no words to read
+    population_bounds.main(["--config", os.path.join(REPO, "experiments", "quickstart.py:smoke"), "--words", "8"])
+  assert "--words 8: " in capsys.readouterr().err
 
 
 def test_tool_on_a_malformed_event_file_names_its_line(tmp_path):
@@ -241,10 +276,11 @@ def test_tool_on_real_ced_events(ced_dir, tmp_path, capsys):
   out = tmp_path / "ced.json"
   population_bounds.main(["--config", os.path.join(REPO, "experiments", "ced_weibo.py"),
                           "--set", f"data.path={ced_dir}", "--set", "data.train_events=200", "--set",
-                          "data.val_events=64", "--set", "data.eval_events=64", "--draws", "2", "--json", str(out)])
+                          "data.val_events=64", "--set", "data.eval_events=64", "--draws", "2", "--json", str(out),
+                          "--words", "8"])
   result = json.loads(out.read_text())
   assert result["split"] == "val" and result["events"] == 64 and result["train_events"] == 200
-  assert list(result["methods"]) == [*bounds.PREDICTORS, "agents"]  # no world to run free on real events
+  assert list(result["methods"]) == [*bounds.PREDICTORS, "agents", "words"]  # no world to run free on real events
   kl = {name: r["kl_mean"] for name, r in result["methods"].items()}
   # the oracles: the step itself, then the event's own distribution, well below what knows nothing of the event
   assert kl["step"] < kl["event"] < min(kl["global"], kl["label"]) - 0.05

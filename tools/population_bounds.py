@@ -11,6 +11,8 @@ has), simulators that draw each step's agents from fixed distributions (`mfjax.e
   agents    a per-agent logistic regression from shrunk's forecast, the step and the agent's state
             as numbers (depth, hours since the post, activity elsewhere), fitted on the training events'
             agents: what a population head that reads the agent's state reaches with no LM
+  words     (--words N) agents whose agents also read their event's warm-up words: the warm-up actions'
+            character n-grams (TF-IDF, reduced to N numbers by an SVD fitted on the training events)
   previous  the event's real previous step (teacher-forced history)
   event     the event's own scored steps, pooled (an oracle: its static distribution)
   step      the real step itself, resampled (an oracle: sampling noise alone)
@@ -26,7 +28,7 @@ With --run DIR, the methods of that run's results.json are printed beside the si
   python tools/population_bounds.py --config experiments/quickstart.py --run runs/quickstart
   # more of the val split than a run scores (val is the selection split; holdout only for a final report):
   python tools/population_bounds.py --config experiments/ced_weibo.py --set data.path=../shared/data/ced \\
-      --set data.eval_events=364 --set data.val_events=364
+      --set data.eval_events=364 --set data.val_events=364 --words 32
 """
 
 import argparse
@@ -92,6 +94,8 @@ def main(argv=None):
   ap.add_argument("--draws", type=positive_int, default=3,
                   help="sampling draws per simulator (default: %(default)s)")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--words", type=int, default=0, metavar="N",
+                  help="add the `words` forecaster, reading the warm-up's words as N numbers (CED; 0: off)")
   ap.add_argument("--run", metavar="DIR", help="a run folder whose methods to print beside the simulators")
   ap.add_argument("--json", metavar="PATH", help="also write the result as JSON here (never over an existing file)")
   a = ap.parse_args(argv)
@@ -105,6 +109,9 @@ def main(argv=None):
     pipeline_config.check_config(cfg)
   except configs.ConfigError as e:
     ap.error(str(e))
+  if a.words < 0 or (a.words and cfg.data.source != "ced"):
+    ap.error(f"--words {a.words}: the numbers the warm-up's words become (0: off), on CED events only (the "
+             "synthetic world's texts are its labels)")
   t0 = time.time()
   with one_line_errors():  # data.path: no files there, or a malformed record; a labeler's model folder
     data = pipeline_config.plan(cfg).data
@@ -115,12 +122,16 @@ def main(argv=None):
     activity = UidActivity.fit(train) if data.source == "ced" else None  # as the pipeline's CED states count
     T, B = cfg.data.steps, cfg.data.agents_per_step
     numbers = (step_numbers(scored, T, B, activity), step_numbers(train, T, B, activity))
+    words = None
+    if a.words:  # (scored, training) events' warm-up words as numbers
+      words = bounds.warmup_words(step_texts(train, T, B)[0], step_texts(scored, T, B)[0], cfg.rollout.warmup * B,
+                                  a.words, a.seed)
   warmup = cfg.rollout.warmup
   print(f"[bounds] {len(scored)} {split} events x {cfg.data.steps} steps x {cfg.data.agents_per_step} agents, "
         f"warm-up {warmup}; {len(train)} training events; labelled in {time.time() - t0:.1f} s", file=sys.stderr)
   result = bounds.bounds(real_ids, real_mask, [e.label for e in scored], train_ids, train_mask,
                          [e.label for e in train], warmup=warmup, draws=a.draws, seed=a.seed,
-                         simulated=world_runs(truth, warmup, a.draws, a.seed), numbers=numbers)
+                         simulated=world_runs(truth, warmup, a.draws, a.seed), numbers=numbers, words=words)
   data = {"events": len(scored), "steps": cfg.data.steps, "agents_per_step": cfg.data.agents_per_step,
           "warmup": warmup}
   result = {"config": a.config, "overrides": a.set, "split": split, "train_events": len(train),

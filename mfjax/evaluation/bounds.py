@@ -26,6 +26,9 @@ each agent:
             elsewhere), fitted on the training events' agents after the warm-up; a step's q is the mean
             over its agents: what a population head that reads the agent's state reaches with no LM
             (`AgentAnchor`: the same over joint classes, per agent, as an anchored head's start)
+  words     `agents` whose agents also read their event's warm-up words as numbers (`warmup_words`: the
+            warm-up actions' character n-grams, TF-IDF reduced by an SVD fitted on the training events):
+            what the warm-up's text tells beyond its labelled classes, still with no LM
 
 and, on the synthetic world (whose equations are known), a simulator that runs rather than draws:
 
@@ -179,6 +182,33 @@ def agent_forecast(real_ExTxB, real_mask, real_numbers, train_NxTxB, train_mask,
   return np.where(n > 0, q, np.asarray(shrunk_real, np.float64))
 
 
+def warmup_words(train_texts: Sequence[Sequence[str]], texts: Sequence[Sequence[str]], warmup_actions: int,
+                 dims: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(scored [E, dims], training [N, dims]) float64: each event's warm-up as numbers for the `words`
+  forecaster. An event's first `warmup_actions` action texts (of its [T*B] laid out as `step_texts` lays
+  them out) are joined into one document, weighted as character 1-2-gram TF-IDF (scikit-learn; vocabulary
+  and weights from the training events' warm-ups) and reduced to `dims` by a truncated SVD fitted on them.
+  No later action is read."""
+  from sklearn.decomposition import TruncatedSVD
+  from sklearn.feature_extraction.text import TfidfVectorizer
+  doc = lambda rows: [" ".join(t for t in row[:warmup_actions] if t) for row in rows]
+  vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 2), min_df=3, max_features=30000, sublinear_tf=True)
+  fit = vec.fit_transform(doc(train_texts))
+  if fit.shape[1] <= dims:
+    raise ValueError(f"the training events' warm-ups hold {fit.shape[1]} character n-grams seen in 3+ of them: "
+                     f"too few for {dims} dimensions")
+  with threadpool_limits(1):
+    svd = TruncatedSVD(dims, random_state=seed).fit(fit)
+    return svd.transform(vec.transform(doc(texts))), svd.transform(fit)
+
+
+def with_event_features(numbers_ExTxBxF, event_ExG) -> np.ndarray:
+  """[E, T, B, F + G]: every agent's numbers followed by its event's features."""
+  n = np.asarray(numbers_ExTxBxF, np.float64)
+  g = np.asarray(event_ExG, np.float64)
+  return np.concatenate([n, np.broadcast_to(g[:, None, None, :], n.shape[:3] + g.shape[-1:])], -1)
+
+
 def causal_shrunk(counts_ExTxC, per_step_TxC, steps: int, k: float) -> np.ndarray:
   """[E, T, C]: at each step t, (the counts of the steps s < min(t, steps) + k * the training proportions
   of step t) / (their agents + k): `shrunk` as an anchored head reads it at t (`mfjax.meanfield.encoder.
@@ -255,11 +285,14 @@ def sampled_kls(real_ExTxC, q_ExTxC, rng: np.random.Generator, eps: float = metr
 
 def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, train_mask, train_labels: Sequence,
            *, warmup: int, draws: int = 3, seed: int = 0, simulated: Optional[dict] = None,
-           correct: Optional[Callable] = None, keep_cells: bool = False, numbers: Optional[tuple] = None) -> dict:
+           correct: Optional[Callable] = None, keep_cells: bool = False, numbers: Optional[tuple] = None,
+           words: Optional[tuple] = None) -> dict:
   """Every predictor's sampled KL, from category ids {dimension: [E, T, B]} and agent masks of the
   scored events and of the training events; `simulated`: name -> one set of category ids per draw
   of simulators that run (`world`), scored over the real agent mask; `numbers`: (scored, training)
-  agents' states as numbers [., T, B, F] (`mfjax.data.step_numbers`), which add the `agents` forecaster. Returns
+  agents' states as numbers [., T, B, F] (`mfjax.data.step_numbers`), which add the `agents` forecaster;
+  `words` (with `numbers`): (scored, training) events' warm-up words as numbers [., G] (`warmup_words`), which
+  add the `words` forecaster. Returns
   {"methods": {name: {"kl_mean" (mean over draws of the mean over dimensions), "kl_mean_std" (over
   draws), "kl": {dimension}, "kl_per_step": [T] (the mean over the events scored at each step; None
   where none is), "kl_per_event": [E] (each event's mean over its scored steps, draws and dimensions;
@@ -277,7 +310,9 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
   for name, runs in simulated.items():
     if len(runs) != draws:
       raise ValueError(f"simulated[{name!r}] has {len(runs)} runs for {draws} draws")
-  predicted = PREDICTORS + (("agents",) if numbers is not None else ())
+  if words is not None and numbers is None:
+    raise ValueError("the `words` forecaster is `agents` reading more: give the agents' numbers too")
+  predicted = PREDICTORS + (("agents",) if numbers is not None else ()) + (("words",) if words is not None else ())
   per_draw = {name: {d: [] for d in DIMENSIONS} for name in (*predicted, *simulated)}  # each draw's KL [E, T]
   per_draw_corrected = {name: {d: [] for d in DIMENSIONS} for name in per_draw}
   pseudocounts = {}
@@ -289,6 +324,10 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
       shrunk_train = _shrunk(train, training_proportions(train)[1], warmup, pseudocounts[d])  # the k just fitted
       qs["agents"] = agent_forecast(real_ids[d], real_mask, numbers[0], train_ids[d], train_mask, numbers[1],
                                     qs["shrunk"], shrunk_train, warmup)
+    if words is not None:
+      qs["words"] = agent_forecast(real_ids[d], real_mask, with_event_features(numbers[0], words[0]), train_ids[d],
+                                   train_mask, with_event_features(numbers[1], words[1]), qs["shrunk"], shrunk_train,
+                                   warmup)
     fix = None if correct is None else functools.partial(correct, d)
     sims = {name: [] for name in per_draw}  # each draw's simulated counts [E, T, C]
     for name in predicted:
