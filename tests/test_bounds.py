@@ -281,6 +281,8 @@ def test_tool_on_real_ced_events(ced_dir, tmp_path, capsys):
   result = json.loads(out.read_text())
   assert result["split"] == "val" and result["events"] == 64 and result["train_events"] == 200
   assert list(result["methods"]) == [*bounds.PREDICTORS, "agents", "words"]  # no world to run free on real events
+  assert set(result["paired"]["words"]) == {"agents", "shrunk"} and "words - agents, means over the 63 events: " in (
+      capsys.readouterr().out)
   kl = {name: r["kl_mean"] for name, r in result["methods"].items()}
   # the oracles: the step itself, then the event's own distribution, well below what knows nothing of the event
   assert kl["step"] < kl["event"] < min(kl["global"], kl["label"]) - 0.05

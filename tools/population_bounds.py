@@ -37,6 +37,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -44,7 +46,7 @@ from mfjax import configs, pipeline, pipeline_config  # noqa: E402
 from mfjax.data import UidActivity, step_numbers, step_texts  # noqa: E402
 from mfjax.errors import one_line_errors, positive_int  # noqa: E402
 from mfjax.evaluation import bounds  # noqa: E402
-from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler, world_runs  # noqa: E402
+from mfjax.evaluation.report import CachedLabeler, label_ids, make_labeler, paired_difference, world_runs  # noqa: E402
 from mfjax.runs import RunFolderError, read_json  # noqa: E402
 from mfjax.workdir import differing_keys  # noqa: E402
 from mfjax.parallel import distributed  # noqa: E402
@@ -137,6 +139,13 @@ def main(argv=None):
   result = {"config": a.config, "overrides": a.set, "split": split, "train_events": len(train),
             "labeler": cfg.eval.labeler, **data, **result}
   print(bounds.table(result))
+  if words is not None:  # what the words add, paired over the same events and draws
+    per = lambda n: np.asarray([np.nan if x is None else x for x in result["methods"][n]["kl_per_event"]])
+    result["paired"] = {"words": {ref: paired_difference(per("words"), per(ref), a.seed)
+                                  for ref in ("agents", "shrunk")}}
+    for ref, r in result["paired"]["words"].items():
+      print(f"words - {ref}, means over the {r['events']} events: {r['diff']:+.4f} "
+            f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]")
   if a.run:
     result["run"] = {"dir": a.run, "methods": {m: {k: r[k] for k in ("kl_mean", "kl_mean_std", "kl")}
                                                for m, r in run_methods(a.run, cfg, data).items()}}
