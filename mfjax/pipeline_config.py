@@ -125,6 +125,10 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # no LM) from that shrunk forecast over joint classes, the step and the agent's state as numbers, fitted on the
   # training events when the data is prepared (mfjax.evaluation.bounds.AgentAnchor; the `agents` forecaster's)
   c.mf.anchor = "shrunk"
+  # With mf.anchor='agents': each agent also reads its event's words so far, as this many numbers (the first
+  # anchor_steps steps' texts, char n-gram TF-IDF reduced by an SVD fitted on the training events:
+  # mfjax.evaluation.bounds.WarmupWords; no LM); 0 = off
+  c.mf.anchor_words = 0
   # The population head's agent state also reads the embeddings of the prompt's last state_tail tokens in order
   # (the agent's own state line, which the whole prompt's mean dilutes in the topic); 0 = that mean only.
   c.mf.state_tail = 0
@@ -287,7 +291,7 @@ def check_config(cfg) -> None:
   check("mf.category_features", not cfg.mf.category_features or cfg.mf.attributes,
         "the mean field reads a sampled action's category as the class its agent drew, which only the "
         "attribute-conditioned policy draws: set mf.attributes=True")
-  check_at_least(cfg, 0, "mf.anchor_steps", "mf.state_tail")
+  check_at_least(cfg, 0, "mf.anchor_steps", "mf.state_tail", "mf.anchor_words")
   check("data.topic_len", 0 <= d.topic_len < d.prompt_len,
         f"{d.topic_len}: the topic's block must leave the agent's part a token of data.prompt_len={d.prompt_len}")
   check("mf.state_tail", cfg.mf.state_tail <= d.prompt_len - d.topic_len,
@@ -306,6 +310,8 @@ def check_config(cfg) -> None:
   check("mf.anchor", cfg.mf.anchor in ANCHORS, f"{cfg.mf.anchor!r}: choose from {ANCHORS}")
   check("mf.anchor", cfg.mf.anchor == "shrunk" or cfg.mf.anchor_steps > 0,
         f"{cfg.mf.anchor!r} is what the anchored head starts from: set mf.anchor_steps > 0 (the steps it reads)")
+  check("mf.anchor_words", not cfg.mf.anchor_words or cfg.mf.anchor == "agents",
+        "only the agents anchor reads the events' words: set mf.anchor=agents")
   check("mf.anchor_steps", cfg.mf.anchor_steps <= cfg.rollout.warmup,
         f"{cfg.mf.anchor_steps}: the anchor counts the real classes of the first steps, which a rollout sees only in "
         f"its rollout.warmup={cfg.rollout.warmup} steps")
@@ -551,6 +557,7 @@ class DataPlan:
   # mf.anchor='agents': every batch holds each agent's anchor (`mfjax.evaluation.bounds.AgentAnchor`) reading
   # the first `agent_anchor` steps' classes (mf.anchor_steps); 0: none
   agent_anchor: int = 0
+  anchor_words: int = 0  # mf.anchor_words: the anchor reads those steps' words too, as this many numbers
 
   @property
   def label_data(self) -> str:
@@ -680,7 +687,7 @@ def plan(cfg) -> RunPlan:
                   BatchConfig(steps, agents, int(d.prompt_len), int(d.action_len), int(d.topic_len)),
                   WorldConfig(steps=steps, agents_per_step=agents, **cfg.world.to_dict()), int(d.eval_min_actions),
                   drift_windows(cfg.eval.drift, int(r.warmup), steps), bool(cfg.mf.state_numbers),
-                  int(cfg.mf.anchor_steps) if cfg.mf.anchor == "agents" else 0)
+                  int(cfg.mf.anchor_steps) if cfg.mf.anchor == "agents" else 0, int(cfg.mf.anchor_words))
   training = TrainingPlan(float(t.weight_decay), int(t.log_every), int(t.ckpt_every), int(t.eval_every),
                           bool(cfg.ib.remat), cfg.ib.schedule, int(cfg.ib.warmup), float(cfg.mf_text.beta),
                           float(cfg.ib.population_weight), float(cfg.ib.drawn_categories), int(cfg.ib.drawn_after))

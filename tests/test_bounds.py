@@ -330,3 +330,35 @@ def test_the_agent_anchor_follows_who_acts_and_never_reads_past_its_steps():
     bounds.AgentAnchor.fit(y, mask, numbers, steps=0, classes=C)
   with pytest.raises(ValueError, match="every training action is unlabelled"):
     bounds.AgentAnchor.fit(np.full_like(y, -1), mask, numbers, steps=2, classes=C)
+
+
+def test_an_anchor_that_reads_words_reads_only_the_steps_before_each_step():
+  """`AgentAnchor` with `words` (mf.anchor_words): where an event's later classes follow a trait that only its
+  first steps' words show, the anchor that reads them puts more mass on the true class after those steps than
+  the one that does not; at step t it reads the words of the steps before min(t, steps) alone (changing step
+  1's texts moves steps 2.. and leaves steps 0 and 1; changing later texts moves nothing); without the texts
+  it is an error."""
+  rng = np.random.default_rng(2)
+  N, T, B, C, S = 60, 5, 8, 3, 2
+  z = rng.integers(0, 2, N)
+  y = np.where(np.arange(T)[None, :, None] < S, rng.integers(0, 2, (N, T, B)),
+               np.where(rng.uniform(size=(N, T, B)) < 0.9, z[:, None, None], 1 - z[:, None, None]))
+  filler = list("天地人和风雨山水火土")
+  texts = [[("甲" if z[n] else "乙") + "".join(rng.choice(filler, 3)) for _ in range(T * B)] for n in range(N)]
+  mask = np.ones((N, T, B), bool)
+  numbers = rng.normal(size=(N, T, B, 1))
+  plain = bounds.AgentAnchor.fit(y, mask, numbers, steps=S, classes=C)
+  anchor = bounds.AgentAnchor.fit(y, mask, numbers, steps=S, classes=C, texts=texts, words=4)
+  lp = anchor.logprobs(y, mask, numbers, texts)
+  truth = lambda lp: np.take_along_axis(np.exp(lp), y[..., None], -1)[:, S:].mean()
+  assert truth(lp) > truth(plain.logprobs(y, mask, numbers)) + 0.2
+  moved = [row[:B] + ["丙丁"] * B + row[2 * B:] for row in texts]  # step 1's texts
+  got = anchor.logprobs(y, mask, numbers, moved)
+  np.testing.assert_array_equal(got[:, :2], lp[:, :2])
+  assert not np.allclose(got[:, 2:], lp[:, 2:])
+  later = [row[:S * B] + ["丙丁"] * (T - S) * B for row in texts]
+  np.testing.assert_array_equal(anchor.logprobs(y, mask, numbers, later), lp)
+  with pytest.raises(ValueError, match="give their texts"):
+    anchor.logprobs(y, mask, numbers)
+  with pytest.raises(ValueError, match="needs the training events' texts"):
+    bounds.AgentAnchor.fit(y, mask, numbers, steps=S, classes=C, words=4)

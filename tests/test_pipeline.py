@@ -497,6 +497,8 @@ def test_a_head_only_stage_follows_mf_and_its_rollouts_draw_from_it():
     ("mf_head.steps=5 mf.attributes=False mf.category_features=False ib.population_weight=0.0",
      "mf_head.steps: a head-only stage needs the population head"),
     ("mf_head.lr=0.0", "mf_head.lr: must be > 0"),
+    ("mf.anchor_words=8", "mf.anchor_words: only the agents anchor reads the events' words"),
+    ("mf.anchor_words=-1", "mf.anchor_words: must be >= 0"),
     ("mf_head.batch_events=0", "mf_head.batch_events: must be >= 1"),
     ("mf_head.events=-1", "mf_head.events: must be >= 0"),
     ("sft.batch_events=0", "sft.batch_events: must be >= 1"),

@@ -182,24 +182,55 @@ def agent_forecast(real_ExTxB, real_mask, real_numbers, train_NxTxB, train_mask,
   return np.where(n > 0, q, np.asarray(shrunk_real, np.float64))
 
 
+@dataclasses.dataclass(frozen=True)
+class WarmupWords:
+  """An event's first actions' words as numbers: their texts joined into one document, weighted as character
+  1-2-gram TF-IDF (scikit-learn; vocabulary and weights from the training events') and reduced to `dims` by a
+  truncated SVD fitted on them. Read by the `words` forecaster and by an anchor with `mf.anchor_words`."""
+
+  vectorizer: object
+  svd: object
+  actions: int  # the leading actions read (the warm-up's: its steps x agents)
+
+  @classmethod
+  def fit(cls, train_texts: Sequence[Sequence[str]], actions: int, dims: int, seed: int = 0) -> "WarmupWords":
+    """Fitted on the training events' texts [N][T*B] (laid out as `step_texts` lays them out)."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 2), min_df=3, max_features=30000, sublinear_tf=True)
+    fit = vec.fit_transform(_documents(train_texts, actions))
+    if fit.shape[1] <= dims:
+      raise ValueError(f"the training events' warm-ups hold {fit.shape[1]} character n-grams seen in 3+ of them: "
+                       f"too few for {dims} dimensions")
+    with threadpool_limits(1):
+      return cls(vec, TruncatedSVD(dims, random_state=seed).fit(fit), int(actions))
+
+  def transform(self, texts: Sequence[Sequence[str]], actions: Optional[int] = None) -> np.ndarray:
+    """[E, dims] float64 of each event's first `actions` texts (default: the fitted number); no later one read."""
+    with threadpool_limits(1):
+      return self.svd.transform(self.vectorizer.transform(_documents(texts, self.actions if actions is None
+                                                                      else actions)))
+
+  def causal(self, texts: Sequence[Sequence[str]], steps: int, agents: int) -> np.ndarray:
+    """[E, T, dims]: at step t the words of the steps before min(t, the fitted steps), never t's own or later
+    ones (t = 0 reads none: zeros), as an anchored head may read them at t."""
+    read = self.actions // agents
+    rows = [self.transform(texts, min(t, read) * agents) if min(t, read) else None for t in range(read + 1)]
+    dims = self.svd.components_.shape[0]
+    return np.stack([np.zeros((len(texts), dims)) if rows[min(t, read)] is None else rows[min(t, read)]
+                     for t in range(steps)], 1)
+
+
+def _documents(texts: Sequence[Sequence[str]], actions: int) -> list[str]:
+  return [" ".join(t for t in row[:actions] if t) for row in texts]
+
+
 def warmup_words(train_texts: Sequence[Sequence[str]], texts: Sequence[Sequence[str]], warmup_actions: int,
                  dims: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """(scored [E, dims], training [N, dims]) float64: each event's warm-up as numbers for the `words`
-  forecaster. An event's first `warmup_actions` action texts (of its [T*B] laid out as `step_texts` lays
-  them out) are joined into one document, weighted as character 1-2-gram TF-IDF (scikit-learn; vocabulary
-  and weights from the training events' warm-ups) and reduced to `dims` by a truncated SVD fitted on them.
-  No later action is read."""
-  from sklearn.decomposition import TruncatedSVD
-  from sklearn.feature_extraction.text import TfidfVectorizer
-  doc = lambda rows: [" ".join(t for t in row[:warmup_actions] if t) for row in rows]
-  vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 2), min_df=3, max_features=30000, sublinear_tf=True)
-  fit = vec.fit_transform(doc(train_texts))
-  if fit.shape[1] <= dims:
-    raise ValueError(f"the training events' warm-ups hold {fit.shape[1]} character n-grams seen in 3+ of them: "
-                     f"too few for {dims} dimensions")
-  with threadpool_limits(1):
-    svd = TruncatedSVD(dims, random_state=seed).fit(fit)
-    return svd.transform(vec.transform(doc(texts))), svd.transform(fit)
+  """(scored [E, dims], training [N, dims]): each event's first `warmup_actions` actions' words as numbers for
+  the `words` forecaster (`WarmupWords`, fitted on the training events)."""
+  words = WarmupWords.fit(train_texts, warmup_actions, dims, seed)
+  return words.transform(texts), words.transform(train_texts)
 
 
 def with_event_features(numbers_ExTxBxF, event_ExG) -> np.ndarray:
@@ -226,16 +257,21 @@ class AgentAnchor:
   """A population head's per-agent anchor (`mf.anchor='agents'`): the `agents` forecaster over joint classes
   (`mfjax.categories.CLASSES`), each agent's class from `causal_shrunk` (k and the per-step proportions
   fitted on the training events), its step and its state as numbers, a logistic regression fitted on every
-  labelled training agent. `logprobs` gives each agent's log-probabilities: what the head adds its layers to."""
+  labelled training agent. `logprobs` gives each agent's log-probabilities: what the head adds its layers to.
+  With `words` (mf.anchor_words) each agent also reads the words of its event's steps before min(t, steps)
+  (`WarmupWords.causal`), as it reads their classes."""
 
   model: object
   per_step: np.ndarray  # [T, C] the training events' class proportions per step
   k: float
   steps: int  # the anchor reads the classes of the events' first `steps` steps (mf.anchor_steps)
+  words: Optional[WarmupWords] = None
 
   @classmethod
-  def fit(cls, classes_NxTxB, mask_NxTxB, numbers_NxTxBxF, *, steps: int, classes: int) -> "AgentAnchor":
-    """Fitted on the training events' joint classes [N, T, B] (-1: unlabelled), agent mask and numbers."""
+  def fit(cls, classes_NxTxB, mask_NxTxB, numbers_NxTxBxF, *, steps: int, classes: int, texts=None,
+          words: int = 0) -> "AgentAnchor":
+    """Fitted on the training events' joint classes [N, T, B] (-1: unlabelled), agent mask and numbers;
+    `words` > 0: also their words as that many numbers, from their texts [N][T*B] (`step_texts`' layout)."""
     if steps < 1:
       raise ValueError(f"an agents anchor reads the classes of the first steps: steps={steps} must be >= 1")
     y = np.asarray(classes_NxTxB)
@@ -245,18 +281,36 @@ class AgentAnchor:
     c = counts(np.maximum(y, 0), known, classes)
     _, per_step = training_proportions(c)
     k = fit_pseudocount(c, per_step, steps)
-    X = _agent_features(causal_shrunk(c, per_step, steps, k), numbers_NxTxBxF, c.shape[1])
-    return cls(_agent_model(X[known], y[known]), per_step, k, steps)
+    ww = None
+    if words:
+      if texts is None:
+        raise ValueError("an agents anchor that reads words needs the training events' texts")
+      ww = WarmupWords.fit(texts, steps * y.shape[2], words)
+    anchor = cls(None, per_step, k, steps, ww)
+    X = _agent_features(causal_shrunk(c, per_step, steps, k), anchor._numbers(numbers_NxTxBxF, texts), c.shape[1])
+    return dataclasses.replace(anchor, model=_agent_model(X[known], y[known]))
 
-  def logprobs(self, classes_ExTxB, mask_ExTxB, numbers_ExTxBxF) -> np.ndarray:
-    """[E, T, B, C] float32: each agent's anchor log-probabilities, from the labelled classes of its event's
-    first `steps` steps (later classes, e.g. a forecast's placeholders, are never read)."""
+  def _numbers(self, numbers_ExTxBxF, texts) -> np.ndarray:
+    """The agents' numbers, followed by their event's words so far where the anchor reads them."""
+    if self.words is None:
+      return numbers_ExTxBxF
+    if texts is None:
+      raise ValueError("this agents anchor reads the events' words (mf.anchor_words): give their texts")
+    n = np.asarray(numbers_ExTxBxF, np.float64)
+    w = self.words.causal(texts, n.shape[1], n.shape[2])  # [E, T, G]
+    return np.concatenate([n, np.broadcast_to(w[:, :, None], n.shape[:3] + w.shape[-1:])], -1)
+
+  def logprobs(self, classes_ExTxB, mask_ExTxB, numbers_ExTxBxF, texts=None) -> np.ndarray:
+    """[E, T, B, C] float32: each agent's anchor log-probabilities, from the labelled classes (and with
+    `words`, the texts [E][T*B]) of its event's first `steps` steps (later ones, e.g. a forecast's
+    placeholders, are never read)."""
     y = np.asarray(classes_ExTxB)
     T = y.shape[1]
     known = np.asarray(mask_ExTxB, bool) & (y >= 0) & (np.arange(T) < self.steps)[None, :, None]
     C = self.per_step.shape[-1]
     shrunk = causal_shrunk(counts(np.maximum(y, 0), known, C), self.per_step, self.steps, self.k)
-    p = _class_probs(self.model, _agent_features(shrunk, numbers_ExTxBxF, len(self.per_step)), C)
+    p = _class_probs(self.model, _agent_features(shrunk, self._numbers(numbers_ExTxBxF, texts), len(self.per_step)),
+                     C)
     return np.log(np.maximum(p, 1e-12)).astype(np.float32)
 
 

@@ -202,10 +202,13 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
     t1 = time.time()
     numbers = {name: batches[name].numbers if d.numbers else step_numbers(ev, layout.steps, layout.agents_per_step,
                                                                           activity) for name, ev, layout in splits}
+    texts = {name: step_texts(ev, layout.steps, layout.agents_per_step)[0] if d.anchor_words else None
+             for name, ev, layout in splits}
     tb = batches["train"]  # its classes and numbers, as `fitted_anchor` reads them from the events
-    anchor = AgentAnchor.fit(tb.category, tb.agent_mask, numbers["train"], steps=d.agent_anchor, classes=len(CLASSES))
+    anchor = AgentAnchor.fit(tb.category, tb.agent_mask, numbers["train"], steps=d.agent_anchor, classes=len(CLASSES),
+                             texts=texts["train"], words=d.anchor_words)
     for name, b in batches.items():
-      b.anchor = anchor.logprobs(b.category, b.agent_mask, numbers[name])
+      b.anchor = anchor.logprobs(b.category, b.agent_mask, numbers[name], texts[name])
     log(f"[data] the head's agents anchor fitted on the training agents and computed for every split "
         f"({time.time() - t1:.1f} s)")
   for name, b in batches.items():
@@ -236,7 +239,8 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
       intervened.category = label_categories(labeler, intervened)
     if anchor is not None:
       numbers = intervened.numbers if d.numbers else step_numbers(injected, eb.steps, eb.agents_per_step, activity)
-      intervened.anchor = anchor.logprobs(intervened.category, intervened.agent_mask, numbers)
+      intervened.anchor = anchor.logprobs(intervened.category, intervened.agent_mask, numbers,
+                                          step_texts(injected, eb.steps, eb.agents_per_step)[0])
     data.intervened = {**intervened.arrays(), "forced": forced_mask(batches["eval"].agent_mask, iv)}
     if truth is not None:
       data.truth_intervened = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.eval_world, intervention=iv,
@@ -252,7 +256,7 @@ def fitted_anchor(d: DataPlan, train: list, labeler: CachedLabeler, activity) ->
   texts, mask = step_texts(train, bc.steps, bc.agents_per_step)
   classes = np.where(mask, class_of(label_ids(labeler, [t for row in texts for t in row], mask.shape)), -1)
   return AgentAnchor.fit(classes, mask, step_numbers(train, bc.steps, bc.agents_per_step, activity),
-                         steps=d.agent_anchor, classes=len(CLASSES))
+                         steps=d.agent_anchor, classes=len(CLASSES), texts=texts, words=d.anchor_words)
 
 
 def text_spec(d: DataPlan, tokenizer) -> TextMFSpec:
