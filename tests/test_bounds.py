@@ -211,6 +211,11 @@ def test_the_words_forecaster_reads_what_the_warm_up_says_beyond_its_classes():
                       numbers=(numbers[:30], numbers[30:]), words=words)["methods"]
   assert list(out) == [*bounds.PREDICTORS, "agents", "words"]
   assert out["words"]["kl_mean"] < 0.5 * out["agents"]["kl_mean"]
+  # words that tell nothing (constant) forecast as `agents` does, and are drawn with its keys: the same KL
+  blank = bounds.bounds({d: v[:30] for d, v in real.items()}, mask[:30], ["a"] * 30,
+                        {d: v[30:] for d, v in real.items()}, mask[30:], ["a"] * 50, warmup=W, draws=2,
+                        numbers=(numbers[:30], numbers[30:]), words=(np.ones((30, 2)), np.ones((50, 2))))["methods"]
+  np.testing.assert_allclose(blank["words"]["kl_per_event"], blank["agents"]["kl_per_event"], rtol=1e-9)
   later = [row[:W * B] + ["甲乙"] * (T - W) * B for row in texts]  # what comes after the warm-up is never read
   for got, want in zip(bounds.warmup_words(later[30:], later[:30], W * B, dims=2), words):
     np.testing.assert_allclose(got, want)

@@ -385,8 +385,11 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
     fix = None if correct is None else functools.partial(correct, d)
     sims = {name: [] for name in per_draw}  # each draw's simulated counts [E, T, C]
     for name in predicted:
-      for k in range(draws):  # keyed by names: a predictor's draws do not move when another is added
-        rng = np.random.default_rng([seed, k, zlib.crc32(name.encode()), zlib.crc32(d.encode())])
+      # keyed by names: a predictor's draws do not move when another is added; `words` draws with `agents`' keys
+      # (common random numbers: their paired difference is the forecasts', not the draws')
+      key = "agents" if name == "words" else name
+      for k in range(draws):
+        rng = np.random.default_rng([seed, k, zlib.crc32(key.encode()), zlib.crc32(d.encode())])
         sims[name].append(sampled_counts(real, qs[name], rng))
     for name, runs in simulated.items():
       sims[name] = [counts(ids[d], real_mask, len(cats)) for ids in runs]
