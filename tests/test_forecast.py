@@ -158,3 +158,27 @@ def test_a_run_whose_tokenizer_does_not_fit_its_stages_is_refused(tiny_run, tmp_
                                        "fit its trained stages"):
     _forecast(run, tmp_path / "live.jsonl", tmp_path / "fc", "--horizon", "1")
   assert not os.path.exists(tmp_path / "fc")
+
+
+def test_the_forecast_fits_the_anchor_the_run_prepared(ced_dir, tmp_path):
+  """A forecast refits the run's agents anchor from the training events (`fitted_anchor`); with the words
+  (mf.anchor_words) it gives the eval events the anchor `prepare` gave them."""
+  from mfjax import configs, pipeline_config
+  from mfjax.data import UidActivity, step_numbers, step_texts
+  from mfjax.evaluation.report import CachedLabeler, make_labeler
+  from mfjax.pipeline import split_events
+  from mfjax.pipeline.data import fitted_anchor, label_categories, prepare
+  cfg = configs.load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                                         "ced_weibo.py:smoke"), [f"data.path={ced_dir}", "mf.anchor_words=4"])
+  plan = pipeline_config.plan(cfg)
+  data = prepare(plan, str(tmp_path))
+  train, _, scored, _, _ = split_events(plan.data)
+  activity = UidActivity.fit(train)
+  labeler = CachedLabeler(make_labeler(plan.data.labeler, plan.data.label_data))
+  anchor = fitted_anchor(plan.data, train, labeler, activity)
+  assert anchor.words is not None and anchor.words.actions == plan.data.agent_anchor * cfg.data.agents_per_step
+  ev, layout = data.eval, plan.data.eval_batch
+  got = anchor.logprobs(label_categories(labeler, ev), ev.agent_mask,
+                        step_numbers(scored, layout.steps, layout.agents_per_step, activity),
+                        step_texts(scored, layout.steps, layout.agents_per_step)[0])
+  np.testing.assert_allclose(got, ev.anchor, rtol=1e-5, atol=1e-6)
