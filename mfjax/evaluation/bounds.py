@@ -215,10 +215,9 @@ class WarmupWords:
     """[E, T, dims]: at step t the words of the steps before min(t, the fitted steps), never t's own or later
     ones (t = 0 reads none: zeros), as an anchored head may read them at t."""
     read = self.actions // agents
-    rows = [self.transform(texts, min(t, read) * agents) if min(t, read) else None for t in range(read + 1)]
-    dims = self.svd.components_.shape[0]
-    return np.stack([np.zeros((len(texts), dims)) if rows[min(t, read)] is None else rows[min(t, read)]
-                     for t in range(steps)], 1)
+    upto = [np.zeros((len(texts), self.svd.components_.shape[0]))]  # upto[s]: the words of the first s steps
+    upto += [self.transform(texts, s * agents) for s in range(1, read + 1)]
+    return np.stack([upto[min(t, read)] for t in range(steps)], 1)
 
 
 def _documents(texts: Sequence[Sequence[str]], actions: int) -> list[str]:
@@ -233,11 +232,12 @@ def warmup_words(train_texts: Sequence[Sequence[str]], texts: Sequence[Sequence[
   return words.transform(texts), words.transform(train_texts)
 
 
-def with_event_features(numbers_ExTxBxF, event_ExG) -> np.ndarray:
-  """[E, T, B, F + G]: every agent's numbers followed by its event's features."""
+def with_event_features(numbers_ExTxBxF, event) -> np.ndarray:
+  """[E, T, B, F + G]: every agent's numbers followed by its event's features, [E, G] or per step [E, T, G]."""
   n = np.asarray(numbers_ExTxBxF, np.float64)
-  g = np.asarray(event_ExG, np.float64)
-  return np.concatenate([n, np.broadcast_to(g[:, None, None, :], n.shape[:3] + g.shape[-1:])], -1)
+  g = np.asarray(event, np.float64)
+  g = g[:, None, None] if g.ndim == 2 else g[:, :, None]
+  return np.concatenate([n, np.broadcast_to(g, n.shape[:3] + g.shape[-1:])], -1)
 
 
 def causal_shrunk(counts_ExTxC, per_step_TxC, steps: int, k: float) -> np.ndarray:
@@ -296,9 +296,8 @@ class AgentAnchor:
       return numbers_ExTxBxF
     if texts is None:
       raise ValueError("this agents anchor reads the events' words (mf.anchor_words): give their texts")
-    n = np.asarray(numbers_ExTxBxF, np.float64)
-    w = self.words.causal(texts, n.shape[1], n.shape[2])  # [E, T, G]
-    return np.concatenate([n, np.broadcast_to(w[:, :, None], n.shape[:3] + w.shape[-1:])], -1)
+    shape = np.shape(numbers_ExTxBxF)
+    return with_event_features(numbers_ExTxBxF, self.words.causal(texts, shape[1], shape[2]))
 
   def logprobs(self, classes_ExTxB, mask_ExTxB, numbers_ExTxBxF, texts=None) -> np.ndarray:
     """[E, T, B, C] float32: each agent's anchor log-probabilities, from the labelled classes (and with
