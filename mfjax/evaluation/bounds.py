@@ -366,6 +366,8 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
   if words is not None and numbers is None:
     raise ValueError("the `words` forecaster is `agents` reading more: give the agents' numbers too")
   predicted = PREDICTORS + (("agents",) if numbers is not None else ()) + (("words",) if words is not None else ())
+  if words is not None:  # the agents' numbers with their event's words, for every dimension
+    numbers_words = tuple(with_event_features(n, w) for n, w in zip(numbers, words))
   per_draw = {name: {d: [] for d in DIMENSIONS} for name in (*predicted, *simulated)}  # each draw's KL [E, T]
   per_draw_corrected = {name: {d: [] for d in DIMENSIONS} for name in per_draw}
   pseudocounts = {}
@@ -378,9 +380,8 @@ def bounds(real_ids: dict, real_mask, real_labels: Sequence, train_ids: dict, tr
       qs["agents"] = agent_forecast(real_ids[d], real_mask, numbers[0], train_ids[d], train_mask, numbers[1],
                                     qs["shrunk"], shrunk_train, warmup)
     if words is not None:
-      qs["words"] = agent_forecast(real_ids[d], real_mask, with_event_features(numbers[0], words[0]), train_ids[d],
-                                   train_mask, with_event_features(numbers[1], words[1]), qs["shrunk"], shrunk_train,
-                                   warmup)
+      qs["words"] = agent_forecast(real_ids[d], real_mask, numbers_words[0], train_ids[d], train_mask,
+                                   numbers_words[1], qs["shrunk"], shrunk_train, warmup)
     fix = None if correct is None else functools.partial(correct, d)
     sims = {name: [] for name in per_draw}  # each draw's simulated counts [E, T, C]
     for name in predicted:

@@ -316,8 +316,8 @@ def text_ib_tune_loss(*, model: Decoder, spec: text_mf.TextMFSpec, params, batch
   prompt_ids, prompt_mask = with_context(rep(ctx_ids), rep(ctx_mask), _flat(scored["prompt_ids"], 1),
                                          _flat(scored["prompt_mask"], 1))
   logp = action_logprobs(model, params[PARAMS.lm], prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
-                         _flat(scored["action_mask"], 1), shared=shared_tokens(topic_len, ctx_ids.shape[-1], share_prefix),
-                         group=b)
+                         _flat(scored["action_mask"], 1),
+                         shared=shared_tokens(topic_len, ctx_ids.shape[-1], share_prefix), group=b)
   relevance, tokens = _token_nll(logp, scored)
 
   w = (scored["action_mask"].astype(jnp.float32) * scored["agent_mask"][..., None]).reshape(E, T, -1)
@@ -351,14 +351,15 @@ def policy_loss(*, model: Decoder, params, batch, rng, context: ContextSpec | No
   scored = subsample_agents(batch, k_a, agents)
   prompt_ids, prompt_mask = _flat(scored["prompt_ids"], 1), _flat(scored["prompt_mask"], 1)
   E, T, B = scored["agent_mask"].shape
-  shared = shared_tokens(topic_len)
+  context_len = 0
   if context is not None:
     kinds = jnp.asarray(context_kinds, jnp.int32)[jax.random.randint(k_kind, (E,), 0, len(context_kinds))]
     ctx_ids, ctx_mask = jax.vmap(lambda *a: step_contexts(context, *a))(
         kinds, batch["action_ids"], batch["action_mask"], batch["agent_mask"], batch["parent"])  # [E, T, C]
     prompt_ids, prompt_mask = with_context(_per_agent_rows(ctx_ids, B), _per_agent_rows(ctx_mask, B), prompt_ids,
                                            prompt_mask)
-    shared = shared_tokens(topic_len, ctx_ids.shape[-1], share_prefix)
+    context_len = ctx_ids.shape[-1]
+  shared = shared_tokens(topic_len, context_len, share_prefix)
   logp = action_logprobs(model, lm, prompt_ids, prompt_mask, _flat(scored["action_ids"], 1),
                          _flat(scored["action_mask"], 1), shared=shared, group=B)
   nll, tokens = _token_nll(logp, scored)

@@ -202,8 +202,7 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
     t1 = time.time()
     numbers = {name: batches[name].numbers if d.numbers else step_numbers(ev, layout.steps, layout.agents_per_step,
                                                                           activity) for name, ev, layout in splits}
-    texts = {name: step_texts(ev, layout.steps, layout.agents_per_step)[0] if d.anchor_words else None
-             for name, ev, layout in splits}
+    texts = {name: b.texts if d.anchor_words else None for name, b in batches.items()}
     tb = batches["train"]  # its classes and numbers, as `fitted_anchor` reads them from the events
     anchor = AgentAnchor.fit(tb.category, tb.agent_mask, numbers["train"], steps=d.agent_anchor, classes=len(CLASSES),
                              texts=texts["train"], words=d.anchor_words)
@@ -239,8 +238,7 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
       intervened.category = label_categories(labeler, intervened)
     if anchor is not None:
       numbers = intervened.numbers if d.numbers else step_numbers(injected, eb.steps, eb.agents_per_step, activity)
-      intervened.anchor = anchor.logprobs(intervened.category, intervened.agent_mask, numbers,
-                                          step_texts(injected, eb.steps, eb.agents_per_step)[0])
+      intervened.anchor = anchor.logprobs(intervened.category, intervened.agent_mask, numbers, intervened.texts)
     data.intervened = {**intervened.arrays(), "forced": forced_mask(batches["eval"].agent_mask, iv)}
     if truth is not None:
       data.truth_intervened = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.eval_world, intervention=iv,

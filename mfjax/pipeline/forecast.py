@@ -229,7 +229,7 @@ def forecast(req: ForecastRequest) -> dict:
     batch.category[:, K:] = -1
   if plan.data.agent_anchor:  # the head's per-agent anchor, fitted on the run's training events as the run did
     batch.anchor = fitted_anchor(plan.data, train, labeler, activity).logprobs(batch.category, batch.agent_mask,
-                                                                                numbers, step_texts([laid], T, B)[0])
+                                                                                numbers, batch.texts)
   data = Data(tok, train={}, val={}, eval=batch, truth=None, eval_split="forecast", **tokenizer_specs(plan, tok))
   mesh = mesh_from(plan)
   try:

@@ -172,11 +172,13 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     rng, k_m, k_s = jax.random.split(rng, 3)
     read = signal.read(signal_state, inputs, k_m, past)
     in_ids, in_mask = flat(prompt_ids), flat(prompt_mask)
-    shared = shared_tokens(spec.topic_len, share=spec.share_prefix)  # [mean field | context | topic]: alike for the step's B agents
+    context_len = 0
     if read.context is not None:
       c_ids, c_mask = read.context
       in_ids, in_mask = with_context(per_agent(c_ids, B), per_agent(c_mask, B), in_ids, in_mask)
-      shared = shared_tokens(spec.topic_len, c_ids.shape[-1], spec.share_prefix)
+      context_len = c_ids.shape[-1]
+    # [mean field | context | topic]: alike for the step's B agents
+    shared = shared_tokens(spec.topic_len, context_len, spec.share_prefix)
     prefix = per_agent(read.prefix, B) if read.prefix is not None else None
     once = dict(shared=shared, group=B)
     sample = dict(rng=k_s, max_new_tokens=A, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p,
