@@ -212,6 +212,12 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   # stays the head's; a cooler writer writes text the labeler reads as the drawn category more often
   # (docs/experiments/ced.md)
   c.rollout.writer_temperature = -1.0
+  # mf with mf.attributes: the writer's channel (mfjax.rollout.channel), estimated before the rollouts by rolling out
+  # mf on this many training events (a seeded draw; kept in the workdir's writer_channel.json): how often the labeler
+  # reads each class in the actions written after each tag. The rollouts then draw each tag so that the labelled
+  # actions follow the head's distribution, and the mean field reads the class the labeler would. 0: tags drawn from
+  # the head as they are.
+  c.rollout.writer_channel = 0
   # The eval events' layout, when it is not the training events' (0: data.steps, data.agents_per_step): a trained
   # run rolled out over a longer horizon than it trained on (experiments/ced_long.py, synthetic_long.py). The
   # text mean field's writer reads data.agents_per_step actions a step: mf_text needs the same agents_per_step.
@@ -305,6 +311,13 @@ def check_config(cfg) -> None:
   check("rollout.writer_temperature", cfg.rollout.writer_temperature < 0 or cfg.mf.attributes,
         "only the attribute-conditioned policy writes given a drawn category: set mf.attributes=True "
         "(or leave it at -1, rollout.temperature)")
+  check_at_least(cfg, 0, "rollout.writer_channel")
+  check("rollout.writer_channel", not cfg.rollout.writer_channel or cfg.mf.attributes,
+        "the writer's channel is how the labeler (eval.labeler) reads the actions the attribute-conditioned "
+        "policy writes after each tag: set mf.attributes=True")
+  check("rollout.writer_channel", not cfg.rollout.writer_channel or cfg.rollout.temperature > 0,
+        "the tags are drawn through the channel from the head's distribution at rollout.temperature, which must "
+        "then be > 0")
   check("mf.anchor_steps", not cfg.mf.anchor_steps or cfg.mf.attributes,
         "the anchored head is the one an attribute-conditioned policy draws from: set mf.attributes=True")
   check("mf.anchor", cfg.mf.anchor in ANCHORS, f"{cfg.mf.anchor!r}: choose from {ANCHORS}")
@@ -616,6 +629,7 @@ class SamplingPlan:
   valid_utf8: bool  # rollout.valid_utf8
   head_warmup_m: bool = False  # rollout.head_warmup_m
   writer_temperature: Optional[float] = None  # rollout.writer_temperature (None: `temperature`)
+  writer_channel: int = 0  # rollout.writer_channel: the training events the writer's channel is estimated on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -693,7 +707,7 @@ def plan(cfg) -> RunPlan:
                           float(cfg.ib.population_weight), float(cfg.ib.drawn_categories), int(cfg.ib.drawn_after))
   sampling = SamplingPlan(int(r.seeds), int(r.warmup), int(r.batch_events), float(r.temperature), int(r.top_k),
                           float(r.top_p), bool(r.valid_utf8), bool(r.head_warmup_m),
-                          None if r.writer_temperature < 0 else float(r.writer_temperature))
+                          None if r.writer_temperature < 0 else float(r.writer_temperature), int(r.writer_channel))
   return RunPlan(tuple(_methods(cfg)), tuple(stages), tuple(rollouts), _intervention_of(cfg), lora_config(cfg),
                  int(cfg.seed), data, _model_plan(cfg), training, sampling, MeshConfig.from_config(cfg.parallel),
                  bool(cfg.parallel.pin_activations))

@@ -621,3 +621,47 @@ def test_an_agents_anchor_needs_anchor_steps_and_a_known_name():
   with pytest.raises(ValueError, match="anchor_given"):
     MeanFieldEncoder(MeanFieldConfig(slots=2, width=32, classes=C, anchor_given=True)).init(
         jax.random.PRNGKey(0), jnp.zeros((1, 3, 32)), jnp.ones((1, 3)))
+
+
+def test_an_identity_writers_channel_is_the_plain_rollout():
+  """rollout.writer_channel with a writer that always writes what its tag says: the same draws, text and mean
+  field as the rollout without a channel (same keys)."""
+  model, encoder, params = _reading_categories()
+  params["mf"]["class_out"]["kernel"] = jax.random.normal(jax.random.PRNGKey(9), (16, C)) * 3.0  # spread draws
+  batch = _categorised(make_batch())
+  run = lambda **kw: simulate(model, params, batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(5),
+                              warmup=1, tags=TAGS, temperature=1.3, **kw)
+  plain, identity = run(), run(channel=np.eye(C))
+  agents = np.asarray(batch["agent_mask"])
+  assert len(np.unique(np.asarray(plain.category)[agents])) > 3
+  for f in ("category", "tokens", "mask"):
+    np.testing.assert_array_equal(getattr(identity, f), getattr(plain, f))
+  np.testing.assert_allclose(identity.mf_mu, plain.mf_mu, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="channel is 3 x 3"):
+    run(channel=np.eye(3))
+
+
+def test_through_the_writers_channel_the_head_draws_the_tag_whose_actions_read_as_its_class():
+  """A writer whose actions after tag c0 the labeler reads as class c (and after c as c0): the head that wants
+  class c draws tag c0 and writes after it, and the mean field reads class c, as it would the labels."""
+  from mfjax.ibtune.objective import mean_field_path
+  model, encoder, params = _reading_categories()
+  batch = _categorised(make_batch())
+  W, c, c0 = 2, 7, 12
+  params = _forcing(params, c)
+  swap = np.eye(C)
+  swap[[c, c0]] = swap[[c0, c]]
+  out = simulate(model, params, batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(5), warmup=W, tags=TAGS,
+                 channel=swap)
+  agents = np.asarray(batch["agent_mask"])
+  assert (np.asarray(out.category)[:, W:][agents[:, W:]] == c0).all()
+  taken = {k: np.array(v) for k, v in batch.items()}
+  taken["action_ids"][:, W:] = np.asarray(out.tokens)[:, W:]
+  taken["action_mask"][:, W:] = np.asarray(out.mask)[:, W:]
+  taken["category"][:, W:] = np.where(agents[:, W:], c, -1)
+  _, mu, _ = mean_field_path(model=model, encoder=encoder, params=params, batch=taken, rng=jax.random.PRNGKey(0))
+  np.testing.assert_allclose(out.mf_mu, mu, rtol=1e-4, atol=1e-5)
+  # the tag's text: the writer given tag c0, as the plain rollout of a head that wants c0 writes it (same keys)
+  plain = simulate(model, _forcing(params, c0), batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(5),
+                   warmup=W, tags=TAGS)
+  np.testing.assert_array_equal(np.asarray(out.tokens)[:, W], np.asarray(plain.tokens)[:, W])

@@ -20,6 +20,7 @@ from mfjax.configs import ConfigError
 from mfjax.data import load_events, load_tokenizer
 from mfjax.evaluation.report import decode_actions
 from mfjax.pipeline.data import split_events
+from mfjax.pipeline.rollouts import read_channel
 from mfjax.pipeline_config import check_config, layer_fields, plan, scratch_model_config
 from mfjax.runs import RunFolderError
 from mfjax.workdir import ROLLOUT_ARRAYS, load_rollout, rollout_path
@@ -265,10 +266,19 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   cfg = os.path.join(ROOT, "experiments", "ced_weibo.py") + ":smoke"
   # (with the head-only stage: the mean field computed over the mesh, the head fitted on it; and the head
   # starting from the per-agent anchor fitted on the training events, which the forecast below fits again)
-  _cli("run", tmp_path / "ced", config=cfg, extra=[f"data.path={ced_dir}", "parallel.data=2", "parallel.fsdp=2",
-                                                   "parallel.tensor=2", "mf_head.steps=2", "mf_head.batch_events=8",
-                                                   "mf_head.events=16", "mf.anchor=agents"])
+  # (and mf's tags drawn through the writer's channel, estimated on 8 of the training events)
+  extra = [f"data.path={ced_dir}", "parallel.data=2", "parallel.fsdp=2", "parallel.tensor=2", "mf_head.steps=2",
+           "mf_head.batch_events=8", "mf_head.events=16", "mf.anchor=agents", "rollout.writer_channel=8"]
+  _cli("run", tmp_path / "ced", config=cfg, extra=extra)
   out = capsys.readouterr().out
+  channel = json.loads((tmp_path / "ced" / "writer_channel.json").read_text())
+  # the agents of the 8 events after the warm-up (1 of 4 steps; 8 agents a step)
+  assert channel["events"] == 8 and 0 < channel["actions"] <= 8 * 3 * 8 and len(channel["train_events"]) == 8
+  assert np.allclose(np.sum(channel["channel"], 1), 1.0) and np.sum(channel["counts"]) == channel["actions"]
+  assert f"[simulate] the writer's channel from {channel['actions']} actions" in out
+  with pytest.raises(ConfigError, match="writer_channel.json was estimated on 8 training events"):
+    read_channel(plan(configs.load_config(cfg, extra[:1] + ["rollout.writer_channel=4"])),
+                 str(tmp_path / "ced"))
   assert "[data] the head's agents anchor fitted on the training agents" in out
   assert "[mesh] {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu device(s)" in out
   assert "[mf_head] the mf stage's mean field along 16 training and 4 validation events" in out  # of 24
@@ -500,6 +510,10 @@ def test_a_head_only_stage_follows_mf_and_its_rollouts_draw_from_it():
     ("mf.anchor_words=8", "mf.anchor_words: only the agents anchor reads the events' words"),
     ("mf.anchor_words=-1", "mf.anchor_words: must be >= 0"),
     ("mf_head.batch_events=0", "mf_head.batch_events: must be >= 1"),
+    ("rollout.writer_channel=-1", "rollout.writer_channel: must be >= 0"),
+    ("rollout.writer_channel=8 mf.attributes=False mf.category_features=False",
+     "rollout.writer_channel: the writer's channel is how the labeler"),
+    ("rollout.writer_channel=8 rollout.temperature=0.0", "rollout.writer_channel: the tags are drawn through"),
     ("mf_head.events=-1", "mf_head.events: must be >= 0"),
     ("sft.batch_events=0", "sft.batch_events: must be >= 1"),
     ("model.num_heads=0", "model.num_heads: must be >= 1"),

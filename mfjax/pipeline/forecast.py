@@ -53,6 +53,7 @@ from mfjax.parallel.state import to_host
 from mfjax.pipeline.command import open_run
 from mfjax.pipeline.data import (Data, fitted_anchor, label_categories, tokenizer_specs, trained_tokenizer,
                                  training_events)
+from mfjax.pipeline.rollouts import read_channel
 from mfjax.pipeline.stages import load_trained, mesh_from
 from mfjax.rollout import simulate
 from mfjax.runs import RunFolderError, log, write_json
@@ -256,13 +257,16 @@ def forecast(req: ForecastRequest) -> dict:
          "real": {d: _jsonable(p) for d, p in proportions(real_ids, real_mask).items()},
          "methods": {}}
   sims, samples = {}, {}
+  # an mf that draws its tags through the writer's channel reads the one its run estimated
+  channel = read_channel(plan, req.trained_from) if sp.writer_channel and data.tags is not None else None
   for tag in chosen:
     r, t1 = tags[tag], time.time()
     rollout = simulate(trained.model, trained.params[r.params], arrays, method=r.method, encoder=trained.encoder,
                        context=data.context, rng=key, warmup=K, temperature=sp.temperature, top_k=sp.top_k,
                        top_p=sp.top_p, score_real=False, mesh=mesh, pin_activations=plan.pin_activations,
                        text=data.text, tags=data.tags, utf8=data.utf8, head_warmup_m=sp.head_warmup_m,
-                       writer_temperature=sp.writer_temperature, topic_len=plan.data.batch.topic_len)
+                       writer_temperature=sp.writer_temperature, topic_len=plan.data.batch.topic_len,
+                       channel=channel if r.method == "mf" else None)
     host = to_host(rollout)
     tokens, mask = host.tokens[:S, K:], host.mask[:S, K:]
     texts = decode_actions(tok, tokens, mask)

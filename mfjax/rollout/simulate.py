@@ -24,11 +24,14 @@ At step t, for every event at once:
   the action from [prompt | the category's tag]; the real action is scored
   under its own category's tag, plus the head's log-probability of that category
   (on its first token: the action's total is log h(c*) + log pi(a* | c*)).
+  With the writer's channel (`RolloutSpec.channel`, `mfjax.rollout.channel`) the
+  tag is drawn so that the labelled actions follow the head's distribution.
   4. the step's actions enter the signal (`update`): the real ones during
      warm-up (t < warmup) and those of `forced` agents (an intervention's
      injected actions, `mfjax.data.intervention`), the sampled ones otherwise;
      the mean field is updated from them (with `category_features`, from their
-     categories too: the real labels, or the classes the agents drew), or the writer LM, params["mf_lm"],
+     categories too: the real labels, or the classes the agents drew, or with a
+     channel the classes the labeler would read), or the writer LM, params["mf_lm"],
      writes the next summary from them and the latest one (sampled with k_m).
 
 The step writes one step of `RolloutOutput` (arrays [E, ...]) into the carry's buffers.
@@ -61,6 +64,7 @@ from mfjax.parallel.state import abstract_policy, place, policy_shardings
 from mfjax.params_keys import PARAMS
 from mfjax.policy import (AttributeTags, action_logprobs, head_state, per_agent, shared_tokens, with_context,
                           with_tags)
+from mfjax.rollout import channel as writer_channel
 from mfjax.rollout.context import KINDS, NONE, ContextSpec
 from mfjax.rollout.signals import (Inputs, LatentMeanField, NoSignal, PopulationSignal, QuotedHistory, Step,
                                    TextMeanField)
@@ -95,6 +99,9 @@ class RolloutSpec:
   # the quoted context and the topic block computed once for a step's agents; False: every agent's prompt whole
   # (the same rollout; the reference of the exactness tests and benchmarks)
   share_prefix: bool = True
+  # with tags: the writer's channel W [C, C] as nested tuples (`mfjax.rollout.channel`): the tag is drawn so that
+  # the labelled actions follow the head (argmin_q KL(p || q W)) and the mean field reads a class drawn from W[tag]
+  channel: Optional[tuple] = None
 
 
 @flax.struct.dataclass
@@ -183,7 +190,7 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     once = dict(shared=shared, group=B)
     sample = dict(rng=k_s, max_new_tokens=A, temperature=temperature, top_k=spec.top_k, top_p=spec.top_p,
                   eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, prefix_embeds=prefix, utf8=spec.utf8, **once)
-    drawn = jnp.full((E * B,), -1, jnp.int32)
+    drawn = read_class = jnp.full((E * B,), -1, jnp.int32)
     if spec.tags is not None:  # the category from the head, then the action given its tag
       state_NxD = head_state(model, lm, in_ids, in_mask, encoder.cfg.state_tail,
                              None if numbers is None else flat(jax.lax.dynamic_index_in_dim(numbers, t, 1, False)))
@@ -197,7 +204,12 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
         head_prefix = per_agent(head_m.astype(read.prefix.dtype), B)
       logits = encoder.apply({"params": params[PARAMS.mf]}, head_prefix, state_NxD, anchor,
                              method=MeanFieldEncoder.class_logits)
-      drawn = sampling.sample_token(logits, jax.random.fold_in(k_s, 1), temperature=temperature)[0]
+      if spec.channel is None:
+        drawn = sampling.sample_token(logits, jax.random.fold_in(k_s, 1), temperature=temperature)[0]
+        read_class = drawn
+      else:  # the tag drawn through the writer's channel; the mean field reads what the labeler would
+        drawn, read_class = writer_channel.draw(logits, jnp.asarray(spec.channel, jnp.float32),
+                                                jax.random.fold_in(k_s, 1), jax.random.fold_in(k_s, 2), temperature)
       if spec.writer_temperature is not None:
         sample["temperature"] = jnp.float32(spec.writer_temperature)
       out = sampling.generate(model, lm, *with_tags(in_ids, in_mask, spec.tags, drawn), **sample)
@@ -218,7 +230,7 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
     ch_mask = jnp.where(take_real_EB[..., None], act_mask, s_mask.astype(act_mask.dtype))
     taken = Step(t=t, prompt_ids=prompt_ids, prompt_mask=prompt_mask, action_ids=ch_ids, action_mask=ch_mask,
                  agent_mask=agent_mask, parent=parent, real=take_real_EB,
-                 category=jnp.where(take_real_EB, category, drawn.reshape(E, B)))
+                 category=jnp.where(take_real_EB, category, read_class.reshape(E, B)))
     state, written = signal.update(signal_state, inputs, taken, k_m)
     q = read.posterior  # RolloutOutput's zeros without a latent mean field, or without a text one
     zeros = lambda *shape, dtype=jnp.float32: jnp.zeros((E, *shape), dtype)
@@ -285,10 +297,11 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
                 tags: Optional[AttributeTags] = None,
                 utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False,
                 writer_temperature: Optional[float] = None, topic_len: int = 0,
-                share_prefix: bool = True) -> tuple[RolloutSpec, int]:
+                share_prefix: bool = True, channel=None) -> tuple[RolloutSpec, int]:
   """(static spec, traced context kind) of a method; `tags` makes `mf` attribute-conditioned (other
   methods ignore them; `head_warmup_m`: its head reads the warm-up's mean field after it;
-  `writer_temperature`: its text's temperature, not None); `utf8`: every method samples valid UTF-8 only."""
+  `writer_temperature`: its text's temperature, not None; `channel`: the writer's channel [C, C], its tags drawn
+  through it); `utf8`: every method samples valid UTF-8 only."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
   use_context = method in ("recent", "popular")
@@ -303,7 +316,9 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
                      head_warmup_m=bool(head_warmup_m) and method == "mf" and tags is not None,
                      writer_temperature=(float(writer_temperature) if writer_temperature is not None
                                          and method == "mf" and tags is not None else None),
-                     topic_len=int(topic_len), share_prefix=bool(share_prefix))
+                     topic_len=int(topic_len), share_prefix=bool(share_prefix),
+                     channel=(writer_channel.as_static(channel) if channel is not None and method == "mf"
+                              and tags is not None else None))
   return spec, KINDS.get(method, NONE)
 
 
@@ -314,7 +329,7 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
              text: Optional[text_mf.TextMFSpec] = None, tags: Optional[AttributeTags] = None,
              utf8: Optional[sampling.ValidUtf8] = None, head_warmup_m: bool = False,
              writer_temperature: Optional[float] = None, topic_len: int = 0,
-             share_prefix: bool = True) -> RolloutOutput:
+             share_prefix: bool = True, channel=None) -> RolloutOutput:
   """Roll out `method` over a batch of events (arrays [E, T, B, ...] as in
   `mfjax.ibtune.objective`). params = {"lm": ...} (+ "mf" for `mf`, + "mf_lm",
   the summary writer, for `mf_text`, whose token layout is `text`).
@@ -334,6 +349,9 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   `topic_len` tokens are the event's topic, alike for all its agents (`mfjax.data.BatchConfig.topic_len`),
   computed once for a step's agents with the mean field and context before them (the same rollout), as the
   quoted context is without a topic block; share_prefix=False computes every agent's prompt whole.
+  channel (with `tags`; [C, C], `mfjax.rollout.channel`): the writer's channel, P(the labeler reads class j | tag
+  i): each tag is drawn so that the labelled actions follow the head, the mean field reads a class drawn from
+  W[tag], and `category` holds the tags; temperature must then be > 0.
 
   With a mesh, the events split over data x fsdp and the parameters (and, with
   `pin_activations`, the LM's activations) follow `rules`; outputs are global
@@ -345,11 +363,14 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   spec, kind = method_spec(method, max_new_tokens=batch["action_ids"].shape[-1], context=context, top_k=top_k,
                            top_p=top_p, score_real=score_real, text=text, tags=tags, utf8=utf8,
                            head_warmup_m=head_warmup_m, writer_temperature=writer_temperature,
-                           topic_len=topic_len, share_prefix=share_prefix)
+                           topic_len=topic_len, share_prefix=share_prefix, channel=channel)
   if spec.use_mf and (encoder is None or PARAMS.mf not in params):
     raise ValueError("method 'mf' needs the encoder and params['mf']")
   if spec.tags is not None and not encoder.cfg.classes:
     raise ValueError("an attribute-conditioned 'mf' (tags) needs the encoder's population head (classes > 0)")
+  if spec.channel is not None and len(spec.channel) != encoder.cfg.classes:
+    raise ValueError(f"the writer's channel is {len(spec.channel)} x {len(spec.channel)}; the population head "
+                     f"draws {encoder.cfg.classes} classes")
   reads_categories = spec.use_mf and encoder.cfg.category_features
   if reads_categories and spec.tags is None:
     raise ValueError("a mean field that reads the actions' categories (category_features) needs the "
