@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mfjax.evaluation.correction import confusion
+
 # the pseudo-count on each row's own class: a tag seldom drawn where the channel was estimated reads as
 # followed (a tag never drawn there: exactly followed)
 PRIOR = 2.0
@@ -24,7 +26,9 @@ PRIOR = 2.0
 def deconvolve(p_NxC: jax.Array, channel_CxC: jax.Array, iters: int = 500) -> jax.Array:
   """q [N, C], each row on the simplex, minimising KL(p || q W) for its row of p (W = `channel_CxC`, rows
   summing to 1): EM on the mixture weights of W's rows (the KL never rises from one step to the next),
-  starting from q = p, so that q = p where W is the identity."""
+  starting from q = p, so that q = p where W is the identity. The same problem as correcting a step's
+  labelled proportions for the labeler's errors (`mfjax.evaluation.correction.correct`, host-side float64);
+  this one runs inside the rollout's jit."""
   p = p_NxC.astype(jnp.float32)
   w = channel_CxC.astype(jnp.float32)
   tiny = jnp.finfo(jnp.float32).tiny
@@ -56,8 +60,7 @@ def estimate(tags, labels, mask, classes: int, prior: float = PRIOR) -> tuple[np
     raise ValueError(f"tags {tags.shape}, labels {labels.shape} and mask {mask.shape} must have one shape")
   counts = np.zeros((classes, classes))
   np.add.at(counts, (tags[mask], labels[mask]), 1.0)
-  smoothed = counts + prior * np.eye(classes)
-  return counts, smoothed / smoothed.sum(1, keepdims=True)
+  return counts, confusion(tags[mask], labels[mask], classes, prior=prior)
 
 
 def as_static(channel_CxC) -> tuple:
