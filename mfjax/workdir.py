@@ -87,7 +87,7 @@ ADDED_KEYS = {"ib.population_weight": 0.0, "mf.attributes": False, "mf.head_hidd
               "mf.state_tail": 0, "rollout.head_warmup_m": False,
               "rollout.writer_temperature": -1.0, "mf.state_numbers": False, "mf_head.steps": 0, "mf_head.lr": 3e-3,
               "mf_head.warmup": 10, "mf_head.batch_events": 32, "mf_head.events": 0, "mf.anchor": "shrunk",
-              "data.topic_len": 0}
+              "data.topic_len": 0, "mf.anchor_words": 0, "rollout.writer_channel": 0}
 
 
 def saved_config(path: str, like: Optional[dict] = None) -> dict:

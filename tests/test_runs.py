@@ -207,3 +207,15 @@ def test_another_commands_config_gains_no_added_key(tmp_path):
   path.write_text(json.dumps({"train": {"steps": 3}, "model": {"width": 8}}))  # e.g. the LM demo's
   assert workdir.saved_config(str(path)) == {"train": {"steps": 3}, "model": {"width": 8}}
   assert workdir.saved_config(str(path), like={"train": {"steps": 4}}) == {"train": {"steps": 3}, "model": {"width": 8}}
+
+
+def test_every_config_key_is_an_old_one_or_added_with_its_old_value():
+  """A key added to the pipeline's config without an ADDED_KEYS entry makes every earlier run folder read as
+  another run (--trained-from and resuming refuse it): each key is one a run folder always had or in ADDED_KEYS."""
+  from mfjax.pipeline_config import mf_llm_config
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config_keys_before_added.txt")
+  with open(path, encoding="utf-8") as f:
+    old = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+  keys = set(workdir._flat(json.loads(mf_llm_config().to_json())))
+  assert keys - old - set(workdir.ADDED_KEYS) == set(), "add these keys to mfjax.workdir.ADDED_KEYS with their old value"
+  assert old <= keys  # a key removed from the config is removed from the file too
