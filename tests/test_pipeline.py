@@ -285,6 +285,10 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   assert "[mf_head] training" in out and (tmp_path / "ced" / "mf_head" / "checkpoints").is_dir()
   results = _check_results(tmp_path / "ced", seeds=2)
   assert results["data"]["events"] == 4 and "reference" not in results
+  # through the channel the tags are not the population: agreement is reported, the tags are not scored
+  assert results["writer_channel"] == {k: channel[k] for k in ("events", "actions", "agreement")}
+  assert "attribute_agreement" in results["methods"]["mf"] and "drawn" not in results["methods"]["mf"]
+  assert "mf drew its tags through the writer's channel, estimated on" in out
   # the experiment's labeler is the one learned from the hand labels, and the distributions corrected for
   # its errors are scored beside the raw ones, for every method and reference simulator
   assert results["data"]["labeler"] == "trained" and "trained: 5-fold" in results["corrected"]["source"]

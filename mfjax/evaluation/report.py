@@ -13,7 +13,10 @@ results.json:
                drawn categories in DIMENSIONS order, over the scored agents of every seed; None: never drawn)
                "drawn": {"kl_mean", "kl": {dim}, "kl_per_event": [E]}   (the same: KL scored on the drawn
                categories themselves, the head's forecast before the text; `horizon` and `paired` hold it
-               as the row "<method> (drawn)")
+               as the row "<method> (drawn)"; not with the writer's channel, whose tags are not the population)
+   "writer_channel": {"events", "actions", "agreement"}   (mf drew its tags through the writer's channel,
+             `mfjax.rollout.channel`, estimated on that many training events' actions; agreement: how often the
+             labeler read the tag back there)
    "paired": {<method>: {<reference>: {"diff", "ci95", "events"}}}   (`paired`: against shrunk and the best
              method without a mean field, over the same events)
    "ib_sweep": [{"beta", "population_weight", "val_relevance", "val_compression_bits", "val_population",
@@ -371,6 +374,8 @@ class EvalRequest:
   # simulators (`bounds`), scored with as many draws as seeds, into results' "simulators"
   references: Optional[dict] = None
   drift: tuple = ()  # eval.drift: ((first, last), ...) step windows compared in results' "drift"
+  # the writer's channel `mf` drew its tags through (its writer_channel.json); None: tags drawn from the head
+  writer_channel: Optional[dict] = None
 
 
 @dataclasses.dataclass
@@ -429,7 +434,8 @@ def evaluate(req: EvalRequest) -> Evaluation:
       if "category" in r:
         agreement.append(attribute_agreement(r["category"], sim, scored_agents))
         confusion.append(attribute_counts(r["category"], sim, scored_agents))
-        drawn.append(drawn_scores(real, r["category"], agent_mask, weights))
+        if req.writer_channel is None:  # through the channel the tags are drawn off the population on purpose
+          drawn.append(drawn_scores(real, r["category"], agent_mask, weights))
       if seed == 0:
         if tag == "mf":
           results["mf_field"] = {"kl_nats_per_step": [float(x) for x in r["mf_kl"].mean(0)]}
@@ -443,10 +449,14 @@ def evaluate(req: EvalRequest) -> Evaluation:
                                                         for k in agreement[0]}
       results["methods"][tag]["attribute_confusion"] = attribute_confusion(
           {d: sum(c[d] for c in confusion) for d in DIMENSIONS})
-      results["methods"][tag]["drawn"] = {"kl_mean": float(np.mean([x["kl_mean"] for x in drawn])),
-                                          "kl": {d: float(np.mean([x["kl"][d] for x in drawn])) for d in DIMENSIONS},
-                                          "kl_per_event": _steps(np.mean([x["kl_per_event"] for x in drawn], 0))}
-      cells[f"{tag} (drawn)"] = np.mean([x["kl_cells"] for x in drawn], 0)
+      if drawn:
+        results["methods"][tag]["drawn"] = {
+            "kl_mean": float(np.mean([x["kl_mean"] for x in drawn])),
+            "kl": {d: float(np.mean([x["kl"][d] for x in drawn])) for d in DIMENSIONS},
+            "kl_per_event": _steps(np.mean([x["kl_per_event"] for x in drawn], 0))}
+        cells[f"{tag} (drawn)"] = np.mean([x["kl_cells"] for x in drawn], 0)
+  if req.writer_channel is not None:
+    results["writer_channel"] = {k: req.writer_channel[k] for k in ("events", "actions", "agreement")}
   truth = req.truth
   if truth is not None:
     # The floor set by finite steps: the real B agents of a step against their own exact distribution.
@@ -556,6 +566,12 @@ def table(results: dict) -> str:
       a = r["attribute_agreement"]
       rows.append(f"({m}: the labeler reads the category each agent drew in {a['joint']:.1%} of its actions; "
                   + ", ".join(f"{d} {a[d]:.1%}" for d in DIMENSIONS) + ")")
+    if "attribute_agreement" in r and "writer_channel" in results:
+      w = results["writer_channel"]
+      rows.append(f"({m} drew its tags through the writer's channel, estimated on {w['actions']} actions of "
+                  f"{w['events']} training events, where the labeler read the tag back in {w['agreement']:.1%}: "
+                  "the tags are drawn off the population so that the labelled actions follow it, and are not "
+                  "scored)")
     if "drawn" in r:
       dims = " ".join(f"{d[:4]} {v:.3f}" for d, v in r["drawn"]["kl"].items())
       rows.append(f"({m} scored on the categories its agents drew, not on the labeler's reading of their actions: "
