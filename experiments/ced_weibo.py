@@ -14,10 +14,11 @@ command below rolls out the first one's trained stages on holdout, read only.
 `mf` is the attribute-conditioned policy: each agent's category is drawn from the
 population head on the mean field (which reads every action's category), its state and
 a per-agent anchor, then written after its tag. Actions are labelled by the labeler
-learned from the project's hand labels (docs/labeling.md). 46 minutes on 2 CPU cores
-(an Intel Xeon with AVX-512) with the defaults, nothing else running: data 4 minutes, the stages 26 (the 900-step mf
-stage 18), the 64 events' rollouts and scoring 16; its results are in
-docs/experiments/ced.md. `smoke`, which CI runs, takes about a minute:
+learned from the project's hand labels (docs/labeling.md). About 51 minutes on 2 CPU
+cores (an Intel Xeon with AVX-512) with the defaults, nothing else running: data 4 minutes, the stages 26 (the 900-step
+mf stage 18), the writer's channel 4.5 (mf on 256 training events, labelled), the 64 events' rollouts and scoring 16
+(46 minutes measured for all but the channel before it was the default, 269 s for the channel after: two runs,
+docs/experiments/ced.md). Its results are in docs/experiments/ced.md. `smoke`, which CI runs, takes about a minute:
 
   python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced --workdir runs/ced_weibo
   python -m mfjax run --config experiments/ced_weibo.py --set data.path=data/ced --set data.eval_split=holdout \
