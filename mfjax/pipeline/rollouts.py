@@ -42,7 +42,7 @@ def simulate_all(plan: RunPlan, workdir: str, data: Data, trained: Trained, *, m
       if os.path.exists(path):
         continue
       if channel is None and method == "mf" and data.tags is not None and sampling.writer_channel:
-        channel = writer_channel(plan, workdir, data, trained, mesh=mesh)
+        channel = writer_channel(plan, workdir, data, trained, r.params, mesh=mesh)
       t0 = time.time()
       key = jax.random.PRNGKey(plan.seed + 1000 * (seed + 1))  # every method's rollout of a seed: the same keys
       kept = ROLLOUT_ARRAYS + (TEXT_ROLLOUT_ARRAYS if method == "mf_text" else ()) + (
@@ -89,11 +89,11 @@ def _roll(plan: RunPlan, data: Data, trained: Trained, arrays: dict, method: str
 CHANNEL_FILE = "writer_channel.json"
 
 
-def writer_channel(plan: RunPlan, workdir: str, data: Data, trained: Trained, *, mesh) -> np.ndarray:
-  """The writer's channel W [C, C] (`mfjax.rollout.channel`): `mf` rolled out with its tags drawn from the head
-  as they are over `rollout.writer_channel` training events (a seeded draw), its actions after the warm-up
-  labelled by the run's labeler. Kept in workdir/writer_channel.json (counts, channel, how often the labeler
-  reads the tag back) and read from there when it is there."""
+def writer_channel(plan: RunPlan, workdir: str, data: Data, trained: Trained, params: str, *, mesh) -> np.ndarray:
+  """The writer's channel W [C, C] (`mfjax.rollout.channel`): `mf` (the stage `params`, as its rollouts) rolled out
+  with its tags drawn from the head as they are over `rollout.writer_channel` training events (a seeded draw), its
+  actions after the warm-up labelled by the run's labeler. Kept in workdir/writer_channel.json (counts, channel,
+  how often the labeler reads the tag back) and read from there when it is there."""
   n = plan.sampling.writer_channel
   path = os.path.join(workdir, CHANNEL_FILE)
   if os.path.exists(path):
@@ -105,8 +105,8 @@ def writer_channel(plan: RunPlan, workdir: str, data: Data, trained: Trained, *,
   idx = np.sort(rng.choice(total, n, replace=False)) if n < total else np.arange(total)
   arrays = {k: v[idx] for k, v in train.items()}
   log(f"[simulate] the writer's channel: mf on {len(idx)} training events, its tags drawn from the head")
-  out = _roll(plan, data, trained, arrays, "mf", "mf", jax.random.PRNGKey(plan.seed + 999), ("tokens", "mask",
-              "category"), mesh=mesh)
+  out = _roll(plan, data, trained, arrays, "mf", params, jax.random.PRNGKey(plan.seed + 999),
+              ("tokens", "mask", "category"), mesh=mesh)
   shape = out["category"].shape
   labeler = CachedLabeler(make_labeler(plan.data.labeler, plan.data.label_data))
   labels = class_of(label_ids(labeler, decode_actions(data.tokenizer, out["tokens"], out["mask"]), shape))
@@ -114,7 +114,7 @@ def writer_channel(plan: RunPlan, workdir: str, data: Data, trained: Trained, *,
   mask = np.asarray(arrays["agent_mask"], bool) & after & (out["category"] >= 0)
   counts, w = estimate(out["category"], labels, mask, len(CLASSES))
   agreement = float(np.trace(counts) / max(counts.sum(), 1.0))
-  write_json(path, {"events": n, "labeler": plan.data.labeler, "train_events": [int(i) for i in idx],
+  write_json(path, {"events": n, "labeler": plan.data.labeler, "stage": params, "train_events": [int(i) for i in idx],
                     "actions": int(counts.sum()), "agreement": agreement, "prior": PRIOR,
                     "counts": counts.tolist(), "channel": w.tolist(), "seconds": time.time() - t0})
   log(f"[simulate] the writer's channel from {int(counts.sum())} actions: the labeler reads the drawn class back in "
