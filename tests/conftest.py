@@ -38,6 +38,7 @@ def hf_checkpoints(tmp_path_factory):
 
 
 TEST_CACHE_ENV = "MFJAX_TEST_XLA_CACHE"
+LABELER_CACHE_ENV = "MFJAX_LABELER_CACHE"  # mfjax.evaluation.fit_cache
 
 
 def pytest_configure(config):
@@ -51,6 +52,8 @@ def pytest_configure(config):
   import jax
   if TEST_CACHE_ENV not in os.environ:
     os.environ[TEST_CACHE_ENV] = config.mfjax_cache = tempfile.mkdtemp(prefix="mfjax-xla-cache-")
+    # the fitted labelers likewise (mfjax.evaluation.fit_cache): one fit per run, never the user's folder
+    os.environ[LABELER_CACHE_ENV] = config.mfjax_labelers = tempfile.mkdtemp(prefix="mfjax-labeler-cache-")
   jax.config.update("jax_compilation_cache_dir", os.environ[TEST_CACHE_ENV])
   jax.config.update("jax_compilation_cache_max_size", 4 << 30)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -61,8 +64,9 @@ def pytest_unconfigure(config):
   """The process that made the run's cache removes it."""
   import shutil
   if getattr(config, "mfjax_cache", None):
-    shutil.rmtree(config.mfjax_cache, ignore_errors=True)
-    del os.environ[TEST_CACHE_ENV]
+    for folder in (config.mfjax_cache, config.mfjax_labelers):
+      shutil.rmtree(folder, ignore_errors=True)
+    del os.environ[TEST_CACHE_ENV], os.environ[LABELER_CACHE_ENV]
 
 
 CED_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ced"))

@@ -1,5 +1,8 @@
 """RuleLabeler on hand-written Weibo-style cases (each rule, and what it must not fire on)."""
 
+import os
+
+import numpy as np
 import pytest
 
 from mfjax.categories import DIMENSIONS
@@ -223,3 +226,60 @@ def test_the_emoticon_sentiment_model_learns_words_from_emoticons_and_feeds_the_
   width = {d: m.steps[-1][1].coef_.shape[1] for d, m in plain.models.items()}
   assert labeler.models["sentiment"].steps[-1][1].coef_.shape[1] == width["sentiment"] + 1
   np.testing.assert_array_equal(labeler.models["belief"].steps[-1][1].coef_, plain.models["belief"].steps[-1][1].coef_)
+
+
+def test_the_fit_cache_keeps_what_it_made_under_its_key_and_makes_it_again_otherwise(tmp_path, monkeypatch):
+  from mfjax.evaluation import fit_cache
+  monkeypatch.setenv(fit_cache.LABELER_CACHE_ENV, str(tmp_path / "cache"))
+  made = []
+  make = lambda value: lambda: made.append(value) or {"value": value}
+  assert fit_cache.cached("model", "key a", make(1)) == {"value": 1}
+  assert fit_cache.cached("model", "key a", make(2)) == {"value": 1} and made == [1]  # read back, not made
+  assert fit_cache.cached("model", "key b", make(3)) == {"value": 3} and made == [1, 3]  # another key
+  assert fit_cache.cached("other", "key a", make(4)) == {"value": 4}  # another kind
+  path = fit_cache.path_of("model", "key a")
+  with open(path, "wb") as f:  # a truncated entry is made again and replaced
+    f.write(b"\x80\x05trunc")
+  assert fit_cache.cached("model", "key a", make(5)) == {"value": 5}
+  assert fit_cache.cached("model", "key a", make(6)) == {"value": 5}
+  assert sorted(os.listdir(tmp_path / "cache")) == sorted(
+      os.path.basename(fit_cache.path_of(k, key)) for k, key in (("model", "key a"), ("model", "key b"),
+                                                                  ("other", "key a")))  # no temporary left
+  monkeypatch.setenv(fit_cache.LABELER_CACHE_ENV, "off")  # off: made every time, nothing written
+  assert fit_cache.path_of("model", "key a") is None
+  assert fit_cache.cached("model", "key a", make(7)) == {"value": 7} and made[-1] == 7
+  blocked = tmp_path / "file"
+  blocked.write_text("")  # a folder that cannot be made: a warning, and the value
+  monkeypatch.setenv(fit_cache.LABELER_CACHE_ENV, str(blocked / "cache"))
+  with pytest.warns(UserWarning, match="the labeler cache could not keep"):
+    assert fit_cache.cached("model", "key a", make(8)) == {"value": 8}
+
+
+def test_the_trained_labeler_is_fitted_once_and_read_back_while_its_files_and_code_are_the_same(ced_dir, monkeypatch):
+  # (the test run's own cache: the first test of the run that needs the labeler fits it)
+  from mfjax.evaluation import fit_cache, hand_labels, quality, trained_labeler
+  from mfjax.evaluation.trained_labeler import TrainedLabeler
+  first, a = TrainedLabeler.from_hand_labels(ced_dir), quality.correction("trained", ced_dir)
+  digest = trained_labeler.inputs_digest(ced_dir)
+  assert first.version == f"{trained_labeler.VERSION}:{digest[:12]}"
+  assert any(name.startswith("trained_labeler-") for name in os.listdir(fit_cache.directory()))
+
+  def refit(*args, **kwargs):
+    raise AssertionError("fitted again")
+  for owner, name in ((TrainedLabeler, "fit"), (quality, "cross_validated"), (hand_labels, "load")):
+    monkeypatch.setattr(owner, name, refit)
+  again = TrainedLabeler.from_hand_labels(ced_dir)  # from the cache
+  probe = ["真的假的？", "太可怕了[泪]", "转发微博", "支持！", "求真相"]
+  assert again.version == first.version and again.label(probe) == first.label(probe)
+  b = quality.correction("trained", ced_dir)
+  assert a.source == b.source and all(np.array_equal(a.matrices[d], b.matrices[d]) for d in DIMENSIONS)
+  # other files or other code: another key, fitted again
+  monkeypatch.setattr(trained_labeler, "inputs_digest", lambda data_dir: "0" * 64)
+  with pytest.raises(AssertionError, match="fitted again"):
+    TrainedLabeler.from_hand_labels(ced_dir)
+  monkeypatch.setattr(trained_labeler, "inputs_digest", lambda data_dir: digest)
+  monkeypatch.setattr(trained_labeler, "fitting_code_digest", lambda: "changed")
+  with pytest.raises(AssertionError, match="fitted again"):
+    TrainedLabeler.from_hand_labels(ced_dir)
+  with pytest.raises(AssertionError, match="fitted again"):
+    quality.correction("trained", ced_dir)

@@ -94,7 +94,19 @@ def _hand(data_dir: str) -> tuple:
 
 
 def correction(name: str, data_dir: str) -> Correction:
-  """The labeler's cross-validated confusion on the stratified hand labels (natural weights)."""
+  """The labeler's cross-validated confusion on the stratified hand labels (natural weights); kept on disk
+  for later runs (`mfjax.evaluation.fit_cache`)."""
+  from mfjax.evaluation import fit_cache
+  from mfjax.evaluation.trained_labeler import fitting_code_digest, inputs_digest
+  digest = inputs_digest(data_dir)
+  if digest is None:  # a file is missing: the fit names it
+    return _correction(name, data_dir)
+  key = (f"{name} | {digest} | {FOLDS} folds | {fit_cache.libraries()} | "
+         f"code {fitting_code_digest()} {fit_cache.code_digest(__file__)}")
+  return fit_cache.cached("correction", key, lambda: _correction(name, data_dir))
+
+
+def _correction(name: str, data_dir: str) -> Correction:
   hand, extra = _hand(data_dir)
   emoticons = None
   if name != "rules":

@@ -15,7 +15,8 @@ Behaviour is learned on every text; belief, sentiment and intent on the comments
 as a share gets `SHARE_LABELS`, as the guide says. It fits in a few seconds on the ~1,470 hand
 labels (`fit`), the emoticon model in about 17 s on the ~130,000 train comments with one kind of
 emoticon (`EmoticonSentiment.from_data`, once per process); `from_hand_labels(data_dir)` reads the
-hand labels with their texts from the CED files and learns both.
+hand labels with their texts from the CED files and learns both, once: the fit is kept on disk for
+later runs (`mfjax.evaluation.fit_cache`).
 """
 
 from __future__ import annotations
@@ -180,18 +181,21 @@ class TrainedLabeler:
   @classmethod
   def from_hand_labels(cls, data_dir: str) -> "TrainedLabeler":
     """Fit on every hand-labelled file (`mfjax.evaluation.hand_labels`), texts read from `data_dir`,
-    with the `EmoticonSentiment` of `data_dir`'s train comments."""
-    from mfjax.evaluation import hand_labels
-    hand = hand_labels.load(data_dir)
-    # the version names what the fit reads: the labels, and the files of their texts and of the emoticon model's
-    read = [os.path.join(hand_labels.LABELS_DIR, name) for name in (hand_labels.STRATIFIED, hand_labels.UNIFORM_VAL)]
-    read += [os.path.join(data_dir, f"{split}.jsonl.gz") for split in ("train", "val")]
-    digest = hashlib.sha256()
-    for path in read:
-      with open(path, "rb") as f:
-        digest.update(f.read())
-    return cls.fit(hand.texts, hand.labels, version=f"{VERSION}:{digest.hexdigest()[:12]}",
-                   emoticons=EmoticonSentiment.from_data(data_dir))
+    with the `EmoticonSentiment` of `data_dir`'s train comments; kept on disk for later runs
+    (`mfjax.evaluation.fit_cache`: the same files, code and libraries give the same fit)."""
+    from mfjax.evaluation import fit_cache, hand_labels
+    digest = inputs_digest(data_dir)
+    if digest is None:  # a file is missing: hand_labels.load names it
+      hand_labels.load(data_dir)
+      raise FileNotFoundError(f"the trained labeler's files are not all there: {_inputs(data_dir)}")
+    version = f"{VERSION}:{digest[:12]}"
+
+    def fit():
+      hand = hand_labels.load(data_dir)
+      return cls.fit(hand.texts, hand.labels, version=version, emoticons=EmoticonSentiment.from_data(data_dir))
+
+    key = f"{version} {digest} | {fit_cache.libraries()} | code {fitting_code_digest()}"
+    return fit_cache.cached("trained_labeler", key, fit)
 
   def label(self, texts: Sequence[str]) -> dict[str, list[str]]:
     with threadpool_limits(1):
@@ -208,3 +212,29 @@ class TrainedLabeler:
       for d in COMMENT_DIMENSIONS:
         out[d][comments] = self.models[d].predict([texts[i] for i in comments])
     return collate([{d: str(out[d][i]) for d in DIMENSIONS} for i in range(len(texts))])
+
+
+def _inputs(data_dir: str) -> list[str]:
+  """The files the trained labeler reads: the hand labels, and the files of their texts and of the emoticon
+  model's comments."""
+  from mfjax.evaluation import hand_labels
+  return ([os.path.join(hand_labels.LABELS_DIR, name) for name in (hand_labels.STRATIFIED, hand_labels.UNIFORM_VAL)]
+          + [os.path.join(data_dir, f"{split}.jsonl.gz") for split in ("train", "val")])
+
+
+def inputs_digest(data_dir: str) -> str | None:
+  """The sha256 of the files the trained labeler reads (`from_hand_labels`; its version holds the first 12
+  digits), or None if one is missing."""
+  digest = hashlib.sha256()
+  for path in _inputs(data_dir):
+    if not os.path.exists(path):
+      return None
+    with open(path, "rb") as f:
+      digest.update(f.read())
+  return digest.hexdigest()
+
+
+def fitting_code_digest() -> str:
+  """A digest of the code a fit runs: this module, the rule labeler's features and the hand labels' reader."""
+  from mfjax.evaluation import fit_cache, hand_labels
+  return fit_cache.code_digest(__file__, rules.__file__, hand_labels.__file__)
