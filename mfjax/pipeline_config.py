@@ -193,7 +193,9 @@ def mf_llm_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 100  # steps between validation passes (0 = only at the end)
 
   c.rollout = ml_collections.ConfigDict()
-  c.rollout.methods = "state,recent,popular,sft,mf"  # comma-separated
+  # comma-separated; also mf_text (the text mean field) and blind (mf's policy blind to the population: m from the
+  # prior, an anchor that knows nothing of the event; needs mf and mf.attributes)
+  c.rollout.methods = "state,recent,popular,sft,mf"
   c.rollout.seeds = 3  # rollout seeds (results are means and std over them)
   c.rollout.warmup = 3  # T_w: steps that take the real actions
   c.rollout.batch_events = 64  # events per rollout call (one compilation)
@@ -346,6 +348,9 @@ def check_config(cfg) -> None:
   check("eval.drift", lambda: drift_windows(cfg.eval.drift, r.warmup, steps))
   check("rollout.top_p", 0 < r.top_p <= 1, f"must be in (0, 1], got {r.top_p!r}")
   check("rollout.methods", lambda: _methods(cfg))
+  check("rollout.methods", "blind" not in _methods(cfg) or ("mf" in _methods(cfg) and cfg.mf.attributes),
+        "'blind' is the attribute-conditioned mf policy blind to the population (its stages): it needs 'mf' in "
+        "rollout.methods and mf.attributes=True")
   if cfg.intervention.text:
     check("intervention", lambda: _intervention_of(cfg).check(steps, agents, r.warmup))
     check("intervention.methods", lambda: _intervention_methods(cfg))
@@ -496,7 +501,11 @@ def check_data_choices(d) -> None:
 
 def _rollout_runs(cfg) -> list[tuple[str, str, str]]:
   """(tag, method, params key) of every rollout: the methods, then the sweep."""
-  of = lambda m: "base" if m in ("state", "recent", "popular") else "mf_head" if m == "mf" and _head_stage(cfg) else m
+  def of(m: str) -> str:  # 'blind' is the mf stage's policy with the population taken away
+    if m in ("state", "recent", "popular"):
+      return "base"
+    m = "mf" if m == "blind" else m
+    return "mf_head" if m == "mf" and _head_stage(cfg) else m
   runs = [(m, m, of(m)) for m in _methods(cfg)]
   runs += [(tag, "mf", tag) for tag in _sweep_stages(cfg)]
   return runs

@@ -665,3 +665,46 @@ def test_through_the_writers_channel_the_head_draws_the_tag_whose_actions_read_a
   plain = simulate(model, _forcing(params, c0), batch, method="mf", encoder=encoder, rng=jax.random.PRNGKey(5),
                    warmup=W, tags=TAGS)
   np.testing.assert_array_equal(np.asarray(out.tokens)[:, W], np.asarray(plain.tokens)[:, W])
+
+
+def test_blind_is_mf_with_the_population_taken_away():
+  """rollout method 'blind': the attribute-conditioned policy blind to the population. Its draws and text do
+  not move when the warm-up's actions and classes (all it could learn of the population) do, where mf's do;
+  its anchor counts no class (an untrained head whose prior is sure of one class draws that class for every
+  agent, where mf's, reading the warm-up's counts, draws others too); it keeps no mean field; it needs the tags
+  and the encoder's head; the pipeline hands it the anchor that knows nothing of the event."""
+  from mfjax.pipeline.rollouts import for_method
+  model, _, params = make_model()
+  encoder = MeanFieldEncoder(MeanFieldConfig(slots=2, width=32, feature_size=16, hidden_size=24, init_logvar=-3.0,
+                                             classes=C, head_hidden=16, anchor_steps=1, category_features=True))
+  params["mf"] = init_encoder(encoder, jax.random.PRNGKey(2), 32)
+  params["mf"]["class_out"]["kernel"] = jax.random.normal(jax.random.PRNGKey(9), (16, C)) * 3.0  # reads m, state
+  a = _categorised(make_batch())
+  b = {k: np.array(v) for k, v in a.items()}  # another warm-up: other actions, other classes
+  b["action_ids"][:, 0] = np.roll(b["action_ids"][:, 0], 1, axis=0)
+  b["category"][:, 0] = np.where(b["agent_mask"][:, 0], (b["category"][:, 0] + 5) % C, -1)
+  run = lambda method, batch, p=params: simulate(model, p, batch, method=method, encoder=encoder,
+                                                 rng=jax.random.PRNGKey(5), warmup=1, tags=TAGS)
+  blind_a, blind_b, mf_a, mf_b = run("blind", a), run("blind", b), run("mf", a), run("mf", b)
+  for f in ("category", "tokens", "mask"):
+    np.testing.assert_array_equal(getattr(blind_a, f)[:, 1:], getattr(blind_b, f)[:, 1:])
+  assert (np.asarray(mf_a.category)[:, 1:] != np.asarray(mf_b.category)[:, 1:]).any()
+  assert not np.asarray(blind_a.mf_kl).any() and np.asarray(mf_a.mf_kl).any()  # no mean field kept
+  agents = np.asarray(a["agent_mask"])[:, 1:]
+  assert len(np.unique(np.asarray(blind_a.category)[:, 1:][agents])) > 3
+  # an untrained head (its output layer at zero) sure of class 5 a priori: blind draws it for every agent
+  sure = jax.tree.map(jnp.array, params)
+  sure["mf"]["class_out"]["kernel"] = jnp.zeros((16, C))
+  sure["mf"]["anchor_prior"] = jnp.where(jnp.arange(C) == 5, 40.0, 0.0)
+  np.testing.assert_array_equal(np.asarray(run("blind", a, sure).category)[:, 1:][agents], 5)
+  assert (np.asarray(run("mf", a, sure).category)[:, 1:][agents] != 5).any()  # the warm-up's counts weigh in
+  with pytest.raises(ValueError, match="'blind' is the attribute-conditioned policy blind to the population"):
+    simulate(model, params, a, method="blind", encoder=encoder, rng=jax.random.PRNGKey(5), warmup=1)
+  # the pipeline's arrays: 'blind' reads the blind anchor as its anchor, the others the event's; none the other
+  arrays = {"agent_mask": a["agent_mask"], "anchor": np.zeros(2), "anchor_blind": np.ones(2)}
+  assert set(for_method(arrays, "mf")) == {"agent_mask", "anchor"} and not for_method(arrays, "mf")["anchor"].any()
+  assert set(for_method(arrays, "blind")) == {"agent_mask", "anchor"} and for_method(arrays, "blind")["anchor"].all()
+  quick = "experiments/quickstart.py"
+  with pytest.raises(ConfigError, match="rollout.methods: 'blind' is the attribute-conditioned mf policy"):
+    check_config(configs.load_config(quick, ["rollout.methods=state,blind"]))
+  check_config(configs.load_config(quick, ["rollout.methods=state,mf,blind"]))

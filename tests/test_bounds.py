@@ -335,6 +335,12 @@ def test_the_agent_anchor_follows_who_acts_and_never_reads_past_its_steps():
     bounds.AgentAnchor.fit(y, mask, numbers, steps=0, classes=C)
   with pytest.raises(ValueError, match="every training action is unlabelled"):
     bounds.AgentAnchor.fit(np.full_like(y, -1), mask, numbers, steps=2, classes=C)
+  # blind (the rollout method 'blind'): an agent of whose event no step is known, whatever its events' classes
+  blind = anchor.blind(mask, numbers)
+  np.testing.assert_array_equal(blind, anchor.logprobs(np.full_like(y, -1), mask, numbers))
+  np.testing.assert_array_equal(blind[:, 0], lp[:, 0])  # step 0 reads no class in either
+  assert not np.allclose(blind[:, 1:], lp[:, 1:])
+  assert (np.exp(blind)[..., 2][x] > 0.7).mean() > 0.95  # still what the agent's own state says
 
 
 def test_an_anchor_that_reads_words_reads_only_the_steps_before_each_step():
@@ -365,5 +371,8 @@ def test_an_anchor_that_reads_words_reads_only_the_steps_before_each_step():
   np.testing.assert_array_equal(anchor.logprobs(y, mask, numbers, later), lp)
   with pytest.raises(ValueError, match="give their texts"):
     anchor.logprobs(y, mask, numbers)
+  blind = anchor.blind(mask, numbers)  # no class and no text
+  np.testing.assert_array_equal(blind, anchor.logprobs(np.full_like(y, -1), mask, numbers, [[""] * T * B] * N))
+  assert truth(blind) < truth(lp) - 0.2  # the trait that only the words showed is gone
   with pytest.raises(ValueError, match="needs the training events' texts"):
     bounds.AgentAnchor.fit(y, mask, numbers, steps=S, classes=C, words=4)

@@ -268,7 +268,8 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   # starting from the per-agent anchor fitted on the training events, which the forecast below fits again)
   # (and mf's tags drawn through the writer's channel, estimated on 8 of the training events)
   extra = [f"data.path={ced_dir}", "parallel.data=2", "parallel.fsdp=2", "parallel.tensor=2", "mf_head.steps=2",
-           "mf_head.batch_events=8", "mf_head.events=16", "mf.anchor=agents", "rollout.writer_channel=8"]
+           "mf_head.batch_events=8", "mf_head.events=16", "mf.anchor=agents", "rollout.writer_channel=8",
+           "rollout.methods=state,recent,popular,sft,mf,blind"]
   _cli("run", tmp_path / "ced", config=cfg, extra=extra)
   out = capsys.readouterr().out
   channel = json.loads((tmp_path / "ced" / "writer_channel.json").read_text())
@@ -283,11 +284,16 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   assert "[mesh] {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu device(s)" in out
   assert "[mf_head] the mf stage's mean field along 16 training and 4 validation events" in out  # of 24
   assert "[mf_head] training" in out and (tmp_path / "ced" / "mf_head" / "checkpoints").is_dir()
-  results = _check_results(tmp_path / "ced", seeds=2)
+  results = _check_results(tmp_path / "ced", seeds=2, methods=METHODS | {"blind"})
   assert results["data"]["events"] == 4 and "reference" not in results
   # through the channel the tags are not the population: agreement is reported, the tags are not scored
   assert results["writer_channel"] == {k: channel[k] for k in ("events", "actions", "agreement")}
   assert "attribute_agreement" in results["methods"]["mf"] and "drawn" not in results["methods"]["mf"]
+  # blind: mf's stages with the population taken away (the anchor that knows nothing of the event), through the
+  # same channel; a method without a mean field, so among those the paired reference is chosen from
+  assert "attribute_agreement" in results["methods"]["blind"] and "drawn" not in results["methods"]["blind"]
+  no_mf = min(("state", "recent", "popular", "sft", "blind"), key=lambda m: results["methods"][m]["kl_mean"])
+  assert set(results["paired"]["mf"]) == {"shrunk", no_mf}
   assert "mf drew its tags through the writer's channel, estimated on" in out
   # the experiment's labeler is the one learned from the hand labels, and the distributions corrected for
   # its errors are scored beside the raw ones, for every method and reference simulator
@@ -310,11 +316,12 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   # event shards), the agents' states counting their actions in the run's training events
   event = next(load_events(os.path.join(ced_dir, "val.jsonl.gz")))
   main(["forecast", "--trained-from", str(tmp_path / "ced"), "--events", os.path.join(ced_dir, "val.jsonl.gz"),
-        "--eid", event.eid, "--observed", "2", "--horizon", "2", "--seeds", "2", "--methods", "state", "mf",
+        "--eid", event.eid, "--observed", "2", "--horizon", "2", "--seeds", "2", "--methods", "state", "mf", "blind",
         "--out", str(tmp_path / "forecast")])
   fc = json.loads((tmp_path / "forecast" / "forecast.json").read_text())
   assert fc["event"]["eid"] == event.eid and fc["event"]["observed_actions"] == 16 and fc["labeler"] == "trained"
-  assert set(fc["kl_to_real"]) == {"state", "mf", "persistence", "shrunk", "global"}  # the file holds what came next
+  # the file holds what came next
+  assert set(fc["kl_to_real"]) == {"state", "mf", "blind", "persistence", "shrunk", "global"}
   assert all(len(v) == 2 and None not in v for v in fc["kl_to_real"].values())
 
 

@@ -69,12 +69,16 @@ class StepBatch:
   # [E, T, B, C] float32: each agent's anchor log-probabilities, where the run's population head starts from a
   # given per-agent anchor (mf.anchor='agents': `mfjax.evaluation.bounds.AgentAnchor.logprobs`)
   anchor: Optional[np.ndarray] = None
+  # [E, T, B, C] float32: the anchor of agents of whose events nothing is known (`AgentAnchor.blind`), which the
+  # method 'blind' reads instead of `anchor` (the eval events' batch, where the run rolls 'blind' out)
+  anchor_blind: Optional[np.ndarray] = None
 
   def arrays(self) -> dict:
     """The numeric fields, as the training and rollout functions take them (`category` where labelled,
-    `numbers` and `anchor` where set)."""
+    `numbers`, `anchor` and `anchor_blind` where set)."""
     return ({k: getattr(self, k) for k in ARRAY_FIELDS}
-            | {k: getattr(self, k) for k in ("category", "numbers", "anchor") if getattr(self, k) is not None})
+            | {k: getattr(self, k) for k in ("category", "numbers", "anchor", "anchor_blind")
+               if getattr(self, k) is not None})
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:

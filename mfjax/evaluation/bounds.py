@@ -312,6 +312,13 @@ class AgentAnchor:
                      C)
     return np.log(np.maximum(p, 1e-12)).astype(np.float32)
 
+  def blind(self, mask_ExTxB, numbers_ExTxBxF) -> np.ndarray:
+    """`logprobs` of agents of whose events nothing is known (the method 'blind'): no labelled step and, where
+    the anchor reads words, no text; what is left is their step's training proportions, the step and their state."""
+    E, T, B = np.shape(mask_ExTxB)
+    texts = None if self.words is None else [[""] * (T * B) for _ in range(E)]
+    return self.logprobs(np.full((E, T, B), -1), mask_ExTxB, numbers_ExTxBxF, texts)
+
 
 def kls(real_ExTxC, sim_ExTxC, eps: float = metrics.DEFAULT_EPS, correct: Optional[Callable] = None) -> np.ndarray:
   """[E, T]: the pipeline's KL(real || simulated) per (event, step) between the proportions of

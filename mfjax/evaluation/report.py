@@ -265,14 +265,14 @@ def drift(cells: dict, weights, windows, per_dimension: Optional[dict] = None, s
   return out
 
 
-BLIND = ("state", "recent", "popular", "sft")  # the methods without a mean field
+BLIND = ("state", "recent", "popular", "sft", "blind")  # the methods without a mean field (or blind to it)
 
 
 def paired(results: dict, seed: int = 0) -> dict:
   """Every method against each reference over the same events: {method: {reference: {"diff": the mean
   over events of KL(method) - KL(reference), "ci95": its 95% percentile bootstrap interval over events
   (scipy.stats.bootstrap, `seed`), "events"}}}. References: the `shrunk` simulator (where the results
-  have it) and the best method without a mean field (lowest KL of state, recent, popular, sft). An
+  have it) and the best method without a mean field (lowest KL of `BLIND`: state, recent, popular, sft, blind). An
   attribute-conditioned method's drawn categories are a row of their own, "<method> (drawn)"."""
   per_event = {}
   for m, r in results["methods"].items():

@@ -24,7 +24,7 @@ from mfjax.configs import ConfigError
 from mfjax.evaluation import plots, report
 from mfjax.parallel import distributed
 from mfjax.pipeline.data import Data, check_inputs, intervention_labels, prepare
-from mfjax.pipeline.rollouts import CHANNEL_FILE, simulate_all
+from mfjax.pipeline.rollouts import CHANNEL_FILE, TAGGED, simulate_all
 from mfjax.pipeline.stages import check_mesh, load_trained, mesh_from, train
 from mfjax.pipeline_config import EVAL_ONLY_KEYS, LAYOUT_KEYS, STAGE_SET_KEYS, Rollout, RunPlan, check_config
 from mfjax.runs import COMPILE_CACHE_ENV, RunFolderError, environment, log, read_json
@@ -95,7 +95,7 @@ def _writer_channel(plan: RunPlan, workdir: str, data: Data) -> Optional[dict]:
   """The writer's channel the run's `mf` rollouts drew their tags through (writer_channel.json, made before
   them), or None. Whichever labeler scores (`tools/rescore.py` may name another), the tags were drawn so."""
   path = os.path.join(workdir, CHANNEL_FILE)
-  used = plan.sampling.writer_channel and data.tags is not None and any(r.method == "mf" for r in plan.plain)
+  used = plan.sampling.writer_channel and data.tags is not None and any(r.method in TAGGED for r in plan.plain)
   return read_json(path) if used and os.path.exists(path) else None
 
 

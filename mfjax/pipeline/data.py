@@ -208,6 +208,8 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
                              texts=texts["train"], words=d.anchor_words)
     for name, b in batches.items():
       b.anchor = anchor.logprobs(b.category, b.agent_mask, numbers[name], texts[name])
+    # the rollout method 'blind' reads an anchor that knows nothing of the event
+    batches["eval"].anchor_blind = anchor.blind(batches["eval"].agent_mask, numbers["eval"])
     log(f"[data] the head's agents anchor fitted on the training agents and computed for every split "
         f"({time.time() - t1:.1f} s)")
   for name, b in batches.items():
@@ -239,6 +241,7 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
     if anchor is not None:
       numbers = intervened.numbers if d.numbers else step_numbers(injected, eb.steps, eb.agents_per_step, activity)
       intervened.anchor = anchor.logprobs(intervened.category, intervened.agent_mask, numbers, intervened.texts)
+      intervened.anchor_blind = anchor.blind(intervened.agent_mask, numbers)
     data.intervened = {**intervened.arrays(), "forced": forced_mask(batches["eval"].agent_mask, iv)}
     if truth is not None:
       data.truth_intervened = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.eval_world, intervention=iv,

@@ -53,7 +53,7 @@ from mfjax.parallel.state import to_host
 from mfjax.pipeline.command import open_run
 from mfjax.pipeline.data import (Data, fitted_anchor, label_categories, tokenizer_specs, trained_tokenizer,
                                  training_events)
-from mfjax.pipeline.rollouts import read_channel
+from mfjax.pipeline.rollouts import TAGGED, for_method, read_channel
 from mfjax.pipeline.stages import load_trained, mesh_from
 from mfjax.rollout import simulate
 from mfjax.runs import RunFolderError, log, write_json
@@ -229,8 +229,9 @@ def forecast(req: ForecastRequest) -> dict:
     batch.category = label_categories(labeler, batch)
     batch.category[:, K:] = -1
   if plan.data.agent_anchor:  # the head's per-agent anchor, fitted on the run's training events as the run did
-    batch.anchor = fitted_anchor(plan.data, train, labeler, activity).logprobs(batch.category, batch.agent_mask,
-                                                                                numbers, batch.texts)
+    anchor = fitted_anchor(plan.data, train, labeler, activity)
+    batch.anchor = anchor.logprobs(batch.category, batch.agent_mask, numbers, batch.texts)
+    batch.anchor_blind = anchor.blind(batch.agent_mask, numbers)
   data = Data(tok, train={}, val={}, eval=batch, truth=None, eval_split="forecast", **tokenizer_specs(plan, tok))
   mesh = mesh_from(plan)
   try:
@@ -261,12 +262,13 @@ def forecast(req: ForecastRequest) -> dict:
   channel = read_channel(plan, req.trained_from) if sp.writer_channel and data.tags is not None else None
   for tag in chosen:
     r, t1 = tags[tag], time.time()
-    rollout = simulate(trained.model, trained.params[r.params], arrays, method=r.method, encoder=trained.encoder,
+    rollout = simulate(trained.model, trained.params[r.params], for_method(arrays, r.method), method=r.method,
+                       encoder=trained.encoder,
                        context=data.context, rng=key, warmup=K, temperature=sp.temperature, top_k=sp.top_k,
                        top_p=sp.top_p, score_real=False, mesh=mesh, pin_activations=plan.pin_activations,
                        text=data.text, tags=data.tags, utf8=data.utf8, head_warmup_m=sp.head_warmup_m,
                        writer_temperature=sp.writer_temperature, topic_len=plan.data.batch.topic_len,
-                       channel=channel if r.method == "mf" else None)
+                       channel=channel if r.method in TAGGED else None)
     host = to_host(rollout)
     tokens, mask = host.tokens[:S, K:], host.mask[:S, K:]
     texts = decode_actions(tok, tokens, mask)

@@ -41,14 +41,14 @@ def simulate_all(plan: RunPlan, workdir: str, data: Data, trained: Trained, *, m
       path = rollout_path(workdir, tag, seed)
       if os.path.exists(path):
         continue
-      if channel is None and method == "mf" and data.tags is not None and sampling.writer_channel:
+      if channel is None and method in TAGGED and data.tags is not None and sampling.writer_channel:
         channel = writer_channel(plan, workdir, data, trained, r.params, mesh=mesh)
       t0 = time.time()
       key = jax.random.PRNGKey(plan.seed + 1000 * (seed + 1))  # every method's rollout of a seed: the same keys
       kept = ROLLOUT_ARRAYS + (TEXT_ROLLOUT_ARRAYS if method == "mf_text" else ()) + (
-          ATTRIBUTE_ROLLOUT_ARRAYS if method == "mf" and data.tags is not None else ())
+          ATTRIBUTE_ROLLOUT_ARRAYS if method in TAGGED and data.tags is not None else ())
       saved = _roll(plan, data, trained, arrays, method, r.params, key, kept, mesh=mesh,
-                    channel=channel if method == "mf" else None)
+                    channel=channel if method in TAGGED else None)
       if not distributed.is_main():
         continue
       save_rollout(workdir, tag, seed, saved)
@@ -66,6 +66,7 @@ def _roll(plan: RunPlan, data: Data, trained: Trained, arrays: dict, method: str
   """{field of `kept`: [E, ...] host array} of one method's rollout over the events of `arrays`, with `key`
   (chunk c folds c in), `rollout.batch_events` events per call."""
   sampling = plan.sampling
+  arrays = for_method(arrays, method)
   E = len(arrays["agent_mask"])
   chunk = min(sampling.batch_events, E)
   check_events(chunk, mesh, "rollout.batch_events (or the eval events, if fewer)")
@@ -84,6 +85,20 @@ def _roll(plan: RunPlan, data: Data, trained: Trained, arrays: dict, method: str
                    channel=channel)
     parts.append(to_host(out))
   return {f: np.concatenate([getattr(p, f) for p in parts])[:E] for f in kept}
+
+
+TAGGED = ("mf", "blind")  # the methods that draw a tag, then write after it (with mf.attributes)
+
+
+def for_method(arrays: dict, method: str) -> dict:
+  """The batch arrays `method` reads: 'blind' reads the anchor of agents of whose events nothing is known
+  (`anchor_blind`, where the run's head has a given anchor) as its `anchor`; no method reads `anchor_blind` else."""
+  if "anchor_blind" not in arrays:
+    return arrays
+  out = {k: v for k, v in arrays.items() if k != "anchor_blind"}
+  if method == "blind":
+    out["anchor"] = arrays["anchor_blind"]
+  return out
 
 
 CHANNEL_FILE = "writer_channel.json"

@@ -66,10 +66,10 @@ from mfjax.policy import (AttributeTags, action_logprobs, head_state, per_agent,
                           with_tags)
 from mfjax.rollout import channel as writer_channel
 from mfjax.rollout.context import KINDS, NONE, ContextSpec
-from mfjax.rollout.signals import (Inputs, LatentMeanField, NoSignal, PopulationSignal, QuotedHistory, Step,
+from mfjax.rollout.signals import (Inputs, LatentMeanField, NoSignal, PopulationSignal, QuotedHistory, Reading, Step,
                                    TextMeanField)
 
-METHODS = ("state", "recent", "popular", "sft", "mf", "mf_text")
+METHODS = ("state", "recent", "popular", "sft", "mf", "mf_text", "blind")
 BATCH_KEYS = ("prompt_ids", "prompt_mask", "action_ids", "action_mask", "agent_mask", "parent")
 
 
@@ -102,6 +102,11 @@ class RolloutSpec:
   # with tags: the writer's channel W [C, C] as nested tuples (`mfjax.rollout.channel`): the tag is drawn so that
   # the labelled actions follow the head (argmin_q KL(p || q W)) and the mean field reads a class drawn from W[tag]
   channel: Optional[tuple] = None
+  # with tags (the method 'blind'): the attribute-conditioned policy blind to the population: no mean field is
+  # kept; at every step the head and the writer read m drawn from the prior N(0, I), and the head's anchor knows
+  # nothing of the event (a counted anchor: no counts; a given one: the batch's `anchor`, which the caller makes
+  # blind)
+  blind: bool = False
 
 
 @flax.struct.dataclass
@@ -165,6 +170,8 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
   if spec.tags is not None and encoder.cfg.anchor_steps:
     anchors = given_anchor(batch) if encoder.cfg.anchor_given else anchor_counts(
         categories, batch["agent_mask"], encoder.cfg.anchor_steps, encoder.cfg.classes)
+    if spec.blind and not encoder.cfg.anchor_given:  # no class counted: the anchor's learned prior alone
+      anchors = jnp.zeros_like(anchors)
   # a head that reads the agents' states as numbers: [E, T, B, F]
   numbers = agent_numbers_of(encoder.cfg, batch) if spec.tags is not None else None
   steps_of = (batch["prompt_ids"], batch["prompt_mask"], batch["action_ids"], batch["action_mask"],
@@ -178,6 +185,8 @@ def _simulate_impl(model: Decoder, encoder: Optional[MeanFieldEncoder], params, 
         jax.lax.dynamic_index_in_dim(x, t, 1, keepdims=False) for x in steps_of)
     rng, k_m, k_s = jax.random.split(rng, 3)
     read = signal.read(signal_state, inputs, k_m, past)
+    if spec.blind:  # m from the prior, a fresh draw every step
+      read = Reading(prefix=jax.random.normal(k_m, (E, encoder.cfg.slots, encoder.cfg.width), jnp.float32))
     in_ids, in_mask = flat(prompt_ids), flat(prompt_mask)
     context_len = 0
     if read.context is not None:
@@ -268,7 +277,7 @@ def _donating_impl(model, encoder, params, action_ids, rest, *scalars, spec: Rol
 
 def _param_keys(spec: RolloutSpec) -> tuple:
   """The parameter subtrees a rollout reads."""
-  return ((PARAMS.lm, PARAMS.mf) if spec.use_mf else (PARAMS.lm, PARAMS.mf_lm) if spec.text is not None
+  return ((PARAMS.lm, PARAMS.mf) if spec.use_mf or spec.blind else (PARAMS.lm, PARAMS.mf_lm) if spec.text is not None
           else (PARAMS.lm,))
 
 
@@ -299,11 +308,15 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
                 writer_temperature: Optional[float] = None, topic_len: int = 0,
                 share_prefix: bool = True, channel=None) -> tuple[RolloutSpec, int]:
   """(static spec, traced context kind) of a method; `tags` makes `mf` attribute-conditioned (other
-  methods ignore them; `head_warmup_m`: its head reads the warm-up's mean field after it;
-  `writer_temperature`: its text's temperature, not None; `channel`: the writer's channel [C, C], its tags drawn
-  through it); `utf8`: every method samples valid UTF-8 only."""
+  methods ignore them but `blind`, which needs them; `head_warmup_m` (mf): its head reads the warm-up's mean field
+  after it; `writer_temperature`: its text's temperature, not None; `channel`: the writer's channel [C, C], its
+  tags drawn through it); `utf8`: every method samples valid UTF-8 only."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+  if method == "blind" and tags is None:
+    raise ValueError("method 'blind' is the attribute-conditioned policy blind to the population: it needs the "
+                     "tags (mf.attributes=True)")
+  tagged = method in ("mf", "blind") and tags is not None
   use_context = method in ("recent", "popular")
   if use_context and context is None:
     raise ValueError(f"method {method!r} needs a ContextSpec")
@@ -312,13 +325,13 @@ def method_spec(method: str, *, max_new_tokens: int, context: Optional[ContextSp
   spec = RolloutSpec(use_context=use_context, use_mf=method == "mf", max_new_tokens=int(max_new_tokens),
                      top_k=int(top_k), top_p=float(top_p), context=context if use_context else None,
                      score_real=bool(score_real), text=text if method == "mf_text" else None,
-                     tags=tags if method == "mf" else None, utf8=utf8,
+                     tags=tags if tagged else None, utf8=utf8,
                      head_warmup_m=bool(head_warmup_m) and method == "mf" and tags is not None,
                      writer_temperature=(float(writer_temperature) if writer_temperature is not None
-                                         and method == "mf" and tags is not None else None),
+                                         and tagged else None),
                      topic_len=int(topic_len), share_prefix=bool(share_prefix),
-                     channel=(writer_channel.as_static(channel) if channel is not None and method == "mf"
-                              and tags is not None else None))
+                     channel=writer_channel.as_static(channel) if channel is not None and tagged else None,
+                     blind=method == "blind")
   return spec, KINDS.get(method, NONE)
 
 
@@ -352,6 +365,11 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
   channel (with `tags`; [C, C], `mfjax.rollout.channel`): the writer's channel, P(the labeler reads class j | tag
   i): each tag is drawn so that the labelled actions follow the head, the mean field reads a class drawn from
   W[tag], and `category` holds the tags; temperature must then be > 0.
+  method 'blind' (with `tags` and the encoder's head): the attribute-conditioned policy blind to the population,
+  the ablation of `mf` that keeps everything but what the population tells: no mean field is kept, the head and
+  the writer read m drawn from the prior N(0, I) at every step, and the head's anchor knows nothing of the event
+  (a counted anchor counts no class; a given one is the batch's `anchor`, which the caller makes blind:
+  `mfjax.evaluation.bounds.AgentAnchor.logprobs` of no labelled step).
 
   With a mesh, the events split over data x fsdp and the parameters (and, with
   `pin_activations`, the LM's activations) follow `rules`; outputs are global
@@ -364,10 +382,10 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
                            top_p=top_p, score_real=score_real, text=text, tags=tags, utf8=utf8,
                            head_warmup_m=head_warmup_m, writer_temperature=writer_temperature,
                            topic_len=topic_len, share_prefix=share_prefix, channel=channel)
-  if spec.use_mf and (encoder is None or PARAMS.mf not in params):
-    raise ValueError("method 'mf' needs the encoder and params['mf']")
+  if (spec.use_mf or spec.blind) and (encoder is None or PARAMS.mf not in params):
+    raise ValueError(f"method {method!r} needs the encoder and params['mf']")
   if spec.tags is not None and not encoder.cfg.classes:
-    raise ValueError("an attribute-conditioned 'mf' (tags) needs the encoder's population head (classes > 0)")
+    raise ValueError(f"an attribute-conditioned {method!r} (tags) needs the encoder's population head (classes > 0)")
   if spec.channel is not None and len(spec.channel) != encoder.cfg.classes:
     raise ValueError(f"the writer's channel is {len(spec.channel)} x {len(spec.channel)}; the population head "
                      f"draws {encoder.cfg.classes} classes")
@@ -377,14 +395,14 @@ def simulate(model: Decoder, params, batch: dict, *, method: str, rng, warmup: i
                      "attribute-conditioned 'mf' (tags): a sampled action's category is the class it drew")
   anchored = spec.tags is not None and encoder.cfg.anchor_steps
   if ((spec.tags is not None and spec.score_real) or reads_categories or anchored) and "category" not in batch:
-    raise ValueError("this 'mf' needs batch['category'], the real actions' joint classes: an attribute-conditioned "
-                     "'mf' scores the real actions under them (score_real=False skips that), a mean field with "
-                     "category_features reads them in warm-up and for forced agents, and an anchored head counts "
-                     "those of its first anchor_steps steps")
+    raise ValueError(f"this {method!r} needs batch['category'], the real actions' joint classes: an "
+                     "attribute-conditioned 'mf' scores the real actions under them (score_real=False skips that), a "
+                     "mean field with category_features reads them in warm-up and for forced agents, and an anchored "
+                     "head counts those of its first anchor_steps steps")
   if spec.text is not None and PARAMS.mf_lm not in params:
     raise ValueError("method 'mf_text' needs params['mf_lm'] (the summary writer)")
   params = {k: params[k] for k in _param_keys(spec)}  # e.g. a text stage's frozen "prior" is not rolled out
-  encoder = encoder if spec.use_mf else None
+  encoder = encoder if spec.use_mf or spec.blind else None
   scalars = (rng, jnp.int32(warmup), jnp.int32(kind), jnp.float32(temperature))
   keys = BATCH_KEYS + tuple(k for k in ("forced", "category", "numbers", "anchor") if k in batch)
   if "forced" in batch and tuple(batch["forced"].shape) != tuple(batch["agent_mask"].shape):
