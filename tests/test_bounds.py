@@ -335,12 +335,18 @@ def test_the_agent_anchor_follows_who_acts_and_never_reads_past_its_steps():
     bounds.AgentAnchor.fit(y, mask, numbers, steps=0, classes=C)
   with pytest.raises(ValueError, match="every training action is unlabelled"):
     bounds.AgentAnchor.fit(np.full_like(y, -1), mask, numbers, steps=2, classes=C)
-  # blind (the rollout method 'blind'): an agent of whose event no step is known, whatever its events' classes
-  blind = anchor.blind(mask, numbers)
-  np.testing.assert_array_equal(blind, anchor.logprobs(np.full_like(y, -1), mask, numbers))
-  np.testing.assert_array_equal(blind[:, 0], lp[:, 0])  # step 0 reads no class in either
-  assert not np.allclose(blind[:, 1:], lp[:, 1:])
-  assert (np.exp(blind)[..., 2][x] > 0.7).mean() > 0.95  # still what the agent's own state says
+  # blind (the rollout method 'blind'): the regression on the step and the state alone. It follows the state as
+  # the anchor does, reads no class, and averaged over the training agents of a step it gives that step's training
+  # proportions (a logistic regression with the step one-hot is calibrated on what it was fitted on)
+  blind = anchor.blind(numbers)
+  assert blind.shape == lp.shape and blind.dtype == np.float32
+  assert (np.exp(blind)[..., 2][x] > 0.7).mean() > 0.95 and (np.exp(blind)[..., 1][~x] > 0.7).mean() > 0.95
+  per_step = np.stack([np.exp(blind)[:, t][mask[:, t]].mean(0) for t in range(T)])
+  np.testing.assert_allclose(per_step, anchor.per_step, atol=2e-3)
+  z = rng.normal(size=N) < 0  # an event-level trait the classes carry and the state does not
+  y2 = np.where(z[:, None, None], 3, y)
+  with_trait = bounds.AgentAnchor.fit(y2, mask, numbers, steps=2, classes=C)
+  assert not np.allclose(with_trait.logprobs(y2, mask, numbers)[:, 2:], with_trait.blind(numbers)[:, 2:], atol=0.1)
 
 
 def test_an_anchor_that_reads_words_reads_only_the_steps_before_each_step():
@@ -371,8 +377,8 @@ def test_an_anchor_that_reads_words_reads_only_the_steps_before_each_step():
   np.testing.assert_array_equal(anchor.logprobs(y, mask, numbers, later), lp)
   with pytest.raises(ValueError, match="give their texts"):
     anchor.logprobs(y, mask, numbers)
-  blind = anchor.blind(mask, numbers)  # no class and no text
-  np.testing.assert_array_equal(blind, anchor.logprobs(np.full_like(y, -1), mask, numbers, [[""] * T * B] * N))
-  assert truth(blind) < truth(lp) - 0.2  # the trait that only the words showed is gone
+  blind = anchor.blind(numbers)  # no class and no text: the trait that only the words showed is gone
+  assert truth(blind) < truth(lp) - 0.2
+  np.testing.assert_array_equal(blind, plain.blind(numbers))  # the words' regression is the classes' one
   with pytest.raises(ValueError, match="needs the training events' texts"):
     bounds.AgentAnchor.fit(y, mask, numbers, steps=S, classes=C, words=4)

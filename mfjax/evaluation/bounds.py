@@ -139,11 +139,16 @@ def _agent_features(shrunk_ExTxC, numbers_ExTxBxF, steps: int) -> np.ndarray:
   """[E, T, B, C + steps + F]: what the `agents` forecaster reads of each agent: the log of its step's
   `shrunk`-style forecast, the step one-hot (`steps` of them; a later step reads as the last) and its
   state as numbers."""
-  n = np.asarray(numbers_ExTxBxF, np.float64)
-  lead, C = n.shape[:3], np.shape(shrunk_ExTxC)[-1]
+  lead, C = np.shape(numbers_ExTxBxF)[:3], np.shape(shrunk_ExTxC)[-1]
   logq = np.broadcast_to(np.log(np.maximum(np.asarray(shrunk_ExTxC, np.float64), 1e-6))[:, :, None], lead + (C,))
-  onehot = np.eye(steps)[np.minimum(np.arange(lead[1]), steps - 1)]
-  return np.concatenate([logq, np.broadcast_to(onehot[None, :, None], lead + (steps,)), n], -1)
+  return np.concatenate([logq, _blind_features(numbers_ExTxBxF, steps)], -1)
+
+
+def _blind_features(numbers_ExTxBxF, steps: int) -> np.ndarray:
+  """[E, T, B, steps + F]: `_agent_features` without the event's forecast: the step one-hot and the state."""
+  n = np.asarray(numbers_ExTxBxF, np.float64)
+  onehot = np.eye(steps)[np.minimum(np.arange(n.shape[1]), steps - 1)]
+  return np.concatenate([np.broadcast_to(onehot[None, :, None], n.shape[:3] + (steps,)), n], -1)
 
 
 def _agent_model(X, y):
@@ -259,13 +264,15 @@ class AgentAnchor:
   fitted on the training events), its step and its state as numbers, a logistic regression fitted on every
   labelled training agent. `logprobs` gives each agent's log-probabilities: what the head adds its layers to.
   With `words` (mf.anchor_words) each agent also reads the words of its event's steps before min(t, steps)
-  (`WarmupWords.causal`), as it reads their classes."""
+  (`WarmupWords.causal`), as it reads their classes. `blind` gives the anchor of agents of whose events
+  nothing is known: a second regression, fitted on the same agents from their step and state alone."""
 
   model: object
   per_step: np.ndarray  # [T, C] the training events' class proportions per step
   k: float
   steps: int  # the anchor reads the classes of the events' first `steps` steps (mf.anchor_steps)
   words: Optional[WarmupWords] = None
+  blind_model: object = None  # the regression on the step and the state alone (`blind`)
 
   @classmethod
   def fit(cls, classes_NxTxB, mask_NxTxB, numbers_NxTxBxF, *, steps: int, classes: int, texts=None,
@@ -288,7 +295,9 @@ class AgentAnchor:
       ww = WarmupWords.fit(texts, steps * y.shape[2], words)
     anchor = cls(None, per_step, k, steps, ww)
     X = _agent_features(causal_shrunk(c, per_step, steps, k), anchor._numbers(numbers_NxTxBxF, texts), c.shape[1])
-    return dataclasses.replace(anchor, model=_agent_model(X[known], y[known]))
+    blind = _blind_features(numbers_NxTxBxF, c.shape[1])
+    return dataclasses.replace(anchor, model=_agent_model(X[known], y[known]),
+                               blind_model=_agent_model(blind[known], y[known]))
 
   def _numbers(self, numbers_ExTxBxF, texts) -> np.ndarray:
     """The agents' numbers, followed by their event's words so far where the anchor reads them."""
@@ -312,12 +321,13 @@ class AgentAnchor:
                      C)
     return np.log(np.maximum(p, 1e-12)).astype(np.float32)
 
-  def blind(self, mask_ExTxB, numbers_ExTxBxF) -> np.ndarray:
-    """`logprobs` of agents of whose events nothing is known (the method 'blind'): no labelled step and, where
-    the anchor reads words, no text; what is left is their step's training proportions, the step and their state."""
-    E, T, B = np.shape(mask_ExTxB)
-    texts = None if self.words is None else [[""] * (T * B) for _ in range(E)]
-    return self.logprobs(np.full((E, T, B), -1), mask_ExTxB, numbers_ExTxBxF, texts)
+  def blind(self, numbers_ExTxBxF) -> np.ndarray:
+    """[E, T, B, C] float32: the anchor of agents of whose events nothing is known (the rollout method 'blind'):
+    the regression fitted on the training agents' step and state alone, none of their event's classes or words
+    (so that, averaged over the training agents of a step, it gives that step's training proportions)."""
+    C = self.per_step.shape[-1]
+    p = _class_probs(self.blind_model, _blind_features(numbers_ExTxBxF, len(self.per_step)), C)
+    return np.log(np.maximum(p, 1e-12)).astype(np.float32)
 
 
 def kls(real_ExTxC, sim_ExTxC, eps: float = metrics.DEFAULT_EPS, correct: Optional[Callable] = None) -> np.ndarray:

@@ -209,7 +209,7 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
     for name, b in batches.items():
       b.anchor = anchor.logprobs(b.category, b.agent_mask, numbers[name], texts[name])
     # the rollout method 'blind' reads an anchor that knows nothing of the event
-    batches["eval"].anchor_blind = anchor.blind(batches["eval"].agent_mask, numbers["eval"])
+    batches["eval"].anchor_blind = anchor.blind(numbers["eval"])
     log(f"[data] the head's agents anchor fitted on the training agents and computed for every split "
         f"({time.time() - t1:.1f} s)")
   for name, b in batches.items():
@@ -241,7 +241,7 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
     if anchor is not None:
       numbers = intervened.numbers if d.numbers else step_numbers(injected, eb.steps, eb.agents_per_step, activity)
       intervened.anchor = anchor.logprobs(intervened.category, intervened.agent_mask, numbers, intervened.texts)
-      intervened.anchor_blind = anchor.blind(intervened.agent_mask, numbers)
+      intervened.anchor_blind = anchor.blind(numbers)
     data.intervened = {**intervened.arrays(), "forced": forced_mask(batches["eval"].agent_mask, iv)}
     if truth is not None:
       data.truth_intervened = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.eval_world, intervention=iv,

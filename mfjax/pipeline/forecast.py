@@ -231,7 +231,7 @@ def forecast(req: ForecastRequest) -> dict:
   if plan.data.agent_anchor:  # the head's per-agent anchor, fitted on the run's training events as the run did
     anchor = fitted_anchor(plan.data, train, labeler, activity)
     batch.anchor = anchor.logprobs(batch.category, batch.agent_mask, numbers, batch.texts)
-    batch.anchor_blind = anchor.blind(batch.agent_mask, numbers)
+    batch.anchor_blind = anchor.blind(numbers)
   data = Data(tok, train={}, val={}, eval=batch, truth=None, eval_split="forecast", **tokenizer_specs(plan, tok))
   mesh = mesh_from(plan)
   try:
