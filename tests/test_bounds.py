@@ -338,6 +338,10 @@ def test_the_agent_anchor_follows_who_acts_and_never_reads_past_its_steps():
   # blind (the rollout method 'blind'): the regression on the step and the state alone. It follows the state as
   # the anchor does, reads no class, and averaged over the training agents of a step it gives that step's training
   # proportions (a logistic regression with the step one-hot is calibrated on what it was fitted on)
+  with pytest.raises(ValueError, match="fitted without its blind regression"):
+    anchor.blind(numbers)
+  anchor = bounds.AgentAnchor.fit(np.where(mask, y, -1), mask, numbers, steps=2, classes=C, blind=True)
+  np.testing.assert_array_equal(anchor.logprobs(y, mask, numbers), lp)  # the same anchor, and its blind one
   blind = anchor.blind(numbers)
   assert blind.shape == lp.shape and blind.dtype == np.float32
   assert (np.exp(blind)[..., 2][x] > 0.7).mean() > 0.95 and (np.exp(blind)[..., 1][~x] > 0.7).mean() > 0.95
@@ -345,7 +349,7 @@ def test_the_agent_anchor_follows_who_acts_and_never_reads_past_its_steps():
   np.testing.assert_allclose(per_step, anchor.per_step, atol=2e-3)
   z = rng.normal(size=N) < 0  # an event-level trait the classes carry and the state does not
   y2 = np.where(z[:, None, None], 3, y)
-  with_trait = bounds.AgentAnchor.fit(y2, mask, numbers, steps=2, classes=C)
+  with_trait = bounds.AgentAnchor.fit(y2, mask, numbers, steps=2, classes=C, blind=True)
   assert not np.allclose(with_trait.logprobs(y2, mask, numbers)[:, 2:], with_trait.blind(numbers)[:, 2:], atol=0.1)
 
 
@@ -364,8 +368,8 @@ def test_an_anchor_that_reads_words_reads_only_the_steps_before_each_step():
   texts = [[("甲" if z[n] else "乙") + "".join(rng.choice(filler, 3)) for _ in range(T * B)] for n in range(N)]
   mask = np.ones((N, T, B), bool)
   numbers = rng.normal(size=(N, T, B, 1))
-  plain = bounds.AgentAnchor.fit(y, mask, numbers, steps=S, classes=C)
-  anchor = bounds.AgentAnchor.fit(y, mask, numbers, steps=S, classes=C, texts=texts, words=4)
+  plain = bounds.AgentAnchor.fit(y, mask, numbers, steps=S, classes=C, blind=True)
+  anchor = bounds.AgentAnchor.fit(y, mask, numbers, steps=S, classes=C, texts=texts, words=4, blind=True)
   lp = anchor.logprobs(y, mask, numbers, texts)
   truth = lambda lp: np.take_along_axis(np.exp(lp), y[..., None], -1)[:, S:].mean()
   assert truth(lp) > truth(plain.logprobs(y, mask, numbers)) + 0.2

@@ -276,9 +276,10 @@ class AgentAnchor:
 
   @classmethod
   def fit(cls, classes_NxTxB, mask_NxTxB, numbers_NxTxBxF, *, steps: int, classes: int, texts=None,
-          words: int = 0) -> "AgentAnchor":
+          words: int = 0, blind: bool = False) -> "AgentAnchor":
     """Fitted on the training events' joint classes [N, T, B] (-1: unlabelled), agent mask and numbers;
-    `words` > 0: also their words as that many numbers, from their texts [N][T*B] (`step_texts`' layout)."""
+    `words` > 0: also their words as that many numbers, from their texts [N][T*B] (`step_texts`' layout);
+    `blind`: also the regression `blind` reads (a second fit, where the method 'blind' is rolled out)."""
     if steps < 1:
       raise ValueError(f"an agents anchor reads the classes of the first steps: steps={steps} must be >= 1")
     y = np.asarray(classes_NxTxB)
@@ -295,9 +296,8 @@ class AgentAnchor:
       ww = WarmupWords.fit(texts, steps * y.shape[2], words)
     anchor = cls(None, per_step, k, steps, ww)
     X = _agent_features(causal_shrunk(c, per_step, steps, k), anchor._numbers(numbers_NxTxBxF, texts), c.shape[1])
-    blind = _blind_features(numbers_NxTxBxF, c.shape[1])
-    return dataclasses.replace(anchor, model=_agent_model(X[known], y[known]),
-                               blind_model=_agent_model(blind[known], y[known]))
+    blind_model = _agent_model(_blind_features(numbers_NxTxBxF, c.shape[1])[known], y[known]) if blind else None
+    return dataclasses.replace(anchor, model=_agent_model(X[known], y[known]), blind_model=blind_model)
 
   def _numbers(self, numbers_ExTxBxF, texts) -> np.ndarray:
     """The agents' numbers, followed by their event's words so far where the anchor reads them."""
@@ -325,6 +325,8 @@ class AgentAnchor:
     """[E, T, B, C] float32: the anchor of agents of whose events nothing is known (the rollout method 'blind'):
     the regression fitted on the training agents' step and state alone, none of their event's classes or words
     (so that, averaged over the training agents of a step, it gives that step's training proportions)."""
+    if self.blind_model is None:
+      raise ValueError("this agents anchor was fitted without its blind regression (AgentAnchor.fit blind=True)")
     C = self.per_step.shape[-1]
     p = _class_probs(self.blind_model, _blind_features(numbers_ExTxBxF, len(self.per_step)), C)
     return np.log(np.maximum(p, 1e-12)).astype(np.float32)

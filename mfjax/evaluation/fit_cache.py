@@ -34,13 +34,18 @@ def directory() -> Optional[str]:
   return os.path.abspath(os.path.expanduser(setting or DEFAULT))
 
 
-def code_digest(*paths: str) -> str:
-  """A digest of the files `paths` (the modules whose code makes an entry)."""
+def files_digest(paths) -> str:
+  """The sha256 (hex) of the files `paths`, read in order."""
   digest = hashlib.sha256()
   for path in paths:
     with open(path, "rb") as f:
       digest.update(f.read())
-  return digest.hexdigest()[:16]
+  return digest.hexdigest()
+
+
+def code_digest(*paths: str) -> str:
+  """A digest of the files `paths` (the modules whose code makes an entry)."""
+  return files_digest(paths)[:16]
 
 
 def libraries() -> str:

@@ -22,7 +22,6 @@ later runs (`mfjax.evaluation.fit_cache`).
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 from typing import Sequence
@@ -225,13 +224,9 @@ def _inputs(data_dir: str) -> list[str]:
 def inputs_digest(data_dir: str) -> str | None:
   """The sha256 of the files the trained labeler reads (`from_hand_labels`; its version holds the first 12
   digits), or None if one is missing."""
-  digest = hashlib.sha256()
-  for path in _inputs(data_dir):
-    if not os.path.exists(path):
-      return None
-    with open(path, "rb") as f:
-      digest.update(f.read())
-  return digest.hexdigest()
+  from mfjax.evaluation import fit_cache
+  paths = _inputs(data_dir)
+  return fit_cache.files_digest(paths) if all(os.path.exists(p) for p in paths) else None
 
 
 def fitting_code_digest() -> str:

@@ -204,12 +204,13 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
                                                                           activity) for name, ev, layout in splits}
     texts = {name: b.texts if d.anchor_words else None for name, b in batches.items()}
     tb = batches["train"]  # its classes and numbers, as `fitted_anchor` reads them from the events
+    blind = any(r.method == "blind" for r in plan.rollouts)  # it reads an anchor that knows nothing of the event
     anchor = AgentAnchor.fit(tb.category, tb.agent_mask, numbers["train"], steps=d.agent_anchor, classes=len(CLASSES),
-                             texts=texts["train"], words=d.anchor_words)
+                             texts=texts["train"], words=d.anchor_words, blind=blind)
     for name, b in batches.items():
       b.anchor = anchor.logprobs(b.category, b.agent_mask, numbers[name], texts[name])
-    # the rollout method 'blind' reads an anchor that knows nothing of the event
-    batches["eval"].anchor_blind = anchor.blind(numbers["eval"])
+    if blind:
+      batches["eval"].anchor_blind = anchor.blind(numbers["eval"])
     log(f"[data] the head's agents anchor fitted on the training agents and computed for every split "
         f"({time.time() - t1:.1f} s)")
   for name, b in batches.items():
@@ -241,7 +242,8 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
     if anchor is not None:
       numbers = intervened.numbers if d.numbers else step_numbers(injected, eb.steps, eb.agents_per_step, activity)
       intervened.anchor = anchor.logprobs(intervened.category, intervened.agent_mask, numbers, intervened.texts)
-      intervened.anchor_blind = anchor.blind(numbers)
+      if anchor.blind_model is not None:
+        intervened.anchor_blind = anchor.blind(numbers)
     data.intervened = {**intervened.arrays(), "forced": forced_mask(batches["eval"].agent_mask, iv)}
     if truth is not None:
       data.truth_intervened = synthetic.generate(d.eval_events, seed=d.seed + 2, config=d.eval_world, intervention=iv,
@@ -249,15 +251,16 @@ def prepare(plan: RunPlan, workdir: str) -> Data:
   return data
 
 
-def fitted_anchor(d: DataPlan, train: list, labeler: CachedLabeler, activity) -> AgentAnchor:
+def fitted_anchor(d: DataPlan, train: list, labeler: CachedLabeler, activity, blind: bool = False) -> AgentAnchor:
   """The population head's per-agent anchor (mf.anchor='agents'), fitted on the training events `train` laid
   out as the run's batches, their actions labelled by the run's labeler (the head's targets): what `prepare`
-  fits from its training batch, for a command that has the events alone (`forecast`)."""
+  fits from its training batch, for a command that has the events alone (`forecast`); `blind`: with the
+  regression the method 'blind' reads."""
   bc = d.batch
   texts, mask = step_texts(train, bc.steps, bc.agents_per_step)
   classes = np.where(mask, class_of(label_ids(labeler, [t for row in texts for t in row], mask.shape)), -1)
   return AgentAnchor.fit(classes, mask, step_numbers(train, bc.steps, bc.agents_per_step, activity),
-                         steps=d.agent_anchor, classes=len(CLASSES), texts=texts, words=d.anchor_words)
+                         steps=d.agent_anchor, classes=len(CLASSES), texts=texts, words=d.anchor_words, blind=blind)
 
 
 def text_spec(d: DataPlan, tokenizer) -> TextMFSpec:

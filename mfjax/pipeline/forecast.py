@@ -229,9 +229,11 @@ def forecast(req: ForecastRequest) -> dict:
     batch.category = label_categories(labeler, batch)
     batch.category[:, K:] = -1
   if plan.data.agent_anchor:  # the head's per-agent anchor, fitted on the run's training events as the run did
-    anchor = fitted_anchor(plan.data, train, labeler, activity)
+    blind = any(tags[t].method == "blind" for t in chosen)
+    anchor = fitted_anchor(plan.data, train, labeler, activity, blind=blind)
     batch.anchor = anchor.logprobs(batch.category, batch.agent_mask, numbers, batch.texts)
-    batch.anchor_blind = anchor.blind(numbers)
+    if blind:
+      batch.anchor_blind = anchor.blind(numbers)
   data = Data(tok, train={}, val={}, eval=batch, truth=None, eval_split="forecast", **tokenizer_specs(plan, tok))
   mesh = mesh_from(plan)
   try:
