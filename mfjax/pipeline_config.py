@@ -343,6 +343,9 @@ def check_config(cfg) -> None:
   check("rollout.agents_per_step", agents == d.agents_per_step or "mf_text" not in _methods(cfg),
         f"{agents}: the text mean field's writer reads data.agents_per_step={d.agents_per_step} actions a step; "
         "leave rollout.agents_per_step at 0 with mf_text")
+  check("data.path", not d.path or d.source == "ced",
+        f"{d.path!r}: the synthetic world is built in and reads no files; set data.source=ced to read CED "
+        "events from data.path (a folder of train/val/holdout.jsonl.gz)")
   check("data.eval_min_actions", not d.eval_min_actions or d.source == "ced",
         "filters the CED eval split by length; the synthetic world's events all have steps x agents actions")
   check("eval.drift", lambda: drift_windows(cfg.eval.drift, r.warmup, steps))

@@ -404,6 +404,10 @@ def test_ced_missing_path_is_a_clear_error(tmp_path):
   with pytest.raises(SystemExit, match="train.jsonl.gz not found"):
     _cli("train", tmp_path / "x", config=cfg, extra=[f"data.path={tmp_path / 'nowhere'}"])
   assert not os.path.exists(tmp_path / "x")  # the corrected data.path then runs in the same workdir
+  (tmp_path / "events.jsonl").write_text("{}\n")
+  with pytest.raises(SystemExit, match="events.jsonl is a file; give the folder that holds train.jsonl.gz"):
+    _cli("train", tmp_path / "y", config=cfg, extra=[f"data.path={tmp_path / 'events.jsonl'}"])
+  assert not os.path.exists(tmp_path / "y")
 
 
 EXPERIMENTS = ["quickstart.py", "quickstart.py:smoke", "ced_weibo.py", "ced_weibo.py:smoke", "ib_beta_sweep.py",
@@ -507,6 +511,7 @@ def test_a_head_only_stage_follows_mf_and_its_rollouts_draw_from_it():
     ("lora.targets=q,w", r"lora: unknown LoRA target\(s\) \['w'\]"),
     ("data.source=weibo", "data.source: must be 'synthetic' or 'ced'"),
     ("data.eval_split=test", "data.eval_split: must be 'val' or 'holdout'"),
+    ("data.path=events.jsonl", "data.path: 'events.jsonl': the synthetic world is built in and reads no files"),
     ("data.steps=0", "data.steps: must be >= 1"),
     ("data.topic_len=16", r"data.topic_len: 16: the topic's block must leave the agent's part a token of "
                           r"data.prompt_len=16"),

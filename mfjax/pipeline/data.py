@@ -55,6 +55,9 @@ class Data:
 def data_files(d: DataPlan) -> dict:
   """{split: path} of the CED files a run reads (train, val, the eval split); FileNotFoundError naming
   the first one missing."""
+  if os.path.isfile(d.path):
+    raise FileNotFoundError(f"data.path: {d.path} is a file; give the folder that holds train.jsonl.gz, "
+                            f"val.jsonl.gz and {d.eval_split}.jsonl.gz (python tools/download_data.py makes one)")
   files = {s: os.path.join(d.path, f"{s}.jsonl.gz") for s in ("train", "val", d.eval_split)}
   for f in files.values():
     if not os.path.exists(f):
