@@ -29,13 +29,10 @@ def get_config(arg: str = ""):
   c.data.eval_min_actions = 256  # 230 of the 364 val events
   c.data.eval_events = 364  # every one of them
   c.rollout.steps, c.rollout.agents_per_step = 32, 8
-  c.rollout.methods = "state,sft,mf"
+  c.rollout.methods = "state,mf,blind"  # blind: mf's design without the population (docs/experiments/ced.md)
   c.rollout.seeds = 2
   c.rollout.batch_events = 58  # 4 calls for the 230 events (the last wraps around by 2)
   c.eval.drift = "4-12,25-32"  # the stability windows: steps 25-32 against 4-12
-  # its page (docs/experiments/long_horizons.md) measured mf with the tags drawn from the head as they are, before the
-  # writer's channel was ced_weibo.py's default
-  c.rollout.writer_channel = 0
   if arg == "smoke":  # a ced_weibo.py:smoke run's stages (4 steps of 8 agents, warm-up 1) over 16 steps of 4
     c.data.eval_events = 4
     c.rollout.steps, c.rollout.agents_per_step = 16, 4
