@@ -5,9 +5,11 @@ and reference simulator's KL per step and its drift from steps 4-12 to steps 25-
 
 It reads the stages of a finished `experiments/ced_weibo.py` run (--trained-from; its config may
 differ only in the rollout and scoring keys, which is all this file changes) and trains nothing:
-`state`, `sft` and `mf`, 2 seeds, over the 230 long val events: 39 min on 2 CPU cores (rollouts,
-labelling and scoring, with other jobs beside it part of the time). Results and analysis:
-docs/experiments/long_horizons.md.
+`state`, `mf` (with the writer's channel, as ced_weibo.py's default) and `blind`, 2 seeds, over the 230
+long val events: 33 min 46 s on 2 CPU cores alone (an Intel Xeon with AVX-512: data 2.4 min, rollouts
+225 s for `state`, 324-348 s for `mf`, 289 s for `blind`, then labelling and scoring) with the channel's
+file copied from the trained run's workdir, about 4.5 min more where the run estimates it. Results and
+analysis: docs/experiments/long_horizons.md.
 
   python -m mfjax run --config experiments/ced_long.py --set data.path=data/ced \
     --trained-from runs/ced_weibo --workdir runs/ced_long
