@@ -169,6 +169,11 @@ def _class_probs(model, X, C: int) -> np.ndarray:
   return p
 
 
+def _class_logprobs(model, X, C: int) -> np.ndarray:
+  """[..., C] float32: the log of `_class_probs`, a class the model never saw at log 1e-12 (what the head reads)."""
+  return np.log(np.maximum(_class_probs(model, X, C), 1e-12)).astype(np.float32)
+
+
 def agent_forecast(real_ExTxB, real_mask, real_numbers, train_NxTxB, train_mask, train_numbers, shrunk_real,
                    shrunk_train, warmup: int) -> np.ndarray:
   """`agents`' q [E, T, C] for one dimension: category ids [., T, B] of the scored and the training
@@ -317,9 +322,8 @@ class AgentAnchor:
     known = np.asarray(mask_ExTxB, bool) & (y >= 0) & (np.arange(T) < self.steps)[None, :, None]
     C = self.per_step.shape[-1]
     shrunk = causal_shrunk(counts(np.maximum(y, 0), known, C), self.per_step, self.steps, self.k)
-    p = _class_probs(self.model, _agent_features(shrunk, self._numbers(numbers_ExTxBxF, texts), len(self.per_step)),
-                     C)
-    return np.log(np.maximum(p, 1e-12)).astype(np.float32)
+    X = _agent_features(shrunk, self._numbers(numbers_ExTxBxF, texts), len(self.per_step))
+    return _class_logprobs(self.model, X, C)
 
   def blind(self, numbers_ExTxBxF) -> np.ndarray:
     """[E, T, B, C] float32: the anchor of agents of whose events nothing is known (the rollout method 'blind'):
@@ -327,9 +331,8 @@ class AgentAnchor:
     (so that, averaged over the training agents of a step, it gives that step's training proportions)."""
     if self.blind_model is None:
       raise ValueError("this agents anchor was fitted without its blind regression (AgentAnchor.fit blind=True)")
-    C = self.per_step.shape[-1]
-    p = _class_probs(self.blind_model, _blind_features(numbers_ExTxBxF, len(self.per_step)), C)
-    return np.log(np.maximum(p, 1e-12)).astype(np.float32)
+    return _class_logprobs(self.blind_model, _blind_features(numbers_ExTxBxF, len(self.per_step)),
+                           self.per_step.shape[-1])
 
 
 def kls(real_ExTxC, sim_ExTxC, eps: float = metrics.DEFAULT_EPS, correct: Optional[Callable] = None) -> np.ndarray:
