@@ -255,6 +255,53 @@ def test_the_fit_cache_keeps_what_it_made_under_its_key_and_makes_it_again_other
     assert fit_cache.cached("model", "key a", make(8)) == {"value": 8}
 
 
+class _Counting:
+  """A labeler that counts the texts it labels (the rule labeler's labels), under a key of its own."""
+
+  def __init__(self, key):
+    self.cache_key, self.seen, self.rules = key, [], RuleLabeler()
+
+  def label(self, texts):
+    self.seen.extend(texts)
+    return self.rules.label(texts)
+
+
+def test_real_texts_labels_are_kept_on_disk_per_labeler_and_sampled_texts_are_not(tmp_path, monkeypatch):
+  from mfjax.evaluation import fit_cache, label_store
+  from mfjax.evaluation.report import CachedLabeler
+  monkeypatch.setenv(fit_cache.LABELER_CACHE_ENV, str(tmp_path / "cache"))
+  real = ["转发微博", "假的吧？", "太感人了[心]", "", "//@某人: 求真相", "假的吧？"]
+  want = CachedLabeler(RuleLabeler()).ids(real)
+  first = _Counting("key a")
+  got = CachedLabeler(first).ids(real, keep=True)
+  assert sorted(first.seen) == sorted(set(real)) and all((got[d] == want[d]).all() for d in want)
+  again = _Counting("key a")  # a later run: read from disk, nothing labelled
+  cached = CachedLabeler(again)
+  got = cached.ids(real[::-1] + ["新的一条"], keep=True)
+  assert again.seen == ["新的一条"]
+  assert all((got[d][:len(real)] == want[d][::-1]).all() for d in want)
+  cached.ids(["采样的动作"])  # not kept: a sampled text
+  other = _Counting("key a")
+  CachedLabeler(other).ids(real + ["新的一条", "采样的动作"], keep=True)
+  assert other.seen == ["采样的动作"]
+  another = _Counting("key b")  # another labeler: its own store
+  CachedLabeler(another).ids(real, keep=True)
+  assert sorted(another.seen) == sorted(set(real))
+  path = fit_cache.path_of(label_store.KIND, label_store.labeler_key(first))
+  with open(path, "wb") as f:  # a truncated store is labelled again and replaced
+    f.write(b"\x80\x05trunc")
+  broken = _Counting("key a")
+  CachedLabeler(broken).ids(real, keep=True)
+  assert sorted(broken.seen) == sorted(set(real))
+  assert label_store.LabelStore(label_store.labeler_key(first)).get(real)[0] == []
+  assert label_store.labeler_key(object()) is None  # a labeler that names nothing of its labels: no store
+  assert label_store.labeler_key(RuleLabeler()).startswith(RuleLabeler.version)
+  monkeypatch.setenv(fit_cache.LABELER_CACHE_ENV, "off")
+  off = _Counting("key a")
+  CachedLabeler(off).ids(real, keep=True)
+  assert sorted(off.seen) == sorted(set(real))
+
+
 def test_the_trained_labeler_is_fitted_once_and_read_back_while_its_files_and_code_are_the_same(ced_dir, monkeypatch):
   # (the test run's own cache: the first test of the run that needs the labeler fits it)
   from mfjax.evaluation import fit_cache, hand_labels, quality, trained_labeler
@@ -271,6 +318,8 @@ def test_the_trained_labeler_is_fitted_once_and_read_back_while_its_files_and_co
   again = TrainedLabeler.from_hand_labels(ced_dir)  # from the cache
   probe = ["真的假的？", "太可怕了[泪]", "转发微博", "支持！", "求真相"]
   assert again.version == first.version and again.label(probe) == first.label(probe)
+  # its labels of real texts are kept under its fit's key (`label_store`), the same for the fit read back
+  assert again.cache_key == first.cache_key and first.version in first.cache_key
   b = quality.correction("trained", ced_dir)
   assert a.source == b.source and all(np.array_equal(a.matrices[d], b.matrices[d]) for d in DIMENSIONS)
   # other files or other code: another key, fitted again

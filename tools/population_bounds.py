@@ -58,7 +58,7 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 def labelled(events, cfg, labeler):
   """Category ids {dimension: [E, T, B]} and the agent mask of events, laid out as the pipeline does."""
   texts, mask = step_texts(events, cfg.data.steps, cfg.data.agents_per_step)
-  return label_ids(labeler, [t for row in texts for t in row], mask.shape), mask
+  return label_ids(labeler, [t for row in texts for t in row], mask.shape, keep=True), mask
 
 
 # The config keys that decide which events a run scores and how: a --run must agree on them

@@ -191,7 +191,7 @@ def probe(run_dir: str, events: int = 0, seed: int = 0, split: str = "val") -> d
     b = plan.data.batch
     texts, mask = step_texts(val_events, b.steps, b.agents_per_step)
     labeler = CachedLabeler(make_labeler(plan.data.labeler, plan.data.label_data))
-    ids = label_ids(labeler, [t for row in texts for t in row], mask.shape)
+    ids = label_ids(labeler, [t for row in texts for t in row], mask.shape, keep=True)
     val["category"] = np.where(mask, class_of(ids), -1).astype(np.int32)
   n = len(val["agent_mask"]) if not events else min(events, len(val["agent_mask"]))
   share_id = data.tokenizer(SHARE_TEXT, add_special_tokens=False)["input_ids"][0]

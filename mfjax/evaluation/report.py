@@ -75,18 +75,36 @@ from mfjax.workdir import check_rollouts, load_rollout
 
 
 class CachedLabeler:
-  """Label each distinct text once (rollouts repeat texts often)."""
+  """Label each distinct text once (rollouts repeat texts often); real texts (`keep=True`) also once
+  across runs, in the labeler's `LabelStore` on disk where it has one."""
 
   def __init__(self, labeler):
-    self.labeler, self.cache = labeler, {}
+    self.labeler, self.cache, self._store = labeler, {}, None
 
-  def ids(self, texts: list[str]) -> dict:
+  def ids(self, texts: list[str], keep: bool = False) -> dict:
     new = sorted({t for t in texts if t not in self.cache})
+    store = self.store() if keep and new else None
+    if store is not None:
+      missing, held = store.get(new)
+      gone = set(missing)
+      for j, t in enumerate(t for i, t in enumerate(new) if i not in gone):
+        self.cache[t] = {d: held[d][j] for d in held}
+      new = [new[i] for i in missing]
     if new:
       labels = category_ids(self.labeler.label(new))
       for i, t in enumerate(new):
         self.cache[t] = {d: labels[d][i] for d in labels}
+      if store is not None:
+        store.add(new, labels)
+        store.save()
     return {d: np.array([self.cache[t][d] for t in texts], np.int64) for d in DIMENSIONS}
+
+  def store(self):
+    """The labeler's LabelStore (read once), or None."""
+    if self._store is None:
+      from mfjax.evaluation.label_store import LabelStore
+      self._store = LabelStore.of(self.labeler) or False
+    return self._store or None
 
 
 LABELERS = ("rules", "trained")  # eval.labeler: RuleLabeler, TrainedLabeler (learned from the CED hand labels)
@@ -121,9 +139,10 @@ def decode_actions(tokenizer, tokens_ExTxBxA, mask_ExTxBxA) -> list[str]:
   return tokenizer.batch_decode([r[k].tolist() for r, k in zip(rows, keep)], skip_special_tokens=True)
 
 
-def label_ids(labeler: CachedLabeler, texts: list[str], shape) -> dict:
-  """Category ids {dimension: array of `shape`} of texts (flattened in order)."""
-  return {d: v.reshape(shape) for d, v in labeler.ids(texts).items()}
+def label_ids(labeler: CachedLabeler, texts: list[str], shape, keep: bool = False) -> dict:
+  """Category ids {dimension: array of `shape`} of texts (flattened in order); `keep`: real texts, whose
+  labels are kept on disk for later runs (`CachedLabeler`)."""
+  return {d: v.reshape(shape) for d, v in labeler.ids(texts, keep=keep).items()}
 
 
 def step_kls(real: dict, sim: dict, agent_mask, correct=None) -> np.ndarray:
@@ -405,7 +424,7 @@ def evaluate(req: EvalRequest) -> Evaluation:
     correct = quality.correction(req.labeler_name, req.label_data)
   E, T, B = req.eval_batch.agent_mask.shape
   agent_mask = req.eval_batch.agent_mask
-  real = label_ids(labeler, [t for row in req.eval_batch.texts for t in row], (E, T, B))
+  real = label_ids(labeler, [t for row in req.eval_batch.texts for t in row], (E, T, B), keep=True)
   weights = (np.arange(T)[None, :] >= warmup) & agent_mask.any(-1)
   if not weights.any():
     raise ValueError(f"no rollout step to score: warm-up {warmup} covers all {T} steps or the events are empty")
@@ -467,7 +486,7 @@ def evaluate(req: EvalRequest) -> Evaluation:
   if req.references is not None:
     refs = req.references
     train_mask = np.asarray(refs["train_mask"], bool)
-    train = label_ids(labeler, [t for row in refs["train_texts"] for t in row], train_mask.shape)
+    train = label_ids(labeler, [t for row in refs["train_texts"] for t in row], train_mask.shape, keep=True)
     results["simulators"] = bounds.bounds(real, agent_mask, refs["eval_labels"], train, train_mask,
                                           refs["train_labels"], warmup=warmup, draws=seeds,
                                           simulated=world_runs(truth, warmup, seeds), correct=correct,

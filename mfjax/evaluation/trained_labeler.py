@@ -194,7 +194,9 @@ class TrainedLabeler:
       return cls.fit(hand.texts, hand.labels, version=version, emoticons=EmoticonSentiment.from_data(data_dir))
 
     key = f"{version} {digest} | {fit_cache.libraries()} | code {fitting_code_digest()}"
-    return fit_cache.cached("trained_labeler", key, fit)
+    labeler = fit_cache.cached("trained_labeler", key, fit)
+    labeler.cache_key = key  # what its labels depend on (`mfjax.evaluation.label_store`)
+    return labeler
 
   def label(self, texts: Sequence[str]) -> dict[str, list[str]]:
     with threadpool_limits(1):

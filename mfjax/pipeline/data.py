@@ -142,7 +142,7 @@ def label_categories(labeler: CachedLabeler, batch: StepBatch) -> np.ndarray:
   """Each action's joint category [E, T, B] (`mfjax.categories.class_of`; -1 in empty slots), as
   the labeler reads its text."""
   shape = batch.agent_mask.shape
-  ids = label_ids(labeler, [t for row in batch.texts for t in row], shape)
+  ids = label_ids(labeler, [t for row in batch.texts for t in row], shape, keep=True)
   return np.where(batch.agent_mask, class_of(ids), -1).astype(np.int32)
 
 
@@ -261,7 +261,7 @@ def fitted_anchor(d: DataPlan, train: list, labeler: CachedLabeler, activity, bl
   regression the method 'blind' reads."""
   bc = d.batch
   texts, mask = step_texts(train, bc.steps, bc.agents_per_step)
-  classes = np.where(mask, class_of(label_ids(labeler, [t for row in texts for t in row], mask.shape)), -1)
+  classes = np.where(mask, class_of(label_ids(labeler, [t for row in texts for t in row], mask.shape, keep=True)), -1)
   return AgentAnchor.fit(classes, mask, step_numbers(train, bc.steps, bc.agents_per_step, activity),
                          steps=d.agent_anchor, classes=len(CLASSES), texts=texts, words=d.anchor_words, blind=blind)
 

@@ -155,7 +155,7 @@ def training_references(plan, train: list, labeler: CachedLabeler, observed_ids:
   """{reference: {dimension: [C]}}: the no-model forecasts (module docstring) of the observed steps'
   category ids {dimension: [K, B]}, from the run's training events `train` labelled by `labeler`."""
   texts, mask = step_texts(train, plan.data.batch.steps, plan.data.batch.agents_per_step)  # as the run lays them out
-  train_ids = label_ids(labeler, [t for row in texts for t in row], mask.shape)
+  train_ids = label_ids(labeler, [t for row in texts for t in row], mask.shape, keep=True)
   out = {name: {} for name in REFERENCES}
   for d, cats in DIMENSIONS.items():
     counts = bounds.counts(train_ids[d], mask, len(cats))  # [N, T, C]
