@@ -312,6 +312,16 @@ def test_ced_smoke_on_real_events_on_a_mesh(ced_dir, tmp_path, capsys):
   with pytest.raises(SystemExit):  # never over an existing file
     rescore.main(["--run", str(tmp_path / "ced"), "--labeler", "rules"])
   assert "rules.json exists" in capsys.readouterr().err
+  # what the sampled actions look like to the labeler (tools/probe_text.py): the same actions as the scoring's
+  import probe_text
+  probe_text.main(["--run", str(tmp_path / "ced"), "--json", str(tmp_path / "probe_text.json")])
+  profiles = json.loads((tmp_path / "probe_text.json").read_text())["profiles"]
+  assert set(profiles) == {"real"} | set(results["methods"])
+  assert "| labeler's entropy, sentiment |" in capsys.readouterr().out
+  rates = results["rates"]
+  assert profiles["real"]["share"] == pytest.approx(rates["real"]["behaviour"]["share"]["rate"], abs=1e-12)
+  for m in results["methods"]:
+    assert profiles[m]["share"] == pytest.approx(rates["methods"][m]["behaviour"]["share"]["rate"], abs=1e-12)
   # a CED val event forecast from its first 2 steps, by eid, on the run's mesh (2 seeds: rows padded to its 4
   # event shards), the agents' states counting their actions in the run's training events
   event = next(load_events(os.path.join(ced_dir, "val.jsonl.gz")))
