@@ -112,11 +112,32 @@ def restore_params(ckpt_dir: str, step: int, params, shardings):
   where = os.path.join(ckpt_dir, str(step))
   restore_args = {"params": jax.tree.map(lambda _, s: ocp.ArrayRestoreArgs(sharding=s), params, shardings)}
   abstract = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)}
+  differ = _shapes_differ(os.path.join(where, "default"), abstract["params"])
+  if differ:  # said before any read starts (a restore that fails part-way leaves orbax's reads unawaited)
+    raise RunFolderError(f"{where}: cannot restore the parameters of this checkpoint (other shapes: "
+                         f"{'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''})")
   try:
     return ocp.PyTreeCheckpointer().restore(os.path.join(where, "default"), args=ocp.args.PyTreeRestore(
         abstract, restore_args=restore_args, partial_restore=True))["params"]
   except Exception as e:  # orbax raises many kinds; each means this folder cannot give the parameters back
     raise RunFolderError(f"{where}: cannot restore the parameters of this checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _shapes_differ(path: str, params) -> list[str]:
+  """'key: (checkpoint shape) here, (shape) wanted' for each parameter of `params` whose shape differs from
+  the checkpoint's at `path` (by its metadata; nothing is read); [] where the metadata cannot say."""
+  from etils import epath  # orbax's path type
+  try:
+    stored = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path)).tree["params"]
+    shapes = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(stored)}
+  except Exception:  # noqa: BLE001 (no metadata to read: the restore says what is wrong)
+    return []
+  out = []
+  for k, x in jax.tree_util.tree_leaves_with_path(params):
+    have = shapes.get(jax.tree_util.keystr(k))
+    if have is not None and have != tuple(x.shape):
+      out.append(f"{jax.tree_util.keystr(k)}: {have} here, {tuple(x.shape)} wanted")
+  return out
 
 
 def log(msg: str) -> None:
