@@ -293,7 +293,7 @@ def test_real_texts_labels_are_kept_on_disk_per_labeler_and_sampled_texts_are_no
   broken = _Counting("key a")
   CachedLabeler(broken).ids(real, keep=True)
   assert sorted(broken.seen) == sorted(set(real))
-  assert label_store.LabelStore(label_store.labeler_key(first)).get(real)[0] == []
+  assert set(label_store.LabelStore(label_store.labeler_key(first)).get(real)) == set(real)
   assert label_store.labeler_key(object()) is None  # a labeler that names nothing of its labels: no store
   assert label_store.labeler_key(RuleLabeler()).startswith(RuleLabeler.version)
   monkeypatch.setenv(fit_cache.LABELER_CACHE_ENV, "off")

@@ -77,12 +77,18 @@ def cached(kind: str, key: str, make: Callable[[], T]) -> T:
       pass
   value = make()
   if path is not None:
-    try:
-      _write(path, (key, value))
-    except OSError as e:  # a folder that cannot be written: the run goes on without keeping it
-      warnings.warn(f"the labeler cache could not keep {path}: {e} (set {LABELER_CACHE_ENV} to another folder, "
-                    "or to off)")
+    keep(path, (key, value))
   return value
+
+
+def keep(path: str, entry) -> None:
+  """`entry` written to `path` (`_write`); a folder that cannot be written is a warning, and the run goes on
+  without keeping it."""
+  try:
+    _write(path, entry)
+  except OSError as e:
+    warnings.warn(f"the labeler cache could not keep {path}: {e} (set {LABELER_CACHE_ENV} to another folder, "
+                  "or to off)")
 
 
 def _write(path: str, entry) -> None:

@@ -24,8 +24,6 @@ import os
 import pickle
 from typing import Optional
 
-import numpy as np
-
 from mfjax.categories import DIMENSIONS
 from mfjax.evaluation import fit_cache
 
@@ -75,17 +73,14 @@ class LabelStore:
       pass
     return {}
 
-  def get(self, texts: list[str]) -> tuple[list[int], dict]:
-    """(the positions in `texts` it does not hold, {dimension: [ids of the held texts, in order]})."""
-    missing, held = [], []
-    for i, t in enumerate(texts):
+  def get(self, texts: list[str]) -> dict[str, dict]:
+    """{text: {dimension: category id}} of the `texts` it holds."""
+    out = {}
+    for t in texts:
       ids = self.entries.get(text_digest(t))
-      if ids is None:
-        missing.append(i)
-      else:
-        held.append(ids)
-    rows = np.asarray(held, np.int64).reshape(len(held), len(DIMENSIONS))
-    return missing, {d: rows[:, j].tolist() for j, d in enumerate(DIMENSIONS)}
+      if ids is not None:
+        out[t] = dict(zip(DIMENSIONS, ids))
+    return out
 
   def add(self, texts: list[str], ids: dict) -> None:
     for i, t in enumerate(texts):
@@ -97,10 +92,5 @@ class LabelStore:
     if not self.added or self.path is None:
       return
     merged = {**self._read(), **self.entries}
-    try:
-      fit_cache._write(self.path, (self.key, merged))
-    except OSError as e:  # a folder that cannot be written: the run goes on without keeping them
-      import warnings
-      warnings.warn(f"the labeler cache could not keep {self.path}: {e} (set {fit_cache.LABELER_CACHE_ENV} to "
-                    "another folder, or to off)")
+    fit_cache.keep(self.path, (self.key, merged))
     self.entries, self.added = merged, 0

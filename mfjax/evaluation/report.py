@@ -85,11 +85,9 @@ class CachedLabeler:
     new = sorted({t for t in texts if t not in self.cache})
     store = self.store() if keep and new else None
     if store is not None:
-      missing, held = store.get(new)
-      gone = set(missing)
-      for j, t in enumerate(t for i, t in enumerate(new) if i not in gone):
-        self.cache[t] = {d: held[d][j] for d in held}
-      new = [new[i] for i in missing]
+      held = store.get(new)
+      self.cache.update(held)
+      new = [t for t in new if t not in held]
     if new:
       labels = category_ids(self.labeler.label(new))
       for i, t in enumerate(new):
